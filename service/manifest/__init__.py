@@ -1,0 +1,1 @@
+"""Actor manifests: the format (schemas/manifest.schema.json), the loader and lint."""

@@ -1,0 +1,109 @@
+"""The contract every sandbox backend implements (one file per backend beside this one).
+
+A backend boots *workers*: one isolated sandbox holding one actor's script,
+able to run calls one after another. The host speaks to the in-sandbox harness
+(``service/sandbox/harness/``) over a private channel that the script's own
+stdout/stderr can never corrupt: one JSON object per line.
+
+Host -> harness:
+    {"type": "call", "actor_id", "payload", "config", "state", "timestamp"}
+Harness -> host, during a call, in the order they happen:
+    {"type": "output", "port", "data"}      # each send_output, as it is sent
+    {"type": "log", "stream": "stdout"|"stderr", "message"}
+    {"type": "result", "return", "state"}   # process() returned; the call is over
+    {"type": "error", "error_type", "message", "traceback", "resource"?}
+Harness -> host, once after boot: {"type": "ready"}
+
+Workers enforce every limit of ``ActorDef.limits`` themselves (time, memory,
+pids, output bytes...) and raise the matching RpcError. After ``call`` raises,
+for whatever reason, the worker is dead and must not be reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from service.manifest.model import ActorDef
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    actor_id: str
+    payload: dict[str, Any]
+    config: dict[str, Any]
+    state: dict[str, Any]
+    timestamp: Any
+
+
+@dataclass(frozen=True)
+class OutputEvent:
+    port: str
+    data: Any
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    stream: str  # "stdout" or "stderr"
+    message: str
+
+
+Event = OutputEvent | LogEvent
+# Called for each event as it arrives. It may raise an RpcError (e.g. OutputInvalid):
+# the worker then kills its sandbox and re-raises that error from `call`.
+EventSink = Callable[[Event], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    return_value: Any
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Availability:
+    backend: str
+    ok: bool
+    reason: str = ""  # why not, when not ok
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. which limit mechanisms
+
+
+@runtime_checkable
+class Worker(Protocol):
+    """One booted sandbox for one actor."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    async def call(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
+        """Run one call; raises RpcError (ActorFailed, TimeLimitExceeded, ...) on failure.
+
+        Cancelling the task that awaits this kills the sandbox.
+        """
+        ...
+
+    async def reset(self) -> None:
+        """Make the worker ready for the next call (wipe its /tmp)."""
+        ...
+
+    async def close(self) -> None:
+        """Kill the sandbox and free everything it held; idempotent."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    async def availability(self) -> Availability:
+        """Check, for real, whether this backend can start sandboxes here."""
+        ...
+
+    async def start_worker(self, actor: ActorDef) -> Worker:
+        """Boot a sandbox for ``actor``; raises SandboxUnavailable when it cannot."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release whatever the backend holds (every worker is closed by its pool)."""
+        ...
