@@ -1,0 +1,235 @@
+"""The runtime: the loaded actors, their pools, and the execution path of one call.
+
+Everything a call must satisfy that is not about transport lives here:
+payload validation before the run, config merge and validation, output
+validation of every ``send_output`` value, and the live ``output``/``log``
+notifications. The server and the CLI both drive a :class:`Runtime`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from service.errors import (
+    ActorNotFound,
+    InvalidParams,
+    ManifestError,
+    ManifestInvalid,
+    OutputInvalid,
+    PathNotAllowed,
+    PayloadInvalid,
+)
+from service.manifest.loader import find_manifests, load_manifest
+from service.manifest.model import ActorDef, schema_errors
+from service.sandbox.base import Backend, CallRequest, Event, OutputEvent
+from service.sandbox.pool import ActorPool
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# emit("output" | "log", params): a live notification of the call, without request_id.
+Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+SCRIPT_SUFFIXES = (".py", ".js", ".mjs", ".cjs")
+
+
+class Runtime:
+    """Loaded actors by id, each with its warm pool."""
+
+    def __init__(self, settings: Settings, backend: Backend) -> None:
+        self.settings = settings
+        self.backend = backend
+        self._actors: dict[str, ActorDef] = {}
+        self._pools: dict[str, ActorPool] = {}
+        self._retired: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()  # serializes load/replace
+
+    async def start(self, extra_paths: Sequence[Path | str] = ()) -> None:
+        """Load every manifest under the settings' manifest_paths and ``extra_paths``.
+
+        Raises ManifestError listing every problem of every manifest; nothing is loaded then.
+        """
+        paths = [*self.settings.manifest_paths, *map(Path, extra_paths)]
+        problems, actors = [], []
+        for manifest in find_manifests(paths):
+            try:
+                actors.append(load_manifest(manifest, self.settings))
+            except ManifestError as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise ManifestError(problems)
+        for actor in actors:
+            await self._install(actor)
+        log.info("loaded %d actors on backend %s", len(actors), self.backend.name)
+
+    def actors(self) -> list[ActorDef]:
+        return sorted(self._actors.values(), key=lambda a: a.id)
+
+    def get(self, actor_id: Any) -> ActorDef:
+        actor = self._actors.get(actor_id) if isinstance(actor_id, str) else None
+        if actor is None:
+            raise ActorNotFound(actor_id)
+        return actor
+
+    def pool_stats(self) -> dict[str, tuple[int, int, int]]:
+        """actor id -> (busy, idle, queued)."""
+        return {actor_id: pool.stats for actor_id, pool in self._pools.items()}
+
+    async def load(self, file_path: Any) -> tuple[ActorDef, bool]:
+        """Load (or replace) the actor of a manifest, or of a script with a manifest beside it."""
+        if not isinstance(file_path, str) or not file_path:
+            raise InvalidParams("file_path must be a non-empty string")
+        manifest = self._allowed_manifest(file_path)
+        try:
+            actor = load_manifest(manifest, self.settings)
+        except ManifestError as exc:
+            raise ManifestInvalid(exc.problems) from exc
+        async with self._lock:
+            replaced = actor.id in self._actors
+            await self._install(actor)
+        log.info("loaded actor %s from %s (replaced=%s)", actor.id, manifest, replaced)
+        return actor, replaced
+
+    def _allowed_manifest(self, file_path: str) -> Path:
+        path = Path(file_path)
+        if path.suffix in SCRIPT_SUFFIXES:
+            candidates = [path.with_suffix(".yaml"), path.with_suffix(".yml")]
+            path = next((c for c in candidates if c.is_file()), candidates[0])
+        try:
+            resolved = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise PathNotAllowed(file_path) from None
+        roots = [root.resolve() for root in self.settings.allowed_roots]
+        if not resolved.is_file() or not any(resolved.is_relative_to(r) for r in roots):
+            raise PathNotAllowed(file_path)
+        return path
+
+    async def _install(self, actor: ActorDef) -> None:
+        pool = ActorPool(actor, self.backend)
+        await pool.start()
+        old = self._pools.get(actor.id)
+        self._actors[actor.id] = actor
+        self._pools[actor.id] = pool
+        if old is not None:  # calls already running finish on the old definition
+            task = asyncio.create_task(old.drain())
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    async def process(
+        self,
+        actor_id: Any,
+        payload: Any,
+        config: Any = None,
+        state: Any = None,
+        timestamp: Any = None,
+        emit: Emit | None = None,
+    ) -> dict[str, Any]:
+        """Run one call of an actor and return the protocol's `process` result."""
+        started = time.perf_counter()
+        actor = self.get(actor_id)
+        payload, config, state = _objects(payload=payload, config=config, state=state)
+        check_payload(actor, payload)
+        request = CallRequest(
+            actor_id=actor.id,
+            payload=payload,
+            config=merged_config(actor, config),
+            state=state,
+            timestamp=int(time.time() * 1000) if timestamp is None else timestamp,
+        )
+        call = _Call(actor, emit)
+        outcome = await self._pools[actor.id].run(request, call.on_event)
+        return {
+            "outputs": call.outputs,
+            "emitted": call.emitted,
+            "return": outcome.return_value,
+            "state": outcome.state,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+
+    async def aclose(self) -> None:
+        """Kill every sandbox of every pool, old definitions included."""
+        pools = list(self._pools.values())
+        self._pools.clear()
+        for task in list(self._retired):
+            task.cancel()
+        await asyncio.gather(*(p.aclose() for p in pools), *self._retired,
+                             return_exceptions=True)
+        await self.backend.aclose()
+
+
+class _Call:
+    """What one call has emitted so far; validates and forwards each event."""
+
+    def __init__(self, actor: ActorDef, emit: Emit | None) -> None:
+        self.actor = actor
+        self.emit = emit
+        self.outputs: dict[str, Any] = {}
+        self.emitted: list[dict[str, Any]] = []
+
+    async def on_event(self, event: Event) -> None:
+        if isinstance(event, OutputEvent):
+            await self._output(event)
+        elif self.emit is not None:
+            await self.emit("log", {"actor_id": self.actor.id, "stream": event.stream,
+                                    "message": event.message})
+
+    async def _output(self, event: OutputEvent) -> None:
+        port = self.actor.outports.get(event.port)
+        if port is None:
+            message = f"{event.port!r} is not a declared outport"
+            raise OutputInvalid(event.port, [{"path": "", "message": message}])
+        errors = port.errors(event.data)
+        if errors:
+            raise OutputInvalid(event.port, errors)
+        seq = len(self.emitted)
+        self.outputs[event.port] = event.data
+        self.emitted.append({"port": event.port, "data": event.data, "seq": seq})
+        if self.emit is not None:
+            await self.emit("output", {
+                "actor_id": self.actor.id, "port": event.port, "data": event.data,
+                "seq": seq, "timestamp": int(time.time() * 1000),
+            })
+
+
+def _objects(**params: Any) -> tuple[dict[str, Any], ...]:
+    """payload, config and state must be objects; config and state default to {}."""
+    out = []
+    for name, value in params.items():
+        if value is None and name != "payload":
+            value = {}
+        if not isinstance(value, dict):
+            raise InvalidParams(f"{name} must be an object",
+                                {"errors": [{"path": f"/{name}", "message": "must be an object"}]})
+        out.append(value)
+    return tuple(out)
+
+
+def check_payload(actor: ActorDef, payload: dict[str, Any]) -> None:
+    """Raise PayloadInvalid for an unknown inport, a missing required one, or a schema failure."""
+    for name in payload:
+        if name not in actor.inports:
+            raise PayloadInvalid(name, [{"path": "", "message": f"unknown inport {name!r}"}])
+    for name, port in actor.inports.items():
+        if name not in payload:
+            if port.required:
+                raise PayloadInvalid(name, [{"path": "",
+                                             "message": f"required inport {name!r} is missing"}])
+            continue
+        errors = port.errors(payload[name])
+        if errors:
+            raise PayloadInvalid(name, errors)
+
+
+def merged_config(actor: ActorDef, config: dict[str, Any]) -> dict[str, Any]:
+    """The caller's config over the manifest's defaults, validated by config.schema."""
+    merged = {**actor.config_defaults, **config}
+    if actor.config_validator is not None:
+        errors = schema_errors(actor.config_validator, merged)
+        if errors:
+            raise InvalidParams("config does not match the actor's config schema",
+                                {"errors": errors})
+    return merged
