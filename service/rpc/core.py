@@ -1,0 +1,239 @@
+"""Transport-free JSON-RPC 2.0: a frame of text in, the response text (or nothing) out.
+
+The WebSocket handler only reads frames, hands each to :meth:`Dispatcher.handle_frame`
+together with the :class:`Connection` it came from, and writes back what it is given.
+Handlers may send notifications on that connection (``Call.notify``) before they return;
+the core never answers a notification, not even with an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from jsonschema import Draft202012Validator
+from jsonschema.protocols import Validator
+
+from service.errors import (
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    MethodNotFound,
+    ParseError,
+    RpcError,
+)
+from service.manifest.model import schema_errors
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Send = Callable[[str], Awaitable[None]]
+_ABSENT = object()
+
+
+class Connection:
+    """One client connection as the core sees it: a way to send text, and per-connection slots."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._slots: dict[type, Any] = {}
+
+    async def send(self, text: str) -> None:
+        await self._send(text)
+
+    async def notify(self, method: str, params: Any) -> None:
+        """Send a JSON-RPC notification to the client."""
+        await self._send(encode({"jsonrpc": "2.0", "method": method, "params": params}))
+
+    def slot(self, cls: type[T]) -> T:
+        """This connection's instance of ``cls`` (created on first use): per-connection state."""
+        if cls not in self._slots:
+            self._slots[cls] = cls()
+        value: T = self._slots[cls]
+        return value
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a handler knows about the request it serves."""
+
+    connection: Connection
+    method: str
+    id: Any  # None for a notification *and* for an explicit null id: see is_notification
+    is_notification: bool
+
+    async def notify(self, method: str, params: Any) -> None:
+        await self.connection.notify(method, params)
+
+
+Handler = Callable[[dict[str, Any], Call], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class _Method:
+    handler: Handler
+    param_names: tuple[str, ...]
+    params_validator: Validator
+    result_validator: Validator | None
+
+
+class Dispatcher:
+    """An explicit registry of methods, and the JSON-RPC 2.0 rules around calling them."""
+
+    def __init__(self, *, validate_results: bool = False) -> None:
+        # validate_results: check each result against its published schema (tests turn it on)
+        self._methods: dict[str, _Method] = {}
+        self._validate_results = validate_results
+
+    def register(
+        self,
+        name: str,
+        handler: Handler,
+        params_schema: dict[str, Any],
+        result_schema: Any = None,
+    ) -> None:
+        """Add a method. ``params_schema`` is an object schema; its ``properties`` order
+        is the order of positional params. Registering a name twice is an error."""
+        if name in self._methods:
+            raise ValueError(f"method {name!r} is already registered")
+        Draft202012Validator.check_schema(params_schema)
+        result_validator = None
+        if result_schema is not None:
+            Draft202012Validator.check_schema(result_schema)
+            result_validator = Draft202012Validator(result_schema)
+        self._methods[name] = _Method(
+            handler=handler,
+            param_names=tuple(params_schema.get("properties", {})),
+            params_validator=Draft202012Validator(params_schema),
+            result_validator=result_validator,
+        )
+
+    @property
+    def method_names(self) -> list[str]:
+        return sorted(self._methods)
+
+    async def handle_frame(self, frame: str | bytes, connection: Connection) -> str | None:
+        """Handle one frame (a request, a notification or a batch); the response text or None."""
+        try:
+            text = frame.decode("utf-8") if isinstance(frame, bytes) else frame
+            message = json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+            return encode(_error_response(None, ParseError()))
+        if isinstance(message, list):
+            return await self._handle_batch(message, connection)
+        response = await self.handle_message(message, connection)
+        return None if response is None else _encode_response(response)
+
+    async def _handle_batch(self, batch: list[Any], connection: Connection) -> str | None:
+        if not batch:
+            return encode(_error_response(None, InvalidRequest()))
+        # The elements run concurrently, as separate requests would.
+        responses = await asyncio.gather(*(self.handle_message(m, connection) for m in batch))
+        parts = [_encode_response(r) for r in responses if r is not None]
+        return f"[{','.join(parts)}]" if parts else None
+
+    async def handle_message(self, message: Any, connection: Connection) -> dict[str, Any] | None:
+        """Handle one decoded request object; the response object, or None for a notification."""
+        request_id = message.get("id", _ABSENT) if isinstance(message, dict) else _ABSENT
+        if not _valid_id(request_id):
+            request_id = None  # the id cannot be read: answer with null, as the spec says
+        problem = _shape_problem(message)
+        if problem is not None:
+            log.debug("invalid request: %s", problem)
+            return _error_response(None if request_id is _ABSENT else request_id,
+                                   InvalidRequest())
+        call = Call(connection, message["method"], None if request_id is _ABSENT else request_id,
+                    request_id is _ABSENT)
+        try:
+            result = await self._dispatch(call, message.get("params", _ABSENT))
+        except RpcError as exc:
+            return None if call.is_notification else _error_response(call.id, exc)
+        return None if call.is_notification else _result_response(call.id, result)
+
+    async def _dispatch(self, call: Call, raw_params: Any) -> Any:
+        method = self._methods.get(call.method)
+        if method is None:
+            raise MethodNotFound()
+        params = _named_params(method, raw_params)
+        try:
+            result = await method.handler(params, call)
+        except RpcError:
+            raise
+        except Exception:  # the one place unknown failures become -32603
+            log.exception("internal error in method %s (id %r)", call.method, call.id)
+            raise InternalError() from None
+        if self._validate_results and method.result_validator is not None:
+            errors = schema_errors(method.result_validator, result)
+            if errors:
+                log.error("result of %s breaks its schema: %s", call.method, errors)
+                raise InternalError()
+        return result
+
+
+def _named_params(method: _Method, raw: Any) -> dict[str, Any]:
+    """Params as a dict (positional ones named per the schema), validated; else -32602."""
+    if raw is _ABSENT:
+        params: dict[str, Any] = {}
+    elif isinstance(raw, list):
+        if len(raw) > len(method.param_names):
+            raise InvalidParams(data={"errors": [{
+                "path": "",
+                "message": f"at most {len(method.param_names)} positional params, got {len(raw)}",
+            }]})
+        params = dict(zip(method.param_names, raw, strict=False))
+    else:
+        params = raw
+    errors = schema_errors(method.params_validator, params)
+    if errors:
+        raise InvalidParams(data={"errors": errors})
+    return params
+
+
+def _valid_id(value: Any) -> bool:
+    if value is _ABSENT or value is None or isinstance(value, str):
+        return True
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _shape_problem(message: Any) -> str | None:
+    """Why ``message`` is not a Request object, or None when it is one."""
+    if not isinstance(message, dict):
+        return "a request must be a JSON object"
+    if message.get("jsonrpc") != "2.0":
+        return 'jsonrpc must be exactly "2.0"'
+    if not isinstance(message.get("method"), str):
+        return "method must be a string"
+    if "params" in message and not isinstance(message["params"], dict | list):
+        return "params must be an object or an array"
+    if not _valid_id(message.get("id", _ABSENT)):
+        return "id must be a string, a number or null"
+    return None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _result_response(request_id: Any, result: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "result": result, "id": request_id}
+
+
+def _error_response(request_id: Any, error: RpcError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "error": error.to_json(), "id": request_id}
+
+
+def encode(message: Any) -> str:
+    """JSON text as sent on the wire: compact, no NaN, ASCII (a lone surrogate stays escaped)."""
+    return json.dumps(message, allow_nan=False, separators=(",", ":"))
+
+
+def _encode_response(response: dict[str, Any]) -> str:
+    try:
+        return encode(response)
+    except (TypeError, ValueError):
+        log.exception("response to id %r cannot be encoded as JSON", response.get("id"))
+        return encode(_error_response(response.get("id"), InternalError()))

@@ -1,0 +1,336 @@
+"""The transport-free JSON-RPC core, against the JSON-RPC 2.0 specification's own examples."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from service.errors import ActorNotFound
+from service.rpc.core import Call, Connection, Dispatcher
+
+
+def _schema(*names: str, required: int | None = None, types: str = "number") -> dict[str, Any]:
+    needed = names if required is None else names[:required]
+    return {"type": "object", "properties": {n: {"type": types} for n in names},
+            "required": list(needed), "additionalProperties": False}
+
+
+class Recorder:
+    """A connection that records what it sent, and a log of the handlers' side effects."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+        self.connection = Connection(self._send)
+
+    async def _send(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+
+@pytest.fixture
+def effects() -> list[Any]:
+    return []
+
+
+@pytest.fixture
+def dispatcher(effects: list[Any]) -> Dispatcher:
+    d = Dispatcher()
+
+    async def subtract(p: dict[str, Any], call: Call) -> Any:
+        return p["minuend"] - p["subtrahend"]
+
+    async def total(p: dict[str, Any], call: Call) -> Any:
+        return sum(p.values())
+
+    async def record(p: dict[str, Any], call: Call) -> Any:
+        effects.append((call.method, p))
+        return None
+
+    async def get_data(p: dict[str, Any], call: Call) -> Any:
+        return ["hello", 5]
+
+    async def boom(p: dict[str, Any], call: Call) -> Any:
+        effects.append("boom ran")
+        raise RuntimeError("secret internals /etc/passwd")
+
+    async def not_found(p: dict[str, Any], call: Call) -> Any:
+        raise ActorNotFound("ghost")
+
+    async def chatty(p: dict[str, Any], call: Call) -> Any:
+        await call.notify("output", {"request_id": call.id, "n": 1})
+        await call.notify("output", {"request_id": call.id, "n": 2})
+        return "done"
+
+    async def echo_id(p: dict[str, Any], call: Call) -> Any:
+        return {"id": call.id, "is_notification": call.is_notification}
+
+    d.register("subtract", subtract, _schema("minuend", "subtrahend"))
+    d.register("sum", total, _schema("a", "b", "c"))
+    d.register("update", record, _schema("a", "b", "c", "d", "e", required=0))
+    d.register("notify_hello", record, _schema("n"))
+    d.register("notify_sum", record, _schema("a", "b", "c"))
+    d.register("get_data", get_data, _schema())
+    d.register("boom", boom, _schema())
+    d.register("not_found", not_found, _schema())
+    d.register("chatty", chatty, _schema())
+    d.register("echo_id", echo_id, _schema())
+    return d
+
+
+async def _send(d: Dispatcher, frame: str | bytes, rec: Recorder | None = None) -> Any:
+    response = await d.handle_frame(frame, (rec or Recorder()).connection)
+    return None if response is None else json.loads(response)
+
+
+# --- the specification's examples (https://www.jsonrpc.org/specification#examples) ---
+
+
+@pytest.mark.parametrize(("frame", "expected"), [
+    ('{"jsonrpc": "2.0", "method": "subtract", "params": [42, 23], "id": 1}',
+     {"jsonrpc": "2.0", "result": 19, "id": 1}),
+    ('{"jsonrpc": "2.0", "method": "subtract", "params": [23, 42], "id": 2}',
+     {"jsonrpc": "2.0", "result": -19, "id": 2}),
+    ('{"jsonrpc": "2.0", "method": "subtract", "params": {"subtrahend": 23, "minuend": 42}, '
+     '"id": 3}', {"jsonrpc": "2.0", "result": 19, "id": 3}),
+    ('{"jsonrpc": "2.0", "method": "subtract", "params": {"minuend": 42, "subtrahend": 23}, '
+     '"id": 4}', {"jsonrpc": "2.0", "result": 19, "id": 4}),
+    ('{"jsonrpc": "2.0", "method": "foobar", "id": "1"}',
+     {"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": "1"}),
+    ('{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]',
+     {"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": None}),
+    ('{"jsonrpc": "2.0", "method": 1, "params": "bar"}',
+     {"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": None}),
+    ('[{"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"},'
+     '{"jsonrpc": "2.0", "method"]',
+     {"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": None}),
+    ("[]", {"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": None}),
+    ("[1]", [{"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"},
+              "id": None}]),
+    ("[1,2,3]", [{"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"},
+                  "id": None}] * 3),
+])
+async def test_specification_examples(dispatcher: Dispatcher, frame: str, expected: Any) -> None:
+    assert await _send(dispatcher, frame) == expected
+
+
+async def test_spec_mixed_batch(dispatcher: Dispatcher, effects: list[Any]) -> None:
+    frame = json.dumps([
+        {"jsonrpc": "2.0", "method": "sum", "params": [1, 2, 4], "id": "1"},
+        {"jsonrpc": "2.0", "method": "notify_hello", "params": [7]},
+        {"jsonrpc": "2.0", "method": "subtract", "params": [42, 23], "id": "2"},
+        {"foo": "boo"},
+        {"jsonrpc": "2.0", "method": "foo.get", "params": {"name": "myself"}, "id": "5"},
+        {"jsonrpc": "2.0", "method": "get_data", "id": "9"},
+    ])
+    assert await _send(dispatcher, frame) == [
+        {"jsonrpc": "2.0", "result": 7, "id": "1"},
+        {"jsonrpc": "2.0", "result": 19, "id": "2"},
+        {"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": None},
+        {"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": "5"},
+        {"jsonrpc": "2.0", "result": ["hello", 5], "id": "9"},
+    ]
+    assert effects == [("notify_hello", {"n": 7})]  # the notification ran, unanswered
+
+
+async def test_spec_notifications_get_nothing_back(dispatcher: Dispatcher,
+                                                   effects: list[Any]) -> None:
+    assert await _send(dispatcher, '{"jsonrpc": "2.0", "method": "update", '
+                                   '"params": [1,2,3,4,5]}') is None
+    assert await _send(dispatcher, '{"jsonrpc": "2.0", "method": "foobar"}') is None
+    batch = ('[{"jsonrpc": "2.0", "method": "notify_sum", "params": [1,2,4]},'
+             '{"jsonrpc": "2.0", "method": "notify_hello", "params": [7]}]')
+    assert await dispatcher.handle_frame(batch, Recorder().connection) is None
+    assert effects == [("update", {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}),
+                       ("notify_sum", {"a": 1, "b": 2, "c": 4}),
+                       ("notify_hello", {"n": 7})]
+
+
+# --- ids ---
+
+
+@pytest.mark.parametrize("request_id", ["abc", "", 7, 0, -3, 7.5, 1e300, None, 2**70])
+async def test_ids_are_echoed_with_their_type(dispatcher: Dispatcher, request_id: Any) -> None:
+    frame = json.dumps({"jsonrpc": "2.0", "method": "echo_id", "id": request_id})
+    response = await dispatcher.handle_frame(frame, Recorder().connection)
+    assert response is not None
+    decoded = json.loads(response)
+    assert decoded == {"jsonrpc": "2.0", "result": {"id": request_id, "is_notification": False},
+                       "id": request_id}
+    assert type(decoded["id"]) is type(request_id)
+
+
+async def test_float_id_keeps_its_spelling(dispatcher: Dispatcher) -> None:
+    response = await dispatcher.handle_frame('{"jsonrpc":"2.0","method":"get_data","id":1.0}',
+                                             Recorder().connection)
+    assert response == '{"jsonrpc":"2.0","result":["hello",5],"id":1.0}'
+
+
+@pytest.mark.parametrize("bad_id", ["true", "false", "{}", '{"a": 1}', "[1]"])
+async def test_bool_object_array_ids_are_invalid(dispatcher: Dispatcher, bad_id: str) -> None:
+    frame = f'{{"jsonrpc": "2.0", "method": "get_data", "id": {bad_id}}}'
+    assert await _send(dispatcher, frame) == {
+        "jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": None}
+
+
+# --- request shape ---
+
+
+@pytest.mark.parametrize("message", [
+    {"method": "get_data", "id": 1},                                 # no jsonrpc
+    {"jsonrpc": "1.0", "method": "get_data", "id": 1},
+    {"jsonrpc": 2.0, "method": "get_data", "id": 1},
+    {"jsonrpc": "2.0", "id": 1},                                     # no method
+    {"jsonrpc": "2.0", "method": None, "id": 1},
+    {"jsonrpc": "2.0", "method": "get_data", "params": "x", "id": 1},
+    {"jsonrpc": "2.0", "method": "get_data", "params": None, "id": 1},
+    {"jsonrpc": "2.0", "method": "get_data", "params": 3, "id": 1},
+])
+async def test_invalid_requests_with_a_readable_id_echo_it(dispatcher: Dispatcher,
+                                                           message: dict[str, Any]) -> None:
+    assert await _send(dispatcher, json.dumps(message)) == {
+        "jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": 1}
+
+
+@pytest.mark.parametrize("frame", ["1", '"x"', "null", "true"])
+async def test_a_scalar_is_an_invalid_request(dispatcher: Dispatcher, frame: str) -> None:
+    assert await _send(dispatcher, frame) == {
+        "jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": None}
+
+
+@pytest.mark.parametrize("frame", [
+    b'{"jsonrpc": "2.0", "method": "get_data", "id": 1, "x": "\xff"}',   # not UTF-8
+    '{"jsonrpc": "2.0", "method": "sum", "params": [NaN, 1, 2], "id": 1}',
+    '{"jsonrpc": "2.0", "method": "sum", "params": [Infinity, 1, 2], "id": 1}',
+    "",
+    "[" * 100_000,
+])
+async def test_parse_errors(dispatcher: Dispatcher, frame: str | bytes) -> None:
+    assert await _send(dispatcher, frame) == {
+        "jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": None}
+
+
+async def test_binary_utf8_frame_is_a_request(dispatcher: Dispatcher) -> None:
+    frame = json.dumps({"jsonrpc": "2.0", "method": "echo_id", "id": "é"}).encode()
+    assert await _send(dispatcher, frame) == {
+        "jsonrpc": "2.0", "result": {"id": "é", "is_notification": False}, "id": "é"}
+
+
+# --- params ---
+
+
+@pytest.mark.parametrize(("params", "errors"), [
+    ({"minuend": 1}, [{"path": "", "message": "'subtrahend' is a required property"}]),
+    ({"minuend": "1", "subtrahend": 2}, [{"path": "/minuend",
+                                          "message": "'1' is not of type 'number'"}]),
+    ({"minuend": 1, "subtrahend": 2, "x": 3},
+     [{"path": "", "message": "Additional properties are not allowed ('x' was unexpected)"}]),
+    ([1, 2, 3], [{"path": "", "message": "at most 2 positional params, got 3"}]),
+    ([1], [{"path": "", "message": "'subtrahend' is a required property"}]),
+])
+async def test_invalid_params(dispatcher: Dispatcher, params: Any,
+                              errors: list[dict[str, str]]) -> None:
+    frame = json.dumps({"jsonrpc": "2.0", "method": "subtract", "params": params, "id": 9})
+    assert await _send(dispatcher, frame) == {"jsonrpc": "2.0", "id": 9, "error": {
+        "code": -32602, "message": "Invalid params", "data": {"errors": errors}}}
+
+
+async def test_omitted_params_are_an_empty_object(dispatcher: Dispatcher) -> None:
+    frame = '{"jsonrpc": "2.0", "method": "subtract", "id": 1}'
+    response = await _send(dispatcher, frame)
+    assert response["error"]["code"] == -32602
+    assert response["error"]["data"]["errors"] == [
+        {"path": "", "message": "'minuend' is a required property"},
+        {"path": "", "message": "'subtrahend' is a required property"}]
+
+
+# --- errors from handlers ---
+
+
+async def test_rpc_errors_keep_code_and_data(dispatcher: Dispatcher) -> None:
+    assert await _send(dispatcher, '{"jsonrpc":"2.0","method":"not_found","id":1}') == {
+        "jsonrpc": "2.0", "id": 1, "error": {
+            "code": -32001, "message": "Actor not found: ghost", "data": {"actor_id": "ghost"}}}
+
+
+async def test_unknown_exception_is_internal_error_without_internals(
+        dispatcher: Dispatcher, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="service.rpc.core"):
+        response = await _send(dispatcher, '{"jsonrpc":"2.0","method":"boom","id":"b"}')
+    assert response == {"jsonrpc": "2.0", "id": "b",
+                        "error": {"code": -32603, "message": "Internal error"}}
+    [record] = caplog.records
+    assert record.exc_info is not None and "secret internals" in str(record.exc_info[1])
+
+
+async def test_notification_errors_are_not_answered(dispatcher: Dispatcher,
+                                                    effects: list[Any]) -> None:
+    rec = Recorder()
+    for frame in ('{"jsonrpc":"2.0","method":"boom"}', '{"jsonrpc":"2.0","method":"nope"}',
+                  '{"jsonrpc":"2.0","method":"subtract","params":{"x":1}}',
+                  '{"jsonrpc":"2.0","method":"not_found"}'):
+        assert await dispatcher.handle_frame(frame, rec.connection) is None
+    assert effects == ["boom ran"]
+    assert rec.sent == []
+
+
+# --- notifications from handlers, concurrency, registry ---
+
+
+async def test_handler_notifications_go_out_before_the_response(dispatcher: Dispatcher) -> None:
+    rec = Recorder()
+    response = await dispatcher.handle_frame('{"jsonrpc":"2.0","method":"chatty","id":5}',
+                                             rec.connection)
+    assert rec.sent == [
+        {"jsonrpc": "2.0", "method": "output", "params": {"request_id": 5, "n": 1}},
+        {"jsonrpc": "2.0", "method": "output", "params": {"request_id": 5, "n": 2}},
+    ]
+    assert response == '{"jsonrpc":"2.0","result":"done","id":5}'
+
+
+async def test_batch_elements_run_concurrently() -> None:
+    d = Dispatcher()
+    gate = asyncio.Event()
+
+    async def wait(p: dict[str, Any], call: Call) -> str:
+        await gate.wait()  # only the other element of the batch opens it
+        return "waited"
+
+    async def open_gate(p: dict[str, Any], call: Call) -> str:
+        gate.set()
+        return "opened"
+
+    d.register("wait", wait, _schema())
+    d.register("open", open_gate, _schema())
+    frame = '[{"jsonrpc":"2.0","method":"wait","id":1},{"jsonrpc":"2.0","method":"open","id":2}]'
+    response = await asyncio.wait_for(d.handle_frame(frame, Recorder().connection), 5)
+    assert json.loads(response or "") == [{"jsonrpc": "2.0", "result": "waited", "id": 1},
+                                          {"jsonrpc": "2.0", "result": "opened", "id": 2}]
+
+
+def test_registry_refuses_duplicates(dispatcher: Dispatcher) -> None:
+    async def handler(p: dict[str, Any], call: Call) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="'subtract' is already registered"):
+        dispatcher.register("subtract", handler, _schema())
+
+
+async def test_result_validation_turns_a_bad_result_into_internal_error() -> None:
+    d = Dispatcher(validate_results=True)
+
+    async def bad(p: dict[str, Any], call: Call) -> Any:
+        return {"cancelled": "yes"}
+
+    d.register("bad", bad, _schema(), {"type": "object", "properties": {
+        "cancelled": {"type": "boolean"}}})
+    assert await _send(d, '{"jsonrpc":"2.0","method":"bad","id":1}') == {
+        "jsonrpc": "2.0", "id": 1, "error": {"code": -32603, "message": "Internal error"}}
+
+
+def test_connection_slots_are_per_connection() -> None:
+    a, b = Recorder().connection, Recorder().connection
+    assert a.slot(list) is a.slot(list)
+    assert a.slot(list) is not b.slot(list)
