@@ -1,0 +1,82 @@
+"""``service lint``: check manifests together and print every problem.
+
+A path that does not exist is reported as a problem of that path (exit 1),
+like any other thing wrong with the input; usage errors (exit 2) are the CLI's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from service.errors import Problem
+from service.manifest.loader import check_manifest, display_path, find_manifests
+from service.settings import Settings
+
+FORMATS = ("text", "json", "github")
+
+
+def lint_paths(paths: Sequence[Path | str], settings: Settings) -> list[Problem]:
+    """Every problem of the manifests found under ``paths``, ids checked across all of them."""
+    problems: list[Problem] = []
+    files: set[Path] = set()
+    for given in paths:
+        try:
+            files.update(find_manifests([given]))
+        except FileNotFoundError:
+            problems.append(Problem(display_path(given), None, None, "no such file or folder"))
+    first_file: dict[str, str] = {}  # actor id -> the file that used it first
+    for file in sorted(files):
+        check = check_manifest(file, settings)
+        found = list(check.problems)
+        if check.actor_id is not None and check.id_position is not None:
+            if check.actor_id in first_file:
+                line, column = check.id_position
+                found.append(Problem(
+                    check.file, line, column,
+                    f"id: {check.actor_id!r} is already used by {first_file[check.actor_id]}",
+                    "/id"))
+            else:
+                first_file[check.actor_id] = check.file
+        problems += sorted(found, key=lambda p: (p.file, p.line or 0, p.column or 0))
+    return problems
+
+
+def format_problems(problems: Sequence[Problem], fmt: str) -> str:
+    """``text``: ``FILE:LINE:COL: message`` lines; ``json``: a list; ``github``: annotations."""
+    if fmt == "text":
+        return "\n".join(str(p) for p in problems)
+    if fmt == "json":
+        return json.dumps([p.to_json() for p in problems], indent=2)
+    if fmt == "github":
+        return "\n".join(_github(p) for p in problems)
+    raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def lint_main(paths: Sequence[Path | str], settings: Settings, fmt: str, out: TextIO) -> int:
+    """Lint ``paths`` and write the problems to ``out``; 0 when clean, 1 otherwise."""
+    problems = lint_paths(paths, settings)
+    text = format_problems(problems, fmt)
+    if text:
+        out.write(text + "\n")
+    return 1 if problems else 0
+
+
+def _github(problem: Problem) -> str:
+    """A GitHub Actions ``::error`` workflow command, escaped as the runner expects."""
+    props = [f"file={_escape_property(problem.file)}"]
+    if problem.line is not None:
+        props.append(f"line={problem.line}")
+        if problem.column is not None:
+            props.append(f"col={problem.column}")
+    return f"::error {','.join(props)}::{_escape_data(problem.message)}"
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")

@@ -1,0 +1,182 @@
+"""YAML that remembers where each value came from.
+
+``parse_manifest_yaml`` builds plain JSON-like values from PyYAML's node tree
+and records the 1-based line and column of every node under its JSON pointer,
+so a problem found later (by a schema, a limit check...) points at the YAML
+node that caused it. Mapping keys are always strings (the scalar as written,
+so a port named ``on`` stays ``"on"``), dates stay strings, and duplicate keys
+are problems rather than a silent "last one wins".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from service.errors import ManifestError, Problem
+
+Position = tuple[int, int]
+MAX_NODES = 100_000
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+class _JsonLoader(yaml.SafeLoader):
+    """SafeLoader without the timestamp resolver: ``2024-01-01`` stays a string, as in JSON."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers
+                if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+def escape_pointer_token(token: str | int) -> str:
+    """One JSON-pointer reference token (RFC 6901)."""
+    return str(token).replace("~", "~0").replace("/", "~1")
+
+
+def pointer(*tokens: str | int) -> str:
+    """Join tokens into a JSON pointer: ``pointer("limits", "cpus") == "/limits/cpus"``."""
+    return "".join(f"/{escape_pointer_token(t)}" for t in tokens)
+
+
+def parent_pointer(ptr: str) -> str:
+    """The pointer one level up (``""`` is the root and its own parent)."""
+    return ptr.rsplit("/", 1)[0] if ptr else ""
+
+
+@dataclass(frozen=True)
+class YamlDoc:
+    """A parsed manifest: its value, where each node sits, and recoverable problems."""
+
+    value: dict[str, Any]
+    values: Mapping[str, Position]  # pointer -> position of the value node
+    keys: Mapping[str, Position]  # pointer -> position of the mapping key naming it
+    problems: tuple[Problem, ...] = ()
+
+    def position(self, ptr: str, *, key: bool = False) -> Position:
+        """Where ``ptr`` is (its key with ``key=True``), else its nearest ancestor's."""
+        while True:
+            found = self.keys.get(ptr) if key else None
+            found = found or self.values.get(ptr)
+            if found is not None:
+                return found
+            if not ptr:
+                return (1, 1)
+            ptr = parent_pointer(ptr)
+
+
+@dataclass
+class _Builder:
+    """Turns a node tree into values, recording positions and problems on the way."""
+
+    loader: _JsonLoader
+    file: str
+    values: dict[str, Position] = field(default_factory=dict)
+    keys: dict[str, Position] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    active: set[int] = field(default_factory=set)  # nodes being built: catches alias cycles
+    built: int = 0  # nodes built so far: aliases expand, and a "billion laughs" must not
+
+    def problem(self, node: yaml.Node, ptr: str, message: str) -> None:
+        line, col = _position(node.start_mark)
+        self.problems.append(Problem(self.file, line, col, message, ptr))
+
+    def build(self, node: yaml.Node, ptr: str) -> Any:
+        self.values.setdefault(ptr, _position(node.start_mark))
+        self.built += 1
+        if self.built > MAX_NODES:
+            line, col = _position(node.start_mark)
+            raise ManifestError([Problem(self.file, line, col,
+                                         f"too many YAML nodes (over {MAX_NODES} after aliases)")])
+        if id(node) in self.active:
+            self.problem(node, ptr, "a YAML alias refers to itself")
+            return None
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, ptr)
+            if isinstance(node, yaml.SequenceNode):
+                return [self.build(item, f"{ptr}/{i}") for i, item in enumerate(node.value)]
+            return self._scalar(node, ptr)
+        finally:
+            self.active.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, ptr: str) -> dict[str, Any]:
+        own = {id(key_node) for key_node, _ in node.value}
+        self.loader.flatten_mapping(node)  # applies `<<` merge keys, putting merged pairs first
+        out: dict[str, Any] = {}
+        # A key written here overrides a merged one; only a key written twice is an error.
+        pairs = [p for p in node.value if id(p[0]) in own]
+        pairs += [p for p in node.value if id(p[0]) not in own]
+        for key_node, value_node in pairs:
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.problem(key_node, ptr, "a mapping key must be a plain value")
+                continue
+            key = str(key_node.value)
+            child = f"{ptr}/{escape_pointer_token(key)}"
+            if key in out:
+                if id(key_node) in own:
+                    first_line = self.keys[child][0]
+                    self.problem(key_node, child,
+                                 f"duplicate key {key!r} (first on line {first_line})")
+                continue
+            self.keys[child] = _position(key_node.start_mark)
+            out[key] = self.build(value_node, child)
+        return out
+
+    def _scalar(self, node: yaml.Node, ptr: str) -> Any:
+        try:
+            value = self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            self.problem(node, ptr, f"unsupported YAML value: {_first_line(exc)}")
+            return None
+        if not isinstance(value, _JSON_SCALARS) or (
+                isinstance(value, float) and not math.isfinite(value)):
+            self.problem(node, ptr, f"{node.value!r} is not a JSON value")
+            return None
+        return value
+
+
+def parse_manifest_yaml(text: str, file: str) -> YamlDoc:
+    """Parse one YAML document whose root must be a mapping.
+
+    Raises ManifestError when nothing usable comes out (syntax error, empty file,
+    a root that is not a mapping); recoverable problems are kept in ``problems``.
+    """
+    loader = _JsonLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            raise ManifestError([Problem(file, 1, 1, "the file is empty; expected a mapping")])
+        if not isinstance(root, yaml.MappingNode):
+            line, col = _position(root.start_mark)
+            raise ManifestError([Problem(file, line, col, "the top level must be a mapping")])
+        builder = _Builder(loader, file)
+        value = builder.build(root, "")
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where: tuple[int | None, int | None] = _position(mark) if mark else (None, None)
+        message = f"invalid YAML: {_first_line(exc)}"
+        raise ManifestError([Problem(file, *where, message)]) from exc
+    except yaml.YAMLError as exc:
+        raise ManifestError([Problem(file, None, None, f"invalid YAML: {exc}")]) from exc
+    finally:
+        loader.dispose()
+    return YamlDoc(value, builder.values, builder.keys, tuple(builder.problems))
+
+
+def _position(mark: Any) -> Position:
+    return (mark.line + 1, mark.column + 1)
+
+
+def _first_line(exc: yaml.YAMLError) -> str:
+    """PyYAML's problem text without the quoted source excerpt."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        parts = [exc.context, exc.problem]
+        return ", ".join(p for p in parts if p) or str(exc).splitlines()[0]
+    return str(exc).splitlines()[0]
