@@ -36,7 +36,9 @@ COPY service ./service
 COPY config ./config
 COPY schemas ./schemas
 COPY manifests ./manifests
-RUN pip install --no-deps .
+# Editable, so the package stays in /app: the loader reads /app/schemas beside it
+# (compose mounts the project's schemas/ there), not a copy in site-packages.
+RUN pip install --no-deps -e .
 
 # Relative paths in the settings (manifests, allowed_roots) resolve against /app.
 # The server refuses to listen on 0.0.0.0 without a token: pass one at run time as

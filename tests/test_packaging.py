@@ -128,6 +128,12 @@ def test_dockerfile_installs_the_sandbox_packages() -> None:
     assert {"bubblewrap", "nodejs", "python3"} <= set(install.group(1).split())
 
 
+def test_dockerfile_installs_the_package_editable_in_app() -> None:
+    # The manifest loader reads schemas/ beside the package, so it must stay in /app.
+    assert instruction_args("WORKDIR") == ["/app"]
+    assert "pip install --no-deps -e ." in instruction_args("RUN")
+
+
 def test_dockerfile_healthcheck_uses_python_not_curl() -> None:
     (check,) = instruction_args("HEALTHCHECK")
     assert "urllib.request.urlopen(" in check
