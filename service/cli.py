@@ -1,0 +1,283 @@
+"""The `service` command: serve (default), lint, test, run, doctor.
+
+``main(argv) -> int`` is the whole CLI; ``__main__`` only calls it. Exit codes:
+0 success, 1 failure (a lint problem, a failed example, a call error...),
+2 usage error or invalid settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from service.errors import ManifestError, RpcError, SettingsError
+from service.log import setup_logging
+from service.settings import Settings, load_settings
+
+DEFAULT_CONFIG = Path("config/settings.toml")
+SUBCOMMANDS = ("serve", "lint", "test", "run", "doctor")
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default: sys.argv[1:]); returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or (args_list[0] not in SUBCOMMANDS and args_list[0] not in ("-h", "--help")):
+        args_list.insert(0, "serve")  # `service --port 5556` means `service serve --port 5556`
+    try:
+        args = build_parser().parse_args(args_list)
+    except SystemExit as exc:  # argparse has printed the usage error
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        settings = _settings(args)
+    except SettingsError as exc:
+        print(f"error: invalid settings: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(settings.log_level, settings.log_format)
+    command: Command = args.command
+    return command(args, settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--backend", choices=("auto", "microvm", "process"), default=None)
+    common.add_argument("--debug", action="store_true", help="log at debug level")
+    parser = argparse.ArgumentParser(prog="service", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="subcommand", required=True)
+
+    serve = sub.add_parser("serve", parents=[common], help="run the WebSocket server (default)")
+    _settings_option(serve, "--config")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--actors", type=Path, action="append", default=[], metavar="PATH",
+                       help="a manifest or folder to load in addition to manifest_paths")
+    serve.set_defaults(command=cmd_serve)
+
+    lint = sub.add_parser("lint", parents=[common], help="check manifests")
+    lint.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    _settings_option(lint, "--config")
+    lint.add_argument("--format", choices=("text", "json", "github"), default="text")
+    lint.set_defaults(command=cmd_lint)
+
+    test = sub.add_parser("test", parents=[common], help="run every manifest's examples")
+    test.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    _settings_option(test, "--config")
+    test.set_defaults(command=cmd_test)
+
+    run = sub.add_parser("run", parents=[common], help="run one call without a server")
+    run.add_argument("manifest", type=Path, metavar="MANIFEST")
+    run.add_argument("--payload", type=_json_object, required=True, metavar="JSON")
+    run.add_argument("--config", dest="actor_config", type=_json_object, default=None,
+                     metavar="JSON", help="the call's config (the settings file is --settings)")
+    run.add_argument("--state", type=_json_object, default=None, metavar="JSON")
+    _settings_option(run, "--settings")
+    run.set_defaults(command=cmd_run)
+
+    doctor = sub.add_parser("doctor", parents=[common], help="check which backends work here")
+    _settings_option(doctor, "--config")
+    doctor.set_defaults(command=cmd_doctor)
+    return parser
+
+
+def _settings_option(parser: argparse.ArgumentParser, flag: str) -> None:
+    parser.add_argument(flag, dest="config", type=Path, default=None, metavar="PATH",
+                        help=f"settings file (default: {DEFAULT_CONFIG} when it exists)")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    path = args.config
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    return load_settings(
+        path,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        backend=args.backend,
+        log_level="debug" if args.debug else None,
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _report_manifest_error(exc: ManifestError) -> int:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    return EXIT_FAILURE
+
+
+# --- serve ---
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from service.server import serve
+
+    try:
+        asyncio.run(serve(settings, args.actors))
+    except SettingsError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except ManifestError as exc:
+        return _report_manifest_error(exc)
+    except (RpcError, OSError) as exc:  # no sandbox backend, port in use...
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+# --- lint ---
+
+
+def cmd_lint(args: argparse.Namespace, settings: Settings) -> int:
+    from service.manifest.lint import lint_main
+
+    paths = list(args.paths) or list(settings.manifest_paths)
+    return lint_main(paths, settings, args.format, sys.stdout)
+
+
+# --- test ---
+
+
+def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
+    if args.paths:
+        settings = settings.replace(manifest_paths=tuple(args.paths))
+    try:
+        return asyncio.run(_run_examples(settings))
+    except ManifestError as exc:
+        return _report_manifest_error(exc)
+    except RpcError as exc:  # no sandbox backend
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+async def _run_examples(settings: Settings) -> int:
+    from service.runtime import Runtime
+    from service.sandbox.select import select_backend
+
+    backend = await select_backend(settings)
+    runtime = Runtime(settings, backend)
+    passed = failed = 0
+    try:
+        await runtime.start()
+        for actor in runtime.actors():
+            for example in actor.examples:
+                problem = await _example_problem(runtime, actor.id, example)
+                if problem is None:
+                    passed += 1
+                    print(f"PASS {actor.id}: {example.name}")
+                else:
+                    failed += 1
+                    print(f"FAIL {actor.id}: {example.name}: {problem}")
+    finally:
+        await runtime.aclose()  # closes the backend too
+    print(f"{passed} passed, {failed} failed")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+async def _example_problem(runtime: Any, actor_id: str, example: Any) -> str | None:
+    """Why the example fails (None when it passes): its outputs must match exactly."""
+    try:
+        result = await runtime.process(actor_id, example.payload, example.config, example.state)
+    except RpcError as exc:
+        return f"error {exc.CODE}: {exc.message}"
+    if not json_equal(result["outputs"], example.outputs):
+        return f"expected outputs {_dump(example.outputs)}, got {_dump(result['outputs'])}"
+    return None
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality of JSON values: 1 == 1.0 (one number type), but true != 1 and order matters."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+# --- run ---
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    manifest: Path = args.manifest
+    # Only the given manifest: nothing from manifest_paths, and `load` may read its folder.
+    settings = settings.replace(manifest_paths=(), allowed_roots=(manifest.resolve().parent,))
+    try:
+        return asyncio.run(_run_one(settings, args))
+    except RpcError as exc:
+        print(f"error {exc.CODE}: {exc.message}", file=sys.stderr)
+        if exc.data is not None:
+            print(json.dumps(exc.data, indent=2), file=sys.stderr)
+        return EXIT_FAILURE
+
+
+async def _run_one(settings: Settings, args: argparse.Namespace) -> int:
+    from service.runtime import Runtime
+    from service.sandbox.select import select_backend
+
+    async def emit(kind: str, params: dict[str, Any]) -> None:
+        print(json.dumps({kind: params}), flush=True)
+
+    backend = await select_backend(settings)
+    runtime = Runtime(settings, backend)
+    try:
+        await runtime.start()
+        actor, _ = await runtime.load(str(args.manifest))
+        result = await runtime.process(actor.id, args.payload, args.actor_config, args.state,
+                                       emit=emit)
+    finally:
+        await runtime.aclose()  # closes the backend too
+    print(json.dumps({"result": result}), flush=True)
+    return EXIT_OK
+
+
+# --- doctor ---
+
+
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    return asyncio.run(_doctor(settings))
+
+
+async def _doctor(settings: Settings) -> int:
+    from service.sandbox.select import all_backends
+
+    print(f"backend setting: {settings.backend}")
+    working = []
+    for backend in all_backends(settings):
+        try:
+            availability = await backend.availability()
+        finally:
+            await backend.aclose()
+        status = "ok" if availability.ok else f"unavailable: {availability.reason}"
+        print(f"{availability.backend}: {status}")
+        for key, value in availability.details.items():
+            print(f"  {key}: {value}")
+        if availability.ok:
+            working.append(availability.backend)
+    print(f"working backends: {', '.join(working) or 'none'}")
+    return EXIT_OK if working else EXIT_FAILURE

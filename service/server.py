@@ -1,0 +1,251 @@
+"""The aiohttp application: JSON-RPC over WebSocket at `/`, plus `/healthz` and `/metrics`.
+
+The handler here only reads frames and writes what the core (``service.rpc.core``)
+gives back. Each frame is handled in a task of its own so that calls run
+concurrently; writes to one socket are serialized by a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from service.metrics import Metrics
+from service.rpc.core import Connection, Dispatcher
+from service.rpc.methods import register_methods
+from service.runtime import Runtime
+from service.sandbox.base import Backend
+from service.settings import Settings, check_exposure
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    """One WebSocket connection: its frame tasks and its serialized writer."""
+
+    def __init__(self, ws: web.WebSocketResponse, dispatcher: Dispatcher) -> None:
+        self.ws = ws
+        self.dispatcher = dispatcher
+        self.connection = Connection(self.send)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._write_lock = asyncio.Lock()
+
+    async def send(self, text: str) -> None:
+        """Write one frame; dropped (not raised) once the socket is closing."""
+        async with self._write_lock:
+            if self.ws.closed:
+                log.debug("connection closed; dropping a %d-byte message", len(text))
+                return
+            try:
+                await self.ws.send_str(text)
+            except ConnectionError as exc:
+                log.debug("connection lost while sending: %s", exc)
+
+    async def run(self) -> None:
+        """Read frames until the socket closes (or a frame is too big: aiohttp closes with 1009)."""
+        async for msg in self.ws:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                task = asyncio.create_task(self._answer(msg.data))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            elif msg.type == WSMsgType.ERROR:
+                log.info("closing connection: %s (close code %s)", msg.data, self.ws.close_code)
+                break
+
+    async def _answer(self, frame: str | bytes) -> None:
+        try:
+            response = await self.dispatcher.handle_frame(frame, self.connection)
+        except Exception:  # the core answers every error itself; this is a bug if it happens
+            log.exception("unhandled error while answering a frame")
+            return
+        if response is not None:
+            await self.send(response)
+
+    async def cancel_all(self) -> None:
+        """Cancel the calls in flight and wait until their sandboxes are released."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+@dataclass
+class AppState:
+    """Everything the app holds; resources that need start/stop are set in cleanup_ctx."""
+
+    settings: Settings
+    runtime: Runtime | None
+    extra_actors: tuple[Path, ...] = ()
+    validate_results: bool = False
+    dispatcher: Dispatcher = field(default_factory=Dispatcher)
+    metrics: Metrics | None = None
+    sessions: set[Session] = field(default_factory=set)
+    draining: bool = False
+
+    def pool_stats(self) -> dict[str, tuple[int, int, int]]:
+        return self.runtime.pool_stats() if self.runtime is not None else {}
+
+    def in_flight(self) -> set[asyncio.Task[None]]:
+        return {task for session in self.sessions for task in session.tasks}
+
+    async def drain(self, grace_s: float) -> None:
+        """Let running calls finish for up to ``grace_s``, then cancel the rest."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while (tasks := self.in_flight()) and (remaining := deadline - loop.time()) > 0:
+            await asyncio.wait(tasks, timeout=remaining)
+        await self.close_sessions()
+
+    async def close_sessions(self) -> None:
+        for session in list(self.sessions):
+            await session.cancel_all()
+            await session.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+
+
+STATE = web.AppKey("state", AppState)
+
+
+def create_app(
+    settings: Settings,
+    runtime: Runtime | None = None,
+    *,
+    extra_actors: Sequence[Path | str] = (),
+    validate_results: bool = False,
+) -> web.Application:
+    """The application. With ``runtime`` None, one is made (and closed) on the selected backend.
+
+    A runtime passed in stays the caller's to close. ``validate_results`` checks every
+    result against its OpenRPC schema (for tests).
+    """
+    app = web.Application()
+    state = AppState(settings, runtime, tuple(map(Path, extra_actors)), validate_results)
+    state.metrics = Metrics(state.pool_stats)
+    app[STATE] = state
+    app.router.add_get("/", websocket_handler)
+    app.router.add_get("/healthz", healthz_handler)
+    app.router.add_get("/metrics", metrics_handler)
+    app.cleanup_ctx.append(_runtime_ctx)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    backend: Backend | None = None
+    if state.runtime is None:
+        backend, state.runtime = await _start_runtime(state.settings, state.extra_actors)
+    state.dispatcher = Dispatcher(validate_results=state.validate_results)
+    register_methods(state.dispatcher, state.runtime, state.metrics)
+    yield
+    await state.close_sessions()
+    if backend is not None:  # we made the runtime: closing it closes its backend too
+        await state.runtime.aclose()
+
+
+async def _start_runtime(settings: Settings, extra: Sequence[Path]) -> tuple[Backend, Runtime]:
+    from service.sandbox.select import select_backend
+
+    backend = await select_backend(settings)
+    runtime = Runtime(settings, backend)
+    try:
+        await runtime.start(extra)
+    except BaseException:
+        await runtime.aclose()
+        raise
+    return backend, runtime
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    await app[STATE].close_sessions()
+
+
+def authorized(request: web.Request, tokens: Sequence[str]) -> bool:
+    """True when no token is configured, or the request carries one (header or ?token=)."""
+    if not tokens:
+        return True
+    offered = request.query.get("token")
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        offered = value.strip()
+    if offered is None:
+        return False
+    # Compare against every token, always, so timing says nothing about which one matched.
+    matches = [hmac.compare_digest(offered.encode(), token.encode()) for token in tokens]
+    return any(matches)
+
+
+def _unauthorized() -> web.HTTPUnauthorized:
+    return web.HTTPUnauthorized(text="401: a valid token is required\n",
+                                headers={"WWW-Authenticate": 'Bearer realm="actor-runtime"'})
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    """The JSON-RPC endpoint."""
+    state = request.app[STATE]
+    if not authorized(request, state.settings.auth.tokens):
+        raise _unauthorized()
+    ws = web.WebSocketResponse(max_msg_size=state.settings.max_message_bytes)
+    if not ws.can_prepare(request).ok:
+        return web.Response(status=426, text="JSON-RPC 2.0 over WebSocket: upgrade required\n",
+                            headers={"Upgrade": "websocket", "Connection": "Upgrade"})
+    await ws.prepare(request)
+    session = Session(ws, state.dispatcher)
+    state.sessions.add(session)
+    log.debug("connection from %s", request.remote)
+    try:
+        await session.run()
+    finally:
+        state.sessions.discard(session)
+        await session.cancel_all()  # closing the connection cancels its calls in flight
+        log.debug("connection from %s closed (code %s)", request.remote, ws.close_code)
+    return ws
+
+
+async def healthz_handler(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.runtime is None or state.draining:
+        return web.json_response({"status": "unavailable"}, status=503)
+    return web.json_response({"status": "ok", "actors": len(state.runtime.actors())})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if not authorized(request, state.settings.auth.tokens):
+        raise _unauthorized()
+    assert state.metrics is not None  # set by create_app
+    return web.Response(body=state.metrics.render(),
+                        headers={"Content-Type": state.metrics.content_type})
+
+
+async def serve(settings: Settings, extra_actors: Sequence[Path | str] = ()) -> None:
+    """Serve until SIGINT/SIGTERM, then drain: stop accepting, let calls finish, close."""
+    check_exposure(settings)
+    app = create_app(settings, extra_actors=extra_actors)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()  # starts the runtime: manifest or backend problems raise here
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        log.info("serving JSON-RPC on ws://%s:%d/", settings.host, settings.port)
+        await stop.wait()
+        log.info("shutting down: draining calls for up to %ss", settings.shutdown_grace_s)
+        await site.stop()
+        await app[STATE].drain(settings.shutdown_grace_s)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)
+        await runner.cleanup()
+        log.info("stopped")
