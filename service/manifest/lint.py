@@ -36,7 +36,7 @@ def lint_paths(paths: Sequence[Path | str], settings: Settings) -> list[Problem]
                 line, column = check.id_position
                 found.append(Problem(
                     check.file, line, column,
-                    f"id: {check.actor_id!r} is already used by {first_file[check.actor_id]}",
+                    f"id {check.actor_id!r} is already used by {first_file[check.actor_id]}",
                     "/id"))
             else:
                 first_file[check.actor_id] = check.file

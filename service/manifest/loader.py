@@ -1,9 +1,11 @@
 """Load a manifest into an ActorDef, or report every problem it has.
 
-The manifest format is ``schemas/manifest.schema.json`` at the project root,
-read from the source tree (``Path(__file__).parents[2] / "schemas"``): one
-copy, the same file editors and CI use, so it cannot drift. It is read once
-per process. The checks beyond the schema (script, port schemas and their
+The manifest format is ``schemas/manifest.schema.json`` at the project root:
+one copy, the same file editors and CI use, so it cannot drift. It is read
+once per process from the source tree (``Path(__file__).parents[2]``, which
+covers a checkout and an editable install), else from ``schemas/`` below the
+working directory (a non-editable install run from the project folder, as in
+the Docker image). The checks beyond the schema (script, port schemas and their
 ``$ref``s, limits, examples) run on every part that is well-formed enough, so
 one run lists everything wrong, each problem at the YAML node that caused it.
 """
@@ -45,7 +47,7 @@ from service.settings import Limits, Settings
 
 log = logging.getLogger(__name__)
 
-MANIFEST_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "manifest.schema.json"
+MANIFEST_SCHEMA_NAME = Path("schemas", "manifest.schema.json")
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 LANGUAGES = ("python", "javascript")
 
@@ -53,8 +55,14 @@ LANGUAGES = ("python", "javascript")
 @functools.cache
 def manifest_schema() -> dict[str, Any]:
     """The manifest format as JSON Schema (read once per process)."""
-    schema: dict[str, Any] = json.loads(MANIFEST_SCHEMA_PATH.read_text(encoding="utf-8"))
-    return schema
+    candidates = [Path(__file__).resolve().parents[2] / MANIFEST_SCHEMA_NAME,
+                  Path.cwd() / MANIFEST_SCHEMA_NAME]
+    for path in candidates:
+        if path.is_file():
+            schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+            return schema
+    raise FileNotFoundError(f"{MANIFEST_SCHEMA_NAME} not found in {candidates[0].parents[1]} "
+                            "nor in the working directory")
 
 
 @functools.cache

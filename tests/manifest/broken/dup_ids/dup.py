@@ -1,0 +1,2 @@
+def process(context):
+    return None

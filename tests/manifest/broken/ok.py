@@ -1,0 +1,2 @@
+async def process(context):
+    return {"status": "completed"}
