@@ -308,7 +308,8 @@ def _config(ctx: _Context) -> CompiledSchema | None:
     if not isinstance(section, dict) or not isinstance(section.get("schema"), dict | bool):
         return None
     compiled = _compile(ctx, section["schema"], "/config/schema")
-    defaults = section.get("defaults", {})
+    # Without defaults, the keys the schema requires are the caller's to give.
+    defaults = section.get("defaults")
     if compiled is not None and isinstance(defaults, dict):
         for error in schema_errors(compiled.validator, defaults):
             ctx.add("/config/defaults" + error["path"], error["message"])

@@ -11,7 +11,13 @@ import pytest
 
 from service.errors import ManifestError
 from service.manifest.lint import lint_paths
-from service.manifest.loader import check_manifest, display_path, find_manifests, load_manifest
+from service.manifest.loader import (
+    check_manifest,
+    display_path,
+    find_manifests,
+    load_manifest,
+    manifest_schema,
+)
 from service.manifest.model import Example, PoolSpec
 from service.settings import Limits, LimitsMax, SandboxSettings, Settings
 
@@ -44,6 +50,14 @@ def messages(path: Path, settings: Settings | None = None) -> list[str]:
 BASE = "id: actor\nlanguage: python\nscript: actor.py\n"
 
 
+def test_manifest_schema_is_valid_and_is_the_one_in_schemas() -> None:
+    schema = json.loads((REPO / "schemas" / "manifest.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert manifest_schema() == schema
+    for name in ("limits", "pool", "config"):
+        assert schema["properties"][name]["additionalProperties"] is False
+
+
 def test_shipped_manifests_are_clean(in_repo: Path) -> None:
     assert lint_paths(["manifests"], Settings()) == []
     ids = [load_manifest(p, Settings()).id for p in find_manifests(["manifests"])]
@@ -72,14 +86,41 @@ def test_doubler_descriptor_is_the_protocol_shape(in_repo: Path) -> None:
     assert json.loads(json.dumps(actor.descriptor())) == actor.descriptor()
 
 
-def test_doubler_is_the_origin_example_verbatim(in_repo: Path) -> None:
-    readme = Path("/work/shared/spec/origin-README.md")
-    if not readme.exists():
-        pytest.skip("the origin README is not beside this checkout")
-    text = readme.read_text()
-    for script, fence in (("doubler.py", "```python\n"), ("doubler_js.js", "```javascript\n")):
-        block = text.split(fence, 1)[1].split("```", 1)[0]
-        assert (REPO / "manifests" / script).read_text() == block
+# The origin README's examples, character for character (blank lines with spaces and all).
+ORIGIN_PYTHON = (
+    'import json\n'
+    '\n'
+    'async def process(context):\n'
+    '    # Get input from a port\n'
+    '    value = context.get_input("input", 0)\n'
+    '    \n'
+    '    # Process the value\n'
+    '    result = value * 2\n'
+    '    \n'
+    '    # Send output to a port (via WebSocket RPC back to host)\n'
+    '    await context.send_output("output", result)\n'
+    '    \n'
+    '    return {"status": "completed"}\n'
+)
+ORIGIN_JAVASCRIPT = (
+    'async function process(context) {\n'
+    '    // Get input from a port\n'
+    '    const value = context.getInput("input", 0);\n'
+    '    \n'
+    '    // Process the value\n'
+    '    const result = value * 2;\n'
+    '    \n'
+    '    // Send output to a port (via WebSocket RPC back to host)\n'
+    '    await context.sendOutput("output", result);\n'
+    '    \n'
+    '    return { status: "completed" };\n'
+    '}\n'
+)
+
+
+def test_doublers_are_the_origin_examples_verbatim() -> None:
+    assert (REPO / "manifests" / "doubler.py").read_text() == ORIGIN_PYTHON
+    assert (REPO / "manifests" / "doubler_js.js").read_text() == ORIGIN_JAVASCRIPT
 
 
 def test_limits_are_filled_from_the_settings(tmp_path: Path) -> None:
@@ -220,6 +261,15 @@ def test_counter_config_state_and_examples(in_repo: Path) -> None:
         Example("fifth call, factor from the caller", {"value": 5}, {"result": 15, "calls": 5},
                 config={"factor": 3}, state={"count": 4}),
     )
+
+
+def test_config_schema_problems_and_defaults_left_to_the_caller(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "config:\n  schema: {required: [factor]}\n")
+    assert load_manifest(path, Settings()).config_defaults == {}
+    path = write(tmp_path, BASE + "config:\n  schema: {type: nope}\n  defaults: {}\n")
+    assert messages(path) == [
+        "config.schema.type: 'nope' is not one of "
+        "['array', 'boolean', 'integer', 'null', 'number', 'object', 'string']"]
 
 
 def test_pool_and_optional_inport(tmp_path: Path) -> None:
