@@ -1,0 +1,211 @@
+"""The hostile actor corpus (cases.yaml), run on every backend available here.
+
+Each row is an attack with the exact outcome it must have. After it, a benign call on
+the same actor must succeed, and nothing of its sandboxes may be left on the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hostile_support import (
+    CANARY_NAME,
+    HERE,
+    REPO,
+    Listener,
+    SandboxWatch,
+    Substitute,
+    hostile_settings,
+    running,
+    substituter,
+)
+
+from service.errors import RpcError
+from service.runtime import Runtime
+from service.sandbox.base import Backend
+
+CASES: list[dict[str, Any]] = yaml.safe_load((HERE / "cases.yaml").read_text())
+MARGIN_S = 15  # on top of the actor's timeout_s: a hung call fails the test, never the suite
+
+
+def test_cases_are_well_formed() -> None:
+    """Every row names an existing manifest and says exactly what must happen."""
+    names = [c["case"] for c in CASES]
+    assert len(names) == len(set(names))
+    for case in CASES:
+        assert (HERE / case["manifest"]).is_file(), case["case"]
+        steps = case.get("steps") or [{"payload": case.get("payload"), "expect": case["expect"]}]
+        for step in steps:
+            assert set(step["expect"]) <= {"error", "returns", "any_of", "load_error"}, case
+        assert set(case.get("checks", {})) <= {"emitted", "cpu_ratio_below", "bystander",
+                                               "loopback_untouched", "host_absent", "symlinks"}
+
+
+@dataclass
+class Observed:
+    """What one call did: its result or its error, and the notifications sent before the end."""
+
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    notes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def describe(self) -> str:
+        if self.error is not None:
+            data = {k: v for k, v in (self.error.get("data") or {}).items() if k != "traceback"}
+            return f"error {self.error['code']} {data}"
+        return f"returned {self.result and self.result['return']}"
+
+
+async def call(runtime: Runtime, actor_id: str, payload: dict[str, Any]) -> Observed:
+    seen = Observed()
+
+    async def emit(method: str, params: dict[str, Any]) -> None:
+        seen.notes.append((method, params))
+
+    timeout_s = runtime.get(actor_id).limits.timeout_s + MARGIN_S
+    try:
+        seen.result = await asyncio.wait_for(
+            runtime.process(actor_id, payload, emit=emit), timeout_s)
+    except RpcError as exc:
+        seen.error = exc.to_json()
+    return seen
+
+
+def is_subset(expected: Any, actual: Any) -> bool:
+    """Every key of ``expected`` (recursively, for objects) has that value in ``actual``."""
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and all(
+            k in actual and is_subset(v, actual[k]) for k, v in expected.items())
+    return bool(expected == actual and type(expected) is type(actual))
+
+
+def matches(expect: dict[str, Any], seen: Observed) -> bool:
+    if "any_of" in expect:
+        return any(matches(e, seen) for e in expect["any_of"])
+    if "error" in expect:
+        wanted = expect["error"]
+        return (seen.error is not None and seen.error["code"] == wanted["code"]
+                and is_subset(wanted.get("data", {}), seen.error.get("data")))
+    return seen.result is not None and is_subset(expect["returns"], seen.result["return"])
+
+
+def host_variables(corpus: Path, outside: Path, actor_dir: Path, port: int) -> dict[str, Any]:
+    return {
+        "HOST_SOURCE": str((REPO / "service" / "runtime.py").resolve()),
+        "REPO": str(REPO.resolve()),
+        "HOST_PID": os.getpid(),
+        "CANARY_NAME": CANARY_NAME,
+        "LOOPBACK_PORT": port,
+        "SECRET_FILE": str(outside / "secret.txt"),
+        "OUTSIDE_SCRIPT": str(outside / "evil.py"),
+        "OUTSIDE_DIR": str(outside),
+        "PROBE_NAME": f"hostile-probe-{uuid.uuid4().hex[:8]}",
+        "ACTOR_DIR": str(actor_dir),
+    }
+
+
+@dataclass
+class Case:
+    """One row of the table, with its ``$`` variables filled in."""
+
+    row: dict[str, Any]
+    fill: Substitute
+    manifest: Path
+
+    @property
+    def checks(self) -> dict[str, Any]:
+        return dict(self.fill(self.row.get("checks", {})))
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        steps = self.row.get("steps") or [{"payload": self.row.get("payload"),
+                                           "expect": self.row["expect"]}]
+        return [self.fill(step) for step in steps]
+
+
+def plant_symlinks(case: Case) -> list[Path]:
+    links = []
+    for name, target in case.checks.get("symlinks", {}).items():
+        link = case.manifest.parent / name
+        link.symlink_to(target)
+        links.append(link)
+    return links
+
+
+async def refused_by_load(case: Case, backend: Backend, corpus: Path) -> None:
+    """The manifest must be refused by `load`, for its script (a symlink out), nothing else."""
+    runtime = Runtime(hostile_settings(corpus), backend)
+    await runtime.start([])
+    try:
+        with pytest.raises(RpcError) as caught:
+            await runtime.load(str(case.manifest))
+    finally:
+        await runtime.aclose()
+    error = caught.value.to_json()
+    assert error["code"] == case.steps[0]["expect"]["load_error"], error
+    assert [e["path"] for e in error["data"]["errors"]] == ["/script"], error
+
+
+async def run_steps(case: Case, runtime: Runtime, watch: SandboxWatch) -> list[Observed]:
+    actor_id = runtime.actors()[0].id
+    observed = []
+    for step in case.steps:
+        seen = await call(runtime, actor_id, step["payload"])
+        observed.append(seen)
+        assert matches(step["expect"], seen), (
+            f"{case.row['case']}: expected {step['expect']}, got {seen.describe()}: "
+            f"{seen.error or seen.result}")
+        if seen.error is not None:  # the worker that failed must be gone, all of it
+            assert await watch.wait_gone() == [], "the failed sandbox is still running"
+    benign = await call(runtime, actor_id, {"mode": "benign"})
+    assert benign.result is not None, f"the next benign call failed: {benign.error}"
+    assert benign.result["return"] == {"ok": True}
+    return observed
+
+
+def check_after(case: Case, observed: list[Observed], listener: Listener,
+                bystander: subprocess.Popen[bytes]) -> None:
+    checks = case.checks
+    outputs = [p for seen in observed for m, p in seen.notes if m == "output"]
+    for port in checks.get("emitted", []):
+        assert port in [p["port"] for p in outputs], f"no output on {port} before the end"
+    if "cpu_ratio_below" in checks:
+        ratio = outputs[0]["data"]["cpu_ratio"]
+        assert ratio < checks["cpu_ratio_below"], f"CPU quota not applied: ratio {ratio}"
+    if checks.get("loopback_untouched"):
+        assert listener.connections == 0, "the sandbox reached the host's loopback"
+    if checks.get("bystander"):
+        assert bystander.poll() is None, "a host process was killed from the sandbox"
+    present = [p for p in checks.get("host_absent", []) if os.path.lexists(p)]
+    for path in present:  # clean up what a broken sandbox wrote on the host, then fail
+        os.unlink(path)
+    assert present == [], f"the sandbox wrote on the host: {present}"
+
+
+@pytest.mark.parametrize("row", CASES, ids=[c["case"] for c in CASES])
+async def test_hostile_case(row: dict[str, Any], backend: Backend, corpus: Path, outside: Path,
+                            canary: str, listener: Listener,
+                            bystander: subprocess.Popen[bytes]) -> None:
+    manifest = corpus / row["manifest"]
+    fill = substituter(host_variables(corpus, outside, manifest.parent, listener.port))
+    case = Case(row, fill, manifest)
+    links = plant_symlinks(case)
+    try:
+        if "load_error" in row.get("expect", {}):
+            await refused_by_load(case, backend, corpus)
+            return
+        watch = SandboxWatch(ignore={bystander.pid})
+        async with running(hostile_settings(corpus), backend, [manifest], watch) as runtime:
+            observed = await run_steps(case, runtime, watch)
+        check_after(case, observed, listener, bystander)
+    finally:
+        for link in links:
+            link.unlink()
