@@ -24,7 +24,8 @@ from service.errors import (
     PathNotAllowed,
     PayloadInvalid,
 )
-from service.manifest.loader import find_manifests, load_manifest
+from service.manifest.lint import check_paths
+from service.manifest.loader import load_manifest
 from service.manifest.model import ActorDef, schema_errors
 from service.sandbox.base import Backend, CallRequest, Event, OutputEvent
 from service.sandbox.pool import ActorPool
@@ -54,12 +55,7 @@ class Runtime:
         Raises ManifestError listing every problem of every manifest; nothing is loaded then.
         """
         paths = [*self.settings.manifest_paths, *map(Path, extra_paths)]
-        problems, actors = [], []
-        for manifest in find_manifests(paths):
-            try:
-                actors.append(load_manifest(manifest, self.settings))
-            except ManifestError as exc:
-                problems.extend(exc.problems)
+        actors, problems = await asyncio.to_thread(check_paths, paths, self.settings)
         if problems:
             raise ManifestError(problems)
         for actor in actors:
@@ -85,7 +81,7 @@ class Runtime:
             raise InvalidParams("file_path must be a non-empty string")
         manifest = self._allowed_manifest(file_path)
         try:
-            actor = load_manifest(manifest, self.settings)
+            actor = await asyncio.to_thread(load_manifest, manifest, self.settings)
         except ManifestError as exc:
             raise ManifestInvalid(exc.problems) from exc
         async with self._lock:

@@ -13,6 +13,7 @@ from typing import TextIO
 
 from service.errors import Problem
 from service.manifest.loader import check_manifest, display_path, find_manifests
+from service.manifest.model import ActorDef
 from service.settings import Settings
 
 FORMATS = ("text", "json", "github")
@@ -20,6 +21,14 @@ FORMATS = ("text", "json", "github")
 
 def lint_paths(paths: Sequence[Path | str], settings: Settings) -> list[Problem]:
     """Every problem of the manifests found under ``paths``, ids checked across all of them."""
+    return check_paths(paths, settings)[1]
+
+
+def check_paths(
+    paths: Sequence[Path | str], settings: Settings
+) -> tuple[list[ActorDef], list[Problem]]:
+    """Load every manifest under ``paths``: the valid actors, and every problem found."""
+    actors: list[ActorDef] = []
     problems: list[Problem] = []
     files: set[Path] = set()
     for given in paths:
@@ -31,6 +40,8 @@ def lint_paths(paths: Sequence[Path | str], settings: Settings) -> list[Problem]
     for file in sorted(files):
         check = check_manifest(file, settings)
         found = list(check.problems)
+        if check.actor is not None:
+            actors.append(check.actor)
         if check.actor_id is not None and check.id_position is not None:
             if check.actor_id in first_file:
                 line, column = check.id_position
@@ -41,7 +52,7 @@ def lint_paths(paths: Sequence[Path | str], settings: Settings) -> list[Problem]
             else:
                 first_file[check.actor_id] = check.file
         problems += sorted(found, key=lambda p: (p.file, p.line or 0, p.column or 0))
-    return problems
+    return actors, problems
 
 
 def format_problems(problems: Sequence[Problem], fmt: str) -> str:
