@@ -1,0 +1,743 @@
+"""The microVM backend: one microsandbox (libkrun) virtual machine per worker.
+
+Each worker boots its own VM from ``settings.sandbox.python_image`` or
+``node_image`` (an OCI reference, or a local rootfs directory bound as the
+VM's root), with the actor's folder and the harness mounted read-only, a
+private tmpfs ``/tmp``, no network unless ``limits.network``, and vCPUs and
+memory taken from the actor's limits. The harness runs as one long-lived
+``exec`` session; the host speaks the line protocol of ``base.py`` to it.
+
+The private channel: the exec session has exactly one stdin and two output
+streams. The harness is started through ``/bin/sh`` with its descriptors
+rearranged so that fd 3 is the session's stdout and fds 1 and 2 both go to
+the session's stderr. The harness writes protocol lines to fd 3 only, so
+whatever the script (or a child process) prints lands on stderr and becomes
+a log line, never a protocol line. The host additionally treats any stdout
+line that is not a protocol object as a log line, so a stray write cannot
+wedge a call either.
+
+The microsandbox SDK is imported lazily: this module loads (and reports why
+the backend is unavailable) on hosts without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import platform
+import re
+import secrets
+import sys
+import tempfile
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from service.errors import (
+    ActorFailed,
+    ResourceLimitExceeded,
+    RpcError,
+    SandboxUnavailable,
+    TimeLimitExceeded,
+)
+from service.manifest.model import ActorDef
+from service.sandbox.base import (
+    Availability,
+    CallOutcome,
+    CallRequest,
+    Event,
+    EventSink,
+    LogEvent,
+    OutputEvent,
+)
+from service.settings import Limits, Settings
+
+if TYPE_CHECKING:
+    from microsandbox import ExecEvent, ExecHandle, ExecSink, ImageSource, Sandbox
+
+log = logging.getLogger(__name__)
+
+NAME = "microvm"
+HARNESS_DIR = Path(__file__).resolve().parent / "harness"
+KVM_DEVICE = Path("/dev/kvm")
+KVM_GET_API_VERSION = 0xAE00  # _IO(KVMIO, 0x00)
+KVM_API_VERSION = 12  # the only stable KVM API version
+GUEST_ACTOR_DIR = "/actor"
+GUEST_HARNESS_DIR = "/harness"
+# Unprivileged inside the guest so that RLIMIT_NPROC (the pids limit) applies:
+# the kernel does not enforce it for root.
+GUEST_USER = "nobody"
+# The guest kernel, its init/agent and page cache live in the VM's memory too;
+# the actor's memory_mb is what is left for the harness and the script.
+GUEST_OVERHEAD_MB = 96
+PROTOCOL_FD = 3
+# fd 3 := the session's stdout (protocol); fds 1 and 2 := the session's stderr (logs).
+_FD_SHUFFLE = f'exec {PROTOCOL_FD}>&1 1>&2 && exec "$@"'
+_HARNESS_FILES = {"python": "harness.py", "javascript": "harness.js"}
+_GUEST_ENV = {
+    "HOME": "/tmp",
+    "TMPDIR": "/tmp",
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+}
+_STDERR_TAIL_LINES = 40
+_QUEUE_CHUNKS = 256  # session events buffered ahead of the call (backpressure beyond)
+_FENCE_GRACE_S = 0.5  # how long a reply waits for the fences of fds 1 and 2
+_PROBE_TIMEOUT_S = 5  # guest-side checks after the harness died (OOM counter)
+
+
+# --------------------------------------------------------------------------- availability
+
+
+class MicroVMBackend:
+    """Boots one microsandbox microVM per worker; availability is probed once, for real."""
+
+    name = NAME
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._availability: Availability | None = None
+        self._lock = asyncio.Lock()
+
+    async def availability(self) -> Availability:
+        """SDK + runtime, /dev/kvm, then a canary boot; the first failure is the reason."""
+        if self._availability is None:
+            async with self._lock:
+                if self._availability is None:
+                    self._availability = await self._detect()
+                    _log_availability(self._availability)
+        return self._availability
+
+    async def start_worker(self, actor: ActorDef) -> MicroVMWorker:
+        """Boot a microVM for ``actor``; SandboxUnavailable when the backend or the boot fails."""
+        available = await self.availability()
+        if not available.ok:
+            raise SandboxUnavailable(NAME, available.reason)
+        return await boot_worker(actor, self.settings)
+
+    async def aclose(self) -> None:
+        """Nothing to release: every VM belongs to a worker, closed by its pool."""
+
+    async def _detect(self) -> Availability:
+        details: dict[str, Any] = {}
+        problem = _check_sdk(details) or _check_kvm(details)
+        if problem is None:
+            problem = await _canary(self.settings, details)
+        return Availability(NAME, problem is None, problem or "", details)
+
+
+def _log_availability(available: Availability) -> None:
+    if available.ok:
+        log.info("microvm backend available (%s)", available.details.get("canary_image"))
+    else:
+        log.info("microvm backend unavailable: %s", available.reason)
+
+
+def _check_sdk(details: dict[str, Any]) -> str | None:
+    """The SDK imports and resolves a complete msb + libkrunfw pair."""
+    try:
+        import microsandbox
+    except ImportError as exc:
+        return f"microsandbox SDK is not importable ({exc}); install microsandbox>=0.7,<0.8"
+    details["sdk_version"] = microsandbox.version()
+    try:
+        runtime = microsandbox.resolve_runtime()
+    except Exception as exc:  # the native resolver raises several error types
+        return f"microsandbox runtime (msb + libkrunfw) not found: {_first_line(exc)}"
+    details.update(msb=runtime.msb_path, libkrunfw=runtime.libkrunfw_path,
+                   runtime_origin=runtime.origin)
+    if not os.access(runtime.msb_path, os.X_OK):
+        return f"microsandbox runtime binary is not executable: {runtime.msb_path}"
+    if not Path(runtime.libkrunfw_path).is_file():
+        return f"libkrunfw is missing: {runtime.libkrunfw_path}"
+    return None
+
+
+def _check_kvm(details: dict[str, Any]) -> str | None:
+    """/dev/kvm exists, opens read-write and answers the stable API version."""
+    if sys.platform != "linux":
+        details["kvm"] = f"not used on {sys.platform}"
+        return None
+    details["kvm_modules"] = _kvm_modules()
+    details["cpu_virt_flags"] = _cpu_virt_flags()
+    if not KVM_DEVICE.exists():
+        return (f"KVM is not available: {KVM_DEVICE} does not exist "
+                "(enable VT-x/AMD-V and load kvm_intel or kvm_amd)")
+    try:
+        fd = os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return (f"KVM is not usable: cannot open {KVM_DEVICE} read-write ({exc.strerror}); "
+                "run as root or add the user to the kvm group")
+    try:
+        version = fcntl.ioctl(fd, KVM_GET_API_VERSION)
+    except OSError as exc:
+        return f"KVM is not usable: {KVM_DEVICE} rejects KVM_GET_API_VERSION ({exc.strerror})"
+    finally:
+        os.close(fd)
+    details["kvm_api_version"] = version
+    if version != KVM_API_VERSION:
+        return f"KVM is not usable: {KVM_DEVICE} reports API version {version}, expected 12"
+    return None
+
+
+def _kvm_modules() -> list[str]:
+    names = ("kvm", "kvm_intel", "kvm_amd", "kvm_pvm")
+    return [name for name in names if Path("/sys/module", name).exists()]
+
+
+def _cpu_virt_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return []
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return sorted(flags & {"vmx", "svm", "hypervisor"})
+
+
+def _kvm_hint() -> str:
+    """Why KVM may exist yet not run guests, from what the host says about itself."""
+    modules = set(_kvm_modules())
+    if "kvm_pvm" in modules and not {"kvm_intel", "kvm_amd"} & modules:
+        return " — /dev/kvm is the paravirtual kvm-pvm device (no VT-x/AMD-V)"
+    is_x86 = platform.machine() in ("x86_64", "AMD64")
+    if sys.platform == "linux" and is_x86 and not {"vmx", "svm"} & set(_cpu_virt_flags()):
+        return " — the CPU exposes no vmx/svm flag (enable nested virtualization)"
+    return ""
+
+
+async def _canary(settings: Settings, details: dict[str, Any]) -> str | None:
+    """Boot the Python image and run its interpreter; on an image failure, probe KVM alone.
+
+    The KVM probe (an empty rootfs, so no registry is needed) only ever sharpens
+    the reason: when KVM itself cannot run a guest, that is the problem to fix first.
+    """
+    ref = settings.sandbox.python_image
+    timeout_s = settings.sandbox.canary_timeout_s
+    details["canary_image"] = ref
+    details["node_image"] = await _image_state(settings.sandbox.node_image)
+    failure = await _boot_check(ref, timeout_s, run_python=True)
+    if failure is None or failure.kind != "image":
+        return failure.reason if failure else None
+    details["image_problem"] = failure.reason
+    with tempfile.TemporaryDirectory(prefix="msb-kvm-probe-") as empty_root:
+        probe = await _boot_check(empty_root, timeout_s, run_python=False)
+    if probe is not None and probe.kind == "kvm":
+        return probe.reason
+    return failure.reason
+
+
+@dataclass(frozen=True)
+class _BootFailure:
+    kind: str  # "image" | "kvm" | "boot" | "timeout"
+    reason: str
+
+
+async def _boot_check(ref: str, timeout_s: float, *,
+                      run_python: bool) -> _BootFailure | None:
+    """Boot a throwaway VM from ``ref`` (and run python3 in it); None when all went well."""
+    from microsandbox import Network, SecurityProfile, Stdin
+
+    name = _vm_name("canary")
+    try:
+        image = _image_source(ref)
+        async with asyncio.timeout(timeout_s):
+            vm = await _create_vm(name, image, memory=256, cpus=1, network=Network.none(),
+                                  security=SecurityProfile.RESTRICTED)
+            if not run_python:
+                return None
+            out = await vm.exec("python3", ["-c", "print(6 * 7)"], stdin=Stdin.null())
+        if out.stdout_text.strip() != "42":
+            return _BootFailure("boot", f"image {ref} has no working python3 "
+                                f"(exit {out.exit_code}: {_first_line(out.stderr_text)})")
+        return None
+    except TimeoutError:
+        return _BootFailure("timeout", f"canary microVM from {ref} did not boot within "
+                            f"{timeout_s:g} s (raise sandbox.canary_timeout_s or pre-pull it)")
+    except Exception as exc:  # every SDK failure becomes a reason, never a crash
+        return await _classify_boot_failure(name, ref, exc, "canary microVM")
+    finally:
+        await _discard(name)
+
+
+async def _image_state(ref: str) -> str:
+    """How an image stands locally, without pulling it (for the details of doctor)."""
+    if _looks_like_path(ref):
+        return "local rootfs directory" if Path(ref).is_dir() else "missing directory"
+    from microsandbox import Image
+
+    try:
+        await Image.get(ref)
+    except Exception:  # not cached (or the cache cannot be read): pulled on first boot
+        return "not cached: pulled on first boot"
+    return "cached"
+
+
+async def _classify_boot_failure(name: str, ref: str, exc: BaseException,
+                                 what: str) -> _BootFailure:
+    """Turn an SDK boot error into one line an operator can act on."""
+    from microsandbox import ImageNotFoundError, ImagePullFailedError
+
+    log.debug("%s %s failed to boot", what, name, exc_info=exc)
+    message = _first_line(exc)
+    if isinstance(exc, FileNotFoundError):  # a local rootfs directory that is not there
+        return _BootFailure("image", f"image {ref} cannot be used: {message}")
+    if isinstance(exc, ImageNotFoundError | ImagePullFailedError) or _is_image_error(message):
+        unreachable = re.search(r"error sending request|dns|connect|timed out|unreachable",
+                                message, re.IGNORECASE)
+        cause = "registry unreachable" if unreachable else "pull failed"
+        return _BootFailure("image", f"image {ref} cannot be pulled: {cause} ({message})")
+    system = await _system_log(name)
+    kvm_exit = re.search(r"KVM_EXIT_[A-Z_]+", system)
+    if kvm_exit:
+        return _BootFailure("kvm", f"KVM is not usable: {what} failed to boot "
+                            f"({kvm_exit.group(0)}){_kvm_hint()}")
+    errors = [ln for ln in system.splitlines() if " ERROR " in f" {ln} "]
+    tail = f"; {errors[-1].strip()}" if errors else ""
+    return _BootFailure("boot", f"{what} from {ref} failed to boot: {message}{tail}")
+
+
+def _is_image_error(message: str) -> bool:
+    return message.startswith(("image error", "registry error")) or "manifest unknown" in message
+
+
+async def _system_log(name: str) -> str:
+    """The runtime/kernel diagnostic lines the SDK kept for sandbox ``name`` ('' if none)."""
+    from microsandbox import LogReadSource, Sandbox
+
+    try:
+        handle = await Sandbox.get(name)
+        entries = await handle.logs(sources=[LogReadSource.SYSTEM])
+    except Exception:  # no sandbox record (e.g. the pull failed first): nothing to read
+        return ""
+    return "\n".join(entry.text().rstrip() for entry in entries)
+
+
+# --------------------------------------------------------------------------- booting
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.startswith(("/", "./", "../", "~"))
+
+
+def _image_source(ref: str) -> str | ImageSource:
+    """A local directory is bound as the VM's rootfs; anything else is an OCI reference."""
+    from microsandbox import Image
+
+    if _looks_like_path(ref) or Path(ref).is_dir():
+        path = Path(ref).expanduser().resolve()
+        if not path.is_dir():
+            raise FileNotFoundError(f"rootfs directory {path} does not exist")
+        return Image.bind(str(path))
+    return ref
+
+
+def _vm_name(label: str) -> str:
+    """A unique sandbox name (the SDK allows 128 bytes; ids are kept short and tame)."""
+    tame = re.sub(r"[^a-zA-Z0-9-]", "-", label)[:48].strip("-") or "actor"
+    return f"svc-{tame}-{secrets.token_hex(6)}"
+
+
+async def _create_vm(name: str, image: str | ImageSource, **options: Any) -> Sandbox:
+    from microsandbox import Sandbox
+
+    return await Sandbox.create(name, image=image, hostname="sandbox", **options)
+
+
+async def _discard(name: str) -> None:
+    """Kill the VM called ``name`` if it runs and remove its persisted state; never raises."""
+    from microsandbox import Sandbox
+
+    try:
+        handle = await Sandbox.get(name)
+    except Exception:  # never created, or already removed
+        return
+    with contextlib.suppress(Exception):  # already stopped is fine
+        await handle.kill()
+    try:
+        await Sandbox.remove(name)
+    except Exception as exc:  # leave a trace: a leaked VM record is an operator's concern
+        log.warning("could not remove microVM %s: %s", name, _first_line(exc))
+
+
+def _vm_options(actor: ActorDef, settings: Settings) -> dict[str, Any]:
+    """Sandbox.create keyword arguments for one actor's worker."""
+    from microsandbox import Network, NetworkProfile, SecurityProfile, Volume
+
+    limits = actor.limits
+    # network=true means the public internet only: never the host, the LAN or metadata.
+    network = (Network.from_profiles(NetworkProfile.PUBLIC) if limits.network
+               else Network.none())
+    return {
+        "cpus": max(1, math.ceil(limits.cpus)),
+        "memory": limits.memory_mb + GUEST_OVERHEAD_MB,
+        "network": network,
+        "security": SecurityProfile.RESTRICTED,
+        "volumes": {
+            GUEST_ACTOR_DIR: Volume.bind(str(actor.root), readonly=True, nosuid=True, nodev=True),
+            GUEST_HARNESS_DIR: Volume.bind(str(HARNESS_DIR), readonly=True, nosuid=True,
+                                           nodev=True),
+            "/tmp": Volume.tmpfs(size_mib=settings.sandbox.tmp_mb, nosuid=True, nodev=True),
+        },
+    }
+
+
+def harness_argv(actor: ActorDef) -> tuple[str, list[str]]:
+    """The command that runs the harness in the guest: ``IN_FD OUT_FD SCRIPT ENTRYPOINT``.
+
+    stdin is the channel in; fd 3 (the session's stdout) the channel out.
+    ``--own-pidns``: the harness runs as an unprivileged user alone in its VM, so its
+    reset-time ``kill(-1)`` reaches exactly the script's leftover processes.
+    """
+    script = f"{GUEST_ACTOR_DIR}/{actor.script.relative_to(actor.root).as_posix()}"
+    harness = f"{GUEST_HARNESS_DIR}/{_HARNESS_FILES[actor.language]}"
+    interpreter = (["python3", "-I", "-B", "-u"] if actor.language == "python" else ["node"])
+    return "/bin/sh", ["-c", _FD_SHUFFLE, "harness", *interpreter, harness,
+                       "0", str(PROTOCOL_FD), script, actor.entrypoint, "--own-pidns"]
+
+
+def _image_ref(actor: ActorDef, settings: Settings) -> str:
+    if actor.language == "python":
+        return settings.sandbox.python_image
+    return settings.sandbox.node_image
+
+
+async def boot_worker(actor: ActorDef, settings: Settings) -> MicroVMWorker:
+    """Boot a VM, start the harness in it and wait for its ``ready`` line."""
+    timeout_s = settings.sandbox.canary_timeout_s
+    guest = await _boot_guest(actor, settings, timeout_s)
+    worker = MicroVMWorker(actor, guest, tmp_mb=settings.sandbox.tmp_mb)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await worker.wait_ready()
+    except TimeoutError:
+        await worker.close()
+        raise SandboxUnavailable(NAME, f"the harness for {actor.id} sent no ready line "
+                                 f"within {timeout_s:g} s") from None
+    except BaseException:
+        await worker.close()
+        raise
+    log.debug("microVM %s ready for %s", guest.name, actor.id)
+    return worker
+
+
+async def _boot_guest(actor: ActorDef, settings: Settings, timeout_s: float) -> _Guest:
+    from microsandbox import Rlimit, Stdin
+
+    ref = _image_ref(actor, settings)
+    name = _vm_name(actor.id)
+    try:
+        async with asyncio.timeout(timeout_s):
+            sandbox = await _create_vm(name, _image_source(ref), **_vm_options(actor, settings))
+            command, args = harness_argv(actor)
+            handle = await sandbox.exec_stream(
+                command, args, cwd=GUEST_ACTOR_DIR, user=GUEST_USER, env=_GUEST_ENV,
+                stdin=Stdin.pipe(), rlimits=[Rlimit.nproc(actor.limits.pids)])
+    except TimeoutError:
+        await _discard(name)
+        raise SandboxUnavailable(NAME, f"microVM from {ref} did not boot within "
+                                 f"{timeout_s:g} s") from None
+    except Exception as exc:  # every SDK failure to boot is a SandboxUnavailable
+        failure = await _classify_boot_failure(name, ref, exc, "microVM")
+        await _discard(name)
+        raise SandboxUnavailable(NAME, failure.reason) from exc
+    stdin = handle.take_stdin()
+    if stdin is None:  # the SDK hands the sink out once; a fresh handle always has it
+        await _discard(name)
+        raise SandboxUnavailable(NAME, "the SDK gave no stdin for the harness session")
+    return _Guest(name, sandbox, handle, stdin)
+
+
+class _Guest:
+    """The SDK objects of one booted VM and the harness session streaming inside it."""
+
+    def __init__(self, name: str, sandbox: Sandbox, handle: ExecHandle, stdin: ExecSink) -> None:
+        self.name = name
+        self._sandbox = sandbox
+        self._handle = handle
+        self._stdin = stdin
+
+    async def send(self, data: bytes) -> None:
+        await self._stdin.write(data)
+
+    async def recv(self) -> ExecEvent | None:
+        """The next event of the harness session; None once it is over or the VM is gone."""
+        try:
+            return await self._handle.recv()
+        except Exception as exc:  # the VM died under the session
+            log.debug("microVM %s: session ended: %s", self.name, _first_line(exc))
+            return None
+
+    async def oom_kills(self) -> int:
+        """How many processes the guest kernel's OOM killer has killed since boot."""
+        out = await self._sandbox.exec("cat", ["/proc/vmstat"])
+        for line in out.stdout_text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    async def destroy(self) -> None:
+        with contextlib.suppress(Exception):  # the session may already be over
+            await self._handle.kill()
+        with contextlib.suppress(Exception):
+            await self._sandbox.kill()
+        await _discard(self.name)
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+class _Lines:
+    """Splits a byte stream into text lines (UTF-8, invalid bytes replaced)."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> list[str]:
+        *lines, self._pending = (self._pending + data).split(b"\n")
+        return [line.decode("utf-8", errors="replace").rstrip("\r") for line in lines]
+
+
+async def _drop(event: Event) -> None:
+    """The sink outside calls (boot, reset): nobody is listening."""
+    log.debug("microVM output outside a call: %s", event)
+
+
+class MicroVMWorker:
+    """One booted microVM holding one actor's harness; runs calls one after another.
+
+    A reader task moves the session's events into a queue, so a timeout only ever
+    cancels a queue wait, never an SDK read halfway through an event.
+    """
+
+    def __init__(self, actor: ActorDef, guest: Any, tmp_mb: int) -> None:
+        self.actor = actor
+        self._guest = guest  # a _Guest (tests pass a stand-in with the same methods)
+        self._tmp_mb = tmp_mb
+        self._alive = True
+        self._events: asyncio.Queue[Any] = asyncio.Queue(maxsize=_QUEUE_CHUNKS)
+        self._reader: asyncio.Task[None] | None = None
+        self._splitters = {"stdout": _Lines(), "stderr": _Lines()}
+        self._lines: deque[tuple[str, str]] = deque()
+        self._stderr_tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
+        self._fence = ""
+        self._fences_seen = 0
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    async def wait_ready(self) -> None:
+        """Consume boot output until the harness says ``ready``."""
+        reply = await self._read_reply(_Budget(self.actor.limits.output_bytes), _drop)
+        if reply["type"] != "ready":
+            raise self._error(reply)
+
+    async def call(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
+        """Run one call; any failure (or cancellation) destroys the VM."""
+        if not self._alive:
+            raise ActorFailed("WorkerClosed", "this microVM worker was already closed")
+        limit_s = self.actor.limits.timeout_s
+        timer = asyncio.timeout(limit_s)
+        try:
+            async with timer:
+                return await self._exchange(request, on_event)
+        except TimeoutError:
+            await self._close_quietly()
+            if timer.expired():
+                raise TimeLimitExceeded(limit_s) from None
+            raise
+        except BaseException:
+            await self._close_quietly()
+            raise
+
+    async def reset(self) -> None:
+        """Have the harness kill the script's leftover processes and wipe /tmp."""
+        try:
+            async with asyncio.timeout(self.actor.limits.timeout_s):
+                await self._guest.send(_encode({"type": "reset"}))
+                reply = await self._read_reply(_Budget(self.actor.limits.output_bytes), _drop)
+            if reply["type"] != "ready":
+                raise self._error(reply)
+        except BaseException as exc:
+            await self._close_quietly()
+            if isinstance(exc, Exception):
+                raise SandboxUnavailable(NAME, f"could not reset a worker: {exc}") from exc
+            raise
+
+    async def close(self) -> None:
+        """Kill the VM and remove its state; idempotent."""
+        if not self._alive:
+            return
+        self._alive = False
+        if self._reader is not None:
+            self._reader.cancel()
+        await self._guest.destroy()
+
+    async def _close_quietly(self) -> None:
+        # Shielded: the VM must go even when the caller is being cancelled again.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self.close())
+
+    async def _exchange(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
+        self._fence, self._fences_seen = secrets.token_hex(16), 0
+        await self._guest.send(_encode_call(request, self._fence))
+        budget = _Budget(self.actor.limits.output_bytes)
+        reply = await self._read_reply(budget, on_event)
+        await self._drain_fences(budget, on_event)
+        if reply["type"] == "result":
+            state = reply.get("state")
+            return CallOutcome(reply.get("return"), state if isinstance(state, dict) else {})
+        if reply["type"] == "ready":
+            raise ActorFailed("ProtocolError", "the harness answered a call with 'ready'")
+        raise self._error(reply)
+
+    async def _drain_fences(self, budget: _Budget, on_event: EventSink) -> None:
+        """Forward what the script wrote to fds 1/2 before its reply (both fences seen).
+
+        The fences ride the session's stderr, the reply its stdout: two streams with
+        no order between them. A script that closed fd 1 or 2 costs a short grace.
+        """
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_FENCE_GRACE_S):
+                while self._fences_seen < 2:
+                    stream, line = await self._next_line(budget)
+                    stray = await self._route(stream, line, on_event)
+                    if stray is not None:
+                        log.warning("microVM %s: protocol line after the reply: %s",
+                                    self._guest.name, stray.get("type"))
+
+    async def _read_reply(self, budget: _Budget, on_event: EventSink) -> dict[str, Any]:
+        """Forward outputs and logs until a result, error or ready message; return it."""
+        while True:
+            stream, line = await self._next_line(budget)
+            reply = await self._route(stream, line, on_event)
+            if reply is not None:
+                return reply
+
+    async def _route(self, stream: str, line: str, on_event: EventSink) -> dict[str, Any] | None:
+        """Forward one line as an event; a reply (result, error, ready) is returned instead."""
+        if stream == "stderr":
+            if self._fence and line == self._fence:
+                self._fences_seen += 1
+                return None
+            self._stderr_tail.append(line)
+            await on_event(LogEvent("stderr", line))
+            return None
+        message = _protocol_message(line)
+        if message is None:  # a stray write reached the channel: keep it, as a log
+            await on_event(LogEvent("stdout", line))
+            return None
+        if message["type"] in ("result", "error", "ready"):
+            return message
+        await on_event(_event_of(message))
+        return None
+
+    async def _next_line(self, budget: _Budget) -> tuple[str, str]:
+        """The next complete line of either stream; the harness' exit raises what it means."""
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read_session())
+        while not self._lines:
+            event = await self._events.get()
+            if event is None:
+                raise await self._death(None)
+            kind = str(event.event_type)
+            if kind in ("exited", "failed"):
+                raise await self._death(event.code)
+            if kind in ("stdout", "stderr"):
+                data = event.data or b""
+                budget.spend(len(data))
+                self._lines.extend((kind, line) for line in self._splitters[kind].feed(data))
+        return self._lines.popleft()
+
+    async def _read_session(self) -> None:
+        """Move the session's events into the queue until it ends (None marks the end)."""
+        while True:
+            event = await self._guest.recv()
+            await self._events.put(event)
+            if event is None or str(event.event_type) in ("exited", "failed"):
+                return
+
+    def _error(self, message: dict[str, Any]) -> RpcError:
+        resource = message.get("resource")
+        if isinstance(resource, str):
+            return ResourceLimitExceeded(resource, _limit_of(resource, self.actor.limits,
+                                                             self._tmp_mb))
+        return ActorFailed(str(message.get("error_type") or "Error"),
+                           str(message.get("message") or ""),
+                           str(message.get("traceback") or ""))
+
+    async def _death(self, code: int | None) -> RpcError:
+        """The harness is gone: say why when the guest knows (its OOM killer)."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_PROBE_TIMEOUT_S):
+                if await self._guest.oom_kills() > 0:
+                    return ResourceLimitExceeded("memory", self.actor.limits.memory_mb)
+        how = f"exited with code {code}" if code is not None else "lost its microVM"
+        return ActorFailed("SandboxError", f"the actor's process {how}",
+                           "\n".join(self._stderr_tail))
+
+
+class _Budget:
+    """Bytes a call may send back (outputs, logs, return): ``limits.output_bytes``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def spend(self, n: int) -> None:
+        self.used += n
+        if self.used > self.limit:
+            raise ResourceLimitExceeded("output", self.limit)
+
+
+def _encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def _encode_call(request: CallRequest, fence: str) -> bytes:
+    return _encode({"type": "call", "actor_id": request.actor_id, "payload": request.payload,
+                    "config": request.config, "state": request.state,
+                    "timestamp": request.timestamp, "fence": fence})
+
+
+def _protocol_message(line: str) -> dict[str, Any] | None:
+    """The protocol object on ``line``, or None when it is not one."""
+    if not line.startswith("{"):
+        return None
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    if isinstance(message, dict) and isinstance(message.get("type"), str):
+        return message
+    return None
+
+
+def _event_of(message: dict[str, Any]) -> Event:
+    kind = message["type"]
+    if kind == "output" and isinstance(message.get("port"), str):
+        return OutputEvent(message["port"], message.get("data"))
+    if kind == "log":
+        stream = message.get("stream")
+        return LogEvent(stream if stream in ("stdout", "stderr") else "stdout",
+                        str(message.get("message", "")))
+    return LogEvent("stdout", json.dumps(message))  # an unknown type: shown, not obeyed
+
+
+def _limit_of(resource: str, limits: Limits, tmp_mb: int) -> Any:
+    return {"memory": limits.memory_mb, "pids": limits.pids, "output": limits.output_bytes,
+            "cpu": limits.cpus, "disk": tmp_mb}.get(resource)
+
+
+def _first_line(value: object) -> str:
+    text = str(value).strip()
+    return text.splitlines()[0][:300] if text else type(value).__name__

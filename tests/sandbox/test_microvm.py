@@ -1,0 +1,636 @@
+"""The microVM backend: real availability detection, backend selection, and the worker.
+
+The worker tests run the real harness through the exact guest command line of
+``harness_argv`` (fd shuffle, ``/actor`` and ``/harness`` mounts, private /tmp, own
+pid namespace), in a bubblewrap "guest" that stands in for the VM's exec session.
+What needs a bootable VM is marked ``microvm`` and skips with the detected reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+from types import MappingProxyType, SimpleNamespace
+from typing import Any
+
+import pytest
+
+from service.errors import (
+    ActorFailed,
+    OutputInvalid,
+    ResourceLimitExceeded,
+    SandboxUnavailable,
+    TimeLimitExceeded,
+)
+from service.manifest.model import ActorDef
+from service.sandbox import microvm, select
+from service.sandbox.base import (
+    Availability,
+    Backend,
+    CallRequest,
+    Event,
+    LogEvent,
+    OutputEvent,
+    Worker,
+)
+from service.sandbox.microvm import MicroVMBackend, MicroVMWorker, harness_argv
+from service.settings import Limits, SandboxSettings, Settings
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def detected() -> Availability:
+    """This machine's real microVM availability, detected once (it boots a canary)."""
+    return asyncio.run(MicroVMBackend(Settings()).availability())
+
+
+def make_actor(folder: Path, source: str, language: str = "python", **limits: Any) -> ActorDef:
+    suffix = ".py" if language == "python" else ".js"
+    script = folder / f"actor{suffix}"
+    script.write_text(textwrap.dedent(source))
+    manifest = folder / "actor.yaml"
+    manifest.write_text("id: t\n")
+    return ActorDef(id="t", language=language, script=script, manifest=manifest,  # type: ignore[arg-type]
+                    manifest_display="actor.yaml", inports=MappingProxyType({}),
+                    outports=MappingProxyType({}), limits=Limits(**limits))
+
+
+def request(payload: dict[str, Any] | None = None) -> CallRequest:
+    return CallRequest(actor_id="t", payload=payload or {}, config={}, state={}, timestamp=1)
+
+
+class Recorder:
+    """An EventSink that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+
+class LocalGuest:
+    """Stands in for the VM's exec session: the guest command line, run under bubblewrap.
+
+    Yields events shaped like the SDK's ExecEvent (``event_type``, ``data``, ``code``).
+    """
+
+    name = "local-guest"
+
+    def __init__(self, proc: asyncio.subprocess.Process, oom_kills: int) -> None:
+        self.proc = proc
+        self._oom_kills = oom_kills
+        self._events: asyncio.Queue[Any] = asyncio.Queue()
+        self._pumps = [asyncio.create_task(self._pump("stdout", proc.stdout)),
+                       asyncio.create_task(self._pump("stderr", proc.stderr))]
+        self._waiter = asyncio.create_task(self._exit())
+        self.destroyed = False
+
+    @classmethod
+    async def start(cls, actor: ActorDef, oom_kills: int = 0) -> LocalGuest:
+        command, args = harness_argv(actor)
+        bwrap = ["bwrap", "--tmpfs", "/", "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc",
+                 "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+                 "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev",
+                 "--tmpfs", "/tmp", "--ro-bind", str(actor.root), microvm.GUEST_ACTOR_DIR,
+                 "--ro-bind", str(microvm.HARNESS_DIR), microvm.GUEST_HARNESS_DIR,
+                 "--unshare-pid", "--die-with-parent", "--chdir", microvm.GUEST_ACTOR_DIR]
+        proc = await asyncio.create_subprocess_exec(
+            *bwrap, "--", command, *args, env=microvm._GUEST_ENV,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        return cls(proc, oom_kills)
+
+    async def _pump(self, kind: str, stream: asyncio.StreamReader | None) -> None:
+        assert stream is not None
+        while chunk := await stream.read(4096):
+            await self._events.put(SimpleNamespace(event_type=kind, data=chunk, code=None))
+
+    async def _exit(self) -> None:
+        await asyncio.gather(*self._pumps)
+        code = await self.proc.wait()
+        await self._events.put(SimpleNamespace(event_type="exited", data=None, code=code))
+        await self._events.put(None)
+
+    async def send(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        await self.proc.stdin.drain()
+
+    async def recv(self) -> Any:
+        return await self._events.get()
+
+    async def oom_kills(self) -> int:
+        return self._oom_kills
+
+    async def destroy(self) -> None:
+        self.destroyed = True
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        await self.proc.wait()
+        self._waiter.cancel()
+        for task in (*self._pumps, self._waiter):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+
+
+@pytest.fixture
+async def boot(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """boot(source, language=..., **limits) -> (worker, guest); closed after the test."""
+    workers: list[MicroVMWorker] = []
+
+    async def _boot(source: str, language: str = "python", oom_kills: int = 0,
+                    **limits: Any) -> tuple[MicroVMWorker, LocalGuest]:
+        actor = make_actor(tmp_path, source, language, **limits)
+        guest = await LocalGuest.start(actor, oom_kills)
+        worker = MicroVMWorker(actor, guest, tmp_mb=64)
+        workers.append(worker)
+        await asyncio.wait_for(worker.wait_ready(), 10)
+        return worker, guest
+
+    yield _boot
+    for worker in workers:
+        await worker.close()
+
+
+# --------------------------------------------------------------------------- availability
+
+
+def test_availability_here_is_not_ok_with_one_line_reason(detected: Availability) -> None:
+    assert detected.backend == "microvm"
+    assert detected.ok is False
+    assert detected.reason and "\n" not in detected.reason
+    # This machine: the SDK and its runtime are fine; KVM or the image is what fails.
+    assert detected.reason.startswith(("KVM is not", "image ", "canary microVM"))
+    assert detected.details["sdk_version"] == "0.7.11"
+    assert Path(detected.details["msb"]).name == "msb"
+    assert "libkrunfw" in Path(detected.details["libkrunfw"]).name
+
+
+async def test_availability_is_cached_for_the_backend_lifetime(
+        detected: Availability, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = MicroVMBackend(Settings())
+    calls = []
+
+    async def fake_detect() -> Availability:
+        calls.append(1)
+        return detected
+
+    monkeypatch.setattr(backend, "_detect", fake_detect)
+    assert await backend.availability() is await backend.availability()
+    assert calls == [1]
+
+
+async def test_missing_sdk_is_the_first_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "microsandbox", None)  # import now raises ImportError
+    available = await MicroVMBackend(Settings()).availability()
+    assert available.ok is False
+    assert available.reason.startswith("microsandbox SDK is not importable")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="KVM is Linux-only")
+async def test_missing_kvm_device_is_named(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(microvm, "KVM_DEVICE", tmp_path / "kvm")
+    available = await MicroVMBackend(Settings()).availability()
+    assert available.ok is False
+    assert available.reason == (f"KVM is not available: {tmp_path / 'kvm'} does not exist "
+                                "(enable VT-x/AMD-V and load kvm_intel or kvm_amd)")
+    assert "canary_image" not in available.details  # no canary without KVM
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="KVM is Linux-only")
+async def test_unopenable_kvm_device_is_named(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    device = tmp_path / "kvm"
+    device.mkdir()  # exists, but a directory cannot be opened read-write
+    monkeypatch.setattr(microvm, "KVM_DEVICE", device)
+    available = await MicroVMBackend(Settings()).availability()
+    assert available.reason.startswith(f"KVM is not usable: cannot open {device} read-write")
+
+
+async def test_start_worker_while_unavailable_raises_32009(
+        detected: Availability, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = MicroVMBackend(Settings())
+
+    async def cached() -> Availability:
+        return detected
+
+    monkeypatch.setattr(backend, "availability", cached)
+    actor = make_actor(tmp_path, "def process(context):\n    return 1\n")
+    with pytest.raises(SandboxUnavailable) as caught:
+        await backend.start_worker(actor)
+    assert caught.value.to_json() == {
+        "code": -32009,
+        "message": f"Sandbox unavailable (microvm): {detected.reason}",
+        "data": {"backend": "microvm", "reason": detected.reason},
+    }
+
+
+async def test_missing_rootfs_directory_is_sandbox_unavailable(tmp_path: Path) -> None:
+    settings = Settings(sandbox=SandboxSettings(python_image=str(tmp_path / "no-rootfs")))
+    actor = make_actor(tmp_path, "def process(context):\n    return 1\n")
+    with pytest.raises(SandboxUnavailable) as caught:
+        await microvm.boot_worker(actor, settings)
+    assert caught.value.data == {
+        "backend": "microvm",
+        "reason": f"image {tmp_path / 'no-rootfs'} cannot be used: "
+                  f"rootfs directory {tmp_path / 'no-rootfs'} does not exist"}
+
+
+def test_backend_and_worker_meet_the_protocols(tmp_path: Path) -> None:
+    assert isinstance(MicroVMBackend(Settings()), Backend)
+    actor = make_actor(tmp_path, "def process(context):\n    return 1\n")
+    assert isinstance(MicroVMWorker(actor, guest=None, tmp_mb=64), Worker)
+
+
+def test_harness_command_line(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    actor = make_actor(tmp_path / "sub", "def process(context):\n    return 1\n")
+    command, args = harness_argv(actor)
+    assert command == "/bin/sh"
+    assert args == ["-c", 'exec 3>&1 1>&2 && exec "$@"', "harness",
+                    "python3", "-I", "-B", "-u", "/harness/harness.py",
+                    "0", "3", "/actor/actor.py", "process", "--own-pidns"]
+
+
+# --------------------------------------------------------------------------- select
+
+
+class FakeProcessBackend:
+    name = "process"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def availability(self) -> Availability:
+        return Availability("process", True)
+
+    async def start_worker(self, actor: ActorDef) -> Worker:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(select, "_process_backend", FakeProcessBackend)
+
+
+@pytest.fixture
+def microvm_as_detected(detected: Availability, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def as_detected(self: MicroVMBackend) -> Availability:
+        return detected
+
+    monkeypatch.setattr(MicroVMBackend, "availability", as_detected)
+
+
+@pytest.mark.usefixtures("fake_process", "microvm_as_detected")
+async def test_auto_falls_back_to_process_and_says_why(
+        detected: Availability, caplog: pytest.LogCaptureFixture) -> None:
+    backend = await select.select_backend(Settings(backend="auto"))
+    assert isinstance(backend, FakeProcessBackend)
+    assert (f"sandbox backend: process, because microvm is unavailable: {detected.reason}"
+            in [r.getMessage() for r in caplog.records if r.levelname == "WARNING"])
+
+
+@pytest.mark.usefixtures("fake_process", "microvm_as_detected")
+async def test_microvm_when_unavailable_is_a_clear_error(detected: Availability) -> None:
+    with pytest.raises(SandboxUnavailable) as caught:
+        await select.select_backend(Settings(backend="microvm"))
+    assert caught.value.data == {"backend": "microvm", "reason": detected.reason}
+    assert str(caught.value) == f"Sandbox unavailable (microvm): {detected.reason}"
+
+
+@pytest.mark.usefixtures("fake_process")
+async def test_auto_prefers_microvm_when_it_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def works(self: MicroVMBackend) -> Availability:
+        return Availability("microvm", True)
+
+    monkeypatch.setattr(MicroVMBackend, "availability", works)
+    assert isinstance(await select.select_backend(Settings(backend="auto")), MicroVMBackend)
+    assert isinstance(await select.select_backend(Settings(backend="microvm")), MicroVMBackend)
+
+
+@pytest.mark.usefixtures("fake_process")
+async def test_process_is_taken_without_probing_microvm(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def must_not_run(self: MicroVMBackend) -> Availability:
+        raise AssertionError("microvm was probed")
+
+    monkeypatch.setattr(MicroVMBackend, "availability", must_not_run)
+    assert isinstance(await select.select_backend(Settings(backend="process")),
+                      FakeProcessBackend)
+
+
+@pytest.mark.usefixtures("fake_process")
+def test_all_backends_lists_both() -> None:
+    names = [b.name for b in select.all_backends(Settings())]
+    assert names == ["microvm", "process"]
+
+
+# --------------------------------------------------------------------------- the worker
+
+ECHO = """
+    import os
+
+    def process(context):
+        print("hello")
+        os.write(1, b"raw write\\n")
+        context.send_output("out", context.get_input("x", 0) * 2)
+        context.set_state("n", context.get_state("n", 0) + 1)
+        return {"status": "completed"}
+"""
+
+
+@needs_bwrap
+async def test_call_forwards_outputs_and_logs_before_the_outcome(boot: Any) -> None:
+    worker, _ = await boot(ECHO)
+    sink = Recorder()
+    outcome = await worker.call(request({"x": 21}), sink)
+    assert outcome.return_value == {"status": "completed"}
+    assert outcome.state == {"n": 1}
+    # fd 1 of the script is the session's stderr in the guest: a raw write is a stderr log.
+    assert sorted(sink.events, key=repr) == sorted(
+        [LogEvent("stdout", "hello"), OutputEvent("out", 42), LogEvent("stderr", "raw write")],
+        key=repr)
+    assert sink.events.index(LogEvent("stdout", "hello")) < sink.events.index(
+        OutputEvent("out", 42))
+    assert worker.alive
+
+
+@needs_bwrap
+async def test_calls_run_one_after_another_on_one_worker(boot: Any) -> None:
+    worker, _ = await boot(ECHO)
+    for x in (1, 2, 3):
+        outcome = await worker.call(request({"x": x}), Recorder())
+        assert outcome.state == {"n": 1}
+    assert worker.alive
+
+
+@needs_bwrap
+async def test_reset_wipes_tmp(boot: Any) -> None:
+    worker, _ = await boot("""
+        import os
+
+        def process(context):
+            existed = os.path.exists("/tmp/mark")
+            open("/tmp/mark", "w").close()
+            return existed
+    """)
+    assert (await worker.call(request(), Recorder())).return_value is False
+    assert (await worker.call(request(), Recorder())).return_value is True
+    await worker.reset()
+    assert (await worker.call(request(), Recorder())).return_value is False
+
+
+@needs_bwrap
+async def test_script_error_is_actor_failed_and_kills_the_worker(boot: Any) -> None:
+    worker, guest = await boot("def process(context):\n    return 1 / 0\n")
+    with pytest.raises(ActorFailed) as caught:
+        await worker.call(request(), Recorder())
+    assert caught.value.CODE == -32004
+    assert caught.value.data["type"] == "ZeroDivisionError"
+    assert caught.value.data["message"] == "division by zero"
+    assert "return 1 / 0" in caught.value.data["traceback"]
+    assert not worker.alive and guest.destroyed
+    with pytest.raises(ActorFailed):
+        await worker.call(request(), Recorder())
+
+
+@needs_bwrap
+async def test_time_limit_destroys_the_vm(boot: Any) -> None:
+    worker, guest = await boot("import time\ndef process(context):\n    time.sleep(30)\n",
+                               timeout_s=0.5)
+    with pytest.raises(TimeLimitExceeded) as caught:
+        await asyncio.wait_for(worker.call(request(), Recorder()), 10)
+    assert caught.value.to_json()["code"] == -32005
+    assert caught.value.data == {"limit_s": 0.5}
+    assert not worker.alive and guest.destroyed
+    assert guest.proc.returncode is not None
+
+
+@needs_bwrap
+async def test_output_bytes_limit(boot: Any) -> None:
+    worker, guest = await boot("def process(context):\n    print('x' * 5000)\n",
+                               output_bytes=1000)
+    with pytest.raises(ResourceLimitExceeded) as caught:
+        await worker.call(request(), Recorder())
+    assert caught.value.data == {"resource": "output", "limit": 1000}
+    assert guest.destroyed
+
+
+@needs_bwrap
+async def test_harness_death_is_actor_failed(boot: Any) -> None:
+    worker, _ = await boot("import os, sys\ndef process(context):\n"
+                           "    sys.__stderr__.write('dying\\n'); sys.__stderr__.flush()\n"
+                           "    os._exit(3)\n")
+    with pytest.raises(ActorFailed) as caught:
+        await worker.call(request(), Recorder())
+    assert caught.value.data["type"] == "SandboxError"
+    assert caught.value.data["message"] == "the actor's process exited with code 3"
+    assert "dying" in caught.value.data["traceback"]
+
+
+@needs_bwrap
+async def test_death_after_a_guest_oom_kill_is_a_memory_error(boot: Any) -> None:
+    worker, _ = await boot("import os\ndef process(context):\n    os._exit(137)\n",
+                           oom_kills=1, memory_mb=128)
+    with pytest.raises(ResourceLimitExceeded) as caught:
+        await worker.call(request(), Recorder())
+    assert caught.value.data == {"resource": "memory", "limit": 128}
+
+
+@needs_bwrap
+async def test_harness_reported_resource_maps_to_its_limit(boot: Any) -> None:
+    worker, _ = await boot("def process(context):\n    raise MemoryError()\n", memory_mb=256)
+    with pytest.raises(ResourceLimitExceeded) as caught:
+        await worker.call(request(), Recorder())
+    assert caught.value.data == {"resource": "memory", "limit": 256}
+
+
+@needs_bwrap
+async def test_sink_error_kills_the_worker_and_propagates(boot: Any) -> None:
+    worker, guest = await boot(ECHO)
+
+    async def reject(event: Event) -> None:
+        if isinstance(event, OutputEvent):
+            raise OutputInvalid(event.port, [{"path": "", "message": "no"}])
+
+    with pytest.raises(OutputInvalid):
+        await worker.call(request({"x": 1}), reject)
+    assert not worker.alive and guest.destroyed
+
+
+@needs_bwrap
+async def test_cancelling_a_call_kills_the_vm(boot: Any) -> None:
+    worker, guest = await boot("import time\ndef process(context):\n    time.sleep(30)\n")
+    task = asyncio.create_task(worker.call(request(), Recorder()))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not worker.alive and guest.destroyed
+
+
+@needs_bwrap
+@pytest.mark.skipif(shutil.which("node") is None, reason="node not installed")
+async def test_javascript_actor(boot: Any) -> None:
+    worker, _ = await boot("""
+        async function process(context) {
+            console.log("hi");
+            await context.sendOutput("out", context.getInput("x", 0) + 1);
+            return { status: "completed" };
+        }
+    """, language="javascript")
+    sink = Recorder()
+    outcome = await worker.call(request({"x": 1}), sink)
+    assert outcome.return_value == {"status": "completed"}
+    assert sink.events == [LogEvent("stdout", "hi"), OutputEvent("out", 2)]
+
+
+class ScriptedGuest:
+    """A guest whose session answers each call with events built from the call's fence."""
+
+    name = "scripted-guest"
+
+    def __init__(self, answer: Any) -> None:
+        self._answer = answer  # fence -> list of (event_type, bytes)
+        self._events: asyncio.Queue[Any] = asyncio.Queue()
+        self._events.put_nowait(SimpleNamespace(event_type="stdout", data=b'{"type":"ready"}\n',
+                                                code=None))
+        self.destroyed = False
+
+    async def send(self, data: bytes) -> None:
+        fence = json.loads(data)["fence"]
+        for kind, chunk in self._answer(fence):
+            await self._events.put(SimpleNamespace(event_type=kind, data=chunk, code=None))
+
+    async def recv(self) -> Any:
+        return await self._events.get()
+
+    async def oom_kills(self) -> int:
+        return 0
+
+    async def destroy(self) -> None:
+        self.destroyed = True
+
+
+async def scripted(tmp_path: Path, answer: Any) -> MicroVMWorker:
+    actor = make_actor(tmp_path, "def process(context):\n    return 1\n")
+    worker = MicroVMWorker(actor, ScriptedGuest(answer), tmp_mb=64)
+    await worker.wait_ready()
+    return worker
+
+
+RESULT = b'{"type":"result","return":1,"state":{}}\n'
+
+
+async def test_raw_output_arriving_after_the_reply_still_comes_first(tmp_path: Path) -> None:
+    worker = await scripted(tmp_path, lambda fence: [
+        ("stdout", RESULT), ("stderr", b"late\n" + f"{fence}\n{fence}\n".encode())])
+    sink = Recorder()
+    assert (await worker.call(request(), sink)).return_value == 1
+    assert sink.events == [LogEvent("stderr", "late")]  # the fences themselves never show
+
+
+async def test_a_closed_fd_costs_a_grace_not_the_call(tmp_path: Path) -> None:
+    worker = await scripted(tmp_path, lambda fence: [
+        ("stderr", f"{fence}\n".encode()), ("stdout", RESULT)])
+    assert (await worker.call(request(), Recorder())).return_value == 1
+    assert worker.alive
+
+
+async def test_stray_and_unknown_lines_become_logs(tmp_path: Path) -> None:
+    worker = await scripted(tmp_path, lambda fence: [
+        ("stdout", b'not json\n{"type":"mystery","x":1}\n'),
+        ("stdout", b'{"type":"log","stream":"weird","message":"m"}\n' + RESULT),
+        ("stderr", f"{fence}\n{fence}\n".encode())])
+    sink = Recorder()
+    await worker.call(request(), sink)
+    assert sink.events == [LogEvent("stdout", "not json"),
+                           LogEvent("stdout", '{"type": "mystery", "x": 1}'),
+                           LogEvent("stdout", "m")]
+
+
+# --------------------------------------------------------------------------- the line channel
+
+
+def test_lines_split_across_chunks() -> None:
+    lines = microvm._Lines()
+    assert lines.feed(b'{"type": "re') == []
+    assert lines.feed(b'ady"}\r\nhalf') == ['{"type": "ready"}']
+    assert lines.feed(b" \xff\n") == ["half \ufffd"]
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ('{"type": "ready"}', {"type": "ready"}),
+    ("ready", None),
+    ('{"no_type": 1}', None),
+    ('{"type": 7}', None),
+    ("[1, 2]", None),
+    ('{"type": "result"', None),
+])
+def test_only_typed_objects_are_protocol(line: str, expected: Any) -> None:
+    assert microvm._protocol_message(line) == expected
+
+
+# --------------------------------------------------------------------------- real microVMs
+
+
+@pytest.fixture
+def real_microvm(detected: Availability) -> None:
+    if not detected.ok:
+        pytest.skip(f"no bootable microVM here: {detected.reason}")
+
+
+@pytest.mark.microvm
+@pytest.mark.usefixtures("real_microvm")
+async def test_real_microvm_round_trip(tmp_path: Path) -> None:
+    backend = MicroVMBackend(Settings())
+    actor = make_actor(tmp_path, ECHO)
+    worker = await backend.start_worker(actor)
+    try:
+        sink = Recorder()
+        outcome = await worker.call(request({"x": 2}), sink)
+        assert outcome.return_value == {"status": "completed"}
+        assert OutputEvent("out", 4) in sink.events
+        await worker.reset()
+        assert worker.alive
+    finally:
+        await worker.close()
+
+
+@pytest.mark.microvm
+@pytest.mark.usefixtures("real_microvm")
+async def test_real_microvm_has_no_network_and_keeps_its_time_limit(tmp_path: Path) -> None:
+    backend = MicroVMBackend(Settings())
+    actor = make_actor(tmp_path, """
+        import socket, time
+
+        def process(context):
+            if context.get_input("sleep"):
+                time.sleep(30)
+            try:
+                socket.create_connection(("1.1.1.1", 53), timeout=2).close()
+                return "connected"
+            except OSError:
+                return "isolated"
+    """, timeout_s=5)
+    worker = await backend.start_worker(actor)
+    try:
+        assert (await worker.call(request(), Recorder())).return_value == "isolated"
+        with pytest.raises(TimeLimitExceeded):
+            await worker.call(request({"sleep": True}), Recorder())
+        assert not worker.alive
+    finally:
+        await worker.close()
