@@ -1,0 +1,326 @@
+'use strict';
+// Harness for JavaScript actors; runs INSIDE the sandbox under node 20 (no npm packages).
+//
+//     node harness.js IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns]
+//
+// Loads SCRIPT once, says {"type": "ready"} on OUT_FD, then serves calls read from IN_FD,
+// one JSON object per line each way (the protocol of service/sandbox/base.py).
+// {"type": "reset"} wipes /tmp (and, with --own-pidns, kills every other process of the
+// sandbox's pid namespace) and answers "ready" again.
+//
+// The script may declare a top-level `async function process(context)` with no exports
+// (as in the origin README), or export it with `module.exports = { process }`,
+// `exports.process = ...`, or `export async function process` in an .mjs file.
+
+const fs = require('fs');
+const net = require('net');
+const path = require('path');
+const util = require('util');
+const vm = require('vm');
+const { Console } = require('console');
+const Module = require('module');
+const { pathToFileURL } = require('url');
+
+const ERRNO_DISK = new Set(['ENOSPC', 'EFBIG', 'EDQUOT']);
+const PARTIAL_LINE_MAX = 65536; // an unterminated write longer than this is sent as it stands
+const TMP = '/tmp';
+const IDENTIFIER = /^[A-Za-z_$][\w$]*$/;
+
+function encode(message) {
+  // JSON.stringify throws a TypeError for BigInt and cycles: the script sees it.
+  return JSON.stringify(message) + '\n';
+}
+
+class Channel {
+  // The private line channel to the host.
+  constructor(inFd, outFd) {
+    this.inFd = inFd;
+    this.outFd = outFd;
+  }
+
+  send(message) {
+    this.sendLine(encode(message)); // encoded first: a bad value writes nothing
+  }
+
+  sendLine(line) {
+    const data = Buffer.from(line, 'utf8');
+    let offset = 0;
+    while (offset < data.length) {
+      offset += fs.writeSync(this.outFd, data, offset); // blocking pipe: the host's pace
+    }
+  }
+
+  onLines(handle) {
+    const socket = new net.Socket({ fd: this.inFd, readable: true, writable: false });
+    let pending = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk) => {
+      pending += chunk;
+      let end;
+      while ((end = pending.indexOf('\n')) >= 0) {
+        handle(pending.slice(0, end));
+        pending = pending.slice(end + 1);
+      }
+    });
+    socket.on('end', () => process.exit(0)); // the host closed the channel
+  }
+}
+
+class LogSink {
+  // A stream for console.*: every complete line becomes a `log` event, in order with outputs.
+  constructor(channel, stream) {
+    this.channel = channel;
+    this.stream = stream;
+    this.buffer = '';
+  }
+
+  write(chunk) {
+    const lines = (this.buffer + String(chunk)).split('\n');
+    this.buffer = lines.pop();
+    if (this.buffer.length > PARTIAL_LINE_MAX) {
+      lines.push(this.buffer);
+      this.buffer = '';
+    }
+    for (const line of lines) this.emit(line);
+    return true;
+  }
+
+  end() {
+    if (this.buffer) this.emit(this.buffer);
+    this.buffer = '';
+  }
+
+  emit(line) {
+    this.channel.send({ type: 'log', stream: this.stream, message: line });
+  }
+}
+
+class Context {
+  // The `context` an entrypoint receives (protocol.md, "The actor API").
+  constructor(channel, request) {
+    this.actorId = request.actor_id;
+    this.timestamp = request.timestamp;
+    this.payload = request.payload || {};
+    this.config = request.config || {};
+    this.state = request.state || {};
+    Object.defineProperty(this, 'channel', { value: channel, enumerable: false });
+  }
+
+  getInput(port, fallback) {
+    return has(this.payload, port) ? this.payload[port] : fallback;
+  }
+
+  getConfig(key, fallback) {
+    return has(this.config, key) ? this.config[key] : fallback;
+  }
+
+  getState(key, fallback) {
+    return has(this.state, key) ? this.state[key] : fallback;
+  }
+
+  setState(key, value) {
+    this.state[key] = value;
+  }
+
+  sendOutput(port, data) {
+    // Sent now; the promise is for scripts that await it.
+    if (typeof port !== 'string') throw new TypeError('sendOutput: port must be a string');
+    this.channel.send({ type: 'output', port, data: data === undefined ? null : data });
+    return Promise.resolve();
+  }
+}
+
+function has(object, key) {
+  return Object.prototype.hasOwnProperty.call(object, key);
+}
+
+async function loadEntry(script, entrypoint) {
+  if (!IDENTIFIER.test(entrypoint)) throw new TypeError(`invalid entrypoint ${entrypoint}`);
+  if (script.endsWith('.mjs')) {
+    const ns = await import(pathToFileURL(script).href);
+    return pick(script, entrypoint, ns.default, ns[entrypoint]);
+  }
+  let source = fs.readFileSync(script, 'utf8');
+  if (source.startsWith('#!')) source = '//' + source.slice(2);
+  // A CommonJS wrapper that also hands back a top-level `function <entrypoint>`: the origin's
+  // scripts declare it without exporting it. The entrypoint is a checked identifier.
+  const body = `${source}\n;return typeof ${entrypoint} === "function" ? ${entrypoint} : undefined;`;
+  const params = ['exports', 'require', 'module', '__filename', '__dirname'];
+  const wrapper = vm.compileFunction(body, params, { filename: script });
+  const mod = new Module(script, null);
+  mod.filename = script;
+  mod.paths = Module._nodeModulePaths(path.dirname(script));
+  const req = Module.createRequire(script);
+  const declared = wrapper.call(mod.exports, mod.exports, req, mod, script, path.dirname(script));
+  const exported = mod.exports;
+  const named = exported && typeof exported[entrypoint] === 'function' ? exported[entrypoint] : undefined;
+  return pick(script, entrypoint, exported, named || declared);
+}
+
+function pick(script, entrypoint, whole, named) {
+  if (typeof named === 'function') return named;
+  if (entrypoint === 'process' && typeof whole === 'function') return whole;
+  if (whole && typeof whole[entrypoint] === 'function') return whole[entrypoint];
+  throw new TypeError(`${path.basename(script)} defines no function ${entrypoint}`);
+}
+
+function resourceOf(err) {
+  if (!err || typeof err !== 'object') return undefined;
+  if (ERRNO_DISK.has(err.code)) return 'disk';
+  if (err.code === 'EAGAIN') return 'pids';
+  if (err instanceof RangeError && /allocation failed|Invalid (array|string|typed array) length/.test(err.message)) {
+    return 'memory';
+  }
+  return undefined;
+}
+
+function errorReply(err) {
+  const isError = err instanceof Error;
+  const stack = isError && typeof err.stack === 'string' ? err.stack : '';
+  const reply = {
+    type: 'error',
+    error_type: isError ? err.name : typeof err,
+    message: isError ? err.message : String(err),
+    // The harness's own frames say nothing to the script's author.
+    traceback: stack.split('\n').filter((l) => !l.includes(__filename)).join('\n'),
+  };
+  const resource = resourceOf(err);
+  if (resource) reply.resource = resource;
+  return reply;
+}
+
+function resultLine(value, state) {
+  const ret = value === undefined ? null : value;
+  for (const [what, item] of [['return value', ret], ['state', state]]) {
+    let text;
+    try {
+      text = JSON.stringify(item);
+    } catch (err) {
+      throw new TypeError(`process() ${what} is not JSON-serializable: ${err.message}`);
+    }
+    if (text === undefined) throw new TypeError(`process() ${what} is not JSON-serializable`);
+  }
+  return encode({ type: 'result', return: ret, state });
+}
+
+function writeFences(fence) {
+  // Mark the end of the call on the real stdout/stderr so the host knows it read all of them.
+  for (const fd of [1, 2]) {
+    try {
+      fs.writeSync(fd, `${fence}\n`);
+    } catch (err) {
+      // the script closed it; the host stops waiting after a grace period
+    }
+  }
+}
+
+function wipe(dir) {
+  // Delete everything below dir (a script may have made dirs unreadable: fix that first).
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+    const full = path.join(dir, entry.name);
+    if (entry.isDirectory()) {
+      fs.chmodSync(full, 0o700);
+      wipe(full);
+      fs.rmdirSync(full);
+    } else {
+      fs.unlinkSync(full);
+    }
+  }
+}
+
+class Harness {
+  constructor(channel, script, ownPidns) {
+    this.channel = channel;
+    this.script = script;
+    this.ownPidns = ownPidns;
+    this.sinks = [new LogSink(channel, 'stdout'), new LogSink(channel, 'stderr')];
+    globalThis.console = new Console({ stdout: this.sinks[0], stderr: this.sinks[1], ignoreErrors: false });
+    this.entry = null;
+    this.loadError = null;
+    this.failCall = null; // rejects the running call on an uncaught error of the script
+    this.queue = Promise.resolve();
+    process.on('uncaughtException', (err) => this.uncaught(err));
+  }
+
+  async load(entrypoint) {
+    try {
+      this.entry = await loadEntry(this.script, entrypoint);
+    } catch (err) {
+      this.loadError = errorReply(err); // reported to every call instead of killing the worker
+    }
+  }
+
+  serve() {
+    this.channel.send({ type: 'ready' });
+    this.channel.onLines((line) => {
+      this.queue = this.queue
+        .then(() => this.handle(line))
+        .catch((err) => this.channel.send({ type: 'error', error_type: 'ProtocolError', message: String(err), traceback: '' }));
+    });
+  }
+
+  async handle(line) {
+    const message = JSON.parse(line);
+    if (message.type === 'call') return this.call(message);
+    if (message.type === 'reset') return this.reset();
+    this.channel.send({ type: 'error', error_type: 'ProtocolError', message: `unknown message ${message.type}`, traceback: '' });
+  }
+
+  async call(request) {
+    const reply = await this.run(request);
+    for (const sink of this.sinks) sink.end();
+    if (typeof request.fence === 'string' && /^[A-Za-z0-9]+$/.test(request.fence)) {
+      writeFences(request.fence);
+    }
+    this.channel.sendLine(reply);
+  }
+
+  async run(request) {
+    if (this.loadError) return encode(this.loadError);
+    const context = new Context(this.channel, request);
+    const failed = new Promise((resolve, reject) => { this.failCall = reject; });
+    try {
+      const value = await Promise.race([this.entry(context), failed]);
+      return resultLine(value, context.state);
+    } catch (err) {
+      return encode(errorReply(err));
+    } finally {
+      this.failCall = null;
+    }
+  }
+
+  uncaught(err) {
+    // A callback or rejected promise of the script failed outside the awaited chain.
+    if (this.failCall) this.failCall(err);
+    else this.sinks[1].write(`uncaught between calls: ${util.inspect(err)}\n`);
+  }
+
+  reset() {
+    try {
+      if (this.ownPidns) {
+        try {
+          process.kill(-1, 'SIGKILL'); // everyone in our pid namespace but us and init
+        } catch (err) {
+          if (err.code !== 'ESRCH') throw err;
+        }
+      }
+      wipe(TMP);
+      this.channel.send({ type: 'ready' });
+    } catch (err) {
+      this.channel.send(errorReply(err));
+    }
+  }
+}
+
+async function main(argv) {
+  if (argv.length < 4) {
+    fs.writeSync(2, 'usage: harness.js IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns]\n');
+    process.exit(2);
+  }
+  const [inFd, outFd] = [Number(argv[0]), Number(argv[1])];
+  const harness = new Harness(new Channel(inFd, outFd), argv[2], argv.slice(4).includes('--own-pidns'));
+  await harness.load(argv[3]);
+  harness.serve();
+}
+
+main(process.argv.slice(2));

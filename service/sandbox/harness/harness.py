@@ -1,0 +1,415 @@
+"""Harness for Python actors; runs INSIDE the sandbox under the system python3.
+
+    python3 -I -B -u harness.py IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns]
+
+It loads SCRIPT once, says ``{"type": "ready"}`` on OUT_FD, then serves calls read from
+IN_FD, one JSON object per line each way (the protocol of ``service/sandbox/base.py``).
+``{"type": "reset"}`` wipes /tmp (and, with ``--own-pidns``, kills every other process of
+the sandbox's pid namespace) and answers ``ready`` again.
+
+Stdlib only, and as few imports as possible so an idle worker stays small: asyncio is
+imported only when the script uses it, traceback only when something failed.
+"""
+
+from __future__ import annotations
+
+import _thread
+import builtins
+import json
+import os
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Any
+
+ERRNO_DISK = (27, 28, 122)  # EFBIG (RLIMIT_FSIZE), ENOSPC (/tmp full), EDQUOT
+ERRNO_AGAIN = 11  # fork() or clone() refused: the pids limit
+PARTIAL_LINE_MAX = 65_536  # an unterminated print longer than this is sent as it stands
+TMP = "/tmp"
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One protocol line; raises TypeError/ValueError for anything that is not plain JSON."""
+    text = json.dumps(message, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return text.encode("utf-8") + b"\n"
+
+
+class Channel:
+    """The private line channel to the host; safe to use from the script's threads."""
+
+    def __init__(self, in_fd: int, out_fd: int) -> None:
+        self.in_fd = in_fd
+        self.out_fd = out_fd
+        self.pid = os.getpid()  # a forked child of the script is not the harness
+        self._lock = _thread.allocate_lock()
+        self._pending = b""
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.send_bytes(encode(message))  # encoded first: a bad value writes nothing
+
+    def send_bytes(self, data: bytes) -> None:
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.out_fd, view):]
+
+    def receive(self) -> Any:
+        """The next message, or None when the host closed the channel."""
+        while b"\n" not in self._pending:
+            chunk = os.read(self.in_fd, 1 << 16)
+            if not chunk:
+                return None
+            self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
+        return json.loads(line)
+
+
+class BinaryLog:
+    """``sys.stdout.buffer``: bytes are decoded and logged like text."""
+
+    def __init__(self, text: LogStream) -> None:
+        self._text = text
+
+    def write(self, data: bytes) -> int:
+        self._text.write(bytes(data).decode("utf-8", "replace"))
+        return len(data)
+
+    def flush(self) -> None:
+        """Lines are sent as they complete."""
+
+
+class LogStream:
+    """``sys.stdout``/``sys.stderr``: every complete line becomes a ``log`` event.
+
+    Sent on the channel, so logs keep their order with outputs. ``fileno()`` is the real
+    fd, which the host reads too (for os.write and subprocesses).
+    """
+
+    encoding = "utf-8"
+    errors = "replace"
+    closed = False
+
+    def __init__(self, channel: Channel, stream: str, fd: int) -> None:
+        self._channel = channel
+        self._stream = stream
+        self._fd = fd
+        self._buffer = ""
+        self._lock = _thread.allocate_lock()
+        self.buffer = BinaryLog(self)
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        with self._lock:
+            lines = (self._buffer + text).split("\n")
+            self._buffer = lines.pop()
+            if len(self._buffer) > PARTIAL_LINE_MAX:
+                lines.append(self._buffer)
+                self._buffer = ""
+            for line in lines:
+                self._emit(line)
+        return len(text)
+
+    def writelines(self, lines: Iterator[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def end(self) -> None:
+        """Send what is left of an unterminated last line (the call is over)."""
+        with self._lock:
+            if self._buffer:
+                self._emit(self._buffer)
+            self._buffer = ""
+
+    def _emit(self, line: str) -> None:
+        message = {"type": "log", "stream": self._stream, "message": line}
+        try:
+            self._channel.send(message)
+        except ValueError:  # a lone surrogate cannot be UTF-8
+            message["message"] = line.encode("utf-8", "replace").decode("utf-8")
+            self._channel.send(message)
+
+    def flush(self) -> None:
+        """Lines are sent as they complete; a partial one waits for its end."""
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+
+class Sent:
+    """What ``send_output`` returns: the value is already with the host, awaiting is instant."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Iterator[None]:
+        return iter(())
+
+
+SENT = Sent()
+
+
+class Context:
+    """The ``context`` an entrypoint receives (protocol.md, "The actor API")."""
+
+    def __init__(self, channel: Channel, request: dict[str, Any]) -> None:
+        self.actor_id = request.get("actor_id")
+        self.timestamp = request.get("timestamp")
+        self.payload: dict[str, Any] = request.get("payload") or {}
+        self.config: dict[str, Any] = request.get("config") or {}
+        self.state: dict[str, Any] = request.get("state") or {}
+        self._channel = channel
+
+    def get_input(self, port: str, default: Any = None) -> Any:
+        return self.payload.get(port, default)
+
+    def get_config(self, key: str, default: Any = None) -> Any:
+        return self.config.get(key, default)
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        return self.state.get(key, default)
+
+    def set_state(self, key: str, value: Any) -> None:
+        self.state[key] = value
+
+    def send_output(self, port: str, data: Any) -> Sent:
+        """Send now (awaiting the result is optional); raises TypeError for non-JSON data."""
+        if not isinstance(port, str):
+            raise TypeError(f"send_output: port must be a string, not {type(port).__name__}")
+        self._channel.send({"type": "output", "port": port, "data": data})
+        return SENT
+
+
+def actor(*args: Any, **kwargs: Any) -> Any:
+    """The origin's ``@actor({...})`` decorator (also bare ``@actor``): accepted, ignored."""
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return args[0]
+    return lambda fn: fn
+
+
+def load_entry(script: str, entrypoint: str) -> Callable[..., Any]:
+    """Run the script as module ``__actor__`` and return its entrypoint."""
+    module = type(sys)("__actor__")
+    module.__file__ = script
+    sys.modules["__actor__"] = module  # dataclasses and pickle look classes up there
+    sys.path.insert(0, os.path.dirname(script))
+    sys.argv = [script]
+    with open(script, "rb") as file:
+        code = compile(file.read(), script, "exec")
+    exec(code, module.__dict__)
+    entry = module.__dict__.get(entrypoint)
+    if not callable(entry):
+        raise AttributeError(f"{os.path.basename(script)} defines no callable {entrypoint!r}")
+    return entry
+
+
+def uses_asyncio(entry: Callable[..., Any]) -> bool:
+    """True when the script imported asyncio, or its entrypoint names it."""
+    code = getattr(entry, "__code__", None)
+    return "asyncio" in sys.modules or (code is not None and "asyncio" in code.co_names)
+
+
+def finish(awaitable: Any, with_asyncio: bool) -> Any:
+    """Await what an ``async def`` entrypoint returned."""
+    if with_asyncio:
+        import asyncio
+
+        async def main() -> Any:
+            return await awaitable
+
+        return asyncio.run(main())
+    steps = awaitable.__await__()  # no event loop needed: send_output never suspends
+    while True:
+        try:
+            yielded = steps.send(None)
+        except StopIteration as stop:
+            return stop.value
+        if yielded is not None:
+            steps.close()
+            raise RuntimeError("process() awaited something that needs an event loop; "
+                               "import asyncio at the top of the script")
+
+
+def resource_of(exc: BaseException | None) -> str | None:
+    """Which limit an exception (or one it was raised from) points at, if any."""
+    for _ in range(8):
+        if exc is None:
+            return None
+        if isinstance(exc, MemoryError):
+            return "memory"
+        if isinstance(exc, OSError) and exc.errno in ERRNO_DISK:
+            return "disk"
+        if isinstance(exc, OSError) and exc.errno == ERRNO_AGAIN:
+            return "pids"
+        if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+            return "pids"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def error_reply(exc: BaseException, script: str) -> dict[str, Any]:
+    """An ``error`` message whose traceback starts at the script's first frame."""
+    reply: dict[str, Any] = {"type": "error", "error_type": type(exc).__name__,
+                             "message": str(exc), "traceback": ""}
+    resource = resource_of(exc)
+    if resource:
+        reply["resource"] = resource
+    try:
+        import traceback
+
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename != script:
+            tb = tb.tb_next  # the harness's and asyncio's frames say nothing to the author
+        reply["traceback"] = "".join(traceback.format_exception(type(exc), exc, tb))
+    except Exception:  # e.g. no memory left to format it: the type and message still go
+        pass
+    return reply
+
+
+def result_reply(value: Any, state: dict[str, Any]) -> bytes:
+    """The encoded ``result`` line; TypeError when the return value or state is not JSON."""
+    for what, item in (("return value", value), ("state", state)):
+        try:
+            encode({"v": item})
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"process() {what} is not JSON-serializable: {exc}") from None
+    return encode({"type": "result", "return": value, "state": state})
+
+
+def write_fences(fence: str) -> None:
+    """Mark the end of this call on the real stdout/stderr so the host knows it read all."""
+    for stream, fd in ((sys.__stdout__, 1), (sys.__stderr__, 2)):
+        try:
+            if stream is not None:
+                stream.flush()
+            os.write(fd, fence.encode("ascii") + b"\n")
+        except (OSError, ValueError):
+            pass  # the script closed it; the host stops waiting after a grace period
+
+
+class Harness:
+    """The call loop of one worker."""
+
+    def __init__(self, channel: Channel, script: str, entrypoint: str, own_pidns: bool) -> None:
+        self.channel = channel
+        self.script = script
+        self.own_pidns = own_pidns
+        self.streams = (LogStream(channel, "stdout", 1), LogStream(channel, "stderr", 2))
+        sys.stdout, sys.stderr = self.streams
+        builtins.actor = actor  # type: ignore[attr-defined]
+        self.entry: Callable[..., Any] | None = None
+        self.load_error: dict[str, Any] | None = None
+        try:
+            self.entry = load_entry(script, entrypoint)
+        except BaseException as exc:  # reported to every call instead of killing the worker
+            self.load_error = error_reply(exc, script)
+
+    def serve(self) -> None:
+        self.channel.send({"type": "ready"})
+        while True:
+            message = self.channel.receive()
+            if message is None:
+                return
+            kind = message.get("type") if isinstance(message, dict) else None
+            if kind == "call":
+                self.call(message)
+            elif kind == "reset":
+                self.reset()
+            else:
+                self.channel.send({"type": "error", "error_type": "ProtocolError",
+                                   "message": f"unknown message {kind!r}", "traceback": ""})
+
+    def call(self, request: dict[str, Any]) -> None:
+        reply = self.run(request)
+        if os.getpid() != self.channel.pid:
+            os._exit(0)  # a child forked by the script returned into the harness
+        for stream in self.streams:
+            stream.end()
+        fence = request.get("fence")
+        if isinstance(fence, str) and fence.isalnum():
+            write_fences(fence)
+        self.channel.send_bytes(reply)
+
+    def run(self, request: dict[str, Any]) -> bytes:
+        if self.load_error is not None:
+            return encode(self.load_error)
+        assert self.entry is not None
+        context = Context(self.channel, request)
+        try:
+            value = self.entry(context)
+            if hasattr(value, "__await__"):
+                value = finish(value, uses_asyncio(self.entry))
+            return result_reply(value, context.state)
+        except BaseException as exc:
+            if os.getpid() != self.channel.pid:
+                os._exit(1)
+            return encode(error_reply(exc, self.script))
+
+    def reset(self) -> None:
+        try:
+            if self.own_pidns:
+                kill_others()
+            wipe(TMP)
+            self.channel.send({"type": "ready"})
+        except Exception as exc:
+            self.channel.send(error_reply(exc, self.script))
+
+
+def kill_others() -> None:
+    """SIGKILL every process of this pid namespace but us and init, and reap our children."""
+    try:
+        os.kill(-1, 9)
+    except ProcessLookupError:
+        return
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
+def wipe(path: str) -> None:
+    """Delete everything below ``path`` (a script may have made dirs unreadable: fix first)."""
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            os.chmod(entry.path, 0o700)
+            wipe(entry.path)
+            os.rmdir(entry.path)
+        else:
+            os.unlink(entry.path)
+
+
+def close_other_fds(keep: tuple[int, ...]) -> None:
+    """Nothing the sandbox launcher left open reaches the script."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:  # noqa: SIM105 (contextlib is one import more in every worker)
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 5:
+        os.write(2, b"usage: harness.py IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns]\n")
+        return 2
+    in_fd, out_fd = int(argv[1]), int(argv[2])
+    close_other_fds((in_fd, out_fd))
+    harness = Harness(Channel(in_fd, out_fd), argv[3], argv[4], "--own-pidns" in argv[5:])
+    harness.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,877 @@
+"""Process backend: every worker is a bubblewrap sandbox whose limits the kernel enforces.
+
+What a sandbox sees (nothing else of the host):
+
+    /usr, /bin, /lib*, ...      read-only: what the interpreters need
+    /etc/ld.so.cache, ...       read-only; resolv.conf, hosts, ssl only with limits.network
+    /actor                      the actor's folder (``ActorDef.root``), read-only
+    /harness/harness.{py,js}    read-only
+    /tmp                        private tmpfs of ``settings.sandbox.tmp_mb``, wiped by reset()
+    /proc, /dev                 its own (new pid namespace); / and /dev are read-only
+
+Every namespace is new (the network too, unless ``limits.network``), the user is
+65534 inside, all capabilities are dropped and the environment is rebuilt from scratch.
+When the actor's folder is world-readable, bubblewrap itself runs as host uid 65534, so
+the sandbox is nobody on the host as well; otherwise (e.g. under a 0700 directory) it
+runs as root and maps 65534 onto it, still without any capability.
+
+Limits: memory, pids and CPU through a cgroup per worker (v1, or v2 when its controllers
+are delegated to us), created and limited before the sandbox starts; RLIMIT_AS and
+RLIMIT_NPROC when a controller is not available. Disk: the tmpfs size and RLIMIT_FSIZE.
+Wall clock and output bytes: counted here, per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import resource
+import secrets
+import shutil
+import signal
+import stat
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.errors import (
+    ActorFailed,
+    ResourceLimitExceeded,
+    SandboxUnavailable,
+    TimeLimitExceeded,
+)
+from service.manifest.model import ActorDef
+from service.sandbox.base import (
+    Availability,
+    CallOutcome,
+    CallRequest,
+    EventSink,
+    LogEvent,
+    OutputEvent,
+)
+from service.settings import Limits, Settings
+
+logger = logging.getLogger(__name__)
+
+BACKEND = "process"
+HARNESS_DIR = Path(__file__).resolve().parent / "harness"
+ACTOR_DIR = "/actor"
+SANDBOX_UID = 65534
+BWRAP_PROCESSES = 2  # bwrap outside and its init inside count against pids.max too
+MIB = 1 << 20
+CPU_PERIOD_US = 100_000
+BOOT_TIMEOUT_S = 15.0
+RESET_TIMEOUT_S = 5.0
+FENCE_GRACE_S = 1.0  # after a result: how long to wait for the real stdout/stderr to drain
+KILL_WAIT_S = 3.0
+CHUNK = 1 << 16
+STDERR_TAIL = 4096
+QUEUE_MAX = 256  # events in flight from a sandbox; past it the sandbox waits
+SANDBOX_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/tmp",
+    "TMPDIR": "/tmp",
+    "LANG": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+SYSTEM_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives")
+NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf",
+                 "/etc/ssl", "/etc/ca-certificates")
+CONTROLLERS = ("memory", "pids", "cpu")
+NODE_HEAP_OOM = re.compile(r"heap out of memory|Reached heap limit")
+
+
+# --- cgroups -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Controller:
+    """A cgroup controller we may create worker groups in, below our own group."""
+
+    name: str  # memory | pids | cpu
+    parent: Path
+    version: int  # 1 or 2
+
+    @property
+    def mechanism(self) -> str:
+        return f"cgroup-v{self.version}"
+
+
+def discover_controllers() -> dict[str, Controller]:
+    """Writable cgroup controllers of this process (a v1 hierarchy wins over v2)."""
+    own_v1, own_v2 = _own_cgroups()
+    found: dict[str, Controller] = {}
+    for fstype, root, mountpoint, options in _cgroup_mounts():
+        for name in CONTROLLERS:
+            if name in found:
+                continue
+            if fstype == "cgroup" and name in options and name in own_v1:
+                parent = mountpoint / _relative(own_v1[name], root)
+                candidate = Controller(name, parent, 1)
+            elif fstype == "cgroup2" and own_v2 is not None:
+                parent = mountpoint / _relative(own_v2, root)
+                if name not in _read(parent / "cgroup.subtree_control").split():
+                    continue
+                candidate = Controller(name, parent, 2)
+            else:
+                continue
+            if _probe(candidate):
+                found[name] = candidate
+    return found
+
+
+def _own_cgroups() -> tuple[dict[str, str], str | None]:
+    """Our cgroup path per v1 controller, and our v2 path."""
+    v1: dict[str, str] = {}
+    v2 = None
+    for line in _read(Path("/proc/self/cgroup")).splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers:
+            v1.update((c, path) for c in controllers.split(","))
+        else:
+            v2 = path
+    return v1, v2
+
+
+def _cgroup_mounts() -> list[tuple[str, str, Path, set[str]]]:
+    """(fstype, root, mount point, super options) of every cgroup mount."""
+    mounts = []
+    for line in _read(Path("/proc/self/mountinfo")).splitlines():
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) >= 5 and len(tail) >= 3 and tail[0] in ("cgroup", "cgroup2"):
+            mounts.append((tail[0], fields[3], Path(fields[4]), set(tail[2].split(","))))
+    return mounts
+
+
+def _relative(path: str, root: str) -> str:
+    if root != "/" and path.startswith(root):
+        path = path[len(root):]
+    return path.lstrip("/")
+
+
+def _probe(controller: Controller) -> bool:
+    """Can we really make a child group there (root, not read-only, not a foreign group)?"""
+    probe = controller.parent / f"sandbox-probe-{secrets.token_hex(4)}"
+    try:
+        probe.mkdir()
+    except OSError:
+        return False
+    with contextlib.suppress(OSError):
+        probe.rmdir()
+    return True
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _write(path: Path, value: object) -> None:
+    path.write_text(str(value))
+
+
+def _counter(path: Path, key: str) -> int:
+    """``key N`` from a flat-keyed cgroup file such as memory.events or pids.events."""
+    for line in _read(path).splitlines():
+        name, _, number = line.partition(" ")
+        if name == key and number.strip().isdigit():
+            return int(number)
+    return 0
+
+
+def _limit_memory(path: Path, version: int, limits: Limits) -> None:
+    size = limits.memory_mb * MIB
+    if version == 1:
+        _write(path / "memory.limit_in_bytes", size)
+        swap = path / "memory.memsw.limit_in_bytes"  # memory + swap: no escape into swap
+    else:
+        _write(path / "memory.max", size)
+        swap, size = path / "memory.swap.max", 0
+    if swap.exists():
+        _write(swap, size)
+
+
+def _limit_pids(path: Path, version: int, limits: Limits) -> None:
+    _write(path / "pids.max", limits.pids + BWRAP_PROCESSES)
+
+
+def _limit_cpu(path: Path, version: int, limits: Limits) -> None:
+    quota = max(1000, int(limits.cpus * CPU_PERIOD_US))
+    if version == 1:
+        _write(path / "cpu.cfs_period_us", CPU_PERIOD_US)
+        _write(path / "cpu.cfs_quota_us", quota)
+    else:
+        _write(path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+
+
+_LIMITERS: dict[str, Callable[[Path, int, Limits], None]] = {
+    "memory": _limit_memory, "pids": _limit_pids, "cpu": _limit_cpu}
+
+
+class WorkerCgroups:
+    """One worker's cgroups: made and limited before the sandbox starts, removed at close."""
+
+    def __init__(self, groups: dict[str, tuple[Controller, Path]]) -> None:
+        self._groups = groups
+
+    @classmethod
+    def create(cls, controllers: dict[str, Controller], limits: Limits) -> WorkerCgroups:
+        name = f"sandbox-{os.getpid()}-{secrets.token_hex(6)}"
+        cgroups = cls({})
+        try:
+            for controller in controllers.values():
+                path = controller.parent / name
+                path.mkdir()
+                cgroups._groups[controller.name] = (controller, path)
+                _LIMITERS[controller.name](path, controller.version, limits)
+        except OSError as exc:
+            cgroups._rmdir_all()
+            raise SandboxUnavailable(BACKEND, f"cannot set up cgroup {name}: {exc}") from exc
+        return cgroups
+
+    @property
+    def dirs(self) -> tuple[Path, ...]:
+        return tuple(path for _, path in self._groups.values())
+
+    @property
+    def procs_files(self) -> tuple[str, ...]:
+        return tuple(str(path / "cgroup.procs") for path in self.dirs)
+
+    def has(self, name: str) -> bool:
+        return name in self._groups
+
+    def counters(self) -> tuple[int, int]:
+        """(OOM kills, refused forks) so far; compared before and after a call."""
+        return self._oom_kills(), self._pids_refused()
+
+    def _oom_kills(self) -> int:
+        if "memory" not in self._groups:
+            return 0
+        controller, path = self._groups["memory"]
+        events = "memory.oom_control" if controller.version == 1 else "memory.events"
+        return _counter(path / events, "oom_kill")
+
+    def _pids_refused(self) -> int:
+        if "pids" not in self._groups:
+            return 0
+        return _counter(self._groups["pids"][1] / "pids.events", "max")
+
+    def kill_all(self) -> None:
+        """SIGKILL every process in the worker's groups."""
+        for controller, path in self._groups.values():
+            if controller.version == 2 and (path / "cgroup.kill").exists():
+                with contextlib.suppress(OSError):
+                    _write(path / "cgroup.kill", 1)
+                continue
+            for pid in _read(path / "cgroup.procs").split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+
+    async def remove(self) -> None:
+        """Kill what is left and remove the groups (retrying while the kernel empties them)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + KILL_WAIT_S
+        while self._groups:
+            self.kill_all()
+            self._rmdir_all()
+            if not self._groups or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        if self._groups:
+            logger.warning("cgroups left behind: %s", ", ".join(map(str, self.dirs)))
+
+    def _rmdir_all(self) -> None:
+        for name, (_, path) in list(self._groups.items()):
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            del self._groups[name]
+
+
+# --- the sandbox command -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to start one actor's sandbox."""
+
+    options: list[str]  # bwrap options, passed on a pipe (--args) so /proc/1/cmdline stays short
+    command: list[str]  # what runs inside
+    host_uid: int | None  # the uid bubblewrap runs as; None: stay root (mapped to 65534)
+    rlimits: tuple[tuple[int, int], ...]
+
+
+def make_plan(actor: ActorDef, settings: Settings, mechanisms: dict[str, str],
+              channel_fds: tuple[int, int]) -> Plan:
+    """The bwrap options, command, host uid and rlimits of a sandbox for ``actor``."""
+    root = actor.root
+    try:
+        script = Path(ACTOR_DIR, actor.script.relative_to(root)).as_posix()
+    except ValueError:
+        raise SandboxUnavailable(BACKEND, f"script {actor.script} is outside {root}") from None
+    harness = HARNESS_DIR / ("harness.py" if actor.language == "python" else "harness.js")
+    inside = f"/harness/{harness.name}"
+    interpreter = settings.sandbox.python if actor.language == "python" else settings.sandbox.node
+    options = _namespace_options(actor.limits.network) + _filesystem_options(
+        interpreter, actor.limits.network, settings.sandbox.tmp_mb)
+    options += ["--ro-bind", str(root), ACTOR_DIR, "--ro-bind", str(harness), inside,
+                "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", ACTOR_DIR]
+    command = [interpreter, *_interpreter_flags(actor), inside, *map(str, channel_fds),
+               script, actor.entrypoint, "--own-pidns"]
+    reachable = all(_world_readable(p) for p in (root, actor.script, harness))
+    return Plan(options, command, SANDBOX_UID if reachable else None,
+                _rlimits(actor, settings, mechanisms))
+
+
+def _namespace_options(network: bool) -> list[str]:
+    options = ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+               "--new-session", "--cap-drop", "ALL", "--uid", str(SANDBOX_UID),
+               "--gid", str(SANDBOX_UID), "--hostname", "sandbox", "--clearenv"]
+    if network:
+        options.insert(1, "--share-net")
+    for key, value in SANDBOX_ENV.items():
+        options += ["--setenv", key, value]
+    return options
+
+
+def _filesystem_options(interpreter: str, network: bool, tmp_mb: int) -> list[str]:
+    options = ["--ro-bind", "/usr", "/usr"]
+    for name in SYSTEM_DIRS:
+        path = Path("/", name)
+        if path.is_symlink():
+            options += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            options += ["--ro-bind", str(path), str(path)]
+    prefix = Path(interpreter).resolve().parents[1]
+    if not prefix.is_relative_to("/usr") and prefix != Path("/"):
+        options += ["--ro-bind", str(prefix), str(prefix)]  # e.g. /opt/node
+    for file in SYSTEM_FILES + (NETWORK_FILES if network else ()):
+        options += ["--ro-bind-try", file, file]
+    options += ["--proc", "/proc", "--dev", "/dev"]
+    return [*options, "--perms", "1777", "--size", str(tmp_mb * MIB), "--tmpfs", "/tmp"]
+
+
+def _interpreter_flags(actor: ActorDef) -> list[str]:
+    if actor.language == "python":
+        return ["-I", "-B", "-u"]  # isolated: no PYTHON* variables, no user site, no cwd on path
+    heap_mb = max(16, actor.limits.memory_mb * 3 // 4)  # V8 fails cleanly before the cgroup
+    return [f"--max-old-space-size={heap_mb}"]
+
+
+def _rlimits(actor: ActorDef, settings: Settings,
+             mechanisms: dict[str, str]) -> tuple[tuple[int, int], ...]:
+    limits = [(resource.RLIMIT_CORE, 0), (resource.RLIMIT_FSIZE, settings.sandbox.tmp_mb * MIB)]
+    # node reserves far more address space than it uses, so RLIMIT_AS would kill it at boot
+    if mechanisms["memory"] == "rlimit" and actor.language == "python":
+        limits.append((resource.RLIMIT_AS, actor.limits.memory_mb * MIB))
+    if mechanisms["pids"] == "rlimit":
+        limits.append((resource.RLIMIT_NPROC, actor.limits.pids + BWRAP_PROCESSES))
+    return tuple(limits)
+
+
+def _world_readable(path: Path) -> bool:
+    """Could uid 65534 reach ``path``: o+x on every directory above, o+r on it?"""
+    try:
+        mode = path.stat().st_mode
+        if not mode & stat.S_IROTH or (stat.S_ISDIR(mode) and not mode & stat.S_IXOTH):
+            return False
+        return all(parent.stat().st_mode & stat.S_IXOTH for parent in path.parents)
+    except OSError:
+        return False
+
+
+def _preexec(procs_files: tuple[str, ...], rlimits: tuple[tuple[int, int], ...],
+             uid: int | None) -> Callable[[], None]:
+    """Runs in the child between fork and exec: only os-level calls (no locks, no imports)."""
+
+    def enter() -> None:
+        pid = str(os.getpid()).encode()
+        for name in procs_files:  # in the cgroups before bwrap runs: nothing escapes them
+            fd = os.open(name, os.O_WRONLY)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
+        for which, value in rlimits:
+            resource.setrlimit(which, (value, value))
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+
+    return enter
+
+
+# --- the worker --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Item:
+    """Something that came out of the sandbox: a message, a raw line, a fence, an end."""
+
+    kind: str  # message | line | fence | closed | garbage | overflow | eof
+    stream: str = ""
+    value: Any = None
+
+
+class ProcessWorker:
+    """One bubblewrap sandbox running one actor's harness; calls run one at a time."""
+
+    def __init__(self, actor: ActorDef, tmp_mb: int, process: asyncio.subprocess.Process,
+                 cgroups: WorkerCgroups, to_harness: asyncio.WriteTransport,
+                 from_harness: asyncio.StreamReader) -> None:
+        self.actor = actor
+        self._tmp_mb_value = tmp_mb
+        self._process = process
+        self._cgroups = cgroups
+        self._to_harness = to_harness
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(QUEUE_MAX)
+        self._stderr_tail: deque[str] = deque(maxlen=64)
+        self._fence = ""  # the current call's end-of-output marker on the real stdout/stderr
+        self._closed_streams: set[str] = set()
+        self._dead = False
+        self._closed = False
+        self._busy = False
+        assert process.stdout is not None and process.stderr is not None
+        self._readers = [
+            asyncio.create_task(self._read_channel(from_harness)),
+            asyncio.create_task(self._read_stream(process.stdout, "stdout")),
+            asyncio.create_task(self._read_stream(process.stderr, "stderr")),
+        ]
+
+    @property
+    def alive(self) -> bool:
+        return not self._dead and self._process.returncode is None
+
+    @property
+    def pid(self) -> int:
+        """The host pid of the sandbox's outer bwrap process."""
+        return self._process.pid
+
+    @property
+    def cgroup_dirs(self) -> tuple[Path, ...]:
+        return self._cgroups.dirs
+
+    async def wait_ready(self) -> None:
+        """Wait for the harness's first ``ready``; SandboxUnavailable when it never comes."""
+        try:
+            async with asyncio.timeout(BOOT_TIMEOUT_S):
+                await self._until_ready()
+        except TimeoutError:
+            raise SandboxUnavailable(
+                BACKEND, f"sandbox not ready after {BOOT_TIMEOUT_S:g} s") from None
+        except ActorFailed as exc:
+            if self._cgroups.counters()[0]:
+                raise ResourceLimitExceeded("memory", self.actor.limits.memory_mb) from None
+            raise SandboxUnavailable(BACKEND, f"sandbox did not start: {exc.data['message']}") \
+                from None
+
+    async def call(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
+        """Run one call; any failure kills the sandbox (see base.Worker)."""
+        if not self.alive:
+            raise ActorFailed("SandboxCrashed", "the sandbox is no longer running")
+        if self._busy:
+            raise RuntimeError("a worker runs one call at a time")
+        self._busy = True
+        self._discard_pending()
+        limit_s = self.actor.limits.timeout_s
+        try:
+            async with asyncio.timeout(limit_s):
+                return await self._run(request, on_event)
+        except TimeoutError:
+            self._kill()
+            raise TimeLimitExceeded(limit_s) from None
+        except BaseException:  # an RpcError, the sink's error, or cancellation
+            self._kill()
+            raise
+        finally:
+            self._busy = False
+            self._fence = ""
+
+    async def reset(self) -> None:
+        """Kill stray processes and wipe /tmp (the harness does it), then wait for ``ready``."""
+        if not self.alive:
+            raise ActorFailed("SandboxCrashed", "the sandbox is no longer running")
+        self._send({"type": "reset"})
+        try:
+            async with asyncio.timeout(RESET_TIMEOUT_S):
+                await self._until_ready()
+        except TimeoutError:
+            self._kill()
+            raise ActorFailed("SandboxCrashed", "the sandbox did not answer reset") from None
+        except BaseException:
+            self._kill()
+            raise
+
+    async def close(self) -> None:
+        """Kill the sandbox, reap it, remove its cgroups; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._kill()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(KILL_WAIT_S):
+                await self._process.wait()
+        for task in self._readers:
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        self._to_harness.close()
+        await self._cgroups.remove()
+
+    # --- a call --------------------------------------------------------------------------
+
+    async def _run(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
+        baseline = self._cgroups.counters()
+        self._fence = secrets.token_hex(12)
+        self._send({"type": "call", "actor_id": request.actor_id, "payload": request.payload,
+                    "config": request.config, "state": request.state,
+                    "timestamp": request.timestamp, "fence": self._fence})
+        budget = _Budget(self.actor.limits.output_bytes)
+        outcome: CallOutcome | None = None
+        unfenced = {"stdout", "stderr"}
+        grace_end: float | None = None
+        # After the result, keep forwarding raw stdout/stderr lines until both fences (which
+        # the harness wrote before its result) came through, or a short grace period passed.
+        while outcome is None or unfenced - self._closed_streams:
+            item = await self._next(grace_end)
+            if item is None:
+                break
+            if item.kind == "fence":
+                if item.value == self._fence:
+                    unfenced.discard(item.stream)
+                continue
+            result = await self._handle(item, on_event, budget, baseline)
+            if result is not None:
+                outcome = result
+                grace_end = asyncio.get_running_loop().time() + FENCE_GRACE_S
+        assert outcome is not None
+        return outcome
+
+    async def _next(self, deadline: float | None) -> _Item | None:
+        """The next item from the sandbox; None once ``deadline`` (loop time) has passed."""
+        if deadline is None:
+            return await self._queue.get()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                return await self._queue.get()
+        return None
+
+    async def _handle(self, item: _Item, on_event: EventSink, budget: _Budget,
+                      baseline: tuple[int, int]) -> CallOutcome | None:
+        if item.kind == "line":
+            budget.spend(len(item.value.encode("utf-8")))
+            await on_event(LogEvent(item.stream, item.value))
+        elif item.kind == "message":
+            return await self._message(item.value, on_event, budget, baseline)
+        elif item.kind == "overflow":
+            raise ResourceLimitExceeded("output", self.actor.limits.output_bytes)
+        elif item.kind == "garbage":
+            raise ActorFailed("ProtocolError", f"the harness sent garbage: {item.value!r}")
+        elif item.kind == "eof":
+            raise await self._died(baseline)
+        elif item.kind == "closed":
+            self._closed_streams.add(item.stream)
+        return None
+
+    async def _message(self, message: dict[str, Any], on_event: EventSink, budget: _Budget,
+                       baseline: tuple[int, int]) -> CallOutcome | None:
+        kind = message.get("type")
+        if kind == "output" and isinstance(message.get("port"), str):
+            budget.spend(_json_size(message.get("data")))
+            await on_event(OutputEvent(message["port"], message.get("data")))
+        elif kind == "log" and isinstance(message.get("message"), str):
+            stream = "stderr" if message.get("stream") == "stderr" else "stdout"
+            budget.spend(len(message["message"].encode("utf-8")))
+            await on_event(LogEvent(stream, message["message"]))
+        elif kind == "result" and isinstance(message.get("state"), dict):
+            budget.spend(_json_size(message.get("return")))
+            return CallOutcome(message.get("return"), message["state"])
+        elif kind == "error":
+            raise self._failure(message, baseline)
+        else:
+            raise ActorFailed("ProtocolError", f"unexpected message from the harness: {kind!r}")
+        return None
+
+    def _failure(self, message: dict[str, Any], baseline: tuple[int, int]) -> Exception:
+        """The error to raise for an ``error`` message, a breached limit first."""
+        oom, refused = (now - before for now, before in
+                        zip(self._cgroups.counters(), baseline, strict=True))
+        hint = message.get("resource")
+        limits = self.actor.limits
+        if oom or hint == "memory":
+            return ResourceLimitExceeded("memory", limits.memory_mb)
+        if refused or (hint == "pids" and not self._cgroups.has("pids")):
+            return ResourceLimitExceeded("pids", limits.pids)
+        if hint == "disk":
+            return ResourceLimitExceeded("disk", self._tmp_mb())
+        return ActorFailed(str(message.get("error_type") or "Error"),
+                           str(message.get("message") or ""), str(message.get("traceback") or ""))
+
+    async def _died(self, baseline: tuple[int, int]) -> Exception:
+        """The error for a sandbox that ended in the middle of a call."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self._process.wait()
+        code = self._process.returncode
+        oom, refused = (now - before for now, before in
+                        zip(self._cgroups.counters(), baseline, strict=True))
+        tail = "".join(self._stderr_tail)
+        if oom or NODE_HEAP_OOM.search(tail):
+            return ResourceLimitExceeded("memory", self.actor.limits.memory_mb)
+        if refused:
+            return ResourceLimitExceeded("pids", self.actor.limits.pids)
+        if code in (128 + signal.SIGXFSZ, -signal.SIGXFSZ):
+            return ResourceLimitExceeded("disk", self._tmp_mb())
+        return ActorFailed("SandboxCrashed", f"the sandbox exited (status {code}) during the call",
+                           tail[-STDERR_TAIL:])
+
+    def _tmp_mb(self) -> int:
+        return self._tmp_mb_value
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    async def _until_ready(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item.kind == "message" and item.value.get("type") == "ready":
+                return
+            if item.kind == "message" and item.value.get("type") == "error":
+                raise ActorFailed(str(item.value.get("error_type")), str(item.value.get("message")),
+                                  str(item.value.get("traceback") or ""))
+            if item.kind in ("eof", "garbage", "overflow"):
+                tail = "".join(self._stderr_tail).strip() or f"status {self._process.returncode}"
+                raise ActorFailed("SandboxCrashed", tail[-STDERR_TAIL:])
+
+    def _discard_pending(self) -> None:
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item.kind == "closed":
+                self._closed_streams.add(item.stream)
+            elif item.kind == "eof":
+                self._queue.put_nowait(item)  # keep it: the call must see the sandbox is gone
+                return
+
+    def _send(self, message: dict[str, Any]) -> None:
+        line = json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n"
+        self._to_harness.write(line.encode("utf-8"))
+
+    def _kill(self) -> None:
+        self._dead = True
+        with contextlib.suppress(ProcessLookupError):
+            self._process.kill()  # bwrap's init dies with it, and the pid namespace with init
+        self._cgroups.kill_all()
+
+    async def _read_channel(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                line = await reader.readline()
+            except ValueError:  # a line over the reader's limit
+                await self._queue.put(_Item("overflow"))
+                return
+            if not line.endswith(b"\n"):
+                await self._queue.put(_Item("eof"))
+                return
+            try:
+                message = json.loads(line)
+            except ValueError:
+                message = None
+            if isinstance(message, dict):
+                await self._queue.put(_Item("message", value=message))
+            else:
+                await self._queue.put(_Item("garbage", value=line[:200].decode("utf-8", "replace")))
+
+    async def _read_stream(self, reader: asyncio.StreamReader, stream: str) -> None:
+        pending = b""
+        while chunk := await reader.read(CHUNK):
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            if len(pending) > CHUNK:
+                lines.append(pending)
+                pending = b""
+            for line in lines:
+                await self._stream_line(stream, line.decode("utf-8", "replace"))
+        if pending:
+            await self._stream_line(stream, pending.decode("utf-8", "replace"))
+        await self._queue.put(_Item("closed", stream))
+
+    async def _stream_line(self, stream: str, text: str) -> None:
+        if stream == "stderr":
+            self._stderr_tail.append(text + "\n")
+        fence = self._fence
+        if fence and text.endswith(fence):
+            if text[: -len(fence)]:
+                await self._queue.put(_Item("line", stream, text[: -len(fence)]))
+            await self._queue.put(_Item("fence", stream, fence))
+        elif self._busy:
+            await self._queue.put(_Item("line", stream, text))
+        else:
+            logger.debug("%s: %s between calls: %s", self.actor.id, stream, text[:200])
+
+
+class _Budget:
+    """The output bytes a call may still send back (outputs, logs, return value)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def spend(self, size: int) -> None:
+        self.used += size
+        if self.used > self.limit:
+            raise ResourceLimitExceeded("output", self.limit)
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+# --- the backend -------------------------------------------------------------------------
+
+
+class ProcessBackend:
+    """Boots bubblewrap sandboxes on this machine (see the module docstring)."""
+
+    name = BACKEND
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
+        self._controllers: dict[str, Controller] | None = None
+
+    @property
+    def controllers(self) -> dict[str, Controller]:
+        """The cgroup controllers workers get (discovered once)."""
+        if self._controllers is None:
+            self._controllers = discover_controllers()
+            logger.info("process sandbox limits: %s", self.mechanisms())
+        return self._controllers
+
+    def mechanisms(self) -> dict[str, str]:
+        """How each limit is enforced: cgroup-v1, cgroup-v2 or rlimit."""
+        found = self.controllers
+        return {name: found[name].mechanism if name in found else "rlimit"
+                for name in CONTROLLERS}
+
+    async def availability(self) -> Availability:
+        details: dict[str, Any] = {"bwrap": await _version(self._bwrap, "--version"),
+                                   **self.mechanisms(), "disk": "tmpfs+RLIMIT_FSIZE",
+                                   "python": await _version(self.settings.sandbox.python,
+                                                            "--version"),
+                                   "node": await _version(self.settings.sandbox.node, "--version")}
+        if details["cpu"] == "rlimit":
+            details["cpu"] = "none"  # no rlimit caps a CPU share
+        if details["bwrap"] is None:
+            return Availability(BACKEND, False, f"bubblewrap not found ({self._bwrap})", details)
+        problem = await self._trial()
+        return Availability(BACKEND, problem is None, problem or "", details)
+
+    async def _trial(self) -> str | None:
+        """Start a trivial sandbox for real; None when it worked, else why not."""
+        options = _namespace_options(False) + _filesystem_options(
+            self.settings.sandbox.python, False, 1) + ["--remount-ro", "/"]
+        command = [self.settings.sandbox.python, "-I", "-S", "-c", "print('ok')"]
+        try:
+            process = await asyncio.create_subprocess_exec(
+                self._bwrap, *options, *command, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env={"PATH": "/usr/bin:/bin"})
+            async with asyncio.timeout(BOOT_TIMEOUT_S):
+                out, err = await process.communicate()
+        except (OSError, TimeoutError) as exc:
+            return f"cannot run bubblewrap: {exc}"
+        if process.returncode != 0 or out.strip() != b"ok":
+            return f"trial sandbox failed: {err.decode('utf-8', 'replace').strip()[:500]}"
+        return None
+
+    async def start_worker(self, actor: ActorDef) -> ProcessWorker:
+        """Boot a sandbox for ``actor`` and wait for its harness; SandboxUnavailable if not."""
+        cgroups = WorkerCgroups.create(self.controllers, actor.limits)
+        try:
+            worker = await self._spawn(actor, cgroups)
+        except BaseException:
+            await cgroups.remove()
+            raise
+        try:
+            await worker.wait_ready()
+        except BaseException:
+            await worker.close()
+            raise
+        return worker
+
+    async def _spawn(self, actor: ActorDef, cgroups: WorkerCgroups) -> ProcessWorker:
+        loop = asyncio.get_running_loop()
+        call_r, call_w = os.pipe()  # host -> harness
+        event_r, event_w = os.pipe()  # harness -> host
+        plan = make_plan(actor, self.settings, self.mechanisms(), (call_r, event_w))
+        args_r = _args_pipe(plan.options)
+        try:
+            # bwrap's own environment shows in the sandbox's /proc/1/environ: give it nothing
+            process = await asyncio.create_subprocess_exec(
+                self._bwrap, "--args", str(args_r), *plan.command,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, pass_fds=(args_r, call_r, event_w),
+                preexec_fn=_preexec(cgroups.procs_files, plan.rlimits, plan.host_uid),
+                start_new_session=True, env={"PATH": "/usr/bin:/bin"})
+        except Exception as exc:  # OSError, or SubprocessError from the preexec function
+            for fd in (call_w, event_r):
+                os.close(fd)
+            raise SandboxUnavailable(BACKEND, f"cannot start bubblewrap: {exc}") from exc
+        finally:
+            for fd in (args_r, call_r, event_w):
+                os.close(fd)
+        if plan.host_uid is None:
+            logger.info("%s: %s is not world-readable; sandbox runs as root mapped to %s",
+                        actor.id, actor.root, SANDBOX_UID)
+        limit = actor.limits.output_bytes + self.settings.max_message_bytes + CHUNK
+        reader = asyncio.StreamReader(limit=limit)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                     os.fdopen(event_r, "rb", buffering=0))
+        writer, _ = await loop.connect_write_pipe(asyncio.Protocol,
+                                                  os.fdopen(call_w, "wb", buffering=0))
+        return ProcessWorker(actor, self.settings.sandbox.tmp_mb, process, cgroups,
+                             writer, reader)
+
+    async def aclose(self) -> None:
+        """Nothing to release: every worker belongs to a pool, which closes it."""
+
+
+def _args_pipe(options: list[str]) -> int:
+    """A pipe holding bwrap's options, NUL-separated, read end returned (write end closed)."""
+    data = b"".join(option.encode() + b"\0" for option in options)
+    if len(data) > 60_000:  # must fit the pipe buffer: nobody reads it before bwrap starts
+        raise SandboxUnavailable(BACKEND, "sandbox options too long")
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, data)
+    finally:
+        os.close(write_fd)
+    return read_fd
+
+
+async def _version(program: str, flag: str) -> str | None:
+    """``program flag``'s output (e.g. "bubblewrap 0.8.0" -> "0.8.0"), None if it cannot run."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            program, flag, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out, _ = await process.communicate()
+    except OSError:
+        return None
+    if process.returncode != 0:
+        return None
+    words = out.decode("utf-8", "replace").split()
+    return words[-1] if words else ""
