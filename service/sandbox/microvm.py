@@ -269,8 +269,9 @@ async def _boot_check(ref: str, timeout_s: float, *,
 
 async def _image_state(ref: str) -> str:
     """How an image stands locally, without pulling it (for the details of doctor)."""
-    if _looks_like_path(ref):
-        return "local rootfs directory" if Path(ref).is_dir() else "missing directory"
+    root = _local_rootfs(ref)
+    if root is not None:
+        return "local rootfs directory" if root.is_dir() else f"missing directory {root}"
     from microsandbox import Image
 
     try:
@@ -323,20 +324,24 @@ async def _system_log(name: str) -> str:
 # --------------------------------------------------------------------------- booting
 
 
-def _looks_like_path(ref: str) -> bool:
-    return ref.startswith(("/", "./", "../", "~"))
+def _local_rootfs(ref: str) -> Path | None:
+    """The directory ``ref`` names, when it names one; None for an OCI reference."""
+    path = Path(ref).expanduser()
+    if ref.startswith(("/", "./", "../", "~")) or path.is_dir():
+        return path.resolve()
+    return None
 
 
 def _image_source(ref: str) -> str | ImageSource:
     """A local directory is bound as the VM's rootfs; anything else is an OCI reference."""
     from microsandbox import Image
 
-    if _looks_like_path(ref) or Path(ref).is_dir():
-        path = Path(ref).expanduser().resolve()
-        if not path.is_dir():
-            raise FileNotFoundError(f"rootfs directory {path} does not exist")
-        return Image.bind(str(path))
-    return ref
+    root = _local_rootfs(ref)
+    if root is None:
+        return ref
+    if not root.is_dir():
+        raise FileNotFoundError(f"rootfs directory {root} does not exist")
+    return Image.bind(str(root))
 
 
 def _vm_name(label: str) -> str:

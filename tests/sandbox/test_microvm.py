@@ -304,6 +304,19 @@ async def test_auto_falls_back_to_process_and_says_why(
             in [r.getMessage() for r in caplog.records if r.levelname == "WARNING"])
 
 
+@pytest.mark.usefixtures("microvm_as_detected")
+async def test_auto_here_serves_with_the_real_process_backend() -> None:
+    process = pytest.importorskip("service.sandbox.process")
+    if not hasattr(process, "ProcessBackend"):
+        pytest.skip("service.sandbox.process has no ProcessBackend yet")
+    backend = await select.select_backend(Settings(backend="auto"))
+    try:
+        assert isinstance(backend, process.ProcessBackend)
+        assert backend.name == "process"
+    finally:
+        await backend.aclose()
+
+
 @pytest.mark.usefixtures("fake_process", "microvm_as_detected")
 async def test_microvm_when_unavailable_is_a_clear_error(detected: Availability) -> None:
     with pytest.raises(SandboxUnavailable) as caught:
