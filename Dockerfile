@@ -46,12 +46,13 @@ RUN pip install --no-deps -e .
 ENV SERVICE_HOST=0.0.0.0 \
     SERVICE_PORT=5556
 
-# Runs as root, on purpose. bubblewrap must create mount, PID and network namespaces
-# for every call, and the resource limits are cgroups the service writes to. A non-root
-# user can do the first only where the host allows unprivileged user namespaces (many
-# hardened hosts and Ubuntu >= 23.10 do not) and cannot do the second. Actor code never
-# runs as this user with these rights: each call runs inside its own bubblewrap sandbox.
-# The container's own confinement is in docker-compose.yml.
+# Runs as root, on purpose. The process backend starts each sandbox as uid 65534 (nobody),
+# a user that owns nothing here and is not the service's own user; switching to it takes
+# root (CAP_SETUID). bubblewrap then runs as nobody, in a new user namespace with every
+# capability dropped, so no actor code runs as root. Root also lets the backend use
+# per-sandbox cgroups where the host hands the container writable ones; Docker mounts
+# /sys/fs/cgroup read-only, so in a plain container memory and pids fall back to rlimits
+# (`docker compose exec runtime service doctor` shows which is used).
 
 EXPOSE 5556
 
