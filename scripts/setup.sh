@@ -127,8 +127,13 @@ ensure_venv() {
     [ -x "$VENV/bin/python" ] || create_venv
     say "installing the package and its dev tools into $VENV (pip install -e '.[dev]')"
     export PIP_DISABLE_PIP_VERSION_CHECK=1
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e '.[dev]'
+    # pip's output (build warnings and all) goes to a log, shown only when it fails.
+    local log="$VENV/setup.log"
+    if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+           "$VENV/bin/python" -m pip install -q -e '.[dev]'; } >"$log" 2>&1; then
+        cat "$log" >&2
+        die "pip install failed (log above, also in $log)"
+    fi
     echo "$want" >"$STAMP"
     say "done"
 }
