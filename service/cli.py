@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: invalid settings: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(_log_level(args, settings), settings.log_format)
     command: Command = args.command
     return command(args, settings)
 
@@ -112,6 +112,13 @@ def _settings(args: argparse.Namespace) -> Settings:
         backend=args.backend,
         log_level="debug" if args.debug else None,
     )
+
+
+def _log_level(args: argparse.Namespace, settings: Settings) -> str:
+    """The settings' level for `serve`; one-shot commands keep stderr for their own output."""
+    if args.subcommand == "serve" or args.debug:
+        return settings.log_level
+    return "error" if settings.log_level == "error" else "warning"
 
 
 def _one_line(exc: BaseException) -> str:

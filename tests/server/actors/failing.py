@@ -1,0 +1,3 @@
+def process(context):
+    value = context.get_input("input", 0)
+    return value / 0

@@ -1,0 +1,252 @@
+"""The CLI: `serve` as a real subprocess on a free port; lint/test/run/doctor through main()."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from server_support import ACTORS, MANIFESTS, REPO
+
+from service.cli import json_equal, main
+from service.client import ConnectionClosed, connect
+
+STARTUP_TIMEOUT_S = 30
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _spawn(*args: str, **service_env: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SERVICE_")}
+    env.update({f"SERVICE_{k.upper()}": v for k, v in service_env.items()})
+    return subprocess.Popen([sys.executable, "-m", "service", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+async def _wait_healthy(port: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("the server did not become healthy")
+
+
+Served = tuple[int, subprocess.Popen[str]]
+
+
+def _serve(**service_env: str) -> Served:
+    port = _free_port()
+    proc = _spawn("--port", str(port), "--config", "config/settings.toml",
+                  "--backend", "process", "--actors", str(ACTORS), **service_env)
+    return port, proc
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    port, proc = _serve()
+    yield port, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.fixture
+def served_short_grace() -> Iterator[Served]:
+    port, proc = _serve(shutdown_grace_s="1")
+    yield port, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+async def test_serve_answers_then_stops_cleanly_on_sigterm(
+        served: Served) -> None:
+    port, proc = served
+    await _wait_healthy(port, proc)
+    async with connect(f"ws://127.0.0.1:{port}/") as client:
+        ids = [a["id"] for a in await client.list()]
+        assert {"doubler", "doubler_js", "waiter"} <= set(ids)
+        result = await client.process("doubler", {"input": 21})
+        assert result.outputs == {"output": 42}
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.to_thread(proc.communicate, timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "serving JSON-RPC on ws://127.0.0.1:" in stderr
+    assert "process actor=doubler" in stderr  # the per-call log line
+
+
+async def test_sigterm_lets_a_running_call_finish(
+        served: Served) -> None:
+    port, proc = served
+    await _wait_healthy(port, proc)
+    async with connect(f"ws://127.0.0.1:{port}/") as client:
+        call = client.process("waiter", {"seconds": 1})
+        events = aiter(call)
+        await anext(events)  # the "started" output: the call is running
+        proc.send_signal(signal.SIGTERM)
+        rest = [event async for event in events]
+    assert call.result is not None and call.result.return_value == {"slept": 1}
+    assert len(rest) == 1
+    await asyncio.to_thread(proc.communicate, timeout=30)
+    assert proc.returncode == 0
+
+
+async def test_sigterm_cancels_calls_still_running_after_the_grace(
+        served_short_grace: Served) -> None:
+    port, proc = served_short_grace
+    await _wait_healthy(port, proc)
+    async with connect(f"ws://127.0.0.1:{port}/") as client:
+        call = client.process("waiter", {"seconds": 30})
+        events = aiter(call)
+        await anext(events)
+        proc.send_signal(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed, match="code 1001"):
+            await anext(events)
+    _, stderr = await asyncio.to_thread(proc.communicate, timeout=30)
+    assert proc.returncode == 0
+    assert "outcome=disconnected" in stderr
+
+
+def test_refuses_a_public_address_without_a_token() -> None:
+    proc = _spawn("--host", "0.0.0.0", "--port", str(_free_port()), "--backend", "process")
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert stderr == ("error: refusing to listen on 0.0.0.0 without auth.tokens; "
+                      "set auth.tokens or auth.allow_anonymous = true\n")
+
+
+def test_invalid_settings_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "settings.toml"
+    bad.write_text('[default]\nport = "high"\n')
+    proc = _spawn("--config", str(bad))
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert stderr.count("\n") == 1
+    assert stderr.startswith("error: invalid settings: port: ")
+
+
+# --- lint / test / run / doctor, in process ---
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """main() configures the root logger; put it back for the next test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    for key in [k for k in os.environ if k.startswith("SERVICE_")]:
+        monkeypatch.delenv(key)
+
+
+def test_lint_clean_and_broken(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lint", str(MANIFESTS)]) == 0
+    (tmp_path / "bad.yaml").write_text("id: bad\nlanguage: python\nscript: bad.py\ntimeout: 5\n")
+    assert main(["lint", str(tmp_path / "bad.yaml")]) == 1
+    assert "bad.yaml:" in capsys.readouterr().out
+    assert main(["lint", "--format", "nope"]) == 2
+
+
+def test_test_runs_every_example(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["test", "--backend", "process", str(MANIFESTS)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "PASS doubler: doubles" in lines
+    assert "PASS doubler_js: doubles" in lines or any(
+        line.startswith("PASS doubler_js:") for line in lines)
+    passed = sum(line.startswith("PASS ") for line in lines)
+    assert passed >= 4
+    assert lines[-1] == f"{passed} passed, 0 failed"
+
+
+def test_test_reports_a_wrong_example(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "doubler.py").write_text((MANIFESTS / "doubler.py").read_text())
+    (tmp_path / "wrong.yaml").write_text(
+        "id: wrong\nlanguage: python\nscript: doubler.py\n"
+        "inports: {input: {schema: {type: number}}}\n"
+        "outports: {output: {schema: {type: number}}}\n"
+        "examples:\n"
+        "  - {name: right, payload: {input: 2}, outputs: {output: 4}}\n"
+        "  - {name: wrong, payload: {input: 2}, outputs: {output: 5}}\n")
+    assert main(["test", "--backend", "process", str(tmp_path)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "PASS wrong: right",
+        'FAIL wrong: wrong: expected outputs {"output": 5}, got {"output": 4}',
+        "1 passed, 1 failed",
+    ]
+
+
+def test_run_prints_outputs_then_the_result(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--backend", "process", str(MANIFESTS / "ticker.yaml"),
+                 "--payload", '{"count": 2}'])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [next(iter(line)) for line in lines] == ["output", "output", "result"]
+    assert [line["output"]["data"] for line in lines[:2]] == [1, 2]
+    assert lines[2]["result"]["outputs"] == {"tick": 2}
+
+
+def test_run_with_config_and_state(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--backend", "process", str(MANIFESTS / "counter.yaml"),
+                 "--payload", '{"value": 5}', "--config", '{"factor": 3}',
+                 "--state", '{"count": 4}'])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])["result"]
+    assert result["outputs"] == {"result": 15, "calls": 5}
+
+
+def test_run_error_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--backend", "process", str(ACTORS / "failing.yaml"),
+                 "--payload", '{"input": 1}'])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error -32004: Actor failed: ZeroDivisionError: division by zero\n")
+
+
+def test_run_bad_payload_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(MANIFESTS / "doubler.yaml"), "--payload", "{nope"]) == 2
+    assert main(["run", str(MANIFESTS / "doubler.yaml"), "--payload", "[1]"]) == 2
+
+
+def test_doctor(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "process: ok" in out
+    assert any(line.startswith("microvm: ") for line in out)
+    assert out[-1].startswith("working backends: ") and "process" in out[-1]
+
+
+@pytest.mark.parametrize(("a", "b", "equal"), [
+    (42, 42.0, True), ({"a": [1, 2]}, {"a": [1, 2]}, True), (True, 1, False),
+    ([1, 2], [2, 1], False), ({"a": 1}, {"a": 1, "b": 2}, False), ("1", 1, False),
+    (None, None, True), (0, False, False),
+])
+def test_json_equal(a: object, b: object, equal: bool) -> None:
+    assert json_equal(a, b) is equal

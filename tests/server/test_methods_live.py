@@ -1,0 +1,391 @@
+"""Every method and every error code, over a real WebSocket to the real server and sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from server_support import ACTORS, MANIFESTS, Rpc, ServerFactory
+
+from service.errors import SandboxUnavailable
+from service.manifest.loader import display_path
+from service.manifest.model import ActorDef
+from service.rpc.openrpc import load_openrpc
+from service.runtime import Runtime
+from service.sandbox.base import Availability, Worker
+from service.settings import Settings
+
+DOUBLER = {
+    "id": "doubler",
+    "language": "python",
+    "description": "Doubles a number",
+    "inports": {"input": {"schema": {"type": "number"}, "description": "the number to double",
+                          "required": True}},
+    "outports": {"output": {"schema": {"type": "number"}, "description": "twice the input"}},
+    "limits": {"cpus": 1, "memory_mb": 128, "timeout_s": 5, "network": False, "pids": 64,
+               "output_bytes": 1048576},
+    "manifest": display_path(MANIFESTS / "doubler.yaml"),  # as given, relative to the cwd
+}
+
+
+def _result(request_id: Any, result: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+def _error(request_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+# --- list / describe / load / rpc.discover ---
+
+
+async def test_list(rpc: Rpc, runtime: Runtime) -> None:
+    response = await rpc.call("list", {})
+    actors = response["result"]["actors"]
+    assert [a["id"] for a in actors] == sorted(a.id for a in runtime.actors())
+    assert {"doubler", "doubler_js", "waiter"} <= {a["id"] for a in actors}
+    assert next(a for a in actors if a["id"] == "doubler") == DOUBLER
+
+
+async def test_describe(rpc: Rpc) -> None:
+    assert await rpc.call("describe", {"actor_id": "doubler"}) == _result(1, DOUBLER)
+    assert await rpc.call("describe", ["doubler"]) == _result(2, DOUBLER)
+
+
+async def test_load_manifest_then_replace(rpc: Rpc) -> None:
+    path = str(MANIFESTS / "doubler.yaml")
+    response = await rpc.call("load", {"file_path": path})
+    assert response == _result(1, {"success": True, "actor": DOUBLER, "replaced": True})
+
+
+async def test_load_a_new_actor_from_its_script(rpc: Rpc, tmp_path: Path) -> None:
+    (tmp_path / "tripler.py").write_text(
+        "async def process(context):\n"
+        "    await context.send_output('output', context.get_input('input') * 3)\n")
+    (tmp_path / "tripler.yaml").write_text(
+        "id: tripler\nlanguage: python\nscript: tripler.py\n"
+        "inports: {input: {schema: {type: number}}}\n"
+        "outports: {output: {schema: {type: number}}}\n")
+    response = await rpc.call("load", {"file_path": str(tmp_path / "tripler.py")})
+    assert response["result"]["success"] is True
+    assert response["result"]["replaced"] is False
+    assert response["result"]["actor"]["id"] == "tripler"
+    _, response = await rpc.request("process", {"actor_id": "tripler",
+                                                "payload": {"input": 5}})
+    assert response["result"]["outputs"] == {"output": 15}
+
+
+async def test_rpc_discover(rpc: Rpc) -> None:
+    assert await rpc.call("rpc.discover") == _result(1, load_openrpc())
+
+
+# --- process ---
+
+
+@pytest.mark.parametrize("actor_id", ["doubler", "doubler_js"])
+async def test_doubler_examples_send_output_before_the_response(rpc: Rpc, actor_id: str) -> None:
+    notes, response = await rpc.request("process", {
+        "actor_id": actor_id, "payload": {"input": 21}, "config": {}, "state": {},
+        "timestamp": 1234567890}, request_id=7)
+    [output] = notes
+    timestamp = output["params"].pop("timestamp")
+    assert isinstance(timestamp, int) and timestamp > 1_700_000_000_000  # ms since the epoch
+    assert output == {"jsonrpc": "2.0", "method": "output", "params": {
+        "request_id": 7, "actor_id": actor_id, "port": "output", "data": 42, "seq": 0}}
+    duration_ms = response["result"].pop("duration_ms")
+    assert isinstance(duration_ms, float | int) and duration_ms >= 0
+    assert response == _result(7, {
+        "outputs": {"output": 42},
+        "emitted": [{"port": "output", "data": 42, "seq": 0}],
+        "return": {"status": "completed"},
+        "state": {}})
+
+
+async def test_logs_and_state(rpc: Rpc) -> None:
+    notes, response = await rpc.request("process", {"actor_id": "chatty", "payload": {},
+                                                    "state": {"kept": 1}}, request_id="c")
+    for note in notes:
+        note["params"].pop("timestamp", None)
+    assert notes == [
+        {"jsonrpc": "2.0", "method": "log", "params": {
+            "request_id": "c", "actor_id": "chatty", "stream": "stdout",
+            "message": "first line"}},
+        {"jsonrpc": "2.0", "method": "output", "params": {
+            "request_id": "c", "actor_id": "chatty", "port": "output", "data": "between",
+            "seq": 0}},
+        {"jsonrpc": "2.0", "method": "log", "params": {
+            "request_id": "c", "actor_id": "chatty", "stream": "stderr",
+            "message": "to stderr"}},
+    ]
+    assert response["result"]["state"] == {"kept": 1, "seen": True}
+    assert response["result"]["return"] == {"status": "completed"}
+
+
+async def test_streaming_outputs_keep_their_order(rpc: Rpc) -> None:
+    notes, response = await rpc.request("process", {"actor_id": "ticker",
+                                                    "payload": {"count": 5}})
+    assert [(n["params"]["data"], n["params"]["seq"]) for n in notes] == [
+        (1, 0), (2, 1), (3, 2), (4, 3), (5, 4)]
+    assert response["result"]["outputs"] == {"tick": 5}
+
+
+@pytest.mark.parametrize("request_id", ["abc", 12, None, 3.5])
+async def test_request_id_echoed_in_notifications_and_response(rpc: Rpc,
+                                                               request_id: Any) -> None:
+    notes, response = await rpc.request("process", {"actor_id": "doubler",
+                                                    "payload": {"input": 1}}, request_id)
+    assert [type(n["params"]["request_id"]) for n in notes] == [type(request_id)]
+    assert notes[0]["params"]["request_id"] == request_id
+    assert type(response["id"]) is type(request_id)
+
+
+async def test_positional_process_params(rpc: Rpc) -> None:
+    response = await rpc.call("process", ["doubler", {"input": 4}, {}, {}, 1])
+    assert response["result"]["outputs"] == {"output": 8}
+
+
+async def test_calls_on_one_connection_run_concurrently(rpc: Rpc) -> None:
+    """A slow call does not hold up a quick one sent after it."""
+    await rpc.send({"jsonrpc": "2.0", "method": "process", "id": "slow",
+                    "params": {"actor_id": "waiter", "payload": {"seconds": 1.5}}})
+    await rpc.send({"jsonrpc": "2.0", "method": "list", "id": "quick"})
+    ids = []
+    while len(ids) < 2:
+        message = await rpc.recv()
+        if "id" in message:
+            ids.append(message["id"])
+    assert ids == ["quick", "slow"]
+
+
+# --- every error of protocol.md's table, and the standard ones ---
+
+
+async def test_method_not_found(rpc: Rpc) -> None:
+    assert await rpc.call("nope") == _error(1, -32601, "Method not found")
+
+
+async def test_invalid_params_of_each_method(rpc: Rpc) -> None:
+    response = await rpc.call("load", {})
+    assert response == _error(1, -32602, "Invalid params", {"errors": [
+        {"path": "", "message": "'file_path' is a required property"}]})
+    response = await rpc.call("load", {"file_path": 3})
+    assert response == _error(2, -32602, "Invalid params", {"errors": [
+        {"path": "/file_path", "message": "3 is not of type 'string'"}]})
+    response = await rpc.call("process", {"actor_id": "doubler", "payload": [21]})
+    assert response == _error(3, -32602, "Invalid params", {"errors": [
+        {"path": "/payload", "message": "[21] is not of type 'object'"}]})
+    response = await rpc.call("describe", {})
+    assert response == _error(4, -32602, "Invalid params", {"errors": [
+        {"path": "", "message": "'actor_id' is a required property"}]})
+    response = await rpc.call("list", {"verbose": True})
+    assert response == _error(5, -32602, "Invalid params", {"errors": [
+        {"path": "", "message": "Additional properties are not allowed "
+                                "('verbose' was unexpected)"}]})
+
+
+async def test_config_failing_its_schema_is_invalid_params(rpc: Rpc) -> None:
+    response = await rpc.call("process", {"actor_id": "counter", "payload": {"value": 1},
+                                          "config": {"factor": "x"}})
+    assert response["error"]["code"] == -32602
+    assert response["error"]["data"] == {"errors": [
+        {"path": "/factor", "message": "'x' is not of type 'number'"}]}
+
+
+async def test_actor_not_found(rpc: Rpc) -> None:
+    assert await rpc.call("describe", {"actor_id": "ghost"}) == _error(
+        1, -32001, "Actor not found: ghost", {"actor_id": "ghost"})
+    assert await rpc.call("process", {"actor_id": "ghost", "payload": {}}) == _error(
+        2, -32001, "Actor not found: ghost", {"actor_id": "ghost"})
+
+
+async def test_payload_invalid(rpc: Rpc) -> None:
+    response = await rpc.call("process", {"actor_id": "doubler", "payload": {"input": "a"}})
+    assert response == _error(1, -32002, "Payload invalid on port 'input'", {
+        "port": "input", "errors": [{"path": "", "message": "'a' is not of type 'number'"}]})
+    response = await rpc.call("process", {"actor_id": "doubler", "payload": {}})
+    assert response["error"]["code"] == -32002
+    assert response["error"]["data"]["port"] == "input"
+    response = await rpc.call("process", {"actor_id": "doubler",
+                                          "payload": {"input": 1, "extra": 2}})
+    assert response["error"]["code"] == -32002
+    assert response["error"]["data"]["port"] == "extra"
+
+
+async def test_output_invalid_is_not_forwarded(rpc: Rpc) -> None:
+    notes, response = await rpc.request("process", {"actor_id": "bad_output",
+                                                    "payload": {"mode": "type"}})
+    assert notes == []
+    assert response == _error(1, -32003, "Output invalid on port 'output'", {
+        "port": "output",
+        "errors": [{"path": "", "message": "'not a number' is not of type 'number'"}]})
+    notes, response = await rpc.request("process", {"actor_id": "bad_output",
+                                                    "payload": {"mode": "port"}})
+    assert notes == []
+    assert response["error"]["code"] == -32003
+    assert response["error"]["data"]["port"] == "nowhere"
+
+
+async def test_actor_failed_carries_the_sandbox_traceback(rpc: Rpc) -> None:
+    response = await rpc.call("process", {"actor_id": "failing", "payload": {"input": 1}})
+    error = response["error"]
+    assert error["code"] == -32004
+    assert error["message"] == "Actor failed: ZeroDivisionError: division by zero"
+    assert error["data"]["type"] == "ZeroDivisionError"
+    assert error["data"]["message"] == "division by zero"
+    assert "failing.py" in error["data"]["traceback"]
+    assert "service/" not in error["data"]["traceback"]  # nothing of the server's
+
+
+async def test_time_limit(rpc: Rpc) -> None:
+    response = await rpc.call("process", {"actor_id": "sleeper", "payload": {"seconds": 30}})
+    assert response == _error(1, -32005, "Time limit exceeded (2 s)", {"limit_s": 2})
+
+
+async def test_memory_limit(rpc: Rpc) -> None:
+    response = await rpc.call("process", {"actor_id": "hog", "payload": {"megabytes": 400}})
+    assert response == _error(1, -32006, "Resource limit exceeded: memory (limit 48)",
+                              {"resource": "memory", "limit": 48})
+
+
+async def test_manifest_invalid_on_load(rpc: Rpc, tmp_path: Path) -> None:
+    (tmp_path / "broken.yaml").write_text("id: broken\nlanguage: cobol\n")
+    response = await rpc.call("load", {"file_path": str(tmp_path / "broken.yaml")})
+    assert response["error"]["code"] == -32007
+    errors = response["error"]["data"]["errors"]
+    assert errors and all(set(e) >= {"file", "line", "path", "message"} for e in errors)
+    assert any(e["path"] == "/language" for e in errors)
+
+
+async def _wait_started(rpc: Rpc, request_id: Any) -> None:
+    note = await rpc.recv()
+    assert note["method"] == "output", note
+    assert note["params"]["request_id"] == request_id
+    assert note["params"]["data"] is True
+
+
+async def test_busy_when_the_queue_is_full(rpc: Rpc) -> None:
+    await rpc.send({"jsonrpc": "2.0", "method": "process", "id": "first",
+                    "params": {"actor_id": "waiter", "payload": {"seconds": 30}}})
+    await _wait_started(rpc, "first")
+    _, response = await rpc.request("process", {"actor_id": "waiter",
+                                                "payload": {"seconds": 0}}, "second")
+    assert response["error"]["code"] == -32008
+    assert response["error"]["message"] == "Busy: the actor's queue is full"
+    assert list(response["error"]["data"]) == ["retry_after_ms"]
+    assert isinstance(response["error"]["data"]["retry_after_ms"], int)
+    _, cancelled = await rpc.request("cancel", {"request_id": "first"}, "c")
+    assert cancelled == _result("c", {"cancelled": True})
+
+
+class _NoSandboxBackend:
+    """A backend that cannot start anything (the real ones need a broken host to do that)."""
+
+    name = "process"
+
+    async def availability(self) -> Availability:
+        return Availability("process", False, "bwrap is missing")
+
+    async def start_worker(self, actor: ActorDef) -> Worker:
+        raise SandboxUnavailable("process", "bwrap is missing")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_sandbox_unavailable(make_server: ServerFactory, settings: Settings) -> None:
+    runtime = Runtime(settings, _NoSandboxBackend())
+    await runtime.start()
+    try:
+        server = await make_server(runtime)
+        ws = await server.ws_connect("/")
+        response = await Rpc(ws).call("process", {"actor_id": "doubler",
+                                                  "payload": {"input": 1}})
+        await ws.close()
+    finally:
+        await runtime.aclose()
+    assert response == _error(1, -32009, "Sandbox unavailable (process): bwrap is missing",
+                              {"backend": "process", "reason": "bwrap is missing"})
+
+
+async def test_cancel(rpc: Rpc, runtime: Runtime) -> None:
+    await rpc.send({"jsonrpc": "2.0", "method": "process", "id": 41,
+                    "params": {"actor_id": "waiter", "payload": {"seconds": 30}}})
+    await _wait_started(rpc, 41)
+    _, response = await rpc.request("cancel", {"request_id": 41}, 42)
+    assert response == _result(42, {"cancelled": True})
+    _, cancelled = await rpc.until_response(41)
+    assert cancelled == _error(41, -32010, "Cancelled", {})
+    assert runtime.pool_stats()["waiter"][0] == 0  # the sandbox is no longer busy
+    _, again = await rpc.request("cancel", {"request_id": 41}, 43)
+    assert again == _result(43, {"cancelled": False})
+    # the actor still works afterwards, on a fresh sandbox
+    _, response = await rpc.request("process", {"actor_id": "waiter",
+                                                "payload": {"seconds": 0}}, 44)
+    assert response["result"]["return"] == {"slept": 0}
+
+
+async def test_cancel_unknown_id(rpc: Rpc) -> None:
+    assert await rpc.call("cancel", {"request_id": "never"}) == _result(1, {"cancelled": False})
+
+
+async def test_closing_the_connection_cancels_its_calls(server: TestClient,
+                                                        runtime: Runtime) -> None:
+    ws = await server.ws_connect("/")
+    rpc = Rpc(ws)
+    await rpc.send({"jsonrpc": "2.0", "method": "process", "id": 1,
+                    "params": {"actor_id": "waiter", "payload": {"seconds": 30}}})
+    await _wait_started(rpc, 1)
+    assert runtime.pool_stats()["waiter"][0] == 1
+    await ws.close()
+    for _ in range(200):  # the server notices the close, then kills the sandbox
+        if runtime.pool_stats()["waiter"][0] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert runtime.pool_stats()["waiter"][0] == 0
+    other = Rpc(await server.ws_connect("/"))
+    _, response = await other.request("process", {"actor_id": "waiter",
+                                                  "payload": {"seconds": 0}})
+    assert response["result"]["return"] == {"slept": 0}  # not -32008: the worker was freed
+    await other.ws.close()
+
+
+# --- the origin README's requests, as written ---
+
+
+async def test_origin_readme_requests(rpc: Rpc) -> None:
+    await rpc.send('{\n  "jsonrpc": "2.0",\n  "method": "list",\n  "params": {},\n  "id": 1\n}')
+    _, response = await rpc.until_response(1)
+    assert [a["id"] for a in response["result"]["actors"]][:2] == ["bad_output", "chatty"]
+    await rpc.send('{"jsonrpc": "2.0", "method": "load", '
+                   '"params": {"file_path": "/path/to/actor.py"}, "id": 2}')
+    _, response = await rpc.until_response(2)
+    assert response == _error(2, -32011, "Path not allowed or not found: /path/to/actor.py",
+                              {"path": "/path/to/actor.py"})
+    await rpc.send('{"jsonrpc": "2.0", "method": "process", "params": {"actor_id": "my_actor",'
+                   ' "payload": {"input": 42}, "config": {}, "state": {},'
+                   ' "timestamp": 1234567890}, "id": 3}')
+    _, response = await rpc.until_response(3)
+    assert response == _error(3, -32001, "Actor not found: my_actor", {"actor_id": "my_actor"})
+
+
+async def test_origin_readme_requests_with_real_paths(rpc: Rpc) -> None:
+    _, response = await rpc.request("load", {"file_path": str(MANIFESTS / "doubler.py")}, 2)
+    assert response["result"]["actor"]["id"] == "doubler"
+    notes, response = await rpc.request("process", {
+        "actor_id": "doubler", "payload": {"input": 42}, "config": {}, "state": {},
+        "timestamp": 1234567890}, 3)
+    assert [n["params"]["data"] for n in notes] == [84]
+    assert response["result"]["outputs"] == {"output": 84}
+
+
+async def test_load_outside_the_allowed_roots(rpc: Rpc, tmp_path: Path) -> None:
+    outside = ACTORS.parents[2] / "config" / "settings.toml"
+    response = await rpc.call("load", {"file_path": str(outside)})
+    assert response == _error(1, -32011, f"Path not allowed or not found: {outside}",
+                              {"path": str(outside)})

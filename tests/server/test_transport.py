@@ -1,0 +1,186 @@
+"""The WebSocket transport: frames, batches, ids, size limit, auth, /healthz and /metrics."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSCloseCode, WSMsgType
+from aiohttp.test_utils import TestClient
+from server_support import Rpc, ServerFactory
+
+from service.settings import AuthSettings
+
+INVALID_REQUEST = {"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"},
+                   "id": None}
+
+
+async def test_parse_error_has_a_null_id(rpc: Rpc) -> None:
+    await rpc.send('{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]')
+    assert await rpc.recv() == {"jsonrpc": "2.0", "id": None,
+                                "error": {"code": -32700, "message": "Parse error"}}
+
+
+async def test_invalid_request(rpc: Rpc) -> None:
+    await rpc.send('{"jsonrpc": "2.0", "method": 1, "params": "bar"}')
+    assert await rpc.recv() == INVALID_REQUEST
+    await rpc.send('{"jsonrpc": "2.0", "method": "list", "id": true}')
+    assert await rpc.recv() == INVALID_REQUEST
+    await rpc.send('{"jsonrpc": "2.0", "method": "list", "id": {"a": 1}}')
+    assert await rpc.recv() == INVALID_REQUEST
+
+
+@pytest.mark.parametrize(("frame", "expected"), [
+    ("[]", INVALID_REQUEST),
+    ("[1]", [INVALID_REQUEST]),
+    ("[1,2,3]", [INVALID_REQUEST] * 3),
+])
+async def test_invalid_batches(rpc: Rpc, frame: str, expected: Any) -> None:
+    await rpc.send(frame)
+    assert await rpc.recv() == expected
+
+
+async def test_notifications_are_never_answered(rpc: Rpc) -> None:
+    for frame in ('{"jsonrpc": "2.0", "method": "list"}',
+                  '{"jsonrpc": "2.0", "method": "foobar"}',
+                  '{"jsonrpc": "2.0", "method": "describe", "params": {"actor_id": "ghost"}}',
+                  '{"jsonrpc": "2.0", "method": "load", "params": {}}',
+                  '[{"jsonrpc": "2.0", "method": "list"}, {"jsonrpc": "2.0", "method": "x"}]'):
+        await rpc.send(frame)
+    # the first thing that comes back is the answer to this request: nothing came before it
+    await rpc.send({"jsonrpc": "2.0", "method": "cancel", "params": [5], "id": "last"})
+    assert await rpc.recv() == {"jsonrpc": "2.0", "id": "last", "result": {"cancelled": False}}
+
+
+async def test_process_notification_runs_without_any_message(rpc: Rpc) -> None:
+    await rpc.send({"jsonrpc": "2.0", "method": "process",
+                    "params": {"actor_id": "doubler", "payload": {"input": 1}}})
+    await rpc.send({"jsonrpc": "2.0", "method": "cancel", "params": [5], "id": "last"})
+    assert await rpc.recv() == {"jsonrpc": "2.0", "id": "last", "result": {"cancelled": False}}
+
+
+async def test_mixed_batch(rpc: Rpc) -> None:
+    await rpc.send([
+        {"jsonrpc": "2.0", "method": "describe", "params": ["doubler"], "id": "1"},
+        {"jsonrpc": "2.0", "method": "list"},
+        {"jsonrpc": "2.0", "method": "cancel", "params": {"request_id": 1}, "id": 2},
+        {"foo": "boo"},
+        {"jsonrpc": "2.0", "method": "foo.get", "params": {"name": "myself"}, "id": "5"},
+        {"jsonrpc": "2.0", "method": "process", "id": None,
+         "params": {"actor_id": "doubler", "payload": {"input": 21}}},
+    ])
+    output = await rpc.recv()  # the process call's notification comes before the batch
+    assert output["method"] == "output"
+    assert output["params"]["request_id"] is None
+    responses = await rpc.recv()
+    assert [r["id"] for r in responses] == ["1", 2, None, "5", None]
+    assert responses[0]["result"]["id"] == "doubler"
+    assert responses[1] == {"jsonrpc": "2.0", "id": 2, "result": {"cancelled": False}}
+    assert responses[2] == INVALID_REQUEST
+    assert responses[3] == {"jsonrpc": "2.0", "id": "5",
+                            "error": {"code": -32601, "message": "Method not found"}}
+    assert responses[4]["result"]["outputs"] == {"output": 42}
+
+
+async def test_binary_frames_hold_utf8_json(rpc: Rpc) -> None:
+    await rpc.ws.send_bytes(json.dumps({"jsonrpc": "2.0", "method": "describe",
+                                        "params": ["doubler"], "id": "bé"}).encode())
+    response = await rpc.recv()
+    assert response["id"] == "bé"
+    assert response["result"]["id"] == "doubler"
+    await rpc.ws.send_bytes(b'{"jsonrpc": "2.0", "method": "list", "id": "\xff"}')
+    assert await rpc.recv() == {"jsonrpc": "2.0", "id": None,
+                                "error": {"code": -32700, "message": "Parse error"}}
+
+
+async def test_oversized_frame_closes_1009_and_spares_other_connections(
+        make_server: ServerFactory) -> None:
+    server = await make_server(max_message_bytes=4096)
+    big = await server.ws_connect("/")
+    other = Rpc(await server.ws_connect("/"))
+    frame = json.dumps({"jsonrpc": "2.0", "method": "list", "id": 1, "params": {"x": "a" * 5000}})
+    await big.send_str(frame)
+    msg = await big.receive(timeout=10)
+    assert msg.type == WSMsgType.CLOSE
+    assert msg.data == WSCloseCode.MESSAGE_TOO_BIG == 1009
+    assert (await other.call("list"))["result"]["actors"]
+    # a frame just under the limit is fine
+    fits = json.dumps({"jsonrpc": "2.0", "method": "cancel", "id": 2, "params": ["a" * 3900]})
+    assert len(fits) <= 4096
+    await other.send(fits)
+    assert await other.recv() == {"jsonrpc": "2.0", "id": 2, "result": {"cancelled": False}}
+    await other.ws.close()
+
+
+# --- authentication ---
+
+
+@pytest.fixture
+async def guarded(make_server: ServerFactory) -> TestClient:
+    return await make_server(auth=AuthSettings(tokens=("s3cret", "other-token")))
+
+
+async def test_no_token_is_401_without_upgrade(guarded: TestClient) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as excinfo:
+        await guarded.ws_connect("/")
+    assert excinfo.value.status == 401
+    with pytest.raises(aiohttp.WSServerHandshakeError) as excinfo:
+        await guarded.ws_connect("/", headers={"Authorization": "Bearer wrong"})
+    assert excinfo.value.status == 401
+    with pytest.raises(aiohttp.WSServerHandshakeError) as excinfo:
+        await guarded.ws_connect("/?token=s3cre")
+    assert excinfo.value.status == 401
+    response = await guarded.get("/metrics")
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(("path", "headers"), [
+    ("/", {"Authorization": "Bearer s3cret"}),
+    ("/", {"Authorization": "bearer other-token"}),
+    ("/?token=s3cret", {}),
+])
+async def test_token_in_header_or_query(guarded: TestClient, path: str,
+                                        headers: dict[str, str]) -> None:
+    ws = await guarded.ws_connect(path, headers=headers)
+    assert (await Rpc(ws).call("cancel", [1]))["result"] == {"cancelled": False}
+    await ws.close()
+
+
+async def test_healthz_needs_no_token(guarded: TestClient) -> None:
+    response = await guarded.get("/healthz")
+    assert response.status == 200
+    assert (await response.json())["status"] == "ok"
+
+
+# --- plain HTTP ---
+
+
+async def test_healthz(server: TestClient) -> None:
+    response = await server.get("/healthz")
+    assert response.status == 200
+    body = await response.json()
+    assert body["status"] == "ok"
+    assert body["actors"] >= 3
+
+
+async def test_plain_get_on_the_websocket_path(server: TestClient) -> None:
+    response = await server.get("/")
+    assert response.status == 426
+
+
+async def test_metrics(server: TestClient, rpc: Rpc) -> None:
+    await rpc.call("process", {"actor_id": "doubler", "payload": {"input": 1}})
+    await rpc.call("process", {"actor_id": "doubler", "payload": {"input": "x"}})
+    response = await server.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    text = await response.text()
+    assert 'service_calls_total{actor="doubler",outcome="ok"} 1.0' in text
+    assert 'service_calls_total{actor="doubler",outcome="payload_invalid"} 1.0' in text
+    assert 'service_call_duration_seconds_count{actor="doubler"} 2.0' in text
+    assert 'service_sandboxes_busy{actor="doubler"} 0.0' in text
+    assert 'service_queue_depth{actor="doubler"} 0.0' in text
+    assert "service_sandboxes_idle{" in text
