@@ -446,6 +446,7 @@ class ProcessWorker:
         self._dead = False
         self._closed = False
         self._busy = False
+        self._pidfd = _pidfd(process.pid)
         assert process.stdout is not None and process.stderr is not None
         self._readers = [
             asyncio.create_task(self._read_channel(from_harness)),
@@ -523,6 +524,8 @@ class ProcessWorker:
             return
         self._closed = True
         self._kill()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_Item("eof"))  # wakes a call waiting on this worker
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(KILL_WAIT_S):
                 await self._process.wait()
@@ -530,6 +533,9 @@ class ProcessWorker:
             task.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
         self._to_harness.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
         await self._cgroups.remove()
 
     # --- a call --------------------------------------------------------------------------
@@ -548,6 +554,8 @@ class ProcessWorker:
         # the harness wrote before its result) came through, or a short grace period passed.
         while outcome is None or unfenced - self._closed_streams:
             item = await self._next(grace_end)
+            if self._closed:
+                raise ActorFailed("SandboxCrashed", "the worker was closed during the call")
             if item is None:
                 break
             if item.kind == "fence":
@@ -670,9 +678,14 @@ class ProcessWorker:
         self._to_harness.write(line.encode("utf-8"))
 
     def _kill(self) -> None:
+        """SIGKILL the outer bwrap (its init, and so its pid namespace, die with it) and the
+        cgroups' members. Not Process.kill(): that polls, reaping behind asyncio's back."""
         self._dead = True
         with contextlib.suppress(ProcessLookupError):
-            self._process.kill()  # bwrap's init dies with it, and the pid namespace with init
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            elif self._process.returncode is None:
+                os.kill(self._process.pid, signal.SIGKILL)
         self._cgroups.kill_all()
 
     async def _read_channel(self, reader: asyncio.StreamReader) -> None:
@@ -720,6 +733,14 @@ class ProcessWorker:
             await self._queue.put(_Item("line", stream, text))
         else:
             logger.debug("%s: %s between calls: %s", self.actor.id, stream, text[:200])
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd for ``pid``: signals through it never reach a recycled pid."""
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
 
 
 class _Budget:

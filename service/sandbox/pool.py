@@ -1,0 +1,213 @@
+"""Warm pools: the workers of one actor, and the queue of calls waiting for one.
+
+At most ``pool.max_workers`` calls of an actor run at once and at most ``pool.max_queue``
+wait; past that a call fails fast with Busy. ``pool.min_warm`` workers are booted in
+the background and kept idle, so a call does not pay for a boot. A worker is reused
+(after ``reset()``, which wipes its /tmp) only when its call succeeded and ``pool.reuse``
+is true; anything that failed is closed and replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any, NamedTuple
+
+from service.errors import Busy, Cancelled, SandboxUnavailable
+from service.manifest.model import ActorDef
+from service.sandbox.base import Backend, CallOutcome, CallRequest, EventSink, Worker
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CALL_MS = 100.0  # the Busy estimate before any call finished
+RECENT_CALLS = 20
+
+
+class PoolStats(NamedTuple):
+    busy: int  # calls running
+    idle: int  # booted workers ready for a call
+    queued: int  # calls waiting for a slot
+
+
+class ActorPool:
+    """The workers of one actor (see the module docstring)."""
+
+    def __init__(self, actor: ActorDef, backend: Backend) -> None:
+        self.actor = actor
+        self._backend = backend
+        self._slots = asyncio.Semaphore(actor.pool.max_workers)
+        self._idle: deque[Worker] = deque()
+        self._busy: set[Worker] = set()
+        self._queued = 0
+        self._in_flight = 0  # accepted calls, queued or running
+        self._resetting: set[Worker] = set()  # on their way back to idle
+        self._warming = 0  # min_warm boots in progress
+        self._changed = asyncio.Condition()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._warmers: set[asyncio.Task[None]] = set()
+        self._durations_ms: deque[float] = deque(maxlen=RECENT_CALLS)
+        self._accepting = True
+        self._closed = False
+
+    @property
+    def stats(self) -> PoolStats:
+        return PoolStats(len(self._busy), len(self._idle), self._queued)
+
+    async def start(self) -> None:
+        """Boot ``min_warm`` workers in the background; returns at once."""
+        self._top_up()
+
+    async def run(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
+        """Run one call on a worker; Busy when the queue is full."""
+        if not self._accepting:
+            raise SandboxUnavailable(self._backend.name, f"actor {self.actor.id} is shutting down")
+        if self._slots.locked() and self._queued >= self.actor.pool.max_queue:
+            raise Busy(self._retry_after_ms())
+        self._in_flight += 1
+        try:
+            await self._wait_slot()
+            try:
+                return await self._run_on_worker(request, on_event)
+            finally:
+                self._slots.release()
+        finally:
+            self._in_flight -= 1
+            await self._notify()
+
+    async def drain(self) -> None:
+        """Take no new calls, let the accepted ones finish, then close everything."""
+        self._accepting = False
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._in_flight == 0)
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Kill every worker, running ones included (their calls raise Cancelled)."""
+        self._accepting = False
+        self._closed = True
+        for task in self._warmers:
+            task.cancel()  # a cancelled boot closes its own sandbox
+        workers = [*self._idle, *self._busy, *self._resetting]
+        self._idle.clear()
+        await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
+        while self._tasks:  # resets and closes still finishing: they end quickly now
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._notify()
+
+    # --- one call ------------------------------------------------------------------------
+
+    async def _wait_slot(self) -> None:
+        self._queued += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._queued -= 1
+        if self._closed:
+            self._slots.release()
+            raise Cancelled()
+
+    async def _run_on_worker(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
+        worker = await self._checkout()
+        self._busy.add(worker)
+        started = time.monotonic()
+        try:
+            outcome = await worker.call(request, on_event)
+        except BaseException as exc:
+            self._busy.discard(worker)
+            self._spawn(self._discard(worker))
+            if self._closed and not isinstance(exc, asyncio.CancelledError):
+                raise Cancelled() from exc
+            raise
+        self._durations_ms.append((time.monotonic() - started) * 1000)
+        self._busy.discard(worker)
+        if self.actor.pool.reuse and not self._closed:
+            self._resetting.add(worker)
+            self._spawn(self._recycle(worker))
+        else:
+            self._spawn(self._discard(worker))
+        return outcome
+
+    async def _checkout(self) -> Worker:
+        """An idle worker, one being reset (wait for it), or a fresh one."""
+        while True:
+            while self._idle:
+                worker = self._idle.popleft()
+                if worker.alive:
+                    self._top_up()
+                    return worker
+                self._spawn(self._discard(worker))
+            if not self._resetting:
+                return await self._boot()
+            async with self._changed:
+                await self._changed.wait_for(lambda: bool(self._idle) or not self._resetting)
+
+    async def _boot(self) -> Worker:
+        if self._closed:
+            raise Cancelled()
+        return await self._backend.start_worker(self.actor)
+
+    # --- background work -----------------------------------------------------------------
+
+    async def _recycle(self, worker: Worker) -> None:
+        try:
+            await worker.reset()
+        except Exception as exc:  # a worker that cannot be reset is not reused
+            logger.info("%s: worker reset failed, closing it: %s", self.actor.id, exc)
+            await worker.close()
+        else:
+            if self._closed:
+                await worker.close()
+            else:
+                self._idle.append(worker)
+        finally:
+            self._resetting.discard(worker)
+            await self._notify()
+
+    async def _discard(self, worker: Worker) -> None:
+        await worker.close()
+        self._top_up()
+
+    def _top_up(self) -> None:
+        """Boot workers in the background until ``min_warm`` are idle or on their way."""
+        if self._closed:
+            return
+        missing = self.actor.pool.min_warm - len(self._idle) - self._warming
+        for _ in range(max(0, missing)):
+            self._warming += 1
+            self._warmers.add(self._spawn(self._warm_one()))
+
+    async def _warm_one(self) -> None:
+        try:
+            worker = await self._backend.start_worker(self.actor)
+        except Exception as exc:
+            logger.warning("%s: warm boot failed: %s", self.actor.id, exc)
+            return
+        finally:
+            self._warming -= 1
+        if self._closed:
+            await worker.close()
+            return
+        self._idle.append(worker)
+        await self._notify()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._warmers.discard)
+        return task
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _retry_after_ms(self) -> int:
+        """A guess at when a slot frees up: recent call time times the queue's depth."""
+        recent = self._durations_ms
+        average = sum(recent) / len(recent) if recent else DEFAULT_CALL_MS
+        rounds = 1 + self._queued // max(1, self.actor.pool.max_workers)
+        return max(1, int(average * rounds))
+

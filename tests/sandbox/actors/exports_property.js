@@ -1,0 +1,3 @@
+exports.process = function (context) {
+    return { doubled: context.getInput("input", 0) * 2 };
+};

@@ -1,0 +1,30 @@
+// Hostile and failing behaviours, one per payload "mode" (see hostile.py for the table).
+const fs = require('fs');
+const childProcess = require('child_process');
+
+const behaviours = {
+  loop: () => { for (;;) { /* spin */ } },
+  memory: () => { const hoard = []; for (;;) hoard.push(new Array(1 << 20).fill(7)); },
+  fork: async () => {
+    for (;;) {
+      const child = childProcess.spawn('/usr/bin/sleep', ['30']);
+      await new Promise((resolve, reject) => { child.once('spawn', resolve); child.once('error', reject); });
+    }
+  },
+  flood_output: async (context) => { for (;;) await context.sendOutput('output', 'y'.repeat(1000)); },
+  flood_print: () => { for (;;) console.log('z'.repeat(1000)); },
+  flood_raw: () => { for (;;) fs.writeSync(1, 'r'.repeat(1000) + '\n'); },
+  disk: () => { const fd = fs.openSync('/tmp/fill', 'w'); for (;;) fs.writeSync(fd, Buffer.alloc(1 << 20, 120)); },
+  raise: () => { throw new TypeError('bad input'); },
+  not_json: () => ({ big: 10n }),
+  exit: () => globalThis.process.exit(3), // `process` here is the entrypoint below
+};
+
+async function process(context) {
+  const mode = context.getInput('mode', 'ok');
+  if (mode === 'ok') {
+    await context.sendOutput('output', 'fine');
+    return { ok: true };
+  }
+  return behaviours[mode](context);
+}

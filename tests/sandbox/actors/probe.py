@@ -1,0 +1,77 @@
+"""Looks around the sandbox and reports what it could reach; payload "mode" picks the probe."""
+
+import os
+import socket
+import subprocess
+
+
+def attempt(action):
+    """"ok" when ``action`` worked, else the exception's type and message."""
+    try:
+        action()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "ok"
+
+
+def read(path):
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def write(path):
+    with open(path, "w") as file:
+        file.write("x")
+
+
+def connect(host, port):
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        sock.connect((host, port))
+
+
+def files(context):
+    paths = ["/etc/shadow", "/etc/passwd", "/root", "/home", context.get_input("host_file")]
+    found = {path: attempt(lambda p=path: read(p) if os.path.isfile(p) else os.listdir(p))
+             for path in paths}
+    return {"read": found, "root": sorted(os.listdir("/"))}
+
+
+def environment(context):
+    return {"environ": dict(os.environ), "proc1": read("/proc/1/environ").decode(),
+            "self": read("/proc/self/environ").decode()}
+
+
+def writes(context):
+    paths = ["/actor/new", "/new", "/usr/new", "/etc/new", "/dev/new", "/dev/shm/new", "/tmp/new"]
+    return {path: attempt(lambda p=path: write(p)) for path in paths}
+
+
+def network(context):
+    targets = [("127.0.0.1", context.get_input("port")), ("1.1.1.1", 53)]
+    if context.get_input("local_only"):
+        targets = targets[:1]
+    return {f"{host}:{port}": attempt(lambda h=host, p=port: connect(h, p))
+            for host, port in targets}
+
+
+def leave_traces(context):
+    os.makedirs("/tmp/dir/sub")
+    write("/tmp/dir/sub/secret")
+    os.chmod("/tmp/dir", 0)  # a script may lock its own files away from the wipe
+    subprocess.Popen(["/usr/bin/sleep", "60"])  # a stray process that outlives the call
+    return sorted(os.listdir("/tmp"))
+
+
+def look(context):
+    pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+    return {"tmp": sorted(os.listdir("/tmp")), "pids": pids, "me": os.getpid(),
+            "uid": os.getuid()}
+
+
+PROBES = {"files": files, "environment": environment, "writes": writes, "network": network,
+          "leave_traces": leave_traces, "look": look}
+
+
+def process(context):
+    return PROBES[context.get_input("mode")](context)
