@@ -10,13 +10,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from server_support import ACTORS, MANIFESTS, Rpc, ServerFactory
 
-from service.errors import SandboxUnavailable
 from service.manifest.loader import display_path
-from service.manifest.model import ActorDef
 from service.rpc.openrpc import load_openrpc
 from service.runtime import Runtime
-from service.sandbox.base import Availability, Worker
-from service.settings import Settings
+from service.settings import SandboxSettings
 
 DOUBLER = {
     "id": "doubler",
@@ -283,34 +280,17 @@ async def test_busy_when_the_queue_is_full(rpc: Rpc) -> None:
     assert cancelled == _result("c", {"cancelled": True})
 
 
-class _NoSandboxBackend:
-    """A backend that cannot start anything (the real ones need a broken host to do that)."""
-
-    name = "process"
-
-    async def availability(self) -> Availability:
-        return Availability("process", False, "bwrap is missing")
-
-    async def start_worker(self, actor: ActorDef) -> Worker:
-        raise SandboxUnavailable("process", "bwrap is missing")
-
-    async def aclose(self) -> None:
-        return None
-
-
-async def test_sandbox_unavailable(make_server: ServerFactory, settings: Settings) -> None:
-    runtime = Runtime(settings, _NoSandboxBackend())
-    await runtime.start()
-    try:
-        server = await make_server(runtime)
-        ws = await server.ws_connect("/")
-        response = await Rpc(ws).call("process", {"actor_id": "doubler",
-                                                  "payload": {"input": 1}})
-        await ws.close()
-    finally:
-        await runtime.aclose()
-    assert response == _error(1, -32009, "Sandbox unavailable (process): bwrap is missing",
-                              {"backend": "process", "reason": "bwrap is missing"})
+async def test_sandbox_unavailable(make_server: ServerFactory) -> None:
+    """The real process backend, told to boot an interpreter that does not exist."""
+    server = await make_server(sandbox=SandboxSettings(python="/nonexistent/python3"))
+    ws = await server.ws_connect("/")
+    response = await Rpc(ws).call("process", {"actor_id": "doubler", "payload": {"input": 1}})
+    await ws.close()
+    error = response["error"]
+    assert (error["code"], list(error["data"]), error["data"]["backend"]) == (
+        -32009, ["backend", "reason"], "process")
+    assert "/nonexistent/python3" in error["data"]["reason"]
+    assert error["message"] == f"Sandbox unavailable (process): {error['data']['reason']}"
 
 
 async def test_cancel(rpc: Rpc, runtime: Runtime) -> None:

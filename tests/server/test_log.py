@@ -1,0 +1,49 @@
+"""Logging setup: JSON lines or text, at the configured level, installed once."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from service.log import setup_logging
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_json_lines() -> None:
+    stream = io.StringIO()
+    setup_logging("info", "json", stream)
+    log = logging.getLogger("service.test")
+    log.debug("hidden")
+    log.info("call %s took %d ms", "doubler", 3)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(e["level"], e["logger"], e["message"]) for e in lines] == [
+        ("info", "service.test", "call doubler took 3 ms"),
+        ("error", "service.test", "failed")]
+    assert lines[0]["ts"].endswith("Z")
+    assert "ValueError: boom" in lines[1]["exc_info"]
+
+
+def test_text_and_a_second_setup_replaces_the_first() -> None:
+    first, second = io.StringIO(), io.StringIO()
+    setup_logging("info", "text", first)
+    setup_logging("debug", "text", second)
+    logging.getLogger("service.test").debug("shown once")
+    assert first.getvalue() == ""
+    assert second.getvalue().rstrip().endswith("DEBUG service.test: shown once")
+    assert second.getvalue().count("\n") == 1
