@@ -121,6 +121,7 @@ def _read_dynaconf(path: str | Path | None) -> dict[str, Any]:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(Settings)}
+_FLOATS = {f.name: f.type == "float" for f in dataclasses.fields(Settings)}
 
 
 def settings_from_mapping(raw: dict[str, Any]) -> Settings:
@@ -154,7 +155,7 @@ def _convert(name: str, value: Any) -> Any:
         if not isinstance(items, list | tuple):
             raise TypeError(f"expected a list of paths, got {type(value).__name__}")
         return tuple(Path(str(p)) for p in items)
-    return _scalar(default, value)
+    return _scalar(default, value, _FLOATS.get(name, False))
 
 
 def _nested(cls: type, value: Any, name: str) -> Any:
@@ -174,13 +175,13 @@ def _nested(cls: type, value: Any, name: str) -> Any:
                     raise TypeError("expected a list of strings")
                 converted[key] = tuple(item)
             else:
-                converted[key] = _scalar(getattr(base, key), item)
+                converted[key] = _scalar(getattr(base, key), item, known[key].type == "float")
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{key}: {exc}") from exc
     return cls(**converted)
 
 
-def _scalar(default: Any, value: Any) -> Any:
+def _scalar(default: Any, value: Any, is_float: bool) -> Any:
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise TypeError(f"expected true or false, got {value!r}")
@@ -190,9 +191,11 @@ def _scalar(default: Any, value: Any) -> Any:
             raise TypeError(f"expected a number, got {value!r}")
         if value <= 0:
             raise ValueError(f"must be positive, got {value!r}")
-        if isinstance(default, int) and not float(value).is_integer():
+        if is_float:
+            return value  # an int stays an int, so 5 is shown as 5, not 5.0
+        if not float(value).is_integer():
             raise ValueError(f"expected an integer, got {value!r}")
-        return type(default)(value)
+        return int(value)
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {value!r}")
     return value

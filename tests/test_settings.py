@@ -1,0 +1,108 @@
+"""Settings: the TOML file, environments, SERVICE_ variables and overrides, one line per problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.errors import SettingsError
+from service.settings import (
+    Limits,
+    Settings,
+    check_exposure,
+    load_settings,
+    settings_from_mapping,
+)
+
+CONFIG = Path(__file__).parents[1] / "config" / "settings.toml"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("SERVICE_"):
+            monkeypatch.delenv(key)
+
+
+def test_shipped_file_equals_the_documented_defaults() -> None:
+    assert load_settings(CONFIG) == Settings()
+
+
+def test_production_environment_replaces_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVICE_ENV", "production")
+    s = load_settings(CONFIG)
+    assert (s.host, s.log_format, s.backend) == ("0.0.0.0", "json", "microvm")
+    assert s.allowed_roots == (Path("/srv/actors"),)
+    assert s.limits == Limits()
+
+
+def test_env_variables_override_nested_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVICE_PORT", "6001")
+    monkeypatch.setenv("SERVICE_AUTH__TOKENS", '["s3cret"]')
+    monkeypatch.setenv("SERVICE_LIMITS__TIMEOUT_S", "2.5")
+    s = load_settings(CONFIG)
+    assert (s.port, s.auth.tokens, s.limits.timeout_s) == (6001, ("s3cret",), 2.5)
+    assert s.limits.memory_mb == 128  # the rest of the table is kept
+
+
+def test_command_line_overrides_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVICE_PORT", "6001")
+    s = load_settings(CONFIG, port=7000, host=None, backend="process")
+    assert (s.port, s.host, s.backend) == (7000, "127.0.0.1", "process")
+
+
+def test_every_problem_is_listed_on_one_line() -> None:
+    with pytest.raises(SettingsError) as info:
+        settings_from_mapping({"port": "x", "limits": {"timeout": 5}, "colour": "red"})
+    message = str(info.value)
+    assert "\n" not in message
+    assert "colour: unknown setting" in message
+    assert "port: expected a number, got 'x'" in message
+    assert "limits: unknown key 'timeout'" in message
+
+
+@pytest.mark.parametrize(("raw", "problem"), [
+    ({"backend": "docker"}, "backend: must be one of auto, microvm, process, got 'docker'"),
+    ({"port": 70000}, "port: must be 1-65535, got 70000"),
+    ({"log_format": "xml"}, "log_format: must be one of text, json"),
+    ({"limits": {"pids": 1.5}}, "limits: pids: expected an integer, got 1.5"),
+    ({"limits": {"network": "no"}}, "limits: network: expected true or false, got 'no'"),
+    ({"limits": {"memory_mb": 4096}}, "limits.memory_mb: default is over limits_max.memory_mb"),
+    ({"auth": {"tokens": "abc"}}, "auth: tokens: expected a list of strings"),
+])
+def test_invalid_values_name_the_key(raw: dict, problem: str) -> None:
+    with pytest.raises(SettingsError, match="^" + problem.replace(".", r"\.").replace("(", r"\(")
+                       .replace(")", r"\)")):
+        settings_from_mapping(raw)
+
+
+def test_floats_stay_as_given() -> None:
+    s = settings_from_mapping({"shutdown_grace_s": 0.5, "limits": {"timeout_s": 5, "cpus": 0.5}})
+    assert (s.shutdown_grace_s, s.limits.timeout_s, s.limits.cpus) == (0.5, 5, 0.5)
+    assert isinstance(s.limits.timeout_s, int)  # shown as 5 on the wire, not 5.0
+
+
+def test_missing_file_is_one_line() -> None:
+    with pytest.raises(SettingsError, match="^settings file not found: nowhere.toml$"):
+        load_settings("nowhere.toml")
+
+
+@pytest.mark.parametrize(("host", "tokens", "anonymous", "refused"), [
+    ("127.0.0.1", (), False, False),
+    ("::1", (), False, False),
+    ("localhost", (), False, False),
+    ("0.0.0.0", (), False, True),
+    ("0.0.0.0", ("t",), False, False),
+    ("0.0.0.0", (), True, False),
+])
+def test_exposure(host: str, tokens: tuple, anonymous: bool, refused: bool) -> None:
+    s = settings_from_mapping({"host": host, "auth": {"tokens": list(tokens),
+                                                      "allow_anonymous": anonymous}})
+    if refused:
+        with pytest.raises(SettingsError, match="without auth.tokens"):
+            check_exposure(s)
+    else:
+        check_exposure(s)
