@@ -74,9 +74,9 @@ def test_every_problem_is_listed_on_one_line() -> None:
     ({"auth": {"tokens": "abc"}}, "auth: tokens: expected a list of strings"),
 ])
 def test_invalid_values_name_the_key(raw: dict, problem: str) -> None:
-    with pytest.raises(SettingsError, match="^" + problem.replace(".", r"\.").replace("(", r"\(")
-                       .replace(")", r"\)")):
+    with pytest.raises(SettingsError) as info:
         settings_from_mapping(raw)
+    assert str(info.value) == problem
 
 
 def test_floats_stay_as_given() -> None:
@@ -86,7 +86,7 @@ def test_floats_stay_as_given() -> None:
 
 
 def test_missing_file_is_one_line() -> None:
-    with pytest.raises(SettingsError, match="^settings file not found: nowhere.toml$"):
+    with pytest.raises(SettingsError, match=r"^settings file not found: nowhere\.toml$"):
         load_settings("nowhere.toml")
 
 
@@ -102,7 +102,7 @@ def test_exposure(host: str, tokens: tuple, anonymous: bool, refused: bool) -> N
     s = settings_from_mapping({"host": host, "auth": {"tokens": list(tokens),
                                                       "allow_anonymous": anonymous}})
     if refused:
-        with pytest.raises(SettingsError, match="without auth.tokens"):
+        with pytest.raises(SettingsError, match=r"without auth\.tokens"):
             check_exposure(s)
     else:
         check_exposure(s)
