@@ -6,13 +6,18 @@ able to run calls one after another. The host speaks to the in-sandbox harness
 stdout/stderr can never corrupt: one JSON object per line.
 
 Host -> harness:
-    {"type": "call", "actor_id", "payload", "config", "state", "timestamp"}
+    {"type": "call", "actor_id", "payload", "config", "state", "timestamp", "fence"?}
+    {"type": "reset"}   # kill the script's leftover processes, wipe /tmp; answered by "ready"
+``fence`` (alphanumeric, optional): before its result or error the harness writes it as
+a line on its real fds 1 and 2, so the host knows it has read everything the script
+wrote there (os.write, subprocesses) during the call.
 Harness -> host, during a call, in the order they happen:
     {"type": "output", "port", "data"}      # each send_output, as it is sent
     {"type": "log", "stream": "stdout"|"stderr", "message"}
     {"type": "result", "return", "state"}   # process() returned; the call is over
     {"type": "error", "error_type", "message", "traceback", "resource"?}
-Harness -> host, once after boot: {"type": "ready"}
+Harness -> host, once after boot and after each reset: {"type": "ready"}
+Harness command line: IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns] (see the harnesses).
 
 Workers enforce every limit of ``ActorDef.limits`` themselves (time, memory,
 pids, output bytes...) and raise the matching RpcError. After ``call`` raises,

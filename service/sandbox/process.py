@@ -63,7 +63,7 @@ BACKEND = "process"
 HARNESS_DIR = Path(__file__).resolve().parent / "harness"
 ACTOR_DIR = "/actor"
 SANDBOX_UID = 65534
-BWRAP_PROCESSES = 2  # bwrap outside and its init inside count against pids.max too
+BWRAP_PROCESSES = 1  # the outer bwrap counts against pids.max too
 MIB = 1 << 20
 CPU_PERIOD_US = 100_000
 BOOT_TIMEOUT_S = 15.0
@@ -267,16 +267,21 @@ class WorkerCgroups:
             return 0
         return _counter(self._groups["pids"][1] / "pids.events", "max")
 
-    def kill_all(self) -> None:
-        """SIGKILL every process in the worker's groups."""
-        for controller, path in self._groups.values():
-            if controller.version == 2 and (path / "cgroup.kill").exists():
-                with contextlib.suppress(OSError):
-                    _write(path / "cgroup.kill", 1)
-                continue
-            for pid in _read(path / "cgroup.procs").split():
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
+    def members(self) -> set[int]:
+        """Host pids of every process in the worker's groups."""
+        return {int(pid) for _, path in self._groups.values()
+                for pid in _read(path / "cgroup.procs").split() if pid.isdigit()}
+
+    def kill_all(self, spare: int | None = None) -> None:
+        """SIGKILL every process in the worker's groups but ``spare``."""
+        if spare is None:
+            for controller, path in self._groups.values():
+                if controller.version == 2 and (path / "cgroup.kill").exists():
+                    with contextlib.suppress(OSError):
+                        _write(path / "cgroup.kill", 1)
+        for pid in self.members() - {spare}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     async def remove(self) -> None:
         """Kill what is left and remove the groups (retrying while the kernel empties them)."""
@@ -338,8 +343,11 @@ def make_plan(actor: ActorDef, settings: Settings, mechanisms: dict[str, str],
 
 
 def _namespace_options(network: bool) -> list[str]:
-    options = ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-               "--new-session", "--cap-drop", "ALL", "--uid", str(SANDBOX_UID),
+    # --as-pid-1: the harness is the namespace's init, reaped by the outer bwrap itself. With
+    # bwrap's own init in between, the outer one may exit first and orphan it: a zombie on
+    # hosts whose pid 1 does not reap. The harness reaps strays on reset.
+    options = ["--unshare-all", "--unshare-user", "--disable-userns", "--as-pid-1",
+               "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--uid", str(SANDBOX_UID),
                "--gid", str(SANDBOX_UID), "--hostname", "sandbox", "--clearenv"]
     if network:
         options.insert(1, "--share-net")
@@ -526,9 +534,9 @@ class ProcessWorker:
         self._kill()
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(_Item("eof"))  # wakes a call waiting on this worker
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(KILL_WAIT_S):
-                await self._process.wait()
+        if not await self._exited(KILL_WAIT_S):
+            self._kill_outer()
+            await self._exited(KILL_WAIT_S)
         for task in self._readers:
             task.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
@@ -631,9 +639,7 @@ class ProcessWorker:
 
     async def _died(self, baseline: tuple[int, int]) -> Exception:
         """The error for a sandbox that ended in the middle of a call."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                await self._process.wait()
+        await self._exited(1.0)
         code = self._process.returncode
         oom, refused = (now - before for now, before in
                         zip(self._cgroups.counters(), baseline, strict=True))
@@ -651,6 +657,13 @@ class ProcessWorker:
         return self._tmp_mb_value
 
     # --- plumbing ------------------------------------------------------------------------
+
+    async def _exited(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the outer bwrap to end; whether it did."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._process.wait()
+        return self._process.returncode is not None
 
     async def _until_ready(self) -> None:
         while True:
@@ -678,15 +691,27 @@ class ProcessWorker:
         self._to_harness.write(line.encode("utf-8"))
 
     def _kill(self) -> None:
-        """SIGKILL the outer bwrap (its init, and so its pid namespace, die with it) and the
-        cgroups' members. Not Process.kill(): that polls, reaping behind asyncio's back."""
+        """SIGKILL the sandbox from the inside: the harness is its pid namespace's init, so
+        everything in it dies with it, and the outer bwrap reaps it and exits by itself.
+        Killing the outer one first would orphan the harness (a zombie where pid 1 does not
+        reap)."""
         self._dead = True
+        inner = self._cgroups.members() or _children(self._process.pid)
+        inner.discard(self._process.pid)
+        if not inner:
+            self._kill_outer()
+        self._cgroups.kill_all(spare=self._process.pid)
+        for pid in inner:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def _kill_outer(self) -> None:
+        """SIGKILL the outer bwrap. Not Process.kill(): it polls, reaping behind asyncio's back."""
         with contextlib.suppress(ProcessLookupError):
             if self._pidfd is not None:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
             elif self._process.returncode is None:
                 os.kill(self._process.pid, signal.SIGKILL)
-        self._cgroups.kill_all()
 
     async def _read_channel(self, reader: asyncio.StreamReader) -> None:
         while True:
@@ -733,6 +758,12 @@ class ProcessWorker:
             await self._queue.put(_Item("line", stream, text))
         else:
             logger.debug("%s: %s between calls: %s", self.actor.id, stream, text[:200])
+
+
+def _children(pid: int) -> set[int]:
+    """The children of ``pid`` (for a sandbox without cgroups: bwrap's init)."""
+    text = _read(Path(f"/proc/{pid}/task/{pid}/children"))
+    return {int(child) for child in text.split()}
 
 
 def _pidfd(pid: int) -> int | None:

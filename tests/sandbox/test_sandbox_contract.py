@@ -21,6 +21,7 @@ from sandbox_helpers import ACTORS, TMP_MB, Recorder, actor_def, call, request
 
 from service.errors import (
     ActorFailed,
+    Cancelled,
     OutputInvalid,
     ResourceLimitExceeded,
     RpcError,
@@ -150,6 +151,37 @@ async def test_return_value_must_be_json(start: Start, actor: Callable[..., Acto
     assert "not JSON-serializable" in caught.value.data["message"]
 
 
+@pytest.mark.parametrize(("name", "source"), [
+    ("broken.py", "def process(context:\n    return 1\n"),
+    ("broken.js", "async function process(context) {\n  return {;\n}\n"),
+    ("raises_on_import.py", "raise ImportError('no such thing')\n"),
+    ("no_entry.py", "def other(context):\n    return 1\n"),
+])
+async def test_script_that_cannot_load_fails_the_call(
+        start: Start, scratch_dir: Path, name: str, source: str) -> None:
+    (scratch_dir / name).write_text(source)
+    worker = await start(actor_def(scratch_dir / name))  # boots: the error is the call's
+    with pytest.raises(ActorFailed) as caught:
+        await call(worker)
+    assert caught.value.data["type"] in ("SyntaxError", "ImportError", "AttributeError",
+                                         "TypeError")
+    assert name in caught.value.data["traceback"] + caught.value.data["message"]
+
+
+async def test_pool_aclose_cancels_a_running_call(backend: Backend,
+                                                  actor: Callable[..., ActorDef]) -> None:
+    pool = ActorPool(actor("hostile.py", timeout_s=30), backend)
+    running = asyncio.create_task(pool.run(request({"mode": "loop"}), Recorder()))
+    async with asyncio.timeout(10):
+        while pool.stats.busy == 0:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # the sandbox is spinning
+    await pool.aclose()
+    with pytest.raises(Cancelled) as caught:
+        await running
+    assert caught.value.to_json() == {"code": -32010, "message": "Cancelled", "data": {}}
+
+
 async def test_failing_sink_kills_the_worker(start: Start,
                                              actor: Callable[..., ActorDef]) -> None:
     worker = await start(actor("origin.py"))
@@ -207,6 +239,8 @@ BREACHES: list[tuple[str, str, dict[str, Any], type[RpcError], dict[str, Any]]] 
     ("hostile.js", "disk", {}, ResourceLimitExceeded, {"resource": "disk", "limit": TMP_MB}),
     ("hostile.js", "raise", {}, ActorFailed, {"type": "TypeError"}),
     ("hostile.js", "exit", {}, ActorFailed, {"type": "SandboxCrashed"}),
+    ("hostile.js", "async_throw", {}, ActorFailed,
+     {"type": "RangeError", "message": "thrown in a timer"}),
 ]
 
 

@@ -18,6 +18,10 @@ const behaviours = {
   raise: () => { throw new TypeError('bad input'); },
   not_json: () => ({ big: 10n }),
   exit: () => globalThis.process.exit(3), // `process` here is the entrypoint below
+  async_throw: () => {
+    setTimeout(() => { throw new RangeError('thrown in a timer'); }, 10);
+    return new Promise(() => {}); // never settles: only the timer's error ends the call
+  },
 };
 
 async function process(context) {

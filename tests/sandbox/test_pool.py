@@ -1,0 +1,261 @@
+"""ActorPool: concurrency, the queue and Busy, reuse, warm workers, close and drain.
+
+The scheduling rules run against a scripted in-memory backend (exact and instant);
+reuse and warm boots are checked again against the real backend(s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sandbox_helpers import ACTORS, Recorder, actor_def, request
+
+from service.errors import ActorFailed, Busy, Cancelled, SandboxUnavailable
+from service.manifest.model import ActorDef, PoolSpec
+from service.sandbox.base import Availability, Backend, CallOutcome, CallRequest, EventSink
+from service.sandbox.pool import ActorPool, PoolStats
+
+
+class FakeWorker:
+    """Does what the payload says: "block" until the backend's gate opens, "fail" raises,
+    "hang" until it is closed (then fails as a killed sandbox would)."""
+
+    def __init__(self, number: int, backend: FakeBackend) -> None:
+        self.number = number
+        self.backend = backend
+        self.alive = True
+        self.resets = 0
+        self.calls = 0
+
+    async def call(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
+        self.calls += 1
+        self.backend.running += 1
+        self.backend.peak = max(self.backend.peak, self.backend.running)
+        try:
+            if request.payload.get("do") == "block":
+                await self.backend.gate.wait()
+            if request.payload.get("do") == "hang":
+                await until(lambda: not self.alive)
+                raise ActorFailed("SandboxCrashed", "killed")
+            if request.payload.get("do") == "fail":
+                self.alive = False
+                raise ActorFailed("ZeroDivisionError", "division by zero")
+        finally:
+            self.backend.running -= 1
+        return CallOutcome({"worker": self.number, "resets": self.resets}, {})
+
+    async def reset(self) -> None:
+        self.resets += 1
+
+    async def close(self) -> None:
+        self.alive = False
+        if self.number not in self.backend.closed:  # idempotent, as Worker.close must be
+            self.backend.closed.append(self.number)
+
+
+class FakeBackend:
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.workers: list[FakeWorker] = []
+        self.closed: list[int] = []
+        self.gate = asyncio.Event()
+        self.boot_gate: asyncio.Event | None = None  # set: boots wait for it
+        self.fail_boot = False
+        self.running = 0
+        self.peak = 0
+
+    async def availability(self) -> Availability:
+        return Availability(self.name, True)
+
+    async def start_worker(self, actor: ActorDef) -> FakeWorker:
+        if self.boot_gate is not None:
+            await self.boot_gate.wait()
+        if self.fail_boot:
+            raise SandboxUnavailable(self.name, "no sandbox today")
+        worker = FakeWorker(len(self.workers), self)
+        self.workers.append(worker)
+        return worker
+
+    async def aclose(self) -> None:
+        """Nothing held."""
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Let the event loop run until ``condition`` holds (fails the test after timeout_s)."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+def fake_pool(backend: FakeBackend, **spec: Any) -> ActorPool:
+    return ActorPool(actor_def(ACTORS / "origin.py", pool=PoolSpec(**spec)), backend)
+
+
+@pytest.fixture
+def fake() -> FakeBackend:
+    return FakeBackend()
+
+
+def run(pool: ActorPool, do: str = "") -> asyncio.Task[CallOutcome]:
+    return asyncio.create_task(pool.run(request({"do": do}), Recorder()))
+
+
+async def test_at_most_max_workers_calls_run(fake: FakeBackend) -> None:
+    pool = fake_pool(fake, max_workers=2, max_queue=10)
+    calls = [run(pool, "block") for _ in range(5)]
+    await until(lambda: pool.stats == PoolStats(busy=2, idle=0, queued=3))
+    assert fake.running == 2
+    fake.gate.set()
+    outcomes = await asyncio.gather(*calls)
+    assert fake.peak == 2
+    assert len(outcomes) == 5
+    await pool.aclose()
+
+
+async def test_busy_past_max_queue(fake: FakeBackend) -> None:
+    pool = fake_pool(fake, max_workers=1, max_queue=1)
+    running, waiting = run(pool, "block"), run(pool, "block")
+    await until(lambda: pool.stats == PoolStats(busy=1, idle=0, queued=1))
+    with pytest.raises(Busy) as caught:
+        await pool.run(request({}), Recorder())
+    # No call finished yet: the estimate is 100 ms per call times the rounds to wait.
+    assert caught.value.to_json() == {"code": -32008, "message": "Busy: the actor's queue is full",
+                                      "data": {"retry_after_ms": 200}}
+    fake.gate.set()
+    await asyncio.gather(running, waiting)
+    await pool.aclose()
+
+
+async def test_no_queue_means_busy_at_once(fake: FakeBackend) -> None:
+    pool = fake_pool(fake, max_workers=1, max_queue=0)
+    running = run(pool, "block")
+    await until(lambda: fake.running == 1)
+    with pytest.raises(Busy):
+        await pool.run(request({}), Recorder())
+    fake.gate.set()
+    await running
+    await pool.aclose()
+
+
+async def test_cancelled_waiter_leaves_the_queue(fake: FakeBackend) -> None:
+    pool = fake_pool(fake, max_workers=1, max_queue=1)
+    running, waiting = run(pool, "block"), run(pool)
+    await until(lambda: pool.stats.queued == 1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert pool.stats.queued == 0
+    fake.gate.set()
+    await running
+    await pool.aclose()
+
+
+async def test_idle_worker_is_reset_then_reused(fake: FakeBackend) -> None:
+    pool = fake_pool(fake, max_workers=1)
+    first = await pool.run(request({}), Recorder())
+    second = await pool.run(request({}), Recorder())
+    assert (first.return_value, second.return_value) == ({"worker": 0, "resets": 0},
+                                                         {"worker": 0, "resets": 1})
+    await pool.aclose()
+    assert fake.closed == [0]
+
+
+async def test_reuse_false_gives_a_fresh_worker_per_call(fake: FakeBackend) -> None:
+    pool = fake_pool(fake, reuse=False)
+    first = await pool.run(request({}), Recorder())
+    second = await pool.run(request({}), Recorder())
+    assert (first.return_value["worker"], second.return_value["worker"]) == (0, 1)
+    await until(lambda: fake.closed == [0, 1])
+    assert [w.calls for w in fake.workers] == [1, 1]
+    await pool.aclose()
+
+
+async def test_failed_worker_is_closed_and_replaced(fake: FakeBackend) -> None:
+    pool = fake_pool(fake, max_workers=1)
+    with pytest.raises(ActorFailed):
+        await pool.run(request({"do": "fail"}), Recorder())
+    after = await pool.run(request({}), Recorder())
+    assert after.return_value == {"worker": 1, "resets": 0}
+    await until(lambda: fake.closed == [0])
+    await pool.aclose()
+
+
+async def test_min_warm_boots_in_the_background(fake: FakeBackend) -> None:
+    fake.boot_gate = asyncio.Event()
+    pool = fake_pool(fake, min_warm=2, max_workers=4)
+    await pool.start()  # returns while the boots still wait
+    assert (len(fake.workers), pool.stats.idle) == (0, 0)
+    fake.boot_gate.set()
+    await until(lambda: pool.stats.idle == 2)
+    outcome = await pool.run(request({}), Recorder())
+    assert outcome.return_value["worker"] in (0, 1)
+    await until(lambda: len(fake.workers) == 3)  # the warm one taken is replaced
+    await pool.aclose()
+    assert sorted(fake.closed) == [0, 1, 2]
+
+
+async def test_boot_failure_is_sandbox_unavailable(fake: FakeBackend) -> None:
+    fake.fail_boot = True
+    pool = fake_pool(fake, max_workers=1)
+    with pytest.raises(SandboxUnavailable) as caught:
+        await pool.run(request({}), Recorder())
+    assert caught.value.to_json()["data"] == {"backend": "fake", "reason": "no sandbox today"}
+    assert pool.stats == PoolStats(busy=0, idle=0, queued=0)
+    await pool.aclose()
+
+
+async def test_aclose_cancels_running_calls(fake: FakeBackend) -> None:
+    pool = fake_pool(fake, max_workers=1, max_queue=1)
+    running, waiting = run(pool, "hang"), run(pool, "hang")
+    await until(lambda: pool.stats == PoolStats(busy=1, idle=0, queued=1))
+    await pool.aclose()
+    results = await asyncio.gather(running, waiting, return_exceptions=True)
+    assert [type(r) for r in results] == [Cancelled, Cancelled]
+    assert fake.closed == [0]
+
+
+async def test_drain_finishes_accepted_calls_then_closes(fake: FakeBackend) -> None:
+    pool = fake_pool(fake, max_workers=1, max_queue=4)
+    running, waiting = run(pool, "block"), run(pool)
+    await until(lambda: pool.stats.queued == 1)
+    draining = asyncio.create_task(pool.drain())
+    await asyncio.sleep(0)
+    with pytest.raises(SandboxUnavailable):
+        await pool.run(request({}), Recorder())
+    assert not draining.done()
+    fake.gate.set()
+    outcomes = await asyncio.gather(running, waiting)
+    await draining
+    assert len(outcomes) == 2
+    assert fake.closed == [0]
+
+
+# --- with real sandboxes -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("reuse", "counts"), [(True, [1, 2, 3]), (False, [1, 1, 1])])
+async def test_reuse_on_real_sandboxes(backend: Backend, reuse: bool, counts: list[int]) -> None:
+    pool = ActorPool(actor_def(ACTORS / "counter.py", pool=PoolSpec(max_workers=1, reuse=reuse)),
+                     backend)
+    try:
+        outcomes = [await pool.run(request({}), Recorder()) for _ in range(3)]
+    finally:
+        await pool.aclose()
+    assert [o.return_value["calls"] for o in outcomes] == counts
+
+
+async def test_min_warm_on_real_sandboxes(backend: Backend,
+                                          actor: Callable[..., ActorDef]) -> None:
+    pool = ActorPool(actor("origin.py", pool=PoolSpec(min_warm=2, max_workers=2)), backend)
+    try:
+        await pool.start()
+        await until(lambda: pool.stats.idle == 2, timeout_s=60)
+        outcome = await pool.run(request({"input": 2}), Recorder())
+    finally:
+        await pool.aclose()
+    assert outcome.return_value == {"status": "completed"}
+    assert pool.stats == PoolStats(busy=0, idle=0, queued=0)

@@ -1,0 +1,204 @@
+"""What only the process backend has: bwrap options, cgroups, host uid, cleanup, rlimits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from sandbox_helpers import ACTORS, Recorder, actor_def, call, request
+
+from service.errors import ResourceLimitExceeded, SandboxUnavailable
+from service.manifest.model import ActorDef
+from service.sandbox.process import HARNESS_DIR, ProcessBackend, ProcessWorker, make_plan
+from service.settings import Settings
+
+MIB = 1 << 20
+Boot = Callable[[ActorDef], Awaitable[ProcessWorker]]
+
+
+@pytest.fixture
+async def process_backend(settings: Settings) -> AsyncIterator[ProcessBackend]:
+    backend = ProcessBackend(settings)
+    available = await backend.availability()
+    if not available.ok:
+        pytest.skip(f"process backend unavailable: {available.reason}")
+    yield backend
+    await backend.aclose()
+
+
+@pytest.fixture
+async def boot(process_backend: ProcessBackend) -> AsyncIterator[Boot]:
+    workers: list[ProcessWorker] = []
+
+    async def start(actor: ActorDef) -> ProcessWorker:
+        worker = await process_backend.start_worker(actor)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        await worker.close()
+
+
+def bound_sources(options: list[str]) -> set[str]:
+    """The host paths a bwrap option list mounts into the sandbox."""
+    sources = set()
+    for i, option in enumerate(options):
+        if option in ("--bind", "--ro-bind", "--ro-bind-try", "--bind-try", "--dev-bind"):
+            sources.add(options[i + 1])
+    return sources
+
+
+def host_uid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError("no Uid line")
+
+
+# --- the plan ----------------------------------------------------------------------------
+
+
+def test_plan_mounts_only_the_system_the_actor_and_the_harness(settings: Settings) -> None:
+    plan = make_plan(actor_def(ACTORS / "origin.py"), settings,
+                     {"memory": "cgroup-v1", "pids": "cgroup-v1", "cpu": "cgroup-v1"}, (7, 8))
+    assert bound_sources(plan.options) == {
+        "/usr", "/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives", str(ACTORS),
+        str(HARNESS_DIR / "harness.py")}
+    assert "--share-net" not in plan.options
+    assert plan.options[:2] == ["--unshare-all", "--unshare-user"]
+    assert plan.options[-4:] == ["--remount-ro", "/", "--chdir", "/actor"]
+    assert plan.command == [settings.sandbox.python, "-I", "-B", "-u", "/harness/harness.py",
+                            "7", "8", "/actor/origin.py", "process", "--own-pidns"]
+    assert plan.host_uid == 65534
+
+
+def test_plan_with_network_shares_it_and_binds_resolver_files(settings: Settings) -> None:
+    plan = make_plan(actor_def(ACTORS / "origin.js", network=True), settings,
+                     {"memory": "rlimit", "pids": "rlimit", "cpu": "rlimit"}, (7, 8))
+    assert plan.options[:2] == ["--unshare-all", "--share-net"]
+    assert {"/etc/resolv.conf", "/etc/hosts", "/etc/ssl"} <= bound_sources(plan.options)
+    assert plan.command[1] == "--max-old-space-size=120"  # 3/4 of memory_mb: V8 fails first
+
+
+def test_plan_refuses_a_script_outside_its_folder(settings: Settings, tmp_path: Path) -> None:
+    stray = actor_def(ACTORS / "origin.py")
+    outside = ActorDef(**{**stray.__dict__, "script": tmp_path / "x.py"})
+    with pytest.raises(SandboxUnavailable):
+        make_plan(outside, settings, {"memory": "rlimit", "pids": "rlimit", "cpu": "rlimit"},
+                  (7, 8))
+
+
+# --- the kernel's side -------------------------------------------------------------------
+
+
+async def test_availability_reports_the_mechanisms(process_backend: ProcessBackend) -> None:
+    available = await process_backend.availability()
+    assert available.ok, available.reason
+    details = available.details
+    assert {"bwrap", "memory", "pids", "cpu", "disk", "python", "node"} <= set(details)
+    assert details["memory"] in ("cgroup-v1", "cgroup-v2", "rlimit")
+    assert details["pids"] in ("cgroup-v1", "cgroup-v2", "rlimit")
+    assert details["cpu"] in ("cgroup-v1", "cgroup-v2", "none")
+
+
+async def test_cgroup_limits_are_written(process_backend: ProcessBackend, boot: Boot) -> None:
+    if process_backend.mechanisms() != {"memory": "cgroup-v1", "pids": "cgroup-v1",
+                                        "cpu": "cgroup-v1"}:
+        pytest.skip("this host has no writable cgroup v1 controllers")
+    worker = await boot(actor_def(ACTORS / "origin.py", memory_mb=48, pids=10, cpus=0.5))
+    values = {}
+    for path in worker.cgroup_dirs:
+        for name in ("memory.limit_in_bytes", "pids.max", "cpu.cfs_quota_us"):
+            if (path / name).exists():
+                values[name] = int((path / name).read_text())
+        members = (path / "cgroup.procs").read_text().split()
+        assert str(worker.pid) in members  # bwrap itself, and so everything below it
+    assert values == {"memory.limit_in_bytes": 48 * MIB, "pids.max": 11,
+                      "cpu.cfs_quota_us": 50_000}
+
+
+async def test_world_readable_actor_runs_as_host_nobody(boot: Boot) -> None:
+    worker = await boot(actor_def(ACTORS / "origin.py"))
+    assert host_uid(worker.pid) == 65534
+
+
+async def test_private_folder_runs_root_mapped_and_still_isolated(
+        boot: Boot, tmp_path: Path) -> None:
+    folder = tmp_path / "private"
+    folder.mkdir(mode=0o700)
+    shutil.copy(ACTORS / "probe.py", folder)
+    worker = await boot(actor_def(folder / "probe.py"))
+    outcome, _ = await call(worker, {"mode": "writes"})
+    assert host_uid(worker.pid) == 0
+    assert {p for p, r in outcome.return_value.items() if r == "ok"} == {"/tmp/new"}
+
+
+async def test_reset_kills_stray_processes(boot: Boot) -> None:
+    worker = await boot(actor_def(ACTORS / "probe.py"))
+    await call(worker, {"mode": "leave_traces"})
+    await worker.reset()
+    outcome, _ = await call(worker, {"mode": "look"})
+    assert outcome.return_value["pids"] == [outcome.return_value["me"]] == [1]
+
+
+@pytest.mark.parametrize("mode", ["ok", "memory", "fork"])
+async def test_close_leaves_nothing_behind(process_backend: ProcessBackend, mode: str) -> None:
+    worker = await process_backend.start_worker(actor_def(ACTORS / "hostile.py"))
+    dirs, pid = worker.cgroup_dirs, worker.pid
+    members = {p for d in dirs for p in (d / "cgroup.procs").read_text().split()}
+    with contextlib.suppress(ResourceLimitExceeded):
+        await worker.call(request({"mode": mode}), Recorder())
+    await worker.close()
+    assert dirs and not any(d.exists() for d in dirs)
+    assert not Path(f"/proc/{pid}").exists()
+    assert not [p for p in members if Path(f"/proc/{p}").exists()]
+
+
+async def test_warm_python_worker_is_small(boot: Boot) -> None:
+    worker = await boot(actor_def(ACTORS / "origin.py"))
+    harness = [pid for d in worker.cgroup_dirs for pid in (d / "cgroup.procs").read_text().split()
+               if b"harness.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+               and b"bwrap" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    if not harness:
+        pytest.skip("no cgroup to find the harness process in")
+    status = Path(f"/proc/{harness[0]}/status").read_text()
+    rss_kb = int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+    assert rss_kb <= 15 * 1024
+
+
+async def test_network_limit_true_reaches_the_host(boot: Boot) -> None:
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        worker = await boot(actor_def(ACTORS / "probe.py", network=True))
+        outcome, _ = await call(worker, {"mode": "network", "port": port, "local_only": True})
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert outcome.return_value == {f"127.0.0.1:{port}": "ok"}
+
+
+async def test_rlimit_fallback_still_limits_memory(settings: Settings) -> None:
+    backend = ProcessBackend(settings)
+    backend._controllers = {}  # as on a host without writable cgroups
+    worker = await backend.start_worker(actor_def(ACTORS / "hostile.py"))
+    try:
+        with pytest.raises(ResourceLimitExceeded) as caught:
+            await worker.call(request({"mode": "memory"}), Recorder())
+    finally:
+        await worker.close()
+    assert caught.value.data == {"resource": "memory", "limit": 64}
+    assert backend.mechanisms() == {"memory": "rlimit", "pids": "rlimit", "cpu": "rlimit"}
+
+
+def test_no_sandbox_cgroup_is_left_over() -> None:
+    """Runs last in this file: every test above removed its worker groups."""
+    leftovers = [p for root in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu")
+                 for p in Path(root).glob(f"sandbox-{os.getpid()}-*")]
+    assert leftovers == []
