@@ -1,0 +1,1 @@
+"""Benchmarks of the runtime against its floors: ``python -m bench`` (see bench/README.md)."""

@@ -1,0 +1,70 @@
+"""The transport's floor: a bare aiohttp WebSocket server with canned JSON-RPC answers.
+
+    python -m bench.echo --port N
+
+For every frame it reads the request's ``id`` and sends back what the real server
+sends for a doubler call: one ``output`` notification, then the result, both canned.
+No validation, no sandbox, no task per frame: what is left is aiohttp, one JSON parse
+and two writes, which is what any server on this stack pays per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+ACTOR = "doubler"
+RESULT = {"outputs": {"output": 42}, "emitted": [{"port": "output", "data": 42, "seq": 0}],
+          "return": {"status": "completed"}, "state": {}, "duration_ms": 0.5}
+RESULT_TEXT = json.dumps(RESULT, separators=(",", ":"))
+
+
+def _frames(request_id: Any) -> tuple[str, str]:
+    """The canned notification and response for ``request_id``."""
+    rid = json.dumps(request_id)
+    notification = ('{"jsonrpc":"2.0","method":"output","params":{"request_id":' + rid
+                    + ',"actor_id":"doubler","port":"output","data":42,"seq":0,'
+                    '"timestamp":1764151200123}}')
+    response = '{"jsonrpc":"2.0","result":' + RESULT_TEXT + ',"id":' + rid + "}"
+    return notification, response
+
+
+async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            break
+        message = json.loads(msg.data)
+        notification, response = _frames(message.get("id"))
+        await ws.send_str(notification)
+        await ws.send_str(response)
+    return ws
+
+
+async def healthz_handler(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def create_app() -> web.Application:
+    app = web.Application()
+    app.router.add_get("/", websocket_handler)
+    app.router.add_get("/healthz", healthz_handler)
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    web.run_app(create_app(), host=args.host, port=args.port, access_log=None, print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""The client loop: closed-loop `process` calls over WebSocket, timed per call.
+
+Every connection sends one request and waits for its response before sending the
+next (no pipelining), so a level of N connections has at most N calls in flight.
+The same loop drives the real server and the echo baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from bench import procs
+
+CONNECT_TIMEOUT_S = 10.0
+CALL_TIMEOUT_S = 30.0
+INPUT, OUTPUT = 21, 42  # the echo baseline's canned answer is 42 too
+
+
+class CallFailed(RuntimeError):
+    """A call came back with an error, a wrong result, or not at all."""
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What one measured run gave: call count, wall time and per-call latencies (ms)."""
+
+    calls: int
+    elapsed_s: float
+    latencies_ms: tuple[float, ...]
+    server_cpu_s: float = 0.0  # CPU time the server process used meanwhile
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.calls / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def percentile(self, p: float) -> float:
+        """Nearest-rank percentile of the latencies, in ms."""
+        ordered = sorted(self.latencies_ms)
+        if not ordered:
+            return 0.0
+        rank = max(1, math.ceil(p / 100 * len(ordered)))
+        return ordered[rank - 1]
+
+    def summary(self) -> dict[str, float]:
+        cpu_us = self.server_cpu_s / self.calls * 1e6 if self.calls else 0.0
+        return {"calls": self.calls, "elapsed_s": round(self.elapsed_s, 3),
+                "calls_per_s": round(self.calls_per_s, 1),
+                "p50_ms": round(self.percentile(50), 3), "p90_ms": round(self.percentile(90), 3),
+                "p99_ms": round(self.percentile(99), 3),
+                "server_cpu_us_per_call": round(cpu_us, 1)}
+
+
+class Caller:
+    """One connection making one call at a time."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, actor_id: str) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+        self.params = {"actor_id": actor_id, "payload": {"input": INPUT}}
+
+    async def call(self) -> float:
+        """One `process` round trip; its latency in ms."""
+        request_id = next(self.ids)
+        frame = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "process",
+                            "params": self.params})
+        started = time.perf_counter()
+        await self.ws.send_str(frame)
+        response = await self._response(request_id)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self._check(response)
+        return elapsed_ms
+
+    async def _response(self, request_id: int) -> dict[str, Any]:
+        while True:  # notifications (output, log) come first; skip them
+            msg = await self.ws.receive(timeout=CALL_TIMEOUT_S)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                raise CallFailed(f"connection ended: {msg.type.name} {msg.data!r}")
+            message: dict[str, Any] = json.loads(msg.data)
+            if message.get("id") == request_id:
+                return message
+
+    def _check(self, response: dict[str, Any]) -> None:
+        if "error" in response:
+            raise CallFailed(f"the call failed: {response['error']}")
+        if response["result"]["outputs"].get("output") != OUTPUT:
+            raise CallFailed(f"wrong result: {response['result']}")
+
+
+async def run_calls(url: str, actor_id: str, *, connections: int, calls: int | None = None,
+                    duration_s: float | None = None, warmup_calls: int = 0,
+                    warmup_s: float = 0.0, server_pid: int | None = None) -> Stats:
+    """Warm up (``warmup_calls`` per connection, then ``warmup_s``), then measure ``calls``
+    calls per connection, or as many as fit in ``duration_s``; with ``server_pid``, also the
+    CPU time that process used during the measured part."""
+    timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        sockets = [await session.ws_connect(url, max_msg_size=0) for _ in range(connections)]
+        try:
+            callers = [Caller(ws, actor_id) for ws in sockets]
+            if warmup_calls > 0:
+                await _measure(callers, warmup_calls, None)
+            if warmup_s > 0:
+                await _measure(callers, None, warmup_s)
+            cpu_before = procs.cpu_seconds(server_pid) if server_pid else 0.0
+            stats = await _measure(callers, calls, duration_s)
+            if server_pid:
+                cpu_used = procs.cpu_seconds(server_pid) - cpu_before
+                stats = dataclasses.replace(stats, server_cpu_s=cpu_used)
+            return stats
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+
+async def _measure(callers: list[Caller], calls: int | None, duration_s: float | None) -> Stats:
+    started = time.perf_counter()
+    deadline = started + duration_s if duration_s is not None else math.inf
+    per_caller = await asyncio.gather(*(_loop(c, calls, deadline) for c in callers))
+    elapsed = time.perf_counter() - started
+    latencies = tuple(itertools.chain.from_iterable(per_caller))
+    return Stats(len(latencies), elapsed, latencies)
+
+
+async def _loop(caller: Caller, calls: int | None, deadline: float) -> list[float]:
+    latencies: list[float] = []
+    while (calls is None or len(latencies) < calls) and time.perf_counter() < deadline:
+        latencies.append(await caller.call())
+    return latencies

@@ -1,0 +1,139 @@
+"""The table and the targets: every figure beside its baseline and their ratio."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench.runner import COLD_ACTORS, WARM_ACTORS
+
+WARM_P50_MAX_RATIO = 3.0  # warm round trip p50 <= 3x the echo's
+THROUGHPUT_MIN_RATIO = 0.15  # at concurrency 8: >= 15% of the echo's calls/s
+THROUGHPUT_TARGET_LEVEL = "8"
+COLD_MAX_RATIO = 1.5  # cold call p50 <= 1.5x a bare bwrap + interpreter start
+SERVER_IDLE_RSS_MAX_MB = 60.0
+PYTHON_WORKER_RSS_MAX_MB = 15.0
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table; ``met`` is None where no target applies."""
+
+    label: str
+    value: float
+    unit: str
+    baseline_label: str
+    baseline: float
+    target: str = ""
+    met: bool | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.value / self.baseline if self.baseline else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": round(self.ratio, 3)}
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
+    """Every row of the table, in order."""
+    return [*_latency_rows(results), *_throughput_rows(results), *_cold_rows(results),
+            *_memory_rows(results)]
+
+
+def _latency_rows(results: dict[str, Any]) -> list[Row]:
+    echo = results["echo"]["latency"]
+    out = []
+    for language, actor_id in WARM_ACTORS.items():
+        stats = results["server"]["latency"][actor_id]
+        for p in ("p50", "p90", "p99"):
+            key = f"{p}_ms"
+            row = Row(f"warm round trip {p}, {actor_id} ({language})", stats[key], "ms",
+                      f"echo {p}", echo[key])
+            if p == "p50":
+                row = _ratio_target(row, WARM_P50_MAX_RATIO, max_ratio=True)
+            out.append(row)
+    return out
+
+
+def _throughput_rows(results: dict[str, Any]) -> list[Row]:
+    echo = results["echo"]["throughput"]
+    out = []
+    for actor_id in WARM_ACTORS.values():
+        for level, stats in results["server"]["throughput"][actor_id].items():
+            row = Row(f"throughput c={level}, {actor_id}", stats["calls_per_s"], "calls/s",
+                      f"echo c={level}", echo[level]["calls_per_s"])
+            if level == THROUGHPUT_TARGET_LEVEL:
+                row = _ratio_target(row, THROUGHPUT_MIN_RATIO, max_ratio=False)
+            out.append(row)
+            out.append(Row(f"  server CPU per call c={level}, {actor_id}",
+                           stats["server_cpu_us_per_call"], "us", f"echo c={level}",
+                           echo[level]["server_cpu_us_per_call"]))
+    return out
+
+
+def _cold_rows(results: dict[str, Any]) -> list[Row]:
+    out = []
+    for language, actor_id in COLD_ACTORS.items():
+        row = Row(f"cold call p50, {actor_id}", results["server"]["cold"][actor_id]["p50_ms"],
+                  "ms", f"bare bwrap+{language} p50", results["bare_sandbox"][language]["p50_ms"])
+        out.append(_ratio_target(row, COLD_MAX_RATIO, max_ratio=True))
+    return out
+
+
+def _memory_rows(results: dict[str, Any]) -> list[Row]:
+    server, echo_rss = results["server"], results["echo"]["rss_idle_mb"]
+    out = [
+        _limit(Row("server RSS idle", server["rss_idle_mb"], "MB", "echo RSS idle", echo_rss),
+               SERVER_IDLE_RSS_MAX_MB),
+        Row("server RSS under load (peak)", server["rss_load_peak_mb"], "MB", "echo RSS idle",
+            echo_rss),
+        Row("server RSS after load", server["rss_after_load_mb"], "MB", "echo RSS idle", echo_rss),
+    ]
+    for language in WARM_ACTORS:
+        workers, bare = server["workers"][language], results["bare_sandbox"][language]
+        label = f"RSS per warm {language} worker (n={workers['count']})"
+        rss = Row(label, workers["rss_mb_each"], "MB", "bare idle sandbox", bare["idle_rss_mb"])
+        out.append(_limit(rss, PYTHON_WORKER_RSS_MAX_MB) if language == "python" else rss)
+        out.append(Row(f"PSS per warm {language} worker", workers["pss_mb_each"], "MB",
+                       "bare idle sandbox", bare["idle_pss_mb"]))
+    return out
+
+
+def _ratio_target(row: Row, bound: float, *, max_ratio: bool) -> Row:
+    if max_ratio:
+        return _with(row, f"<= {bound:g}x", lambda r: r.ratio <= bound)
+    return _with(row, f">= {bound:g}x", lambda r: r.ratio >= bound)
+
+
+def _limit(row: Row, max_value: float) -> Row:
+    return _with(row, f"<= {max_value:g} {row.unit}", lambda r: r.value <= max_value)
+
+
+def _with(row: Row, target: str, test: Callable[[Row], bool]) -> Row:
+    return Row(row.label, row.value, row.unit, row.baseline_label, row.baseline, target,
+               test(row))
+
+
+def table(results: dict[str, Any]) -> str:
+    """The human-readable table of ``results``."""
+    machine = results["machine"]
+    lines = [f"backend {machine['backend']}, {machine['cpus']} CPUs, Python {machine['python']}, "
+             f"kernel {machine['kernel']}; {results['mode']}",
+             f"{'figure':44} {'value':>16}  {'baseline':>38}  {'ratio':>7}  target"]
+    for row in rows(results):
+        verdict = {None: "", True: "met", False: "NOT MET"}[row.met]
+        value = f"{_number(row.value)} {row.unit}"
+        baseline = f"{row.baseline_label} {_number(row.baseline)} {row.unit}"
+        lines.append(f"{row.label:44} {value:>16}  {baseline:>38}  {row.ratio:>6.2f}x  "
+                     f"{row.target} {verdict}".rstrip())
+    met = [row for row in rows(results) if row.met is not None]
+    lines.append(f"targets met: {sum(bool(r.met) for r in met)} of {len(met)}")
+    return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    if value >= 1000:
+        return f"{value:.0f}"
+    return f"{value:.3g}" if value < 10 else f"{value:.1f}"

@@ -1,0 +1,96 @@
+"""`python -m bench --quick --json` runs end to end and prints results of the documented shape.
+
+No timing assertions: only that every figure was measured (a number, > 0 where it must be).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SUMMARY_KEYS = {"calls", "elapsed_s", "calls_per_s", "p50_ms", "p90_ms", "p99_ms",
+                "server_cpu_us_per_call"}
+LEVELS = {"1", "8", "32"}
+ROW_KEYS = {"label", "value", "unit", "baseline_label", "baseline", "target", "met", "ratio"}
+TARGETS = 8  # warm p50 x2, throughput c=8 x2, cold x2, server idle RSS, python worker RSS
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "targets met:" in done.stderr  # the table goes to stderr when JSON takes stdout
+    parsed: dict[str, Any] = json.loads(done.stdout)
+    return parsed
+
+
+def check_summary(summary: dict[str, Any]) -> None:
+    assert set(summary) == SUMMARY_KEYS
+    for key in SUMMARY_KEYS - {"server_cpu_us_per_call"}:
+        assert summary[key] > 0, key
+    # CPU time comes in clock ticks (10 ms): a short quick run may see none
+    assert summary["server_cpu_us_per_call"] >= 0
+
+
+@pytest.mark.timeout(300)
+def test_top_level(results: dict[str, Any]) -> None:
+    assert set(results) == {"machine", "plan", "mode", "echo", "bare_sandbox", "server", "rows"}
+    assert results["machine"]["backend"] == "process"
+    assert results["plan"]["latency_calls"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_echo(results: dict[str, Any]) -> None:
+    echo = results["echo"]
+    assert echo["rss_idle_mb"] > 0
+    check_summary(echo["latency"])
+    assert set(echo["throughput"]) == LEVELS
+    for summary in echo["throughput"].values():
+        check_summary(summary)
+
+
+@pytest.mark.timeout(300)
+def test_bare_sandbox(results: dict[str, Any]) -> None:
+    assert set(results["bare_sandbox"]) == {"python", "javascript"}
+    for bare in results["bare_sandbox"].values():
+        assert bare["p50_ms"] > 0 and bare["idle_rss_mb"] > 0 and bare["idle_pss_mb"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_server(results: dict[str, Any]) -> None:
+    server = results["server"]
+    for key in ("rss_idle_mb", "rss_load_peak_mb", "rss_after_load_mb"):
+        assert server[key] > 0, key
+    assert set(server["latency"]) == {"doubler", "doubler_js"}
+    assert set(server["cold"]) == {"doubler_cold", "doubler_js_cold"}
+    for summary in [*server["latency"].values(), *server["cold"].values()]:
+        check_summary(summary)
+    assert set(server["throughput"]) == {"doubler", "doubler_js"}
+    for levels in server["throughput"].values():
+        assert set(levels) == LEVELS
+        for summary in levels.values():
+            check_summary(summary)
+    for language in ("python", "javascript"):
+        workers = server["workers"][language]
+        assert workers["count"] >= 1
+        assert workers["rss_mb_each"] > 0 and workers["pss_mb_each"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_rows(results: dict[str, Any]) -> None:
+    rows = results["rows"]
+    assert all(set(row) == ROW_KEYS for row in rows)
+    assert all(row["value"] > 0 or row["unit"] == "us" for row in rows)
+    targets = [row for row in rows if row["met"] is not None]
+    assert len(targets) == TARGETS
+    assert all(isinstance(row["met"], bool) and row["target"] for row in targets)
