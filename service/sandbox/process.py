@@ -404,7 +404,12 @@ def _world_readable(path: Path) -> bool:
 
 def _preexec(procs_files: tuple[str, ...], rlimits: tuple[tuple[int, int], ...],
              uid: int | None) -> Callable[[], None]:
-    """Runs in the child between fork and exec: only os-level calls (no locks, no imports)."""
+    """Runs in the child between fork and exec: only os-level calls (no locks, no imports).
+
+    Order matters: the cgroups while still root, then the uid, then the rlimits with
+    RLIMIT_AS last, since this child is still a copy of the (large) server until exec.
+    """
+    pairs = tuple((which, (value, value)) for which, value in _clamped(rlimits))
 
     def enter() -> None:
         pid = str(os.getpid()).encode()
@@ -414,14 +419,23 @@ def _preexec(procs_files: tuple[str, ...], rlimits: tuple[tuple[int, int], ...],
                 os.write(fd, pid)
             finally:
                 os.close(fd)
-        for which, value in rlimits:
-            resource.setrlimit(which, (value, value))
         if uid is not None:
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
+        for which, pair in pairs:
+            resource.setrlimit(which, pair)
 
     return enter
+
+
+def _clamped(rlimits: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
+    """Never above the current hard limits (a non-root child cannot raise them); AS last."""
+    clamped = []
+    for which, value in rlimits:
+        hard = resource.getrlimit(which)[1]
+        clamped.append((which, value if hard == resource.RLIM_INFINITY else min(value, hard)))
+    return sorted(clamped, key=lambda pair: pair[0] == resource.RLIMIT_AS)
 
 
 # --- the worker --------------------------------------------------------------------------
@@ -443,7 +457,7 @@ class ProcessWorker:
                  cgroups: WorkerCgroups, to_harness: asyncio.WriteTransport,
                  from_harness: asyncio.StreamReader) -> None:
         self.actor = actor
-        self._tmp_mb_value = tmp_mb
+        self._tmp_mb = tmp_mb
         self._process = process
         self._cgroups = cgroups
         self._to_harness = to_harness
@@ -633,13 +647,14 @@ class ProcessWorker:
         if refused or (hint == "pids" and not self._cgroups.has("pids")):
             return ResourceLimitExceeded("pids", limits.pids)
         if hint == "disk":
-            return ResourceLimitExceeded("disk", self._tmp_mb())
+            return ResourceLimitExceeded("disk", self._tmp_mb)
         return ActorFailed(str(message.get("error_type") or "Error"),
                            str(message.get("message") or ""), str(message.get("traceback") or ""))
 
     async def _died(self, baseline: tuple[int, int]) -> Exception:
         """The error for a sandbox that ended in the middle of a call."""
         await self._exited(1.0)
+        await self._drain_streams(1.0)  # its last words on stderr may say why (node's heap)
         code = self._process.returncode
         oom, refused = (now - before for now, before in
                         zip(self._cgroups.counters(), baseline, strict=True))
@@ -649,12 +664,9 @@ class ProcessWorker:
         if refused:
             return ResourceLimitExceeded("pids", self.actor.limits.pids)
         if code in (128 + signal.SIGXFSZ, -signal.SIGXFSZ):
-            return ResourceLimitExceeded("disk", self._tmp_mb())
+            return ResourceLimitExceeded("disk", self._tmp_mb)
         return ActorFailed("SandboxCrashed", f"the sandbox exited (status {code}) during the call",
                            tail[-STDERR_TAIL:])
-
-    def _tmp_mb(self) -> int:
-        return self._tmp_mb_value
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -664,6 +676,15 @@ class ProcessWorker:
             async with asyncio.timeout(timeout_s):
                 await self._process.wait()
         return self._process.returncode is not None
+
+    async def _drain_streams(self, timeout_s: float) -> None:
+        """Consume queued items until stdout and stderr are closed (their lines are dropped)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while {"stdout", "stderr"} - self._closed_streams:
+                    item = await self._queue.get()
+                    if item.kind == "closed":
+                        self._closed_streams.add(item.stream)
 
     async def _until_ready(self) -> None:
         while True:
@@ -696,14 +717,25 @@ class ProcessWorker:
         Killing the outer one first would orphan the harness (a zombie where pid 1 does not
         reap)."""
         self._dead = True
-        inner = self._cgroups.members() or _children(self._process.pid)
-        inner.discard(self._process.pid)
+        inner = self._cgroups.members() - {self._process.pid}
+        if not inner and self._outer_running():  # no cgroups: bwrap's child is the harness
+            inner = _children(self._process.pid)
         if not inner:
             self._kill_outer()
         self._cgroups.kill_all(spare=self._process.pid)
         for pid in inner:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+    def _outer_running(self) -> bool:
+        """Is the outer bwrap still ours (not reaped, so its pid cannot name another process)?"""
+        if self._pidfd is None:
+            return self._process.returncode is None
+        try:
+            signal.pidfd_send_signal(self._pidfd, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
     def _kill_outer(self) -> None:
         """SIGKILL the outer bwrap. Not Process.kill(): it polls, reaping behind asyncio's back."""

@@ -14,7 +14,13 @@ from sandbox_helpers import ACTORS, Recorder, actor_def, call, request
 
 from service.errors import ResourceLimitExceeded, SandboxUnavailable
 from service.manifest.model import ActorDef
-from service.sandbox.process import HARNESS_DIR, ProcessBackend, ProcessWorker, make_plan
+from service.sandbox.process import (
+    HARNESS_DIR,
+    ProcessBackend,
+    ProcessWorker,
+    discover_controllers,
+    make_plan,
+)
 from service.settings import Settings
 
 MIB = 1 << 20
@@ -186,15 +192,36 @@ async def test_network_limit_true_reaches_the_host(boot: Boot) -> None:
 
 async def test_rlimit_fallback_still_limits_memory(settings: Settings) -> None:
     backend = ProcessBackend(settings)
-    backend._controllers = {}  # as on a host without writable cgroups
+    # As on a host without a writable memory cgroup. (The pids cgroup stays: RLIMIT_NPROC
+    # counts every process of uid 65534 on the host, other tests' sandboxes included.)
+    backend._controllers = {k: v for k, v in discover_controllers().items() if k != "memory"}
     worker = await backend.start_worker(actor_def(ACTORS / "hostile.py"))
+    pid = worker.pid
+    harness = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     try:
         with pytest.raises(ResourceLimitExceeded) as caught:
             await worker.call(request({"mode": "memory"}), Recorder())
     finally:
         await worker.close()
     assert caught.value.data == {"resource": "memory", "limit": 64}
-    assert backend.mechanisms() == {"memory": "rlimit", "pids": "rlimit", "cpu": "rlimit"}
+    assert len(harness) == 1
+    assert not [p for p in [str(pid), *harness] if Path(f"/proc/{p}").exists()]
+    assert backend.mechanisms()["memory"] == "rlimit"
+
+
+async def test_without_cgroups_close_still_leaves_nothing(settings: Settings) -> None:
+    backend = ProcessBackend(settings)
+    backend._controllers = {}  # rlimits only; a pids limit high enough for a busy host's uid
+    worker = await backend.start_worker(actor_def(ACTORS / "hostile.py", pids=100_000))
+    pid = worker.pid
+    harness = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    try:
+        outcome, _ = await call(worker, {"mode": "ok"})
+    finally:
+        await worker.close()
+    assert outcome.return_value == {"ok": True}
+    assert (worker.cgroup_dirs, len(harness)) == ((), 1)
+    assert not [p for p in [str(pid), *harness] if Path(f"/proc/{p}").exists()]
 
 
 def test_no_sandbox_cgroup_is_left_over() -> None:
