@@ -18,7 +18,7 @@ help:
 	@echo "make serve   run the server with $(CONFIG) (extra flags: SERVE_ARGS='--port 6000 --debug')"
 	@echo "make test    run the tests (extra pytest flags: PYTEST_ARGS='-k lint -x')"
 	@echo "make lint    lint manifests/, then ruff and mypy"
-	@echo "make bench   run the benchmarks (BENCH_ARGS=...)"
+	@echo "make bench   run the benchmarks (BENCH_ARGS=--quick for a smoke run, --json PATH)"
 	@echo "make setup   only create $(VENV) and install system packages (done by serve/test)"
 	@echo "make clean   remove caches and build output; distclean also removes $(VENV)"
 
