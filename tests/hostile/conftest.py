@@ -24,10 +24,10 @@ from service.sandbox.base import Backend
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize ``backend_name`` with ``--backend NAME`` when given, else every backend."""
+    """Parametrize ``backend_name`` by ``--backend`` (tests/conftest.py): one backend, or all."""
     if "backend_name" in metafunc.fixturenames:
-        chosen = metafunc.config.getoption("--backend", default=None)
-        metafunc.parametrize("backend_name", [chosen] if chosen in BACKENDS else BACKENDS)
+        chosen = metafunc.config.getoption("backend", default="process")
+        metafunc.parametrize("backend_name", BACKENDS if chosen == "all" else (chosen,))
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +86,7 @@ def bystander() -> Iterator[subprocess.Popen[bytes]]:
 
 @pytest.fixture
 async def listener() -> AsyncIterator[Listener]:
-    """A listener on the host's 127.0.0.1 that no sandbox may reach."""
+    """Listeners on the host (loopback TCP, abstract unix socket) that no sandbox may reach."""
     state = Listener()
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -95,5 +95,7 @@ async def listener() -> AsyncIterator[Listener]:
 
     server = await asyncio.start_server(accept, "127.0.0.1", 0)
     state.port = server.sockets[0].getsockname()[1]
-    async with server:
+    state.abstract = f"hostile-{uuid.uuid4().hex}"
+    unix = await asyncio.start_unix_server(accept, "\0" + state.abstract)
+    async with server, unix:
         yield state

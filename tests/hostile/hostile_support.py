@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import re
+import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,17 @@ def _pid_ns(pid: int | str) -> str:
     return os.readlink(f"/proc/{pid}/ns/pid")
 
 
+def _pipes() -> set[str]:
+    """This process's open pipe fds, as "fd -> pipe:[inode]"."""
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{name}")
+            if target.startswith("pipe:"):
+                found.add(f"{name} -> {target}")
+    return found
+
+
 def _mounts() -> set[str]:
     return {" ".join(line.split()[3:5]) for line in _read("/proc/self/mountinfo").splitlines()}
 
@@ -93,11 +105,12 @@ class SandboxWatch:
 
     ignore: set[int] = field(default_factory=set)
     procs: dict[int, int] = field(default_factory=dict)  # pid -> starttime
-    namespaces: set[str] = field(default_factory=set)
+    namespaces: dict[str, int] = field(default_factory=dict)  # pid ns -> an fd holding it
     cgroups: set[Path] = field(default_factory=set)
     own_ns: str = field(default_factory=lambda: _pid_ns("self"))
     own_cgroups: set[Path] = field(default_factory=lambda: _cgroup_dirs("self"))
     mounts: set[str] = field(default_factory=_mounts)
+    pipes: set[str] = field(default_factory=_pipes)  # the channels to sandboxes are pipes
 
     def scan(self) -> None:
         """Record the descendants of this process alive right now."""
@@ -115,12 +128,18 @@ class SandboxWatch:
 
     def _record(self, pid: int, start: int) -> None:
         with contextlib.suppress(OSError):
-            ns = _pid_ns(pid)
-            cgroups = _cgroup_dirs(pid)
+            # holding the namespace open keeps its inode number from being reused by another
+            # sandbox, so a process found in it later is one of ours
+            fd = os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY)
+            ns = f"pid:[{os.fstat(fd).st_ino}]"
+            if ns == self.own_ns or ns in self.namespaces:
+                os.close(fd)
+            else:
+                self.namespaces[ns] = fd
+            # an exiting process shows the root groups: only groups below ours are sandboxes'
+            self.cgroups |= {d for d in _cgroup_dirs(pid)
+                             if not any(own.is_relative_to(d) for own in self.own_cgroups)}
             self.procs[pid] = start
-            if ns != self.own_ns:
-                self.namespaces.add(ns)
-            self.cgroups |= cgroups - self.own_cgroups
 
     async def run(self, interval_s: float = 0.03) -> None:
         while True:
@@ -138,11 +157,24 @@ class SandboxWatch:
                     left.append(f"process {pid} in a sandbox pid namespace")
         return left
 
+    def kill_recorded(self) -> None:
+        """SIGKILL the recorded processes still running (the same process: same start time)."""
+        for pid, start in self.procs.items():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if _stat_fields(str(pid))[1] == start:
+                    os.kill(pid, signal.SIGKILL)
+
+    def release(self) -> None:
+        for fd in self.namespaces.values():
+            os.close(fd)
+        self.namespaces.clear()
+
     def leftovers(self) -> list[str]:
         """Everything of the watched sandboxes still on the host."""
         left = self.alive()
         left += [f"cgroup {d}" for d in sorted(self.cgroups) if d.exists()]
         left += [f"mount {m}" for m in sorted(_mounts() - self.mounts)]
+        left += [f"host fd {p} still open" for p in sorted(_pipes() - self.pipes)]
         return left
 
     async def wait_gone(self, timeout_s: float = 3.0) -> list[str]:
@@ -171,15 +203,20 @@ async def running(settings: Settings, backend: Backend, manifests: list[Path],
                   watch: SandboxWatch) -> AsyncIterator[Runtime]:
     """A started Runtime, watched; closed on exit, then checked for leftovers."""
     runtime = Runtime(settings, backend)
-    async with watching(watch):
-        try:
-            await runtime.start(manifests)
-            yield runtime
-        finally:
-            await runtime.aclose()
-    gone = await watch.wait_gone()
-    assert gone == [], f"sandbox processes left on the host: {gone}"
-    assert watch.leftovers() == [], f"sandbox leftovers on the host: {watch.leftovers()}"
+    try:
+        async with watching(watch):
+            try:
+                await runtime.start(manifests)
+                yield runtime
+            finally:
+                await runtime.aclose()
+    finally:
+        await watch.wait_gone()
+        left = watch.leftovers()
+        if left:
+            watch.kill_recorded()  # fail, but leave the machine clean for the next case
+        watch.release()
+    assert left == [], f"sandbox leftovers on the host: {left}"
 
 
 # --- what the cases need from the host ----------------------------------------------------
@@ -194,9 +231,10 @@ def sha256_of(path: str | Path) -> str:
 
 @dataclass
 class Listener:
-    """A TCP listener on the host's 127.0.0.1 that counts who reaches it."""
+    """Host listeners (TCP on 127.0.0.1, an abstract unix socket) counting who reaches them."""
 
     port: int = 0
+    abstract: str = ""  # the abstract socket's name, without its leading NUL
     connections: int = 0
 
 

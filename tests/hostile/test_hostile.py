@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from hostile_support import (
+    BACKENDS,
     CANARY_NAME,
     HERE,
     REPO,
@@ -26,6 +27,7 @@ from hostile_support import (
     hostile_settings,
     running,
     substituter,
+    watching,
 )
 
 from service.errors import RpcError
@@ -46,7 +48,28 @@ def test_cases_are_well_formed() -> None:
         for step in steps:
             assert set(step["expect"]) <= {"error", "returns", "any_of", "load_error"}, case
         assert set(case.get("checks", {})) <= {"emitted", "cpu_ratio_below", "bystander",
-                                               "loopback_untouched", "host_absent", "symlinks"}
+                                               "loopback_untouched", "host_absent", "symlinks",
+                                               "max_notifications"}
+        assert set(case.get("known_issue", {})) <= set(BACKENDS)
+
+
+async def test_the_watch_sees_what_a_sandbox_leaves_behind() -> None:
+    """The leftover check can fail: an orphan left in a new pid namespace is reported."""
+    watch = SandboxWatch()
+    async with watching(watch):
+        outer = await asyncio.create_subprocess_exec("unshare", "--pid", "--fork", "sleep", "30")
+        while len(watch.procs) < 2:  # unshare, and sleep in its new namespace
+            await asyncio.sleep(0.02)
+        outer.kill()  # the sleep inside lives on, reparented: an escaped sandbox process
+        await outer.wait()
+    try:
+        assert len(watch.namespaces) == 1
+        left = watch.alive()
+        assert len(left) == 1 and "sleep" in left[0], left
+    finally:
+        watch.kill_recorded()
+        assert await watch.wait_gone() == []
+        watch.release()
 
 
 @dataclass
@@ -58,10 +81,14 @@ class Observed:
     notes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def describe(self) -> str:
+        sent = [str(p["data"])[:60] for m, p in self.notes if m == "output"][:2]
+        logs = sum(1 for m, _ in self.notes if m == "log")
+        before = f" after outputs {sent}" if sent else ""
+        before += f" after {logs} logs" if logs else ""
         if self.error is not None:
             data = {k: v for k, v in (self.error.get("data") or {}).items() if k != "traceback"}
-            return f"error {self.error['code']} {data}"
-        return f"returned {self.result and self.result['return']}"
+            return f"error {self.error['code']} {data}{before}"
+        return f"returned {self.result and self.result['return']}{before}"
 
 
 async def call(runtime: Runtime, actor_id: str, payload: dict[str, Any]) -> Observed:
@@ -97,13 +124,14 @@ def matches(expect: dict[str, Any], seen: Observed) -> bool:
     return seen.result is not None and is_subset(expect["returns"], seen.result["return"])
 
 
-def host_variables(corpus: Path, outside: Path, actor_dir: Path, port: int) -> dict[str, Any]:
+def host_variables(outside: Path, actor_dir: Path, listener: Listener) -> dict[str, Any]:
     return {
         "HOST_SOURCE": str((REPO / "service" / "runtime.py").resolve()),
         "REPO": str(REPO.resolve()),
         "HOST_PID": os.getpid(),
         "CANARY_NAME": CANARY_NAME,
-        "LOOPBACK_PORT": port,
+        "LOOPBACK_PORT": listener.port,
+        "ABSTRACT_NAME": listener.abstract,
         "SECRET_FILE": str(outside / "secret.txt"),
         "OUTSIDE_SCRIPT": str(outside / "evil.py"),
         "OUTSIDE_DIR": str(outside),
@@ -160,6 +188,7 @@ async def run_steps(case: Case, runtime: Runtime, watch: SandboxWatch) -> list[O
     for step in case.steps:
         seen = await call(runtime, actor_id, step["payload"])
         observed.append(seen)
+        print(f"outcome {case.row['case']}: {seen.describe()}")  # shown by pytest -rP
         assert matches(step["expect"], seen), (
             f"{case.row['case']}: expected {step['expect']}, got {seen.describe()}: "
             f"{seen.error or seen.result}")
@@ -180,8 +209,11 @@ def check_after(case: Case, observed: list[Observed], listener: Listener,
     if "cpu_ratio_below" in checks:
         ratio = outputs[0]["data"]["cpu_ratio"]
         assert ratio < checks["cpu_ratio_below"], f"CPU quota not applied: ratio {ratio}"
+    if "max_notifications" in checks:
+        sent = sum(len(seen.notes) for seen in observed)
+        assert sent <= checks["max_notifications"], f"{sent} notifications reached the caller"
     if checks.get("loopback_untouched"):
-        assert listener.connections == 0, "the sandbox reached the host's loopback"
+        assert listener.connections == 0, "the sandbox reached a listener on the host"
     if checks.get("bystander"):
         assert bystander.poll() is None, "a host process was killed from the sandbox"
     present = [p for p in checks.get("host_absent", []) if os.path.lexists(p)]
@@ -191,11 +223,15 @@ def check_after(case: Case, observed: list[Observed], listener: Listener,
 
 
 @pytest.mark.parametrize("row", CASES, ids=[c["case"] for c in CASES])
-async def test_hostile_case(row: dict[str, Any], backend: Backend, corpus: Path, outside: Path,
-                            canary: str, listener: Listener,
-                            bystander: subprocess.Popen[bytes]) -> None:
+async def test_hostile_case(row: dict[str, Any], backend_name: str, backend: Backend,
+                            corpus: Path, outside: Path, canary: str, listener: Listener,
+                            bystander: subprocess.Popen[bytes],
+                            request: pytest.FixtureRequest) -> None:
+    weakness = row.get("known_issue", {}).get(backend_name)
+    if weakness:  # strict: once fixed, the test fails until the row says so
+        request.applymarker(pytest.mark.xfail(reason=weakness, strict=True))
     manifest = corpus / row["manifest"]
-    fill = substituter(host_variables(corpus, outside, manifest.parent, listener.port))
+    fill = substituter(host_variables(outside, manifest.parent, listener))
     case = Case(row, fill, manifest)
     links = plant_symlinks(case)
     try:

@@ -1,6 +1,7 @@
 // Network egress from an actor with network: false. Must be blocked inside the script.
 // arg: tcp (connect to the public IP literal 1.1.1.1:80), dns (lookup "example.com"),
-// or {loopback: port} (a listener the test runs on the host's 127.0.0.1).
+// {loopback: port} (a listener the test runs on the host's 127.0.0.1), or {abstract: name}
+// (an abstract unix socket the test listens on: those belong to the network namespace).
 // Safety: tcp and dns are attempted only when the sandbox sees no route and no
 // interface but lo, so a sandbox with the host's network never sends anything out.
 const dns = require("dns");
@@ -14,9 +15,9 @@ function visibleNetwork() {
     return routes.length || devs.length ? `routes=${routes} devices=${devs}` : "";
 }
 
-function connect(host, port) {
+function connect(where) {
     return new Promise((resolve, reject) => {
-        const socket = net.connect({ host, port, timeout: 1000 });
+        const socket = net.connect({ ...where, timeout: 1000 });
         socket.on("connect", () => { socket.destroy(); resolve(); });
         socket.on("timeout", () => { socket.destroy(); reject(new Error("ETIMEDOUT")); });
         socket.on("error", reject);
@@ -24,10 +25,11 @@ function connect(host, port) {
 }
 
 async function attempt(kind) {
-    if (typeof kind === "object") return connect("127.0.0.1", kind.loopback);
+    if (typeof kind === "object" && kind.abstract) return connect({ path: `\0${kind.abstract}` });
+    if (typeof kind === "object") return connect({ host: "127.0.0.1", port: kind.loopback });
     const seen = visibleNetwork();
     if (seen) return { notIsolated: seen };
-    if (kind === "tcp") return connect("1.1.1.1", 80);
+    if (kind === "tcp") return connect({ host: "1.1.1.1", port: 80 });
     return dns.promises.lookup("example.com");
 }
 

@@ -2,7 +2,9 @@
 
 arg picks the attempt: tcp (connect to the public IP literal 1.1.1.1:80), dns
 (getaddrinfo("example.com")), raw (AF_PACKET and ICMP raw sockets, created only),
-or {"loopback": port} (connect to a listener the test runs on the host's 127.0.0.1).
+{"loopback": port} (connect to a listener the test runs on the host's 127.0.0.1), or
+{"abstract": name} (connect to an abstract unix socket the test listens on, on the host:
+abstract sockets belong to the network namespace, not to the file system).
 
 Safety: a sandbox without its own empty network namespace must not send anything
 off this machine, so tcp and dns are attempted only when the sandbox sees no route
@@ -25,6 +27,10 @@ def _attempt(kind):
     if kind == "raw":
         socket.socket(socket.AF_PACKET, socket.SOCK_RAW).close()
         socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()
+        return
+    if isinstance(kind, dict) and "abstract" in kind:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect("\0" + kind["abstract"])
         return
     if isinstance(kind, dict):
         socket.create_connection(("127.0.0.1", kind["loopback"]), timeout=1).close()
