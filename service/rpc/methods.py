@@ -25,6 +25,7 @@ UNKNOWN_ACTOR = "_unknown"  # metrics label for ids no actor has: keeps label ca
 @dataclass
 class _Running:
     task: asyncio.Future[dict[str, Any]]
+    key: str  # the request id as JSON text, encoded once per call
     cancel_requested: bool = False
 
 
@@ -35,17 +36,16 @@ class InFlight:
     calls: dict[str, list[_Running]] = field(default_factory=dict)
 
     def add(self, request_id: Any, task: asyncio.Future[dict[str, Any]]) -> _Running:
-        running = _Running(task)
-        self.calls.setdefault(encode(request_id), []).append(running)
+        running = _Running(task, encode(request_id))
+        self.calls.setdefault(running.key, []).append(running)
         return running
 
-    def remove(self, request_id: Any, running: _Running) -> None:
-        key = encode(request_id)
-        entries = self.calls.get(key, [])
+    def remove(self, running: _Running) -> None:
+        entries = self.calls.get(running.key, [])
         if running in entries:
             entries.remove(running)
         if not entries:
-            self.calls.pop(key, None)
+            self.calls.pop(running.key, None)
 
     def cancel(self, request_id: Any) -> bool:
         """Cancel every running call with this id; True when at least one was running."""
@@ -122,13 +122,13 @@ class Methods:
             raise
         finally:
             if running is not None:
-                in_flight.remove(call.id, running)
-            self._record(params["actor_id"], call, outcome, time.perf_counter() - started)
+                in_flight.remove(running)
+            self._record(params["actor_id"], "-" if running is None else running.key, outcome,
+                         time.perf_counter() - started)
 
-    def _record(self, actor_id: str, call: Call, outcome: str, duration_s: float) -> None:
+    def _record(self, actor_id: str, id_text: str, outcome: str, duration_s: float) -> None:
         log.info("process actor=%s id=%s outcome=%s duration_ms=%.1f",
-                 actor_id, "-" if call.is_notification else encode(call.id), outcome,
-                 duration_s * 1000)
+                 actor_id, id_text, outcome, duration_s * 1000)
         if self.metrics is not None:
             self.metrics.observe_call(self._actor_label(actor_id), outcome, duration_s)
 
