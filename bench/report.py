@@ -120,7 +120,8 @@ def table(results: dict[str, Any]) -> str:
     """The human-readable table of ``results``."""
     machine = results["machine"]
     lines = [f"backend {machine['backend']}, {machine['cpus']} CPUs, Python {machine['python']}, "
-             f"kernel {machine['kernel']}; {results['mode']}",
+             f"kernel {machine['kernel']}, load average {machine['loadavg_1m_before']} before, "
+             f"{machine['loadavg_1m_after']} after; {results['mode']}",
              f"{'figure':44} {'value':>16}  {'baseline':>38}  {'ratio':>7}  target"]
     for row in rows(results):
         verdict = {None: "", True: "met", False: "NOT MET"}[row.met]

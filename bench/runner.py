@@ -15,7 +15,7 @@ from typing import Any
 from bench import floor, procs, servers
 from bench.load import Stats, run_calls
 from service.manifest.loader import load_manifest
-from service.settings import load_settings
+from service.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +45,35 @@ QUICK = Plan(latency_calls=40, latency_warmup_calls=10, throughput_s=0.3,
 
 
 async def run(plan: Plan, config: Path, backend: str) -> dict[str, Any]:
-    """Measure everything; the results as plain JSON-able data (see bench/README.md)."""
+    """Measure everything; the results as plain JSON-able data (see bench/README.md).
+
+    The echo server and the real one run side by side, and each figure is taken right
+    after its baseline, so that other work on the machine skews both alike.
+    """
     settings = load_settings(config)
-    log.info("echo baseline")
-    echo = await _echo(plan)
-    log.info("bare sandbox floor")
-    bare = await _bare(plan, settings)
-    log.info("server (%s backend)", backend)
-    server = await _server(plan, config, backend)
-    return {"machine": _machine(backend), "plan": asdict(plan), "mode": MODE,
-            "echo": echo, "bare_sandbox": bare, "server": server}
+    load_before = os.getloadavg()[0]
+    echo_port, server_port = servers.free_port(), servers.free_port()
+    async with servers.running(servers.echo_command(echo_port), echo_port, "echo") as echo, \
+            servers.running(servers.server_command(server_port, config, backend), server_port,
+                            "server") as server:
+        results: dict[str, Any] = {"echo": {"rss_idle_mb": _mb(procs.rss_bytes(echo.pid))},
+                                   "server": {"rss_idle_mb": _mb(procs.rss_bytes(server.pid))}}
+        log.info("warm round trips")
+        await _latencies(plan, echo, server, results)
+        log.info("throughput")
+        await _throughputs(plan, echo, server, results)
+        results["server"]["workers"] = _workers(server.pid)
+        results["server"]["rss_after_load_mb"] = _mb(procs.rss_bytes(server.pid))
+        log.info("cold calls and bare sandboxes")
+        results["bare_sandbox"] = {}
+        results["server"]["cold"] = {}
+        for language, actor_id in COLD_ACTORS.items():
+            results["bare_sandbox"][language] = await _bare(plan, settings, actor_id)
+            results["server"]["cold"][actor_id] = await _sequential(
+                server, actor_id, plan.cold_calls, plan.cold_warmup_calls)
+    machine = {**_machine(backend), "loadavg_1m_before": round(load_before, 2),
+               "loadavg_1m_after": round(os.getloadavg()[0], 2)}
+    return {"machine": machine, "plan": asdict(plan), "mode": MODE, **results}
 
 
 def _machine(backend: str) -> dict[str, Any]:
@@ -62,63 +81,39 @@ def _machine(backend: str) -> dict[str, Any]:
             "kernel": platform.release(), "backend": backend}
 
 
-# --- the echo baseline -------------------------------------------------------------------
+async def _latencies(plan: Plan, echo: servers.Running, server: servers.Running,
+                     results: dict[str, Any]) -> None:
+    calls, warmup = plan.latency_calls, plan.latency_warmup_calls
+    results["echo"]["latency"] = await _sequential(echo, "doubler", calls, warmup)
+    results["server"]["latency"] = {
+        actor_id: await _sequential(server, actor_id, calls, warmup)
+        for actor_id in WARM_ACTORS.values()}
 
 
-async def _echo(plan: Plan) -> dict[str, Any]:
-    port = servers.free_port()
-    async with servers.running(servers.echo_command(port), port, "echo") as echo:
-        rss_idle = procs.rss_bytes(echo.pid)
-        latency = await _sequential(echo, "doubler", plan.latency_calls,
-                                    plan.latency_warmup_calls)
-        throughput = {}
-        for level in plan.levels:
-            stats, _ = await _throughput(echo, "doubler", level, plan)
-            throughput[str(level)] = stats
-    return {"rss_idle_mb": _mb(rss_idle), "latency": latency, "throughput": throughput}
-
-
-# --- the bare sandbox floor --------------------------------------------------------------
-
-
-async def _bare(plan: Plan, settings: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for language, actor_id in COLD_ACTORS.items():
-        actor = load_manifest(servers.BENCH_ACTORS / f"{actor_id}.yaml", settings)
-        sandbox = floor.bare_sandbox(actor, settings)
-        await floor.start_once(sandbox)  # first start: page cache
-        times = [await floor.start_once(sandbox) for _ in range(plan.bare_starts)]
-        rss, pss = await floor.idle_footprint(sandbox)
-        out[language] = {**Stats(len(times), sum(times) / 1000, tuple(times)).summary(),
-                         "idle_rss_mb": _mb(rss), "idle_pss_mb": _mb(pss)}
-    return out
-
-
-# --- the real server ---------------------------------------------------------------------
-
-
-async def _server(plan: Plan, config: Path, backend: str) -> dict[str, Any]:
-    port = servers.free_port()
-    command = servers.server_command(port, config, backend)
-    async with servers.running(command, port, "server") as server:
-        rss_idle = procs.rss_bytes(server.pid)
-        latency = {a: await _sequential(server, a, plan.latency_calls, plan.latency_warmup_calls)
-                   for a in WARM_ACTORS.values()}
-        throughput: dict[str, dict[str, Any]] = {}
-        peak = 0
+async def _throughputs(plan: Plan, echo: servers.Running, server: servers.Running,
+                       results: dict[str, Any]) -> None:
+    results["echo"]["throughput"] = {}
+    results["server"]["throughput"] = {actor_id: {} for actor_id in WARM_ACTORS.values()}
+    peak = 0
+    for level in plan.levels:
+        stats, _ = await _throughput(echo, "doubler", level, plan)
+        results["echo"]["throughput"][str(level)] = stats
         for actor_id in WARM_ACTORS.values():
-            throughput[actor_id] = {}
-            for level in plan.levels:
-                stats, level_peak = await _throughput(server, actor_id, level, plan)
-                throughput[actor_id][str(level)] = stats
-                peak = max(peak, level_peak)
-        workers = _workers(server.pid)
-        rss_after = procs.rss_bytes(server.pid)
-        cold = {a: await _sequential(server, a, plan.cold_calls, plan.cold_warmup_calls)
-                for a in COLD_ACTORS.values()}
-    return {"rss_idle_mb": _mb(rss_idle), "rss_load_peak_mb": _mb(peak),
-            "rss_after_load_mb": _mb(rss_after), "latency": latency,
-            "throughput": throughput, "cold": cold, "workers": workers}
+            stats, level_peak = await _throughput(server, actor_id, level, plan)
+            results["server"]["throughput"][actor_id][str(level)] = stats
+            peak = max(peak, level_peak)
+    results["server"]["rss_load_peak_mb"] = _mb(peak)
+
+
+async def _bare(plan: Plan, settings: Settings, actor_id: str) -> dict[str, Any]:
+    """Bare bwrap + interpreter starts with the sandbox options of ``actor_id``."""
+    actor = load_manifest(servers.BENCH_ACTORS / f"{actor_id}.yaml", settings)
+    sandbox = floor.bare_sandbox(actor, settings)
+    await floor.start_once(sandbox)  # the first start reads the interpreter from disk
+    times = [await floor.start_once(sandbox) for _ in range(plan.bare_starts)]
+    rss, pss = await floor.idle_footprint(sandbox)
+    return {**Stats(len(times), sum(times) / 1000, tuple(times)).summary(),
+            "idle_rss_mb": _mb(rss), "idle_pss_mb": _mb(pss)}
 
 
 async def _sequential(server: servers.Running, actor_id: str, calls: int,
