@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -36,13 +37,33 @@ def availability() -> dict[str, tuple[bool, str]]:
     return {}
 
 
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tmp copy of the corpus: cases plant symlinks in it, and it is the only allowed root."""
-    root = tmp_path_factory.mktemp("hostile-corpus")
+def _copy_corpus(root: Path) -> Path:
     for language in ("py", "js"):
         shutil.copytree(HERE / language, root / language, symlinks=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Iterator[Path]:
+    """A world-readable tmp copy of the corpus, as a deployment's actor folder is.
+
+    Cases plant symlinks in it, and it is the only allowed root. The process backend
+    then runs bubblewrap as host uid 65534.
+    """
+    root = Path(tempfile.mkdtemp(prefix="hostile-corpus-"))
+    root.chmod(0o755)
+    yield _copy_corpus(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def private_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy only root can read (below pytest's 0700 tmp folder).
+
+    The process backend then runs bubblewrap as host root, mapped to 65534 inside: the
+    privilege-sensitive rows run in this mode too.
+    """
+    return _copy_corpus(tmp_path_factory.mktemp("hostile-corpus-private"))
 
 
 @pytest.fixture(scope="session")

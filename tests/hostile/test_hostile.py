@@ -51,6 +51,7 @@ def test_cases_are_well_formed() -> None:
                                                "loopback_untouched", "host_absent", "symlinks",
                                                "max_notifications"}
         assert set(case.get("known_issue", {})) <= set(BACKENDS)
+        assert case.get("also_private", False) in (True, False)
 
 
 async def test_the_watch_sees_what_a_sandbox_leaves_behind() -> None:
@@ -247,10 +248,19 @@ def settle(row: dict[str, Any], backend_name: str, problems: list[str]) -> None:
                     f"cases.yaml: {issue}")
 
 
-@pytest.mark.parametrize("row", CASES, ids=[c["case"] for c in CASES])
-async def test_hostile_case(row: dict[str, Any], backend_name: str, backend: Backend,
-                            corpus: Path, outside: Path, canary: str, listener: Listener,
-                            bystander: subprocess.Popen[bytes]) -> None:
+# Every row on the world-readable corpus; the privilege-sensitive ones on the private one too.
+RUNS = [(row, "corpus") for row in CASES] + [
+    (row, "private_corpus") for row in CASES if row.get("also_private")]
+
+
+@pytest.mark.parametrize(("row", "corpus_kind"), RUNS,
+                         ids=[row["case"] + ("-private" if kind != "corpus" else "")
+                              for row, kind in RUNS])
+async def test_hostile_case(row: dict[str, Any], corpus_kind: str, backend_name: str,
+                            backend: Backend, outside: Path, canary: str, listener: Listener,
+                            bystander: subprocess.Popen[bytes],
+                            request: pytest.FixtureRequest) -> None:
+    corpus: Path = request.getfixturevalue(corpus_kind)
     manifest = corpus / row["manifest"]
     fill = substituter(host_variables(outside, manifest.parent, listener))
     case = Case(row, fill, manifest)
