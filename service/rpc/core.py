@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -130,7 +131,8 @@ class Dispatcher:
         """Handle one frame (a request, a notification or a batch); the response text or None."""
         try:
             text = frame.decode("utf-8") if isinstance(frame, bytes) else frame
-            message = json.loads(text, parse_constant=_reject_constant)
+            message = json.loads(text, parse_constant=_reject_constant,
+                                 parse_float=_finite_float)
         except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
             return encode(_error_response(None, ParseError()))
         if isinstance(message, list):
@@ -254,6 +256,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number as a float. One beyond a double's range (1e400) would become inf,
+    which cannot be sent back (not even as the id of an error), so the frame is refused."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is beyond the range of a double")
+    return value
+
+
 def _result_response(request_id: Any, result: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "result": result, "id": request_id}
 
@@ -272,4 +283,7 @@ def _encode_response(response: dict[str, Any]) -> str:
         return encode(response)
     except (TypeError, ValueError):
         log.exception("response to id %r cannot be encoded as JSON", response.get("id"))
+    try:
         return encode(_error_response(response.get("id"), InternalError()))
+    except (TypeError, ValueError):  # the id itself: still answer, once, as the spec's null
+        return encode(_error_response(None, InternalError()))
