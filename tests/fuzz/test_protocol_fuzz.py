@@ -7,7 +7,7 @@ secret anywhere. Every 25 frames, and at the end, the server must still answer `
 and GET /healthz.
 
     .venv/bin/python -m pytest tests/fuzz -q                  # CI: under a minute
-    FUZZ_SCALE=10 .venv/bin/python -m pytest tests/fuzz -q -p no:timeout   # a longer hunt
+    FUZZ_SCALE=10 .venv/bin/python -m pytest tests/fuzz -q --timeout 0     # a longer hunt
 """
 
 from __future__ import annotations
