@@ -91,17 +91,20 @@ class Runtime:
         return actor, replaced
 
     def _allowed_manifest(self, file_path: str) -> Path:
-        path = Path(file_path)
+        try:
+            return self._confined(Path(file_path))
+        except (OSError, ValueError, RuntimeError):  # NUL byte, name too long, symlink loop
+            raise PathNotAllowed(file_path) from None
+
+    def _confined(self, path: Path) -> Path:
+        """The manifest of ``path``, resolved, if it is a file below an allowed root."""
         if path.suffix in SCRIPT_SUFFIXES:
             candidates = [path.with_suffix(".yaml"), path.with_suffix(".yml")]
             path = next((c for c in candidates if c.is_file()), candidates[0])
-        try:
-            resolved = path.resolve(strict=True)
-        except (OSError, RuntimeError):
-            raise PathNotAllowed(file_path) from None
+        resolved = path.resolve(strict=True)
         roots = [root.resolve() for root in self.settings.allowed_roots]
         if not resolved.is_file() or not any(resolved.is_relative_to(r) for r in roots):
-            raise PathNotAllowed(file_path)
+            raise FileNotFoundError(path)
         return path
 
     async def _install(self, actor: ActorDef) -> None:

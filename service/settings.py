@@ -72,6 +72,7 @@ class Settings:
     port: int = 5556
     manifest_paths: tuple[Path, ...] = (Path("manifests"),)
     allowed_roots: tuple[Path, ...] = (Path("manifests"),)
+    schema_roots: tuple[Path, ...] = (Path("schemas"),)  # where manifests may $ref shared schemas
     backend: str = "auto"
     max_message_bytes: int = 1_048_576
     log_level: str = "info"

@@ -279,7 +279,7 @@ def _check_script(ctx: _Context) -> Path | None:
 
 
 def _compile(ctx: _Context, schema: Any, ptr: str) -> CompiledSchema | None:
-    compiled, issues = compile_schema(schema, ctx.manifest)
+    compiled, issues = compile_schema(schema, ctx.manifest, ctx.settings.schema_roots)
     for issue in issues:
         ctx.add(ptr + issue.pointer, issue.message)
     return compiled

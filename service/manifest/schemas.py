@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,15 +56,21 @@ class CompiledSchema:
     validator: Validator
 
 
-def compile_schema(schema: Any, manifest: Path) -> tuple[CompiledSchema | None, list[SchemaIssue]]:
-    """Check ``schema`` (refs relative to ``manifest``), bundle it and compile its validator."""
+def compile_schema(
+    schema: Any, manifest: Path, ref_roots: Sequence[Path] = ()
+) -> tuple[CompiledSchema | None, list[SchemaIssue]]:
+    """Check ``schema`` (refs relative to ``manifest``), bundle it and compile its validator.
+
+    A ``$ref`` may read only files below the manifest's folder or one of ``ref_roots``.
+    """
     dialect = dialect_of(schema)
     if dialect is None:
         return None, [SchemaIssue("/$schema", f"unknown $schema {schema['$schema']!r}")]
     issues = metaschema_issues(schema, dialect)
     if issues:
         return None, issues
-    bundler = _Bundler(dialect, manifest.resolve().as_uri(), schema)
+    roots = tuple(r.resolve() for r in (manifest.resolve().parent, *ref_roots))
+    bundler = _Bundler(dialect, manifest.resolve().as_uri(), schema, roots)
     bundled = bundler.run()
     if bundler.issues:
         return None, bundler.issues
@@ -103,6 +109,7 @@ class _Bundler:
     dialect: type[Validator]
     root_uri: str
     root: Any
+    ref_roots: tuple[Path, ...]
     issues: list[SchemaIssue] = field(default_factory=list)
     embedded: dict[str, str] = field(default_factory=dict)  # file URI -> its $defs key
     defs: dict[str, Any] = field(default_factory=dict)
@@ -112,7 +119,7 @@ class _Bundler:
         spec = referencing.jsonschema.specification_with(
             self.dialect.META_SCHEMA["$schema"], default=referencing.jsonschema.DRAFT202012)
         # attrs classes: mypy cannot see their keyword arguments
-        registry: Registry[Any] = Registry(retrieve=_file_retriever(spec))  # type: ignore[call-arg]
+        registry: Registry[Any] = Registry(retrieve=_file_retriever(spec, self.ref_roots))  # type: ignore[call-arg]
         self.registry = registry.with_resource(
             self.root_uri, Resource.from_contents(self.root, default_specification=spec))
 
@@ -220,14 +227,20 @@ def _refs(node: Any, ptr: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
             yield from _refs(value, child)
 
 
-def _file_retriever(spec: Any) -> Any:
-    """A ``referencing`` retrieve function that reads local JSON files, and nothing else."""
+class RefOutsideRoots(Exception):
+    """A $ref names a file outside the manifest's folder and the schema roots."""
+
+
+def _file_retriever(spec: Any, roots: tuple[Path, ...]) -> Any:
+    """A ``referencing`` retrieve function that reads local JSON files below ``roots`` only."""
 
     def retrieve(uri: str) -> Resource[Any]:
         parts = urlsplit(uri)
         if parts.scheme != "file":
             raise NoSuchResource(ref=uri)  # type: ignore[call-arg]  # no network: only files beside the manifests
-        path = Path(url2pathname(parts.path))
+        path = Path(url2pathname(parts.path)).resolve()
+        if not any(path.is_relative_to(root) for root in roots):
+            raise RefOutsideRoots(path)
         contents = json.loads(path.read_text(encoding="utf-8"))
         return Resource.from_contents(contents, default_specification=spec)
 
@@ -242,6 +255,9 @@ def _cause(exc: BaseException) -> str:
         return f"no such file {_display(Path(exc.filename))}"
     if isinstance(exc, json.JSONDecodeError):
         return f"not valid JSON: {exc}"
+    if isinstance(exc, RefOutsideRoots):
+        return (f"{_display(exc.args[0])} is outside the manifest's folder and the "
+                "settings' schema_roots")
     if isinstance(exc, NoSuchResource):
         return "only local files can be referenced"
     if isinstance(exc, OSError):

@@ -76,7 +76,7 @@ def fuzz_root(tmp_path: Path, outside: Path) -> Path:
     (links / "dir_out").symlink_to(outside, target_is_directory=True)
     (links / "loop.yaml").symlink_to(links / "loop.yaml")
     (root / "notes.txt").write_text("not a manifest\n")
-    # Pinned by test_ref_outside_the_root_is_refused; kept out of the fuzz until it passes.
+    # A $ref out of the allowed root (pinned by test_ref_outside_the_root_is_refused).
     ref = os.path.relpath(outside / "secret.json", bugs)
     (bugs / "ref_out.yaml").write_text(
         _manifest("fuzz_ref_out", "fuzz_doubler.py", schema=f"{{$ref: {ref}}}"))

@@ -239,19 +239,12 @@ async def test_invalid_utf8_text_frame_closes_with_1007(fuzz_client: TestClient)
     await ws.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: a manifest inside the allowed root may $ref a file outside it; the loader reads "
-    "it and `load` returns its content (service/manifest/schemas.py does not confine refs)"))
 async def test_ref_outside_the_root_is_refused(wire: Wire) -> None:
     path = wire.world.root / "known_bugs" / "ref_out.yaml"
     await wire.exchange(json.dumps({"jsonrpc": "2.0", "method": "load", "id": 1,
                                     "params": {"file_path": str(path)}}))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: Runtime._allowed_manifest (service/runtime.py) lets ValueError (a NUL in the path) "
-    "and OSError from is_file() (ENAMETOOLONG, for a script's manifest candidates) escape: "
-    "-32603 where the spec says -32011 (no such file)"))
 @pytest.mark.parametrize("name", ["a\x00.yaml", "x" * 300 + "/../fuzz_doubler.py"])
 async def test_unusable_load_path_is_not_found(wire: Wire, name: str) -> None:
     path = f"{wire.world.root}/good/{name}"

@@ -197,12 +197,23 @@ def test_nested_and_recursive_refs_are_bundled(tmp_path: Path) -> None:
          "type": "string", "minLength": 1}))
     path = write(tmp_path / "actors", BASE + "inports:\n  tree:\n"
                  "    schema: {$ref: ../schemas/tree.json}\n")
-    schema = load_manifest(path, Settings()).inports["tree"].schema
+    schema = load_manifest(path, Settings(schema_roots=(shared,))).inports["tree"].schema
     assert sorted(set(_refs(schema))) == ["#/$defs/name", "#/$defs/tree"]
     assert schema["$defs"]["name"] == {"type": "string", "minLength": 1}
     validator = jsonschema.Draft202012Validator(json.loads(json.dumps(schema)))
     assert validator.is_valid({"name": "a", "children": [{"name": "b", "children": []}]})
     assert not validator.is_valid({"name": "a", "children": [{"name": ""}]})
+
+
+def test_a_ref_may_not_read_outside_the_folder_and_schema_roots(tmp_path: Path) -> None:
+    (tmp_path / "secret.json").write_text('{"type": "string", "description": "private"}')
+    path = write(tmp_path / "actors", BASE + "inports:\n  x:\n"
+                 "    schema: {$ref: ../secret.json}\n")
+    assert messages(path, Settings(schema_roots=(tmp_path / "schemas",))) == [
+        f"inports.x.schema.$ref: $ref '../secret.json' cannot be read: {tmp_path}/secret.json "
+        "is outside the manifest's folder and the settings' schema_roots"]
+    schema = load_manifest(path, Settings(schema_roots=(tmp_path,))).inports["x"].schema
+    assert schema["$defs"]["secret"] == {"type": "string", "description": "private"}
 
 
 def test_local_refs_and_defs_keep_working(tmp_path: Path) -> None:
