@@ -59,7 +59,7 @@ def fuzz_root(tmp_path: Path, outside: Path) -> Path:
         (root / name).mkdir(parents=True)
     good, broken, links, bugs = (root / f for f in ("good", "broken", "links", "known_bugs"))
     for folder in (good, broken, bugs):
-        shutil.copy(MANIFESTS / "doubler.py", folder / "fuzz_doubler.py")
+        shutil.copy(MANIFESTS / "doubler" / "doubler.py", folder / "fuzz_doubler.py")
     (good / "fuzz_doubler.yaml").write_text(_manifest("fuzz_doubler", "fuzz_doubler.py"))
     (good / "fuzz_twin.yml").write_text(_manifest("fuzz_twin", "fuzz_doubler.py"))
     (broken / "syntax.yaml").write_text("id: fuzz_syntax\nlanguage: [python\n")

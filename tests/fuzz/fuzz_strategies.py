@@ -135,7 +135,7 @@ def load_paths(root: Path, outside: Path) -> st.SearchStrategy[str]:
         "links/loop.yaml", "notes.txt", "good", "missing.yaml", "good/.yaml")]
     elsewhere = [outside / "secret.yaml", outside / "secret.py", outside / "secret.json",
                  Path("/etc/passwd"), Path("/proc/self/environ"), Path("/dev/zero"),
-                 Path("manifests/doubler.yaml"), root, Path("/")]
+                 Path("manifests/doubler/doubler.yaml"), root, Path("/")]
     bases = st.sampled_from([str(p) for p in inside + elsewhere])
     spelled = st.builds(_spell, bases, st.sampled_from(_SPELLINGS), st.just(root))
     no_nul = st.characters(exclude_characters="\x00")

@@ -65,7 +65,7 @@ def test_shipped_manifests_are_clean(in_repo: Path) -> None:
 
 
 def test_doubler_descriptor_is_the_protocol_shape(in_repo: Path) -> None:
-    actor = load_manifest("manifests/doubler.yaml", Settings())
+    actor = load_manifest("manifests/doubler/doubler.yaml", Settings())
     assert actor.descriptor() == {
         "id": "doubler",
         "language": "python",
@@ -76,11 +76,11 @@ def test_doubler_descriptor_is_the_protocol_shape(in_repo: Path) -> None:
                                 "description": "twice the input"}},
         "limits": {"cpus": 1, "memory_mb": 128, "timeout_s": 5, "network": False,
                    "pids": 64, "output_bytes": 1048576},
-        "manifest": "manifests/doubler.yaml",
+        "manifest": "manifests/doubler/doubler.yaml",
     }
-    assert actor.script == REPO / "manifests" / "doubler.py"
-    assert actor.manifest == REPO / "manifests" / "doubler.yaml"
-    assert actor.root == REPO / "manifests"
+    assert actor.script == REPO / "manifests" / "doubler" / "doubler.py"
+    assert actor.manifest == REPO / "manifests" / "doubler" / "doubler.yaml"
+    assert actor.root == REPO / "manifests" / "doubler"
     assert actor.entrypoint == "process"
     assert actor.pool == PoolSpec()
     assert json.loads(json.dumps(actor.descriptor())) == actor.descriptor()
@@ -119,8 +119,8 @@ ORIGIN_JAVASCRIPT = (
 
 
 def test_doublers_are_the_origin_examples_verbatim() -> None:
-    assert (REPO / "manifests" / "doubler.py").read_text() == ORIGIN_PYTHON
-    assert (REPO / "manifests" / "doubler_js.js").read_text() == ORIGIN_JAVASCRIPT
+    assert (REPO / "manifests" / "doubler" / "doubler.py").read_text() == ORIGIN_PYTHON
+    assert (REPO / "manifests" / "doubler_js" / "doubler_js.js").read_text() == ORIGIN_JAVASCRIPT
 
 
 def test_limits_are_filled_from_the_settings(tmp_path: Path) -> None:
@@ -169,7 +169,7 @@ def _refs(node: Any) -> list[str]:
 
 
 def test_shared_ref_is_bundled_and_validates_alone(in_repo: Path) -> None:
-    actor = load_manifest("manifests/order_total.yaml", Settings())
+    actor = load_manifest("manifests/order_total/order_total.yaml", Settings())
     schema = json.loads(json.dumps(actor.descriptor()["inports"]["order"]["schema"]))
     assert _refs(schema) == ["#/$defs/order", "#/$defs/order/$defs/line"]
     assert schema["$defs"]["order"]["title"] == "Order"
@@ -262,7 +262,7 @@ def test_older_draft_port_schema(tmp_path: Path) -> None:
 
 
 def test_counter_config_state_and_examples(in_repo: Path) -> None:
-    actor = load_manifest("manifests/counter.yaml", Settings())
+    actor = load_manifest("manifests/counter/counter.yaml", Settings())
     assert dict(actor.config_defaults) == {"factor": 2}
     assert actor.config_validator is not None
     assert actor.config_validator.is_valid({"factor": 3})
@@ -379,8 +379,9 @@ def test_find_manifests(tmp_path: Path) -> None:
 
 
 def test_display_path(in_repo: Path, tmp_path: Path) -> None:
-    assert display_path("./manifests/doubler.yaml") == "manifests/doubler.yaml"
-    assert display_path(REPO / "manifests" / "doubler.yaml") == "manifests/doubler.yaml"
+    assert display_path("./manifests/doubler/doubler.yaml") == "manifests/doubler/doubler.yaml"
+    shown = display_path(REPO / "manifests" / "doubler" / "doubler.yaml")
+    assert shown == "manifests/doubler/doubler.yaml"
     assert display_path(tmp_path / "x.yaml") == str(tmp_path / "x.yaml")
-    actor = load_manifest(REPO / "manifests" / "ticker.yaml", Settings())
-    assert actor.manifest_display == "manifests/ticker.yaml"
+    actor = load_manifest(REPO / "manifests" / "ticker" / "ticker.yaml", Settings())
+    assert actor.manifest_display == "manifests/ticker/ticker.yaml"

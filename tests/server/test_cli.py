@@ -187,7 +187,7 @@ def test_test_runs_every_example(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_test_reports_a_wrong_example(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "doubler.py").write_text((MANIFESTS / "doubler.py").read_text())
+    (tmp_path / "doubler.py").write_text((MANIFESTS / "doubler" / "doubler.py").read_text())
     (tmp_path / "wrong.yaml").write_text(
         "id: wrong\nlanguage: python\nscript: doubler.py\n"
         "inports: {input: {schema: {type: number}}}\n"
@@ -204,7 +204,7 @@ def test_test_reports_a_wrong_example(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_run_prints_outputs_then_the_result(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["run", "--backend", "process", str(MANIFESTS / "ticker.yaml"),
+    code = main(["run", "--backend", "process", str(MANIFESTS / "ticker" / "ticker.yaml"),
                  "--payload", '{"count": 2}'])
     assert code == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -214,7 +214,7 @@ def test_run_prints_outputs_then_the_result(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_run_with_config_and_state(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["run", "--backend", "process", str(MANIFESTS / "counter.yaml"),
+    code = main(["run", "--backend", "process", str(MANIFESTS / "counter" / "counter.yaml"),
                  "--payload", '{"value": 5}', "--config", '{"factor": 3}',
                  "--state", '{"count": 4}'])
     assert code == 0
@@ -231,8 +231,8 @@ def test_run_error_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_run_bad_payload_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", str(MANIFESTS / "doubler.yaml"), "--payload", "{nope"]) == 2
-    assert main(["run", str(MANIFESTS / "doubler.yaml"), "--payload", "[1]"]) == 2
+    assert main(["run", str(MANIFESTS / "doubler" / "doubler.yaml"), "--payload", "{nope"]) == 2
+    assert main(["run", str(MANIFESTS / "doubler" / "doubler.yaml"), "--payload", "[1]"]) == 2
 
 
 def test_doctor(capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,7 +22,7 @@ async def test_list_describe_load(server: TestClient) -> None:
         actors = await client.list()
         assert "doubler" in [a["id"] for a in actors]
         assert (await client.describe("doubler"))["language"] == "python"
-        loaded = await client.load(str(MANIFESTS / "doubler.yaml"))
+        loaded = await client.load(str(MANIFESTS / "doubler" / "doubler.yaml"))
         assert (loaded["success"], loaded["replaced"], loaded["actor"]["id"]) == (
             True, True, "doubler")
         assert (await client.discover())["openrpc"].startswith("1.")

@@ -24,7 +24,8 @@ DOUBLER = {
     "outports": {"output": {"schema": {"type": "number"}, "description": "twice the input"}},
     "limits": {"cpus": 1, "memory_mb": 128, "timeout_s": 5, "network": False, "pids": 64,
                "output_bytes": 1048576},
-    "manifest": display_path(MANIFESTS / "doubler.yaml"),  # as given, relative to the cwd
+    # as given, relative to the cwd
+    "manifest": display_path(MANIFESTS / "doubler" / "doubler.yaml"),
 }
 
 
@@ -56,7 +57,7 @@ async def test_describe(rpc: Rpc) -> None:
 
 
 async def test_load_manifest_then_replace(rpc: Rpc) -> None:
-    path = str(MANIFESTS / "doubler.yaml")
+    path = str(MANIFESTS / "doubler" / "doubler.yaml")
     response = await rpc.call("load", {"file_path": path})
     assert response == _result(1, {"success": True, "actor": DOUBLER, "replaced": True})
 
@@ -355,7 +356,8 @@ async def test_origin_readme_requests(rpc: Rpc) -> None:
 
 
 async def test_origin_readme_requests_with_real_paths(rpc: Rpc) -> None:
-    _, response = await rpc.request("load", {"file_path": str(MANIFESTS / "doubler.py")}, 2)
+    script = MANIFESTS / "doubler" / "doubler.py"
+    _, response = await rpc.request("load", {"file_path": str(script)}, 2)
     assert response["result"]["actor"]["id"] == "doubler"
     notes, response = await rpc.request("process", {
         "actor_id": "doubler", "payload": {"input": 42}, "config": {}, "state": {},
