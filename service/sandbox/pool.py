@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple
 
 from service.errors import Busy, Cancelled, SandboxUnavailable
@@ -42,10 +42,11 @@ class ActorPool:
         self._idle: deque[Worker] = deque()
         self._busy: set[Worker] = set()
         self._queued = 0
+        self._running = 0  # calls holding a slot (booting their worker or running)
         self._in_flight = 0  # accepted calls, queued or running
         self._resetting: set[Worker] = set()  # on their way back to idle
         self._warming = 0  # min_warm boots in progress
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()  # replaced by a fresh one on every change
         self._tasks: set[asyncio.Task[None]] = set()
         self._warmers: set[asyncio.Task[None]] = set()
         self._durations_ms: deque[float] = deque(maxlen=RECENT_CALLS)
@@ -54,7 +55,7 @@ class ActorPool:
 
     @property
     def stats(self) -> PoolStats:
-        return PoolStats(len(self._busy), len(self._idle), self._queued)
+        return PoolStats(self._running, len(self._idle), self._queued)
 
     async def start(self) -> None:
         """Boot ``min_warm`` workers in the background; returns at once."""
@@ -69,19 +70,20 @@ class ActorPool:
         self._in_flight += 1
         try:
             await self._wait_slot()
+            self._running += 1
             try:
                 return await self._run_on_worker(request, on_event)
             finally:
+                self._running -= 1
                 self._slots.release()
         finally:
             self._in_flight -= 1
-            await self._notify()
+            self._notify()
 
     async def drain(self) -> None:
         """Take no new calls, let the accepted ones finish, then close everything."""
         self._accepting = False
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._in_flight == 0)
+        await self._wait_until(lambda: self._in_flight == 0)
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -95,7 +97,7 @@ class ActorPool:
         await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
         while self._tasks:  # resets and closes still finishing: they end quickly now
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._notify()
+        self._notify()
 
     # --- one call ------------------------------------------------------------------------
 
@@ -141,8 +143,7 @@ class ActorPool:
                 self._spawn(self._discard(worker))
             if not self._resetting:
                 return await self._boot()
-            async with self._changed:
-                await self._changed.wait_for(lambda: bool(self._idle) or not self._resetting)
+            await self._wait_until(lambda: bool(self._idle) or not self._resetting)
 
     async def _boot(self) -> Worker:
         if self._closed:
@@ -164,7 +165,7 @@ class ActorPool:
                 self._idle.append(worker)
         finally:
             self._resetting.discard(worker)
-            await self._notify()
+            self._notify()
 
     async def _discard(self, worker: Worker) -> None:
         await worker.close()
@@ -191,7 +192,7 @@ class ActorPool:
             await worker.close()
             return
         self._idle.append(worker)
-        await self._notify()
+        self._notify()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
@@ -200,9 +201,15 @@ class ActorPool:
         task.add_done_callback(self._warmers.discard)
         return task
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def _notify(self) -> None:
+        """Wake everyone waiting for the pool to change. (No Condition: no lock to await,
+        so a cancelled task can never leave one held.)"""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            await self._changed.wait()
 
     def _retry_after_ms(self) -> int:
         """A guess at when a slot frees up: recent call time times the queue's depth."""

@@ -107,9 +107,9 @@ class Controller:
 
 def discover_controllers() -> dict[str, Controller]:
     """Writable cgroup controllers of this process (a v1 hierarchy wins over v2)."""
-    own_v1, own_v2 = _own_cgroups()
+    own_v1, own_v2 = own_cgroups(_read(Path("/proc/self/cgroup")))
     found: dict[str, Controller] = {}
-    for fstype, root, mountpoint, options in _cgroup_mounts():
+    for fstype, root, mountpoint, options in cgroup_mounts(_read(Path("/proc/self/mountinfo"))):
         for name in CONTROLLERS:
             if name in found:
                 continue
@@ -128,11 +128,11 @@ def discover_controllers() -> dict[str, Controller]:
     return found
 
 
-def _own_cgroups() -> tuple[dict[str, str], str | None]:
-    """Our cgroup path per v1 controller, and our v2 path."""
+def own_cgroups(proc_cgroup: str) -> tuple[dict[str, str], str | None]:
+    """Our cgroup path per v1 controller, and our v2 path, from /proc/self/cgroup."""
     v1: dict[str, str] = {}
     v2 = None
-    for line in _read(Path("/proc/self/cgroup")).splitlines():
+    for line in proc_cgroup.splitlines():
         _, controllers, path = line.split(":", 2)
         if controllers:
             v1.update((c, path) for c in controllers.split(","))
@@ -141,10 +141,10 @@ def _own_cgroups() -> tuple[dict[str, str], str | None]:
     return v1, v2
 
 
-def _cgroup_mounts() -> list[tuple[str, str, Path, set[str]]]:
-    """(fstype, root, mount point, super options) of every cgroup mount."""
+def cgroup_mounts(mountinfo: str) -> list[tuple[str, str, Path, set[str]]]:
+    """(fstype, root, mount point, super options) of every cgroup mount in a mountinfo."""
     mounts = []
-    for line in _read(Path("/proc/self/mountinfo")).splitlines():
+    for line in mountinfo.splitlines():
         left, _, right = line.partition(" - ")
         fields, tail = left.split(), right.split()
         if len(fields) >= 5 and len(tail) >= 3 and tail[0] in ("cgroup", "cgroup2"):
@@ -689,6 +689,8 @@ class ProcessWorker:
     async def _until_ready(self) -> None:
         while True:
             item = await self._queue.get()
+            if self._closed:
+                raise ActorFailed("SandboxCrashed", "the worker was closed")
             if item.kind == "message" and item.value.get("type") == "ready":
                 return
             if item.kind == "message" and item.value.get("type") == "error":
@@ -779,14 +781,15 @@ class ProcessWorker:
         await self._queue.put(_Item("closed", stream))
 
     async def _stream_line(self, stream: str, text: str) -> None:
-        if stream == "stderr":
-            self._stderr_tail.append(text + "\n")
         fence = self._fence
         if fence and text.endswith(fence):
             if text[: -len(fence)]:
                 await self._queue.put(_Item("line", stream, text[: -len(fence)]))
             await self._queue.put(_Item("fence", stream, fence))
-        elif self._busy:
+            return
+        if stream == "stderr":
+            self._stderr_tail.append(text + "\n")
+        if self._busy:
             await self._queue.put(_Item("line", stream, text))
         else:
             logger.debug("%s: %s between calls: %s", self.actor.id, stream, text[:200])
@@ -884,8 +887,14 @@ class ProcessBackend:
     async def start_worker(self, actor: ActorDef) -> ProcessWorker:
         """Boot a sandbox for ``actor`` and wait for its harness; SandboxUnavailable if not."""
         cgroups = WorkerCgroups.create(self.controllers, actor.limits)
+        # Shielded: cancelling asyncio's subprocess creation midway can hang for ever (its
+        # transport then waits for pipes that were never connected).
+        spawning = asyncio.ensure_future(self._spawn(actor, cgroups))
         try:
-            worker = await self._spawn(actor, cgroups)
+            worker = await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            await _abandon(spawning, cgroups)
+            raise
         except BaseException:
             await cgroups.remove()
             raise
@@ -931,6 +940,16 @@ class ProcessBackend:
 
     async def aclose(self) -> None:
         """Nothing to release: every worker belongs to a pool, which closes it."""
+
+
+async def _abandon(spawning: asyncio.Future[ProcessWorker], cgroups: WorkerCgroups) -> None:
+    """Let a spawn that was cancelled finish, then close what it made."""
+    try:
+        worker = await spawning
+    except Exception:
+        await cgroups.remove()
+    else:
+        await worker.close()
 
 
 def _args_pipe(options: list[str]) -> int:

@@ -18,8 +18,10 @@ from service.sandbox.process import (
     HARNESS_DIR,
     ProcessBackend,
     ProcessWorker,
+    cgroup_mounts,
     discover_controllers,
     make_plan,
+    own_cgroups,
 )
 from service.settings import Settings
 
@@ -222,6 +224,23 @@ async def test_without_cgroups_close_still_leaves_nothing(settings: Settings) ->
     assert outcome.return_value == {"ok": True}
     assert (worker.cgroup_dirs, len(harness)) == ((), 1)
     assert not [p for p in [str(pid), *harness] if Path(f"/proc/{p}").exists()]
+
+
+def test_cgroup_layouts_are_parsed() -> None:
+    mountinfo = (
+        "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu,cpuacct\n"
+        "35 31 0:32 /ctr /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+        "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
+        "22 1 0:20 / /proc rw - proc proc rw\n")
+    proc_cgroup = "4:memory:/ctr/api/x\n1:cpu,cpuacct:/\n0::/user.slice\n"
+    assert cgroup_mounts(mountinfo) == [
+        ("cgroup", "/", Path("/sys/fs/cgroup/cpu"), {"rw", "cpu", "cpuacct"}),
+        ("cgroup", "/ctr", Path("/sys/fs/cgroup/memory"), {"rw", "memory"}),
+        ("cgroup2", "/", Path("/sys/fs/cgroup/unified"), {"rw"})]
+    assert own_cgroups(proc_cgroup) == (
+        {"memory": "/ctr/api/x", "cpu": "/", "cpuacct": "/"}, "/user.slice")
+    assert own_cgroups("0::/system.slice/actors.service\n") == (
+        {}, "/system.slice/actors.service")
 
 
 def test_no_sandbox_cgroup_is_left_over() -> None:
