@@ -448,6 +448,7 @@ class _Item:
     kind: str  # message | line | fence | closed | garbage | overflow | eof
     stream: str = ""
     value: Any = None
+    size: int = 0  # bytes it took on the wire from the sandbox
 
 
 class ProcessWorker:
@@ -603,10 +604,10 @@ class ProcessWorker:
     async def _handle(self, item: _Item, on_event: EventSink, budget: _Budget,
                       baseline: tuple[int, int]) -> CallOutcome | None:
         if item.kind == "line":
-            budget.spend(len(item.value.encode("utf-8")))
+            budget.spend(len(item.value.encode("utf-8")) + 1)
             await on_event(LogEvent(item.stream, item.value))
         elif item.kind == "message":
-            return await self._message(item.value, on_event, budget, baseline)
+            return await self._message(item, on_event, budget, baseline)
         elif item.kind == "overflow":
             raise ResourceLimitExceeded("output", self.actor.limits.output_bytes)
         elif item.kind == "garbage":
@@ -617,15 +618,18 @@ class ProcessWorker:
             self._closed_streams.add(item.stream)
         return None
 
-    async def _message(self, message: dict[str, Any], on_event: EventSink, budget: _Budget,
+    async def _message(self, item: _Item, on_event: EventSink, budget: _Budget,
                        baseline: tuple[int, int]) -> CallOutcome | None:
+        # An output or log costs its whole protocol line, envelope included: a flood of
+        # tiny values then breaches the limit as fast as a flood of big ones.
+        message = item.value
         kind = message.get("type")
         if kind == "output" and isinstance(message.get("port"), str):
-            budget.spend(_json_size(message.get("data")))
+            budget.spend(item.size)
             await on_event(OutputEvent(message["port"], message.get("data")))
         elif kind == "log" and isinstance(message.get("message"), str):
             stream = "stderr" if message.get("stream") == "stderr" else "stdout"
-            budget.spend(len(message["message"].encode("utf-8")))
+            budget.spend(item.size)
             await on_event(LogEvent(stream, message["message"]))
         elif kind == "result" and isinstance(message.get("state"), dict):
             budget.spend(_json_size(message.get("return")))
@@ -762,7 +766,7 @@ class ProcessWorker:
             except ValueError:
                 message = None
             if isinstance(message, dict):
-                await self._queue.put(_Item("message", value=message))
+                await self._queue.put(_Item("message", value=message, size=len(line)))
             else:
                 await self._queue.put(_Item("garbage", value=line[:200].decode("utf-8", "replace")))
 

@@ -121,6 +121,18 @@ async def test_javascript_console_goes_to_logs(start: Start,
     assert recorder.logs == [("stdout", "actor test at 1234567890"), ("stderr", "to stderr")]
 
 
+@pytest.mark.parametrize(("script", "payload"), [
+    ("probe.py", {"mode": "raw_writes"}), ("raw.js", {})])
+async def test_output_bypassing_the_harness_still_comes_back(
+        start: Start, actor: Callable[..., ActorDef], script: str,
+        payload: dict[str, Any]) -> None:
+    worker = await start(actor(script))
+    outcome, recorder = await call(worker, payload)
+    assert outcome.return_value == "done"
+    assert {("stdout", "raw out"), ("stderr", "raw err"), ("stdout", "from a child")} <= set(
+        recorder.logs)
+
+
 # --- failures of the script --------------------------------------------------------------
 
 
@@ -223,6 +235,10 @@ BREACHES: list[tuple[str, str, dict[str, Any], type[RpcError], dict[str, Any]]] 
      {"resource": "output", "limit": 65_536}),
     ("hostile.py", "flood_raw", {}, ResourceLimitExceeded,
      {"resource": "output", "limit": 65_536}),
+    ("hostile.py", "flood_tiny", {}, ResourceLimitExceeded,
+     {"resource": "output", "limit": 65_536}),
+    ("hostile.py", "flood_empty", {}, ResourceLimitExceeded,
+     {"resource": "output", "limit": 65_536}),
     ("hostile.py", "disk", {}, ResourceLimitExceeded, {"resource": "disk", "limit": TMP_MB}),
     ("hostile.py", "raise", {}, ActorFailed, {"type": "ZeroDivisionError"}),
     ("hostile.py", "exit", {}, ActorFailed, {"type": "SandboxCrashed"}),
@@ -235,6 +251,10 @@ BREACHES: list[tuple[str, str, dict[str, Any], type[RpcError], dict[str, Any]]] 
     ("hostile.js", "flood_print", {}, ResourceLimitExceeded,
      {"resource": "output", "limit": 65_536}),
     ("hostile.js", "flood_raw", {}, ResourceLimitExceeded,
+     {"resource": "output", "limit": 65_536}),
+    ("hostile.js", "flood_tiny", {}, ResourceLimitExceeded,
+     {"resource": "output", "limit": 65_536}),
+    ("hostile.js", "flood_empty", {}, ResourceLimitExceeded,
      {"resource": "output", "limit": 65_536}),
     ("hostile.js", "disk", {}, ResourceLimitExceeded, {"resource": "disk", "limit": TMP_MB}),
     ("hostile.js", "raise", {}, ActorFailed, {"type": "TypeError"}),

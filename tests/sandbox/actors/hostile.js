@@ -14,6 +14,8 @@ const behaviours = {
   flood_output: async (context) => { for (;;) await context.sendOutput('output', 'y'.repeat(1000)); },
   flood_print: () => { for (;;) console.log('z'.repeat(1000)); },
   flood_raw: () => { for (;;) fs.writeSync(1, 'r'.repeat(1000) + '\n'); },
+  flood_tiny: async (context) => { for (;;) await context.sendOutput('output', 0); },
+  flood_empty: () => { for (;;) console.log(); },
   disk: () => { const fd = fs.openSync('/tmp/fill', 'w'); for (;;) fs.writeSync(fd, Buffer.alloc(1 << 20, 120)); },
   raise: () => { throw new TypeError('bad input'); },
   not_json: () => ({ big: 10n }),

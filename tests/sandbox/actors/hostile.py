@@ -8,6 +8,8 @@
     flood_output  -> ResourceLimitExceeded output (send_output)
     flood_print   -> ResourceLimitExceeded output (print)
     flood_raw     -> ResourceLimitExceeded output (os.write on fd 1, bypassing sys.stdout)
+    flood_tiny    -> ResourceLimitExceeded output (send_output(0): each costs its envelope)
+    flood_empty   -> ResourceLimitExceeded output (print(): empty lines are not free)
     disk          -> ResourceLimitExceeded disk (/tmp full)
     raise         -> ActorFailed ZeroDivisionError, traceback naming this file
     not_json      -> ActorFailed TypeError (the return value is not JSON)
@@ -63,6 +65,16 @@ def flood_print():
         print("z" * 1000)
 
 
+def flood_tiny(context):
+    while True:
+        context.send_output("output", 0)
+
+
+def flood_empty():
+    while True:
+        print()
+
+
 def flood_raw():
     while True:
         os.write(1, b"r" * 1000 + b"\n")
@@ -87,6 +99,8 @@ BEHAVIOURS = {
     "flood_output": flood_output,
     "flood_print": lambda context: flood_print(),
     "flood_raw": lambda context: flood_raw(),
+    "flood_tiny": flood_tiny,
+    "flood_empty": lambda context: flood_empty(),
     "disk": lambda context: fill_tmp(),
     "raise": lambda context: divide(1, 0),
     "not_json": lambda context: {"when": object()},

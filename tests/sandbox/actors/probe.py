@@ -69,8 +69,16 @@ def look(context):
             "uid": os.getuid()}
 
 
+def raw_writes(context):
+    print("printed")
+    os.write(1, b"raw out\n")
+    os.write(2, b"raw err\n")
+    subprocess.run(["/usr/bin/echo", "from a child"], check=True)
+    return "done"
+
+
 PROBES = {"files": files, "environment": environment, "writes": writes, "network": network,
-          "leave_traces": leave_traces, "look": look}
+          "leave_traces": leave_traces, "look": look, "raw_writes": raw_writes}
 
 
 def process(context):
