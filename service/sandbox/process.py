@@ -128,6 +128,20 @@ def discover_controllers() -> dict[str, Controller]:
     return found
 
 
+def sweep_stale_groups(controllers: dict[str, Controller]) -> int:
+    """Remove the empty worker groups of servers that died without closing them."""
+    removed = 0
+    for controller in controllers.values():
+        for path in controller.parent.glob("sandbox-*-*"):
+            creator = path.name.split("-")[1]
+            if not creator.isdigit() or Path(f"/proc/{creator}").exists():
+                continue  # its server still runs (or the pid was reused: leave it)
+            with contextlib.suppress(OSError):
+                path.rmdir()  # fails while a process is still inside
+                removed += 1
+    return removed
+
+
 def own_cgroups(proc_cgroup: str) -> tuple[dict[str, str], str | None]:
     """Our cgroup path per v1 controller, and our v2 path, from /proc/self/cgroup."""
     v1: dict[str, str] = {}
@@ -470,6 +484,7 @@ class ProcessWorker:
         self._closed = False
         self._busy = False
         self._pidfd = _pidfd(process.pid)
+        self.on_closed: Callable[[ProcessWorker], None] = lambda worker: None
         assert process.stdout is not None and process.stderr is not None
         self._readers = [
             asyncio.create_task(self._read_channel(from_harness)),
@@ -560,6 +575,7 @@ class ProcessWorker:
             os.close(self._pidfd)
             self._pidfd = None
         await self._cgroups.remove()
+        self.on_closed(self)
 
     # --- a call --------------------------------------------------------------------------
 
@@ -842,6 +858,7 @@ class ProcessBackend:
         self.settings = settings
         self._bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
         self._controllers: dict[str, Controller] | None = None
+        self._workers: set[ProcessWorker] = set()  # open ones, closed at aclose() at the latest
 
     @property
     def controllers(self) -> dict[str, Controller]:
@@ -849,6 +866,8 @@ class ProcessBackend:
         if self._controllers is None:
             self._controllers = discover_controllers()
             logger.info("process sandbox limits: %s", self.mechanisms())
+            if swept := sweep_stale_groups(self._controllers):
+                logger.info("removed %s cgroups left by servers that died", swept)
         return self._controllers
 
     def mechanisms(self) -> dict[str, str]:
@@ -902,6 +921,8 @@ class ProcessBackend:
         except BaseException:
             await cgroups.remove()
             raise
+        self._workers.add(worker)
+        worker.on_closed = self._workers.discard
         try:
             await worker.wait_ready()
         except BaseException:
@@ -943,7 +964,8 @@ class ProcessBackend:
                              writer, reader)
 
     async def aclose(self) -> None:
-        """Nothing to release: every worker belongs to a pool, which closes it."""
+        """Close any worker its pool left open (none, when every pool was closed)."""
+        await asyncio.gather(*(w.close() for w in list(self._workers)), return_exceptions=True)
 
 
 async def _abandon(spawning: asyncio.Future[ProcessWorker], cgroups: WorkerCgroups) -> None:

@@ -22,6 +22,7 @@ from service.sandbox.process import (
     discover_controllers,
     make_plan,
     own_cgroups,
+    sweep_stale_groups,
 )
 from service.settings import Settings
 
@@ -241,6 +242,27 @@ def test_cgroup_layouts_are_parsed() -> None:
         {"memory": "/ctr/api/x", "cpu": "/", "cpuacct": "/"}, "/user.slice")
     assert own_cgroups("0::/system.slice/actors.service\n") == (
         {}, "/system.slice/actors.service")
+
+
+async def test_backend_aclose_closes_workers_left_open(settings: Settings) -> None:
+    backend = ProcessBackend(settings)
+    worker = await backend.start_worker(actor_def(ACTORS / "origin.py"))
+    dirs = worker.cgroup_dirs
+    await backend.aclose()
+    assert not worker.alive
+    assert not any(d.exists() for d in dirs)
+
+
+async def test_groups_of_dead_servers_are_swept(process_backend: ProcessBackend) -> None:
+    controllers = process_backend.controllers
+    if not controllers:
+        pytest.skip("no cgroups here")
+    dead = 2**22 + 1  # above the default pid_max: never a live process
+    stale = [c.parent / f"sandbox-{dead}-0123456789ab" for c in controllers.values()]
+    for path in stale:
+        path.mkdir()
+    assert sweep_stale_groups(controllers) >= len(stale)
+    assert not any(path.exists() for path in stale)
 
 
 def test_no_sandbox_cgroup_is_left_over() -> None:
