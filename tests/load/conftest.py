@@ -21,7 +21,7 @@ def make_manifests(tmp_path: Path) -> ManifestsFactory:
         folder = tmp_path / "actors"
         folder.mkdir()
         for actor in EXAMPLES:
-            for source in (REPO / "manifests").glob(f"{actor}.*"):
+            for source in (REPO / "manifests" / actor).glob(f"{actor}.*"):
                 shutil.copy(source, folder / source.name)
             manifest = folder / f"{actor}.yaml"
             manifest.write_text(manifest.read_text() + "pool: {min_warm: 1, max_workers: 4, "
