@@ -528,12 +528,15 @@ class ProcessWorker:
         self._busy = True
         self._discard_pending()
         limit_s = self.actor.limits.timeout_s
+        baseline = self._cgroups.counters()
         try:
             async with asyncio.timeout(limit_s):
-                return await self._run(request, on_event)
+                return await self._run(request, on_event, baseline)
         except TimeoutError:
             self._kill()
-            raise TimeLimitExceeded(limit_s) from None
+            # A script that swallows the refused fork (or survives an OOM kill of one of its
+            # processes) runs into the time limit: the limit it hit is the real cause.
+            raise self._breach(baseline) or TimeLimitExceeded(limit_s) from None
         except BaseException:  # an RpcError, the sink's error, or cancellation
             self._kill()
             raise
@@ -579,8 +582,8 @@ class ProcessWorker:
 
     # --- a call --------------------------------------------------------------------------
 
-    async def _run(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
-        baseline = self._cgroups.counters()
+    async def _run(self, request: CallRequest, on_event: EventSink,
+                   baseline: tuple[int, int]) -> CallOutcome:
         self._fence = secrets.token_hex(12)
         self._send({"type": "call", "actor_id": request.actor_id, "payload": request.payload,
                     "config": request.config, "state": request.state,
@@ -656,15 +659,25 @@ class ProcessWorker:
             raise ActorFailed("ProtocolError", f"unexpected message from the harness: {kind!r}")
         return None
 
-    def _failure(self, message: dict[str, Any], baseline: tuple[int, int]) -> Exception:
-        """The error to raise for an ``error`` message, a breached limit first."""
+    def _breach(self, baseline: tuple[int, int]) -> ResourceLimitExceeded | None:
+        """The memory or pids limit the cgroups saw breached since ``baseline``, if any."""
         oom, refused = (now - before for now, before in
                         zip(self._cgroups.counters(), baseline, strict=True))
+        if oom:
+            return ResourceLimitExceeded("memory", self.actor.limits.memory_mb)
+        if refused:
+            return ResourceLimitExceeded("pids", self.actor.limits.pids)
+        return None
+
+    def _failure(self, message: dict[str, Any], baseline: tuple[int, int]) -> Exception:
+        """The error to raise for an ``error`` message, a breached limit first."""
         hint = message.get("resource")
         limits = self.actor.limits
-        if oom or hint == "memory":
+        if hint == "memory":
             return ResourceLimitExceeded("memory", limits.memory_mb)
-        if refused or (hint == "pids" and not self._cgroups.has("pids")):
+        if breach := self._breach(baseline):
+            return breach
+        if hint == "pids" and not self._cgroups.has("pids"):
             return ResourceLimitExceeded("pids", limits.pids)
         if hint == "disk":
             return ResourceLimitExceeded("disk", self._tmp_mb)
@@ -676,13 +689,11 @@ class ProcessWorker:
         await self._exited(1.0)
         await self._drain_streams(1.0)  # its last words on stderr may say why (node's heap)
         code = self._process.returncode
-        oom, refused = (now - before for now, before in
-                        zip(self._cgroups.counters(), baseline, strict=True))
         tail = "".join(self._stderr_tail)
-        if oom or NODE_HEAP_OOM.search(tail):
+        if NODE_HEAP_OOM.search(tail):
             return ResourceLimitExceeded("memory", self.actor.limits.memory_mb)
-        if refused:
-            return ResourceLimitExceeded("pids", self.actor.limits.pids)
+        if breach := self._breach(baseline):
+            return breach
         if code in (128 + signal.SIGXFSZ, -signal.SIGXFSZ):
             return ResourceLimitExceeded("disk", self._tmp_mb)
         return ActorFailed("SandboxCrashed", f"the sandbox exited (status {code}) during the call",

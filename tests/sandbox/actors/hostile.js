@@ -11,6 +11,16 @@ const behaviours = {
       await new Promise((resolve, reject) => { child.once('spawn', resolve); child.once('error', reject); });
     }
   },
+  fork_quiet: async () => { // a bomb that swallows EAGAIN: it ends by the time limit
+    for (;;) {
+      try {
+        childProcess.spawn('/usr/bin/sleep', ['30']).on('error', () => {});
+      } catch (err) {
+        // EAGAIN: keep trying
+      }
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  },
   flood_output: async (context) => { for (;;) await context.sendOutput('output', 'y'.repeat(1000)); },
   flood_print: () => { for (;;) console.log('z'.repeat(1000)); },
   flood_raw: () => { for (;;) fs.writeSync(1, 'r'.repeat(1000) + '\n'); },

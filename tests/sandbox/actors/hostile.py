@@ -4,6 +4,7 @@
     loop          -> TimeLimitExceeded
     memory        -> ResourceLimitExceeded memory
     fork          -> ResourceLimitExceeded pids (processes)
+    fork_quiet    -> ResourceLimitExceeded pids (a bomb that swallows EAGAIN: ends by time)
     threads       -> ResourceLimitExceeded pids (threads)
     flood_output  -> ResourceLimitExceeded output (send_output)
     flood_print   -> ResourceLimitExceeded output (print)
@@ -36,6 +37,16 @@ def fork_forever():
         if os.fork() == 0:
             time.sleep(30)
             os._exit(0)
+
+
+def fork_quietly_forever():
+    while True:
+        try:
+            if os.fork() == 0:
+                time.sleep(30)
+                os._exit(0)
+        except OSError:
+            pass  # EAGAIN: keep trying, as a real bomb does
 
 
 def start_threads_forever():
@@ -95,6 +106,7 @@ BEHAVIOURS = {
     "loop": lambda context: spin(),
     "memory": lambda context: fill_memory(),
     "fork": lambda context: fork_forever(),
+    "fork_quiet": lambda context: fork_quietly_forever(),
     "threads": lambda context: start_threads_forever(),
     "flood_output": flood_output,
     "flood_print": lambda context: flood_print(),
