@@ -741,8 +741,9 @@ class ProcessWorker:
                 return
 
     def _send(self, message: dict[str, Any]) -> None:
-        line = json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n"
-        self._to_harness.write(line.encode("utf-8"))
+        # ASCII: a lone surrogate (legal JSON text) stays an escape, which UTF-8 cannot carry
+        line = json.dumps(message, separators=(",", ":")) + "\n"
+        self._to_harness.write(line.encode("ascii"))
 
     def _kill(self) -> None:
         """SIGKILL the sandbox from the inside: the harness is its pid namespace's init, so
@@ -854,7 +855,8 @@ class _Budget:
 
 
 def _json_size(value: Any) -> int:
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return len(text.encode("utf-8", "surrogatepass"))  # a lone surrogate counts 3 bytes
 
 
 # --- the backend -------------------------------------------------------------------------

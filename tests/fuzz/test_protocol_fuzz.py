@@ -252,10 +252,6 @@ async def test_unusable_load_path_is_not_found(wire: Wire, name: str) -> None:
                                     "params": {"file_path": path}}))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: a lone surrogate (\\ud800, legal JSON text) in state/payload/config: the process "
-    "backend writes it with ensure_ascii=False and .encode('utf-8') (service/sandbox/process.py "
-    "ProcessWorker._send), UnicodeEncodeError -> -32603"))
 @pytest.mark.parametrize("actor_id", ["doubler", "doubler_js"])
 async def test_lone_surrogate_in_state(wire: Wire, actor_id: str) -> None:
     await wire.exchange('{"jsonrpc":"2.0","method":"process","id":1,"params":{"actor_id":"'

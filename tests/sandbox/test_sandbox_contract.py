@@ -89,6 +89,19 @@ async def test_context_round_trip(start: Start, actor: Callable[..., ActorDef],
     assert outcome.state == {"count": 2, "other": "x"}
 
 
+@pytest.mark.parametrize("script", ["plain_def.py", "exported.js"])
+async def test_lone_surrogates_round_trip(start: Start, actor: Callable[..., ActorDef],
+                                          script: str) -> None:
+    """A lone surrogate is legal JSON text ("\\ud800"): it must come back unchanged."""
+    worker = await start(actor(script))
+    outcome, _ = await call(worker, {"input": 1, "s": "a\ud800"}, config={"c": "\udfff"},
+                            state={"k": "\ud800\U0001f600"})
+    assert outcome.return_value == {"payload": {"input": 1, "s": "a\ud800"},
+                                    "config": {"c": "\udfff"},
+                                    "state": {"k": "\ud800\U0001f600", "count": 1}}
+    assert outcome.state == {"k": "\ud800\U0001f600", "count": 1}
+
+
 async def test_state_starts_from_each_request(start: Start,
                                               actor: Callable[..., ActorDef]) -> None:
     worker = await start(actor("plain_def.py"))

@@ -33,7 +33,10 @@ TMP = "/tmp"
 def encode(message: dict[str, Any]) -> bytes:
     """One protocol line; raises TypeError/ValueError for anything that is not plain JSON."""
     text = json.dumps(message, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return text.encode("utf-8") + b"\n"
+    try:
+        return text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate: legal JSON as an escape, not as UTF-8
+        return json.dumps(message, allow_nan=False, separators=(",", ":")).encode("ascii") + b"\n"
 
 
 class Channel:
@@ -124,12 +127,7 @@ class LogStream:
             self._buffer = ""
 
     def _emit(self, line: str) -> None:
-        message = {"type": "log", "stream": self._stream, "message": line}
-        try:
-            self._channel.send(message)
-        except ValueError:  # a lone surrogate cannot be UTF-8
-            message["message"] = line.encode("utf-8", "replace").decode("utf-8")
-            self._channel.send(message)
+        self._channel.send({"type": "log", "stream": self._stream, "message": line})
 
     def flush(self) -> None:
         """Lines are sent as they complete; a partial one waits for its end."""
