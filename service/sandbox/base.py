@@ -14,7 +14,8 @@ wrote there (os.write, subprocesses) during the call.
 Harness -> host, during a call, in the order they happen:
     {"type": "output", "port", "data"}      # each send_output, as it is sent
     {"type": "log", "stream": "stdout"|"stderr", "message"}
-    {"type": "result", "return", "state"}   # process() returned; the call is over
+    {"type": "result", "return", "state", "lingering"?}   # process() returned; the call is over
+``lingering: true``: threads or timers of the script still run; the worker must not be reused.
     {"type": "error", "error_type", "message", "traceback", "resource"?}
 Harness -> host, once after boot and after each reset: {"type": "ready"}
 Harness command line: IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns] (see the harnesses).

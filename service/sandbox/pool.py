@@ -3,8 +3,8 @@
 At most ``pool.max_workers`` calls of an actor run at once and at most ``pool.max_queue``
 wait; past that a call fails fast with Busy. ``pool.min_warm`` workers are booted in
 the background and kept idle, so a call does not pay for a boot. A worker is reused
-(after ``reset()``, which wipes its /tmp) only when its call succeeded and ``pool.reuse``
-is true; anything that failed is closed and replaced.
+(after ``reset()``, which wipes its /tmp) only when its call succeeded, it is still alive
+and ``pool.reuse`` is true; anything else is closed and replaced.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class ActorPool:
             raise
         self._durations_ms.append((time.monotonic() - started) * 1000)
         self._busy.discard(worker)
-        if self.actor.pool.reuse and not self._closed:
+        if self.actor.pool.reuse and not self._closed and worker.alive:
             self._resetting.add(worker)
             self._spawn(self._recycle(worker))
         else:

@@ -483,6 +483,7 @@ class ProcessWorker:
         self._dead = False
         self._closed = False
         self._busy = False
+        self._lingering = False  # the last result said threads or timers still run
         self._pidfd = _pidfd(process.pid)
         self.on_closed: Callable[[ProcessWorker], None] = lambda worker: None
         assert process.stdout is not None and process.stderr is not None
@@ -531,7 +532,7 @@ class ProcessWorker:
         baseline = self._cgroups.counters()
         try:
             async with asyncio.timeout(limit_s):
-                return await self._run(request, on_event, baseline)
+                outcome = await self._run(request, on_event, baseline)
         except TimeoutError:
             self._kill()
             # A script that swallows the refused fork (or survives an OOM kill of one of its
@@ -543,6 +544,13 @@ class ProcessWorker:
         finally:
             self._busy = False
             self._fence = ""
+        if self._lingering:
+            # Its threads or timers would run on between calls, with no time limit: end them
+            # now; the pool replaces a worker that is not alive.
+            logger.info("%s: the call left threads or timers running; worker not reused",
+                        self.actor.id)
+            self._kill()
+        return outcome
 
     async def reset(self) -> None:
         """Kill stray processes and wipe /tmp (the harness does it), then wait for ``ready``."""
@@ -652,6 +660,7 @@ class ProcessWorker:
             await on_event(LogEvent(stream, message["message"]))
         elif kind == "result" and isinstance(message.get("state"), dict):
             budget.spend(_json_size(message.get("return")))
+            self._lingering = message.get("lingering") is True
             return CallOutcome(message.get("return"), message["state"])
         elif kind == "error":
             raise self._failure(message, baseline)

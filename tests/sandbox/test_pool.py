@@ -248,6 +248,23 @@ async def test_reuse_on_real_sandboxes(backend: Backend, reuse: bool, counts: li
     assert [o.return_value["calls"] for o in outcomes] == counts
 
 
+@pytest.mark.parametrize(("script", "linger"), [
+    ("counter.py", True), ("counter.js", "timer"), ("counter.js", "immediate")])
+async def test_worker_with_lingering_work_is_replaced(backend: Backend, script: str,
+                                                      linger: Any) -> None:
+    """Threads or timers still running after a call would run between calls: no reuse."""
+    pool = ActorPool(actor_def(ACTORS / script, pool=PoolSpec(max_workers=1)), backend)
+    try:
+        first = await pool.run(request({}), Recorder())
+        lingered = await pool.run(request({"linger": linger}), Recorder())
+        fresh = await pool.run(request({}), Recorder())
+        again = await pool.run(request({}), Recorder())
+    finally:
+        await pool.aclose()
+    calls = [o.return_value["calls"] for o in (first, lingered, fresh, again)]
+    assert calls == [1, 2, 1, 2]
+
+
 async def test_min_warm_on_real_sandboxes(backend: Backend,
                                           actor: Callable[..., ActorDef]) -> None:
     pool = ActorPool(actor("origin.py", pool=PoolSpec(min_warm=2, max_workers=2)), backend)

@@ -189,6 +189,14 @@ function errorReply(err) {
   return reply;
 }
 
+// Resources that run the script's code later by themselves (ref'd timers, immediates).
+const LINGERING = new Set(['Timeout', 'Immediate']);
+
+function lingering() {
+  // Does work of the call go on after it? It would run between calls, with no time limit.
+  return process.getActiveResourcesInfo().some((type) => LINGERING.has(type));
+}
+
 function resultLine(value, state) {
   const ret = value === undefined ? null : value;
   for (const [what, item] of [['return value', ret], ['state', state]]) {
@@ -200,7 +208,9 @@ function resultLine(value, state) {
     }
     if (text === undefined) throw new TypeError(`process() ${what} is not JSON-serializable`);
   }
-  return encode({ type: 'result', return: ret, state });
+  const reply = { type: 'result', return: ret, state };
+  if (lingering()) reply.lingering = true;
+  return encode(reply);
 }
 
 function writeFences(fence) {
