@@ -2,7 +2,9 @@
 
 At most ``pool.max_workers`` calls of an actor run at once and at most ``pool.max_queue``
 wait; past that a call fails fast with Busy. ``pool.min_warm`` workers are booted in
-the background and kept idle, so a call does not pay for a boot. A worker is reused
+the background and kept idle, so a call does not pay for a boot. Never more than
+``max_workers`` workers exist (busy, idle, resetting or booting): a call that finds no idle
+worker waits for one being reset or warmed up rather than booting another. A worker is reused
 (after ``reset()``, which wipes its /tmp) only when its call succeeded, it is still alive
 and ``pool.reuse`` is true; anything else is closed and replaced.
 """
@@ -46,6 +48,7 @@ class ActorPool:
         self._in_flight = 0  # accepted calls, queued or running
         self._resetting: set[Worker] = set()  # on their way back to idle
         self._warming = 0  # min_warm boots in progress
+        self._booting = 0  # boots of calls that found no worker
         self._changed = asyncio.Event()  # replaced by a fresh one on every change
         self._tasks: set[asyncio.Task[None]] = set()
         self._warmers: set[asyncio.Task[None]] = set()
@@ -113,7 +116,6 @@ class ActorPool:
 
     async def _run_on_worker(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
         worker = await self._checkout()
-        self._busy.add(worker)
         started = time.monotonic()
         try:
             outcome = await worker.call(request, on_event)
@@ -133,22 +135,31 @@ class ActorPool:
         return outcome
 
     async def _checkout(self) -> Worker:
-        """An idle worker, one being reset (wait for it), or a fresh one."""
+        """An idle worker, one being reset or warmed up (wait for it), or a fresh one;
+        in ``_busy`` when returned."""
         while True:
             while self._idle:
                 worker = self._idle.popleft()
                 if worker.alive:
+                    self._busy.add(worker)
                     self._top_up()
                     return worker
                 self._spawn(self._discard(worker))
-            if not self._resetting:
-                return await self._boot()
-            await self._wait_until(lambda: bool(self._idle) or not self._resetting)
+            if not self._resetting and not self._warming:
+                worker = await self._boot()
+                self._busy.add(worker)
+                return worker
+            await self._wait_until(
+                lambda: bool(self._idle) or not (self._resetting or self._warming))
 
     async def _boot(self) -> Worker:
         if self._closed:
             raise Cancelled()
-        return await self._backend.start_worker(self.actor)
+        self._booting += 1
+        try:
+            return await self._backend.start_worker(self.actor)
+        finally:
+            self._booting -= 1
 
     # --- background work -----------------------------------------------------------------
 
@@ -166,17 +177,20 @@ class ActorPool:
         finally:
             self._resetting.discard(worker)
             self._notify()
+            self._top_up()  # a closed worker leaves room
 
     async def _discard(self, worker: Worker) -> None:
         await worker.close()
         self._top_up()
 
     def _top_up(self) -> None:
-        """Boot workers in the background until ``min_warm`` are idle or on their way."""
+        """Boot workers in the background until ``min_warm`` are idle or on their way,
+        within ``max_workers`` workers in all."""
         if self._closed:
             return
         missing = self.actor.pool.min_warm - len(self._idle) - self._warming
-        for _ in range(max(0, missing)):
+        room = self.actor.pool.max_workers - self._workers()
+        for _ in range(max(0, min(missing, room))):
             self._warming += 1
             self._warmers.add(self._spawn(self._warm_one()))
 
@@ -188,11 +202,17 @@ class ActorPool:
             return
         finally:
             self._warming -= 1
+            self._notify()  # a call may wait for this boot, and must see it failed too
         if self._closed:
             await worker.close()
             return
         self._idle.append(worker)
         self._notify()
+
+    def _workers(self) -> int:
+        """Every worker of the pool: busy, idle, resetting or booting."""
+        return (len(self._busy) + len(self._idle) + len(self._resetting) + self._warming
+                + self._booting)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)

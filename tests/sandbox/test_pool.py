@@ -198,6 +198,46 @@ async def test_min_warm_boots_in_the_background(fake: FakeBackend) -> None:
     assert sorted(fake.closed) == [0, 1, 2]
 
 
+async def test_call_waits_for_the_warm_boot_instead_of_booting_past_max_workers(
+        fake: FakeBackend) -> None:
+    fake.boot_gate = asyncio.Event()
+    pool = fake_pool(fake, min_warm=1, max_workers=1)
+    await pool.start()
+    seen: list[PoolStats] = []
+    call = asyncio.create_task(pool.run(request({}), Recorder()))
+    for _ in range(20):  # the call must not start a boot of its own
+        await asyncio.sleep(0)
+    fake.boot_gate.set()
+    while not call.done():
+        seen.append(pool.stats)
+        await asyncio.sleep(0)
+    outcome = await call
+    await until(lambda: pool.stats.idle == 1)
+    for _ in range(20):
+        seen.append(pool.stats)
+        await asyncio.sleep(0)
+    await pool.aclose()
+    assert outcome.return_value == {"worker": 0, "resets": 0}
+    assert len(fake.workers) == 1
+    assert max(stats.idle for stats in seen) == 1
+
+
+async def test_no_warm_boot_past_max_workers_while_a_call_runs(fake: FakeBackend) -> None:
+    pool = fake_pool(fake, min_warm=1, max_workers=1)
+    await pool.start()
+    await until(lambda: pool.stats.idle == 1)
+    running = run(pool, "block")
+    await until(lambda: pool.stats.busy == 1)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(fake.workers) == 1  # min_warm yields to max_workers
+    fake.gate.set()
+    await running
+    await until(lambda: pool.stats.idle == 1)
+    await pool.aclose()
+    assert len(fake.workers) == 1
+
+
 async def test_boot_failure_is_sandbox_unavailable(fake: FakeBackend) -> None:
     fake.fail_boot = True
     pool = fake_pool(fake, max_workers=1)
