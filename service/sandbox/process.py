@@ -195,13 +195,27 @@ def _write(path: Path, value: object) -> None:
     path.write_text(str(value))
 
 
-def _counter(path: Path, key: str) -> int:
-    """``key N`` from a flat-keyed cgroup file such as memory.events or pids.events."""
-    for line in _read(path).splitlines():
+def _counter(fd: int | None, key: str) -> int:
+    """``key N`` from an open flat-keyed cgroup file such as memory.events or pids.events
+    (read again from offset 0: the kernel renders it afresh on every read)."""
+    if fd is None:
+        return 0
+    try:
+        text = os.pread(fd, 4096, 0).decode("ascii", "replace")
+    except OSError:
+        return 0
+    for line in text.splitlines():
         name, _, number = line.partition(" ")
         if name == key and number.strip().isdigit():
             return int(number)
     return 0
+
+
+def _open_counter(path: Path) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def _limit_memory(path: Path, version: int, limits: Limits) -> None:
@@ -238,6 +252,9 @@ class WorkerCgroups:
 
     def __init__(self, groups: dict[str, tuple[Controller, Path]]) -> None:
         self._groups = groups
+        # Kept open and re-read with pread: reopening them took most of a counters() call.
+        self._oom_fd: int | None = None
+        self._pids_fd: int | None = None
 
     @classmethod
     def create(cls, controllers: dict[str, Controller], limits: Limits) -> WorkerCgroups:
@@ -252,7 +269,22 @@ class WorkerCgroups:
         except OSError as exc:
             cgroups._rmdir_all()
             raise SandboxUnavailable(BACKEND, f"cannot set up cgroup {name}: {exc}") from exc
+        cgroups._open_counters()
         return cgroups
+
+    def _open_counters(self) -> None:
+        if "memory" in self._groups:
+            controller, path = self._groups["memory"]
+            events = "memory.oom_control" if controller.version == 1 else "memory.events"
+            self._oom_fd = _open_counter(path / events)
+        if "pids" in self._groups:
+            self._pids_fd = _open_counter(self._groups["pids"][1] / "pids.events")
+
+    def _close_counters(self) -> None:
+        for fd in (self._oom_fd, self._pids_fd):
+            if fd is not None:
+                os.close(fd)
+        self._oom_fd = self._pids_fd = None
 
     @property
     def dirs(self) -> tuple[Path, ...]:
@@ -267,19 +299,7 @@ class WorkerCgroups:
 
     def counters(self) -> tuple[int, int]:
         """(OOM kills, refused forks) so far; compared before and after a call."""
-        return self._oom_kills(), self._pids_refused()
-
-    def _oom_kills(self) -> int:
-        if "memory" not in self._groups:
-            return 0
-        controller, path = self._groups["memory"]
-        events = "memory.oom_control" if controller.version == 1 else "memory.events"
-        return _counter(path / events, "oom_kill")
-
-    def _pids_refused(self) -> int:
-        if "pids" not in self._groups:
-            return 0
-        return _counter(self._groups["pids"][1] / "pids.events", "max")
+        return _counter(self._oom_fd, "oom_kill"), _counter(self._pids_fd, "max")
 
     def members(self) -> set[int]:
         """Host pids of every process in the worker's groups."""
@@ -299,6 +319,7 @@ class WorkerCgroups:
 
     async def remove(self) -> None:
         """Kill what is left and remove the groups (retrying while the kernel empties them)."""
+        self._close_counters()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + KILL_WAIT_S
         while self._groups:

@@ -132,6 +132,34 @@ async def test_cgroup_limits_are_written(process_backend: ProcessBackend, boot: 
                       "cpu.cfs_quota_us": 50_000}
 
 
+def open_cgroup_files(dirs: tuple[Path, ...]) -> set[str]:
+    """The files below ``dirs`` that this process holds open."""
+    found = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if any(target.startswith(f"{d}/") for d in dirs):
+                found.add(Path(target).name)
+    return found
+
+
+async def test_limit_counters_stay_open_until_close(process_backend: ProcessBackend) -> None:
+    """Read with pread on every call, opened once: reopening them cost more than the call."""
+    if process_backend.mechanisms()["pids"] != "cgroup-v1":
+        pytest.skip("this host has no writable cgroup v1 controllers")
+    worker = await process_backend.start_worker(actor_def(ACTORS / "hostile.py"))
+    dirs = worker.cgroup_dirs
+    try:
+        with pytest.raises(ResourceLimitExceeded) as caught:
+            await worker.call(request({"mode": "fork"}), Recorder())
+        held = open_cgroup_files(dirs)
+    finally:
+        await worker.close()
+    assert caught.value.data == {"resource": "pids", "limit": 16}
+    assert held == {"memory.oom_control", "pids.events"}
+    assert open_cgroup_files(dirs) == set()
+
+
 async def test_world_readable_actor_runs_as_host_nobody(boot: Boot) -> None:
     worker = await boot(actor_def(ACTORS / "origin.py"))
     assert host_uid(worker.pid) == 65534
