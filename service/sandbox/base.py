@@ -18,7 +18,10 @@ Harness -> host, during a call, in the order they happen:
 ``lingering: true``: threads or timers of the script still run; the worker must not be reused.
     {"type": "error", "error_type", "message", "traceback", "resource"?}
 Harness -> host, once after boot and after each reset: {"type": "ready"}
-Harness command line: IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns] (see the harnesses).
+With ``--self-reset`` the harness also resets by itself (no "ready") after writing a call's
+result or error, before it reads the next message; a harness that cannot exits instead.
+Harness command line: IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns] [--self-reset]
+(see the harnesses).
 
 Workers enforce every limit of ``ActorDef.limits`` themselves (time, memory,
 pids, output bytes...) and raise the matching RpcError. After ``call`` raises,

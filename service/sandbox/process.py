@@ -6,7 +6,7 @@ What a sandbox sees (nothing else of the host):
     /etc/ld.so.cache, ...       read-only; resolv.conf, hosts, ssl only with limits.network
     /actor                      the actor's folder (``ActorDef.root``), read-only
     /harness/harness.{py,js}    read-only
-    /tmp                        private tmpfs of ``settings.sandbox.tmp_mb``, wiped by reset()
+    /tmp                        private tmpfs of ``settings.sandbox.tmp_mb``, wiped after each call
     /proc, /dev                 its own (new pid namespace); / and /dev are read-only
 
 Every namespace is new (the network too, unless ``limits.network``), the user is
@@ -67,7 +67,6 @@ BWRAP_PROCESSES = 1  # the outer bwrap counts against pids.max too
 MIB = 1 << 20
 CPU_PERIOD_US = 100_000
 BOOT_TIMEOUT_S = 15.0
-RESET_TIMEOUT_S = 5.0
 FENCE_GRACE_S = 1.0  # after a result: how long to wait for the real stdout/stderr to drain
 KILL_WAIT_S = 3.0
 CHUNK = 1 << 16
@@ -371,7 +370,7 @@ def make_plan(actor: ActorDef, settings: Settings, mechanisms: dict[str, str],
     options += ["--ro-bind", str(root), ACTOR_DIR, "--ro-bind", str(harness), inside,
                 "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", ACTOR_DIR]
     command = [interpreter, *_interpreter_flags(actor), inside, *map(str, channel_fds),
-               script, actor.entrypoint, "--own-pidns"]
+               script, actor.entrypoint, "--own-pidns", "--self-reset"]
     reachable = all(_world_readable(p) for p in (root, actor.script, harness))
     return Plan(options, command, SANDBOX_UID if reachable else None,
                 _rlimits(actor, settings, mechanisms))
@@ -574,19 +573,10 @@ class ProcessWorker:
         return outcome
 
     async def reset(self) -> None:
-        """Kill stray processes and wipe /tmp (the harness does it), then wait for ``ready``."""
+        """Nothing to wait for: the harness kills stray processes and wipes /tmp by itself
+        right after each result, before it reads the next call (a round trip saved)."""
         if not self.alive:
             raise ActorFailed("SandboxCrashed", "the sandbox is no longer running")
-        self._send({"type": "reset"})
-        try:
-            async with asyncio.timeout(RESET_TIMEOUT_S):
-                await self._until_ready()
-        except TimeoutError:
-            self._kill()
-            raise ActorFailed("SandboxCrashed", "the sandbox did not answer reset") from None
-        except BaseException:
-            self._kill()
-            raise
 
     async def close(self) -> None:
         """Kill the sandbox, reap it, remove its cgroups; idempotent."""

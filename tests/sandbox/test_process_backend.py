@@ -83,7 +83,8 @@ def test_plan_mounts_only_the_system_the_actor_and_the_harness(settings: Setting
     assert plan.options[:2] == ["--unshare-all", "--unshare-user"]
     assert plan.options[-4:] == ["--remount-ro", "/", "--chdir", "/actor"]
     assert plan.command == [settings.sandbox.python, "-I", "-B", "-u", "/harness/harness.py",
-                            "7", "8", "/actor/origin.py", "process", "--own-pidns"]
+                            "7", "8", "/actor/origin.py", "process", "--own-pidns",
+                            "--self-reset"]
     assert plan.host_uid == 65534
 
 
@@ -182,6 +183,16 @@ async def test_reset_kills_stray_processes(boot: Boot) -> None:
     await worker.reset()
     outcome, _ = await call(worker, {"mode": "look"})
     assert outcome.return_value["pids"] == [outcome.return_value["me"]] == [1]
+
+
+async def test_harness_resets_itself_after_each_call(boot: Boot) -> None:
+    """No reset() round trip: the next call already finds no strays and an empty /tmp."""
+    worker = await boot(actor_def(ACTORS / "probe.py"))
+    traces, _ = await call(worker, {"mode": "leave_traces"})
+    outcome, _ = await call(worker, {"mode": "look"})
+    assert traces.return_value == ["dir"]
+    assert outcome.return_value["pids"] == [outcome.return_value["me"]] == [1]
+    assert outcome.return_value["tmp"] == []
 
 
 @pytest.mark.parametrize("mode", ["ok", "memory", "fork"])
