@@ -670,7 +670,7 @@ class ProcessWorker:
             budget.spend(item.size)
             await on_event(LogEvent(stream, message["message"]))
         elif kind == "result" and isinstance(message.get("state"), dict):
-            budget.spend(_json_size(message.get("return")))
+            budget.spend(item.size)  # the return value and the state: both go back
             self._lingering = message.get("lingering") is True
             return CallOutcome(message.get("return"), message["state"])
         elif kind == "error":
@@ -862,7 +862,7 @@ def _pidfd(pid: int) -> int | None:
 
 
 class _Budget:
-    """The output bytes a call may still send back (outputs, logs, return value)."""
+    """The output bytes a call may still send back (outputs, logs, return value, state)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -872,11 +872,6 @@ class _Budget:
         self.used += size
         if self.used > self.limit:
             raise ResourceLimitExceeded("output", self.limit)
-
-
-def _json_size(value: Any) -> int:
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return len(text.encode("utf-8", "surrogatepass"))  # a lone surrogate counts 3 bytes
 
 
 # --- the backend -------------------------------------------------------------------------

@@ -102,6 +102,16 @@ async def test_lone_surrogates_round_trip(start: Start, actor: Callable[..., Act
     assert outcome.state == {"k": "\ud800\U0001f600", "count": 1}
 
 
+@pytest.mark.parametrize("script", ["plain_def.py", "exported.js"])
+async def test_returned_state_counts_as_output(start: Start, actor: Callable[..., ActorDef],
+                                               script: str) -> None:
+    """The return value (40 KB, it holds the state) and the state (40 KB) both go back."""
+    worker = await start(actor(script, output_bytes=65_536))
+    with pytest.raises(ResourceLimitExceeded) as caught:
+        await call(worker, {"input": 1}, state={"big": "x" * 40_000})
+    assert caught.value.data == {"resource": "output", "limit": 65_536}
+
+
 async def test_state_starts_from_each_request(start: Start,
                                               actor: Callable[..., ActorDef]) -> None:
     worker = await start(actor("plain_def.py"))
