@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from service.errors import ResourceLimitExceeded
 from service.manifest.model import ActorDef
 
 
@@ -68,6 +69,19 @@ EventSink = Callable[[Event], Awaitable[None]]
 class CallOutcome:
     return_value: Any
     state: dict[str, Any]
+
+
+class OutputBudget:
+    """The bytes a call may still send back (outputs, logs, return, state): limits.output_bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def spend(self, size: int) -> None:
+        self.used += size
+        if self.used > self.limit:
+            raise ResourceLimitExceeded("output", self.limit)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from service.sandbox.base import (
     Event,
     EventSink,
     LogEvent,
+    OutputBudget,
     OutputEvent,
 )
 from service.settings import Limits, Settings
@@ -542,7 +543,7 @@ class MicroVMWorker:
 
     async def wait_ready(self) -> None:
         """Consume boot output until the harness says ``ready``."""
-        reply = await self._read_reply(_Budget(self.actor.limits.output_bytes), _drop)
+        reply = await self._read_reply(OutputBudget(self.actor.limits.output_bytes), _drop)
         if reply["type"] != "ready":
             raise self._error(reply)
 
@@ -554,7 +555,7 @@ class MicroVMWorker:
         timer = asyncio.timeout(limit_s)
         try:
             async with timer:
-                return await self._exchange(request, on_event)
+                outcome, lingering = await self._exchange(request, on_event)
         except TimeoutError:
             await self._close_quietly()
             if timer.expired():
@@ -563,13 +564,16 @@ class MicroVMWorker:
         except BaseException:
             await self._close_quietly()
             raise
+        if lingering:  # threads or timers would run on between calls: not reused
+            await self._close_quietly()
+        return outcome
 
     async def reset(self) -> None:
         """Have the harness kill the script's leftover processes and wipe /tmp."""
         try:
             async with asyncio.timeout(self.actor.limits.timeout_s):
                 await self._guest.send(_encode({"type": "reset"}))
-                reply = await self._read_reply(_Budget(self.actor.limits.output_bytes), _drop)
+                reply = await self._read_reply(OutputBudget(self.actor.limits.output_bytes), _drop)
             if reply["type"] != "ready":
                 raise self._error(reply)
         except BaseException as exc:
@@ -592,20 +596,24 @@ class MicroVMWorker:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(self.close())
 
-    async def _exchange(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
+    async def _exchange(
+        self, request: CallRequest, on_event: EventSink
+    ) -> tuple[CallOutcome, bool]:
+        """The call's outcome, and whether the script left work running after it."""
         self._fence, self._fences_seen = secrets.token_hex(16), 0
         await self._guest.send(_encode_call(request, self._fence))
-        budget = _Budget(self.actor.limits.output_bytes)
+        budget = OutputBudget(self.actor.limits.output_bytes)
         reply = await self._read_reply(budget, on_event)
         await self._drain_fences(budget, on_event)
         if reply["type"] == "result":
             state = reply.get("state")
-            return CallOutcome(reply.get("return"), state if isinstance(state, dict) else {})
+            outcome = CallOutcome(reply.get("return"), state if isinstance(state, dict) else {})
+            return outcome, reply.get("lingering") is True
         if reply["type"] == "ready":
             raise ActorFailed("ProtocolError", "the harness answered a call with 'ready'")
         raise self._error(reply)
 
-    async def _drain_fences(self, budget: _Budget, on_event: EventSink) -> None:
+    async def _drain_fences(self, budget: OutputBudget, on_event: EventSink) -> None:
         """Forward what the script wrote to fds 1/2 before its reply (both fences seen).
 
         The fences ride the session's stderr, the reply its stdout: two streams with
@@ -620,7 +628,7 @@ class MicroVMWorker:
                         log.warning("microVM %s: protocol line after the reply: %s",
                                     self._guest.name, stray.get("type"))
 
-    async def _read_reply(self, budget: _Budget, on_event: EventSink) -> dict[str, Any]:
+    async def _read_reply(self, budget: OutputBudget, on_event: EventSink) -> dict[str, Any]:
         """Forward outputs and logs until a result, error or ready message; return it."""
         while True:
             stream, line = await self._next_line(budget)
@@ -646,7 +654,7 @@ class MicroVMWorker:
         await on_event(_event_of(message))
         return None
 
-    async def _next_line(self, budget: _Budget) -> tuple[str, str]:
+    async def _next_line(self, budget: OutputBudget) -> tuple[str, str]:
         """The next complete line of either stream; the harness' exit raises what it means."""
         if self._reader is None:
             self._reader = asyncio.create_task(self._read_session())
@@ -689,19 +697,6 @@ class MicroVMWorker:
         how = f"exited with code {code}" if code is not None else "lost its microVM"
         return ActorFailed("SandboxError", f"the actor's process {how}",
                            "\n".join(self._stderr_tail))
-
-
-class _Budget:
-    """Bytes a call may send back (outputs, logs, return): ``limits.output_bytes``."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-    def spend(self, n: int) -> None:
-        self.used += n
-        if self.used > self.limit:
-            raise ResourceLimitExceeded("output", self.limit)
 
 
 def _encode(message: dict[str, Any]) -> bytes:

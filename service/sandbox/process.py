@@ -53,6 +53,7 @@ from service.sandbox.base import (
     CallRequest,
     EventSink,
     LogEvent,
+    OutputBudget,
     OutputEvent,
 )
 from service.settings import Limits, Settings
@@ -607,7 +608,7 @@ class ProcessWorker:
         self._send({"type": "call", "actor_id": request.actor_id, "payload": request.payload,
                     "config": request.config, "state": request.state,
                     "timestamp": request.timestamp, "fence": self._fence})
-        budget = _Budget(self.actor.limits.output_bytes)
+        budget = OutputBudget(self.actor.limits.output_bytes)
         outcome: CallOutcome | None = None
         unfenced = {"stdout", "stderr"}
         grace_end: float | None = None
@@ -639,7 +640,7 @@ class ProcessWorker:
                 return await self._queue.get()
         return None
 
-    async def _handle(self, item: _Item, on_event: EventSink, budget: _Budget,
+    async def _handle(self, item: _Item, on_event: EventSink, budget: OutputBudget,
                       baseline: tuple[int, int]) -> CallOutcome | None:
         if item.kind == "line":
             budget.spend(len(item.value.encode("utf-8")) + 1)
@@ -656,7 +657,7 @@ class ProcessWorker:
             self._closed_streams.add(item.stream)
         return None
 
-    async def _message(self, item: _Item, on_event: EventSink, budget: _Budget,
+    async def _message(self, item: _Item, on_event: EventSink, budget: OutputBudget,
                        baseline: tuple[int, int]) -> CallOutcome | None:
         # An output or log costs its whole protocol line, envelope included: a flood of
         # tiny values then breaches the limit as fast as a flood of big ones.
@@ -859,19 +860,6 @@ def _pidfd(pid: int) -> int | None:
         return os.pidfd_open(pid)
     except OSError:
         return None
-
-
-class _Budget:
-    """The output bytes a call may still send back (outputs, logs, return value, state)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-    def spend(self, size: int) -> None:
-        self.used += size
-        if self.used > self.limit:
-            raise ResourceLimitExceeded("output", self.limit)
 
 
 # --- the backend -------------------------------------------------------------------------

@@ -407,6 +407,19 @@ async def test_reset_wipes_tmp(boot: Any) -> None:
 
 
 @needs_bwrap
+async def test_work_left_running_after_a_call_ends_the_vm(boot: Any) -> None:
+    worker, guest = await boot("""
+        import threading, time
+
+        def process(context):
+            threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+            return "started"
+    """)
+    assert (await worker.call(request(), Recorder())).return_value == "started"
+    assert not worker.alive and guest.destroyed
+
+
+@needs_bwrap
 async def test_script_error_is_actor_failed_and_kills_the_worker(boot: Any) -> None:
     worker, guest = await boot("def process(context):\n    return 1 / 0\n")
     with pytest.raises(ActorFailed) as caught:
