@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from server_support import REPO
@@ -11,7 +10,7 @@ from server_support import REPO
 from service import errors
 from service.rpc.openrpc import load_openrpc
 
-SPEC = Path("/work/shared/spec/protocol.md")
+SPEC = REPO.parent / "shared" / "spec" / "protocol.md"  # the contract, beside the checkout
 DOCS = REPO / "docs" / "protocol.md"
 
 # The spec's table as of protocol version 1, used when the spec file is not on this machine.
