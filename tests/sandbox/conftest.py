@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import shutil
@@ -23,12 +22,6 @@ from service.sandbox.base import Availability, Backend, Worker
 from service.settings import SandboxSettings, Settings
 
 BACKENDS = ("process", "microvm")
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    with contextlib.suppress(ValueError):  # already added by a conftest nearer the root
-        parser.addoption("--backend", default="process", choices=("process", "microvm", "all"),
-                         help="sandbox backend(s) for tests/sandbox: process, microvm or all")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
