@@ -56,6 +56,7 @@ from service.sandbox.base import (
     OutputBudget,
     OutputEvent,
 )
+from service.sandbox.seccomp import DENIED, denylist_program
 from service.settings import Limits, Settings
 
 logger = logging.getLogger(__name__)
@@ -875,6 +876,7 @@ class ProcessBackend:
         self._bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
         self._controllers: dict[str, Controller] | None = None
         self._workers: set[ProcessWorker] = set()  # open ones, closed at aclose() at the latest
+        self._seccomp = denylist_program()  # BPF for `bwrap --seccomp`, None without libseccomp
 
     @property
     def controllers(self) -> dict[str, Controller]:
@@ -900,6 +902,7 @@ class ProcessBackend:
                                    "node": await _version(self.settings.sandbox.node, "--version")}
         if details["cpu"] == "rlimit":
             details["cpu"] = "none"  # no rlimit caps a CPU share
+        details["seccomp"] = "none" if self._seccomp is None else f"denylist of {len(DENIED)}"
         if details["bwrap"] is None:
             return Availability(BACKEND, False, f"bubblewrap not found ({self._bwrap})", details)
         problem = await self._trial()
@@ -951,13 +954,19 @@ class ProcessBackend:
         call_r, call_w = os.pipe()  # host -> harness
         event_r, event_w = os.pipe()  # harness -> host
         plan = make_plan(actor, self.settings, self.mechanisms(), (call_r, event_w))
-        args_r = _args_pipe(plan.options)
+        options = plan.options
+        seccomp_r = None
+        if self._seccomp is not None:
+            seccomp_r = _data_pipe(self._seccomp)
+            options = [*options, "--seccomp", str(seccomp_r)]
+        args_r = _args_pipe(options)
+        inherited = (args_r, call_r, event_w) + ((seccomp_r,) if seccomp_r is not None else ())
         try:
             # bwrap's own environment shows in the sandbox's /proc/1/environ: give it nothing
             process = await asyncio.create_subprocess_exec(
                 self._bwrap, "--args", str(args_r), *plan.command,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, pass_fds=(args_r, call_r, event_w),
+                stderr=asyncio.subprocess.PIPE, pass_fds=inherited,
                 preexec_fn=_preexec(cgroups.procs_files, plan.rlimits, plan.host_uid),
                 start_new_session=True, env={"PATH": "/usr/bin:/bin"})
         except Exception as exc:  # OSError, or SubprocessError from the preexec function
@@ -965,7 +974,7 @@ class ProcessBackend:
                 os.close(fd)
             raise SandboxUnavailable(BACKEND, f"cannot start bubblewrap: {exc}") from exc
         finally:
-            for fd in (args_r, call_r, event_w):
+            for fd in inherited:
                 os.close(fd)
         if plan.host_uid is None:
             logger.info("%s: %s is not world-readable; sandbox runs as root mapped to %s",
@@ -996,7 +1005,11 @@ async def _abandon(spawning: asyncio.Future[ProcessWorker], cgroups: WorkerCgrou
 
 def _args_pipe(options: list[str]) -> int:
     """A pipe holding bwrap's options, NUL-separated, read end returned (write end closed)."""
-    data = b"".join(option.encode() + b"\0" for option in options)
+    return _data_pipe(b"".join(option.encode() + b"\0" for option in options))
+
+
+def _data_pipe(data: bytes) -> int:
+    """A pipe holding ``data``, read end returned (write end closed)."""
     if len(data) > 60_000:  # must fit the pipe buffer: nobody reads it before bwrap starts
         raise SandboxUnavailable(BACKEND, "sandbox options too long")
     read_fd, write_fd = os.pipe()

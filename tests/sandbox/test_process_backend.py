@@ -24,6 +24,7 @@ from service.sandbox.process import (
     own_cgroups,
     sweep_stale_groups,
 )
+from service.sandbox.seccomp import DENIED
 from service.settings import Settings
 
 MIB = 1 << 20
@@ -115,6 +116,19 @@ async def test_availability_reports_the_mechanisms(process_backend: ProcessBacke
     assert details["memory"] in ("cgroup-v1", "cgroup-v2", "rlimit")
     assert details["pids"] in ("cgroup-v1", "cgroup-v2", "rlimit")
     assert details["cpu"] in ("cgroup-v1", "cgroup-v2", "none")
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="system call numbers are x86_64's")
+async def test_seccomp_denies_what_no_actor_needs(
+        process_backend: ProcessBackend, boot: Boot) -> None:
+    details = (await process_backend.availability()).details
+    assert details["seccomp"] == f"denylist of {len(DENIED)}"
+    worker = await boot(actor_def(ACTORS / "syscalls.py"))
+    denied = ["keyctl", "bpf", "io_uring_setup", "perf_event_open", "ptrace", "userfaultfd",
+              "unshare"]
+    outcome, _ = await call(worker, {"calls": [*denied, "getpid"]})
+    assert outcome.return_value == {**dict.fromkeys(denied, "EPERM"), "getpid": "ok",
+                                    "fork": "ok"}
 
 
 async def test_cgroup_limits_are_written(process_backend: ProcessBackend, boot: Boot) -> None:
