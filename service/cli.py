@@ -176,14 +176,10 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run_examples(settings: Settings) -> int:
-    from service.runtime import Runtime
-    from service.sandbox.select import select_backend
+    from service.runtime import open_runtime
 
-    backend = await select_backend(settings)
-    runtime = Runtime(settings, backend)
     passed = failed = 0
-    try:
-        await runtime.start()
+    async with open_runtime(settings) as runtime:
         for actor in runtime.actors():
             for example in actor.examples:
                 problem = await _example_problem(runtime, actor.id, example)
@@ -193,8 +189,6 @@ async def _run_examples(settings: Settings) -> int:
                 else:
                     failed += 1
                     print(f"FAIL {actor.id}: {example.name}: {problem}")
-    finally:
-        await runtime.aclose()  # closes the backend too
     print(f"{passed} passed, {failed} failed")
     return EXIT_FAILURE if failed else EXIT_OK
 
@@ -244,21 +238,15 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run_one(settings: Settings, args: argparse.Namespace) -> int:
-    from service.runtime import Runtime
-    from service.sandbox.select import select_backend
+    from service.runtime import open_runtime
 
     async def emit(kind: str, params: dict[str, Any]) -> None:
         print(json.dumps({kind: params}), flush=True)
 
-    backend = await select_backend(settings)
-    runtime = Runtime(settings, backend)
-    try:
-        await runtime.start()
+    async with open_runtime(settings) as runtime:
         actor, _ = await runtime.load(str(args.manifest))
         result = await runtime.process(actor.id, args.payload, args.actor_config, args.state,
                                        emit=emit)
-    finally:
-        await runtime.aclose()  # closes the backend too
     print(json.dumps({"result": result}), flush=True)
     return EXIT_OK
 

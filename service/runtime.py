@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,21 @@ class Runtime:
         await asyncio.gather(*(p.aclose() for p in pools), *self._retired,
                              return_exceptions=True)
         await self.backend.aclose()
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings, extra_paths: Sequence[Path | str] = ()
+) -> AsyncIterator[Runtime]:
+    """A started Runtime on the backend the settings select; every sandbox is killed on exit."""
+    from service.sandbox.select import select_backend  # imports the microVM SDK: only when used
+
+    runtime = Runtime(settings, await select_backend(settings))
+    try:
+        await runtime.start(extra_paths)
+        yield runtime
+    finally:
+        await runtime.aclose()  # closes the backend too
 
 
 class _Call:

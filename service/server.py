@@ -21,8 +21,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from service.metrics import Metrics
 from service.rpc.core import Connection, Dispatcher
 from service.rpc.methods import register_methods
-from service.runtime import Runtime
-from service.sandbox.base import Backend
+from service.runtime import Runtime, open_runtime
 from service.settings import Settings, check_exposure
 
 log = logging.getLogger(__name__)
@@ -139,28 +138,14 @@ def create_app(
 
 async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
-    backend: Backend | None = None
-    if state.runtime is None:
-        backend, state.runtime = await _start_runtime(state.settings, state.extra_actors)
-    state.dispatcher = Dispatcher(validate_results=state.validate_results)
-    register_methods(state.dispatcher, state.runtime, state.metrics)
-    yield
-    await state.close_sessions()
-    if backend is not None:  # we made the runtime: closing it closes its backend too
-        await state.runtime.aclose()
-
-
-async def _start_runtime(settings: Settings, extra: Sequence[Path]) -> tuple[Backend, Runtime]:
-    from service.sandbox.select import select_backend
-
-    backend = await select_backend(settings)
-    runtime = Runtime(settings, backend)
-    try:
-        await runtime.start(extra)
-    except BaseException:
-        await runtime.aclose()
-        raise
-    return backend, runtime
+    async with contextlib.AsyncExitStack() as owned:
+        if state.runtime is None:  # ours to start and to close; a runtime given stays the caller's
+            state.runtime = await owned.enter_async_context(
+                open_runtime(state.settings, state.extra_actors))
+        state.dispatcher = Dispatcher(validate_results=state.validate_results)
+        register_methods(state.dispatcher, state.runtime, state.metrics)
+        yield
+        await state.close_sessions()
 
 
 async def _on_shutdown(app: web.Application) -> None:
