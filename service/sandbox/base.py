@@ -30,11 +30,12 @@ for whatever reason, the worker is dead and must not be reused.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from service.errors import ResourceLimitExceeded
+from service.errors import ActorFailed, ResourceLimitExceeded
 from service.manifest.model import ActorDef
 
 
@@ -69,6 +70,25 @@ EventSink = Callable[[Event], Awaitable[None]]
 class CallOutcome:
     return_value: Any
     state: dict[str, Any]
+
+
+def encode_line(message: dict[str, Any]) -> bytes:
+    """One protocol line to the harness. ASCII JSON: a lone surrogate (legal JSON text)
+    stays an escape, which UTF-8 could not carry."""
+    return json.dumps(message, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+def call_line(request: CallRequest, fence: str) -> bytes:
+    """The ``call`` line; the harness echoes ``fence`` to fds 1/2 before its reply."""
+    return encode_line({"type": "call", "actor_id": request.actor_id,
+                        "payload": request.payload, "config": request.config,
+                        "state": request.state, "timestamp": request.timestamp, "fence": fence})
+
+
+def harness_failure(message: dict[str, Any]) -> ActorFailed:
+    """The ActorFailed of a harness ``error`` message (the script raised)."""
+    return ActorFailed(str(message.get("error_type") or "Error"),
+                       str(message.get("message") or ""), str(message.get("traceback") or ""))
 
 
 class OutputBudget:

@@ -56,6 +56,9 @@ from service.sandbox.base import (
     LogEvent,
     OutputBudget,
     OutputEvent,
+    call_line,
+    encode_line,
+    harness_failure,
 )
 from service.settings import Limits, Settings
 
@@ -572,7 +575,7 @@ class MicroVMWorker:
         """Have the harness kill the script's leftover processes and wipe /tmp."""
         try:
             async with asyncio.timeout(self.actor.limits.timeout_s):
-                await self._guest.send(_encode({"type": "reset"}))
+                await self._guest.send(encode_line({"type": "reset"}))
                 reply = await self._read_reply(OutputBudget(self.actor.limits.output_bytes), _drop)
             if reply["type"] != "ready":
                 raise self._error(reply)
@@ -601,7 +604,7 @@ class MicroVMWorker:
     ) -> tuple[CallOutcome, bool]:
         """The call's outcome, and whether the script left work running after it."""
         self._fence, self._fences_seen = secrets.token_hex(16), 0
-        await self._guest.send(_encode_call(request, self._fence))
+        await self._guest.send(call_line(request, self._fence))
         budget = OutputBudget(self.actor.limits.output_bytes)
         reply = await self._read_reply(budget, on_event)
         await self._drain_fences(budget, on_event)
@@ -684,9 +687,7 @@ class MicroVMWorker:
         if isinstance(resource, str):
             return ResourceLimitExceeded(resource, _limit_of(resource, self.actor.limits,
                                                              self._tmp_mb))
-        return ActorFailed(str(message.get("error_type") or "Error"),
-                           str(message.get("message") or ""),
-                           str(message.get("traceback") or ""))
+        return harness_failure(message)
 
     async def _death(self, code: int | None) -> RpcError:
         """The harness is gone: say why when the guest knows (its OOM killer)."""
@@ -697,16 +698,6 @@ class MicroVMWorker:
         how = f"exited with code {code}" if code is not None else "lost its microVM"
         return ActorFailed("SandboxError", f"the actor's process {how}",
                            "\n".join(self._stderr_tail))
-
-
-def _encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
-
-
-def _encode_call(request: CallRequest, fence: str) -> bytes:
-    return _encode({"type": "call", "actor_id": request.actor_id, "payload": request.payload,
-                    "config": request.config, "state": request.state,
-                    "timestamp": request.timestamp, "fence": fence})
 
 
 def _protocol_message(line: str) -> dict[str, Any] | None:

@@ -55,6 +55,8 @@ from service.sandbox.base import (
     LogEvent,
     OutputBudget,
     OutputEvent,
+    call_line,
+    harness_failure,
 )
 from service.sandbox.seccomp import DENIED, denylist_program
 from service.settings import Limits, Settings
@@ -606,9 +608,7 @@ class ProcessWorker:
     async def _run(self, request: CallRequest, on_event: EventSink,
                    baseline: tuple[int, int]) -> CallOutcome:
         self._fence = secrets.token_hex(12)
-        self._send({"type": "call", "actor_id": request.actor_id, "payload": request.payload,
-                    "config": request.config, "state": request.state,
-                    "timestamp": request.timestamp, "fence": self._fence})
+        self._to_harness.write(call_line(request, self._fence))
         budget = OutputBudget(self.actor.limits.output_bytes)
         outcome: CallOutcome | None = None
         unfenced = {"stdout", "stderr"}
@@ -703,8 +703,7 @@ class ProcessWorker:
             return ResourceLimitExceeded("pids", limits.pids)
         if hint == "disk":
             return ResourceLimitExceeded("disk", self._tmp_mb)
-        return ActorFailed(str(message.get("error_type") or "Error"),
-                           str(message.get("message") or ""), str(message.get("traceback") or ""))
+        return harness_failure(message)
 
     async def _died(self, baseline: tuple[int, int]) -> Exception:
         """The error for a sandbox that ended in the middle of a call."""
@@ -761,11 +760,6 @@ class ProcessWorker:
             elif item.kind == "eof":
                 self._queue.put_nowait(item)  # keep it: the call must see the sandbox is gone
                 return
-
-    def _send(self, message: dict[str, Any]) -> None:
-        # ASCII: a lone surrogate (legal JSON text) stays an escape, which UTF-8 cannot carry
-        line = json.dumps(message, separators=(",", ":")) + "\n"
-        self._to_harness.write(line.encode("ascii"))
 
     def _kill(self) -> None:
         """SIGKILL the sandbox from the inside: the harness is its pid namespace's init, so
