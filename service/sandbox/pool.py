@@ -6,7 +6,9 @@ the background and kept idle, so a call does not pay for a boot. Never more than
 ``max_workers`` workers exist (busy, idle, resetting or booting): a call that finds no idle
 worker waits for one being reset or warmed up rather than booting another. A worker is reused
 (after ``reset()``, which wipes its /tmp) only when its call succeeded, it is still alive
-and ``pool.reuse`` is true; anything else is closed and replaced.
+and ``pool.reuse`` is true; anything else is closed and replaced. An idle worker that stops
+being alive (its backend killed it for running code between calls, or for being idle too
+long) is found within IDLE_SWEEP_S, closed, and replaced up to ``min_warm``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CALL_MS = 100.0  # the Busy estimate before any call finished
 RECENT_CALLS = 20
+IDLE_SWEEP_S = 1.0  # how often idle workers are asked whether they are still alive
 
 
 class PoolStats(NamedTuple):
@@ -52,6 +55,7 @@ class ActorPool:
         self._changed = asyncio.Event()  # replaced by a fresh one on every change
         self._tasks: set[asyncio.Task[None]] = set()
         self._warmers: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
         self._durations_ms: deque[float] = deque(maxlen=RECENT_CALLS)
         self._accepting = True
         self._closed = False
@@ -63,6 +67,8 @@ class ActorPool:
     async def start(self) -> None:
         """Boot ``min_warm`` workers in the background; returns at once."""
         self._top_up()
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_idle())
 
     async def run(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
         """Run one call on a worker; Busy when the queue is full."""
@@ -93,6 +99,8 @@ class ActorPool:
         """Kill every worker, running ones included (their calls raise Cancelled)."""
         self._accepting = False
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for task in self._warmers:
             task.cancel()  # a cancelled boot closes its own sandbox
         workers = [*self._idle, *self._busy, *self._resetting]
@@ -178,6 +186,14 @@ class ActorPool:
             self._resetting.discard(worker)
             self._notify()
             self._top_up()  # a closed worker leaves room
+
+    async def _sweep_idle(self) -> None:
+        """Close idle workers that are no longer alive, and boot their replacements."""
+        while not self._closed:
+            await asyncio.sleep(IDLE_SWEEP_S)
+            for worker in [w for w in self._idle if not w.alive]:
+                self._idle.remove(worker)
+                self._spawn(self._discard(worker))
 
     async def _discard(self, worker: Worker) -> None:
         await worker.close()

@@ -16,6 +16,7 @@ from service.errors import ResourceLimitExceeded, SandboxUnavailable
 from service.manifest.model import ActorDef
 from service.sandbox.process import (
     HARNESS_DIR,
+    PROC_READ_ONLY,
     ProcessBackend,
     ProcessWorker,
     cgroup_mounts,
@@ -79,7 +80,7 @@ def test_plan_mounts_only_the_system_the_actor_and_the_harness(settings: Setting
                      {"memory": "cgroup-v1", "pids": "cgroup-v1", "cpu": "cgroup-v1"}, (7, 8))
     assert bound_sources(plan.options) == {
         "/usr", "/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives", str(ACTORS),
-        str(HARNESS_DIR / "harness.py")}
+        str(HARNESS_DIR / "harness.py"), *PROC_READ_ONLY}
     assert "--share-net" not in plan.options
     assert plan.options[:2] == ["--unshare-all", "--unshare-user"]
     assert plan.options[-4:] == ["--remount-ro", "/", "--chdir", "/actor"]
@@ -171,24 +172,50 @@ async def test_limit_counters_stay_open_until_close(process_backend: ProcessBack
     finally:
         await worker.close()
     assert caught.value.data == {"resource": "pids", "limit": 16}
-    assert held == {"memory.oom_control", "pids.events"}
+    assert held == {"memory.oom_control", "pids.events", "pids.current", "cpuacct.usage"}
     assert open_cgroup_files(dirs) == set()
 
 
-async def test_world_readable_actor_runs_as_host_nobody(boot: Boot) -> None:
-    worker = await boot(actor_def(ACTORS / "origin.py"))
-    assert host_uid(worker.pid) == 65534
+def sandbox_uids(worker: ProcessWorker) -> set[int]:
+    """The host uids of every process of the worker's sandbox (its cgroups' members)."""
+    pids = {int(pid) for d in worker.cgroup_dirs
+            for pid in (d / "cgroup.procs").read_text().split()}
+    return {host_uid(pid) for pid in pids | {worker.pid}}
 
 
-async def test_private_folder_runs_root_mapped_and_still_isolated(
-        boot: Boot, tmp_path: Path) -> None:
+async def test_each_sandbox_runs_as_its_own_unprivileged_host_uid(
+        boot: Boot, settings: Settings) -> None:
+    first = await boot(actor_def(ACTORS / "origin.py"))
+    second = await boot(actor_def(ACTORS / "origin.py"))
+    base, count = settings.sandbox.uid_base, settings.sandbox.uid_count
+    uids = sandbox_uids(first), sandbox_uids(second)
+    assert all(len(u) == 1 and base <= min(u) < base + count for u in uids), uids
+    assert uids[0] != uids[1]
+
+
+async def test_private_folder_is_staged_never_run_as_root(
+        boot: Boot, tmp_path: Path, settings: Settings) -> None:
     folder = tmp_path / "private"
     folder.mkdir(mode=0o700)
     shutil.copy(ACTORS / "probe.py", folder)
+    (folder / "probe.py").chmod(0o600)
     worker = await boot(actor_def(folder / "probe.py"))
     outcome, _ = await call(worker, {"mode": "writes"})
-    assert host_uid(worker.pid) == 0
+    assert 0 not in sandbox_uids(worker)
+    assert min(sandbox_uids(worker)) >= settings.sandbox.uid_base
     assert {p for p, r in outcome.return_value.items() if r == "ok"} == {"/tmp/new"}
+
+
+async def test_a_freed_uid_is_given_out_again(process_backend: ProcessBackend) -> None:
+    worker = await process_backend.start_worker(actor_def(ACTORS / "origin.py"))
+    uid = worker.host_uid
+    await worker.close()
+    assert process_backend.uids is not None and process_backend.uids.in_use == 0
+    again = await process_backend.start_worker(actor_def(ACTORS / "origin.py"))
+    try:
+        assert again.host_uid is not None and uid is not None
+    finally:
+        await again.close()
 
 
 async def test_reset_kills_stray_processes(boot: Boot) -> None:
