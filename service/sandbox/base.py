@@ -96,15 +96,19 @@ def harness_failure(message: dict[str, Any]) -> ActorFailed:
 
 
 REQUEST_ID_BYTES = 12  # the request id each notification carries, as counted (unknown here)
+# what the runtime adds to an output: ,"seq":N,"timestamp":MS (7 digits of seq counted)
+OUTPUT_EXTRA_BYTES = len(',"seq":,"timestamp":') + 7 + 13
 
 
 def notification_size(method: str, actor_id: str, body_bytes: int) -> int:
     """The bytes of an ``output``/``log`` notification on the wire, as the server encodes it
-    (ASCII JSON), whose params other than request_id and actor_id take ``body_bytes``."""
+    (ASCII JSON), whose params other than request_id, actor_id (and an output's seq and
+    timestamp) take ``body_bytes``."""
     envelope = json.dumps({"jsonrpc": "2.0", "method": method,
                            "params": {"request_id": "", "actor_id": actor_id}},
                           separators=(",", ":"))
-    return len(envelope) - 2 + REQUEST_ID_BYTES + 1 + body_bytes  # "" out, id and "," in
+    extra = OUTPUT_EXTRA_BYTES if method == "output" else 0
+    return len(envelope) - 2 + REQUEST_ID_BYTES + 1 + body_bytes + extra  # "" out, id, ","
 
 
 def log_size(actor_id: str, stream: str, message: str) -> int:

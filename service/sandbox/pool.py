@@ -8,7 +8,10 @@ worker waits for one being reset or warmed up rather than booting another. A wor
 (after ``reset()``, which wipes its /tmp) only when its call succeeded, it is still alive
 and ``pool.reuse`` is true; anything else is closed and replaced. An idle worker that stops
 being alive (its backend killed it for running code between calls, or for being idle too
-long) is found within IDLE_SWEEP_S, closed, and replaced up to ``min_warm``.
+long) is found within IDLE_SWEEP_S, closed, and replaced up to ``min_warm``; when it was
+killed for what it did (``violation``), warm boots pause, twice as long each time in a
+row (up to WARM_BACKOFF_MAX_S): a script that misbehaves from its load on does not make
+the pool boot sandboxes in a loop.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_CALL_MS = 100.0  # the Busy estimate before any call finished
 RECENT_CALLS = 20
 IDLE_SWEEP_S = 1.0  # how often idle workers are asked whether they are still alive
+WARM_BACKOFF_MAX_S = 60.0
 
 
 class PoolStats(NamedTuple):
@@ -56,6 +60,8 @@ class ActorPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._warmers: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._violations = 0  # idle workers killed for what they did, in a row
+        self._warm_after = 0.0  # loop time before which no min_warm boot starts
         self._durations_ms: deque[float] = deque(maxlen=RECENT_CALLS)
         self._accepting = True
         self._closed = False
@@ -135,6 +141,7 @@ class ActorPool:
             raise
         self._durations_ms.append((time.monotonic() - started) * 1000)
         self._busy.discard(worker)
+        self._violations = 0
         if self.actor.pool.reuse and not self._closed and worker.alive:
             self._resetting.add(worker)
             self._spawn(self._recycle(worker))
@@ -189,11 +196,17 @@ class ActorPool:
 
     async def _sweep_idle(self) -> None:
         """Close idle workers that are no longer alive, and boot their replacements."""
+        loop = asyncio.get_running_loop()
         while not self._closed:
             await asyncio.sleep(IDLE_SWEEP_S)
             for worker in [w for w in self._idle if not w.alive]:
                 self._idle.remove(worker)
+                if getattr(worker, "violation", ""):
+                    self._violations += 1
+                    pause = min(WARM_BACKOFF_MAX_S, 2.0 ** self._violations)
+                    self._warm_after = loop.time() + pause
                 self._spawn(self._discard(worker))
+            self._top_up()
 
     async def _discard(self, worker: Worker) -> None:
         await worker.close()
@@ -202,7 +215,7 @@ class ActorPool:
     def _top_up(self) -> None:
         """Boot workers in the background until ``min_warm`` are idle or on their way,
         within ``max_workers`` workers in all."""
-        if self._closed:
+        if self._closed or asyncio.get_running_loop().time() < self._warm_after:
             return
         missing = self.actor.pool.min_warm - len(self._idle) - self._warming
         room = self.actor.pool.max_workers - self._workers()

@@ -4,9 +4,10 @@ A sandbox runs as an unprivileged host uid (``uids.py``), which may not be able 
 the actor's folder where it lies (a checkout below a 0700 home, a 0600 file) and must
 never be root to get around that. A tree any uid can read (every directory above it
 o+x, every directory in it o+rx, every file o+r) is mounted as it is, live. Any other is
-staged: the server, which can read it, copies it into its own runtime directory: directories 0755, files 0644 (0755 when executable),
-symlinks kept as symlinks (never followed: a link to a host secret stays a dangling
-link inside), anything else (sockets, fifos, devices) left out. The runtime directory
+staged: the server, which can read it, copies it into its own runtime directory:
+directories 0755, files 0644 (0755 when executable), symlinks kept as symlinks (never
+followed: a link to a host secret stays a dangling link inside), anything else
+(sockets, fifos, devices) left out. The runtime directory
 is 0711: a sandbox uid can reach a staged tree by its name, not list its neighbours.
 
 A tree is staged once per content: its fingerprint (names, types, sizes, modes, mtimes)

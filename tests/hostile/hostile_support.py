@@ -3,7 +3,9 @@
 A :class:`SandboxWatch` records, while a case runs, every process this test spawned
 (with its pid namespace and its cgroups), so that afterwards the test can prove
 nothing of the sandbox is left on the host: no such process alive, no process in any
-of those pid namespaces, no such cgroup directory, no new mount.
+of those pid namespaces, no such cgroup directory, no new mount. For every sandbox
+process (bubblewrap, or anything in another pid namespace) it also records the host uid
+it runs as and its RLIMIT_NOFILE, read from /proc on the host.
 """
 
 from __future__ import annotations
@@ -81,6 +83,23 @@ def _cgroup_dirs(pid: int | str) -> set[Path]:
     return dirs
 
 
+def _status_uid(pid: int | str) -> int:
+    """The real host uid of a process, from /proc/PID/status."""
+    for line in _read(f"/proc/{pid}/status").splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise OSError(f"no Uid line for {pid}")
+
+
+def _nofile(pid: int | str) -> tuple[str, str]:
+    """(soft, hard) RLIMIT_NOFILE of a process, from /proc/PID/limits."""
+    for line in _read(f"/proc/{pid}/limits").splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return soft, hard
+    raise OSError(f"no open files limit for {pid}")
+
+
 def _pid_ns(pid: int | str) -> str:
     return os.readlink(f"/proc/{pid}/ns/pid")
 
@@ -112,6 +131,8 @@ class SandboxWatch:
     own_cgroups: set[Path] = field(default_factory=lambda: _cgroup_dirs("self"))
     mounts: set[str] = field(default_factory=_mounts)
     pipes: set[str] = field(default_factory=_pipes)  # the channels to sandboxes are pipes
+    # (pid, starttime) of each sandbox process -> (host uid, RLIMIT_NOFILE soft and hard)
+    sandboxed: dict[tuple[int, int], tuple[int, tuple[str, str]]] = field(default_factory=dict)
 
     def scan(self) -> None:
         """Record the descendants of this process alive right now."""
@@ -141,6 +162,9 @@ class SandboxWatch:
             self.cgroups |= {d for d in _cgroup_dirs(pid)
                              if not any(own.is_relative_to(d) for own in self.own_cgroups)}
             self.procs[pid] = start
+            if (pid, start) not in self.sandboxed and (
+                    ns != self.own_ns or _read(f"/proc/{pid}/comm").strip() == "bwrap"):
+                self.sandboxed[(pid, start)] = (_status_uid(pid), _nofile(pid))
 
     async def run(self, interval_s: float = 0.03) -> None:
         while True:
@@ -220,6 +244,19 @@ async def running(settings: Settings, backend: Backend, manifests: list[Path],
         # an unclosed transport warns when collected: here, in the case that leaked it
         gc.collect()
     assert left == [], f"sandbox leftovers on the host: {left}"
+    if backend.name == "process":
+        assert_unprivileged(watch, settings)
+
+
+def assert_unprivileged(watch: SandboxWatch, settings: Settings) -> None:
+    """Every sandbox process ran as a host uid of the sandbox range (never root), and
+    with the sandbox's own RLIMIT_NOFILE, not the server's."""
+    sandbox = settings.sandbox
+    uids = {uid for uid, _ in watch.sandboxed.values()}
+    assert all(sandbox.uid_base <= uid < sandbox.uid_base + sandbox.uid_count
+               for uid in uids), f"sandbox processes ran as host uids {sorted(uids)}"
+    limits = {nofile for _, nofile in watch.sandboxed.values()}
+    assert limits <= {(str(sandbox.nofile), str(sandbox.nofile))}, limits
 
 
 # --- what the cases need from the host ----------------------------------------------------
@@ -262,3 +299,83 @@ def substituter(variables: dict[str, Any]) -> Substitute:
         return VARIABLE.sub(lambda m: str(variables[m.group()[1:]]), value)
 
     return fill
+
+
+# --- measured from the host while a case runs ---------------------------------------------
+
+
+def cgroup_cpu_ns(dirs: set[Path]) -> dict[Path, int]:
+    """CPU time used so far by each cgroup of ``dirs`` that counts it (v1 cpuacct, v2)."""
+    used = {}
+    for path in dirs:
+        with contextlib.suppress(OSError, ValueError):
+            if (path / "cpuacct.usage").exists():
+                used[path] = int((path / "cpuacct.usage").read_text())
+            elif (path / "cpu.stat").exists():
+                stat = dict(line.split() for line in (path / "cpu.stat").read_text().splitlines())
+                if "usage_usec" in stat:
+                    used[path] = int(stat["usage_usec"]) * 1000
+    return used
+
+
+async def idle_cpu_ms(watch: SandboxWatch, seconds: float, sample_s: float = 0.05) -> float:
+    """Wait ``seconds`` with no call running; the CPU (ms) every sandbox cgroup used then."""
+    loop = asyncio.get_running_loop()
+    first: dict[Path, int] = {}
+    last: dict[Path, int] = {}
+    deadline = loop.time() + seconds
+    while True:
+        for path, used in cgroup_cpu_ns(watch.cgroups).items():
+            first.setdefault(path, used)
+            last[path] = used
+        if loop.time() >= deadline:
+            break
+        await asyncio.sleep(sample_s)
+    return sum(last[path] - first[path] for path in last) / 1e6
+
+
+def rss_mb() -> float:
+    """This process's resident memory: the server runs in it."""
+    for line in _read("/proc/self/status").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def host_state(paths: list[str]) -> dict[str, Any]:
+    """Owner, mode and (for small files) content of host paths, to compare before/after."""
+    state: dict[str, Any] = {}
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError:
+            state[path] = None
+            continue
+        content = ""
+        if path.startswith("/proc/"):
+            with contextlib.suppress(OSError):
+                content = _read(path)
+        state[path] = (info.st_uid, info.st_gid, oct(info.st_mode), content)
+    return state
+
+
+def nobody_gets_inotify() -> bool:
+    """Can a host process of uid 65534 (nobody) still create an inotify instance?"""
+    import subprocess
+
+    probe = ("import ctypes, os; fd = ctypes.CDLL(None).inotify_init1(0); "
+             "print('ok' if fd >= 0 else 'refused')")
+    result = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534",
+                             "--clear-groups", "/usr/bin/python3", "-I", "-c", probe],
+                            capture_output=True, text=True, timeout=30, check=False)
+    return result.stdout.strip() == "ok"
+
+
+def wire_bytes(notes: list[tuple[str, dict[str, Any]]]) -> int:
+    """The bytes the notifications take on a WebSocket, encoded as the server does."""
+    import json
+
+    return sum(len(json.dumps({"jsonrpc": "2.0", "method": method,
+                               "params": {"request_id": 1, **params}},
+                              separators=(",", ":")))
+               for method, params in notes)
