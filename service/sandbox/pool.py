@@ -9,9 +9,9 @@ worker waits for one being reset or warmed up rather than booting another. A wor
 and ``pool.reuse`` is true; anything else is closed and replaced. An idle worker that stops
 being alive (its backend killed it for running code between calls, or for being idle too
 long) is found within IDLE_SWEEP_S, closed, and replaced up to ``min_warm``; when it was
-killed for what it did (``violation``), warm boots pause, twice as long each time in a
-row (up to WARM_BACKOFF_MAX_S): a script that misbehaves from its load on does not make
-the pool boot sandboxes in a loop.
+killed for what it did (``violation``), warm boots pause (WARM_BACKOFF_S, twice as long
+each time in a row, up to WARM_BACKOFF_MAX_S): a script that misbehaves from its load on
+does not make the pool boot sandboxes in a loop.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_CALL_MS = 100.0  # the Busy estimate before any call finished
 RECENT_CALLS = 20
 IDLE_SWEEP_S = 1.0  # how often idle workers are asked whether they are still alive
-WARM_BACKOFF_MAX_S = 60.0
+WARM_BACKOFF_S = 5.0
+WARM_BACKOFF_MAX_S = 300.0
 
 
 class PoolStats(NamedTuple):
@@ -203,7 +204,8 @@ class ActorPool:
                 self._idle.remove(worker)
                 if getattr(worker, "violation", ""):
                     self._violations += 1
-                    pause = min(WARM_BACKOFF_MAX_S, 2.0 ** self._violations)
+                    pause = WARM_BACKOFF_S * 2.0 ** (self._violations - 1)
+                    pause = min(WARM_BACKOFF_MAX_S, pause)
                     self._warm_after = loop.time() + pause
                 self._spawn(self._discard(worker))
             self._top_up()

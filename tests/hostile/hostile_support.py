@@ -304,34 +304,33 @@ def substituter(variables: dict[str, Any]) -> Substitute:
 # --- measured from the host while a case runs ---------------------------------------------
 
 
-def cgroup_cpu_ns(dirs: set[Path]) -> dict[Path, int]:
-    """CPU time used so far by each cgroup of ``dirs`` that counts it (v1 cpuacct, v2)."""
+def process_cpu_ticks(watch: SandboxWatch) -> dict[tuple[int, int], int]:
+    """CPU (utime + stime, clock ticks, all threads) of each sandbox process alive now."""
     used = {}
-    for path in dirs:
-        with contextlib.suppress(OSError, ValueError):
-            if (path / "cpuacct.usage").exists():
-                used[path] = int((path / "cpuacct.usage").read_text())
-            elif (path / "cpu.stat").exists():
-                stat = dict(line.split() for line in (path / "cpu.stat").read_text().splitlines())
-                if "usage_usec" in stat:
-                    used[path] = int(stat["usage_usec"]) * 1000
+    for pid, start in list(watch.sandboxed):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            rest = _read(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
+            if int(rest[19]) == start:
+                used[(pid, start)] = int(rest[11]) + int(rest[12])
     return used
 
 
 async def idle_cpu_ms(watch: SandboxWatch, seconds: float, sample_s: float = 0.05) -> float:
-    """Wait ``seconds`` with no call running; the CPU (ms) every sandbox cgroup used then."""
+    """Wait ``seconds`` with no call running; the CPU (ms) sandbox processes used meanwhile,
+    sampled from /proc on the host (a process that dies keeps its last sample)."""
     loop = asyncio.get_running_loop()
-    first: dict[Path, int] = {}
-    last: dict[Path, int] = {}
+    first: dict[tuple[int, int], int] = {}
+    last: dict[tuple[int, int], int] = {}
     deadline = loop.time() + seconds
     while True:
-        for path, used in cgroup_cpu_ns(watch.cgroups).items():
-            first.setdefault(path, used)
-            last[path] = used
+        for key, used in process_cpu_ticks(watch).items():
+            first.setdefault(key, used)
+            last[key] = used
         if loop.time() >= deadline:
             break
         await asyncio.sleep(sample_s)
-    return sum(last[path] - first[path] for path in last) / 1e6
+    ticks = sum(last[key] - first[key] for key in last)
+    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb() -> float:
