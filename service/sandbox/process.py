@@ -361,6 +361,12 @@ class WorkerCgroups:
         return {int(pid) for _, path in self._groups.values()
                 for pid in _read(path / "cgroup.procs").split() if pid.isdigit()}
 
+    def processes(self) -> set[int]:
+        """Host pids in the worker's groups, read from one of them (each holds them all)."""
+        for _, path in self._groups.values():
+            return {int(pid) for pid in _read(path / "cgroup.procs").split() if pid.isdigit()}
+        return set()
+
     def kill_all(self, spare: int | None = None) -> None:
         """SIGKILL every process in the worker's groups but ``spare``."""
         if spare is None:
@@ -697,7 +703,7 @@ class ProcessWorker:
     def _sandbox_pids(self) -> set[int]:
         """Host pids of the sandbox's processes: its cgroups' members, or (without cgroups)
         bwrap, its child and that child's children."""
-        members = self._cgroups.members()
+        members = self._cgroups.processes()
         if members:
             return members
         inner = _children(self._process.pid)

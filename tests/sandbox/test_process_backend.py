@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import os
 import shutil
+import stat
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -26,6 +28,8 @@ from service.sandbox.process import (
     sweep_stale_groups,
 )
 from service.sandbox.seccomp import DENIED
+from service.sandbox.staging import Stager
+from service.sandbox.uids import UidPool
 from service.settings import Settings
 
 MIB = 1 << 20
@@ -350,3 +354,68 @@ def test_no_sandbox_cgroup_is_left_over() -> None:
     leftovers = [p for root in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu")
                  for p in Path(root).glob(f"sandbox-{os.getpid()}-*")]
     assert leftovers == []
+
+
+# --- host uids and staged folders ----------------------------------------------------------
+
+
+def test_uid_pools_share_a_range_without_sharing_a_uid(tmp_path: Path) -> None:
+    first = UidPool(3_000_000_000, 3, tmp_path, "process")
+    second = UidPool(3_000_000_000, 3, tmp_path, "process")
+    try:
+        taken = [first.acquire(), first.acquire(), second.acquire()]
+        assert sorted(taken) == [3_000_000_000, 3_000_000_001, 3_000_000_002]
+        with pytest.raises(SandboxUnavailable) as caught:
+            second.acquire()
+        assert "uid_count" in caught.value.data["reason"]
+        first.release(taken[0])
+        assert second.acquire() == taken[0]
+    finally:
+        first.close()
+        second.close()
+        for lock in Path("/run/actor-sandbox").glob("uids-3000000000.lock"):
+            lock.unlink()
+
+
+def test_a_readable_tree_is_mounted_as_it_is() -> None:
+    tree = Path(tempfile.mkdtemp(prefix="readable-tree-"))  # below /tmp (1777), not pytest's
+    stager = Stager()
+    try:
+        tree.chmod(0o755)
+        (tree / "a.py").write_text("x = 1\n")
+        (tree / "a.py").chmod(0o644)
+        assert stager.readable(tree) == tree
+        (tree / "a.py").chmod(0o640)
+        assert stager.readable(tree) != tree
+    finally:
+        stager.close()
+        shutil.rmtree(tree)
+
+
+def test_a_private_tree_is_staged_readable_links_kept_specials_left_out(
+        tmp_path: Path) -> None:
+    tree = tmp_path / "private"
+    tree.mkdir(mode=0o700)
+    (tree / "sub").mkdir(mode=0o700)
+    (tree / "sub" / "run.sh").write_text("#!/bin/sh\n")
+    (tree / "sub" / "run.sh").chmod(0o700)
+    (tree / "secret.txt").write_text("only root\n")
+    (tree / "secret.txt").chmod(0o600)
+    (tree / "link").symlink_to("/etc/shadow")
+    os.mkfifo(tree / "fifo")
+    stager = Stager()
+    try:
+        staged = stager.readable(tree)
+        assert staged != tree and staged.parent == stager.directory
+        assert stat.S_IMODE(stager.directory.stat().st_mode) == 0o711
+        assert stat.S_IMODE((staged / "secret.txt").stat().st_mode) == 0o644
+        assert stat.S_IMODE((staged / "sub").stat().st_mode) == 0o755
+        assert stat.S_IMODE((staged / "sub" / "run.sh").stat().st_mode) == 0o755
+        assert os.readlink(staged / "link") == "/etc/shadow"  # a link, never its target
+        assert not (staged / "fifo").exists()
+        assert stager.readable(tree) == staged  # same content: the same copy
+        (tree / "secret.txt").write_text("changed\n")
+        assert stager.readable(tree) != staged  # new content: a new copy
+    finally:
+        stager.close()
+    assert not staged.exists()
