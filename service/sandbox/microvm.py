@@ -12,9 +12,9 @@ streams. The harness is started through ``/bin/sh`` with its descriptors
 rearranged so that fd 3 is the session's stdout and fds 1 and 2 both go to
 the session's stderr. The harness writes protocol lines to fd 3 only, so
 whatever the script (or a child process) prints lands on stderr and becomes
-a log line, never a protocol line. The host additionally treats any stdout
-line that is not a protocol object as a log line, so a stray write cannot
-wedge a call either.
+a log line, never a protocol line. A stdout line that is not a protocol object
+can only come from code writing to fd 3 on purpose: the call fails with
+ProtocolError and the VM is destroyed, as on the process backend.
 
 The microsandbox SDK is imported lazily: this module loads (and reports why
 the backend is unavailable) on hosts without it.
@@ -760,9 +760,8 @@ class MicroVMWorker:
             await on_event(LogEvent("stderr", line))
             return None
         message = _protocol_message(line)
-        if message is None:  # a stray write reached the channel: keep it, as a log
-            await on_event(LogEvent("stdout", line))
-            return None
+        if message is None:  # only the harness writes fd 3: anything else is an attack
+            raise ActorFailed("ProtocolError", f"the harness sent garbage: {line[:200]!r}")
         if message["type"] in ("result", "error", "ready"):
             return message
         await on_event(_event_of(message))
@@ -809,7 +808,7 @@ class MicroVMWorker:
                 if await self._guest.oom_kills() > 0:
                     return ResourceLimitExceeded("memory", self.actor.limits.memory_mb)
         how = f"exited with code {code}" if code is not None else "lost its microVM"
-        return ActorFailed("SandboxError", f"the actor's process {how}",
+        return ActorFailed("SandboxCrashed", f"the actor's process {how}",
                            "\n".join(self._stderr_tail))
 
 

@@ -149,7 +149,12 @@ class LocalSandbox:
     def bwrap_options(self) -> list[str]:
         """The VM's filesystem and network as bubblewrap options."""
         options = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
-                   "--tmpfs", "/", "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc",
+                   "--tmpfs", "/", "--ro-bind", "/usr", "/usr",
+                   # The image's /etc, not the host's: what the interpreters need, no more.
+                   "--perms", "0755", "--dir", "/etc",
+                   "--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache",
+                   "--ro-bind-try", "/etc/alternatives", "/etc/alternatives",
+                   "--ro-bind-try", "/etc/localtime", "/etc/localtime",
                    "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
                    "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev"]
         if self.options["network"].policy.rules:  # only Network.none() is emulated

@@ -412,7 +412,7 @@ async def test_harness_death_is_actor_failed(boot: Any) -> None:
                            "    os._exit(3)\n")
     with pytest.raises(ActorFailed) as caught:
         await worker.call(request(), Recorder())
-    assert caught.value.data["type"] == "SandboxError"
+    assert caught.value.data["type"] == "SandboxCrashed"
     assert caught.value.data["message"] == "the actor's process exited with code 3"
     assert "dying" in caught.value.data["traceback"]
 
@@ -532,16 +532,24 @@ async def test_a_closed_fd_costs_a_grace_not_the_call(tmp_path: Path) -> None:
     assert worker.alive
 
 
-async def test_stray_and_unknown_lines_become_logs(tmp_path: Path) -> None:
+async def test_unknown_message_types_become_logs(tmp_path: Path) -> None:
     worker = await scripted(tmp_path, lambda fence: [
-        ("stdout", b'not json\n{"type":"mystery","x":1}\n'),
+        ("stdout", b'{"type":"mystery","x":1}\n'),
         ("stdout", b'{"type":"log","stream":"weird","message":"m"}\n' + RESULT),
         ("stderr", f"{fence}\n{fence}\n".encode())])
     sink = Recorder()
     await worker.call(request(), sink)
-    assert sink.events == [LogEvent("stdout", "not json"),
-                           LogEvent("stdout", '{"type": "mystery", "x": 1}'),
+    assert sink.events == [LogEvent("stdout", '{"type": "mystery", "x": 1}'),
                            LogEvent("stdout", "m")]
+
+
+async def test_garbage_on_the_protocol_stream_is_a_protocol_error(tmp_path: Path) -> None:
+    worker = await scripted(tmp_path, lambda fence: [("stdout", b"not json\n" + RESULT)])
+    with pytest.raises(ActorFailed) as caught:
+        await worker.call(request(), Recorder())
+    assert caught.value.data["type"] == "ProtocolError"
+    assert caught.value.data["message"] == "the harness sent garbage: 'not json'"
+    assert not worker.alive
 
 
 # --------------------------------------------------------------------------- the line channel
