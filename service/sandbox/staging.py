@@ -1,18 +1,24 @@
-"""Readable copies of what a process sandbox mounts: actor folders and harnesses.
+"""Readable copies of the folders a sandbox reads, whatever the modes of the originals.
 
-A sandbox runs as an unprivileged host uid (``uids.py``), which may not be able to read
-the actor's folder where it lies (a checkout below a 0700 home, a 0600 file) and must
-never be root to get around that. A tree any uid can read (every directory above it
-o+x, every directory in it o+rx, every file o+r) is mounted as it is, live. Any other is
-staged: the server, which can read it, copies it into its own runtime directory:
-directories 0755, files 0644 (0755 when executable), symlinks kept as symlinks (never
-followed: a link to a host secret stays a dangling link inside), anything else
-(sockets, fifos, devices) left out. The runtime directory
-is 0711: a sandbox uid can reach a staged tree by its name, not list its neighbours.
+A sandbox's user is never the owner of the host files it reads: bubblewrap runs it as an
+unprivileged host uid of its own (``uids.py``; never root), and a microVM's virtio-fs
+mounts show the guest the host's owner and mode bits. An actor folder under a 0700
+directory (a checkout in /root, a test's temporary folder) would then be unreadable
+inside. The server, which can read it, copies it into a folder every user may read but
+nobody but root may change: directories 0755, files 0644 (0755 when the original is
+executable). Devices, FIFOs and sockets are not copied.
 
-A tree is staged once per content: its fingerprint (names, types, sizes, modes, mtimes)
-names the copy, so an edited folder gets a new copy at the next boot, while running
-sandboxes keep the one they mounted. Copies live until the backend closes.
+Symbolic links are copied as links, never followed: following one would copy whatever
+host file it names into the sandbox.
+
+Two ways to use it: :func:`stage` copies folders once per worker (the microVM backend);
+a :class:`Stager` (the process backend) mounts a tree any uid can read as it is (every
+directory above it o+x, every directory in it o+rx, every file o+r: live, nothing
+copied) and stages any other once per content: the tree's fingerprint (names, types,
+sizes, modes, mtimes) names the copy, so an edited folder gets a new copy at the next
+boot while running sandboxes keep the one they mounted. A Stager's copies live in its
+runtime directory (0711: a sandbox uid can reach a copy by its name, not list its
+neighbours) until the backend closes.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -112,18 +119,13 @@ def _readable(path: Path) -> bool:
 
 
 def copy_readable(source: Path, target: Path) -> None:
-    """Copy ``source`` to ``target`` with permissions any uid can read (see the module)."""
-    info = source.lstat()
-    if stat.S_ISLNK(info.st_mode):
-        target.symlink_to(os.readlink(source))
-    elif stat.S_ISREG(info.st_mode):
+    """Copy the file or folder ``source`` to ``target``, readable by every user."""
+    if source.is_dir() and not source.is_symlink():
+        shutil.copytree(source, target, symlinks=True, ignore=_special_files)
+        _make_readable(target)
+    else:
         shutil.copyfile(source, target, follow_symlinks=False)
-        target.chmod(0o755 if info.st_mode & 0o111 else 0o644)
-    elif stat.S_ISDIR(info.st_mode):
-        target.mkdir(mode=0o755)
-        target.chmod(0o755)
-        for child in sorted(source.iterdir()):
-            copy_readable(child, target / child.name)
+        target.chmod(0o755 if source.lstat().st_mode & 0o111 else 0o644)
 
 
 def sweep_stale_dirs() -> int:
@@ -145,3 +147,56 @@ def _remove(path: Path) -> None:
         path.unlink()
     elif path.exists():
         shutil.rmtree(path, ignore_errors=True)
+
+
+class Staged:
+    """A staged set of folders under one root; removed with :meth:`remove`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __truediv__(self, name: str) -> Path:
+        return self.root / name
+
+    def remove(self) -> None:
+        """Delete the copies; idempotent, never raises."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def stage(sources: Mapping[str, Path], parent: Path | None = None) -> Staged:
+    """Copy each ``sources[name]`` folder to ``ROOT/name``, readable by every user."""
+    root = Path(tempfile.mkdtemp(prefix="svc-stage-", dir=parent))
+    staged = Staged(root)
+    try:
+        os.chmod(root, 0o755)
+        for name, source in sources.items():
+            shutil.copytree(source, root / name, symlinks=True, ignore=_special_files)
+            _make_readable(root / name)
+    except BaseException:
+        staged.remove()
+        raise
+    return staged
+
+
+def _special_files(folder: str, names: list[str]) -> set[str]:
+    """Devices, FIFOs and sockets are left out: reading one could block or never end."""
+    skipped = set()
+    for name in names:
+        mode = os.lstat(os.path.join(folder, name)).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+            skipped.add(name)
+    return skipped
+
+
+def _make_readable(top: Path) -> None:
+    os.chmod(top, 0o755)
+    for folder, dirs, files in os.walk(top):
+        for name in dirs:
+            with contextlib.suppress(FileNotFoundError):
+                if not os.path.islink(os.path.join(folder, name)):
+                    os.chmod(os.path.join(folder, name), 0o755)
+        for name in files:
+            path = os.path.join(folder, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISREG(mode):
+                os.chmod(path, 0o755 if mode & 0o111 else 0o644)
