@@ -72,6 +72,15 @@ def test_every_problem_is_listed_on_one_line() -> None:
     ({"limits": {"network": "no"}}, "limits: network: expected true or false, got 'no'"),
     ({"limits": {"memory_mb": 4096}}, "limits.memory_mb: default is over limits_max.memory_mb"),
     ({"auth": {"tokens": "abc"}}, "auth: tokens: expected a list of strings"),
+    ({"sandbox": {"uid_base": 500, "uid_count": 100}},
+     "sandbox.uid_base: must be 1000 or more (system users and root are below), got 500"),
+    ({"sandbox": {"uid_base": 60000, "uid_count": 10000}},
+     "sandbox.uid_base/uid_count: the range must not hold 65534 (nobody)"),
+    ({"sandbox": {"uid_base": 4_294_967_000, "uid_count": 1000}},
+     "sandbox.uid_base + uid_count: the range ends at 4294967999, past the largest uid "
+     "4294967294"),
+    ({"sandbox": {"nofile": 16}}, "sandbox.nofile: must be 64 or more, got 16"),
+    ({"sandbox": {"idle_lifetime_s": 0}}, "sandbox: idle_lifetime_s: must be positive, got 0"),
 ])
 def test_invalid_values_name_the_key(raw: dict, problem: str) -> None:
     with pytest.raises(SettingsError) as info:

@@ -14,8 +14,8 @@ Every namespace is new (the network too, unless ``limits.network``), the user is
 65534 inside, all capabilities are dropped and the environment is rebuilt from scratch.
 On the host, bubblewrap runs as an unprivileged uid of its own (``uids.py``: one per
 live sandbox, from ``sandbox.uid_base``), never as root: the actor's folder and the
-harness are mounted from copies staged where that uid can read them (``staging.py``),
-whatever the permissions of the originals.
+harness are mounted as they are when any uid can read them, else from copies staged
+where that uid can (``staging.py``), whatever the permissions of the originals.
 
 Between calls the host, not the harness, decides whether a worker may serve again: after
 the harness's own reset it checks that no process but the harness is left and /tmp is
