@@ -304,33 +304,50 @@ def substituter(variables: dict[str, Any]) -> Substitute:
 # --- measured from the host while a case runs ---------------------------------------------
 
 
-def process_cpu_ticks(watch: SandboxWatch) -> dict[tuple[int, int], int]:
-    """CPU (utime + stime, clock ticks, all threads) of each sandbox process alive now."""
-    used = {}
+def _written(pid: int) -> int:
+    """Bytes a process has written so far (any fd), from /proc/PID/io."""
+    for line in _read(f"/proc/{pid}/io").splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return 0
+
+
+def process_counters(watch: SandboxWatch) -> dict[tuple[int, int], tuple[int, int]]:
+    """(CPU clock ticks of all threads, bytes written) of each sandbox process alive now."""
+    counters = {}
     for pid, start in list(watch.sandboxed):
         with contextlib.suppress(OSError, ValueError, IndexError):
             rest = _read(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
             if int(rest[19]) == start:
-                used[(pid, start)] = int(rest[11]) + int(rest[12])
-    return used
+                counters[(pid, start)] = (int(rest[11]) + int(rest[12]), _written(pid))
+    return counters
 
 
-async def idle_cpu_ms(watch: SandboxWatch, seconds: float, sample_s: float = 0.05) -> float:
-    """Wait ``seconds`` with no call running; the CPU (ms) sandbox processes used meanwhile,
-    sampled from /proc on the host (a process that dies keeps its last sample)."""
+@dataclass
+class IdleUse:
+    """What the sandbox processes did during one idle window, seen from the host."""
+
+    cpu_ms: float
+    written_mb: float
+
+
+async def idle_use(watch: SandboxWatch, seconds: float, sample_s: float = 0.05) -> IdleUse:
+    """Wait ``seconds`` with no call running; the CPU and the bytes written by sandbox
+    processes meanwhile, sampled from /proc (a process that dies keeps its last sample)."""
     loop = asyncio.get_running_loop()
-    first: dict[tuple[int, int], int] = {}
-    last: dict[tuple[int, int], int] = {}
+    first: dict[tuple[int, int], tuple[int, int]] = {}
+    last: dict[tuple[int, int], tuple[int, int]] = {}
     deadline = loop.time() + seconds
     while True:
-        for key, used in process_cpu_ticks(watch).items():
-            first.setdefault(key, used)
-            last[key] = used
+        for key, counters in process_counters(watch).items():
+            first.setdefault(key, counters)
+            last[key] = counters
         if loop.time() >= deadline:
             break
         await asyncio.sleep(sample_s)
-    ticks = sum(last[key] - first[key] for key in last)
-    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
+    ticks = sum(last[key][0] - first[key][0] for key in last)
+    written = sum(last[key][1] - first[key][1] for key in last)
+    return IdleUse(ticks * 1000 / os.sysconf("SC_CLK_TCK"), written / (1 << 20))
 
 
 def rss_mb() -> float:

@@ -26,7 +26,7 @@ from hostile_support import (
     Substitute,
     host_state,
     hostile_settings,
-    idle_cpu_ms,
+    idle_use,
     nobody_gets_inotify,
     rss_mb,
     running,
@@ -58,7 +58,8 @@ def test_cases_are_well_formed() -> None:
                                                "loopback_untouched", "host_absent", "symlinks",
                                                "max_notifications", "idle_cpu_ms_below",
                                                "rss_growth_mb_below", "host_unchanged",
-                                               "nobody_inotify", "wire_bytes_below"}
+                                               "nobody_inotify", "wire_bytes_below",
+                                               "idle_written_mb_below"}
         assert set(case.get("known_issue", {})) <= set(BACKENDS)
         assert case.get("also_private", False) in (True, False)
 
@@ -197,6 +198,7 @@ class Measured:
     """What the host saw while the row's steps ran (outside every sandbox)."""
 
     idle_cpu_ms: float = 0.0  # the most CPU sandboxes used in one idle window
+    idle_written_mb: float = 0.0  # the most sandboxes wrote (to the server) in one window
     rss_growth_mb: float = 0.0  # the server's resident memory, after the steps less before
     nobody_inotify: bool = True
 
@@ -215,9 +217,11 @@ async def run_steps(case: Case, runtime: Runtime,
     rss_before = rss_mb()
     for step in case.steps:
         if "idle_s" in step:
-            used = await idle_cpu_ms(watch, step["idle_s"])
-            print(f"idle {case.row['case']}: {used:.0f} ms of sandbox CPU in {step['idle_s']} s")
-            measured.idle_cpu_ms = max(measured.idle_cpu_ms, used)
+            used = await idle_use(watch, step["idle_s"])
+            print(f"idle {case.row['case']}: sandboxes used {used.cpu_ms:.0f} ms of CPU and "
+                  f"wrote {used.written_mb:.1f} MiB in {step['idle_s']} s")
+            measured.idle_cpu_ms = max(measured.idle_cpu_ms, used.cpu_ms)
+            measured.idle_written_mb = max(measured.idle_written_mb, used.written_mb)
             continue
         seen = await call(runtime, actor_id, step["payload"])
         observed.append(seen)
@@ -254,6 +258,8 @@ def expected_effects(case: Case, observed: list[Observed], measured: Measured) -
         problems.append(f"{sent} bytes of notifications on the wire")
     if measured.idle_cpu_ms >= checks.get("idle_cpu_ms_below", float("inf")):
         problems.append(f"sandboxes used {measured.idle_cpu_ms:.0f} ms of CPU between calls")
+    if measured.idle_written_mb >= checks.get("idle_written_mb_below", float("inf")):
+        problems.append(f"sandboxes wrote {measured.idle_written_mb:.0f} MiB between calls")
     if measured.rss_growth_mb >= checks.get("rss_growth_mb_below", float("inf")):
         problems.append(f"the server grew by {measured.rss_growth_mb:.0f} MiB")
     if not measured.nobody_inotify:
