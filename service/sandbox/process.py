@@ -626,7 +626,8 @@ class ProcessWorker:
             if reason := self._leftovers():
                 self._kill()
                 raise SandboxUnavailable(BACKEND, f"the script's load left {reason}")
-            self._become_idle()
+            if not self._dead:  # else it died after its ready: the call says so (-32004)
+                self._become_idle()
         except TimeoutError:
             raise SandboxUnavailable(
                 BACKEND, f"sandbox not ready after {BOOT_TIMEOUT_S:g} s") from None
@@ -696,7 +697,8 @@ class ProcessWorker:
         if reason := self._leftovers():
             self._violate(f"its reset left {reason}")
             return
-        self._become_idle()
+        if not self._dead:
+            self._become_idle()
 
     # --- between calls: checked from the host ----------------------------------------------
 
@@ -711,17 +713,24 @@ class ProcessWorker:
 
     def _leftovers(self) -> str | None:
         """What a clean idle sandbox must not have: processes other than the outer bwrap and
-        the harness, entries in /tmp. Read from the host (/proc, the cgroups)."""
+        the harness, entries in /tmp. Read from the host (/proc, the cgroups). A sandbox
+        whose harness is gone has died (e.g. killed from outside): it is killed, quietly."""
         if self._harness_pid is None:
             children = _children(self._process.pid)
-            if len(children) != 1:
+            if len(children) > 1:
                 return f"{len(children)} processes below bubblewrap"
+            if not children:
+                self._kill()
+                return None
             self._harness_pid = children.pop()
         extra = self._sandbox_pids() - {self._process.pid, self._harness_pid}
         if extra:
             return f"{len(extra)} processes besides the harness"
         try:
             left = os.listdir(f"/proc/{self._harness_pid}/root/tmp")
+        except (FileNotFoundError, ProcessLookupError):
+            self._kill()  # no /proc/PID: the harness has exited
+            return None
         except OSError as exc:
             return f"a /tmp the host cannot read ({exc.strerror})"
         return f"{len(left)} entries in /tmp" if left else None
