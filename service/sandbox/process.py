@@ -694,11 +694,21 @@ class ProcessWorker:
         except (TimeoutError, ActorFailed) as exc:
             self._violate(f"no ready after its reset ({exc or 'timeout'})")
             return
-        if reason := self._leftovers():
+        if reason := self._leftovers() or self._threads_left():
             self._violate(f"its reset left {reason}")
             return
         if not self._dead:
             self._become_idle()
+
+    def _threads_left(self) -> str | None:
+        """A Python harness waits for the next call on one thread: any other is the
+        script's, still there after its call (the harness's own "lingering" report, checked
+        where the script cannot patch it). Node's runtime has threads of its own."""
+        tasks = self._cgroups.tasks()
+        if self.actor.language != "python" or tasks is None or self._dead:
+            return None
+        extra = tasks - BWRAP_PROCESSES - 1
+        return f"{extra} threads besides the harness's" if extra > 0 else None
 
     # --- between calls: checked from the host ----------------------------------------------
 

@@ -7,6 +7,8 @@ arg "itimer": a SIGALRM interval timer whose handler burns CPU (no thread to rep
 arg "patch": patch the harness's reset away, then leave a spinning thread, a sleeping
 child and a /tmp file for the next caller.
 arg "flood": patch, then a thread floods the channel and raw stderr once the call is over.
+arg "sleeper": patch, then leave a thread that only sleeps (no CPU, no byte): it would
+wake up inside a later call, with that caller's data.
 arg "look": what this call finds of earlier ones.
 """
 
@@ -60,6 +62,9 @@ def process(context):
         signal.setitimer(signal.ITIMER_REAL, 0.005, 0.005)
         return {"armed": True}
     _patch_harness()
+    if arg == "sleeper":
+        threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+        return {"armed": True}
     if arg == "patch":
         threading.Thread(target=_spin, daemon=True).start()
         if os.fork() == 0:
