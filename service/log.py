@@ -4,9 +4,33 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any, TextIO
+
+# Characters that could end a log line or rewrite a terminal: C0 controls but tab, DEL, C1
+# controls, and the Unicode line/paragraph separators.
+_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def escape_control(text: str) -> str:
+    """``text`` with every line-breaking or control character written as an escape (one line)."""
+    return _UNSAFE.sub(lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}")
+                       if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
+
+
+class TextFormatter(logging.Formatter):
+    """Plain text whose message stays on one line, whatever a client put in its arguments.
+
+    Messages carry client-controlled values (actor ids, request ids, paths): a newline in one
+    would forge a log line. The traceback of ``exc_info`` is ours and keeps its lines.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_control(record.message)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -38,7 +62,7 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper())
     # aiohttp's access log says nothing the per-call log line does not.

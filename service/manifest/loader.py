@@ -137,7 +137,12 @@ def check_manifest(path: Path | str, settings: Settings) -> ManifestCheck:
     except ManifestError as exc:
         return ManifestCheck(display, None, exc.problems)
     ctx = _Context(display, Path(path).resolve(), doc, settings, list(doc.problems))
-    actor = _check(ctx)
+    try:
+        actor = _check(ctx)
+    except (RecursionError, MemoryError):  # a schema or an example nested beyond what we follow
+        ctx.problems.append(Problem(display, None, None, "the manifest is nested too deeply "
+                                    "to check"))
+        actor = None
     actor_id = doc.value.get("id")
     valid = isinstance(actor_id, str) and not _field_has_problem(ctx, "/id")
     valid_id = actor_id if valid else None
