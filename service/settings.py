@@ -2,7 +2,7 @@
 
 ``load_settings()`` reads ``config/settings.toml`` (the ``[default]`` table,
 then the environment named by ``SERVICE_ENV``, then ``SERVICE_*`` environment
-variables, e.g. ``SERVICE_PORT=6000`` or ``SERVICE_AUTH__TOKENS='["s3cret"]'``),
+variables, e.g. ``SERVICE_PORT=6000`` or ``SERVICE_AUTH__TOKENS='["a-long-random-token-1234"]'``),
 applies command-line overrides and returns a frozen :class:`Settings`.
 Every problem is reported, one line each, in a single :class:`SettingsError`.
 """
