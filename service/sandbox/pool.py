@@ -296,3 +296,7 @@ class _Leased:
             await self._worker.close()
         finally:
             self._lease.release()
+
+    def __getattr__(self, name: str) -> Any:
+        """Anything else a backend's worker offers passes through."""
+        return getattr(self._worker, name)
