@@ -32,6 +32,27 @@ class TextFormatter(logging.Formatter):
         record.message = escape_control(record.message)
         return super().formatMessage(record)
 
+    def format(self, record: logging.LogRecord) -> str:
+        """The record, then its traceback indented: an exception message holding client text
+        and a newline cannot start a line that looks like a record (those never start with
+        a space). Formatted here, not cached on the record, which other handlers share."""
+        exc_info, stack_info = record.exc_info, record.stack_info
+        exc_text, record.exc_text = record.exc_text, None
+        record.exc_info = record.stack_info = None
+        try:
+            text = super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = exc_info, exc_text, stack_info
+        if exc_info:
+            text += "\n" + _indent(self.formatException(exc_info))
+        if stack_info:
+            text += "\n" + _indent(self.formatStack(stack_info))
+        return text
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + escape_control(line) for line in text.splitlines())
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, message (and exc_info when there is one)."""
