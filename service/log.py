@@ -13,6 +13,16 @@ from typing import Any, TextIO
 # controls, and the Unicode line/paragraph separators.
 _UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 _NAMED = {"\n": "\\n", "\r": "\\r"}
+# A message holds client values (a 1 MB actor id fits in a frame): one record stays readable,
+# and a client cannot turn each request into a megabyte of log.
+MAX_MESSAGE_CHARS = 8192
+
+
+def bounded(text: str) -> str:
+    """``text``, cut to MAX_MESSAGE_CHARS with a note saying how much was left out."""
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    return f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS} more characters)"
 
 
 def escape_control(text: str) -> str:
@@ -25,11 +35,11 @@ class TextFormatter(logging.Formatter):
     """Plain text whose message stays on one line, whatever a client put in its arguments.
 
     Messages carry client-controlled values (actor ids, request ids, paths): a newline in one
-    would forge a log line. The traceback of ``exc_info`` is ours and keeps its lines.
+    would forge a log line. A traceback keeps its lines, each indented.
     """
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escape_control(record.message)
+        record.message = escape_control(bounded(record.message))
         return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
@@ -63,7 +73,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": bounded(record.getMessage()),
         }
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)

@@ -52,3 +52,12 @@ def test_text_lines_escape_what_clients_send() -> None:
     assert lines[1].endswith("ERROR service.test: failed")
     assert all(line.startswith("  ") for line in lines[2:]), lines
     assert lines[-1] == "  2026-01-01 00:00:00,000 INFO service.server: forged too"
+
+
+def test_a_huge_client_value_is_cut() -> None:
+    for fmt in ("text", "json"):
+        stream = io.StringIO()
+        setup_logging("info", fmt, stream)
+        logging.getLogger("service.test").info("process actor=%s", "x" * 1_000_000)
+        assert len(stream.getvalue()) < 9000
+        assert "(991822 more characters)" in stream.getvalue()
