@@ -229,12 +229,18 @@ def origin_allowed(origin: str | None, settings: Settings) -> bool:
     return origin.strip().rstrip("/").lower() in listed
 
 
+# Probes (Kubernetes sends the pod's IP as Host) reach /healthz whatever the Host; it tells
+# nothing a rebinding page could use.
+HOST_UNCHECKED_PATHS = frozenset({"/healthz"})
+
+
 def request_middleware(settings: Settings) -> Any:
     """Refuse an unknown Host (421) and stop the request-head deadline while a request runs."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
-        if not host_allowed(request.headers.get("Host"), settings):
+        if request.path not in HOST_UNCHECKED_PATHS and not host_allowed(
+                request.headers.get("Host"), settings):
             raise web.HTTPMisdirectedRequest(text="421: unknown Host for this server\n")
         protocol = guarded_protocol(request)
         if protocol is not None:

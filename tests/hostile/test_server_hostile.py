@@ -185,10 +185,7 @@ async def test_client_text_cannot_forge_a_log_line(serve: Any) -> None:
 async def test_a_web_page_cannot_open_a_connection(serve: Any) -> None:
     client = await serve()
     for origin in ("https://evil.example", "null", "http://127.0.0.1:5556"):
-        response = await client.get("/", headers={
-            "Origin": origin, "Upgrade": "websocket", "Connection": "Upgrade",
-            "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
-        assert response.status == 403, origin
+        assert await upgrade_status(client, {"Origin": origin}) == 403, origin
     ws = await client.ws_connect("/")  # no Origin: not a browser
     assert json.loads((await answer(ws, json.dumps(request("list"))))[0])["result"]["actors"]
 
@@ -208,8 +205,21 @@ async def test_an_allowed_origin_may(serve: Any) -> None:
 async def test_the_host_header_is_checked(serve: Any, host: str, status: int) -> None:
     """DNS rebinding: a page whose name resolves to 127.0.0.1 sends its own name as Host."""
     client = await serve(connections=ConnectionSettings(allowed_hosts=("flows.internal",)))
-    response = await client.get("/healthz", headers={"Host": host})
+    response = await client.get("/metrics", headers={"Host": host})
     assert response.status == status
+    ws_status = await upgrade_status(client, {"Host": host})
+    assert ws_status == (101 if status == 200 else 421)
+    # probes send whatever Host they like (a pod's IP): /healthz answers them all
+    assert (await client.get("/healthz", headers={"Host": host})).status == 200
+
+
+async def upgrade_status(client: TestClient, headers: dict[str, str]) -> int:
+    response = await client.get("/", headers={
+        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", **headers})
+    status = response.status
+    response.close()
+    return status
 
 
 # --- load is an admin operation ----------------------------------------------------------
