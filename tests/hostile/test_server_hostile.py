@@ -350,8 +350,32 @@ def test_idle_and_incomplete_connections_are_closed(tmp_path: Path) -> None:
         status, seconds = server.healthz()
         print(f"healthz after the attack: {status} in {seconds * 1000:.0f} ms")
         assert status == 200
+        assert dribbler_is_closed(server.port)
+        assert kept_alive_idle_is_closed(server.port)
         log = server.log_text()
     assert log.count("connection refused") <= 2, log  # rate-limited: once per 10 s
+
+
+def dribbler_is_closed(port: int) -> bool:
+    """Bytes that keep coming, but never a whole request head, do not keep it open."""
+    (s,) = open_idle(port, 1, b"GET / HTTP/1.1\r\n")
+    with s:
+        for i in range(30):
+            try:
+                s.sendall(f"X-{i}: y\r\n".encode())
+            except OSError:
+                return True
+            time.sleep(0.2)
+        return closed_by_server(s, 10)
+
+
+def kept_alive_idle_is_closed(port: int) -> bool:
+    """After one answered request, an idle keep-alive connection has as long again."""
+    (s,) = open_idle(port, 1, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    with s:
+        s.settimeout(10)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        return closed_by_server(s, 30)
 
 
 def test_running_out_of_descriptors_logs_once_not_megabytes(tmp_path: Path) -> None:
