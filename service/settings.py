@@ -277,6 +277,10 @@ def _check(s: Settings) -> None:
         problems.append("limits.network: a default of true needs limits_max.network = true")
     if s.limits.memory_mb > s.capacity.memory_mb:
         problems.append("limits.memory_mb: default is over capacity.memory_mb")
+    one_answer = 2 * s.limits_max.output_bytes + s.max_message_bytes  # outputs twice, state
+    if s.connections.max_response_bytes < one_answer:
+        problems.append(f"connections.max_response_bytes: under what one `process` answer may "
+                        f"hold (2 x limits_max.output_bytes + max_message_bytes = {one_answer})")
     problems += _token_problems(s.auth)
     if problems:
         raise SettingsError("; ".join(problems))

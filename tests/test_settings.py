@@ -87,6 +87,9 @@ def test_every_problem_is_listed_on_one_line() -> None:
      "connections: allowed_origins: expected a list of strings"),
     ({"capacity": {"memory_mb": 64}}, "limits.memory_mb: default is over capacity.memory_mb"),
     ({"pool_max": {"min_warm": "8"}}, "pool_max: min_warm: expected a number, got '8'"),
+    ({"connections": {"max_response_bytes": 1_000_000}},
+     "connections.max_response_bytes: under what one `process` answer may hold "
+     "(2 x limits_max.output_bytes + max_message_bytes = 34603008)"),
 ])
 def test_invalid_values_name_the_key(raw: dict, problem: str) -> None:
     with pytest.raises(SettingsError) as info:
