@@ -65,6 +65,8 @@ class Runtime:
         for actor in actors:
             await self._install(actor)
         log.info("loaded %d actors on backend %s", len(actors), self.backend.name)
+        log.info("sandbox capacity: %d sandboxes, %s MiB of memory limits",
+                 self.capacity.max_sandboxes, self.capacity.memory_mb)
 
     def actors(self) -> list[ActorDef]:
         return sorted(self._actors.values(), key=lambda a: a.id)
