@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import re
@@ -63,6 +62,8 @@ from service.sandbox.base import (
     OutputBudget,
     OutputEvent,
     call_line,
+    decode_line,
+    encode_line,
     harness_failure,
     log_size,
     notification_size,
@@ -1025,7 +1026,7 @@ class ProcessWorker:
                 await self._put(_Item("eof"))
                 return
             try:
-                message = json.loads(line)
+                message = decode_line(line)
             except ValueError:
                 message = None
             if isinstance(message, dict):
@@ -1100,7 +1101,10 @@ def _wire_size(line: bytes, message: dict[str, Any]) -> int:
     grows to \\u escapes)."""
     if line.isascii():
         return len(line) - 1
-    return len(json.dumps(message, separators=(",", ":")))
+    try:
+        return len(encode_line(message)) - 1
+    except (RecursionError, ValueError):
+        return 6 * len(line)  # every byte an escape, at most
 
 
 def _children(pid: int) -> set[int]:
