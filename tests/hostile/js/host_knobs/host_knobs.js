@@ -1,6 +1,7 @@
-// What kernel uid 0 could do even without a capability: write global /proc/sys files and
-// /proc/sysrq-trigger, chmod and chown the device nodes (host inodes bound into /dev).
-// Every attempt must fail.
+// What kernel uid 0 could do even without a capability: open global /proc/sys files and
+// /proc/sysrq-trigger for writing, chmod the device nodes (host inodes bound into /dev).
+// Every attempt must fail. None changes anything where it succeeds (nothing is written, a
+// node gets the mode it has): the row proves the power without damaging a vulnerable host.
 const fs = require('fs');
 
 const KNOBS = ['/proc/sys/kernel/core_pattern', '/proc/sys/vm/drop_caches',
@@ -12,10 +13,9 @@ async function process(context) {
     const done = [];
     const errors = [];
     const attempts = [];
-    for (const path of KNOBS) attempts.push([`write ${path}`, () => fs.closeSync(fs.openSync(path, 'w'))]);
+    for (const path of KNOBS) attempts.push([`write ${path}`, () => fs.closeSync(fs.openSync(path, 'r+'))]);
     for (const path of DEVICES) {
-        attempts.push([`chmod ${path}`, () => fs.chmodSync(path, 0o777)]);
-        attempts.push([`chown ${path}`, () => fs.chownSync(path, 65534, 65534)]);
+        attempts.push([`chmod ${path}`, () => fs.chmodSync(path, fs.statSync(path).mode & 0o7777)]);
     }
     for (const [name, attempt] of attempts) {
         try { attempt(); done.push(name); } catch (err) { errors.push(`${name}: ${err.code}`); }

@@ -1,7 +1,9 @@
 """What kernel uid 0 could do even without a capability, and what a shared uid shares.
 
-arg "knobs": write global /proc/sys files and /proc/sysrq-trigger, chmod and chown the
-device nodes (host inodes bound into /dev). Every attempt must fail.
+arg "knobs": open global /proc/sys files and /proc/sysrq-trigger for writing, chmod the
+device nodes (host inodes bound into /dev). Every attempt must fail. None changes
+anything where it succeeds (nothing is written, a node gets the mode it has): the row
+proves the power without damaging a host where the sandbox has it.
 arg "inotify": take every inotify instance this uid may have, and keep them: another
 sandbox, or a host process of uid 65534, must still get one.
 """
@@ -20,9 +22,12 @@ def _attempts():
     for path in KNOBS:
         attempts[f"write {path}"] = lambda path=path: _write(path)
     for path in DEVICES:
-        attempts[f"chmod {path}"] = lambda path=path: os.chmod(path, 0o777)
-        attempts[f"chown {path}"] = lambda path=path: os.chown(path, os.getuid(), os.getgid())
+        attempts[f"chmod {path}"] = lambda path=path: os.chmod(path, _mode(path))
     return attempts
+
+
+def _mode(path):
+    return os.stat(path).st_mode & 0o7777
 
 
 def _write(path):
