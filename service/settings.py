@@ -20,6 +20,7 @@ ENV_PREFIX = "SERVICE"
 BACKENDS = ("auto", "microvm", "process")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+CLUSTER_ROLES = ("front", "worker", "both")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,25 @@ class SandboxSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """Cluster mode (docs/cluster.md); off while ``redis_url`` is empty (one machine)."""
+
+    redis_url: str = ""  # redis://[user:password@]host:port/db, rediss:// (TLS), unix://path
+    role: str = "front"  # front | worker | both
+    key_prefix: str = "actors"  # every key and stream lives under "<key_prefix>:"
+    max_attempts: int = 2  # runs of a call whose worker died, before -32009
+    heartbeat_s: float = 1.0  # how often workers say they are alive
+    worker_timeout_s: float = 5.0  # silent this long: a worker is dead, its calls reclaimed
+    stream_maxlen: int = 10_000  # entries kept at most in any stream (approximate trimming)
+    queue_timeout_s: float = 60  # a front gives up on a call unanswered this long past its limits
+    reconnect_max_s: float = 2.0  # the longest wait between two attempts to reach Redis
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url)
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 5556
@@ -82,6 +102,7 @@ class Settings:
     limits_max: LimitsMax = field(default_factory=LimitsMax)
     auth: AuthSettings = field(default_factory=AuthSettings)
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -147,7 +168,7 @@ def settings_from_mapping(raw: dict[str, Any]) -> Settings:
 
 def _convert(name: str, value: Any) -> Any:
     nested = {"limits": Limits, "limits_max": LimitsMax, "auth": AuthSettings,
-              "sandbox": SandboxSettings}
+              "sandbox": SandboxSettings, "cluster": ClusterSettings}
     if name in nested:
         return _nested(nested[name], value, name)
     default = getattr(Settings(), name)
@@ -215,6 +236,11 @@ def _check(s: Settings) -> None:
     for key in ("cpus", "memory_mb", "timeout_s", "pids", "output_bytes"):
         if getattr(s.limits, key) > getattr(s.limits_max, key):
             problems.append(f"limits.{key}: default is over limits_max.{key}")
+    if s.cluster.role not in CLUSTER_ROLES:
+        problems.append(f"cluster.role: must be one of {', '.join(CLUSTER_ROLES)}, "
+                        f"got {s.cluster.role!r}")
+    if s.cluster.worker_timeout_s <= s.cluster.heartbeat_s:
+        problems.append("cluster.worker_timeout_s: must be longer than cluster.heartbeat_s")
     if problems:
         raise SettingsError("; ".join(problems))
 
