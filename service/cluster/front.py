@@ -220,7 +220,7 @@ class ClusterFront:
                 raise SandboxUnavailable(BACKEND, "no worker answered the load")
             raise remote_error(replies[0]["error"])
         descriptor = loaded[0]["actor"]
-        replaced = descriptor["id"] in self._actors or any(r.get("replaced") for r in loaded)
+        replaced = any(r.get("replaced") is True for r in loaded)
         await self._guard(self._refresh_view())
         actor = self._actors.get(descriptor["id"]) or self._remote_actor(descriptor)
         return actor, replaced

@@ -81,14 +81,16 @@ class Keys:
 def connect(settings: ClusterSettings, blocking: bool = False) -> RedisClient:
     """A client for ``settings.redis_url`` (auth and TLS come from the URL).
 
-    Commands fail fast (no client-side retries): the caller decides, and a front must
-    answer -32009 at once when Redis is gone. ``blocking`` clients wait longer per
-    command, for reads that block up to BLOCK_MS.
+    A command is tried again once, on a fresh connection, when its connection fails: a
+    pooled connection to a Redis that restarted fails once, and must not fail a call.
+    Nothing more: a Redis that is really gone refuses the second try at once too, and a
+    front must answer -32009 at once then. ``blocking`` clients wait longer per command,
+    for reads that block up to BLOCK_MS.
     """
     timeout = COMMAND_TIMEOUT_S + (BLOCK_MS / 1000 if blocking else 0)
     return Redis.from_url(
         settings.redis_url, decode_responses=True, socket_timeout=timeout,
-        socket_connect_timeout=CONNECT_TIMEOUT_S, retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=CONNECT_TIMEOUT_S, retry=Retry(NoBackoff(), 1),
         client_name="actor-runtime")
 
 

@@ -200,7 +200,7 @@ class Client:
             if "method" in message:
                 self.notes[message["params"]["request_id"]].append(message)
             else:
-                future = self._waiting.pop(message["id"], None)
+                future = self._waiting.get(message["id"])
                 if future is not None and not future.done():
                     future.set_result(message)
                 else:
@@ -217,7 +217,11 @@ class Client:
         return request_id
 
     async def response(self, request_id: Any, timeout_s: float = 60) -> dict[str, Any]:
-        return await asyncio.wait_for(self._waiting[request_id], timeout_s)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._waiting[request_id]), timeout_s)
+        finally:
+            if self._waiting[request_id].done():
+                del self._waiting[request_id]
 
     async def call(self, method: str, params: Any, timeout_s: float = 60) -> dict[str, Any]:
         """The response; the notifications that came before it are in ``notes[id]``."""
