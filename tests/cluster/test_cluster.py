@@ -257,5 +257,5 @@ def test_settings_render(tmp_path: Path) -> None:
     assert settings.cluster.enabled and settings.cluster.role == "both"
     assert settings.cluster.max_attempts == 3 and settings.cluster.heartbeat_s == 1.0
     path.write_text('[default.cluster]\nrole = "boss"\n')
-    with pytest.raises(SettingsError, match="cluster.role"):
+    with pytest.raises(SettingsError, match=r"cluster\.role"):
         load_settings(path)
