@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from cluster_support import ACTORS, REPO, Service, connected, wait_for
+from cluster_support import ACTORS, REPO, Service, connected, free_port, wait_for
 from conftest import Cluster
 
 
@@ -149,7 +150,7 @@ async def test_backpressure_is_cluster_wide(cluster: Cluster, tmp_path: Path) ->
     async with connected(ws_url(front)) as client:
         # 2 workers x (2 slots + 1 queued) = 6 calls fit; the rest is refused at once.
         responses = await asyncio.gather(*(client.call(
-            "process", {"actor_id": "napper", "payload": {"ms": 1500}}) for _ in range(12)))
+            "process", {"actor_id": "napper", "payload": {"ms": 800}}) for _ in range(12)))
     done = [r for r in responses if "result" in r]
     busy = [r["error"] for r in responses if "error" in r]
     assert len(done) == 6, responses
@@ -165,7 +166,7 @@ async def test_worker_killed_mid_call_is_rerun_elsewhere(cluster: Cluster) -> No
     await live_workers(front, 2)
     async with connected(ws_url(front)) as client:
         request_id = await client.send("process", {"actor_id": "napper",
-                                                   "payload": {"ms": 3000, "ticks": 2}})
+                                                   "payload": {"ms": 1500, "ticks": 2}})
         await wait_for(lambda: _true(len(client.notes.get(request_id, [])) == 2), 20)
         first, second = await running_first(workers)
         await first.kill()  # with its sandboxes: the call dies with it
@@ -184,7 +185,7 @@ async def test_max_attempts_then_32009(cluster: Cluster) -> None:
     await live_workers(front, 2)
     async with connected(ws_url(front)) as client:
         request_id = await client.send("process", {"actor_id": "napper",
-                                                   "payload": {"ms": 3000, "ticks": 1}})
+                                                   "payload": {"ms": 1500, "ticks": 1}})
         await wait_for(lambda: _true(client.notes.get(request_id)), 20)
         first, _ = await running_first(workers)
         await first.kill()
@@ -259,3 +260,32 @@ def test_settings_render(tmp_path: Path) -> None:
     path.write_text('[default.cluster]\nrole = "boss"\n')
     with pytest.raises(SettingsError, match=r"cluster\.role"):
         load_settings(path)
+
+
+async def test_role_both_serves_alone(cluster: Cluster) -> None:
+    config = cluster._config("both", "both")
+    both = Service("both", ["--config", str(config)], free_port(), cluster.tmp / "both.log")
+    await cluster._started(both)
+    await live_workers(both, 1)
+    async with connected(ws_url(both)) as client:
+        # A notification (no id) runs but sends nothing back; the next call still answers.
+        await client.ws.send_str('{"jsonrpc": "2.0", "method": "process", "params": '
+                                 '{"actor_id": "ticker", "payload": {"count": 2}}}')
+        reply = await client.call("process", {"actor_id": "doubler", "payload": {"input": 4}})
+        assert reply["result"]["outputs"] == {"output": 8}
+        await asyncio.sleep(0.5)
+        assert dict(client.notes) == {}
+    status, body = await health(both)
+    assert status == 200 and body["role"] == "both" and body["broker"] == "up"
+
+
+def test_remote_errors_keep_class_code_and_data() -> None:
+    from service.cluster.streams import error_message, remote_error
+    from service.errors import Busy, PayloadInvalid, RpcError
+
+    for error in (PayloadInvalid("x", [{"path": "", "message": "bad"}]), Busy(12)):
+        rebuilt = remote_error(json.loads(json.dumps(error_message(error))))
+        assert type(rebuilt) is type(error)
+        assert rebuilt.to_json() == error.to_json()
+    unknown = remote_error({"code": -1, "message": "?", "data": None})
+    assert type(unknown) is RpcError and unknown.CODE == -32603
