@@ -155,6 +155,10 @@ class ClusterFront:
     def pool_stats(self) -> dict[str, tuple[int, int, int]]:
         return {}  # a front has no sandboxes
 
+    @property
+    def actor_count(self) -> int:
+        return len(self._actors)
+
     async def process(self, actor_id: Any, payload: Any, config: Any = None, state: Any = None,
                       timestamp: Any = None, emit: Emit | None = None) -> dict[str, Any]:
         """Run one call on some worker; the protocol's `process` result."""
@@ -243,13 +247,13 @@ class ClusterFront:
         message = {"call_id": call.call_id, "front": self.id, "attempt": 1,
                    "actor_id": actor.id, **params}
         entry = encode(message)[FIELD]
+        call.dispatched = True  # from here a cancel is broadcast: the add may have landed
         added = await self._guard(self._dispatch(
             keys=[self.keys.calls(actor.id)],
             args=[actor.limit, self.cfg.stream_maxlen, FIELD, entry]))
         if added is None:
             self._count("refused", actor.id)
             raise Busy(self._retry_after_ms(actor))
-        call.dispatched = True
         self._count("dispatched", actor.id)
 
     async def _follow(self, call: _Pending, emit: Emit | None) -> dict[str, Any]:

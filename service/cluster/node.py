@@ -52,7 +52,7 @@ class ClusterNode:
                                 "broker": "up" if up else "unavailable"}
         if self.front is not None:
             body["live_workers"] = self.front.live_workers
-            body["actors"] = len(self.front._actors)
+            body["actors"] = self.front.actor_count
         if self.worker is not None:
             body["worker_id"] = self.worker.id
             body["actors_served"] = len(self.worker.runtime.actors())

@@ -361,6 +361,9 @@ class ClusterWorker:
             try:
                 await pipe.execute()
                 return
+            except redis_errors.ResponseError as exc:  # Redis restarted: no group, no entry
+                log.info("call %s answered after its entry was lost: %s", job.call_id, exc)
+                return
             except BROKER_ERRORS as exc:
                 if time.monotonic() > deadline:
                     log.warning("answer of call %s lost: %s", job.call_id, exc)
