@@ -23,6 +23,10 @@ class Cluster:
         self.redis = redis
         self.tmp = tmp
         self.services: list[Service] = []
+        self.actors: tuple[Path, ...] = (ACTORS,)  # fewer actors: workers start faster
+
+    def with_examples(self) -> None:
+        """Workers serve the example manifests too."""
         self.actors = (REPO / "manifests", ACTORS)
 
     def _config(self, name: str, role: str, **cluster: Any) -> Path:

@@ -42,6 +42,7 @@ def outputs_seqs(response: dict[str, Any]) -> list[int]:
 
 
 async def test_protocol_unchanged_through_two_fronts(cluster: Cluster) -> None:
+    cluster.with_examples()
     fronts = [await cluster.front(), await cluster.front()]
     worker, = await cluster.workers(1)
     for front in fronts:
@@ -200,9 +201,11 @@ async def test_redis_down_fails_fast_and_service_resumes(cluster: Cluster) -> No
     front = await cluster.front()
     worker, = await cluster.workers(1)
     await live_workers(front, 1)
+    stop = asyncio.Event()
+    loads = [asyncio.create_task(load_until(ws_url(front), stop)) for _ in range(4)]
     async with connected(ws_url(front)) as client:
-        ok = await client.call("process", {"actor_id": "doubler", "payload": {"input": 1}})
-        assert ok["result"]["outputs"] == {"output": 2}
+        ok = await client.call("process", {"actor_id": "napper", "payload": {"ms": 1}})
+        assert ok["result"]["return"] == {"slept_ms": 1}
         in_flight = await client.send("process", {"actor_id": "napper",
                                                   "payload": {"ms": 5000}})
         await asyncio.sleep(0.5)
@@ -211,8 +214,8 @@ async def test_redis_down_fails_fast_and_service_resumes(cluster: Cluster) -> No
         assert lost["error"]["code"] == -32009
         assert lost["error"]["data"] == {"backend": "cluster", "reason": "broker unavailable"}
         for _ in range(5):
-            down = await client.call("process", {"actor_id": "doubler",
-                                                 "payload": {"input": 1}}, timeout_s=2)
+            down = await client.call("process", {"actor_id": "napper",
+                                                 "payload": {"ms": 1}}, timeout_s=2)
             assert down["error"]["code"] == -32009
             assert down["error"]["data"]["reason"] == "broker unavailable"
         status, body = await health(front)
@@ -221,15 +224,36 @@ async def test_redis_down_fails_fast_and_service_resumes(cluster: Cluster) -> No
         await cluster.redis.start()  # same port, empty: groups and streams are gone
 
         async def served() -> bool:
-            reply = await client.call("process", {"actor_id": "doubler",
-                                                  "payload": {"input": 5}}, timeout_s=5)
-            return reply.get("result", {}).get("outputs") == {"output": 10}
+            reply = await client.call("process", {"actor_id": "napper",
+                                                  "payload": {"ms": 5}}, timeout_s=5)
+            return reply.get("result", {}).get("return") == {"slept_ms": 5}
 
         await wait_for(served, timeout_s=30, every_s=0.2)
         assert (await health(front))[0] == 200
         assert (await health(worker))[0] == 200
+    stop.set()
+    outcomes = [o for load in await asyncio.gather(*loads) for o in load]
+    assert set(outcomes) <= {"ok", "broker unavailable"}, outcomes  # nothing else, no hang
+    assert {"ok", "broker unavailable"} <= set(outcomes)
     assert front.proc is not None and front.proc.returncode is None
     assert worker.proc is not None and worker.proc.returncode is None
+
+
+async def load_until(url: str, stop: asyncio.Event) -> list[str]:
+    """Calls one after another until ``stop``: "ok", or the -32009 reason, for each."""
+    outcomes = []
+    async with connected(url) as client:
+        while not stop.is_set():
+            reply = await client.call("process", {"actor_id": "napper", "payload": {"ms": 20}},
+                                      timeout_s=10)
+            if "result" in reply:
+                outcomes.append("ok")
+            else:
+                error = reply["error"]
+                outcomes.append(error["data"]["reason"] if error["code"] == -32009
+                                else str(error))
+                await asyncio.sleep(0.05)
+    return outcomes
 
 
 async def test_worker_needs_redis_url(tmp_path: Path) -> None:
@@ -263,6 +287,7 @@ def test_settings_render(tmp_path: Path) -> None:
 
 
 async def test_role_both_serves_alone(cluster: Cluster) -> None:
+    cluster.with_examples()
     config = cluster._config("both", "both")
     both = Service("both", ["--config", str(config)], free_port(), cluster.tmp / "both.log")
     await cluster._started(both)
