@@ -13,6 +13,10 @@ from cluster_support import ACTORS, REPO, Service, connected, free_port, wait_fo
 from conftest import Cluster
 
 
+# Process start-up is most of each test; a busy machine makes it slow, never wrong.
+pytestmark = pytest.mark.timeout(180)
+
+
 def ws_url(front: Service) -> str:
     return f"ws://127.0.0.1:{front.port}/"
 

@@ -96,6 +96,7 @@ def counter(metrics: str, name: str) -> float:
     return total
 
 
+@pytest.mark.timeout(300)
 async def test_worker_host_killed_mid_load(tmp_path: Path) -> None:
     with network(f"i15t{os.getpid() % 100000}") as ns:
         redis = RedisServer(tmp_path, port=6379, bind=f"{SUBNET}.1", password=PASSWORD,

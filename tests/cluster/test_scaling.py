@@ -12,6 +12,8 @@ import asyncio
 import os
 import time
 
+import pytest
+
 from cluster_support import Service, connected
 from conftest import Cluster
 from test_cluster import live_workers, ws_url
@@ -58,6 +60,7 @@ def scales(rates: dict[int, float]) -> bool:
     return rates[2] >= 1.8 * rates[1] and rates[4] >= 3.4 * rates[1]
 
 
+@pytest.mark.timeout(300)
 async def test_throughput_scales_with_workers(cluster: Cluster) -> None:
     front = await cluster.front()
     rates = await ladder(cluster, front)
