@@ -12,7 +12,6 @@ import pytest
 from cluster_support import ACTORS, REPO, Service, connected, free_port, wait_for
 from conftest import Cluster
 
-
 # Process start-up is most of each test; a busy machine makes it slow, never wrong.
 pytestmark = pytest.mark.timeout(180)
 

@@ -13,7 +13,6 @@ import os
 import time
 
 import pytest
-
 from cluster_support import Service, connected
 from conftest import Cluster
 from test_cluster import live_workers, ws_url
