@@ -317,3 +317,29 @@ def test_remote_errors_keep_class_code_and_data() -> None:
         assert rebuilt.to_json() == error.to_json()
     unknown = remote_error({"code": -1, "message": "?", "data": None})
     assert type(unknown) is RpcError and unknown.CODE == -32603
+
+
+def test_front_validates_payloads_as_the_runtime_does() -> None:
+    """A front checks payloads with schemas rebuilt from descriptors ($refs bundled)."""
+    from service.cluster.front import ClusterFront
+    from service.errors import PayloadInvalid
+    from service.manifest.loader import load_manifest
+    from service.runtime import check_payload
+    from service.settings import ClusterSettings, Settings
+
+    settings = Settings(cluster=ClusterSettings(redis_url="redis://127.0.0.1:1/0"))
+    actor = load_manifest(REPO / "manifests/order_total/order_total.yaml", settings)
+    remote = ClusterFront(settings)._remote_actor(actor.descriptor())
+    line = {"sku": "x", "quantity": 1, "unit_price": 2.5}
+    payloads = [{"order": {"id": "a", "lines": [line]}},
+                {"order": {"id": "a", "lines": [{**line, "quantity": 0}]}},
+                {"order": {"id": "", "lines": []}}, {}, {"order": {}, "extra": 1}]
+    for payload in payloads:
+        errors = []
+        for subject in (actor, remote):
+            try:
+                check_payload(subject, payload)
+                errors.append(None)
+            except PayloadInvalid as exc:
+                errors.append(exc.to_json())
+        assert errors[0] == errors[1], payload
