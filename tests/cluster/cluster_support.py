@@ -59,8 +59,10 @@ class RedisServer:
     started again on the same port."""
 
     def __init__(self, workdir: Path, port: int | None = None, bind: str = "127.0.0.1",
-                 password: str | None = None, prefix: tuple[str, ...] = ()) -> None:
+                 password: str | None = None, prefix: tuple[str, ...] = (),
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.extra_args = extra_args  # e.g. TLS: --port 0 --tls-port PORT ...
         self.port = port or free_port()
         self.bind = bind
         self.password = password
@@ -80,6 +82,7 @@ class RedisServer:
                 "--daemonize", "no", "--loglevel", "warning"]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra_args
         log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115 - handed to the child
         self.proc = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
@@ -146,7 +149,9 @@ class Service:
                 stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 start_new_session=True)
 
-    async def wait_healthy(self, timeout_s: float = READY_TIMEOUT_S) -> dict[str, Any]:
+    async def wait_healthy(self, timeout_s: float = READY_TIMEOUT_S,
+                           any_status: bool = False) -> dict[str, Any]:
+        """The /healthz body once it answers 200 (or anything, with ``any_status``)."""
         deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
@@ -155,7 +160,7 @@ class Service:
                     raise AssertionError(f"{self.name} exited: {self.log_tail()}")
                 with contextlib.suppress(aiohttp.ClientError, OSError):
                     async with session.get(f"{self.url}/healthz") as response:
-                        if response.status == 200:
+                        if response.status == 200 or any_status:
                             body: dict[str, Any] = await response.json()
                             return body
                 await asyncio.sleep(0.1)

@@ -23,6 +23,7 @@ class Cluster:
         self.redis = redis
         self.tmp = tmp
         self.services: list[Service] = []
+        self.redis_url: str | None = None  # instead of redis.url (e.g. TLS options)
         self.actors: tuple[Path, ...] = (ACTORS,)  # fewer actors: workers start faster
 
     def with_examples(self) -> None:
@@ -30,16 +31,17 @@ class Cluster:
         self.actors = (REPO / "manifests", ACTORS)
 
     def _config(self, name: str, role: str, **cluster: Any) -> Path:
-        return write_config(self.tmp / f"{name}.toml", self.redis.url, role=role,
+        url = cluster.pop("redis_url", None) or self.redis_url or self.redis.url
+        return write_config(self.tmp / f"{name}.toml", url, role=role,
                             manifest_paths=self.actors,
                             allowed_roots=(*self.actors, self.tmp), **cluster)
 
-    async def front(self, **cluster: Any) -> Service:
-        """A started front (healthy: it reaches Redis)."""
+    async def front(self, healthy: bool = True, **cluster: Any) -> Service:
+        """A started front (``healthy``: wait until it reaches Redis, else until it listens)."""
         name = f"front{len(self.services)}"
         config = self._config(name, "front", **cluster)
         service = Service(name, ["--config", str(config)], free_port(), self.tmp / f"{name}.log")
-        return await self._started(service)
+        return await self._started(service, healthy)
 
     async def workers(self, count: int, **cluster: Any) -> list[Service]:
         """``count`` started workers (healthy: registered with Redis)."""
@@ -51,10 +53,10 @@ class Cluster:
                                 self.tmp / f"{name}.log"))
         return list(await asyncio.gather(*(self._started(s) for s in made)))
 
-    async def _started(self, service: Service) -> Service:
+    async def _started(self, service: Service, healthy: bool = True) -> Service:
         self.services.append(service)
         await service.start()
-        await service.wait_healthy()
+        await service.wait_healthy(any_status=not healthy)
         return service
 
     async def aclose(self) -> None:

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from cluster_support import ACTORS, REPO, Service, connected, free_port, wait_for
+from cluster_support import (
+    ACTORS,
+    REPO,
+    RedisServer,
+    Service,
+    connected,
+    free_port,
+    wait_for,
+)
 from conftest import Cluster
 
 # Process start-up is most of each test; a busy machine makes it slow, never wrong.
@@ -343,3 +353,47 @@ def test_front_validates_payloads_as_the_runtime_does() -> None:
             except PayloadInvalid as exc:
                 errors.append(exc.to_json())
         assert errors[0] == errors[1], payload
+
+
+def make_tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1: (ca, cert, key)."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.crt", "-days", "1", "-subj", "/CN=cluster-test-ca")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=127.0.0.1")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "san.ext")
+    return folder / "ca.crt", folder / "server.crt", folder / "server.key"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl for certificates")
+async def test_tls_and_password_from_the_url(tmp_path: Path) -> None:
+    ca, cert, key = make_tls_files(tmp_path)
+    port = free_port()
+    redis = RedisServer(tmp_path, port=port, password="s3cret", extra_args=(
+        "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+        "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"))
+    await redis.start()
+    cluster = Cluster(redis, tmp_path)
+    try:
+        # The URL carries everything: TLS, the CA to check the server with, the password.
+        redis_url = (f"rediss://:s3cret@127.0.0.1:{port}/0?ssl_cert_reqs=required"
+                     f"&ssl_ca_certs={ca}")
+        cluster.redis_url = redis_url
+        front = await cluster.front()
+        await cluster.workers(1)
+        await live_workers(front, 1)
+        async with connected(ws_url(front)) as client:
+            reply = await client.call("process", {"actor_id": "napper", "payload": {"ms": 1}})
+        assert reply["result"]["return"] == {"slept_ms": 1}
+        wrong = await cluster.front(redis_url=redis_url.replace("s3cret", "nope"),
+                                    healthy=False)
+        status, body = await health(wrong)
+        assert status == 503 and body["broker"] == "unavailable"
+    finally:
+        await cluster.aclose()
+        await redis.stop()
