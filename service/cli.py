@@ -1,4 +1,4 @@
-"""The `service` command: serve (default), lint, test, run, doctor.
+"""The `service` command: serve (default), worker, lint, test, run, doctor.
 
 ``main(argv) -> int`` is the whole CLI; ``__main__`` only calls it. Exit codes:
 0 success, 1 failure (a lint problem, a failed example, a call error...),
