@@ -3,9 +3,9 @@ namespace on a private bridge (10.213.0.0/24, inside namespaces made here only).
 worker's namespace is SIGKILLed mid-load: every call is answered exactly once, none lost,
 no output forwarded twice, and the killed worker's calls run again elsewhere.
 
-Each worker also has a PID namespace of its own, so killing the namespace's processes
-kills its sandboxes too, as losing the machine would. ``CLUSTER_NETNS_CALLS`` sets the
-number of calls (default 120).
+Each worker also has a PID namespace of its own (with its own /proc), so killing the
+namespace's processes kills its sandboxes too, as losing the machine would.
+``CLUSTER_NETNS_CALLS`` sets the number of calls (default 120).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def network(tag: str) -> Iterator[dict[str, str]]:
 def in_ns(name: str, own_pids: bool = False) -> tuple[str, ...]:
     prefix: tuple[str, ...] = ("ip", "netns", "exec", name)
     if own_pids:
-        prefix += ("unshare", "--pid", "--fork", "--kill-child")
+        prefix += ("unshare", "--pid", "--fork", "--kill-child", "--mount-proc")
     return prefix
 
 
