@@ -109,6 +109,7 @@ class ClusterFront:
         self._dispatch = self.redis.register_script(DISPATCH_LUA)
         self.broker_up = False
         self.live_workers = 0
+        self._connected_at = 0.0  # monotonic time of the last (re)connection to Redis
         self._actors: dict[str, RemoteActor] = {}
         self._ports: dict[str, MappingProxyType[str, Port]] = {}  # inports JSON -> compiled
         self._backlog: dict[str, int] = {}
@@ -334,6 +335,7 @@ class ClusterFront:
     async def _connect(self) -> None:
         """(Re)create this front's stream and read the cluster's view, then serve."""
         await self._touch_events()
+        self._connected_at = time.monotonic()
         await self._refresh_view()
         self.broker_up = True
         log.info("cluster front %s connected to Redis (%d live workers)", self.id,
@@ -345,6 +347,9 @@ class ClusterFront:
         if not await self.redis.pexpire(self.events_key, ttl_ms):  # gone: Redis restarted
             self._last_read = await self.redis.xadd(self.events_key, {"hello": self.id})
             await self.redis.pexpire(self.events_key, ttl_ms)
+
+    def _in_reconnect_grace(self) -> bool:
+        return time.monotonic() - self._connected_at < self.cfg.worker_timeout_s
 
     def _broker_lost(self, exc: BaseException) -> None:
         if self.broker_up:
@@ -399,6 +404,11 @@ class ClusterFront:
 
     async def _refresh_view(self) -> None:
         workers = await self._live_registrations()
+        if not workers and self._actors and self._in_reconnect_grace():
+            # A Redis that restarted empty has lost the workers' registrations until their
+            # next heartbeat: keep serving the actors we knew (calls wait in their streams,
+            # whose groups read from the start) rather than answering "Actor not found".
+            return
         actors: dict[str, RemoteActor] = {}
         for worker_id in sorted(workers):
             served = workers[worker_id].get("actors")
