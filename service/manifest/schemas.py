@@ -220,9 +220,10 @@ class _Bundler:
                     ref = node.contents.get(keyword)
                     if isinstance(ref, str):
                         where = origin or f"{node.pointer}/{escape_pointer_token(keyword)}"
-                        self._check_ref(ref, node, where, queue, in_file=origin is not None)
+                        self._check_ref(keyword, ref, node, where, queue,
+                                        in_file=origin is not None)
 
-    def _check_ref(self, ref: str, node: Node, where: str,
+    def _check_ref(self, keyword: str, ref: str, node: Node, where: str,
                    queue: list[tuple[str, Any, str | None]], in_file: bool) -> None:
         doc, _ = _target(node.base, ref)
         if _is_metaschema(doc) or doc in self.refused:
@@ -231,7 +232,7 @@ class _Bundler:
         if doc not in self.registry:
             if not _is_file(doc):
                 self.issues.append(SchemaIssue(where, (
-                    f"{shown}$ref {ref!r} names {doc}, which is not in this schema; remote "
+                    f"{shown}{keyword} {ref!r} names {doc}, which is not in this schema; remote "
                     "documents are never fetched: embed it (a subschema with that $id) or "
                     "save it as a file beside the manifest or under schema_roots")))
                 self.refused.add(doc)
@@ -241,7 +242,7 @@ class _Bundler:
             queue.append((doc, self.docs[doc], where))
         problem = _lookup_problem(self.registry, node.base, ref)
         if problem is not None:
-            self.issues.append(SchemaIssue(where, f"{shown}$ref {ref!r} points to nothing"
+            self.issues.append(SchemaIssue(where, f"{shown}{keyword} {ref!r} points to nothing"
                                                   f"{problem}"))
 
     def _read(self, doc: str, ref: str, where: str, shown: str) -> bool:
@@ -291,9 +292,16 @@ class _Bundler:
             defs = out.setdefault(self.defs_keyword, {})
             for key, body in embedded.items():
                 defs[_free_key(key, defs)] = body
+        if isinstance(out, dict) and self._dynamic_root_without_id(out):
+            self.needs_root_id = True  # else jsonschema leaves the root out of the dynamic scope
         if self.needs_root_id and isinstance(out, dict):
             out[self.id_keyword] = self._publish(self.root_uri)
         return out
+
+    def _dynamic_root_without_id(self, root: dict[str, Any]) -> bool:
+        words = ('"$dynamicAnchor"', '"$recursiveAnchor"')
+        text = json.dumps(root)
+        return self.id_keyword not in root and any(word in text for word in words)
 
     def _embedded(self, doc: str) -> Any:
         body = copy.deepcopy(self.docs[doc])
