@@ -209,7 +209,8 @@ def test_a_remote_ref_is_refused_at_load(tmp_path: Path) -> None:
     assert refused(tmp_path, {"$id": "http://example.com/root.json", "$ref": "other.json"}) == [
         "inports.input.schema.$ref: $ref 'other.json' names http://example.com/other.json, "
         "which is not in this schema; remote documents are never fetched: embed it "
-        "(a subschema with that $id) or save it as a file beside the manifest or under schema_roots"]
+        "(a subschema with that $id) or save it as a file beside the manifest or under "
+        "schema_roots"]
 
 
 def test_a_metaschema_ref_needs_no_network(tmp_path: Path) -> None:
