@@ -91,10 +91,10 @@ class SchemaValidator:
         return await asyncio.to_thread(self._errors, value, verdict, deadline)
 
     def _errors(self, value: Any, verdict: bool | None, deadline: float) -> Errors:
-        """jsonschema's errors; jsonschema-rs's when jsonschema has none for a value it refused.
+        """jsonschema's errors: the reference has the last word on a value refused above.
 
-        The two disagree only where their regex engines do (RE2's ``\\s`` is ASCII, as
-        ``\\d`` and ``\\w`` are in ECMA 262, Python's are Unicode): the verdict stays.
+        jsonschema-rs refuses a few values jsonschema accepts (non-finite floats, which
+        Python's json reads; it sees them as null), so none of its refusals stands alone.
         """
         token = _DEADLINE.set(deadline)
         try:
@@ -103,13 +103,11 @@ class SchemaValidator:
             return self._fallback_errors(value, verdict)
         finally:
             _DEADLINE.reset(token)
-        if not found and verdict is False:
-            return self._fallback_errors(value, verdict)
         found.sort(key=lambda e: list(map(str, e.absolute_path)))
         return [{"path": _path(e.absolute_path), "message": e.message} for e in found]
 
     def _fallback_errors(self, value: Any, verdict: bool | None) -> Errors:
-        """jsonschema-rs's own messages, when jsonschema ran out of time or found nothing."""
+        """jsonschema-rs's own messages, when jsonschema ran out of time (or of stack)."""
         if self._fast is not None and verdict is False:
             found = islice(self._fast.iter_errors(value), MAX_ERRORS)
             return [{"path": _path(e.instance_path), "message": e.message} for e in found]
@@ -241,7 +239,13 @@ def _extras_message(extras: list[str], patterns: list[str]) -> str:
 def _unique_items(validator: Any, unique: bool, instance: Any,
                   schema: Any) -> Iterator[ValidationError]:
     if unique and validator.is_type(instance, "array") and not _all_distinct(instance):
-        yield ValidationError(f"{instance!r} has non-unique elements")
+        yield ValidationError(f"{_short_repr(instance)} has non-unique elements")
+
+
+def _short_repr(value: Any, most: int = 200) -> str:
+    """repr(value), cut to about ``most`` characters (a 50 KB array makes no message)."""
+    text = repr(value)
+    return text if len(text) <= most else f"{text[:most]}...{text[-1]}"
 
 
 def _all_distinct(items: list[Any]) -> bool:
