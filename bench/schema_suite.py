@@ -118,7 +118,11 @@ def run_file(path: Path, draft: str, folder: Path, remotes: Registry[Any], score
         name = f"{path.name}: {group['description']}"
         try:
             port = load_manifest(manifest, Settings(schema_roots=())).inports["input"]
-        except ManifestError as exc:
+        except Exception as exc:  # ManifestError, or a crash of the loader
+            if not isinstance(exc, ManifestError):
+                score.wrong += [f"{name} / {t['description']} (load crashed: {exc!r})"
+                                for t in group["tests"]]
+                continue
             text = "; ".join(str(p) for p in exc.problems)
             if REMOTE_WORDS in text or UNKNOWN_DIALECT in text:
                 score.remote += len(group["tests"])
@@ -128,7 +132,11 @@ def run_file(path: Path, draft: str, folder: Path, remotes: Registry[Any], score
                 score.wrong += [f"{name} / {t['description']} (refused)" for t in group["tests"]]
             continue
         for test in group["tests"]:
-            ours = port.errors(test["data"]) == []
+            try:
+                ours = port.errors(test["data"]) == []
+            except Exception:  # a call would answer -32603: wrong whatever the test says
+                score.wrong.append(f"{name} / {test['description']} (internal error)")
+                continue
             if ours == test["valid"]:
                 score.right += 1
             elif reference.is_valid(test["data"]) != test["valid"]:
