@@ -197,6 +197,9 @@ class _Bundler:
     needs_root_id: bool = False
     spec: Specification[Any] = field(init=False)
     registry: Registry[Any] = field(init=False)
+    id_keyword: str = field(init=False)  # "id" in draft 4
+    defs_keyword: str = field(init=False)  # where files are embedded
+    common: Path = field(init=False)  # the folder the published file names are relative to
 
     def __post_init__(self) -> None:
         self.spec = specification_of(self.dialect)

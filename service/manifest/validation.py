@@ -37,6 +37,8 @@ from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 
+from service.manifest.schemawalk import nodes, specification_of
+
 log = logging.getLogger(__name__)
 
 MAX_ERRORS = 50  # per value: a 10,000-item array of wrong types is not 10,000 messages
@@ -61,10 +63,6 @@ class SchemaValidator:
         self.timeout_s = timeout_s
         self._python = _python_validator(schema, dialect, format_assertion)
         self._fast = _rust_validator(schema, dialect, format_assertion)
-
-    def iter_errors(self, value: Any) -> Iterator[ValidationError]:
-        """jsonschema's errors for ``value`` (bounded keywords, no deadline)."""
-        return self._python.iter_errors(value)
 
     def is_valid(self, value: Any) -> bool | None:
         """The fast verdict: True, False, or None when jsonschema-rs has none to give."""
@@ -137,8 +135,6 @@ _RUST_CLASSES: dict[str, Any] = {
 
 def _rust_validator(schema: Any, dialect: type[Validator], format_assertion: bool) -> Any:
     """The jsonschema-rs validator of ``schema``, or None when it cannot compile it."""
-    from service.manifest.schemawalk import specification_of
-
     cls = _RUST_CLASSES.get(specification_of(dialect).name)
     if cls is None:
         return None
@@ -169,8 +165,6 @@ def _python_validator(schema: Any, dialect: type[Validator], format_assertion: b
 
 
 def _without_dollar_schema(schema: Any, dialect: type[Validator]) -> Any:
-    from service.manifest.schemawalk import nodes, specification_of
-
     copied = copy.deepcopy(schema)
     spec = specification_of(dialect)
     root = Resource(contents=copied, specification=spec)  # type: ignore[call-arg]
@@ -290,7 +284,7 @@ def _search(pattern: str, text: str) -> bool:
         raise ValidationTimeout from None
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096)  # patterns come from loaded schemas: a bounded set
 def _compiled(pattern: str) -> Any:
     """RE2 (linear time) when it has the pattern's features, else ``regex`` (with a timeout)."""
     options = re2.Options()
