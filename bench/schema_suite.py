@@ -23,6 +23,7 @@ import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,7 @@ def fetch_suite() -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
-                        ":all:", "-d", tmp, f"jsonschema=={jsonschema.__version__}"
-                        if hasattr(jsonschema, "__version__") else "jsonschema"],
+                        ":all:", "-d", tmp, f"jsonschema=={version('jsonschema')}"],
                        check=True, capture_output=True)
         sdist = next(Path(tmp).glob("jsonschema-*.tar.gz"))
         with tarfile.open(sdist) as tar:
