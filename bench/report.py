@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.runner import COLD_ACTORS, SCHEMA_ACTOR, WARM_ACTORS
+from bench.runner import COLD_ACTORS, NO_SCHEMA_ACTOR, SCHEMA_ACTOR, WARM_ACTORS
 
 WARM_P50_MAX_RATIO = 3.0  # warm round trip p50 <= 3x the echo's
 THROUGHPUT_MIN_RATIO = 0.15  # at concurrency 8: >= 15% of the echo's calls/s
@@ -61,6 +61,9 @@ def _latency_rows(results: dict[str, Any]) -> list[Row]:
                   latency[SCHEMA_ACTOR]["p50_ms"], "ms", "doubler p50",
                   latency[WARM_ACTORS["python"]]["p50_ms"])
         out.append(_ratio_target(row, SCHEMA_P50_MAX_RATIO, max_ratio=True))
+        out.append(Row(f"  same payload, no schema ({NO_SCHEMA_ACTOR})",
+                       latency[SCHEMA_ACTOR]["p50_ms"], "ms", f"{NO_SCHEMA_ACTOR} p50",
+                       latency[NO_SCHEMA_ACTOR]["p50_ms"]))
     return out
 
 

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 WARM_ACTORS = {"python": "doubler", "javascript": "doubler_js"}
 COLD_ACTORS = {"python": "doubler_cold", "javascript": "doubler_js_cold"}
 SCHEMA_ACTOR = "order_heavy"  # bench/actors: a 50-line order through nested, $ref'd schemas
+NO_SCHEMA_ACTOR = "order_noschema"  # the same payload and script, schema `true`
 LEVELS = (1, 8, 32)
 SAMPLE_EVERY_S = 0.05
 MODE = "closed loop: each connection makes one call at a time, no pipelining"
@@ -89,8 +90,9 @@ async def _latencies(plan: Plan, echo: servers.Running, server: servers.Running,
     results["server"]["latency"] = {
         actor_id: await _sequential(server, actor_id, calls, warmup)
         for actor_id in WARM_ACTORS.values()}
-    results["server"]["latency"][SCHEMA_ACTOR] = await _sequential(
-        server, SCHEMA_ACTOR, calls, warmup, heavy_order_call())
+    for actor_id in (SCHEMA_ACTOR, NO_SCHEMA_ACTOR):
+        results["server"]["latency"][actor_id] = await _sequential(
+            server, actor_id, calls, warmup, heavy_order_call())
 
 
 async def _throughputs(plan: Plan, echo: servers.Running, server: servers.Running,

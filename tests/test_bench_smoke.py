@@ -72,7 +72,8 @@ def test_server(results: dict[str, Any]) -> None:
     server = results["server"]
     for key in ("rss_idle_mb", "rss_load_peak_mb", "rss_after_load_mb"):
         assert server[key] > 0, key
-    assert set(server["latency"]) == {"doubler", "doubler_js", "order_heavy"}
+    assert set(server["latency"]) == {"doubler", "doubler_js", "order_heavy",
+                                        "order_noschema"}
     assert set(server["cold"]) == {"doubler_cold", "doubler_js_cold"}
     for summary in [*server["latency"].values(), *server["cold"].values()]:
         check_summary(summary)
