@@ -92,6 +92,7 @@ ITEM_OVERHEAD = 256  # what one queued item costs beyond its bytes
 IDLE_CHECK_S = 0.1  # how often an idle worker's counters are read (two preads)
 IDLE_CPU_NS = 50_000_000  # CPU an idle worker may use in all (V8 finishing its GC work)
 RESET_TIMEOUT_S = 5.0  # for the harness's "ready" after its own reset
+EXIT_WAIT_S = 0.2  # for what the harness just SIGKILLed to leave (node does not wait for it)
 BOOTING, BUSY, RESETTING, IDLE = "booting", "busy", "resetting", "idle"
 SANDBOX_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -695,11 +696,22 @@ class ProcessWorker:
         except (TimeoutError, ActorFailed) as exc:
             self._violate(f"no ready after its reset ({exc or 'timeout'})")
             return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + EXIT_WAIT_S
+        while (self._extra_pids() or self._threads_left()) and loop.time() < deadline:
+            await asyncio.sleep(0.005)  # killed, still exiting: a real leftover stays
         if reason := self._leftovers() or self._threads_left():
             self._violate(f"its reset left {reason}")
             return
         if not self._dead:
             self._become_idle()
+
+    def _extra_pids(self) -> set[int]:
+        """Processes of the sandbox besides bwrap and the harness (none before the harness
+        is known)."""
+        if self._harness_pid is None or self._dead:
+            return set()
+        return self._sandbox_pids() - {self._process.pid, self._harness_pid}
 
     def _threads_left(self) -> str | None:
         """A Python harness waits for the next call on one thread: any other is the
