@@ -1,4 +1,4 @@
-"""The `service` command: serve (default), lint, test, run, doctor.
+"""The `service` command: serve (default), lint, build, test, run, doctor.
 
 ``main(argv) -> int`` is the whole CLI; ``__main__`` only calls it. Exit codes:
 0 success, 1 failure (a lint problem, a failed example, a call error...),
@@ -20,7 +20,7 @@ from service.log import setup_logging
 from service.settings import Settings, load_settings
 
 DEFAULT_CONFIG = Path("config/settings.toml")
-SUBCOMMANDS = ("serve", "lint", "test", "run", "doctor")
+SUBCOMMANDS = ("serve", "lint", "build", "test", "run", "doctor")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_option(lint, "--config")
     lint.add_argument("--format", choices=("text", "json", "github"), default="text")
     lint.set_defaults(command=cmd_lint)
+
+    build = sub.add_parser("build", parents=[common],
+                           help="install the manifests' dependencies into the cache")
+    build.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    _settings_option(build, "--config")
+    build.set_defaults(command=cmd_build)
 
     test = sub.add_parser("test", parents=[common], help="run every manifest's examples")
     test.add_argument("paths", nargs="*", type=Path, metavar="PATH")
@@ -116,7 +122,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _log_level(args: argparse.Namespace, settings: Settings) -> str:
     """The settings' level for `serve`; one-shot commands keep stderr for their own output."""
-    if args.subcommand == "serve" or args.debug:
+    if args.subcommand in ("serve", "build") or args.debug:  # build: progress is the point
         return settings.log_level
     return "error" if settings.log_level == "error" else "warning"
 
@@ -158,6 +164,16 @@ def cmd_lint(args: argparse.Namespace, settings: Settings) -> int:
 
     paths = list(args.paths) or list(settings.manifest_paths)
     return lint_main(paths, settings, args.format, sys.stdout)
+
+
+# --- build ---
+
+
+def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
+    from service.deps.build import build_main
+
+    paths = list(args.paths) or list(settings.manifest_paths)
+    return build_main(paths, settings, sys.stdout)
 
 
 # --- test ---

@@ -73,6 +73,7 @@ class Settings:
     manifest_paths: tuple[Path, ...] = (Path("manifests"),)
     allowed_roots: tuple[Path, ...] = (Path("manifests"),)
     schema_roots: tuple[Path, ...] = (Path("schemas"),)  # where manifests may $ref shared schemas
+    deps_dir: Path = Path(".cache/deps")  # built dependency sets, one folder per set
     backend: str = "auto"
     max_message_bytes: int = 1_048_576
     log_level: str = "info"
@@ -151,6 +152,10 @@ def _convert(name: str, value: Any) -> Any:
     if name in nested:
         return _nested(nested[name], value, name)
     default = getattr(Settings(), name)
+    if isinstance(default, Path):
+        if not isinstance(value, str | Path) or not str(value):
+            raise TypeError(f"expected a path, got {value!r}")
+        return Path(value)
     if isinstance(default, tuple):
         items = [value] if isinstance(value, str | Path) else value
         if not isinstance(items, list | tuple):

@@ -57,8 +57,10 @@ from service.sandbox.base import (
     OutputBudget,
     OutputEvent,
     call_line,
+    dependency_mount,
     encode_line,
     harness_failure,
+    harness_path_flags,
 )
 from service.settings import Limits, Settings
 
@@ -384,18 +386,28 @@ def _vm_options(actor: ActorDef, settings: Settings) -> dict[str, Any]:
     # network=true means the public internet only: never the host, the LAN or metadata.
     network = (Network.from_profiles(NetworkProfile.PUBLIC) if limits.network
                else Network.none())
+    volumes = {
+        guest: Volume.bind(str(host), readonly=True, nosuid=True, nodev=True)
+        for guest, host in guest_binds(actor).items()
+    }
+    volumes["/tmp"] = Volume.tmpfs(size_mib=settings.sandbox.tmp_mb, nosuid=True, nodev=True)
     return {
         "cpus": max(1, math.ceil(limits.cpus)),
         "memory": limits.memory_mb + GUEST_OVERHEAD_MB,
         "network": network,
         "security": SecurityProfile.RESTRICTED,
-        "volumes": {
-            GUEST_ACTOR_DIR: Volume.bind(str(actor.root), readonly=True, nosuid=True, nodev=True),
-            GUEST_HARNESS_DIR: Volume.bind(str(HARNESS_DIR), readonly=True, nosuid=True,
-                                           nodev=True),
-            "/tmp": Volume.tmpfs(size_mib=settings.sandbox.tmp_mb, nosuid=True, nodev=True),
-        },
+        "volumes": volumes,
     }
+
+
+def guest_binds(actor: ActorDef) -> dict[str, Path]:
+    """Guest path -> host folder, each bound read-only: the actor, the harness, and the
+    actor's built dependency set (the same cache entry the process backend mounts)."""
+    binds = {GUEST_ACTOR_DIR: actor.root, GUEST_HARNESS_DIR: HARNESS_DIR}
+    deps = dependency_mount(actor, NAME)
+    if deps is not None:
+        binds[deps[1]] = deps[0]
+    return binds
 
 
 def harness_argv(actor: ActorDef) -> tuple[str, list[str]]:
@@ -409,7 +421,8 @@ def harness_argv(actor: ActorDef) -> tuple[str, list[str]]:
     harness = f"{GUEST_HARNESS_DIR}/{_HARNESS_FILES[actor.language]}"
     interpreter = (["python3", "-I", "-B", "-u"] if actor.language == "python" else ["node"])
     return "/bin/sh", ["-c", _FD_SHUFFLE, "harness", *interpreter, harness,
-                       "0", str(PROTOCOL_FD), script, actor.entrypoint, "--own-pidns"]
+                       "0", str(PROTOCOL_FD), script, actor.entrypoint, "--own-pidns",
+                       *harness_path_flags(actor)]
 
 
 def _image_ref(actor: ActorDef, settings: Settings) -> str:
