@@ -164,7 +164,8 @@ def _run(argv: list[str], build: Path, binds: list[tuple[Path, str]], settings: 
                                    preexec_fn=_drop_to(INSTALLER_UID) if drop else None)
     except OSError as exc:
         raise InstallError(f"cannot start bubblewrap for {name}: {exc}") from None
-    tail = _follow(process, progress)
+    with process:  # closes its pipe
+        tail = _follow(process, progress)
     if process.returncode != 0:
         raise InstallError(f"{name} failed (exit {process.returncode}): {_reason(tail)}")
 
@@ -237,7 +238,9 @@ def _sandbox_options(build: Path, binds: list[tuple[Path, str]], program: str) -
     options += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777",
                 "--size", str(TMP_MB << 20), "--tmpfs", "/tmp",
                 "--bind", str(build), GUEST_ENTRY, "--chdir", GUEST_ENTRY]
-    env = {"HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+    # SOURCE_DATE_EPOCH: pip byte-compiles into hash-checked .pyc files, valid whatever the
+    # files' mtimes become (an entry copied into an image or onto another machine).
+    env = {"HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8", "SOURCE_DATE_EPOCH": "315532800",
            "PATH": f"{Path(program).parent}:/usr/local/bin:/usr/bin:/bin",
            **{k: v for k, v in os.environ.items() if k in PASSED_ENV}}
     for key, value in env.items():

@@ -439,7 +439,8 @@ def _dependencies(ctx: _Context) -> Dependencies | None:
         packages += _packages(ctx, kind, declared)
     if not packages:
         return None
-    return Dependencies(language, tuple(sorted(packages)), ctx.doc.position("/dependencies"))
+    return Dependencies(language, tuple(sorted(packages)),
+                        ctx.doc.position("/dependencies", key=True))
 
 
 def _packages(ctx: _Context, kind: str, declared: Any) -> list[Package]:

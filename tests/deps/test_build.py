@@ -1,0 +1,216 @@
+"""Real sets from the real registries: built once, shared, verified, mounted read-only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import RuntimeFactory
+from deps_support import write_actor
+
+from service.deps.build import DepsBuilder, DepsError
+from service.deps.cache import MARKER, files_of
+from service.deps.spec import Dependencies, Package
+from service.errors import ManifestInvalid
+from service.manifest.loader import load_manifest
+from service.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+SIX_16 = Dependencies("python", (Package("six", "1.16.0"),))
+PROBE_SANDBOX = """\
+import os
+
+
+async def process(context):
+    try:
+        open("/deps/written", "w")
+        wrote = "yes"
+    except OSError as exc:
+        wrote = exc.strerror
+    with open("/proc/net/dev") as net:
+        interfaces = sorted(line.split(":")[0].strip() for line in net.readlines()[2:])
+    await context.send_output("out", {"wrote": wrote, "interfaces": interfaces,
+                                      "mounts": sorted(os.listdir("/"))})
+"""
+
+
+def sources(entry: Path) -> dict[str, str]:
+    """An entry's files but the byte code (marshal output varies from one build to the next)."""
+    return {k: v for k, v in files_of(entry).items() if "__pycache__" not in k}
+
+
+def settings_for(deps_dir: Path, *paths: Path) -> Settings:
+    return Settings(manifest_paths=paths, allowed_roots=paths, deps_dir=deps_dir,
+                    backend="process")
+
+
+def service(*args: str, deps_dir: Path, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SERVICE_DEPS_DIR": str(deps_dir)}
+    return subprocess.run([*prefix, sys.executable, "-m", "service", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+async def test_two_versions_of_one_package_side_by_side(
+        actors_dir: Path, shared_deps_dir: Path, make_runtime: RuntimeFactory) -> None:
+    write_actor(actors_dir / "old", "six_old", "dependencies: {python: [six==1.16.0]}\n")
+    write_actor(actors_dir / "new", "six_new", "dependencies: {python: [six==1.17.0]}\n")
+    runtime = await make_runtime(settings_for(shared_deps_dir, actors_dir))
+    old = (await runtime.process("six_old", {}))["outputs"]["out"]
+    new = (await runtime.process("six_new", {}))["outputs"]["out"]
+    # Each sees its own pinned version, from its own mount, over the system's dist-packages
+    assert old == {"version": "1.16.0", "file": "/deps/six.py",
+                   "deps": ["__pycache__", "six-1.16.0.dist-info", "six.py"]}
+    assert new == {"version": "1.17.0", "file": "/deps/six.py",
+                   "deps": ["__pycache__", "six-1.17.0.dist-info", "six.py"]}
+    entries = {runtime.get(i).deps_entry for i in ("six_old", "six_new")}
+    assert len(entries) == 2 and all(e is not None and e.parent == shared_deps_dir.resolve()
+                                     for e in entries)
+
+
+async def test_the_set_is_read_only_and_the_actor_offline(
+        actors_dir: Path, shared_deps_dir: Path, make_runtime: RuntimeFactory) -> None:
+    write_actor(actors_dir, "probe", "dependencies: {python: [six==1.16.0]}\n",
+                source=PROBE_SANDBOX)
+    runtime = await make_runtime(settings_for(shared_deps_dir, actors_dir))
+    seen = (await runtime.process("probe", {}))["outputs"]["out"]
+    assert seen["wrote"] == "Read-only file system"
+    assert seen["interfaces"] == ["lo"]
+    assert "deps" in seen["mounts"] and "node_modules" not in seen["mounts"]
+    entry = runtime.get("probe").deps_entry
+    assert entry is not None
+    for line in files_of(entry).values():  # sealed: readable by every sandbox uid, by no one
+        mode = line.split()[0]  # writable but the owner
+        assert mode in ("755", "644", "link"), line
+
+
+async def test_javascript_set(actors_dir: Path, shared_deps_dir: Path,
+                              make_runtime: RuntimeFactory) -> None:
+    write_actor(actors_dir, "isnum", "dependencies: {javascript: {is-number: 7.0.0}}\n",
+                language="javascript", source="""\
+        const isNumber = require('is-number');
+        const fs = require('fs');
+        async function process(context) {
+          const version = require('is-number/package.json').version;
+          await context.sendOutput('out', {version, yes: isNumber('4.5'), no: isNumber('x'),
+                                           modules: fs.readdirSync('/node_modules')});
+        }
+        module.exports = { process };
+        """)
+    runtime = await make_runtime(settings_for(shared_deps_dir, actors_dir))
+    seen = (await runtime.process("isnum", {}))["outputs"]["out"]
+    assert seen == {"version": "7.0.0", "yes": True, "no": False,
+                    "modules": [".package-lock.json", "is-number"]}
+
+
+def test_a_cache_hit_needs_no_network(actors_dir: Path, shared_deps_dir: Path) -> None:
+    """The second build runs in a network namespace with no interface up: nothing to reach."""
+    write_actor(actors_dir, "six_old", "dependencies: {python: [six==1.16.0]}\n")
+    first = service("build", str(actors_dir), deps_dir=shared_deps_dir)
+    assert first.returncode == 0, first.stdout + first.stderr
+    entry = next(shared_deps_dir.glob("python-*"))
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shared_deps_dir.iterdir()}
+    offline = ("unshare", "--net")
+    again = service("build", str(actors_dir), deps_dir=shared_deps_dir, prefix=offline)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.startswith("cached: python-")
+    assert "installing" not in again.stderr and "Collecting" not in again.stderr
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shared_deps_dir.iterdir()} \
+        == before
+    assert entry.exists()
+    # The control: the same namespace cannot install anything new.
+    write_actor(actors_dir, "six_old", "dependencies: {python: [six==1.15.0]}\n")
+    cut_off = service("build", str(actors_dir), deps_dir=shared_deps_dir, prefix=offline)
+    assert cut_off.returncode == 1
+    assert "FAILED python six==1.15.0 (actors six_old): pip failed" in cut_off.stdout
+
+
+def test_a_corrupted_entry_is_detected_and_rebuilt(
+        own_deps_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    builder = DepsBuilder(Settings(deps_dir=own_deps_dir))
+    built = builder.ensure(SIX_16)
+    assert not built.cached
+    pristine = sources(built.entry)
+    assert builder.ensure(SIX_16).cached
+    damages = {
+        "changed file lib/six.py": lambda e: (e / "lib" / "six.py").write_text("evil = 1\n"),
+        "unexpected file lib/evil.pth": lambda e: (e / "lib" / "evil.pth").write_text("x\n"),
+        "missing file lib/six.py": lambda e: (e / "lib" / "six.py").unlink(),
+        "changed file lib/six.py ": lambda e: (e / "lib" / "six.py").chmod(0o666),
+        f"{MARKER} is missing": lambda e: (e / MARKER).unlink(),
+    }
+    for reason, damage in damages.items():
+        damage(built.entry)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="service.deps.build"):
+            again = builder.ensure(SIX_16)
+        assert not again.cached, reason
+        assert f"corrupted ({reason.strip()})" in caplog.text
+        assert sources(again.entry) == pristine
+    assert list(own_deps_dir.glob(".build-*")) == list(own_deps_dir.glob(".trash-*")) == []
+
+
+def test_an_incomplete_python_set_is_refused(own_deps_dir: Path) -> None:
+    lonely = Dependencies("python", (Package("python-dateutil", "2.9.0.post0"),))
+    with pytest.raises(DepsError) as caught:
+        DepsBuilder(Settings(deps_dir=own_deps_dir)).ensure(lonely)
+    assert str(caught.value) == (
+        "the set is incomplete: python-dateutil 2.9.0.post0 needs six>=1.5, which the set "
+        "does not include: add six==VERSION")
+    assert list(own_deps_dir.iterdir()) == [own_deps_dir / ".locks"]  # nothing half-built
+
+
+async def test_an_uninstallable_set_fails_load_and_the_rest_keeps_serving(
+        actors_dir: Path, shared_deps_dir: Path, make_runtime: RuntimeFactory) -> None:
+    write_actor(actors_dir / "good", "good", "dependencies: {python: [six==1.16.0]}\n")
+    bad = write_actor(actors_dir / "bad", "bad", "# no such version\n"
+                      "dependencies: {python: [six==99.0.0]}\n")
+    runtime = await make_runtime(settings_for(shared_deps_dir, actors_dir / "good"))
+    runtime.settings = runtime.settings.replace(allowed_roots=(actors_dir,))
+    with pytest.raises(ManifestInvalid) as caught:
+        await runtime.load(str(bad))
+    error = caught.value.to_json()
+    assert error["code"] == -32007
+    [problem] = error["data"]["errors"]
+    assert problem["file"] == load_manifest(bad, Settings()).manifest_display
+    assert (problem["line"], problem["column"], problem["path"]) == (5, 1, "/dependencies")
+    assert problem["message"].startswith("dependencies: cannot be installed: pip failed (exit 1)")
+    assert "No matching distribution found for six==99.0.0" in problem["message"]
+    assert error["message"] == f"Manifest invalid: {problem['message']}"
+    assert [a.id for a in runtime.actors()] == ["good"]
+    assert (await runtime.process("good", {}))["outputs"]["out"]["version"] == "1.16.0"
+
+
+def test_service_build_exits_1_with_the_installer_message(actors_dir: Path,
+                                                          own_deps_dir: Path) -> None:
+    write_actor(actors_dir, "bad", "dependencies: {javascript: {is-number: 99.0.0}}\n",
+                language="javascript", source="async function process(context) {}\n")
+    done = service("build", str(actors_dir), deps_dir=own_deps_dir)
+    assert done.returncode == 1
+    assert done.stdout.startswith("FAILED javascript is-number@99.0.0 (actors bad): npm failed")
+    assert "No matching version found for is-number@99.0.0" in done.stdout
+    assert done.stdout.endswith("0 of 1 dependency sets ready in " + str(own_deps_dir) + "\n")
+
+
+def test_service_build_refuses_an_unpinned_manifest(actors_dir: Path, own_deps_dir: Path) -> None:
+    write_actor(actors_dir, "loose", "dependencies: {python: [six>=1.16]}\n")
+    done = service("build", str(actors_dir), deps_dir=own_deps_dir)
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[0] == (
+        f"{actors_dir}/loose.yaml:4:25: dependencies.python[0]: 'six>=1.16' is not pinned to "
+        "one version: write six==VERSION")
+    assert not own_deps_dir.exists()  # nothing was installed
+
+
+def test_the_marker_records_what_was_built(shared_deps_dir: Path) -> None:
+    built = DepsBuilder(Settings(deps_dir=shared_deps_dir)).ensure(SIX_16)
+    marker = json.loads((built.entry / MARKER).read_text())
+    assert marker["name"] == built.name and marker["language"] == "python"
+    assert marker["packages"] == ["six==1.16.0"]
+    assert marker["installer"].startswith("pip ")
+    assert set(marker["interpreter"]) == {"implementation_name", "python_version",
+                                          "platform_machine", "sys_platform"}
