@@ -49,7 +49,8 @@ def settings_for(deps_dir: Path, *paths: Path) -> Settings:
                     backend="process")
 
 
-def service(*args: str, deps_dir: Path, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def service(*args: str, deps_dir: Path,
+            prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SERVICE_DEPS_DIR": str(deps_dir)}
     return subprocess.run([*prefix, sys.executable, "-m", "service", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
