@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import shutil
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from service.deps.spec import Dependencies, Package
 from service.errors import (
     ActorFailed,
     OutputInvalid,
@@ -98,9 +100,10 @@ class LocalGuest:
         bwrap = ["bwrap", "--tmpfs", "/", "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc",
                  "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
                  "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev",
-                 "--tmpfs", "/tmp", "--ro-bind", str(actor.root), microvm.GUEST_ACTOR_DIR,
-                 "--ro-bind", str(microvm.HARNESS_DIR), microvm.GUEST_HARNESS_DIR,
-                 "--unshare-pid", "--die-with-parent", "--chdir", microvm.GUEST_ACTOR_DIR]
+                 "--tmpfs", "/tmp"]
+        for guest_path, host_path in microvm.guest_binds(actor).items():  # the VM's volumes
+            bwrap += ["--ro-bind", str(host_path), guest_path]
+        bwrap += ["--unshare-pid", "--die-with-parent", "--chdir", microvm.GUEST_ACTOR_DIR]
         proc = await asyncio.create_subprocess_exec(
             *bwrap, "--", command, *args, env=microvm._GUEST_ENV,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -522,6 +525,52 @@ async def test_javascript_actor(boot: Any) -> None:
     outcome = await worker.call(request({"x": 1}), sink)
     assert outcome.return_value == {"status": "completed"}
     assert sink.events == [LogEvent("stdout", "hi"), OutputEvent("out", 2)]
+
+
+DEPS_USER = """
+    import pinned_lib
+
+    def process(context):
+        try:
+            open("/deps/written", "w")
+            wrote = "yes"
+        except OSError as exc:
+            wrote = exc.strerror
+        context.send_output("out", [pinned_lib.VERSION, pinned_lib.__file__, wrote])
+"""
+
+
+@needs_bwrap
+async def test_the_dependency_set_is_bound_read_only_into_the_guest(tmp_path: Path) -> None:
+    entry = tmp_path / "python-0123"
+    (entry / "lib").mkdir(parents=True)
+    (entry / "lib" / "pinned_lib.py").write_text("VERSION = '1.2.3'\n")
+    (tmp_path / "actor").mkdir()
+    actor = dataclasses.replace(
+        make_actor(tmp_path / "actor", DEPS_USER), deps_entry=entry,
+        dependencies=Dependencies("python", (Package("pinned-lib", "1.2.3"),)))
+    assert microvm.guest_binds(actor) == {"/actor": actor.root, "/harness": microvm.HARNESS_DIR,
+                                          "/deps": entry / "lib"}
+    assert harness_argv(actor)[1][-2:] == ["--own-pidns", "--path=/deps"]
+    volumes = microvm._vm_options(actor, Settings())["volumes"]
+    assert set(volumes) == {"/actor", "/harness", "/deps", "/tmp"}
+    guest = await LocalGuest.start(actor)
+    worker = MicroVMWorker(actor, guest, tmp_mb=64)
+    try:
+        await asyncio.wait_for(worker.wait_ready(), 10)
+        sink = Recorder()
+        await worker.call(request(), sink)
+    finally:
+        await worker.close()
+    assert sink.events == [OutputEvent("out", ["1.2.3", "/deps/pinned_lib.py",
+                                               "Read-only file system"])]
+
+
+def test_dependencies_that_are_not_built_are_refused(tmp_path: Path) -> None:
+    actor = dataclasses.replace(make_actor(tmp_path, "def process(context):\n    pass\n"),
+                                dependencies=Dependencies("python", (Package("x", "1"),)))
+    with pytest.raises(SandboxUnavailable, match="dependencies of t are not built"):
+        microvm.guest_binds(actor)
 
 
 class ScriptedGuest:
