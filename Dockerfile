@@ -36,6 +36,10 @@ COPY service ./service
 COPY config ./config
 COPY schemas ./schemas
 COPY manifests ./manifests
+# Actors' dependency sets are installed into /app/.cache/deps (deps_dir) by the server at
+# its first start, or ahead of time: `service build manifests/` in CI (bubblewrap needs user
+# namespaces, which `docker build` rarely allows), then `COPY .cache/deps ./.cache/deps`
+# here. See docs/dependencies.md.
 # Editable, so the package stays in /app: the loader reads /app/schemas beside it
 # (compose mounts the project's schemas/ there), not a copy in site-packages.
 RUN pip install --no-deps -e .
