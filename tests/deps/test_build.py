@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import RuntimeFactory
@@ -18,12 +19,15 @@ from service.deps.cache import MARKER, files_of
 from service.deps.spec import Dependencies, Package
 from service.errors import ManifestInvalid
 from service.manifest.loader import load_manifest
+from service.server import create_app
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 SIX_16 = Dependencies("python", (Package("six", "1.16.0"),))
 PROBE_SANDBOX = """\
 import os
+
+CACHE = "CACHE_PATH"
 
 
 async def process(context):
@@ -35,7 +39,8 @@ async def process(context):
     with open("/proc/net/dev") as net:
         interfaces = sorted(line.split(":")[0].strip() for line in net.readlines()[2:])
     await context.send_output("out", {"wrote": wrote, "interfaces": interfaces,
-                                      "mounts": sorted(os.listdir("/"))})
+                                      "mounts": sorted(os.listdir("/")),
+                                      "cache_visible": os.path.exists(CACHE)})
 """
 
 
@@ -76,12 +81,13 @@ async def test_two_versions_of_one_package_side_by_side(
 async def test_the_set_is_read_only_and_the_actor_offline(
         actors_dir: Path, shared_deps_dir: Path, make_runtime: RuntimeFactory) -> None:
     write_actor(actors_dir, "probe", "dependencies: {python: [six==1.16.0]}\n",
-                source=PROBE_SANDBOX)
+                source=PROBE_SANDBOX.replace("CACHE_PATH", str(shared_deps_dir)))
     runtime = await make_runtime(settings_for(shared_deps_dir, actors_dir))
     seen = (await runtime.process("probe", {}))["outputs"]["out"]
     assert seen["wrote"] == "Read-only file system"
     assert seen["interfaces"] == ["lo"]
     assert "deps" in seen["mounts"] and "node_modules" not in seen["mounts"]
+    assert seen["cache_visible"] is False  # only its own set, never the cache
     entry = runtime.get("probe").deps_entry
     assert entry is not None
     for line in files_of(entry).values():  # sealed: readable by every sandbox uid, by no one
@@ -106,6 +112,38 @@ async def test_javascript_set(actors_dir: Path, shared_deps_dir: Path,
     seen = (await runtime.process("isnum", {}))["outputs"]["out"]
     assert seen == {"version": "7.0.0", "yes": True, "no": False,
                     "modules": [".package-lock.json", "is-number"]}
+
+
+async def test_an_es_module_imports_from_its_set(actors_dir: Path, shared_deps_dir: Path,
+                                                 make_runtime: RuntimeFactory) -> None:
+    manifest = write_actor(actors_dir, "esm", "dependencies: {javascript: {is-number: 7.0.0}}\n",
+                           language="javascript", source="""\
+        import isNumber from 'is-number';
+        export async function process(context) {
+          await context.sendOutput('out', [isNumber('5'), isNumber('x')]);
+        }
+        """)
+    (actors_dir / "esm.js").rename(actors_dir / "esm.mjs")
+    manifest.write_text(manifest.read_text().replace("esm.js", "esm.mjs"))
+    runtime = await make_runtime(settings_for(shared_deps_dir, actors_dir))
+    assert (await runtime.process("esm", {}))["outputs"]["out"] == [True, False]
+
+
+async def test_load_over_the_wire_answers_32007(actors_dir: Path, shared_deps_dir: Path,
+                                               make_runtime: RuntimeFactory,
+                                               aiohttp_client: Any) -> None:
+    bad = write_actor(actors_dir, "bad", "dependencies: {python: [no-such-package-i14==1.0]}\n")
+    settings = settings_for(shared_deps_dir, actors_dir)
+    runtime = await make_runtime(settings.replace(manifest_paths=()))
+    client = await aiohttp_client(create_app(settings, runtime))
+    async with client.ws_connect("/") as ws:
+        await ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "load",
+                            "params": {"file_path": str(bad)}})
+        answer = await ws.receive_json(timeout=120)
+    assert answer["id"] == 1 and answer["error"]["code"] == -32007
+    [problem] = answer["error"]["data"]["errors"]
+    assert (problem["line"], problem["column"]) == (4, 1)
+    assert "No matching distribution found for no-such-package-i14==1.0" in problem["message"]
 
 
 def test_a_cache_hit_needs_no_network(actors_dir: Path, shared_deps_dir: Path) -> None:
