@@ -196,6 +196,9 @@ async def _run_examples(settings: Settings) -> int:
 
     passed = failed = 0
     async with open_runtime(settings) as runtime:
+        for actor_id, reason in sorted(runtime.unavailable.items()):
+            failed += 1  # an actor that could not even load fails its examples
+            print(f"FAIL {actor_id}: {reason}")
         for actor in runtime.actors():
             for example in actor.examples:
                 problem = await _example_problem(runtime, actor.id, example)

@@ -52,6 +52,7 @@ class Runtime:
         self._retired: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # serializes load/replace
         self.deps = DepsBuilder(settings)
+        self.unavailable: dict[str, str] = {}  # actor id -> why start could not load it
 
     async def start(self, extra_paths: Sequence[Path | str] = ()) -> None:
         """Load every manifest under the settings' manifest_paths and ``extra_paths``.
@@ -69,6 +70,7 @@ class Runtime:
             except DepsError as exc:  # the others still serve; `load` can retry it later
                 log.error("actor %s not loaded: its dependencies cannot be installed: %s",
                           actor.id, exc)
+                self.unavailable[actor.id] = f"dependencies cannot be installed: {exc}"
                 continue
             await self._install(actor)
             loaded += 1
@@ -100,6 +102,7 @@ class Runtime:
         async with self._lock:
             replaced = actor.id in self._actors
             await self._install(actor)
+            self.unavailable.pop(actor.id, None)
         log.info("loaded actor %s from %s (replaced=%s)", actor.id, manifest, replaced)
         return actor, replaced
 

@@ -61,12 +61,16 @@ class DepsBuilder:
         try:
             interpreter = self.interpreter(deps.language)
             root = self.settings.deps_dir.resolve()
-            cache.prepare_root(root)
             name = cache.entry_name(deps, interpreter.abi)
-            with cache.locked(root, name):
-                cached = self._usable(root / name, name, deps)
-                if not cached:
-                    self._build(root, name, deps, interpreter)
+            # Sealed entries never change in place, so an intact one needs no lock (nor
+            # write access: a complete cache may be read-only to the server).
+            cached = cache.verify(root / name, name) is None
+            if not cached:
+                cache.prepare_root(root)
+                with cache.locked(root, name):  # another builder may have just finished it
+                    cached = self._usable(root / name, name, deps)
+                    if not cached:
+                        self._build(root, name, deps, interpreter)
         except (InstallError, cache.CacheError, OSError) as exc:
             raise DepsError(str(exc)) from exc
         seconds = time.monotonic() - started

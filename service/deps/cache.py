@@ -122,6 +122,8 @@ def discard(entry: Path) -> None:
 
 def verify(entry: Path, name: str) -> str | None:
     """Why ``entry`` cannot be used as it stands (None when it is intact)."""
+    if not entry.is_dir():
+        return "no such entry"
     try:
         marker = json.loads((entry / MARKER).read_text(encoding="utf-8"))
     except FileNotFoundError:

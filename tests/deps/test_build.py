@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -243,6 +244,25 @@ def test_service_build_refuses_an_unpinned_manifest(actors_dir: Path, own_deps_d
         f"{actors_dir}/loose.yaml:4:25: dependencies.python[0]: 'six>=1.16' is not pinned to "
         "one version: write six==VERSION")
     assert not own_deps_dir.exists()  # nothing was installed
+
+
+def test_a_cache_hit_writes_nothing(own_deps_dir: Path) -> None:
+    """An intact entry is used without the lock, so a complete cache may be read-only."""
+    builder = DepsBuilder(Settings(deps_dir=own_deps_dir))
+    builder.ensure(SIX_16)
+    shutil.rmtree(own_deps_dir / ".locks")
+    assert builder.ensure(SIX_16).cached
+    assert [p.name for p in own_deps_dir.iterdir()] == [builder.ensure(SIX_16).name]
+
+
+def test_service_test_fails_an_actor_whose_set_cannot_be_installed(
+        actors_dir: Path, own_deps_dir: Path) -> None:
+    write_actor(actors_dir, "bad", "dependencies: {javascript: {is-number: 99.0.0}}\n",
+                language="javascript", source="async function process(context) {}\n")
+    done = service("test", "--backend", "process", str(actors_dir), deps_dir=own_deps_dir)
+    assert done.returncode == 1
+    assert done.stdout.startswith("FAIL bad: dependencies cannot be installed: npm failed")
+    assert done.stdout.endswith("0 passed, 1 failed\n")
 
 
 def test_the_marker_records_what_was_built(shared_deps_dir: Path) -> None:
