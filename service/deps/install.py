@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.parser import Parser
 from pathlib import Path
+from typing import Any
 
 from packaging.markers import UndefinedEnvironmentName
 from packaging.requirements import InvalidRequirement, Requirement
@@ -149,7 +150,7 @@ def _run(argv: list[str], build: Path, binds: list[tuple[Path, str]], settings: 
     bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
     # As root: run as host uid 65534, owning only the build folder. Where that uid cannot
     # reach the folder (a cache under /root), stay root, mapped to 65534 without capabilities.
-    drop = os.geteuid() == 0 and _traversable(build)
+    drop = os.geteuid() == 0 and all(_traversable(p) for p in (build, *(s for s, _ in binds)))
     if drop:
         for path in (build, *build.iterdir()):
             os.chown(path, INSTALLER_UID, INSTALLER_UID)
@@ -157,11 +158,13 @@ def _run(argv: list[str], build: Path, binds: list[tuple[Path, str]], settings: 
         log.warning("%s is not reachable by uid %s: the installer runs as root, mapped to %s",
                     build, INSTALLER_UID, INSTALLER_UID)
     command = [bwrap, *_sandbox_options(build, binds, argv[0]), "--", *argv]
+    # user/group/extra_groups: set by the child between fork and exec, without Python code
+    ids: dict[str, Any] = ({"user": INSTALLER_UID, "group": INSTALLER_UID, "extra_groups": []}
+                           if drop else {})
     try:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, errors="replace",
-                                   env={"PATH": "/usr/bin:/bin"}, start_new_session=True,
-                                   preexec_fn=_drop_to(INSTALLER_UID) if drop else None)
+                                   env={"PATH": "/usr/bin:/bin"}, start_new_session=True, **ids)
     except OSError as exc:
         raise InstallError(f"cannot start bubblewrap for {name}: {exc}") from None
     with process:  # closes its pipe
@@ -200,20 +203,12 @@ def _reason(tail: list[str]) -> str:
 
 
 def _traversable(path: Path) -> bool:
-    """Can any user reach ``path`` (o+x on every folder above it)?"""
+    """Can any user reach ``path`` (o+x on every folder above it, and on it if a folder)?"""
     try:
-        return all(parent.stat().st_mode & 0o001 for parent in path.parents)
+        return all(folder.stat().st_mode & 0o001 for folder in (path, *path.parents)
+                   if folder.is_dir())
     except OSError:
         return False
-
-
-def _drop_to(uid: int) -> Callable[[], None]:
-    def drop() -> None:  # between fork and exec: os-level calls only
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-
-    return drop
 
 
 def _sandbox_options(build: Path, binds: list[tuple[Path, str]], program: str) -> list[str]:

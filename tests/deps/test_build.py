@@ -273,3 +273,36 @@ def test_the_marker_records_what_was_built(shared_deps_dir: Path) -> None:
     assert marker["installer"].startswith("pip ")
     assert set(marker["interpreter"]) == {"implementation_name", "python_version",
                                           "platform_machine", "sys_platform"}
+
+
+INSTALLER_PROBE = """\
+import os
+def attempt(path):
+    try:
+        with open(path, "w") as file:
+            file.write("x")
+        return "ok"
+    except OSError as exc:
+        return exc.strerror
+print("uid", os.getuid())
+print("entry", attempt("/entry/probe"), "usr", attempt("/usr/probe"), "root", attempt("/probe"))
+print("env", *sorted(os.environ))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the drop to uid 65534 needs root")
+def test_the_installer_runs_as_nobody_and_writes_only_its_entry(own_deps_dir: Path) -> None:
+    from service.deps.install import PASSED_ENV, _run
+
+    own_deps_dir.mkdir(mode=0o755)
+    build = own_deps_dir / "build"
+    build.mkdir(mode=0o755)
+    lines: list[str] = []
+    _run(["/usr/bin/python3", "-I", "-c", INSTALLER_PROBE], build, [], Settings(),
+         lines.append, "probe")
+    assert lines[0] == "uid 65534"
+    assert lines[1] == "entry ok usr Read-only file system root Read-only file system"
+    assert (build / "probe").stat().st_uid == 65534  # on the host too: not root mapped
+    # nothing of the environment but the registry, proxy and CA variables
+    assert set(lines[2].split()[1:]) <= {"HOME", "TMPDIR", "LANG", "PATH", "PWD",
+                                         "SOURCE_DATE_EPOCH", *PASSED_ENV}
