@@ -128,7 +128,7 @@ def install_set(deps: Dependencies, interpreter: Interpreter, build: Path, setti
                 "--only-binary=:all:", "--no-input", "--disable-pip-version-check",
                 "--no-cache-dir", "--progress-bar", "off", "--no-warn-script-location",
                 "--target", f"{GUEST_ENTRY}/lib", "--", *deps.describe()]
-        _run(argv, build, [(pip, GUEST_PIP)], settings, progress, "pip")
+        _run(argv, build, [(pip, GUEST_PIP)], progress, "pip")
         check_python_set(build / "lib", deps, interpreter.environment)
         return f"pip {_pip_version(pip)}"
     npm = _npm_cli(settings)
@@ -136,7 +136,7 @@ def install_set(deps: Dependencies, interpreter: Interpreter, build: Path, setti
     argv = [interpreter.program, str(npm), "install", "--prefix", GUEST_ENTRY,
             "--ignore-scripts", "--no-audit", "--no-fund", "--no-update-notifier",
             "--omit=dev", "--no-progress"]
-    _run(argv, build, [(npm.parents[1], str(npm.parents[1]))], settings, progress, "npm")
+    _run(argv, build, [(npm.parents[1], str(npm.parents[1]))], progress, "npm")
     check_npm_set(build / "node_modules", deps)
     return f"npm {_npm_version(npm)}"
 
@@ -144,7 +144,7 @@ def install_set(deps: Dependencies, interpreter: Interpreter, build: Path, setti
 # --- running the installer ---
 
 
-def _run(argv: list[str], build: Path, binds: list[tuple[Path, str]], settings: Settings,
+def _run(argv: list[str], build: Path, binds: list[tuple[Path, str]],
          progress: Callable[[str], None], name: str) -> None:
     """Run ``argv`` in the installer sandbox; InstallError with its message if it fails."""
     bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"

@@ -298,8 +298,8 @@ def test_the_installer_runs_as_nobody_and_writes_only_its_entry(own_deps_dir: Pa
     build = own_deps_dir / "build"
     build.mkdir(mode=0o755)
     lines: list[str] = []
-    _run(["/usr/bin/python3", "-I", "-c", INSTALLER_PROBE], build, [], Settings(),
-         lines.append, "probe")
+    _run(["/usr/bin/python3", "-I", "-c", INSTALLER_PROBE], build, [], lines.append,
+         "probe")
     assert lines[0] == "uid 65534"
     assert lines[1] == "entry ok usr Read-only file system root Read-only file system"
     assert (build / "probe").stat().st_uid == 65534  # on the host too: not root mapped
