@@ -9,16 +9,15 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from deps_support import RuntimeFactory
 
 from service.runtime import Runtime
 from service.sandbox.process import ProcessBackend
 from service.settings import Settings
-
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 
 
 def reachable_dir(prefix: str) -> Path:
@@ -48,9 +47,6 @@ def actors_dir() -> Iterator[Path]:
     path = reachable_dir("deps-actors-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-RuntimeFactory = Callable[[Settings], Awaitable[Runtime]]
 
 
 @pytest.fixture

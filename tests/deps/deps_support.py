@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from service.runtime import Runtime
+from service.settings import Settings
+
+RuntimeFactory = Callable[[Settings], Awaitable[Runtime]]
 
 PY_VERSION_ACTOR = """\
 import os

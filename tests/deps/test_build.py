@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RuntimeFactory
-from deps_support import write_actor
+from deps_support import RuntimeFactory, write_actor
 
 from service.deps.build import DepsBuilder, DepsError
 from service.deps.cache import MARKER, files_of
@@ -23,6 +22,8 @@ from service.manifest.loader import load_manifest
 from service.server import create_app
 from service.settings import Settings
 
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None or shutil.which("npm") is None,
+                                reason="bubblewrap or npm not installed")
 REPO = Path(__file__).resolve().parents[2]
 SIX_16 = Dependencies("python", (Package("six", "1.16.0"),))
 PROBE_SANDBOX = """\
