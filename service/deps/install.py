@@ -72,7 +72,7 @@ print(json.dumps({
     "platform_version": platform.version(), "python_full_version": platform.python_version(),
     "platform_python_implementation": platform.python_implementation(),
     "python_version": ".".join(platform.python_version_tuple()[:2]),
-    "sys_platform": sys.platform}))
+    "sys_platform": sys.platform, "libc": " ".join(platform.libc_ver())}))
 """
 NODE_PROBE = ("console.log(JSON.stringify({version: process.version, arch: process.arch, "
               "platform: process.platform, modules: process.versions.modules}))")
@@ -96,7 +96,7 @@ class Interpreter:
         env = self.environment
         if self.language == "python":
             return {k: env[k] for k in ("implementation_name", "python_version",
-                                        "platform_machine", "sys_platform")}
+                                        "platform_machine", "sys_platform", "libc")}
         return {"node": env["version"].lstrip("v").split(".")[0], "modules": env["modules"],
                 "arch": env["arch"], "platform": env["platform"]}
 

@@ -273,7 +273,8 @@ def test_the_marker_records_what_was_built(shared_deps_dir: Path) -> None:
     assert marker["packages"] == ["six==1.16.0"]
     assert marker["installer"].startswith("pip ")
     assert set(marker["interpreter"]) == {"implementation_name", "python_version",
-                                          "platform_machine", "sys_platform"}
+                                          "platform_machine", "sys_platform", "libc"}
+    assert marker["interpreter"]["libc"].startswith("glibc ")
 
 
 INSTALLER_PROBE = """\
