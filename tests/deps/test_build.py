@@ -80,6 +80,23 @@ async def test_two_versions_of_one_package_side_by_side(
                                      for e in entries)
 
 
+async def test_two_npm_versions_side_by_side(actors_dir: Path, shared_deps_dir: Path,
+                                             make_runtime: RuntimeFactory) -> None:
+    source = """\
+        async function process(context) {
+          await context.sendOutput('out', require('is-number/package.json').version);
+        }
+        module.exports = { process };
+        """
+    for version in ("6.0.0", "7.0.0"):  # 6.0.0 brings its own dependency (kind-of)
+        write_actor(actors_dir / version, f"isnum{version[0]}",
+                    f"dependencies: {{javascript: {{is-number: {version}}}}}\n",
+                    language="javascript", source=source)
+    runtime = await make_runtime(settings_for(shared_deps_dir, actors_dir))
+    assert (await runtime.process("isnum6", {}))["outputs"]["out"] == "6.0.0"
+    assert (await runtime.process("isnum7", {}))["outputs"]["out"] == "7.0.0"
+
+
 async def test_the_set_is_read_only_and_the_actor_offline(
         actors_dir: Path, shared_deps_dir: Path, make_runtime: RuntimeFactory) -> None:
     write_actor(actors_dir, "probe", "dependencies: {python: [six==1.16.0]}\n",
