@@ -30,6 +30,10 @@ SEMVER = re.compile(
 class SpecError(ValueError):
     """One declared dependency is not acceptable; the message says why and what to write."""
 
+    def __init__(self, message: str, *, in_name: bool = False) -> None:
+        super().__init__(message)
+        self.in_name = in_name  # the package name is wrong, not the version
+
 
 @dataclass(frozen=True, order=True)
 class Package:
@@ -92,7 +96,7 @@ def python_package(text: str) -> Package:
 def npm_package(name: str, version: object) -> Package:
     """Check one npm dependency: a valid package name and one exact semver version."""
     if len(name) > NPM_NAME_MAX or not NPM_NAME.match(name):
-        raise SpecError(f"{name!r} is not a valid npm package name")
+        raise SpecError(f"{name!r} is not a valid npm package name", in_name=True)
     if not isinstance(version, str) or not SEMVER.match(version):
         raise SpecError(f"{name}: {version!r} is not an exact version; write X.Y.Z "
                         "(no range, tag, URL, path or git reference)")

@@ -460,8 +460,7 @@ def _packages(ctx: _Context, kind: str, declared: Any) -> list[Package]:
             else:
                 package = npm_package(str(key), value)
         except SpecError as exc:
-            name_problem = kind == "javascript" and "package name" in str(exc)
-            ctx.add(ptr, str(exc), at=ptr, key=name_problem)
+            ctx.add(ptr, str(exc), at=ptr, key=exc.in_name)
             continue
         if package.name in found:
             ctx.add(ptr, f"{package.name} is listed twice (first as {found[package.name]})")
