@@ -437,7 +437,7 @@ def close_other_fds(keep: tuple[int, ...]) -> None:
 def main(argv: list[str]) -> int:
     if len(argv) < 5:
         os.write(2, b"usage: harness.py IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns] "
-                    b"[--self-reset]\n")
+                    b"[--self-reset] [--path=DIR]...\n")
         return 2
     in_fd, out_fd = int(argv[1]), int(argv[2])
     add_paths([flag[len("--path="):] for flag in argv[5:] if flag.startswith("--path=")])
