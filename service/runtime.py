@@ -31,6 +31,7 @@ from service.manifest.lint import check_paths
 from service.manifest.loader import load_manifest
 from service.manifest.model import ActorDef, schema_errors
 from service.sandbox.base import Backend, CallRequest, Event, OutputEvent
+from service.sandbox.capacity import SandboxCapacity
 from service.sandbox.pool import ActorPool
 from service.settings import Settings
 
@@ -53,6 +54,8 @@ class Runtime:
         self._lock = asyncio.Lock()  # serializes load/replace
         self.deps = DepsBuilder(settings)
         self.unavailable: dict[str, str] = {}  # actor id -> why start could not load it
+        self.capacity = SandboxCapacity(settings.capacity.max_sandboxes,
+                                        settings.capacity.memory_mb)
 
     async def start(self, extra_paths: Sequence[Path | str] = ()) -> None:
         """Load every manifest under the settings' manifest_paths and ``extra_paths``.
@@ -75,6 +78,8 @@ class Runtime:
             await self._install(actor)
             loaded += 1
         log.info("loaded %d actors on backend %s", loaded, self.backend.name)
+        log.info("sandbox capacity: %d sandboxes, %s MiB of memory limits",
+                 self.capacity.max_sandboxes, self.capacity.memory_mb)
 
     def actors(self) -> list[ActorDef]:
         return sorted(self._actors.values(), key=lambda a: a.id)
@@ -135,7 +140,7 @@ class Runtime:
         return path
 
     async def _install(self, actor: ActorDef) -> None:
-        pool = ActorPool(actor, self.backend)
+        pool = ActorPool(actor, self.backend, self.capacity)
         await pool.start()
         old = self._pools.get(actor.id)
         self._actors[actor.id] = actor

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import re
@@ -57,6 +56,7 @@ from service.sandbox.base import (
     OutputBudget,
     OutputEvent,
     call_line,
+    decode_line,
     dependency_mount,
     harness_failure,
     harness_path_flags,
@@ -814,7 +814,7 @@ class ProcessWorker:
                 await self._queue.put(_Item("eof"))
                 return
             try:
-                message = json.loads(line)
+                message = decode_line(line)
             except ValueError:
                 message = None
             if isinstance(message, dict):
