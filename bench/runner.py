@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import floor, procs, servers
+from bench import cluster, floor, procs, servers
 from bench.load import Stats, run_calls
 from service.manifest.loader import load_manifest
 from service.settings import Settings, load_settings
@@ -62,6 +62,8 @@ async def run(plan: Plan, config: Path, backend: str) -> dict[str, Any]:
                                    "server": {"rss_idle_mb": _mb(procs.rss_bytes(server.pid))}}
         log.info("warm round trips")
         await _latencies(plan, echo, server, results)
+        log.info("round trip through a cluster front and one worker")
+        results["cluster"] = await _cluster(plan, config, backend, results["server"])
         log.info("throughput")
         await _throughputs(plan, echo, server, results)
         results["server"]["workers"] = _workers(server.pid)
@@ -92,6 +94,19 @@ async def _latencies(plan: Plan, echo: servers.Running, server: servers.Running,
     results["server"]["latency"] = {
         actor_id: await _sequential(server, actor_id, calls, warmup)
         for actor_id in WARM_ACTORS.values()}
+
+
+async def _cluster(plan: Plan, config: Path, backend: str,
+                   single: dict[str, Any]) -> dict[str, Any]:
+    """The doubler's round trip through Redis, a front and a worker; the hop's cost per call
+    is its difference with the single-machine round trip measured just before."""
+    async with cluster.running(config, backend) as front:
+        stats = await _sequential(front, "doubler", plan.latency_calls,
+                                  plan.latency_warmup_calls)
+    base = single["latency"]["doubler"]
+    return {"latency": {"doubler": stats},
+            "hop_ms": {p: round(stats[f"{p}_ms"] - base[f"{p}_ms"], 3)
+                       for p in ("p50", "p90", "p99")}}
 
 
 async def _throughputs(plan: Plan, echo: servers.Running, server: servers.Running,

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from service.deps.build import DepsBuilder, DepsError
 from service.errors import (
@@ -29,7 +29,7 @@ from service.errors import (
 )
 from service.manifest.lint import check_paths
 from service.manifest.loader import load_manifest
-from service.manifest.model import ActorDef, schema_errors
+from service.manifest.model import ActorDef, Port, schema_errors
 from service.sandbox.base import Backend, CallRequest, Event, OutputEvent
 from service.sandbox.capacity import SandboxCapacity
 from service.sandbox.pool import ActorPool
@@ -254,7 +254,14 @@ def _objects(**params: Any) -> tuple[dict[str, Any], ...]:
     return tuple(out)
 
 
-def check_payload(actor: ActorDef, payload: dict[str, Any]) -> None:
+class HasInports(Protocol):
+    """What payload validation needs of an actor (a loaded one, or a cluster front's view)."""
+
+    @property
+    def inports(self) -> Mapping[str, Port]: ...
+
+
+def check_payload(actor: HasInports, payload: dict[str, Any]) -> None:
     """Raise PayloadInvalid for an unknown inport, a missing required one, or a schema failure."""
     for name in payload:
         if name not in actor.inports:

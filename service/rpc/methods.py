@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from service.errors import ActorNotFound, Cancelled, PathNotAllowed, RpcError
+from service.errors import Cancelled, PathNotAllowed, RpcError
 from service.metrics import Metrics
 from service.rpc.core import Call, Dispatcher, Handler, encode
 from service.rpc.openrpc import load_openrpc, params_schema, result_schema
@@ -139,7 +139,7 @@ class Methods:
     def _actor_label(self, actor_id: str) -> str:
         try:
             return self.runtime.get(actor_id).id
-        except ActorNotFound:
+        except RpcError:  # not found (or, on a cluster front, Redis unreachable)
             return UNKNOWN_ACTOR
 
 
