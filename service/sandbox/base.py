@@ -24,8 +24,12 @@ cannot exits instead. The host does not trust that reset (the script can patch t
 harness): the process backend checks from outside, before the worker serves again, that
 no process but the harness is left, /tmp is empty, and, while idle, that the sandbox uses
 no CPU, starts no task and writes no byte on any channel (any of it kills the worker).
-Harness command line: IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns] [--self-reset]
-(see the harnesses).
+Harness command line: IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns] [--self-reset] [--path=DIR]
+(see the harnesses). ``--path=DIR`` (Python): put DIR on sys.path ahead of site-packages.
+
+An actor with dependencies has its built cache entry mounted read-only at
+``dependency_mount`` (``/deps`` for Python, ``/node_modules`` for JavaScript, where
+node's resolution from ``/actor`` finds it for both ``require`` and ``import``).
 
 Workers enforce every limit of ``ActorDef.limits`` themselves (time, memory,
 pids, output bytes...) and raise the matching RpcError. After ``call`` raises,
@@ -37,10 +41,31 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from service.errors import ActorFailed, ResourceLimitExceeded
+from service.errors import ActorFailed, ResourceLimitExceeded, SandboxUnavailable
 from service.manifest.model import ActorDef
+
+DEPS_MOUNTS = {"python": ("lib", "/deps"), "javascript": ("node_modules", "/node_modules")}
+
+
+def dependency_mount(actor: ActorDef, backend: str) -> tuple[Path, str] | None:
+    """(host folder, sandbox path) of the actor's built dependencies; None without any."""
+    if actor.dependencies is None:
+        return None
+    if actor.deps_entry is None:  # the runtime builds before it starts workers
+        raise SandboxUnavailable(backend, f"the dependencies of {actor.id} are not built "
+                                 "(run `service build`)")
+    payload, inside = DEPS_MOUNTS[actor.language]
+    return actor.deps_entry / payload, inside
+
+
+def harness_path_flags(actor: ActorDef) -> list[str]:
+    """The harness flags that put the Python dependencies on sys.path."""
+    if actor.dependencies is None or actor.language != "python":
+        return []
+    return [f"--path={DEPS_MOUNTS['python'][1]}"]
 
 
 @dataclass(frozen=True)

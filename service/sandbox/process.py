@@ -6,6 +6,7 @@ What a sandbox sees (nothing else of the host):
     /etc/ld.so.cache, ...       read-only; resolv.conf, hosts, ssl only with limits.network
     /actor                      the actor's folder (``ActorDef.root``), read-only
     /harness/harness.{py,js}    read-only
+    /deps or /node_modules      the actor's built dependency set, read-only (if it has one)
     /tmp                        private tmpfs of ``settings.sandbox.tmp_mb``, wiped after each call
     /proc, /dev                 its own (new pid namespace); / and /dev are read-only,
                                 /proc/sys (and sysrq-trigger, irq, bus) read-only
@@ -63,8 +64,10 @@ from service.sandbox.base import (
     OutputEvent,
     call_line,
     decode_line,
+    dependency_mount,
     encode_line,
     harness_failure,
+    harness_path_flags,
     log_size,
     notification_size,
 )
@@ -425,11 +428,13 @@ def harness_path(actor: ActorDef) -> Path:
 
 def make_plan(actor: ActorDef, settings: Settings, mechanisms: dict[str, str],
               channel_fds: tuple[int, int], *, host_uid: int | None = None,
-              root: Path | None = None, harness: Path | None = None) -> Plan:
+              root: Path | None = None, harness: Path | None = None,
+              deps_root: Path | None = None) -> Plan:
     """The bwrap options, command, host uid and rlimits of a sandbox for ``actor``.
 
-    ``root`` and ``harness`` are where the actor's folder and the harness are mounted from
-    (by default the originals; the backend passes copies its sandbox uid can read), and
+    ``root``, ``harness`` and ``deps_root`` are where the actor's folder, the harness and
+    its built dependencies are mounted from (by default the originals; the backend passes
+    copies its sandbox uid can read when it cannot read those), and
     ``host_uid`` the unprivileged uid bubblewrap runs as (by default 65534 when the server
     is root, else the server's own uid: a sandbox never runs as host root).
     """
@@ -444,10 +449,14 @@ def make_plan(actor: ActorDef, settings: Settings, mechanisms: dict[str, str],
     interpreter = settings.sandbox.python if actor.language == "python" else settings.sandbox.node
     options = _namespace_options(actor.limits.network) + _filesystem_options(
         interpreter, actor.limits.network, settings.sandbox.tmp_mb)
-    options += ["--ro-bind", str(root), ACTOR_DIR, "--ro-bind", str(harness), inside,
-                "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", ACTOR_DIR]
+    options += ["--ro-bind", str(root), ACTOR_DIR, "--ro-bind", str(harness), inside]
+    deps = dependency_mount(actor, BACKEND)
+    if deps is not None:
+        options += ["--ro-bind", str(deps_root or deps[0]), deps[1]]
+    options += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", ACTOR_DIR]
     command = [interpreter, *_interpreter_flags(actor), inside, *map(str, channel_fds),
-               script, actor.entrypoint, "--own-pidns", "--self-reset"]
+               script, actor.entrypoint, "--own-pidns", "--self-reset",
+               *harness_path_flags(actor)]
     if host_uid is None and os.geteuid() == 0:
         host_uid = SANDBOX_UID
     return Plan(options, command, host_uid, _rlimits(actor, settings, mechanisms))
@@ -1272,11 +1281,15 @@ class ProcessBackend:
                 uids.release(uid)  # nothing of the sandbox runs: its cgroups are removed
             raise
 
-    def _staged(self, actor: ActorDef) -> tuple[Path, Path]:
-        """The actor's folder and its harness, or copies of them, that any uid can read."""
+    def _staged(self, actor: ActorDef) -> tuple[Path, Path, Path | None]:
+        """The actor's folder, its harness and its built dependencies, or copies of them,
+        that any uid can read."""
+        deps = dependency_mount(actor, BACKEND)
         try:
             return (self._stager.readable(actor.root),
-                    self._stager.readable(harness_path(actor)))
+                    self._stager.readable(harness_path(actor)),
+                    # a built set never changes (one folder per set): judged once
+                    self._stager.readable(deps[0], immutable=True) if deps else None)
         except OSError as exc:
             raise SandboxUnavailable(
                 BACKEND, f"cannot stage {actor.root} for the sandbox: {exc}") from exc
@@ -1284,11 +1297,11 @@ class ProcessBackend:
     async def _spawn_as(self, actor: ActorDef, cgroups: WorkerCgroups,
                         uid: int | None) -> ProcessWorker:
         loop = asyncio.get_running_loop()
-        root, harness = self._staged(actor) if uid is not None else (None, None)
+        root, harness, deps_root = self._staged(actor) if uid is not None else (None, None, None)
         call_r, call_w = os.pipe()  # host -> harness
         event_r, event_w = os.pipe()  # harness -> host
         plan = make_plan(actor, self.settings, self.mechanisms(), (call_r, event_w),
-                         host_uid=uid, root=root, harness=harness)
+                         host_uid=uid, root=root, harness=harness, deps_root=deps_root)
         options = plan.options
         seccomp_r = None
         if (program := self._seccomp[actor.limits.network]) is not None:

@@ -43,6 +43,7 @@ class Stager:
 
     def __init__(self) -> None:
         self._dir: Path | None = None
+        self._immutable: dict[Path, Path] = {}  # verdicts on trees that never change
 
     @property
     def directory(self) -> Path:
@@ -53,12 +54,20 @@ class Stager:
             self._dir.chmod(0o711)
         return self._dir
 
-    def readable(self, source: Path) -> Path:
-        """``source`` itself when any uid can read all of it, else a staged copy."""
+    def readable(self, source: Path, immutable: bool = False) -> Path:
+        """``source`` itself when any uid can read all of it, else a staged copy.
+        ``immutable``: the tree never changes (a built dependency set), so it is walked
+        once, not at every boot."""
+        if immutable and source in self._immutable:
+            return self._immutable[source]
         entries = _walk(source)
         if _reachable(source) and all(_readable(path) for path in entries):
-            return source
-        return self.stage(source, entries)
+            verdict = source
+        else:
+            verdict = self.stage(source, entries)
+        if immutable:
+            self._immutable[source] = verdict
+        return verdict
 
     def stage(self, source: Path, entries: list[Path] | None = None) -> Path:
         """A copy of the file or folder ``source`` that any uid can read, by content."""
@@ -76,6 +85,7 @@ class Stager:
         if self._dir is not None:
             _remove(self._dir)
             self._dir = None
+        self._immutable.clear()
 
 
 def fingerprint(source: Path, entries: list[Path] | None = None) -> str:
