@@ -109,7 +109,10 @@ def test_plan_mounts_the_dependency_set_read_only(settings: Settings, tmp_path: 
         assert plan.options[at - 2:at + 1] == ["--ro-bind", str(entry / payload), inside]
         assert plan.options[-4:] == ["--remount-ro", "/", "--chdir", "/actor"]
         assert (plan.command[-1] == "--path=/deps") == (language == "python")
-        assert plan.host_uid is None  # the entry sits below pytest's 0700 folder
+        assert plan.host_uid != 0  # never root, even for an entry below a 0700 folder
+        staged = make_plan(actor, settings, mechanisms, (7, 8), deps_root=tmp_path / "copy")
+        at = staged.options.index(inside)
+        assert staged.options[at - 2:at + 1] == ["--ro-bind", str(tmp_path / "copy"), inside]
 
 
 def test_plan_refuses_dependencies_that_are_not_built(settings: Settings) -> None:
