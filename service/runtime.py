@@ -31,6 +31,10 @@ from service.manifest.model import ActorDef, schema_errors
 from service.sandbox.base import Backend, CallRequest, Event, OutputEvent
 from service.sandbox.pool import ActorPool
 from service.settings import Settings
+from service.state.base import StateStore
+from service.state.context import is_state_context, state_context
+from service.state.select import open_store
+from service.state.session import StateBudget, StateSession
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +46,12 @@ SCRIPT_SUFFIXES = (".py", ".js", ".mjs", ".cjs")
 class Runtime:
     """Loaded actors by id, each with its warm pool."""
 
-    def __init__(self, settings: Settings, backend: Backend) -> None:
+    def __init__(self, settings: Settings, backend: Backend,
+                 store: StateStore | None = None) -> None:
         self.settings = settings
         self.backend = backend
+        # Persistent state: the server's own store (settings [state]), never a client's URL.
+        self.store = open_store(settings.state) if store is None else store
         self._actors: dict[str, ActorDef] = {}
         self._pools: dict[str, ActorPool] = {}
         self._retired: set[asyncio.Task[None]] = set()
@@ -132,13 +139,15 @@ class Runtime:
         started = time.perf_counter()
         actor = self.get(actor_id)
         payload, config, state = _objects(payload=payload, config=config, state=state)
+        session = self._state_session(state, actor.id)
         check_payload(actor, payload)
         request = CallRequest(
             actor_id=actor.id,
             payload=payload,
             config=merged_config(actor, config),
-            state=state,
+            state={} if session is not None else state,
             timestamp=int(time.time() * 1000) if timestamp is None else timestamp,
+            state_ops=session,
         )
         call = _Call(actor, emit)
         outcome = await self._pools[actor.id].run(request, call.on_event)
@@ -146,9 +155,18 @@ class Runtime:
             "outputs": call.outputs,
             "emitted": call.emitted,
             "return": outcome.return_value,
-            "state": outcome.state,
+            # persistent state lives in the store: the context goes back as it came
+            "state": state if session is not None else outcome.state,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
         }
+
+    def _state_session(self, state: dict[str, Any], actor_id: str) -> StateSession | None:
+        """The call's session with the store when ``state`` is a state context, else None."""
+        if not is_state_context(state):
+            return None
+        limits = self.settings.state
+        return StateSession(self.store, state_context(state, actor_id),
+                            StateBudget(limits.ops_per_call, limits.bytes_per_call))
 
     async def aclose(self) -> None:
         """Kill every sandbox of every pool, old definitions included."""
@@ -159,6 +177,7 @@ class Runtime:
         await asyncio.gather(*(p.aclose() for p in pools), *self._retired,
                              return_exceptions=True)
         await self.backend.aclose()
+        await self.store.aclose()
 
 
 @asynccontextmanager

@@ -20,6 +20,8 @@ ENV_PREFIX = "SERVICE"
 BACKENDS = ("auto", "microvm", "process")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+ZERO_ALLOWED = frozenset({"ttl_s"})  # nested keys where 0 means "none" rather than a mistake
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,17 @@ class SandboxSettings:
 
 
 @dataclass(frozen=True)
+class StateSettings:
+    """Persistent actor state (shared/spec/state.md): the server's own store, never a client's."""
+
+    redis_url: str = ""  # empty: the embedded in-process store
+    ttl_s: int = 3600  # refreshed on each write; 0: keys never expire
+    ops_per_call: int = 1000  # state operations one call may make
+    bytes_per_call: int = 1_048_576  # key and value bytes one call may move, both ways
+    timeout_s: float = 2  # Redis connect and reply timeout
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 5556
@@ -82,6 +95,7 @@ class Settings:
     limits_max: LimitsMax = field(default_factory=LimitsMax)
     auth: AuthSettings = field(default_factory=AuthSettings)
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    state: StateSettings = field(default_factory=StateSettings)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -147,7 +161,7 @@ def settings_from_mapping(raw: dict[str, Any]) -> Settings:
 
 def _convert(name: str, value: Any) -> Any:
     nested = {"limits": Limits, "limits_max": LimitsMax, "auth": AuthSettings,
-              "sandbox": SandboxSettings}
+              "sandbox": SandboxSettings, "state": StateSettings}
     if name in nested:
         return _nested(nested[name], value, name)
     default = getattr(Settings(), name)
@@ -171,7 +185,9 @@ def _nested(cls: type, value: Any, name: str) -> Any:
     converted = {}
     for key, item in value.items():
         try:
-            if key == "tokens":
+            if key in ZERO_ALLOWED and item == 0 and not isinstance(item, bool):
+                converted[key] = 0
+            elif key == "tokens":
                 if not isinstance(item, list | tuple) or not all(isinstance(t, str) for t in item):
                     raise TypeError("expected a list of strings")
                 converted[key] = tuple(item)
@@ -212,6 +228,8 @@ def _check(s: Settings) -> None:
         problems.append(f"log_format: must be one of {', '.join(LOG_FORMATS)}")
     if not 0 < s.port < 65536:
         problems.append(f"port: must be 1-65535, got {s.port}")
+    if s.state.redis_url and not s.state.redis_url.startswith(REDIS_SCHEMES):
+        problems.append(f"state.redis_url: must start with {', '.join(REDIS_SCHEMES)}")
     for key in ("cpus", "memory_mb", "timeout_s", "pids", "output_bytes"):
         if getattr(s.limits, key) > getattr(s.limits_max, key):
             problems.append(f"limits.{key}: default is over limits_max.{key}")
