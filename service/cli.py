@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     lint.add_argument("paths", nargs="*", type=Path, metavar="PATH")
     _settings_option(lint, "--config")
     lint.add_argument("--format", choices=("text", "json", "github"), default="text")
+    lint.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
     lint.set_defaults(command=cmd_lint)
 
     test = sub.add_parser("test", parents=[common], help="run every manifest's examples")
@@ -157,7 +158,7 @@ def cmd_lint(args: argparse.Namespace, settings: Settings) -> int:
     from service.manifest.lint import lint_main
 
     paths = list(args.paths) or list(settings.manifest_paths)
-    return lint_main(paths, settings, args.format, sys.stdout)
+    return lint_main(paths, settings, args.format, sys.stdout, strict=args.strict)
 
 
 # --- test ---

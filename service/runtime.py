@@ -28,6 +28,7 @@ from service.errors import (
 from service.manifest.lint import check_paths
 from service.manifest.loader import load_manifest
 from service.manifest.model import ActorDef, schema_errors
+from service.manifest.script_only import check_script_only, is_script, manifest_beside
 from service.sandbox.base import Backend, CallRequest, Event, OutputEvent
 from service.sandbox.pool import ActorPool
 from service.settings import Settings
@@ -64,8 +65,9 @@ class Runtime:
         """
         paths = [*self.settings.manifest_paths, *map(Path, extra_paths)]
         actors, problems = await asyncio.to_thread(check_paths, paths, self.settings)
-        if problems:
-            raise ManifestError(problems)
+        errors = [p for p in problems if p.is_error]  # warnings are lint's business
+        if errors:
+            raise ManifestError(errors)
         for actor in actors:
             await self._install(actor)
         log.info("loaded %d actors on backend %s", len(actors), self.backend.name)
@@ -84,12 +86,13 @@ class Runtime:
         return {actor_id: pool.stats for actor_id, pool in self._pools.items()}
 
     async def load(self, file_path: Any) -> tuple[ActorDef, bool]:
-        """Load (or replace) the actor of a manifest, or of a script with a manifest beside it."""
+        """Load (or replace) the actor of a manifest, of a script with a manifest beside it,
+        or of a script-only actor (its metadata in the script)."""
         if not isinstance(file_path, str) or not file_path:
             raise InvalidParams("file_path must be a non-empty string")
         manifest = self._allowed_manifest(file_path)
         try:
-            actor = await asyncio.to_thread(load_manifest, manifest, self.settings)
+            actor = await asyncio.to_thread(self._load_file, manifest)
         except ManifestError as exc:
             raise ManifestInvalid(exc.problems) from exc
         async with self._lock:
@@ -104,11 +107,19 @@ class Runtime:
         except (OSError, ValueError, RuntimeError):  # NUL byte, name too long, symlink loop
             raise PathNotAllowed(file_path) from None
 
+    def _load_file(self, path: Path) -> ActorDef:
+        if is_script(path):
+            check = check_script_only(path, self.settings)
+            if check.actor is None:
+                raise ManifestError(check.problems)
+            return check.actor
+        return load_manifest(path, self.settings)
+
     def _confined(self, path: Path) -> Path:
-        """The manifest of ``path``, resolved, if it is a file below an allowed root."""
+        """The manifest of ``path`` (or the script itself when it has none beside it),
+        if it is a file below an allowed root."""
         if path.suffix in SCRIPT_SUFFIXES:
-            candidates = [path.with_suffix(".yaml"), path.with_suffix(".yml")]
-            path = next((c for c in candidates if c.is_file()), candidates[0])
+            path = manifest_beside(path) or path
         resolved = path.resolve(strict=True)
         roots = [root.resolve() for root in self.settings.allowed_roots]
         if not resolved.is_file() or not any(resolved.is_relative_to(r) for r in roots):

@@ -182,7 +182,7 @@ def _nested(cls: type, value: Any, name: str) -> Any:
     if unknown:
         raise ValueError(f"unknown key {unknown[0]!r}")
     base = cls()
-    converted = {}
+    converted: dict[str, Any] = {}
     for key, item in value.items():
         try:
             if key in ZERO_ALLOWED and item == 0 and not isinstance(item, bool):

@@ -136,7 +136,12 @@ def check_manifest(path: Path | str, settings: Settings) -> ManifestCheck:
         return ManifestCheck(display, None, [Problem(display, None, None, f"cannot read: {exc}")])
     except ManifestError as exc:
         return ManifestCheck(display, None, exc.problems)
-    ctx = _Context(display, Path(path).resolve(), doc, settings, list(doc.problems))
+    return check_document(doc, display, Path(path).resolve(), settings)
+
+
+def check_document(doc: YamlDoc, display: str, manifest: Path, settings: Settings) -> ManifestCheck:
+    """Check a parsed manifest (``manifest``: its resolved path, whose folder is the root)."""
+    ctx = _Context(display, manifest, doc, settings, list(doc.problems))
     actor = _check(ctx)
     actor_id = doc.value.get("id")
     valid = isinstance(actor_id, str) and not _field_has_problem(ctx, "/id")

@@ -113,13 +113,12 @@ class _RedisErrors:
     async def __aenter__(self) -> None:
         return None
 
-    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         if exc is None or isinstance(exc, StateOpError | StoreDown):
-            return False
+            return
         if isinstance(exc, ResponseError) and any(w in str(exc) for w in SCRIPT_ERRORS):
             kind = "OverflowError" if "overflow" in str(exc) else "TypeError"
             raise StateOpError(kind, str(exc)) from None
         if isinstance(exc, RedisConnectionError | RedisTimeoutError | RedisError | OSError):
             log.warning("state store %s failed: %s", redacted(self.url), exc)
             raise StoreDown(f"redis {redacted(self.url)}: {exc}") from None
-        return False
