@@ -22,7 +22,8 @@ from service.state.base import Change, R, StateOpError, StoreDown
 log = logging.getLogger(__name__)
 
 SCRIPT_ERRORS = ("WRONGTYPE", "not an integer", "overflow")  # the script's fault, not the store's
-UPDATE_RETRIES = 64  # optimistic transactions lost to other writers before giving up
+UPDATE_RETRIES = 64
+MAX_CONNECTIONS = 32  # per server  # optimistic transactions lost to other writers before giving up
 
 
 def redacted(url: str) -> str:
@@ -43,9 +44,11 @@ class RedisStore:
     def __init__(self, url: str, ttl_s: int, timeout_s: float) -> None:
         self.url = url
         self.ttl_s = ttl_s
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            decode_responses=True, health_check_interval=30)
+        # Blocking: a burst of calls waits for a connection instead of failing the call.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=timeout_s, socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s, decode_responses=True, health_check_interval=30)
+        self._redis = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
 
     async def get(self, key: str) -> str | None:
         async with self._errors():
