@@ -275,5 +275,26 @@ async def _doctor(settings: Settings) -> int:
             print(f"  {key}: {value}")
         if availability.ok:
             working.append(availability.backend)
+    store_ok = await _doctor_state(settings)
     print(f"working backends: {', '.join(working) or 'none'}")
-    return EXIT_OK if working else EXIT_FAILURE
+    return EXIT_OK if working and store_ok else EXIT_FAILURE
+
+
+async def _doctor_state(settings: Settings) -> bool:
+    """Report the persistent state store (settings [state]); whether it answers."""
+    from service.state.base import StoreDown
+    from service.state.select import open_store
+
+    store = open_store(settings.state)
+    try:
+        report = await store.check()
+    except StoreDown as exc:
+        print(f"state store: unavailable: {exc}")
+        return False
+    finally:
+        await store.aclose()
+    print(f"state store: ok ({store.name})")
+    for key, value in report.items():
+        if key != "store":
+            print(f"  {key}: {value}")
+    return True
