@@ -62,10 +62,13 @@ class Stats:
 class Caller:
     """One connection making one call at a time."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, actor_id: str) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, actor_id: str,
+                 state: dict[str, Any] | None = None) -> None:
         self.ws = ws
         self.ids = itertools.count(1)
-        self.params = {"actor_id": actor_id, "payload": {"input": INPUT}}
+        self.params: dict[str, Any] = {"actor_id": actor_id, "payload": {"input": INPUT}}
+        if state is not None:
+            self.params["state"] = state
 
     async def call(self) -> float:
         """One `process` round trip; its latency in ms."""
@@ -97,7 +100,8 @@ class Caller:
 
 async def run_calls(url: str, actor_id: str, *, connections: int, calls: int | None = None,
                     duration_s: float | None = None, warmup_calls: int = 0,
-                    warmup_s: float = 0.0, server_pid: int | None = None) -> Stats:
+                    warmup_s: float = 0.0, server_pid: int | None = None,
+                    state: dict[str, Any] | None = None) -> Stats:
     """Warm up (``warmup_calls`` per connection, then ``warmup_s``), then measure ``calls``
     calls per connection, or as many as fit in ``duration_s``; with ``server_pid``, also the
     CPU time that process used during the measured part."""
@@ -105,7 +109,7 @@ async def run_calls(url: str, actor_id: str, *, connections: int, calls: int | N
     async with aiohttp.ClientSession(timeout=timeout) as session:
         sockets = [await session.ws_connect(url, max_msg_size=0) for _ in range(connections)]
         try:
-            callers = [Caller(ws, actor_id) for ws in sockets]
+            callers = [Caller(ws, actor_id, state) for ws in sockets]
             if warmup_calls > 0:
                 await _measure(callers, warmup_calls, None)
             if warmup_s > 0:

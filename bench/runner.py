@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import floor, procs, servers
+from bench import floor, procs, servers, state
 from bench.load import Stats, run_calls
 from service.manifest.loader import load_manifest
 from service.settings import Settings, load_settings
@@ -60,6 +60,9 @@ async def run(plan: Plan, config: Path, backend: str) -> dict[str, Any]:
                                    "server": {"rss_idle_mb": _mb(procs.rss_bytes(server.pid))}}
         log.info("warm round trips")
         await _latencies(plan, echo, server, results)
+        log.info("warm calls with one state increment")
+        results["server"]["state"] = await state.measure(
+            server, config, backend, plan.latency_calls, plan.latency_warmup_calls)
         log.info("throughput")
         await _throughputs(plan, echo, server, results)
         results["server"]["workers"] = _workers(server.pid)
