@@ -219,6 +219,7 @@ def _actor(ctx: _Context, script: Path, inports: dict[str, Port], outports: dict
         config_validator=config.validator if config else None,
         config_defaults=MappingProxyType(dict(raw.get("config", {}).get("defaults", {}))),
         pool=pool, examples=examples,
+        persistent_state=raw.get("state") == "persistent",
     )
 
 

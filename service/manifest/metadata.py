@@ -15,7 +15,8 @@ Read statically, never by running the script on the host:
 The metadata becomes a manifest (:func:`manifest_of`) checked by the manifest loader like
 any other: ``component``/``name`` is the id, ports get the permissive schema ``{}``,
 ``config_schema`` the config schema, ``memory`` ("256MB", "1GiB") and ``timeout`` (s) the
-limits (over ``limits_max`` they are refused); other keys are accepted and ignored.
+limits (over ``limits_max`` they are refused), ``state_backend="redis"`` declares persistent
+state (documentation); other keys are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ PYTHON_HINT = "@actor"
 JS_DECLARATION = re.compile(r"^[ \t]*(?:export\s+)?(?:const|let|var)\s+metadata\s*=\s*", re.M)
 JSDOC = re.compile(r"/\*\*(.*?)\*/", re.S)
 MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
+PERSISTENT_BACKENDS = ("redis", "persistent")  # the origin's state_backend values that persist
 UNIT_MB = {"": 1.0, "k": 1 / 1024, "m": 1.0, "g": 1024.0, "t": 1024.0 * 1024}
 
 
@@ -80,6 +82,8 @@ def manifest_of(meta: ScriptMetadata, script: Path, language: str) -> dict[str, 
     limits = _limits(values)
     if limits:
         manifest["limits"] = limits
+    if values.get("state_backend") in PERSISTENT_BACKENDS:
+        manifest["state"] = "persistent"
     return manifest
 
 

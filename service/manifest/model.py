@@ -80,6 +80,7 @@ class ActorDef:
         default_factory=lambda: MappingProxyType({}))
     pool: PoolSpec = field(default_factory=PoolSpec)
     examples: tuple[Example, ...] = ()
+    persistent_state: bool = False  # declared (manifest `state: persistent`); documentation
 
     @property
     def root(self) -> Path:
@@ -96,4 +97,5 @@ class ActorDef:
             "outports": {n: p.describe(False) for n, p in self.outports.items()},
             "limits": self.limits.to_json(),
             "manifest": self.manifest_display,
+            **({"state": "persistent"} if self.persistent_state else {}),
         }

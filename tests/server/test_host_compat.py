@@ -169,6 +169,9 @@ async def test_a_counter_counts_across_calls_on_the_embedded_store(
     actor_id = (await _load(host, actors_dir / script))["result"]["actor"]["id"]
     assert [await host.count(actor_id) for _ in range(3)] == [1, 2, 3]
     assert await host.count(actor_id, namespace="other") == 1  # namespaces are apart
+    _, described = await host.request("describe", {"actor_id": actor_id})
+    # counter.py declares state_backend="redis"; counter_js.js declares nothing
+    assert described["result"].get("state") == ("persistent" if script == "counter.py" else None)
 
 
 async def test_a_counter_counts_in_redis_across_a_restart(

@@ -77,6 +77,8 @@ class Channel:
 
         Nothing else reads IN_FD during a call, so the reply is the next line.
         """
+        if os.getpid() != self.pid:  # a forked child would steal the harness's replies
+            raise RuntimeError("state operations only from the actor's own process")
         with self._state_lock:
             self._state_id += 1
             message["type"], message["id"] = "state", self._state_id
