@@ -119,6 +119,8 @@ class _RedisErrors:
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         if exc is None or isinstance(exc, StateOpError | StoreDown):
             return
+        if isinstance(exc, UnicodeDecodeError):  # bytes someone else wrote under the key
+            raise StateOpError("ValueError", "the value under this key is not UTF-8") from None
         if isinstance(exc, ResponseError) and any(w in str(exc) for w in SCRIPT_ERRORS):
             kind = "OverflowError" if "overflow" in str(exc) else "TypeError"
             raise StateOpError(kind, str(exc)) from None

@@ -294,3 +294,12 @@ async def test_the_state_budget_is_minus_32006(make_server: ServerFactory,
         "state": {"namespace": "default", "actor_id": "greedy"}})
     assert response["error"]["code"] == -32006
     assert response["error"]["data"] == {"resource": "state", "limit": {"ops": 10}}
+
+
+async def test_manifest_paths_and_actors_load_script_only_actors(
+        make_runtime: RuntimeFactory, settings: Settings, actors_dir: Path) -> None:
+    runtime = await make_runtime(settings.replace(manifest_paths=(actors_dir,)))
+    # no_metadata.py is a helper module in a folder walk, not an actor
+    assert [a.id for a in runtime.actors()] == ["counter", "counter_js", "test_multiplier"]
+    result = await runtime.process("test_multiplier", {"input": 2})
+    assert result["outputs"] == {"output": 4}

@@ -131,3 +131,19 @@ def test_redacted_hides_the_password() -> None:
     assert redacted("redis://user:secret@host:6379/0") == "redis://user:***@host:6379/0"
     assert redacted("redis://:secret@host/0") == "redis://:***@host/0"
     assert redacted("unix:///run/redis.sock") == "unix:///run/redis.sock"
+
+
+async def test_redis_bytes_that_are_not_utf8_are_refused_to_the_script(
+        redis_process: RedisProcess) -> None:
+    import redis.asyncio as aioredis
+
+    raw = aioredis.Redis.from_url(redis_process.url)
+    await raw.set("ns:a:bin", b"\xff\xfe")
+    await raw.aclose()
+    store = RedisStore(redis_process.url, 0, 2)
+    try:
+        with pytest.raises(StateOpError) as caught:
+            await store.get("ns:a:bin")
+        assert caught.value.error_type == "ValueError"
+    finally:
+        await store.aclose()
