@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import sys
 import tempfile
@@ -61,7 +62,7 @@ async def running(command: Sequence[str], port: int, name: str,
         # Output goes to a file, never a pipe: an unread pipe would stall the server's logging.
         process = await asyncio.create_subprocess_exec(
             *command, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
-            stderr=log_file, env=env)
+            stderr=log_file, env=None if env is None else {**os.environ, **env})
     try:
         await _wait_healthy(process, f"http://127.0.0.1:{port}/healthz", log)
         yield Running(process.pid, f"ws://127.0.0.1:{port}/", log)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import servers
-from bench.load import run_calls
+from bench.load import CallSpec, run_calls
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +35,15 @@ async def measure(server: servers.Running, config: Path, backend: str, calls: in
     port = servers.free_port()
     async with _redis(redis_server) as url, servers.running(
             servers.server_command(port, config, backend), port, "server-redis",
-            env={**os.environ, "SERVICE_STATE__REDIS_URL": url}) as redis_backed:
+            env={"SERVICE_STATE__REDIS_URL": url}) as redis_backed:
         out["redis"] = await _sequential(redis_backed, calls, warmup_calls)
     return out
 
 
 async def _sequential(server: servers.Running, calls: int, warmup_calls: int) -> dict[str, Any]:
     stats = await run_calls(server.url, STATE_ACTOR, connections=1, calls=calls,
-                            warmup_calls=warmup_calls, server_pid=server.pid, state=STATE)
+                            warmup_calls=warmup_calls, server_pid=server.pid,
+                            call=CallSpec(state=STATE))
     return stats.summary()
 
 

@@ -2,8 +2,8 @@
 # First-run setup, called by `make setup` (and so by `make serve` and `make test`).
 #
 #  1. The system packages the process sandbox needs: bubblewrap, Node.js and the
-#     system Python (/usr/bin/python3), and redis-server (the tests start their own
-#     Redis for the persistent state store). As root with apt-get they are installed;
+#     system Python (/usr/bin/python3); redis-server for the cluster and state tests
+#     and the bench. As root with apt-get they are installed;
 #     otherwise the script says what to install and fails.
 #  2. A virtualenv in .venv (Python >= 3.11) with this package installed editable,
 #     with its dev extras.
@@ -52,9 +52,9 @@ apt_install() {
 missing_system_packages() {
     local missing=()
     command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # cluster tests, bench
     [ -x "$SANDBOX_NODE" ] || missing+=(nodejs)
     [ -x "$SANDBOX_PYTHON" ] || missing+=(python3)
-    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     echo "${missing[@]}"
 }
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from service.errors import (
     ActorNotFound,
@@ -27,9 +27,10 @@ from service.errors import (
 )
 from service.manifest.lint import check_paths
 from service.manifest.loader import load_manifest
-from service.manifest.model import ActorDef, schema_errors
+from service.manifest.model import ActorDef, Port
 from service.manifest.script_only import check_script_only, is_script, manifest_beside
 from service.sandbox.base import Backend, CallRequest, Event, OutputEvent
+from service.sandbox.capacity import SandboxCapacity
 from service.sandbox.pool import ActorPool
 from service.settings import Settings
 from service.state.base import StateStore
@@ -57,6 +58,8 @@ class Runtime:
         self._pools: dict[str, ActorPool] = {}
         self._retired: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # serializes load/replace
+        self.capacity = SandboxCapacity(settings.capacity.max_sandboxes,
+                                        settings.capacity.memory_mb)
 
     async def start(self, extra_paths: Sequence[Path | str] = ()) -> None:
         """Load every manifest under the settings' manifest_paths and ``extra_paths``.
@@ -71,6 +74,8 @@ class Runtime:
         for actor in actors:
             await self._install(actor)
         log.info("loaded %d actors on backend %s", len(actors), self.backend.name)
+        log.info("sandbox capacity: %d sandboxes, %s MiB of memory limits",
+                 self.capacity.max_sandboxes, self.capacity.memory_mb)
 
     def actors(self) -> list[ActorDef]:
         return sorted(self._actors.values(), key=lambda a: a.id)
@@ -127,7 +132,7 @@ class Runtime:
         return path
 
     async def _install(self, actor: ActorDef) -> None:
-        pool = ActorPool(actor, self.backend)
+        pool = ActorPool(actor, self.backend, self.capacity)
         await pool.start()
         old = self._pools.get(actor.id)
         self._actors[actor.id] = actor
@@ -151,11 +156,11 @@ class Runtime:
         actor = self.get(actor_id)
         payload, config, state = _objects(payload=payload, config=config, state=state)
         session = self._state_session(state, actor.id)
-        check_payload(actor, payload)
+        await check_payload(actor, payload)
         request = CallRequest(
             actor_id=actor.id,
             payload=payload,
-            config=merged_config(actor, config),
+            config=await merged_config(actor, config),
             state={} if session is not None else state,
             timestamp=int(time.time() * 1000) if timestamp is None else timestamp,
             state_ops=session,
@@ -227,7 +232,7 @@ class _Call:
         if port is None:
             message = f"{event.port!r} is not a declared outport"
             raise OutputInvalid(event.port, [{"path": "", "message": message}])
-        errors = port.errors(event.data)
+        errors = await port.check(event.data)
         if errors:
             raise OutputInvalid(event.port, errors)
         seq = len(self.emitted)
@@ -253,7 +258,14 @@ def _objects(**params: Any) -> tuple[dict[str, Any], ...]:
     return tuple(out)
 
 
-def check_payload(actor: ActorDef, payload: dict[str, Any]) -> None:
+class HasInports(Protocol):
+    """What payload validation needs of an actor (a loaded one, or a cluster front's view)."""
+
+    @property
+    def inports(self) -> Mapping[str, Port]: ...
+
+
+async def check_payload(actor: HasInports, payload: dict[str, Any]) -> None:
     """Raise PayloadInvalid for an unknown inport, a missing required one, or a schema failure."""
     for name in payload:
         if name not in actor.inports:
@@ -264,16 +276,16 @@ def check_payload(actor: ActorDef, payload: dict[str, Any]) -> None:
                 raise PayloadInvalid(name, [{"path": "",
                                              "message": f"required inport {name!r} is missing"}])
             continue
-        errors = port.errors(payload[name])
+        errors = await port.check(payload[name])
         if errors:
             raise PayloadInvalid(name, errors)
 
 
-def merged_config(actor: ActorDef, config: dict[str, Any]) -> dict[str, Any]:
+async def merged_config(actor: ActorDef, config: dict[str, Any]) -> dict[str, Any]:
     """The caller's config over the manifest's defaults, validated by config.schema."""
     merged = {**actor.config_defaults, **config}
     if actor.config_validator is not None:
-        errors = schema_errors(actor.config_validator, merged)
+        errors = await actor.config_validator.check(merged)
         if errors:
             raise InvalidParams("config does not match the actor's config schema",
                                 {"errors": errors})

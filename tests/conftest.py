@@ -14,13 +14,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from redis_support import REDIS_CLI, REDIS_SERVER, RedisProcess
+
+# Property tests judge behaviour, not speed: on a busy 2-core CI machine generation can be
+# slow and one example can take longer than hypothesis' default 200 ms deadline.
+settings.register_profile("service", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("service")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--backend", default="process", choices=("process", "microvm", "all"),
-                     help="sandbox backend(s) for tests/sandbox and tests/hostile: "
-                          "process, microvm or all")
+    parser.addoption("--backend", default="process",
+                     choices=("process", "microvm", "microvm-local", "all"),
+                     help="sandbox backend(s) for tests/sandbox and tests/hostile: process, "
+                          "microvm, microvm-local (the microVM backend on the SDK double) or all")
 
 
 # --- a real Redis (tests/redis_support.py) -------------------------------------------------

@@ -33,8 +33,13 @@ DOCUMENTED_SETTINGS: dict[str, Any] = {
     "limits": {"cpus": 1, "memory_mb": 128, "timeout_s": 10, "network": False, "pids": 64,
                "output_bytes": 1048576},
     "limits_max": {"cpus": 4, "memory_mb": 2048, "timeout_s": 300, "pids": 512,
-                   "output_bytes": 16777216},
-    "auth": {"tokens": [], "allow_anonymous": False},
+                   "output_bytes": 16777216, "network": False, "network_actors": []},
+    "auth": {"tokens": [], "allow_anonymous": False, "admin_tokens": []},
+    "pool_max": {"min_warm": 8, "max_workers": 64, "max_queue": 1024},
+    "capacity": {"max_sandboxes": 256},  # memory_mb: from the machine, left out
+    "connections": {"max_connections": 512, "header_timeout_s": 10, "max_in_flight": 64,
+                    "max_batch": 100, "max_response_bytes": 67108864, "max_id_chars": 256,
+                    "allowed_origins": [], "allowed_hosts": []},
 }
 RUNTIME_DEPENDENCIES = {"aiohttp", "microsandbox", "pyyaml", "jsonschema", "referencing",
                         "dynaconf", "prometheus-client"}
@@ -112,12 +117,14 @@ def test_compose_loosens_only_what_bubblewrap_needs() -> None:
 
 def test_compose_runs_redis_for_state_and_does_not_publish_it() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    redis = compose["services"]["redis"]
+    redis = compose["services"]["state-redis"]
     assert redis["image"].startswith("redis:")
-    assert "ports" not in redis  # only the runtime reaches it
+    assert "ports" not in redis and "profiles" not in redis  # only the runtime reaches it
     runtime = compose_service()
-    assert runtime["environment"]["SERVICE_STATE__REDIS_URL"] == "redis://redis:6379/0"
-    assert runtime["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert runtime["environment"]["SERVICE_STATE__REDIS_URL"] == "redis://state-redis:6379/0"
+    assert runtime["depends_on"]["state-redis"]["condition"] == "service_healthy"
+    worker = compose["services"]["worker"]["environment"]
+    assert worker["SERVICE_STATE__REDIS_URL"].endswith("@redis:6379/1")  # shared by workers
 
 
 def test_setup_installs_redis_server_for_the_tests() -> None:
