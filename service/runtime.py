@@ -54,6 +54,9 @@ class Runtime:
         self.backend = backend
         # Persistent state: the server's own store (settings [state]), never a client's URL.
         self.store = open_store(settings.state) if store is None else store
+        if settings.cluster.enabled and not settings.state.redis_url:
+            log.warning("cluster mode with the embedded state store: persistent state is "
+                        "per worker; set state.redis_url to share it")
         self._actors: dict[str, ActorDef] = {}
         self._pools: dict[str, ActorPool] = {}
         self._retired: set[asyncio.Task[None]] = set()

@@ -312,6 +312,10 @@ def _check(s: Settings) -> None:
         problems.append(f"port: must be 1-65535, got {s.port}")
     if s.state.redis_url and not s.state.redis_url.startswith(REDIS_SCHEMES):
         problems.append(f"state.redis_url: must start with {', '.join(REDIS_SCHEMES)}")
+    if s.state.redis_url and s.state.redis_url == s.cluster.redis_url:
+        # a state key {namespace}:{actor_id}:{key} could then overwrite the cluster's own keys
+        problems.append("state.redis_url: must not be the cluster's Redis database "
+                        "(use another database number, e.g. /1)")
     for key in ("cpus", "memory_mb", "timeout_s", "pids", "output_bytes"):
         if getattr(s.limits, key) > getattr(s.limits_max, key):
             problems.append(f"limits.{key}: default is over limits_max.{key}")

@@ -154,6 +154,9 @@ def test_state_settings() -> None:
         settings_from_mapping({"state": {"redis_url": "http://example.invalid"}})
     with pytest.raises(SettingsError, match="ops_per_call: must be positive"):
         settings_from_mapping({"state": {"ops_per_call": 0}})
+    with pytest.raises(SettingsError, match="must not be the cluster's Redis database"):
+        settings_from_mapping({"state": {"redis_url": "redis://r:6379/0"},
+                               "cluster": {"redis_url": "redis://r:6379/0"}})
 
 
 def test_state_redis_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
