@@ -310,12 +310,7 @@ def _check(s: Settings) -> None:
         problems.append(f"log_format: must be one of {', '.join(LOG_FORMATS)}")
     if not 0 < s.port < 65536:
         problems.append(f"port: must be 1-65535, got {s.port}")
-    if s.state.redis_url and not s.state.redis_url.startswith(REDIS_SCHEMES):
-        problems.append(f"state.redis_url: must start with {', '.join(REDIS_SCHEMES)}")
-    if s.state.redis_url and s.state.redis_url == s.cluster.redis_url:
-        # a state key {namespace}:{actor_id}:{key} could then overwrite the cluster's own keys
-        problems.append("state.redis_url: must not be the cluster's Redis database "
-                        "(use another database number, e.g. /1)")
+    problems += _state_problems(s)
     for key in ("cpus", "memory_mb", "timeout_s", "pids", "output_bytes"):
         if getattr(s.limits, key) > getattr(s.limits_max, key):
             problems.append(f"limits.{key}: default is over limits_max.{key}")
@@ -330,6 +325,19 @@ def _check(s: Settings) -> None:
     problems += _token_problems(s.auth) + _cluster_problems(s.cluster)
     if problems:
         raise SettingsError("; ".join(problems))
+
+
+def _state_problems(s: Settings) -> list[str]:
+    url = s.state.redis_url
+    if not url:
+        return []
+    if not url.startswith(REDIS_SCHEMES):
+        return [f"state.redis_url: must start with {', '.join(REDIS_SCHEMES)}"]
+    if url == s.cluster.redis_url:
+        # a state key {namespace}:{actor_id}:{key} could then overwrite the cluster's own keys
+        return ["state.redis_url: must not be the cluster's Redis database "
+                "(use another database number, e.g. /1)"]
+    return []
 
 
 def _cluster_problems(cluster: ClusterSettings) -> list[str]:
