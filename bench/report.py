@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.runner import COLD_ACTORS, NO_SCHEMA_ACTOR, SCHEMA_ACTOR, WARM_ACTORS
+from bench.runner import COLD_ACTORS, DEPS_PAIRS, NO_SCHEMA_ACTOR, SCHEMA_ACTOR, WARM_ACTORS
 
 WARM_P50_MAX_RATIO = 3.0  # warm round trip p50 <= 3x the echo's
 THROUGHPUT_MIN_RATIO = 0.15  # at concurrency 8: >= 15% of the echo's calls/s
@@ -15,6 +15,7 @@ SCHEMA_P50_MAX_RATIO = 1.15  # the schema-heavy actor's warm p50 <= 1.15x the do
 COLD_MAX_RATIO = 1.5  # cold call p50 <= 1.5x a bare bwrap + interpreter start
 SERVER_IDLE_RSS_MAX_MB = 60.0
 PYTHON_WORKER_RSS_MAX_MB = 15.0
+DEPS_MAX_RATIO = 1.25  # p50 with a dependency set mounted <= 1.25x the same actor without
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class Row:
 def rows(results: dict[str, Any]) -> list[Row]:
     """Every row of the table, in order."""
     return [*_latency_rows(results), *_state_rows(results), *_cluster_rows(results),
-            *_throughput_rows(results), *_cold_rows(results), *_memory_rows(results)]
+            *_throughput_rows(results), *_cold_rows(results), *_deps_rows(results),
+            *_memory_rows(results)]
 
 
 def _cluster_rows(results: dict[str, Any]) -> list[Row]:
@@ -114,6 +116,17 @@ def _cold_rows(results: dict[str, Any]) -> list[Row]:
         row = Row(f"cold call p50, {actor_id}", results["server"]["cold"][actor_id]["p50_ms"],
                   "ms", f"bare bwrap+{language} p50", results["bare_sandbox"][language]["p50_ms"])
         out.append(_ratio_target(row, COLD_MAX_RATIO, max_ratio=True))
+    return out
+
+
+def _deps_rows(results: dict[str, Any]) -> list[Row]:
+    deps = results["server"]["deps"]
+    out = []
+    for with_deps, without in DEPS_PAIRS.items():
+        kind = "cold call" if "cold" in with_deps else "warm round trip"
+        row = Row(f"{kind} p50, {with_deps} (dependencies)", deps[with_deps]["p50_ms"], "ms",
+                  f"{without} (none) p50", deps[without]["p50_ms"])
+        out.append(_ratio_target(row, DEPS_MAX_RATIO, max_ratio=True))
     return out
 
 

@@ -23,6 +23,8 @@ WARM_ACTORS = {"python": "doubler", "javascript": "doubler_js"}
 COLD_ACTORS = {"python": "doubler_cold", "javascript": "doubler_js_cold"}
 SCHEMA_ACTOR = "order_heavy"  # bench/actors: a 50-line order through nested, $ref'd schemas
 NO_SCHEMA_ACTOR = "order_noschema"  # the same payload and script, schema `true`
+# With a dependency set (bench/actors/doubler_deps*.yaml) -> the same actor without one.
+DEPS_PAIRS = {"doubler_deps": "doubler", "doubler_deps_cold": "doubler_cold"}
 LEVELS = (1, 8, 32)
 SAMPLE_EVERY_S = 0.05
 MODE = "closed loop: each connection makes one call at a time, no pipelining"
@@ -78,6 +80,8 @@ async def run(plan: Plan, config: Path, backend: str) -> dict[str, Any]:
             results["bare_sandbox"][language] = await _bare(plan, settings, actor_id)
             results["server"]["cold"][actor_id] = await _sequential(
                 server, actor_id, plan.cold_calls, plan.cold_warmup_calls)
+        log.info("calls with and without dependencies")
+        results["server"]["deps"] = await _with_and_without_deps(plan, server)
     machine = {**_machine(backend), "loadavg_1m_before": round(load_before, 2),
                "loadavg_1m_after": round(os.getloadavg()[0], 2)}
     return {"machine": machine, "plan": asdict(plan), "mode": MODE, **results}
@@ -126,6 +130,18 @@ async def _throughputs(plan: Plan, echo: servers.Running, server: servers.Runnin
             results["server"]["throughput"][actor_id][str(level)] = stats
             peak = max(peak, level_peak)
     results["server"]["rss_load_peak_mb"] = _mb(peak)
+
+
+async def _with_and_without_deps(plan: Plan, server: servers.Running) -> dict[str, Any]:
+    """Each actor with dependencies right after the same actor without (warm, then cold)."""
+    out: dict[str, Any] = {}
+    for with_deps, without in DEPS_PAIRS.items():
+        cold = "cold" in with_deps
+        calls = plan.cold_calls if cold else plan.latency_calls
+        warmup = plan.cold_warmup_calls if cold else plan.latency_warmup_calls
+        for actor_id in (without, with_deps):
+            out[actor_id] = await _sequential(server, actor_id, calls, warmup)
+    return out
 
 
 async def _bare(plan: Plan, settings: Settings, actor_id: str) -> dict[str, Any]:

@@ -19,8 +19,8 @@ SUMMARY_KEYS = {"calls", "elapsed_s", "calls_per_s", "p50_ms", "p90_ms", "p99_ms
                 "server_cpu_us_per_call"}
 LEVELS = {"1", "8", "32"}
 ROW_KEYS = {"label", "value", "unit", "baseline_label", "baseline", "target", "met", "ratio"}
-TARGETS = 9  # warm p50 x2, schema-heavy p50, throughput c=8 x2, cold x2, server idle RSS,
-# python worker RSS
+TARGETS = 11  # warm p50 x2, schema-heavy p50, throughput c=8 x2, cold x2, with dependencies x2
+#               (warm, cold), server idle RSS, python worker RSS
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 
@@ -82,6 +82,9 @@ def test_server(results: dict[str, Any]) -> None:
     for store, summary in server["state"].items():
         if summary is not None or store == "embedded" or shutil.which("redis-server"):
             check_summary(summary)
+    assert set(server["deps"]) == {"doubler", "doubler_deps", "doubler_cold", "doubler_deps_cold"}
+    for summary in server["deps"].values():
+        check_summary(summary)
     assert set(server["throughput"]) == {"doubler", "doubler_js"}
     for levels in server["throughput"].values():
         assert set(levels) == LEVELS

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from jsonschema.protocols import Validator
 
+from service.deps.spec import Dependencies
 from service.manifest.validation import SchemaValidator
 from service.settings import Limits
 
@@ -88,6 +89,8 @@ class ActorDef:
     pool: PoolSpec = field(default_factory=PoolSpec)
     examples: tuple[Example, ...] = ()
     persistent_state: bool = False  # declared (manifest `state: persistent`); documentation
+    dependencies: Dependencies | None = None  # what the manifest declares
+    deps_entry: Path | None = None  # the built cache entry, set by the runtime before use
 
     @property
     def root(self) -> Path:
