@@ -70,6 +70,7 @@ from service.sandbox.base import (
     harness_path_flags,
     log_size,
     notification_size,
+    state_reply,
 )
 from service.sandbox.seccomp import DENIED, denylist_program
 from service.sandbox.staging import Stager
@@ -600,6 +601,7 @@ class ProcessWorker:
         self._idle_tasks: int | None = None
         self._idle_check: asyncio.TimerHandle | None = None
         self._lingering = False  # the last result said threads or timers still run
+        self._request: CallRequest | None = None  # the call running, for its state operations
         self._pidfd = _pidfd(process.pid)
         self.on_closed: Callable[[ProcessWorker], None] = lambda worker: None
         assert process.stdout is not None and process.stderr is not None
@@ -845,6 +847,7 @@ class ProcessWorker:
                    baseline: tuple[int, int]) -> CallOutcome:
         self._fence = secrets.token_hex(12)
         self._ready_early = False
+        self._request = request  # its state operations are answered while it runs
         self._to_harness.write(call_line(request, self._fence))
         budget = OutputBudget(self.actor.limits.output_bytes, self._max_notifications)
         outcome: CallOutcome | None = None
@@ -917,6 +920,8 @@ class ProcessWorker:
             return CallOutcome(message.get("return"), message["state"])
         elif kind == "error":
             raise self._failure(message, baseline)
+        elif kind == "state" and self._request is not None:
+            self._to_harness.write(await state_reply(message, self._request))
         else:
             raise ActorFailed("ProtocolError", f"unexpected message from the harness: {kind!r}")
         return None
