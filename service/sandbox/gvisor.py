@@ -49,7 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service.errors import SandboxUnavailable
+from service.errors import ResourceLimitExceeded, SandboxUnavailable
 from service.manifest.model import ActorDef
 from service.sandbox.base import Availability
 from service.sandbox.process import (
@@ -77,8 +77,9 @@ BACKEND = "gvisor"
 BOOT_TIMEOUT_S = 15.0
 TRIAL_TIMEOUT_S = 10.0
 # What gVisor itself needs on top of the actor's limits, measured on this runsc with an idle
-# Python harness: runsc, the gofer and the Sentry hold ~45 MiB and ~60 host threads.
-OVERHEAD_MB = 96
+# Python harness: runsc, the gofer, the Sentry and the harness hold ~25 MiB and ~70 host
+# threads (ptrace platform).
+OVERHEAD_MB = 48
 OVERHEAD_TASKS = 96
 PIDS_PER_TASK = 3  # under ptrace every actor task costs a stub thread and a Sentry thread
 CHANNEL_IN, CHANNEL_OUT = "/channel/in", "/channel/out"
@@ -106,6 +107,13 @@ class GVisorWorker(ProcessWorker):
             raise SandboxUnavailable(BACKEND, str(exc.data.get("reason", exc))) from None
         finally:
             self._release_guard()
+
+    def _failure(self, message: dict[str, Any], baseline: tuple[int, int]) -> Exception:
+        """The Sentry enforces the pids limit (RLIMIT_NPROC: the host cgroup's is only a
+        backstop sized for gVisor's own threads): a refused fork or thread is the limit."""
+        if message.get("resource") == "pids":
+            return ResourceLimitExceeded("pids", self.actor.limits.pids)
+        return super()._failure(message, baseline)
 
     async def close(self) -> None:
         """Kill the sandbox (Sentry and gofer first; runsc then cleans up and exits)."""
@@ -362,7 +370,7 @@ def oci_config(settings: Settings, rootfs: Path, actor: ActorDef | None, bundle:
             "capabilities": {k: [] for k in ("bounding", "effective", "inheritable",
                                              "permitted", "ambient")},
             "noNewPrivileges": True,
-            "rlimits": _rlimits(settings),
+            "rlimits": _rlimits(settings, actor),
         },
         "root": {"path": str(rootfs), "readonly": True},
         "hostname": "sandbox",
@@ -371,9 +379,11 @@ def oci_config(settings: Settings, rootfs: Path, actor: ActorDef | None, bundle:
     }
 
 
-def _rlimits(settings: Settings) -> list[dict[str, Any]]:
+def _rlimits(settings: Settings, actor: ActorDef | None) -> list[dict[str, Any]]:
+    # The Sentry enforces these itself. RLIMIT_NPROC counts the tasks (threads too) of uid
+    # 65534 in this sandbox's kernel: exactly the actor's, so it is the pids limit.
     pairs = {"RLIMIT_CORE": 0, "RLIMIT_FSIZE": settings.sandbox.tmp_mb * MIB,
-             "RLIMIT_NOFILE": 1024}
+             "RLIMIT_NPROC": actor.limits.pids if actor is not None else 16}
     return [{"type": name, "soft": value, "hard": value} for name, value in pairs.items()]
 
 

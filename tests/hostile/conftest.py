@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from hostile_support import (
-    BACKENDS,
     CANARY_NAME,
     HERE,
     Listener,
@@ -22,13 +21,6 @@ from hostile_support import (
 )
 
 from service.sandbox.base import Backend
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize ``backend_name`` by ``--backend`` (tests/conftest.py): one backend, or all."""
-    if "backend_name" in metafunc.fixturenames:
-        chosen = metafunc.config.getoption("backend", default="process")
-        metafunc.parametrize("backend_name", BACKENDS if chosen == "all" else (chosen,))
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Fixtures of the sandbox contract suite.
 
-``--backend=process|microvm|all`` picks the backends the contract tests run against
-(default: process). A backend that cannot run here is skipped with the reason its
+``--backend`` (tests/conftest.py) picks the backends the contract tests run against
+(default: process,gvisor). A backend that cannot run here is skipped with the reason its
 ``availability()`` gives.
 """
 
@@ -21,21 +21,16 @@ from service.manifest.model import ActorDef
 from service.sandbox.base import Availability, Backend, Worker
 from service.settings import SandboxSettings, Settings
 
-BACKENDS = ("process", "microvm")
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "backend_name" in metafunc.fixturenames:
-        chosen = metafunc.config.getoption("backend", default="process")
-        metafunc.parametrize("backend_name", BACKENDS if chosen == "all" else (chosen,))
-
-
 def make_backend(name: str, settings: Settings) -> Backend:
     """The backend called ``name``; skips the test when its module is not there."""
     if name == "process":
         from service.sandbox.process import ProcessBackend
 
         return ProcessBackend(settings)
+    if name == "gvisor":
+        from service.sandbox.gvisor import GVisorBackend
+
+        return GVisorBackend(settings)
     try:
         module = importlib.import_module("service.sandbox.microvm")
     except ImportError as exc:
