@@ -87,15 +87,21 @@ IN_FD, OUT_FD = 3, 4
 # dash opens the FIFOs on fds 3 and 4, then execs the harness: the harness is pid 1
 OPEN_CHANNEL = f'exec "$@" {IN_FD}<{CHANNEL_IN} {OUT_FD}>{CHANNEL_OUT}'
 NAMESPACES = ("pid", "ipc", "uts", "mount")
+# runsc runs as the init of a pid namespace of its own: when a worker is killed, the kernel
+# reaps whatever of it is left (the Sentry's ptrace stubs would otherwise be orphans, and
+# zombies for ever on hosts whose pid 1 does not reap). --kill-child: it dies with unshare.
+REAPER = ("unshare", "--pid", "--fork", "--kill-child", "--mount-proc")
 
 
 class GVisorWorker(ProcessWorker):
     """A runsc sandbox running one actor's harness: the process backend's worker, with the
     FIFO channel's guards and the bundle's folder to clean up."""
 
-    def __init__(self, *args: Any, bundle: Path, guards: tuple[int, int], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, bundle: Path, state: Path, guards: tuple[int, int],
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._bundle = bundle
+        self._state = state
         self._guards = guards
         self._guard_task = asyncio.create_task(self._release_guard_on_exit())
 
@@ -122,7 +128,13 @@ class GVisorWorker(ProcessWorker):
         self._guard_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._guard_task
-        await asyncio.to_thread(shutil.rmtree, self._bundle, True)
+        await asyncio.to_thread(self._remove_files)
+
+    def _remove_files(self) -> None:
+        """The bundle, and runsc's state of a container it could not clean up (killed)."""
+        shutil.rmtree(self._bundle, ignore_errors=True)
+        for path in self._state.glob(f"*{self._bundle.name}*"):
+            path.unlink(missing_ok=True)
 
     def _release_guard(self) -> None:
         """Close our own far ends of the FIFOs (see make_channel): from then on, the channel
@@ -267,10 +279,10 @@ class GVisorBackend:
         writer, _ = await loop.connect_write_pipe(asyncio.Protocol,
                                                   os.fdopen(call_fd, "wb", buffering=0))
         return GVisorWorker(actor, self.settings.sandbox.tmp_mb, process, cgroups, writer,
-                            reader, bundle=bundle, guards=guards)
+                            reader, bundle=bundle, state=self.home / "state", guards=guards)
 
     def _command(self, bundle: Path, network: bool) -> list[str]:
-        return [self._runsc, "--root", str(self.home / "state"),
+        return [*REAPER, self._runsc, "--root", str(self.home / "state"),
                 f"--platform={self.settings.sandbox.gvisor_platform}",
                 f"--network={'host' if network else 'none'}", "--host-uds=none",
                 "--host-fifo=open", "--ignore-cgroups",  # ours, made before runsc starts
