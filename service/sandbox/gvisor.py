@@ -20,7 +20,9 @@ to set up namespaces and chroots); it then runs the Sentry as host uid 65534 in 
 namespace, and the gofer (the file proxy) as root with six capabilities, both under their
 own seccomp filters. ``--network=none`` (loopback only) unless ``limits.network``, then
 ``--network=host`` (the Sentry's netstack is bypassed: its calls reach the host stack);
-``--host-uds=none``: no host Unix socket can be opened or created.
+``--host-uds=none``: no host Unix socket can be opened or created. The process backend's
+seccomp denylist (``service/sandbox/seccomp.py``) is applied inside too: the Sentry answers
+those calls with EPERM itself (``--oci-seccomp``), so less of the Sentry can be reached.
 
 The channel: this runsc (20221219) passes only fds 0-2 into the sandbox, and the harness
 needs its channel apart from the script's stdout/stderr (which the host still reads, as
@@ -39,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -52,6 +55,7 @@ from typing import Any
 from service.errors import ResourceLimitExceeded, SandboxUnavailable
 from service.manifest.model import ActorDef
 from service.sandbox.base import Availability
+from service.sandbox.seccomp import DENIED
 from service.sandbox.process import (
     ACTOR_DIR,
     CHUNK,
@@ -285,7 +289,7 @@ class GVisorBackend:
         return [*REAPER, self._runsc, "--root", str(self.home / "state"),
                 f"--platform={self.settings.sandbox.gvisor_platform}",
                 f"--network={'host' if network else 'none'}", "--host-uds=none",
-                "--host-fifo=open", "--ignore-cgroups",  # ours, made before runsc starts
+                "--host-fifo=open", "--oci-seccomp", "--ignore-cgroups",  # ours, made before runsc starts
                 "run", "--bundle", str(bundle), bundle.name]
 
     def _new_bundle(self) -> Path:
@@ -387,8 +391,17 @@ def oci_config(settings: Settings, rootfs: Path, actor: ActorDef | None, bundle:
         "root": {"path": str(rootfs), "readonly": True},
         "hostname": "sandbox",
         "mounts": _mounts(settings, actor, bundle, network),
-        "linux": {"namespaces": [{"type": name} for name in namespaces]},
+        "linux": {"namespaces": [{"type": name} for name in namespaces],
+                  "seccomp": _seccomp()},
     }
+
+
+def _seccomp() -> dict[str, Any]:
+    """The process backend's denylist, enforced by the Sentry too (``--oci-seccomp``): less
+    of the Sentry for a script to reach (its user namespaces, ptrace, keyrings...)."""
+    return {"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": list(DENIED), "action": "SCMP_ACT_ERRNO",
+                          "errnoRet": errno.EPERM}]}
 
 
 def _rlimits(settings: Settings, actor: ActorDef | None) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sandbox_helpers import ACTORS, Recorder, actor_def, call, request
 
-from service.errors import ResourceLimitExceeded, SandboxUnavailable
+from service.errors import ResourceLimitExceeded, SandboxUnavailable, TimeLimitExceeded
 from service.manifest.model import ActorDef
 from service.sandbox.gvisor import (
     OVERHEAD_MB,
@@ -27,13 +27,13 @@ from service.sandbox.gvisor import (
     GVisorWorker,
     oci_config,
 )
+from service.sandbox.seccomp import DENIED
 from service.settings import SandboxSettings, Settings
 
 MIB = 1 << 20
 Boot = Callable[[ActorDef], Awaitable[GVisorWorker]]
 # What the process backend's seccomp denies with EPERM (test_process_backend.py): on gVisor
-# none of them reaches the host; the Sentry emulates ptrace and unshare, and answers the
-# rest itself.
+# the Sentry refuses them itself, with the same denylist (OCI seccomp); none reaches the host.
 SYSCALLS = ["keyctl", "bpf", "io_uring_setup", "perf_event_open", "ptrace", "userfaultfd",
             "unshare"]
 
@@ -98,14 +98,12 @@ async def test_the_actor_sees_the_sentry_kernel_not_the_host(boot: Boot) -> None
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="system call numbers are x86_64's")
-async def test_calls_the_process_seccomp_denies_stay_in_the_sentry(boot: Boot) -> None:
-    """ptrace and unshare work (the Sentry emulates them: no host namespace, no host
-    tracer); the others get the Sentry's own answers, none of them the host's EPERM filter."""
+async def test_calls_the_process_seccomp_denies_are_refused_by_the_sentry(boot: Boot) -> None:
+    """The same denylist, enforced by the Sentry; fork and getpid still work (emulated)."""
     worker = await boot(actor_def(ACTORS / "syscalls.py"))
     outcome, _ = await call(worker, {"calls": [*SYSCALLS, "getpid"]})
-    results = outcome.return_value
-    assert results["ptrace"] == results["unshare"] == results["getpid"] == results["fork"] == "ok"
-    assert all(results[name] != "ok" for name in SYSCALLS if name not in ("ptrace", "unshare"))
+    assert outcome.return_value == {**dict.fromkeys(SYSCALLS, "EPERM"), "getpid": "ok",
+                                    "fork": "ok"}
 
 
 async def test_the_actor_is_no_host_process(boot: Boot) -> None:
@@ -146,6 +144,19 @@ async def test_cgroup_limits_hold_runsc_and_everything_it_starts(
     assert (outcome.return_value["nproc"], outcome.return_value["fsize"]) == (10, 8 * MIB)
 
 
+async def test_the_cpu_quota_throttles_the_sentry(gvisor: GVisorBackend, boot: Boot) -> None:
+    """The script's own CPU clocks cannot show it (the Sentry counts throttled time as
+    running): the host cgroup's throttling counter does."""
+    if gvisor.mechanisms()["cpu"] != "cgroup-v1":
+        pytest.skip("this host has no writable cgroup v1 cpu controller")
+    worker = await boot(actor_def(ACTORS / "hostile.py", cpus=0.2, timeout_s=1))
+    cpu_stat = next(d / "cpu.stat" for d in worker.cgroup_dirs if (d / "cpu.stat").exists())
+    with pytest.raises(TimeLimitExceeded):
+        await worker.call(request({"mode": "loop"}), Recorder())
+    throttled = dict(line.split() for line in cpu_stat.read_text().splitlines())
+    assert int(throttled["nr_throttled"]) > 0
+
+
 async def test_a_refused_fork_is_the_pids_limit(boot: Boot) -> None:
     worker = await boot(actor_def(ACTORS / "hostile.py"))
     with pytest.raises(ResourceLimitExceeded) as caught:
@@ -167,6 +178,8 @@ def test_bundle_mounts_only_the_system_the_actor_the_harness_and_the_channel(
             "/proc"} <= set(mounts)
     writable = {d for d, m in mounts.items() if "rw" in m.get("options", [])}
     assert writable == {"/channel/in", "/channel/out"}  # two FIFOs; /tmp is the Sentry's
+    denied = config["linux"]["seccomp"]["syscalls"]
+    assert denied == [{"names": list(DENIED), "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
     assert "/etc/resolv.conf" not in mounts
     assert {"type": "network"} in config["linux"]["namespaces"]
     assert config["root"] == {"path": str(tmp_path / "rootfs"), "readonly": True}
