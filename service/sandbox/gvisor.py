@@ -55,7 +55,6 @@ from typing import Any
 from service.errors import ResourceLimitExceeded, SandboxUnavailable
 from service.manifest.model import ActorDef
 from service.sandbox.base import Availability
-from service.sandbox.seccomp import DENIED
 from service.sandbox.process import (
     ACTOR_DIR,
     CHUNK,
@@ -73,6 +72,7 @@ from service.sandbox.process import (
     discover_controllers,
     sweep_stale_groups,
 )
+from service.sandbox.seccomp import DENIED
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class GVisorWorker(ProcessWorker):
         super().__init__(*args, **kwargs)
         self._bundle = bundle
         self._state = state
-        self._guards = guards
+        self._guards: tuple[int, ...] = guards
         self._guard_task = asyncio.create_task(self._release_guard_on_exit())
 
     async def wait_ready(self) -> None:
@@ -188,8 +188,10 @@ class GVisorBackend:
 
     async def availability(self) -> Availability:
         version = await runsc_version(self._runsc)
-        details: dict[str, Any] = {"runsc": version, "platform": self.settings.sandbox.gvisor_platform,
-                                   **self.mechanisms(), "disk": "Sentry tmpfs"}
+        details: dict[str, Any] = {"runsc": version,
+                                   "platform": self.settings.sandbox.gvisor_platform,
+                                   **self.mechanisms(), "disk": "Sentry tmpfs",
+                                   "seccomp": f"Sentry; denylist of {len(DENIED)} inside"}
         if version is None:
             return Availability(BACKEND, False, f"runsc not found or not runnable ({self._runsc}); "
                                 "install it with: apt-get install runsc", details)
@@ -289,7 +291,8 @@ class GVisorBackend:
         return [*REAPER, self._runsc, "--root", str(self.home / "state"),
                 f"--platform={self.settings.sandbox.gvisor_platform}",
                 f"--network={'host' if network else 'none'}", "--host-uds=none",
-                "--host-fifo=open", "--oci-seccomp", "--ignore-cgroups",  # ours, made before runsc starts
+                "--host-fifo=open", "--oci-seccomp",
+                "--ignore-cgroups",  # ours, made before runsc starts
                 "run", "--bundle", str(bundle), bundle.name]
 
     def _new_bundle(self) -> Path:
@@ -431,7 +434,8 @@ def _mounts(settings: Settings, actor: ActorDef | None, bundle: Path,
     if actor is not None:
         harness = HARNESS_DIR / ("harness.py" if actor.language == "python" else "harness.js")
         channel = bundle / "channel"
-        mounts += [_bind(str(actor.root), ACTOR_DIR), _bind(str(harness), f"/harness/{harness.name}"),
+        mounts += [_bind(str(actor.root), ACTOR_DIR),
+                   _bind(str(harness), f"/harness/{harness.name}"),
                    # rw: gVisor refuses to open a FIFO for writing on a read-only mount; a
                    # single-FIFO mount lets nothing else be written
                    _bind(str(channel / "in"), CHANNEL_IN, "rw"),

@@ -21,6 +21,7 @@ from service.manifest.model import ActorDef
 from service.sandbox.base import Availability, Backend, Worker
 from service.settings import SandboxSettings, Settings
 
+
 def make_backend(name: str, settings: Settings) -> Backend:
     """The backend called ``name``; skips the test when its module is not there."""
     if name == "process":
