@@ -1,7 +1,8 @@
 """Options shared by every test folder.
 
 ``--backend`` picks the sandbox backend(s) that tests/sandbox and tests/hostile run
-against: one name, a comma-separated list, or ``all`` (default: process,gvisor; a backend
+against: process, gvisor, microvm, microvm-local (tests/sandbox only: the microVM backend
+on the SDK double), a comma-separated list, or all (default: process,gvisor; a backend
 that cannot run here is skipped, saying why). It is defined here, at the root, so that it
 exists whichever folder pytest is pointed at.
 """
@@ -9,28 +10,14 @@ exists whichever folder pytest is pointed at.
 from __future__ import annotations
 
 import pytest
-
-BACKENDS = ("process", "gvisor", "microvm")
-DEFAULT_BACKENDS = "process,gvisor"
+from backend_choice import DEFAULT, KNOWN, requested
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--backend", default=DEFAULT_BACKENDS,
-                     help="sandbox backend(s) for tests/sandbox and tests/hostile: process, "
-                          f"gvisor, microvm, a comma-separated list or all ({DEFAULT_BACKENDS})")
+    parser.addoption("--backend", default=DEFAULT,
+                     help="sandbox backend(s) for tests/sandbox and tests/hostile: "
+                          f"{', '.join(KNOWN)}, a comma-separated list or all (default: {DEFAULT})")
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize ``backend_name`` (tests/sandbox, tests/hostile) by ``--backend``."""
-    if "backend_name" in metafunc.fixturenames:
-        metafunc.parametrize("backend_name", chosen_backends(metafunc.config))
-
-
-def chosen_backends(config: pytest.Config) -> tuple[str, ...]:
-    """The backends ``--backend`` names, in BACKENDS order; a usage error for a typo."""
-    chosen = str(config.getoption("backend", default=DEFAULT_BACKENDS))
-    names = set(BACKENDS) if chosen == "all" else {n.strip() for n in chosen.split(",")}
-    if unknown := names - set(BACKENDS):
-        raise pytest.UsageError(f"--backend: unknown backend(s) {sorted(unknown)}; "
-                                f"choose from {', '.join(BACKENDS)} or all")
-    return tuple(name for name in BACKENDS if name in names)
+def pytest_configure(config: pytest.Config) -> None:
+    requested(config)  # a typo is a usage error at once, not an empty run

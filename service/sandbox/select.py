@@ -56,7 +56,9 @@ async def select_backend(settings: Settings) -> Backend:
         return gvisor
     await gvisor.aclose()
     log.warning("sandbox backend: process, because microvm is unavailable (%s) and gvisor "
-                "too (%s)", available.reason, gvisor_available.reason)
+                "too (%s) (set backend = \"process\" in the settings, or "
+                "SERVICE_BACKEND=process, to skip these checks)", available.reason,
+                gvisor_available.reason)
     return _process_backend(settings)
 
 
@@ -71,5 +73,7 @@ async def _usable(backend: Backend, settings: Settings) -> Backend:
 
 
 def all_backends(settings: Settings) -> list[Backend]:
-    """One instance of every backend, for ``service doctor`` to probe."""
-    return [MicroVMBackend(settings), _gvisor_backend(settings), _process_backend(settings)]
+    """One instance of every backend, for ``service doctor`` to probe (afresh: no cached
+    microVM verdict)."""
+    return [MicroVMBackend(settings, cached=False), _gvisor_backend(settings),
+            _process_backend(settings)]

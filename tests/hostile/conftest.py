@@ -10,8 +10,10 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import backend_choice
 import pytest
 from hostile_support import (
+    BACKENDS,
     CANARY_NAME,
     HERE,
     Listener,
@@ -21,6 +23,11 @@ from hostile_support import (
 )
 
 from service.sandbox.base import Backend
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``backend_name`` by ``--backend`` (tests/conftest.py)."""
+    backend_choice.parametrize(metafunc, BACKENDS)
 
 
 @pytest.fixture(scope="session")
