@@ -158,7 +158,8 @@ async def test_the_cpu_quota_throttles_the_sentry(gvisor: GVisorBackend, boot: B
 
 
 async def test_a_refused_fork_is_the_pids_limit(boot: Boot) -> None:
-    worker = await boot(actor_def(ACTORS / "hostile.py"))
+    # memory to spare: under ptrace each process also costs host memory (see fork bombs)
+    worker = await boot(actor_def(ACTORS / "hostile.py", memory_mb=256))
     with pytest.raises(ResourceLimitExceeded) as caught:
         await worker.call(request({"mode": "fork"}), Recorder())
     assert caught.value.data == {"resource": "pids", "limit": 16}
