@@ -93,8 +93,11 @@ OPEN_CHANNEL = f'exec "$@" {IN_FD}<{CHANNEL_IN} {OUT_FD}>{CHANNEL_OUT}'
 NAMESPACES = ("pid", "ipc", "uts", "mount")
 # runsc runs as the init of a pid namespace of its own: when a worker is killed, the kernel
 # reaps whatever of it is left (the Sentry's ptrace stubs would otherwise be orphans, and
-# zombies for ever on hosts whose pid 1 does not reap). --kill-child: it dies with unshare.
-REAPER = ("unshare", "--pid", "--fork", "--kill-child", "--mount-proc")
+# zombies for ever on hosts whose pid 1 does not reap). --pdeathsig: unshare dies with the
+# server, --kill-child: runsc (and so the whole namespace) with unshare.
+REAPER = ("setpriv", "--pdeathsig", "KILL", "--",
+          "unshare", "--pid", "--fork", "--kill-child", "--mount-proc")
+HOME_PREFIX = "gvisor-sandboxes-"
 
 
 class GVisorWorker(ProcessWorker):
@@ -126,7 +129,8 @@ class GVisorWorker(ProcessWorker):
         return super()._failure(message, baseline)
 
     async def close(self) -> None:
-        """Kill the sandbox (Sentry and gofer first; runsc then cleans up and exits)."""
+        """Kill the sandbox (every runsc process; the kernel reaps the rest with runsc's pid
+        namespace) and remove its files."""
         await super().close()
         self._release_guard()
         self._guard_task.cancel()
@@ -182,7 +186,9 @@ class GVisorBackend:
     def home(self) -> Path:
         """A private (0700) folder: runsc's --root, one bundle per worker, the shared rootfs."""
         if self._home is None:
-            self._home = Path(tempfile.mkdtemp(prefix="gvisor-sandboxes-"))
+            if swept := sweep_stale_homes(Path(tempfile.gettempdir())):
+                logger.info("removed %s gVisor folders left by servers that died", swept)
+            self._home = Path(tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-"))
             make_rootfs(self._home / "rootfs")
         return self._home
 
@@ -316,6 +322,19 @@ async def _abandon(spawning: asyncio.Future[GVisorWorker], cgroups: WorkerCgroup
         await cgroups.remove()
     else:
         await worker.close()
+
+
+def sweep_stale_homes(folder: Path) -> int:
+    """Remove the folders of servers that died without closing their backend (their
+    sandboxes died with them: see REAPER)."""
+    removed = 0
+    for path in folder.glob(f"{HOME_PREFIX}*-*"):
+        creator = path.name.removeprefix(HOME_PREFIX).split("-")[0]
+        if not creator.isdigit() or Path(f"/proc/{creator}").exists():
+            continue  # its server still runs (or the pid was reused: leave it)
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed
 
 
 # --- the bundle --------------------------------------------------------------------------

@@ -241,3 +241,43 @@ async def test_backend_aclose_removes_its_folder(settings: Settings) -> None:
     assert config["process"]["args"][0] == "/bin/sh"
     await backend.aclose()
     assert not worker.alive and not home.exists()
+
+
+SERVER = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[1])
+from sandbox_helpers import ACTORS, actor_def
+from service.sandbox.gvisor import GVisorBackend
+from service.settings import SandboxSettings, Settings
+
+async def main():
+    backend = GVisorBackend(Settings(sandbox=SandboxSettings(tmp_mb=8)))
+    worker = await backend.start_worker(actor_def(ACTORS / "origin.py"))
+    print(worker.pid, backend.home, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_sandboxes_die_with_their_server(gvisor: GVisorBackend, settings: Settings) -> None:
+    """A server killed outright takes its sandboxes along; the next backend removes its folder."""
+    import asyncio
+    import sys
+
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SERVER, str(ACTORS.parent), stdout=asyncio.subprocess.PIPE)
+    assert server.stdout is not None
+    pid, home = (await server.stdout.readline()).decode().split()
+    procs = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    server.kill()
+    await server.wait()
+    for _ in range(100):
+        if not any(Path(f"/proc/{p}").exists() for p in (pid, *procs)):
+            break
+        await asyncio.sleep(0.05)
+    assert not [p for p in (pid, *procs) if Path(f"/proc/{p}").exists()]
+    later = GVisorBackend(settings)
+    assert later.home.exists()  # made on first use, sweeping the folders of dead servers
+    await later.aclose()
+    assert not Path(home).exists()
