@@ -39,8 +39,22 @@ class Row:
 
 def rows(results: dict[str, Any]) -> list[Row]:
     """Every row of the table, in order."""
-    return [*_latency_rows(results), *_throughput_rows(results), *_cold_rows(results),
-            *_memory_rows(results), *_gvisor_rows(results)]
+    return [*_latency_rows(results), *_cluster_rows(results), *_throughput_rows(results),
+            *_cold_rows(results), *_memory_rows(results),
+            *_gvisor_rows(results)]
+
+
+def _cluster_rows(results: dict[str, Any]) -> list[Row]:
+    """The round trip through Redis, a front and a worker, beside the single-machine one."""
+    if "cluster" not in results:
+        return []
+    single = results["server"]["latency"]["doubler"]
+    stats, hop = results["cluster"]["latency"]["doubler"], results["cluster"]["hop_ms"]
+    out = [Row(f"cluster round trip {p}, doubler (front+worker)", stats[f"{p}_ms"], "ms",
+               f"one machine {p}", single[f"{p}_ms"]) for p in ("p50", "p90", "p99")]
+    out.append(Row("  cost of the cluster hop per call (p50)", hop["p50"], "ms",
+                   "one machine p50", single["p50_ms"]))
+    return out
 
 
 def _latency_rows(results: dict[str, Any]) -> list[Row]:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import floor, procs, servers
+from bench import cluster, floor, procs, servers
 from bench.load import Stats, run_calls
 from service.manifest.loader import load_manifest
 from service.settings import Settings, load_settings
@@ -67,6 +67,8 @@ async def run(plan: Plan, config: Path, backend: str, gvisor: bool = True) -> di
             results["gvisor"] = gv_results
         log.info("warm round trips")
         await _latencies(plan, echo, server, results, gv)
+        log.info("round trip through a cluster front and one worker")
+        results["cluster"] = await _cluster(plan, config, backend, results["server"])
         log.info("throughput")
         await _throughputs(plan, echo, server, results, gv)
         results["server"]["workers"] = _workers(server.pid)
@@ -131,6 +133,19 @@ async def _latencies(plan: Plan, echo: servers.Running, server: servers.Running,
         if gv is not None:
             results["gvisor"]["latency"][actor_id] = await _sequential(gv, actor_id, calls,
                                                                        warmup)
+
+
+async def _cluster(plan: Plan, config: Path, backend: str,
+                   single: dict[str, Any]) -> dict[str, Any]:
+    """The doubler's round trip through Redis, a front and a worker; the hop's cost per call
+    is its difference with the single-machine round trip measured just before."""
+    async with cluster.running(config, backend) as front:
+        stats = await _sequential(front, "doubler", plan.latency_calls,
+                                  plan.latency_warmup_calls)
+    base = single["latency"]["doubler"]
+    return {"latency": {"doubler": stats},
+            "hop_ms": {p: round(stats[f"{p}_ms"] - base[f"{p}_ms"], 3)
+                       for p in ("p50", "p90", "p99")}}
 
 
 async def _throughputs(plan: Plan, echo: servers.Running, server: servers.Running,

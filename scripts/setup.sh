@@ -2,7 +2,8 @@
 # First-run setup, called by `make setup` (and so by `make serve` and `make test`).
 #
 #  1. The system packages the process sandbox needs: bubblewrap, Node.js and the
-#     system Python (/usr/bin/python3). As root with apt-get they are installed;
+#     system Python (/usr/bin/python3); redis-server for the cluster tests and bench.
+#     As root with apt-get they are installed;
 #     otherwise the script says what to install and fails.
 #     runsc (gVisor, the gvisor backend) is installed the same way when it is missing; it is
 #     optional: without it, setup says so and `backend = auto` skips gvisor.
@@ -53,6 +54,7 @@ apt_install() {
 missing_system_packages() {
     local missing=()
     command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # cluster tests, bench
     [ -x "$SANDBOX_NODE" ] || missing+=(nodejs)
     [ -x "$SANDBOX_PYTHON" ] || missing+=(python3)
     echo "${missing[@]}"

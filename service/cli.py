@@ -1,4 +1,4 @@
-"""The `service` command: serve (default), lint, test, run, doctor.
+"""The `service` command: serve (default), worker, lint, test, run, doctor.
 
 ``main(argv) -> int`` is the whole CLI; ``__main__`` only calls it. Exit codes:
 0 success, 1 failure (a lint problem, a failed example, a call error...),
@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from service.log import setup_logging
 from service.settings import BACKENDS, Settings, load_settings
 
 DEFAULT_CONFIG = Path("config/settings.toml")
-SUBCOMMANDS = ("serve", "lint", "test", "run", "doctor")
+SUBCOMMANDS = ("serve", "lint", "test", "run", "doctor", "worker")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--actors", type=Path, action="append", default=[], metavar="PATH",
                        help="a manifest or folder to load in addition to manifest_paths")
     serve.set_defaults(command=cmd_serve)
+
+    worker = sub.add_parser("worker", parents=[common],
+                            help="run a cluster worker (needs cluster.redis_url)")
+    _settings_option(worker, "--config")
+    worker.add_argument("--host", default=None, help="where /healthz and /metrics listen")
+    worker.add_argument("--port", type=int, default=None)
+    worker.add_argument("--actors", type=Path, action="append", default=[], metavar="PATH",
+                        help="a manifest or folder to load in addition to manifest_paths")
+    worker.set_defaults(command=cmd_worker)
 
     lint = sub.add_parser("lint", parents=[common], help="check manifests")
     lint.add_argument("paths", nargs="*", type=Path, metavar="PATH")
@@ -116,7 +125,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _log_level(args: argparse.Namespace, settings: Settings) -> str:
     """The settings' level for `serve`; one-shot commands keep stderr for their own output."""
-    if args.subcommand == "serve" or args.debug:
+    if args.subcommand in ("serve", "worker") or args.debug:
         return settings.log_level
     return "error" if settings.log_level == "error" else "warning"
 
@@ -137,8 +146,25 @@ def _report_manifest_error(exc: ManifestError) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from service.server import serve
 
+    if settings.cluster.enabled and settings.cluster.role == "worker":
+        return cmd_worker(args, settings)
+    return _serving(serve(settings, args.actors))
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from service.cluster.node import serve_worker
+
+    if not settings.cluster.enabled:
+        print("error: a worker needs cluster.redis_url (e.g. SERVICE_CLUSTER__REDIS_URL)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    return _serving(serve_worker(settings, args.actors))
+
+
+def _serving(server: Coroutine[Any, Any, None]) -> int:
+    """Run a server coroutine until it stops; its start-up errors become exit codes."""
     try:
-        asyncio.run(serve(settings, args.actors))
+        asyncio.run(server)
     except SettingsError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from service.errors import (
     ActorNotFound,
@@ -27,8 +27,9 @@ from service.errors import (
 )
 from service.manifest.lint import check_paths
 from service.manifest.loader import load_manifest
-from service.manifest.model import ActorDef, schema_errors
+from service.manifest.model import ActorDef, Port, schema_errors
 from service.sandbox.base import Backend, CallRequest, Event, OutputEvent
+from service.sandbox.capacity import SandboxCapacity
 from service.sandbox.pool import ActorPool
 from service.settings import Settings
 
@@ -49,6 +50,8 @@ class Runtime:
         self._pools: dict[str, ActorPool] = {}
         self._retired: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # serializes load/replace
+        self.capacity = SandboxCapacity(settings.capacity.max_sandboxes,
+                                        settings.capacity.memory_mb)
 
     async def start(self, extra_paths: Sequence[Path | str] = ()) -> None:
         """Load every manifest under the settings' manifest_paths and ``extra_paths``.
@@ -62,6 +65,8 @@ class Runtime:
         for actor in actors:
             await self._install(actor)
         log.info("loaded %d actors on backend %s", len(actors), self.backend.name)
+        log.info("sandbox capacity: %d sandboxes, %s MiB of memory limits",
+                 self.capacity.max_sandboxes, self.capacity.memory_mb)
 
     def actors(self) -> list[ActorDef]:
         return sorted(self._actors.values(), key=lambda a: a.id)
@@ -109,7 +114,7 @@ class Runtime:
         return path
 
     async def _install(self, actor: ActorDef) -> None:
-        pool = ActorPool(actor, self.backend)
+        pool = ActorPool(actor, self.backend, self.capacity)
         await pool.start()
         old = self._pools.get(actor.id)
         self._actors[actor.id] = actor
@@ -223,7 +228,14 @@ def _objects(**params: Any) -> tuple[dict[str, Any], ...]:
     return tuple(out)
 
 
-def check_payload(actor: ActorDef, payload: dict[str, Any]) -> None:
+class HasInports(Protocol):
+    """What payload validation needs of an actor (a loaded one, or a cluster front's view)."""
+
+    @property
+    def inports(self) -> Mapping[str, Port]: ...
+
+
+def check_payload(actor: HasInports, payload: dict[str, Any]) -> None:
     """Raise PayloadInvalid for an unknown inport, a missing required one, or a schema failure."""
     for name in payload:
         if name not in actor.inports:

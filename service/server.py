@@ -15,9 +15,19 @@ import signal
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from service.guard import (
+    ConnectionGate,
+    GuardedSite,
+    ensure_fd_headroom,
+    loopback_dev_mode,
+    origin_allowed,
+    rate_limited_exception_handler,
+    request_middleware,
+)
 from service.metrics import Metrics
 from service.rpc.core import Connection, Dispatcher
 from service.rpc.methods import register_methods
@@ -30,10 +40,11 @@ log = logging.getLogger(__name__)
 class Session:
     """One WebSocket connection: its frame tasks and its serialized writer."""
 
-    def __init__(self, ws: web.WebSocketResponse, dispatcher: Dispatcher) -> None:
+    def __init__(self, ws: web.WebSocketResponse, dispatcher: Dispatcher,
+                 admin: bool = False) -> None:
         self.ws = ws
         self.dispatcher = dispatcher
-        self.connection = Connection(self.send)
+        self.connection = Connection(self.send, admin=admin)
         self.tasks: set[asyncio.Task[None]] = set()
         self._write_lock = asyncio.Lock()
 
@@ -87,6 +98,11 @@ class AppState:
     metrics: Metrics | None = None
     sessions: set[Session] = field(default_factory=set)
     draining: bool = False
+    cluster: Any = None  # the ClusterNode in cluster mode (service.cluster.node)
+    gate: ConnectionGate = field(init=False)  # the connection caps of serve()'s site
+
+    def __post_init__(self) -> None:
+        self.gate = ConnectionGate(self.settings.connections)
 
     def pool_stats(self) -> dict[str, tuple[int, int, int]]:
         return self.runtime.pool_stats() if self.runtime is not None else {}
@@ -124,7 +140,7 @@ def create_app(
     A runtime passed in stays the caller's to close. ``validate_results`` checks every
     result against its OpenRPC schema (for tests).
     """
-    app = web.Application()
+    app = web.Application(middlewares=[request_middleware(settings)])
     state = AppState(settings, runtime, tuple(map(Path, extra_actors)), validate_results)
     state.metrics = Metrics(state.pool_stats)
     app[STATE] = state
@@ -139,13 +155,31 @@ def create_app(
 async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     async with contextlib.AsyncExitStack() as owned:
-        if state.runtime is None:  # ours to start and to close; a runtime given stays the caller's
-            state.runtime = await owned.enter_async_context(
+        host: Any = await _cluster_host(state, owned)
+        if state.runtime is None and host is None:  # ours to start and close (a given one stays
+            state.runtime = await owned.enter_async_context(  # the caller's)
                 open_runtime(state.settings, state.extra_actors))
-        state.dispatcher = Dispatcher(validate_results=state.validate_results)
-        register_methods(state.dispatcher, state.runtime, state.metrics)
+        state.dispatcher = Dispatcher(validate_results=state.validate_results,
+                                      limits=state.settings.connections)
+        register_methods(state.dispatcher, host or state.runtime, state.metrics)  # type: ignore[arg-type]
         yield
         await state.close_sessions()
+
+
+async def _cluster_host(state: AppState, owned: contextlib.AsyncExitStack) -> Any:
+    """In cluster mode (service.cluster), the front the methods run on; else None."""
+    if not state.settings.cluster.enabled:
+        return None
+    from service.cluster.node import needs_runtime, open_node
+
+    if state.runtime is None and needs_runtime(state.settings):
+        state.runtime = await owned.enter_async_context(
+            open_runtime(state.settings, state.extra_actors))
+    assert state.metrics is not None  # set by create_app
+    state.cluster = await owned.enter_async_context(
+        open_node(state.settings, state.runtime, state.metrics.registry,
+                  grace_s=state.settings.shutdown_grace_s))
+    return state.cluster.host
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -156,6 +190,10 @@ def authorized(request: web.Request, tokens: Sequence[str]) -> bool:
     """True when no token is configured, or the request carries one (header or ?token=)."""
     if not tokens:
         return True
+    return _carries_token(request, tokens)
+
+
+def _carries_token(request: web.Request, tokens: Sequence[str]) -> bool:
     offered = request.query.get("token")
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
@@ -167,6 +205,24 @@ def authorized(request: web.Request, tokens: Sequence[str]) -> bool:
     return any(matches)
 
 
+def _client_tokens(settings: Settings) -> tuple[str, ...]:
+    """Tokens that open a connection: call tokens and admin tokens (none: no token needed)."""
+    auth = settings.auth
+    return (*auth.tokens, *auth.admin_tokens) if auth.tokens else ()
+
+
+def is_admin(request: web.Request, settings: Settings) -> bool:
+    """May this connection call `load`? With an admin token, or in loopback dev mode."""
+    if settings.auth.admin_tokens:
+        return _carries_token(request, settings.auth.admin_tokens)
+    return loopback_dev_mode(settings)
+
+
+def _forbidden_origin() -> web.HTTPForbidden:
+    return web.HTTPForbidden(text="403: this Origin may not open a connection "
+                                  "(connections.allowed_origins)\n")
+
+
 def _unauthorized() -> web.HTTPUnauthorized:
     return web.HTTPUnauthorized(text="401: a valid token is required\n",
                                 headers={"WWW-Authenticate": 'Bearer realm="actor-runtime"'})
@@ -175,14 +231,16 @@ def _unauthorized() -> web.HTTPUnauthorized:
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     """The JSON-RPC endpoint."""
     state = request.app[STATE]
-    if not authorized(request, state.settings.auth.tokens):
+    if not origin_allowed(request.headers.get("Origin"), state.settings):
+        raise _forbidden_origin()  # a web page the operator did not list: never its tokens
+    if not authorized(request, _client_tokens(state.settings)):
         raise _unauthorized()
     ws = web.WebSocketResponse(max_msg_size=state.settings.max_message_bytes)
     if not ws.can_prepare(request).ok:
         return web.Response(status=426, text="JSON-RPC 2.0 over WebSocket: upgrade required\n",
                             headers={"Upgrade": "websocket", "Connection": "Upgrade"})
     await ws.prepare(request)
-    session = Session(ws, state.dispatcher)
+    session = Session(ws, state.dispatcher, admin=is_admin(request, state.settings))
     state.sessions.add(session)
     log.debug("connection from %s", request.remote)
     try:
@@ -196,6 +254,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 
 async def healthz_handler(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    if state.cluster is not None:
+        serving, body = state.cluster.health()
+        return web.json_response(body, status=200 if serving and not state.draining else 503)
     if state.runtime is None or state.draining:
         return web.json_response({"status": "unavailable"}, status=503)
     return web.json_response({"status": "ok", "actors": len(state.runtime.actors())})
@@ -203,7 +264,7 @@ async def healthz_handler(request: web.Request) -> web.Response:
 
 async def metrics_handler(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    if not authorized(request, state.settings.auth.tokens):
+    if not authorized(request, _client_tokens(state.settings)):
         raise _unauthorized()
     assert state.metrics is not None  # set by create_app
     return web.Response(body=state.metrics.render(),
@@ -213,15 +274,17 @@ async def metrics_handler(request: web.Request) -> web.Response:
 async def serve(settings: Settings, extra_actors: Sequence[Path | str] = ()) -> None:
     """Serve until SIGINT/SIGTERM, then drain: stop accepting, let calls finish, close."""
     check_exposure(settings)
+    ensure_fd_headroom(settings)
     app = create_app(settings, extra_actors=extra_actors)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()  # starts the runtime: manifest or backend problems raise here
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(rate_limited_exception_handler(app[STATE].gate.reports))
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = GuardedSite(runner, settings.host, settings.port, app[STATE].gate)
         await site.start()
         log.info("serving JSON-RPC on ws://%s:%d/", settings.host, settings.port)
         await stop.wait()

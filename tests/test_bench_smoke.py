@@ -46,7 +46,7 @@ def check_summary(summary: dict[str, Any]) -> None:
 @pytest.mark.timeout(300)
 def test_top_level(results: dict[str, Any]) -> None:
     assert set(results) - {"gvisor"} == {"machine", "plan", "mode", "echo", "bare_sandbox",
-                                         "server", "rows"}
+                                         "server", "cluster", "rows"}
     assert results["machine"]["backend"] == "process"
     assert results["plan"]["latency_calls"] > 0
 
@@ -89,10 +89,21 @@ def test_server(results: dict[str, Any]) -> None:
 
 
 @pytest.mark.timeout(300)
+def test_cluster(results: dict[str, Any]) -> None:
+    cluster = results["cluster"]
+    check_summary(cluster["latency"]["doubler"])
+    assert set(cluster["hop_ms"]) == {"p50", "p90", "p99"}
+    assert all(isinstance(v, float | int) for v in cluster["hop_ms"].values())
+
+
+@pytest.mark.timeout(300)
 def test_rows(results: dict[str, Any]) -> None:
     rows = results["rows"]
     assert all(set(row) == ROW_KEYS for row in rows)
-    assert all(row["value"] > 0 or row["unit"] == "us" for row in rows)
+    # CPU per call may round to 0; the hop's cost is a difference, noise can make it <= 0
+    assert all(row["value"] > 0 or row["unit"] == "us" or "hop" in row["label"]
+               for row in rows)
+    assert any(row["label"].startswith("cluster round trip p50") for row in rows)
     targets = [row for row in rows if row["met"] is not None]
     gvisor = results.get("gvisor", {}).get("available", False)
     assert len(targets) == TARGETS + (GVISOR_TARGETS if gvisor else 0)

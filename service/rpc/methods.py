@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from service.errors import ActorNotFound, Cancelled, RpcError
+from service.errors import Cancelled, PathNotAllowed, RpcError
 from service.metrics import Metrics
 from service.rpc.core import Call, Dispatcher, Handler, encode
 from service.rpc.openrpc import load_openrpc, params_schema, result_schema
@@ -82,6 +82,10 @@ class Methods:
         return self.runtime.get(params["actor_id"]).descriptor()
 
     async def load(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        if not call.connection.admin:
+            log.warning("load refused: the connection has no admin token")
+            raise PathNotAllowed(params["file_path"], "load is an admin operation: connect "
+                                 "with a token from auth.admin_tokens")
         actor, replaced = await self.runtime.load(params["file_path"])
         return {"success": True, "actor": actor.descriptor(), "replaced": replaced}
 
@@ -135,7 +139,7 @@ class Methods:
     def _actor_label(self, actor_id: str) -> str:
         try:
             return self.runtime.get(actor_id).id
-        except ActorNotFound:
+        except RpcError:  # not found (or, on a cluster front, Redis unreachable)
             return UNKNOWN_ACTOR
 
 
