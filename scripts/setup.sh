@@ -60,12 +60,15 @@ missing_system_packages() {
     echo "${missing[@]}"
 }
 
-# gVisor's runsc: optional (the gvisor backend), installed with apt when we may.
+# gVisor's runsc: optional (the gvisor backend), installed with apt when we may. A failed
+# attempt is remembered in $VENV, so that every later `make` does not retry apt-get.
 ensure_runsc() {
     command -v runsc >/dev/null 2>&1 && return 0
+    [ -f "$VENV/.runsc-unavailable" ] && return 0
     if use_apt && apt_install runsc && command -v runsc >/dev/null 2>&1; then
         return 0
     fi
+    mkdir -p "$VENV" && touch "$VENV/.runsc-unavailable"
     say "runsc (gVisor) is not installed: the gvisor backend is unavailable (apt-get install runsc)"
 }
 
