@@ -6,11 +6,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.runner import COLD_ACTORS, GVISOR_LEVEL, WARM_ACTORS
+from bench.runner import (
+    COLD_ACTORS,
+    GVISOR_LEVEL,
+    NO_SCHEMA_ACTOR,
+    SCHEMA_ACTOR,
+    WARM_ACTORS,
+)
 
 WARM_P50_MAX_RATIO = 3.0  # warm round trip p50 <= 3x the echo's
 THROUGHPUT_MIN_RATIO = 0.15  # at concurrency 8: >= 15% of the echo's calls/s
 THROUGHPUT_TARGET_LEVEL = "8"
+SCHEMA_P50_MAX_RATIO = 1.15  # the schema-heavy actor's warm p50 <= 1.15x the doubler's
 COLD_MAX_RATIO = 1.5  # cold call p50 <= 1.5x a bare bwrap + interpreter start
 SERVER_IDLE_RSS_MAX_MB = 60.0
 PYTHON_WORKER_RSS_MAX_MB = 15.0
@@ -69,6 +76,15 @@ def _latency_rows(results: dict[str, Any]) -> list[Row]:
             if p == "p50":
                 row = _ratio_target(row, WARM_P50_MAX_RATIO, max_ratio=True)
             out.append(row)
+    latency = results["server"]["latency"]
+    if SCHEMA_ACTOR in latency:  # results of runs before it was added have none
+        row = Row(f"warm round trip p50, {SCHEMA_ACTOR} (schema-heavy)",
+                  latency[SCHEMA_ACTOR]["p50_ms"], "ms", "doubler p50",
+                  latency[WARM_ACTORS["python"]]["p50_ms"])
+        out.append(_ratio_target(row, SCHEMA_P50_MAX_RATIO, max_ratio=True))
+        out.append(Row(f"  same payload, no schema ({NO_SCHEMA_ACTOR})",
+                       latency[SCHEMA_ACTOR]["p50_ms"], "ms", f"{NO_SCHEMA_ACTOR} p50",
+                       latency[NO_SCHEMA_ACTOR]["p50_ms"]))
     return out
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import cluster, floor, procs, servers
-from bench.load import Stats, run_calls
+from bench.load import CallSpec, Stats, run_calls
 from service.manifest.loader import load_manifest
 from service.settings import Settings, load_settings
 
@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 WARM_ACTORS = {"python": "doubler", "javascript": "doubler_js"}
 COLD_ACTORS = {"python": "doubler_cold", "javascript": "doubler_js_cold"}
+SCHEMA_ACTOR = "order_heavy"  # bench/actors: a 50-line order through nested, $ref'd schemas
+NO_SCHEMA_ACTOR = "order_noschema"  # the same payload and script, schema `true`
 LEVELS = (1, 8, 32)
 GVISOR_LEVEL = "8"  # the one throughput level measured on gVisor too
 SAMPLE_EVERY_S = 0.05
@@ -133,6 +135,9 @@ async def _latencies(plan: Plan, echo: servers.Running, server: servers.Running,
         if gv is not None:
             results["gvisor"]["latency"][actor_id] = await _sequential(gv, actor_id, calls,
                                                                        warmup)
+    for actor_id in (SCHEMA_ACTOR, NO_SCHEMA_ACTOR):
+        results["server"]["latency"][actor_id] = await _sequential(
+            server, actor_id, calls, warmup, heavy_order_call())
 
 
 async def _cluster(plan: Plan, config: Path, backend: str,
@@ -177,11 +182,26 @@ async def _bare(plan: Plan, settings: Settings, actor_id: str) -> dict[str, Any]
             "idle_rss_mb": _mb(rss), "idle_pss_mb": _mb(pss)}
 
 
+def heavy_order_call(lines: int = 50) -> CallSpec:
+    """The schema-heavy actor's call: an order of ``lines`` lines, and its item count."""
+    order = {
+        "id": "A-1001",
+        "customer": {"name": "Ada", "email": "ada@example.com",
+                     "address": {"street": "Main 1", "city": "Berlin", "zip": "10115",
+                                 "country": "DE"}},
+        "lines": [{"sku": f"sku-{i}", "quantity": 1 + i % 3, "unit_price": 2.5,
+                   "dims": {"w": 10, "h": 2.5, "d": 1}, "tags": ["a", f"t{i}"]}
+                  for i in range(lines)],
+        "notes": ["leave at the door"],
+    }
+    return CallSpec(order, sum(line["quantity"] for line in order["lines"]))
+
+
 async def _sequential(server: servers.Running, actor_id: str, calls: int,
-                      warmup_calls: int) -> dict[str, Any]:
+                      warmup_calls: int, call: CallSpec | None = None) -> dict[str, Any]:
     """One connection, ``calls`` calls one after another (after ``warmup_calls``)."""
     stats = await run_calls(server.url, actor_id, connections=1, calls=calls,
-                            warmup_calls=warmup_calls, server_pid=server.pid)
+                            warmup_calls=warmup_calls, server_pid=server.pid, call=call)
     return stats.summary()
 
 

@@ -27,7 +27,7 @@ from service.errors import (
 )
 from service.manifest.lint import check_paths
 from service.manifest.loader import load_manifest
-from service.manifest.model import ActorDef, Port, schema_errors
+from service.manifest.model import ActorDef, Port
 from service.sandbox.base import Backend, CallRequest, Event, OutputEvent
 from service.sandbox.capacity import SandboxCapacity
 from service.sandbox.pool import ActorPool
@@ -137,11 +137,11 @@ class Runtime:
         started = time.perf_counter()
         actor = self.get(actor_id)
         payload, config, state = _objects(payload=payload, config=config, state=state)
-        check_payload(actor, payload)
+        await check_payload(actor, payload)
         request = CallRequest(
             actor_id=actor.id,
             payload=payload,
-            config=merged_config(actor, config),
+            config=await merged_config(actor, config),
             state=state,
             timestamp=int(time.time() * 1000) if timestamp is None else timestamp,
         )
@@ -202,7 +202,7 @@ class _Call:
         if port is None:
             message = f"{event.port!r} is not a declared outport"
             raise OutputInvalid(event.port, [{"path": "", "message": message}])
-        errors = port.errors(event.data)
+        errors = await port.check(event.data)
         if errors:
             raise OutputInvalid(event.port, errors)
         seq = len(self.emitted)
@@ -235,7 +235,7 @@ class HasInports(Protocol):
     def inports(self) -> Mapping[str, Port]: ...
 
 
-def check_payload(actor: HasInports, payload: dict[str, Any]) -> None:
+async def check_payload(actor: HasInports, payload: dict[str, Any]) -> None:
     """Raise PayloadInvalid for an unknown inport, a missing required one, or a schema failure."""
     for name in payload:
         if name not in actor.inports:
@@ -246,16 +246,16 @@ def check_payload(actor: HasInports, payload: dict[str, Any]) -> None:
                 raise PayloadInvalid(name, [{"path": "",
                                              "message": f"required inport {name!r} is missing"}])
             continue
-        errors = port.errors(payload[name])
+        errors = await port.check(payload[name])
         if errors:
             raise PayloadInvalid(name, errors)
 
 
-def merged_config(actor: ActorDef, config: dict[str, Any]) -> dict[str, Any]:
+async def merged_config(actor: ActorDef, config: dict[str, Any]) -> dict[str, Any]:
     """The caller's config over the manifest's defaults, validated by config.schema."""
     merged = {**actor.config_defaults, **config}
     if actor.config_validator is not None:
-        errors = schema_errors(actor.config_validator, merged)
+        errors = await actor.config_validator.check(merged)
         if errors:
             raise InvalidParams("config does not match the actor's config schema",
                                 {"errors": errors})

@@ -150,6 +150,8 @@ class Settings:
     manifest_paths: tuple[Path, ...] = (Path("manifests"),)
     allowed_roots: tuple[Path, ...] = (Path("manifests"),)
     schema_roots: tuple[Path, ...] = (Path("schemas"),)  # where manifests may $ref shared schemas
+    schema_format_assertion: bool = False  # `format` fails values (else an annotation only)
+    validation_timeout_s: float = 1  # most time the error pass of one schema check may take
     backend: str = "auto"
     max_message_bytes: int = 1_048_576
     log_level: str = "info"

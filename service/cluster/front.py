@@ -43,7 +43,8 @@ from service.cluster.streams import (
 from service.cluster.worker import CONTROL_MAXLEN, new_id
 from service.errors import ActorNotFound, Busy, InvalidParams, SandboxUnavailable
 from service.manifest.model import Port
-from service.manifest.schemas import SPECIFICATIONS, dialect_of
+from service.manifest.schemas import dialect_of
+from service.manifest.validation import SchemaValidator
 from service.runtime import Emit, check_payload
 from service.runtime import _objects as objects_of
 from service.settings import Settings
@@ -100,6 +101,7 @@ class ClusterFront:
 
     def __init__(self, settings: Settings, metrics: ClusterMetrics | None = None) -> None:
         self.cfg = settings.cluster
+        self._settings = settings
         self.metrics = metrics
         self.id = new_id("front")
         self.keys = Keys(self.cfg.key_prefix)
@@ -166,7 +168,7 @@ class ClusterFront:
         started = time.perf_counter()
         actor = self.get(actor_id)
         payload, config, state = objects_of(payload=payload, config=config, state=state)
-        check_payload(actor, payload)
+        await check_payload(actor, payload)
         call = _Pending(uuid.uuid4().hex, actor.id)
         self._calls[call.call_id] = call
         try:
@@ -435,7 +437,7 @@ class ClusterFront:
         key = json.dumps(inports, sort_keys=True)
         if key not in self._ports:  # compiled once per distinct definition
             self._ports[key] = MappingProxyType({
-                name: _port(name, spec) for name, spec in inports.items()})
+                name: _port(name, spec, self._settings) for name, spec in inports.items()})
         return RemoteActor(str(descriptor["id"]), self._ports[key], descriptor)
 
     def _count(self, what: str, actor_id: str) -> None:
@@ -443,10 +445,13 @@ class ClusterFront:
             getattr(self.metrics, what)(actor_id)
 
 
-def _port(name: str, spec: dict[str, Any]) -> Port:
+def _port(name: str, spec: dict[str, Any], settings: Settings) -> Port:
+    """A worker's published inport (a self-contained schema), compiled as the worker did."""
     schema = spec.get("schema", {})
     dialect = dialect_of(schema)
     if dialect is None:
         raise ValueError(f"inport {name}: unknown $schema")
-    return Port(name, schema, dialect(schema, registry=SPECIFICATIONS),
-                spec.get("description", ""), bool(spec.get("required", True)))
+    validator = SchemaValidator(schema, dialect, settings.schema_format_assertion,
+                                settings.validation_timeout_s)
+    return Port(name, schema, validator, spec.get("description", ""),
+                bool(spec.get("required", True)))

@@ -284,7 +284,10 @@ def _check_script(ctx: _Context) -> Path | None:
 
 
 def _compile(ctx: _Context, schema: Any, ptr: str) -> CompiledSchema | None:
-    compiled, issues = compile_schema(schema, ctx.manifest, ctx.settings.schema_roots)
+    compiled, issues = compile_schema(
+        schema, ctx.manifest, ctx.settings.schema_roots,
+        format_assertion=ctx.settings.schema_format_assertion,
+        timeout_s=ctx.settings.validation_timeout_s)
     for issue in issues:
         ctx.add(ptr + issue.pointer, issue.message)
     return compiled

@@ -15,13 +15,13 @@ import pytest
 from cluster_support import (
     ACTORS,
     REPO,
+    Cluster,
     RedisServer,
     Service,
     connected,
     free_port,
     wait_for,
 )
-from conftest import Cluster
 
 # Process start-up is most of each test; a busy machine makes it slow, never wrong.
 pytestmark = pytest.mark.timeout(180)
@@ -334,7 +334,7 @@ def test_remote_errors_keep_class_code_and_data() -> None:
     assert type(unknown) is RpcError and unknown.CODE == -32603
 
 
-def test_front_validates_payloads_as_the_runtime_does() -> None:
+async def test_front_validates_payloads_as_the_runtime_does() -> None:
     """A front checks payloads with schemas rebuilt from descriptors ($refs bundled)."""
     from service.cluster.front import ClusterFront
     from service.errors import PayloadInvalid
@@ -353,7 +353,7 @@ def test_front_validates_payloads_as_the_runtime_does() -> None:
         errors = []
         for subject in (actor, remote):
             try:
-                check_payload(subject, payload)
+                await check_payload(subject, payload)
                 errors.append(None)
             except PayloadInvalid as exc:
                 errors.append(exc.to_json())

@@ -13,8 +13,7 @@ import os
 import time
 
 import pytest
-from cluster_support import Service, connected
-from conftest import Cluster
+from cluster_support import Cluster, Service, connected
 from test_cluster import live_workers, ws_url
 
 WINDOW_S = float(os.environ.get("CLUSTER_SCALE_WINDOW_S", "3"))
