@@ -12,11 +12,12 @@
 # Bookworm pinned: its python3 is 3.11, the version the sandbox harness is tested with.
 FROM python:3.11-slim-bookworm
 
-# bubblewrap builds each sandbox; nodejs runs JavaScript actors; python3 is Debian's
+# bubblewrap builds each sandbox; nodejs runs JavaScript actors (npm installs their
+# dependencies: `service build`, docs/dependencies.md); python3 is Debian's
 # /usr/bin/python3, the interpreter inside Python sandboxes. It is kept apart from the
 # service's own Python (/usr/local) so actors do not see the service's packages.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends bubblewrap nodejs python3 \
+    && apt-get install -y --no-install-recommends bubblewrap nodejs npm python3 \
     && rm -rf /var/lib/apt/lists/*
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -36,6 +37,10 @@ COPY service ./service
 COPY config ./config
 COPY schemas ./schemas
 COPY manifests ./manifests
+# Actors' dependency sets are installed into /app/.cache/deps (deps_dir) by the server at
+# its first start, or ahead of time: `service build manifests/` in CI (bubblewrap needs user
+# namespaces, which `docker build` rarely allows), then `COPY .cache/deps ./.cache/deps`
+# here. See docs/dependencies.md.
 # Editable, so the package stays in /app: the loader reads /app/schemas beside it
 # (compose mounts the project's schemas/ there), not a copy in site-packages.
 RUN pip install --no-deps -e .

@@ -8,6 +8,7 @@ from typing import Any
 
 from bench.runner import (
     COLD_ACTORS,
+    DEPS_PAIRS,
     GVISOR_LEVEL,
     NO_SCHEMA_ACTOR,
     SCHEMA_ACTOR,
@@ -22,6 +23,7 @@ COLD_MAX_RATIO = 1.5  # cold call p50 <= 1.5x a bare bwrap + interpreter start
 SERVER_IDLE_RSS_MAX_MB = 60.0
 PYTHON_WORKER_RSS_MAX_MB = 15.0
 GVISOR_WARM_P50_MAX_RATIO = 1.3  # gvisor warm round trip p50 <= 1.3x the process backend's
+DEPS_MAX_RATIO = 1.25  # p50 with a dependency set mounted <= 1.25x the same actor without
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Row:
 def rows(results: dict[str, Any]) -> list[Row]:
     """Every row of the table, in order."""
     return [*_latency_rows(results), *_cluster_rows(results), *_throughput_rows(results),
-            *_cold_rows(results), *_memory_rows(results),
+            *_cold_rows(results), *_deps_rows(results), *_memory_rows(results),
             *_gvisor_rows(results)]
 
 
@@ -110,6 +112,17 @@ def _cold_rows(results: dict[str, Any]) -> list[Row]:
         row = Row(f"cold call p50, {actor_id}", results["server"]["cold"][actor_id]["p50_ms"],
                   "ms", f"bare bwrap+{language} p50", results["bare_sandbox"][language]["p50_ms"])
         out.append(_ratio_target(row, COLD_MAX_RATIO, max_ratio=True))
+    return out
+
+
+def _deps_rows(results: dict[str, Any]) -> list[Row]:
+    deps = results["server"]["deps"]
+    out = []
+    for with_deps, without in DEPS_PAIRS.items():
+        kind = "cold call" if "cold" in with_deps else "warm round trip"
+        row = Row(f"{kind} p50, {with_deps} (dependencies)", deps[with_deps]["p50_ms"], "ms",
+                  f"{without} (none) p50", deps[without]["p50_ms"])
+        out.append(_ratio_target(row, DEPS_MAX_RATIO, max_ratio=True))
     return out
 
 

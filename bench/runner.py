@@ -23,6 +23,8 @@ WARM_ACTORS = {"python": "doubler", "javascript": "doubler_js"}
 COLD_ACTORS = {"python": "doubler_cold", "javascript": "doubler_js_cold"}
 SCHEMA_ACTOR = "order_heavy"  # bench/actors: a 50-line order through nested, $ref'd schemas
 NO_SCHEMA_ACTOR = "order_noschema"  # the same payload and script, schema `true`
+# With a dependency set (bench/actors/doubler_deps*.yaml) -> the same actor without one.
+DEPS_PAIRS = {"doubler_deps": "doubler", "doubler_deps_cold": "doubler_cold"}
 LEVELS = (1, 8, 32)
 GVISOR_LEVEL = "8"  # the one throughput level measured on gVisor too
 SAMPLE_EVERY_S = 0.05
@@ -87,6 +89,8 @@ async def run(plan: Plan, config: Path, backend: str, gvisor: bool = True) -> di
             if gv is not None:
                 gv_results["cold"][actor_id] = await _sequential(
                     gv, actor_id, plan.cold_calls, plan.cold_warmup_calls)
+        log.info("calls with and without dependencies")
+        results["server"]["deps"] = await _with_and_without_deps(plan, server)
     machine = {**_machine(backend), "loadavg_1m_before": round(load_before, 2),
                "loadavg_1m_after": round(os.getloadavg()[0], 2)}
     return {"machine": machine, "plan": asdict(plan), "mode": MODE, **results}
@@ -169,6 +173,18 @@ async def _throughputs(plan: Plan, echo: servers.Running, server: servers.Runnin
                 stats, _ = await _throughput(gv, actor_id, level, plan)
                 results["gvisor"]["throughput"][actor_id][str(level)] = stats
     results["server"]["rss_load_peak_mb"] = _mb(peak)
+
+
+async def _with_and_without_deps(plan: Plan, server: servers.Running) -> dict[str, Any]:
+    """Each actor with dependencies right after the same actor without (warm, then cold)."""
+    out: dict[str, Any] = {}
+    for with_deps, without in DEPS_PAIRS.items():
+        cold = "cold" in with_deps
+        calls = plan.cold_calls if cold else plan.latency_calls
+        warmup = plan.cold_warmup_calls if cold else plan.latency_warmup_calls
+        for actor_id in (without, with_deps):
+            out[actor_id] = await _sequential(server, actor_id, calls, warmup)
+    return out
 
 
 async def _bare(plan: Plan, settings: Settings, actor_id: str) -> dict[str, Any]:

@@ -56,6 +56,8 @@ missing_system_packages() {
     command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # cluster tests, bench
     [ -x "$SANDBOX_NODE" ] || missing+=(nodejs)
+    # npm installs JavaScript actors' dependencies (Debian packages it apart from nodejs)
+    [ -x "$(dirname "$SANDBOX_NODE")/npm" ] || command -v npm >/dev/null 2>&1 || missing+=(npm)
     [ -x "$SANDBOX_PYTHON" ] || missing+=(python3)
     echo "${missing[@]}"
 }

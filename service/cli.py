@@ -1,4 +1,4 @@
-"""The `service` command: serve (default), worker, lint, test, run, doctor.
+"""The `service` command: serve (default), worker, lint, build, test, run, doctor.
 
 ``main(argv) -> int`` is the whole CLI; ``__main__`` only calls it. Exit codes:
 0 success, 1 failure (a lint problem, a failed example, a call error...),
@@ -20,7 +20,7 @@ from service.log import setup_logging
 from service.settings import BACKENDS, Settings, load_settings
 
 DEFAULT_CONFIG = Path("config/settings.toml")
-SUBCOMMANDS = ("serve", "lint", "test", "run", "doctor", "worker")
+SUBCOMMANDS = ("serve", "lint", "build", "test", "run", "doctor", "worker")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     lint.add_argument("--format", choices=("text", "json", "github"), default="text")
     lint.set_defaults(command=cmd_lint)
 
+    build = sub.add_parser("build", parents=[common],
+                           help="install the manifests' dependencies into the cache")
+    build.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    _settings_option(build, "--config")
+    build.set_defaults(command=cmd_build)
+
     test = sub.add_parser("test", parents=[common], help="run every manifest's examples")
     test.add_argument("paths", nargs="*", type=Path, metavar="PATH")
     _settings_option(test, "--config")
@@ -125,7 +131,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _log_level(args: argparse.Namespace, settings: Settings) -> str:
     """The settings' level for `serve`; one-shot commands keep stderr for their own output."""
-    if args.subcommand in ("serve", "worker") or args.debug:
+    # serve, worker: the settings' level; build: its progress is the point
+    if args.subcommand in ("serve", "worker", "build") or args.debug:
         return settings.log_level
     return "error" if settings.log_level == "error" else "warning"
 
@@ -186,6 +193,16 @@ def cmd_lint(args: argparse.Namespace, settings: Settings) -> int:
     return lint_main(paths, settings, args.format, sys.stdout)
 
 
+# --- build ---
+
+
+def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
+    from service.deps.build import build_main
+
+    paths = list(args.paths) or list(settings.manifest_paths)
+    return build_main(paths, settings, sys.stdout)
+
+
 # --- test ---
 
 
@@ -206,6 +223,9 @@ async def _run_examples(settings: Settings) -> int:
 
     passed = failed = 0
     async with open_runtime(settings) as runtime:
+        for actor_id, reason in sorted(runtime.unavailable.items()):
+            failed += 1  # an actor that could not even load fails its examples
+            print(f"FAIL {actor_id}: {reason}")
         for actor in runtime.actors():
             for example in actor.examples:
                 problem = await _example_problem(runtime, actor.id, example)

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from service.deps.build import DepsBuilder, DepsError
 from service.errors import (
     ActorNotFound,
     InvalidParams,
@@ -24,6 +25,7 @@ from service.errors import (
     OutputInvalid,
     PathNotAllowed,
     PayloadInvalid,
+    Problem,
 )
 from service.manifest.lint import check_paths
 from service.manifest.loader import load_manifest
@@ -50,6 +52,8 @@ class Runtime:
         self._pools: dict[str, ActorPool] = {}
         self._retired: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # serializes load/replace
+        self.deps = DepsBuilder(settings)
+        self.unavailable: dict[str, str] = {}  # actor id -> why start could not load it
         self.capacity = SandboxCapacity(settings.capacity.max_sandboxes,
                                         settings.capacity.memory_mb)
 
@@ -62,9 +66,18 @@ class Runtime:
         actors, problems = await asyncio.to_thread(check_paths, paths, self.settings)
         if problems:
             raise ManifestError(problems)
+        loaded = 0
         for actor in actors:
+            try:
+                actor = await self.deps.prepare(actor)
+            except DepsError as exc:  # the others still serve; `load` can retry it later
+                log.error("actor %s not loaded: its dependencies cannot be installed: %s",
+                          actor.id, exc)
+                self.unavailable[actor.id] = f"dependencies cannot be installed: {exc}"
+                continue
             await self._install(actor)
-        log.info("loaded %d actors on backend %s", len(actors), self.backend.name)
+            loaded += 1
+        log.info("loaded %d actors on backend %s", loaded, self.backend.name)
         log.info("sandbox capacity: %d sandboxes, %s MiB of memory limits",
                  self.capacity.max_sandboxes, self.capacity.memory_mb)
 
@@ -90,11 +103,24 @@ class Runtime:
             actor = await asyncio.to_thread(load_manifest, manifest, self.settings)
         except ManifestError as exc:
             raise ManifestInvalid(exc.problems) from exc
+        actor = await self._with_dependencies(actor)
         async with self._lock:
             replaced = actor.id in self._actors
             await self._install(actor)
+            self.unavailable.pop(actor.id, None)
         log.info("loaded actor %s from %s (replaced=%s)", actor.id, manifest, replaced)
         return actor, replaced
+
+    async def _with_dependencies(self, actor: ActorDef) -> ActorDef:
+        """``actor`` with its dependency set built; -32007 with the installer's message if not."""
+        try:
+            return await self.deps.prepare(actor)
+        except DepsError as exc:
+            line, column = (actor.dependencies.position if actor.dependencies
+                            and actor.dependencies.position else (None, None))
+            raise ManifestInvalid([Problem(actor.manifest_display, line, column,
+                                           f"dependencies: cannot be installed: {exc}",
+                                           "/dependencies")]) from exc
 
     def _allowed_manifest(self, file_path: str) -> Path:
         try:

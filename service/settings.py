@@ -152,6 +152,7 @@ class Settings:
     schema_roots: tuple[Path, ...] = (Path("schemas"),)  # where manifests may $ref shared schemas
     schema_format_assertion: bool = False  # `format` fails values (else an annotation only)
     validation_timeout_s: float = 1  # most time the error pass of one schema check may take
+    deps_dir: Path = Path(".cache/deps")  # built dependency sets, one folder per set
     backend: str = "auto"
     max_message_bytes: int = 1_048_576
     log_level: str = "info"
@@ -235,6 +236,10 @@ def _convert(name: str, value: Any) -> Any:
     if name in nested:
         return _nested(nested[name], value, name)
     default = getattr(Settings(), name)
+    if isinstance(default, Path):
+        if not isinstance(value, str | Path) or not str(value):
+            raise TypeError(f"expected a path, got {value!r}")
+        return Path(value)
     if isinstance(default, tuple):
         items = [value] if isinstance(value, str | Path) else value
         if not isinstance(items, list | tuple):

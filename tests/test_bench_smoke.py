@@ -19,8 +19,8 @@ SUMMARY_KEYS = {"calls", "elapsed_s", "calls_per_s", "p50_ms", "p90_ms", "p99_ms
                 "server_cpu_us_per_call"}
 LEVELS = {"1", "8", "32"}
 ROW_KEYS = {"label", "value", "unit", "baseline_label", "baseline", "target", "met", "ratio"}
-TARGETS = 9  # warm p50 x2, schema-heavy p50, throughput c=8 x2, cold x2, server idle RSS,
-# python worker RSS
+TARGETS = 11  # warm p50 x2, schema-heavy p50, throughput c=8 x2, cold x2, with dependencies x2
+#               (warm, cold), server idle RSS, python worker RSS
 GVISOR_TARGETS = 2  # gvisor warm p50 x2, beside the process backend's
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
@@ -78,6 +78,9 @@ def test_server(results: dict[str, Any]) -> None:
                                         "order_noschema"}
     assert set(server["cold"]) == {"doubler_cold", "doubler_js_cold"}
     for summary in [*server["latency"].values(), *server["cold"].values()]:
+        check_summary(summary)
+    assert set(server["deps"]) == {"doubler", "doubler_deps", "doubler_cold", "doubler_deps_cold"}
+    for summary in server["deps"].values():
         check_summary(summary)
     assert set(server["throughput"]) == {"doubler", "doubler_js"}
     for levels in server["throughput"].values():

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from jsonschema.protocols import Validator
 
+from service.deps.spec import Dependencies
 from service.manifest.validation import SchemaValidator
 from service.settings import Limits
 
@@ -87,6 +88,8 @@ class ActorDef:
         default_factory=lambda: MappingProxyType({}))
     pool: PoolSpec = field(default_factory=PoolSpec)
     examples: tuple[Example, ...] = ()
+    dependencies: Dependencies | None = None  # what the manifest declares
+    deps_entry: Path | None = None  # the built cache entry, set by the runtime before use
 
     @property
     def root(self) -> Path:

@@ -11,6 +11,7 @@ process backend (``service/sandbox/process.py``):
     /etc/ld.so.cache, ...         read-only; resolv.conf, hosts, ssl only with limits.network
     /actor                        the actor's folder, read-only
     /harness/harness.{py,js}      read-only
+    /deps or /node_modules        the actor's built dependency set, read-only (if it has one)
     /channel/in, /channel/out     two FIFOs: the harness's line channel (see below)
     /tmp                          the Sentry's own tmpfs of ``settings.sandbox.tmp_mb``
     /proc, /dev                   the Sentry's
@@ -54,7 +55,7 @@ from typing import Any
 
 from service.errors import ResourceLimitExceeded, SandboxUnavailable
 from service.manifest.model import ActorDef
-from service.sandbox.base import Availability
+from service.sandbox.base import Availability, dependency_mount, harness_path_flags
 from service.sandbox.process import (
     ACTOR_DIR,
     CHUNK,
@@ -392,7 +393,8 @@ def harness_args(actor: ActorDef, settings: Settings) -> list[str]:
         heap_mb = max(16, actor.limits.memory_mb * 3 // 4)  # V8 fails cleanly before the cgroup
         interpreter, flags = settings.sandbox.node, [f"--max-old-space-size={heap_mb}"]
     return ["/bin/sh", "-c", OPEN_CHANNEL, "sh", interpreter, *flags, f"/harness/{harness}",
-            str(IN_FD), str(OUT_FD), script, actor.entrypoint, "--own-pidns", "--self-reset"]
+            str(IN_FD), str(OUT_FD), script, actor.entrypoint, "--own-pidns", "--self-reset",
+            *harness_path_flags(actor)]
 
 
 def oci_config(settings: Settings, rootfs: Path, actor: ActorDef | None, bundle: Path, *,
@@ -453,6 +455,8 @@ def _mounts(settings: Settings, actor: ActorDef | None, bundle: Path,
     if actor is not None:
         harness = HARNESS_DIR / ("harness.py" if actor.language == "python" else "harness.js")
         channel = bundle / "channel"
+        if deps := dependency_mount(actor, BACKEND):  # its built dependency set, read-only
+            mounts.append(_bind(str(deps[0]), deps[1]))
         mounts += [_bind(str(actor.root), ACTOR_DIR),
                    _bind(str(harness), f"/harness/{harness.name}"),
                    # rw: gVisor refuses to open a FIFO for writing on a read-only mount; a

@@ -61,7 +61,8 @@ def test_manifest_schema_is_valid_and_is_the_one_in_schemas() -> None:
 def test_shipped_manifests_are_clean(in_repo: Path) -> None:
     assert lint_paths(["manifests"], Settings()) == []
     ids = [load_manifest(p, Settings()).id for p in find_manifests(["manifests"])]
-    assert sorted(ids) == ["counter", "doubler", "doubler_js", "order_total", "ticker"]
+    assert sorted(ids) == ["counter", "doubler", "doubler_js", "is_number_js", "next_weekday",
+                          "order_total", "ticker"]
 
 
 def test_doubler_descriptor_is_the_protocol_shape(in_repo: Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from sandbox_helpers import ACTORS, Recorder, actor_def, call, request
 
+from service.deps.spec import Dependencies, Package
 from service.errors import ResourceLimitExceeded, SandboxUnavailable, TimeLimitExceeded
 from service.manifest.model import ActorDef
 from service.sandbox.gvisor import (
@@ -187,6 +188,22 @@ def test_bundle_mounts_only_the_system_the_actor_the_harness_and_the_channel(
     process = config["process"]
     assert process["user"] == {"uid": 65534, "gid": 65534} and process["noNewPrivileges"]
     assert all(caps == [] for caps in process["capabilities"].values())
+
+
+async def test_the_dependency_set_is_mounted_and_on_the_path(boot: Boot, tmp_path: Path) -> None:
+    entry = tmp_path / "entry"
+    (entry / "lib").mkdir(parents=True)
+    (entry / "lib" / "gvisor_dep_probe.py").write_text("VALUE = 42\n")
+    folder = tmp_path / "actor"
+    folder.mkdir()
+    script = folder / "uses_dep.py"
+    script.write_text("import gvisor_dep_probe\n\n\ndef process(context):\n"
+                      "    return gvisor_dep_probe.VALUE\n")
+    actor = dataclasses.replace(actor_def(script), deps_entry=entry, dependencies=Dependencies(
+        "python", (Package("x", "1.0.0"),)))
+    worker = await boot(actor)
+    outcome, _ = await call(worker, {})
+    assert outcome.return_value == 42
 
 
 def test_bundle_with_network_binds_resolver_files(settings: Settings, tmp_path: Path) -> None:
