@@ -48,9 +48,9 @@ class Row:
 
 def rows(results: dict[str, Any]) -> list[Row]:
     """Every row of the table, in order."""
-    return [*_latency_rows(results), *_cluster_rows(results), *_throughput_rows(results),
-            *_cold_rows(results), *_deps_rows(results), *_memory_rows(results),
-            *_gvisor_rows(results)]
+    return [*_latency_rows(results), *_state_rows(results), *_cluster_rows(results),
+            *_throughput_rows(results), *_cold_rows(results), *_deps_rows(results),
+            *_memory_rows(results), *_gvisor_rows(results)]
 
 
 def _cluster_rows(results: dict[str, Any]) -> list[Row]:
@@ -87,6 +87,18 @@ def _latency_rows(results: dict[str, Any]) -> list[Row]:
         out.append(Row(f"  same payload, no schema ({NO_SCHEMA_ACTOR})",
                        latency[SCHEMA_ACTOR]["p50_ms"], "ms", f"{NO_SCHEMA_ACTOR} p50",
                        latency[NO_SCHEMA_ACTOR]["p50_ms"]))
+    return out
+
+
+def _state_rows(results: dict[str, Any]) -> list[Row]:
+    """A warm call doing one increment, per store, beside the plain warm call (same actor
+    code but the increment)."""
+    plain = results["server"]["latency"][WARM_ACTORS["python"]]["p50_ms"]
+    out = []
+    for store, stats in results["server"].get("state", {}).items():
+        if stats is not None:
+            out.append(Row(f"warm call + 1 increment p50, {store}", stats["p50_ms"], "ms",
+                           "warm round trip p50", plain))
     return out
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import cluster, floor, procs, servers
+from bench import cluster, floor, procs, servers, state
 from bench.load import CallSpec, Stats, run_calls
 from service.manifest.loader import load_manifest
 from service.settings import Settings, load_settings
@@ -73,6 +73,9 @@ async def run(plan: Plan, config: Path, backend: str, gvisor: bool = True) -> di
         await _latencies(plan, echo, server, results, gv)
         log.info("round trip through a cluster front and one worker")
         results["cluster"] = await _cluster(plan, config, backend, results["server"])
+        log.info("warm calls with one state increment")
+        results["server"]["state"] = await state.measure(
+            server, config, backend, plan.latency_calls, plan.latency_warmup_calls)
         log.info("throughput")
         await _throughputs(plan, echo, server, results, gv)
         results["server"]["workers"] = _workers(server.pid)

@@ -2,8 +2,8 @@
 # First-run setup, called by `make setup` (and so by `make serve` and `make test`).
 #
 #  1. The system packages the process sandbox needs: bubblewrap, Node.js and the
-#     system Python (/usr/bin/python3); redis-server for the cluster tests and bench.
-#     As root with apt-get they are installed;
+#     system Python (/usr/bin/python3); redis-server for the cluster and state tests
+#     and the bench. As root with apt-get they are installed;
 #     otherwise the script says what to install and fails.
 #     runsc (gVisor, the gvisor backend) is installed the same way when it is missing; it is
 #     optional: without it, setup says so and `backend = auto` skips gvisor.
@@ -85,7 +85,7 @@ ensure_system_packages() {
         apt_install $missing
         missing=$(missing_system_packages)
         [ -z "$missing" ] && return 0
-        die "still missing after apt-get: $missing (the sandbox expects $SANDBOX_PYTHON, $SANDBOX_NODE and bwrap on PATH)"
+        die "still missing after apt-get: $missing (the sandbox expects $SANDBOX_PYTHON, $SANDBOX_NODE and bwrap on PATH; the tests redis-server)"
     fi
     {
         echo "setup: the sandbox needs system packages that are missing: $missing"

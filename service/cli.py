@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     lint.add_argument("paths", nargs="*", type=Path, metavar="PATH")
     _settings_option(lint, "--config")
     lint.add_argument("--format", choices=("text", "json", "github"), default="text")
+    lint.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
     lint.set_defaults(command=cmd_lint)
 
     build = sub.add_parser("build", parents=[common],
@@ -190,7 +191,7 @@ def cmd_lint(args: argparse.Namespace, settings: Settings) -> int:
     from service.manifest.lint import lint_main
 
     paths = list(args.paths) or list(settings.manifest_paths)
-    return lint_main(paths, settings, args.format, sys.stdout)
+    return lint_main(paths, settings, args.format, sys.stdout, strict=args.strict)
 
 
 # --- build ---
@@ -320,5 +321,26 @@ async def _doctor(settings: Settings) -> int:
             print(f"  {key}: {value}")
         if availability.ok:
             working.append(availability.backend)
+    store_ok = await _doctor_state(settings)
     print(f"working backends: {', '.join(working) or 'none'}")
-    return EXIT_OK if working else EXIT_FAILURE
+    return EXIT_OK if working and store_ok else EXIT_FAILURE
+
+
+async def _doctor_state(settings: Settings) -> bool:
+    """Report the persistent state store (settings [state]); whether it answers."""
+    from service.state.base import StoreDown
+    from service.state.select import open_store
+
+    store = open_store(settings.state)
+    try:
+        report = await store.check()
+    except StoreDown as exc:
+        print(f"state store: unavailable: {exc}")
+        return False
+    finally:
+        await store.aclose()
+    print(f"state store: ok ({store.name})")
+    for key, value in report.items():
+        if key != "store":
+            print(f"  {key}: {value}")
+    return True

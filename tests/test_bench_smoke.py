@@ -79,6 +79,10 @@ def test_server(results: dict[str, Any]) -> None:
     assert set(server["cold"]) == {"doubler_cold", "doubler_js_cold"}
     for summary in [*server["latency"].values(), *server["cold"].values()]:
         check_summary(summary)
+    assert set(server["state"]) == {"embedded", "redis"}
+    for store, summary in server["state"].items():
+        if summary is not None or store == "embedded" or shutil.which("redis-server"):
+            check_summary(summary)
     assert set(server["deps"]) == {"doubler", "doubler_deps", "doubler_cold", "doubler_deps_cold"}
     for summary in server["deps"].values():
         check_summary(summary)

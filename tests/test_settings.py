@@ -145,3 +145,23 @@ def test_exposure(host: str, tokens: tuple, anonymous: bool, refused: bool) -> N
             check_exposure(s)
     else:
         check_exposure(s)
+
+
+def test_state_settings() -> None:
+    from service.settings import StateSettings
+
+    s = settings_from_mapping({"state": {"redis_url": "unix:///run/redis.sock", "ttl_s": 0,
+                                         "ops_per_call": 5}})
+    assert s.state == StateSettings(redis_url="unix:///run/redis.sock", ttl_s=0, ops_per_call=5)
+    with pytest.raises(SettingsError, match=r"state.redis_url: must start with redis://"):
+        settings_from_mapping({"state": {"redis_url": "http://example.invalid"}})
+    with pytest.raises(SettingsError, match="ops_per_call: must be positive"):
+        settings_from_mapping({"state": {"ops_per_call": 0}})
+    with pytest.raises(SettingsError, match="must not be the cluster's Redis database"):
+        settings_from_mapping({"state": {"redis_url": "redis://r:6379/0"},
+                               "cluster": {"redis_url": "redis://r:6379/0"}})
+
+
+def test_state_redis_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVICE_STATE__REDIS_URL", "redis://redis:6379/0")
+    assert load_settings(CONFIG).state.redis_url == "redis://redis:6379/0"

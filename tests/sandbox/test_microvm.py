@@ -518,6 +518,31 @@ async def test_javascript_actor(boot: Any) -> None:
     assert sink.events == [LogEvent("stdout", "hi"), OutputEvent("out", 2)]
 
 
+@needs_bwrap
+@pytest.mark.parametrize("language", ["python", "javascript"])
+async def test_state_operations_are_answered_over_the_session(boot: Any, language: str) -> None:
+    from service.state.context import StateContext
+    from service.state.embedded import EmbeddedStore
+    from service.state.session import StateBudget, StateSession
+
+    source = {"python": """
+        async def process(context):
+            return [await context.get_state().increment("n") for _ in range(3)]
+    """, "javascript": """
+        async function process(context) {
+            const s = context.getState();
+            return [await s.increment("n"), await s.increment("n"), await s.increment("n")];
+        }
+    """}[language]
+    worker, _ = await boot(source, language=language)
+    store = EmbeddedStore(0)
+    session = StateSession(store, StateContext("default", "vm"), StateBudget(10, 10_000))
+    call = CallRequest("vm", {}, {}, {}, 1, state_ops=session)
+    assert (await worker.call(call, Recorder())).return_value == [1, 2, 3]
+    assert await store.get("default:vm:n") == "3"
+    assert worker.alive
+
+
 DEPS_USER = """
     import pinned_lib
 
