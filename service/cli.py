@@ -17,7 +17,7 @@ from typing import Any
 
 from service.errors import ManifestError, RpcError, SettingsError
 from service.log import setup_logging
-from service.settings import Settings, load_settings
+from service.settings import BACKENDS, Settings, load_settings
 
 DEFAULT_CONFIG = Path("config/settings.toml")
 SUBCOMMANDS = ("serve", "lint", "build", "test", "run", "doctor", "worker")
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--backend", choices=("auto", "microvm", "process"), default=None)
+    common.add_argument("--backend", choices=BACKENDS, default=None)
     common.add_argument("--debug", action="store_true", help="log at debug level")
     parser = argparse.ArgumentParser(prog="service", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="subcommand", required=True)

@@ -18,9 +18,10 @@ from typing import Any
 from service.errors import SettingsError
 
 ENV_PREFIX = "SERVICE"
-BACKENDS = ("auto", "microvm", "process")
+BACKENDS = ("auto", "microvm", "gvisor", "process")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+GVISOR_PLATFORMS = ("ptrace", "kvm")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 ZERO_ALLOWED = frozenset({"ttl_s"})  # nested keys where 0 means "none" rather than a mistake
 MIN_TOKEN_CHARS = 16  # a shorter token can be guessed; refused at settings load
@@ -127,6 +128,8 @@ class SandboxSettings:
     idle_lifetime_s: float = 300  # an idle worker older than this is closed (and replaced)
     max_notifications: int = 20_000  # output/log notifications one call may send
     nofile: int = 1024  # RLIMIT_NOFILE of a sandbox (soft = hard)
+    runsc: str = "runsc"  # gVisor's runtime (a name on PATH or a path)
+    gvisor_platform: str = "ptrace"  # ptrace | kvm (kvm needs a real /dev/kvm)
 
 
 @dataclass(frozen=True)
@@ -319,6 +322,8 @@ def _check(s: Settings) -> None:
         problems.append(f"log_level: must be one of {', '.join(LOG_LEVELS)}")
     if s.log_format not in LOG_FORMATS:
         problems.append(f"log_format: must be one of {', '.join(LOG_FORMATS)}")
+    if s.sandbox.gvisor_platform not in GVISOR_PLATFORMS:
+        problems.append(f"sandbox.gvisor_platform: must be one of {', '.join(GVISOR_PLATFORMS)}")
     if not 0 < s.port < 65536:
         problems.append(f"port: must be 1-65535, got {s.port}")
     problems += _state_problems(s)

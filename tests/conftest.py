@@ -1,8 +1,10 @@
 """Options shared by every test folder.
 
-``--backend=process|microvm|all`` picks the sandbox backend(s) that tests/sandbox and
-tests/hostile run against (default: process). It is defined here, at the root, so that
-it exists whichever folder pytest is pointed at.
+``--backend`` picks the sandbox backend(s) that tests/sandbox and tests/hostile run
+against: process, gvisor, microvm, microvm-local (tests/sandbox only: the microVM backend
+on the SDK double), a comma-separated list, or all (default: process,gvisor; a backend
+that cannot run here is skipped, saying why). It is defined here, at the root, so that it
+exists whichever folder pytest is pointed at.
 
 A real Redis for any test that needs one: ``redis_server`` (its URL), ``redis_process``
 (``.url``, ``.cli(...)``, ``.stop()``) and ``redis_factory`` (start several).
@@ -14,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from backend_choice import DEFAULT, KNOWN, requested
 from hypothesis import HealthCheck, settings
 from redis_support import REDIS_CLI, REDIS_SERVER, RedisProcess
 
@@ -25,10 +28,13 @@ settings.load_profile("service")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--backend", default="process",
-                     choices=("process", "microvm", "microvm-local", "all"),
-                     help="sandbox backend(s) for tests/sandbox and tests/hostile: process, "
-                          "microvm, microvm-local (the microVM backend on the SDK double) or all")
+    parser.addoption("--backend", default=DEFAULT,
+                     help="sandbox backend(s) for tests/sandbox and tests/hostile: "
+                          f"{', '.join(KNOWN)}, a comma-separated list or all (default: {DEFAULT})")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    requested(config)  # a typo is a usage error at once, not an empty run
 
 
 # --- a real Redis (tests/redis_support.py) -------------------------------------------------

@@ -65,7 +65,10 @@ def test_every_problem_is_listed_on_one_line() -> None:
 
 
 @pytest.mark.parametrize(("raw", "problem"), [
-    ({"backend": "docker"}, "backend: must be one of auto, microvm, process, got 'docker'"),
+    ({"backend": "docker"},
+     "backend: must be one of auto, microvm, gvisor, process, got 'docker'"),
+    ({"sandbox": {"gvisor_platform": "systrap"}},
+     "sandbox.gvisor_platform: must be one of ptrace, kvm"),
     ({"port": 70000}, "port: must be 1-65535, got 70000"),
     ({"log_format": "xml"}, "log_format: must be one of text, json"),
     ({"limits": {"pids": 1.5}}, "limits: pids: expected an integer, got 1.5"),

@@ -570,6 +570,12 @@ class _Item:
 class ProcessWorker:
     """One bubblewrap sandbox running one actor's harness; calls run one at a time."""
 
+    # The checks between calls read bubblewrap's process tree (bwrap, then the harness) and
+    # count on an idle harness using no CPU: a subclass whose sandbox looks otherwise (gVisor:
+    # runsc, the gofer, the Sentry's own threads) turns them off. Bytes written while idle
+    # and the idle lifetime are checked for every worker.
+    HOST_CHECKS = True
+
     def __init__(self, actor: ActorDef, tmp_mb: int, process: asyncio.subprocess.Process,
                  cgroups: WorkerCgroups, to_harness: asyncio.WriteTransport,
                  from_harness: asyncio.StreamReader, *, idle_lifetime_s: float = 300,
@@ -592,7 +598,7 @@ class ProcessWorker:
         self._closed_streams: set[str] = set()
         self._dead = False
         self._closed = False
-        self._state = BOOTING
+        self._phase = BOOTING
         self._settling: asyncio.Task[None] | None = None
         self._ready_early = False  # the harness's ready after its reset came during the call
         self._harness_pid: int | None = None
@@ -617,7 +623,7 @@ class ProcessWorker:
         here too, so the pool never hands out one that ran code since its last check."""
         if self._dead or self._process.returncode is not None:
             return False
-        if self._state == IDLE and (reason := self._idle_violation()):
+        if self._phase == IDLE and (reason := self._idle_violation()):
             self._violate(reason)
             return False
         return True
@@ -652,14 +658,14 @@ class ProcessWorker:
 
     async def call(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
         """Run one call; any failure kills the sandbox (see base.Worker)."""
-        if self._state == RESETTING:
+        if self._phase == RESETTING:
             await self.reset()  # a caller that did not reset: the host checks still run
-        if self._state == BUSY:
+        if self._phase == BUSY:
             raise RuntimeError("a worker runs one call at a time")
         if not self.alive:
             raise ActorFailed("SandboxCrashed", "the sandbox is no longer running")
         self._stop_idle_checks()
-        self._state = BUSY
+        self._phase = BUSY
         self._discard_pending()
         limit_s = self.actor.limits.timeout_s
         baseline = self._cgroups.counters()
@@ -675,7 +681,7 @@ class ProcessWorker:
             self._kill()
             raise
         finally:
-            self._state = RESETTING  # until the host saw the harness's reset (reset())
+            self._phase = RESETTING  # until the host saw the harness's reset (reset())
             self._settling = None
             self._last_fence, self._fence = self._fence, ""
         if self._lingering:
@@ -691,7 +697,7 @@ class ProcessWorker:
         after each result, then says ready), then check from the host that it happened:
         no process but the harness, nothing in /tmp. ActorFailed (and the worker is
         killed) when not; then the worker watches itself while idle."""
-        if self._state == RESETTING and self.alive:
+        if self._phase == RESETTING and self.alive:
             if self._settling is None:
                 self._settling = asyncio.ensure_future(self._settle())
             await asyncio.shield(self._settling)
@@ -720,7 +726,7 @@ class ProcessWorker:
     def _extra_pids(self) -> set[int]:
         """Processes of the sandbox besides bwrap and the harness (none before the harness
         is known)."""
-        if self._harness_pid is None or self._dead:
+        if self._harness_pid is None or self._dead or not self.HOST_CHECKS:
             return set()
         return self._sandbox_pids() - {self._process.pid, self._harness_pid}
 
@@ -729,7 +735,8 @@ class ProcessWorker:
         script's, still there after its call (the harness's own "lingering" report, checked
         where the script cannot patch it). Node's runtime has threads of its own."""
         tasks = self._cgroups.tasks()
-        if self.actor.language != "python" or tasks is None or self._dead:
+        if self.actor.language != "python" or tasks is None or self._dead \
+                or not self.HOST_CHECKS:
             return None
         extra = tasks - BWRAP_PROCESSES - 1
         return f"{extra} threads besides the harness's" if extra > 0 else None
@@ -749,6 +756,8 @@ class ProcessWorker:
         """What a clean idle sandbox must not have: processes other than the outer bwrap and
         the harness, entries in /tmp. Read from the host (/proc, the cgroups). A sandbox
         whose harness is gone has died (e.g. killed from outside): it is killed, quietly."""
+        if not self.HOST_CHECKS:
+            return None
         if self._harness_pid is None:
             children = _children(self._process.pid)
             if len(children) > 1:
@@ -770,7 +779,7 @@ class ProcessWorker:
         return f"{len(left)} entries in /tmp" if left else None
 
     def _become_idle(self) -> None:
-        self._state = IDLE
+        self._phase = IDLE
         self._idle_since = asyncio.get_running_loop().time()
         self._idle_cpu = self._cgroups.cpu_ns()
         self._idle_tasks = self._cgroups.tasks()
@@ -787,7 +796,7 @@ class ProcessWorker:
 
     def _check_idle(self) -> None:
         self._idle_check = None
-        if self._state != IDLE or self._dead:
+        if self._phase != IDLE or self._dead:
             return
         if reason := self._idle_violation():
             self._violate(reason)
@@ -801,6 +810,8 @@ class ProcessWorker:
     def _idle_violation(self) -> str | None:
         """What the idle sandbox did since it became idle, if anything: the harness waits
         on its pipe, so any CPU beyond a small allowance or any new task is the script."""
+        if not self.HOST_CHECKS:
+            return None
         cpu = self._cgroups.cpu_ns()
         if cpu is not None and self._idle_cpu is not None and cpu - self._idle_cpu > IDLE_CPU_NS:
             return f"used {(cpu - self._idle_cpu) / 1e6:.0f} ms of CPU while idle"
@@ -1082,7 +1093,7 @@ class ProcessWorker:
                 await self._put(_Item("line", stream, text[: -len(fence)], len(text)))
             await self._put(_Item("fence", stream, fence))
             return
-        if self._last_fence and text == self._last_fence and self._state in (RESETTING, IDLE):
+        if self._last_fence and text == self._last_fence and self._phase in (RESETTING, IDLE):
             return  # the last call's, after its grace period
         if stream == "stderr":
             self._stderr_tail.append(text + "\n")
@@ -1104,9 +1115,9 @@ class ProcessWorker:
         self._queue.put_nowait(item)
 
     def _expected(self, item: _Item) -> bool:
-        if item.kind in ("closed", "eof") or self._state in (BOOTING, BUSY):
+        if item.kind in ("closed", "eof") or self._phase in (BOOTING, BUSY):
             return True
-        return self._state == RESETTING and _is_ready(item) and not self._ready_early
+        return self._phase == RESETTING and _is_ready(item) and not self._ready_early
 
     async def _get(self) -> _Item:
         item = await self._queue.get()

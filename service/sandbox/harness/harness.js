@@ -285,7 +285,7 @@ function pick(script, entrypoint, whole, named) {
 function resourceOf(err) {
   if (!err || typeof err !== 'object') return undefined;
   if (ERRNO_DISK.has(err.code)) return 'disk';
-  if (err.code === 'EAGAIN') return 'pids';
+  if (err.code === 'EAGAIN' || err.message === 'EAGAIN') return 'pids'; // new Worker(): no code
   if (err instanceof RangeError && /allocation failed|Invalid (array|string|typed array) length/.test(err.message)) {
     return 'memory';
   }
