@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from bench import procs
 from service.manifest.model import ActorDef
-from service.sandbox.process import ProcessBackend, make_plan
+from service.sandbox.process import ProcessBackend, harness_path, make_plan
+from service.sandbox.staging import Stager
 from service.settings import Settings
 
 HARNESS_PREFIX = "/harness/"
@@ -42,9 +43,13 @@ class BareSandbox:
             extra_groups=None if self.uid is None else [])
 
 
-def bare_sandbox(actor: ActorDef, settings: Settings) -> BareSandbox:
-    """The bare sandbox of ``actor``: its bwrap options and interpreter, no harness."""
-    plan = make_plan(actor, settings, ProcessBackend(settings).mechanisms(), (0, 1))
+def bare_sandbox(actor: ActorDef, settings: Settings, stager: Stager) -> BareSandbox:
+    """The bare sandbox of ``actor``: its bwrap options and interpreter, no harness. Its
+    folders are mounted as the backend mounts them: as they are, or copies in ``stager``
+    when the sandbox uid cannot read them (a checkout below a 0700 home)."""
+    plan = make_plan(actor, settings, ProcessBackend(settings).mechanisms(), (0, 1),
+                     root=stager.readable(actor.root),
+                     harness=stager.readable(harness_path(actor)))
     harness_at = next(i for i, arg in enumerate(plan.command) if arg.startswith(HARNESS_PREFIX))
     bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"  # found as the backend finds it
     return BareSandbox((bwrap, *plan.options, *plan.command[:harness_at]), actor.language,

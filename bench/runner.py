@@ -15,6 +15,7 @@ from typing import Any
 from bench import cluster, floor, procs, servers, state
 from bench.load import CallSpec, Stats, run_calls
 from service.manifest.loader import load_manifest
+from service.sandbox.staging import Stager
 from service.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -193,10 +194,14 @@ async def _with_and_without_deps(plan: Plan, server: servers.Running) -> dict[st
 async def _bare(plan: Plan, settings: Settings, actor_id: str) -> dict[str, Any]:
     """Bare bwrap + interpreter starts with the sandbox options of ``actor_id``."""
     actor = load_manifest(servers.BENCH_ACTORS / f"{actor_id}.yaml", settings)
-    sandbox = floor.bare_sandbox(actor, settings)
-    await floor.start_once(sandbox)  # the first start reads the interpreter from disk
-    times = [await floor.start_once(sandbox) for _ in range(plan.bare_starts)]
-    rss, pss = await floor.idle_footprint(sandbox)
+    stager = Stager()
+    try:
+        sandbox = floor.bare_sandbox(actor, settings, stager)
+        await floor.start_once(sandbox)  # the first start reads the interpreter from disk
+        times = [await floor.start_once(sandbox) for _ in range(plan.bare_starts)]
+        rss, pss = await floor.idle_footprint(sandbox)
+    finally:
+        stager.close()
     return {**Stats(len(times), sum(times) / 1000, tuple(times)).summary(),
             "idle_rss_mb": _mb(rss), "idle_pss_mb": _mb(pss)}
 

@@ -122,6 +122,12 @@ class SandboxSettings:
     python_image: str = "python:3.11-slim"  # microVM images (OCI ref, or a local rootfs dir)
     node_image: str = "node:20-slim"
     canary_timeout_s: float = 20  # microVM availability probe
+    # process sandboxes: each runs as its own host uid from this range (never root)
+    uid_base: int = 2_000_000_000
+    uid_count: int = 65_536
+    idle_lifetime_s: float = 300  # an idle worker older than this is closed (and replaced)
+    max_notifications: int = 20_000  # output/log notifications one call may send
+    nofile: int = 1024  # RLIMIT_NOFILE of a sandbox (soft = hard)
     runsc: str = "runsc"  # gVisor's runtime (a name on PATH or a path)
     gvisor_platform: str = "ptrace"  # ptrace | kvm (kvm needs a real /dev/kvm)
 
@@ -333,6 +339,7 @@ def _check(s: Settings) -> None:
         problems.append(f"connections.max_response_bytes: under what one `process` answer may "
                         f"hold (2 x limits_max.output_bytes + max_message_bytes = {one_answer})")
     problems += _token_problems(s.auth) + _cluster_problems(s.cluster)
+    problems += _sandbox_problems(s.sandbox)
     if problems:
         raise SettingsError("; ".join(problems))
 
@@ -370,6 +377,25 @@ def _token_problems(auth: AuthSettings) -> list[str]:
                                 f"{MIN_TOKEN_CHARS} characters (use a long random string)")
     if set(auth.tokens) & set(auth.admin_tokens):
         problems.append("auth.admin_tokens: an admin token must differ from every call token")
+    return problems
+
+
+UID_MAX = 4_294_967_294  # (uid_t)-1 means "no change" to the kernel
+
+
+def _sandbox_problems(sandbox: SandboxSettings) -> list[str]:
+    problems = []
+    last = sandbox.uid_base + sandbox.uid_count - 1
+    if sandbox.uid_base < 1000:
+        problems.append(f"sandbox.uid_base: must be 1000 or more (system users and root "
+                        f"are below), got {sandbox.uid_base}")
+    if last > UID_MAX:
+        problems.append(f"sandbox.uid_base + uid_count: the range ends at {last}, past the "
+                        f"largest uid {UID_MAX}")
+    if sandbox.uid_base <= 65534 <= last:
+        problems.append("sandbox.uid_base/uid_count: the range must not hold 65534 (nobody)")
+    if sandbox.nofile < 64:
+        problems.append(f"sandbox.nofile: must be 64 or more, got {sandbox.nofile}")
     return problems
 
 

@@ -31,8 +31,12 @@ while the call runs (the harness waits for the reply; ids count up per worker):
 or a store that is down fails the call (-32006 / -32009) and the sandbox is killed, with no
 reply. Every backend answers them with :func:`state_reply` (``service/state/session.py``
 serves them). Without ``persistent`` the harness keeps the state itself (inline state).
-With ``--self-reset`` the harness also resets by itself (no "ready") after writing a call's
-result or error, before it reads the next message; a harness that cannot exits instead.
+With ``--self-reset`` the harness also resets by itself after writing a call's result or
+error, before it reads the next message, and then says ``ready`` unasked; a harness that
+cannot exits instead. The host does not trust that reset (the script can patch the
+harness): the process backend checks from outside, before the worker serves again, that
+no process but the harness is left, /tmp is empty, and, while idle, that the sandbox uses
+no CPU, starts no task and writes no byte on any channel (any of it kills the worker).
 Harness command line: IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns] [--self-reset] [--path=DIR]
 (see the harnesses). ``--path=DIR`` (Python): put DIR on sys.path ahead of site-packages.
 
@@ -160,17 +164,49 @@ def harness_failure(message: dict[str, Any]) -> ActorFailed:
                        str(message.get("message") or ""), str(message.get("traceback") or ""))
 
 
-class OutputBudget:
-    """The bytes a call may still send back (outputs, logs, return, state): limits.output_bytes."""
+REQUEST_ID_BYTES = 12  # the request id each notification carries, as counted (unknown here)
+# what the runtime adds to an output: ,"seq":N,"timestamp":MS (7 digits of seq counted)
+OUTPUT_EXTRA_BYTES = len(',"seq":,"timestamp":') + 7 + 13
 
-    def __init__(self, limit: int) -> None:
+
+def notification_size(method: str, actor_id: str, body_bytes: int) -> int:
+    """The bytes of an ``output``/``log`` notification on the wire, as the server encodes it
+    (ASCII JSON), whose params other than request_id, actor_id (and an output's seq and
+    timestamp) take ``body_bytes``."""
+    envelope = json.dumps({"jsonrpc": "2.0", "method": method,
+                           "params": {"request_id": "", "actor_id": actor_id}},
+                          separators=(",", ":"))
+    extra = OUTPUT_EXTRA_BYTES if method == "output" else 0
+    return len(envelope) - 2 + REQUEST_ID_BYTES + 1 + body_bytes + extra  # "" out, id, ","
+
+
+def log_size(actor_id: str, stream: str, message: str) -> int:
+    """The wire size of the ``log`` notification of one line."""
+    body = len(stream) + len(json.dumps(message)) + len('"stream":"","message":')
+    return notification_size("log", actor_id, body)
+
+
+class OutputBudget:
+    """What a call may still send back (outputs, logs, return, state): limits.output_bytes,
+    and at most ``max_notifications`` output/log notifications."""
+
+    def __init__(self, limit: int, max_notifications: int | None = None) -> None:
         self.limit = limit
         self.used = 0
+        self.max_notifications = max_notifications
+        self.notifications = 0
 
     def spend(self, size: int) -> None:
         self.used += size
         if self.used > self.limit:
             raise ResourceLimitExceeded("output", self.limit)
+
+    def notify(self, size: int) -> None:
+        """Charge one notification of ``size`` bytes on the wire."""
+        self.notifications += 1
+        if self.max_notifications is not None and self.notifications > self.max_notifications:
+            raise ResourceLimitExceeded("output", self.limit)
+        self.spend(size)
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,8 @@ class GVisorWorker(ProcessWorker):
     """A runsc sandbox running one actor's harness: the process backend's worker, with the
     FIFO channel's guards and the bundle's folder to clean up."""
 
+    HOST_CHECKS = False  # runsc's tree and the Sentry's threads are not bwrap's (see there)
+
     def __init__(self, *args: Any, bundle: Path, state: Path, guards: tuple[int, int],
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -291,8 +293,11 @@ class GVisorBackend:
                                      os.fdopen(event_fd, "rb", buffering=0))
         writer, _ = await loop.connect_write_pipe(asyncio.Protocol,
                                                   os.fdopen(call_fd, "wb", buffering=0))
-        return GVisorWorker(actor, self.settings.sandbox.tmp_mb, process, cgroups, writer,
-                            reader, bundle=bundle, state=self.home / "state", guards=guards)
+        sandbox = self.settings.sandbox
+        return GVisorWorker(actor, sandbox.tmp_mb, process, cgroups, writer, reader,
+                            bundle=bundle, state=self.home / "state", guards=guards,
+                            idle_lifetime_s=sandbox.idle_lifetime_s,
+                            max_notifications=sandbox.max_notifications)
 
     def _command(self, bundle: Path, network: bool) -> list[str]:
         return [*REAPER, self._runsc, "--root", str(self.home / "state"),

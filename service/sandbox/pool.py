@@ -9,7 +9,12 @@ worker waits for one being reset or warmed up rather than booting another. A wor
 and ``pool.reuse`` is true; anything else is closed and replaced. Every boot first takes a
 lease from the server's :class:`SandboxCapacity` (see ``capacity.py``): a warm boot that
 does not fit is skipped, a call that does not fit (after idle sandboxes of other actors are
-reclaimed) fails with Busy.
+reclaimed) fails with Busy. An idle worker that stops being alive (its backend killed it
+for running code between calls, or for being idle too long) is found within IDLE_SWEEP_S,
+closed, and replaced up to ``min_warm``; when it was killed for what it did
+(``violation``), warm boots pause (WARM_BACKOFF_S, twice as long each time in a row, up to
+WARM_BACKOFF_MAX_S): a script that misbehaves from its load on does not make the pool boot
+sandboxes in a loop.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CALL_MS = 100.0  # the Busy estimate before any call finished
 RECENT_CALLS = 20
+IDLE_SWEEP_S = 1.0  # how often idle workers are asked whether they are still alive
+WARM_BACKOFF_S = 5.0
+WARM_BACKOFF_MAX_S = 300.0
 
 
 class PoolStats(NamedTuple):
@@ -58,6 +66,9 @@ class ActorPool:
         self._changed = asyncio.Event()  # replaced by a fresh one on every change
         self._tasks: set[asyncio.Task[None]] = set()
         self._warmers: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._violations = 0  # idle workers killed for what they did, in a row
+        self._warm_after = 0.0  # loop time before which no min_warm boot starts
         self._durations_ms: deque[float] = deque(maxlen=RECENT_CALLS)
         self._accepting = True
         self._closed = False
@@ -70,6 +81,8 @@ class ActorPool:
         """Boot ``min_warm`` workers in the background; returns at once."""
         self._capacity.register(self, self._shed_idle)
         self._top_up()
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_idle())
 
     async def run(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
         """Run one call on a worker; Busy when the queue is full."""
@@ -101,6 +114,8 @@ class ActorPool:
         self._accepting = False
         self._closed = True
         self._capacity.unregister(self)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for task in self._warmers:
             task.cancel()  # a cancelled boot closes its own sandbox
         workers = [*self._idle, *self._busy, *self._resetting]
@@ -139,6 +154,7 @@ class ActorPool:
             raise
         self._durations_ms.append((time.monotonic() - started) * 1000)
         self._busy.discard(worker)
+        self._violations = 0
         if self.actor.pool.reuse and not self._closed and worker.alive:
             self._resetting.add(worker)
             self._spawn(self._recycle(worker))
@@ -214,6 +230,21 @@ class ActorPool:
             self._notify()
             self._top_up()  # a closed worker leaves room
 
+    async def _sweep_idle(self) -> None:
+        """Close idle workers that are no longer alive, and boot their replacements."""
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            await asyncio.sleep(IDLE_SWEEP_S)
+            for worker in [w for w in self._idle if not w.alive]:
+                self._idle.remove(worker)
+                if getattr(worker, "violation", ""):
+                    self._violations += 1
+                    pause = WARM_BACKOFF_S * 2.0 ** (self._violations - 1)
+                    pause = min(WARM_BACKOFF_MAX_S, pause)
+                    self._warm_after = loop.time() + pause
+                self._spawn(self._discard(worker))
+            self._top_up()
+
     async def _discard(self, worker: Worker) -> None:
         await worker.close()
         self._top_up()
@@ -221,7 +252,7 @@ class ActorPool:
     def _top_up(self) -> None:
         """Boot workers in the background until ``min_warm`` are idle or on their way,
         within ``max_workers`` workers in all."""
-        if self._closed:
+        if self._closed or asyncio.get_running_loop().time() < self._warm_after:
             return
         missing = self.actor.pool.min_warm - len(self._idle) - self._warming
         room = self.actor.pool.max_workers - self._workers()

@@ -8,13 +8,21 @@ What a sandbox sees (nothing else of the host):
     /harness/harness.{py,js}    read-only
     /deps or /node_modules      the actor's built dependency set, read-only (if it has one)
     /tmp                        private tmpfs of ``settings.sandbox.tmp_mb``, wiped after each call
-    /proc, /dev                 its own (new pid namespace); / and /dev are read-only
+    /proc, /dev                 its own (new pid namespace); / and /dev are read-only,
+                                /proc/sys (and sysrq-trigger, irq, bus) read-only
 
 Every namespace is new (the network too, unless ``limits.network``), the user is
 65534 inside, all capabilities are dropped and the environment is rebuilt from scratch.
-When the actor's folder is world-readable, bubblewrap itself runs as host uid 65534, so
-the sandbox is nobody on the host as well; otherwise (e.g. under a 0700 directory) it
-runs as root and maps 65534 onto it, still without any capability.
+On the host, bubblewrap runs as an unprivileged uid of its own (``uids.py``: one per
+live sandbox, from ``sandbox.uid_base``), never as root: the actor's folder and the
+harness are mounted as they are when any uid can read them, else from copies staged
+where that uid can (``staging.py``), whatever the permissions of the originals.
+
+Between calls the host, not the harness, decides whether a worker may serve again: after
+the harness's own reset it checks that no process but the harness is left and /tmp is
+empty, and while the worker is idle that it uses no CPU, starts no task and writes no byte
+(cgroup counters and the pipes, read here). Any of it kills the worker; so does being
+idle longer than ``sandbox.idle_lifetime_s``.
 
 Limits: memory, pids and CPU through a cgroup per worker (v1, or v2 when its controllers
 are delegated to us), created and limited before the sandbox starts; RLIMIT_AS and
@@ -33,7 +41,6 @@ import resource
 import secrets
 import shutil
 import signal
-import stat
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,11 +65,16 @@ from service.sandbox.base import (
     call_line,
     decode_line,
     dependency_mount,
+    encode_line,
     harness_failure,
     harness_path_flags,
+    log_size,
+    notification_size,
     state_reply,
 )
 from service.sandbox.seccomp import DENIED, denylist_program
+from service.sandbox.staging import Stager
+from service.sandbox.uids import UidPool
 from service.settings import Limits, Settings
 
 logger = logging.getLogger(__name__)
@@ -79,7 +91,13 @@ FENCE_GRACE_S = 1.0  # after a result: how long to wait for the real stdout/stde
 KILL_WAIT_S = 3.0
 CHUNK = 1 << 16
 STDERR_TAIL = 4096
-QUEUE_MAX = 256  # events in flight from a sandbox; past it the sandbox waits
+BUFFER_BYTES = 1 << 20  # read ahead from one sandbox; past it the sandbox waits to write
+ITEM_OVERHEAD = 256  # what one queued item costs beyond its bytes
+IDLE_CHECK_S = 0.1  # how often an idle worker's counters are read (two preads)
+IDLE_CPU_NS = 50_000_000  # CPU an idle worker may use in all (V8 finishing its GC work)
+RESET_TIMEOUT_S = 5.0  # for the harness's "ready" after its own reset
+EXIT_WAIT_S = 0.2  # for what the harness just SIGKILLed to leave (node does not wait for it)
+BOOTING, BUSY, RESETTING, IDLE = "booting", "busy", "resetting", "idle"
 SANDBOX_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "HOME": "/tmp",
@@ -93,6 +111,8 @@ SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives")
 NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf",
                  "/etc/ssl", "/etc/ca-certificates")
 CONTROLLERS = ("memory", "pids", "cpu")
+ACCOUNTING = ("cpuacct",)  # v1 only: read, never limited (v2 has cpu.stat in every group)
+PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
 NODE_HEAP_OOM = re.compile(r"heap out of memory|Reached heap limit")
 
 
@@ -117,7 +137,7 @@ def discover_controllers() -> dict[str, Controller]:
     own_v1, own_v2 = own_cgroups(_read(Path("/proc/self/cgroup")))
     found: dict[str, Controller] = {}
     for fstype, root, mountpoint, options in cgroup_mounts(_read(Path("/proc/self/mountinfo"))):
-        for name in CONTROLLERS:
+        for name in CONTROLLERS + ACCOUNTING:
             if name in found:
                 continue
             if fstype == "cgroup" and name in options and name in own_v1:
@@ -218,6 +238,15 @@ def _counter(fd: int | None, key: str) -> int:
     return 0
 
 
+def _number(fd: int) -> int | None:
+    """The single number of an open cgroup file such as pids.current or cpuacct.usage."""
+    try:
+        text = os.pread(fd, 64, 0).strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
 def _open_counter(path: Path) -> int | None:
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -250,8 +279,12 @@ def _limit_cpu(path: Path, version: int, limits: Limits) -> None:
         _write(path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
 
 
+def _limit_nothing(path: Path, version: int, limits: Limits) -> None:
+    """cpuacct: only read."""
+
+
 _LIMITERS: dict[str, Callable[[Path, int, Limits], None]] = {
-    "memory": _limit_memory, "pids": _limit_pids, "cpu": _limit_cpu}
+    "memory": _limit_memory, "pids": _limit_pids, "cpu": _limit_cpu, "cpuacct": _limit_nothing}
 
 
 class WorkerCgroups:
@@ -262,6 +295,8 @@ class WorkerCgroups:
         # Kept open and re-read with pread: reopening them took most of a counters() call.
         self._oom_fd: int | None = None
         self._pids_fd: int | None = None
+        self._usage_fd: int | None = None  # cpuacct.usage (ns) or v2 cpu.stat (usage_usec)
+        self._tasks_fd: int | None = None  # pids.current: threads and processes
 
     @classmethod
     def create(cls, controllers: dict[str, Controller], limits: Limits) -> WorkerCgroups:
@@ -286,12 +321,31 @@ class WorkerCgroups:
             self._oom_fd = _open_counter(path / events)
         if "pids" in self._groups:
             self._pids_fd = _open_counter(self._groups["pids"][1] / "pids.events")
+            self._tasks_fd = _open_counter(self._groups["pids"][1] / "pids.current")
+        if "cpuacct" in self._groups:
+            self._usage_fd = _open_counter(self._groups["cpuacct"][1] / "cpuacct.usage")
+        else:
+            v2 = [path for c, path in self._groups.values() if c.version == 2]
+            self._usage_fd = _open_counter(v2[0] / "cpu.stat") if v2 else None
 
     def _close_counters(self) -> None:
-        for fd in (self._oom_fd, self._pids_fd):
+        for fd in (self._oom_fd, self._pids_fd, self._usage_fd, self._tasks_fd):
             if fd is not None:
                 os.close(fd)
-        self._oom_fd = self._pids_fd = None
+        self._oom_fd = self._pids_fd = self._usage_fd = self._tasks_fd = None
+
+    def cpu_ns(self) -> int | None:
+        """CPU time the worker's processes used so far, in ns; None when no group counts it."""
+        if self._usage_fd is None:
+            return None
+        if "cpuacct" in self._groups:
+            return _number(self._usage_fd)
+        usage = _counter(self._usage_fd, "usage_usec")
+        return usage * 1000
+
+    def tasks(self) -> int | None:
+        """Threads and processes in the worker now; None without a pids group."""
+        return None if self._tasks_fd is None else _number(self._tasks_fd)
 
     @property
     def dirs(self) -> tuple[Path, ...]:
@@ -312,6 +366,12 @@ class WorkerCgroups:
         """Host pids of every process in the worker's groups."""
         return {int(pid) for _, path in self._groups.values()
                 for pid in _read(path / "cgroup.procs").split() if pid.isdigit()}
+
+    def processes(self) -> set[int]:
+        """Host pids in the worker's groups, read from one of them (each holds them all)."""
+        for _, path in self._groups.values():
+            return {int(pid) for pid in _read(path / "cgroup.procs").split() if pid.isdigit()}
+        return set()
 
     def kill_all(self, spare: int | None = None) -> None:
         """SIGKILL every process in the worker's groups but ``spare``."""
@@ -358,35 +418,49 @@ class Plan:
 
     options: list[str]  # bwrap options, passed on a pipe (--args) so /proc/1/cmdline stays short
     command: list[str]  # what runs inside
-    host_uid: int | None  # the uid bubblewrap runs as; None: stay root (mapped to 65534)
+    host_uid: int | None  # the uid bubblewrap runs as; None: the server's own (never root)
     rlimits: tuple[tuple[int, int], ...]
 
 
+def harness_path(actor: ActorDef) -> Path:
+    """The harness of ``actor``'s language, on the host."""
+    return HARNESS_DIR / ("harness.py" if actor.language == "python" else "harness.js")
+
+
 def make_plan(actor: ActorDef, settings: Settings, mechanisms: dict[str, str],
-              channel_fds: tuple[int, int]) -> Plan:
-    """The bwrap options, command, host uid and rlimits of a sandbox for ``actor``."""
-    root = actor.root
+              channel_fds: tuple[int, int], *, host_uid: int | None = None,
+              root: Path | None = None, harness: Path | None = None,
+              deps_root: Path | None = None) -> Plan:
+    """The bwrap options, command, host uid and rlimits of a sandbox for ``actor``.
+
+    ``root``, ``harness`` and ``deps_root`` are where the actor's folder, the harness and
+    its built dependencies are mounted from (by default the originals; the backend passes
+    copies its sandbox uid can read when it cannot read those), and
+    ``host_uid`` the unprivileged uid bubblewrap runs as (by default 65534 when the server
+    is root, else the server's own uid: a sandbox never runs as host root).
+    """
     try:
-        script = Path(ACTOR_DIR, actor.script.relative_to(root)).as_posix()
+        script = Path(ACTOR_DIR, actor.script.relative_to(actor.root)).as_posix()
     except ValueError:
-        raise SandboxUnavailable(BACKEND, f"script {actor.script} is outside {root}") from None
-    harness = HARNESS_DIR / ("harness.py" if actor.language == "python" else "harness.js")
-    inside = f"/harness/{harness.name}"
+        raise SandboxUnavailable(
+            BACKEND, f"script {actor.script} is outside {actor.root}") from None
+    root = root or actor.root
+    harness = harness or harness_path(actor)
+    inside = f"/harness/{harness_path(actor).name}"
     interpreter = settings.sandbox.python if actor.language == "python" else settings.sandbox.node
     options = _namespace_options(actor.limits.network) + _filesystem_options(
         interpreter, actor.limits.network, settings.sandbox.tmp_mb)
     options += ["--ro-bind", str(root), ACTOR_DIR, "--ro-bind", str(harness), inside]
     deps = dependency_mount(actor, BACKEND)
     if deps is not None:
-        options += ["--ro-bind", str(deps[0]), deps[1]]
+        options += ["--ro-bind", str(deps_root or deps[0]), deps[1]]
     options += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", ACTOR_DIR]
     command = [interpreter, *_interpreter_flags(actor), inside, *map(str, channel_fds),
                script, actor.entrypoint, "--own-pidns", "--self-reset",
                *harness_path_flags(actor)]
-    host_paths = (root, actor.script, harness) + ((deps[0],) if deps else ())
-    reachable = all(_world_readable(p) for p in host_paths)
-    return Plan(options, command, SANDBOX_UID if reachable else None,
-                _rlimits(actor, settings, mechanisms))
+    if host_uid is None and os.geteuid() == 0:
+        host_uid = SANDBOX_UID
+    return Plan(options, command, host_uid, _rlimits(actor, settings, mechanisms))
 
 
 def _namespace_options(network: bool) -> list[str]:
@@ -416,7 +490,12 @@ def _filesystem_options(interpreter: str, network: bool, tmp_mb: int) -> list[st
         options += ["--ro-bind", str(prefix), str(prefix)]  # e.g. /opt/node
     for file in SYSTEM_FILES + (NETWORK_FILES if network else ()):
         options += ["--ro-bind-try", file, file]
-    options += ["--proc", "/proc", "--dev", "/dev"]
+    options += ["--proc", "/proc"]
+    for knobs in PROC_READ_ONLY:  # global kernel knobs: no write even where a check passes
+        options += ["--ro-bind-try", knobs, knobs]
+    # /dev's nodes stay their own mounts: bwrap's read-only remount would add nodev (and
+    # break /dev/null). No sandbox uid owns them, so none can chmod or chown them.
+    options += ["--dev", "/dev"]
     return [*options, "--perms", "1777", "--size", str(tmp_mb * MIB), "--tmpfs", "/tmp"]
 
 
@@ -429,24 +508,14 @@ def _interpreter_flags(actor: ActorDef) -> list[str]:
 
 def _rlimits(actor: ActorDef, settings: Settings,
              mechanisms: dict[str, str]) -> tuple[tuple[int, int], ...]:
-    limits = [(resource.RLIMIT_CORE, 0), (resource.RLIMIT_FSIZE, settings.sandbox.tmp_mb * MIB)]
+    limits = [(resource.RLIMIT_CORE, 0), (resource.RLIMIT_FSIZE, settings.sandbox.tmp_mb * MIB),
+              (resource.RLIMIT_NOFILE, settings.sandbox.nofile)]  # never the server's
     # node reserves far more address space than it uses, so RLIMIT_AS would kill it at boot
     if mechanisms["memory"] == "rlimit" and actor.language == "python":
         limits.append((resource.RLIMIT_AS, actor.limits.memory_mb * MIB))
     if mechanisms["pids"] == "rlimit":
         limits.append((resource.RLIMIT_NPROC, actor.limits.pids + BWRAP_PROCESSES))
     return tuple(limits)
-
-
-def _world_readable(path: Path) -> bool:
-    """Could uid 65534 reach ``path``: o+x on every directory above, o+r on it?"""
-    try:
-        mode = path.stat().st_mode
-        if not mode & stat.S_IROTH or (stat.S_ISDIR(mode) and not mode & stat.S_IXOTH):
-            return False
-        return all(parent.stat().st_mode & stat.S_IXOTH for parent in path.parents)
-    except OSError:
-        return False
 
 
 def _preexec(procs_files: tuple[str, ...], rlimits: tuple[tuple[int, int], ...],
@@ -501,21 +570,42 @@ class _Item:
 class ProcessWorker:
     """One bubblewrap sandbox running one actor's harness; calls run one at a time."""
 
+    # The checks between calls read bubblewrap's process tree (bwrap, then the harness) and
+    # count on an idle harness using no CPU: a subclass whose sandbox looks otherwise (gVisor:
+    # runsc, the gofer, the Sentry's own threads) turns them off. Bytes written while idle
+    # and the idle lifetime are checked for every worker.
+    HOST_CHECKS = True
+
     def __init__(self, actor: ActorDef, tmp_mb: int, process: asyncio.subprocess.Process,
                  cgroups: WorkerCgroups, to_harness: asyncio.WriteTransport,
-                 from_harness: asyncio.StreamReader) -> None:
+                 from_harness: asyncio.StreamReader, *, idle_lifetime_s: float = 300,
+                 max_notifications: int | None = None, host_uid: int | None = None) -> None:
         self.actor = actor
+        self.host_uid = host_uid  # the host uid its processes run as (None: the server's)
+        self.violation = ""  # why the host killed it between calls, if it did
         self._tmp_mb = tmp_mb
+        self._idle_lifetime_s = idle_lifetime_s
+        self._max_notifications = max_notifications
         self._process = process
         self._cgroups = cgroups
         self._to_harness = to_harness
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(QUEUE_MAX)
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()  # bounded in bytes: _put
+        self._buffered = 0  # bytes (and item overheads) queued
+        self._room = asyncio.Event()
         self._stderr_tail: deque[str] = deque(maxlen=64)
         self._fence = ""  # the current call's end-of-output marker on the real stdout/stderr
+        self._last_fence = ""  # the previous call's: may still come through late
         self._closed_streams: set[str] = set()
         self._dead = False
         self._closed = False
-        self._busy = False
+        self._phase = BOOTING
+        self._settling: asyncio.Task[None] | None = None
+        self._ready_early = False  # the harness's ready after its reset came during the call
+        self._harness_pid: int | None = None
+        self._idle_since = 0.0
+        self._idle_cpu: int | None = None  # CPU and tasks counters when it became idle
+        self._idle_tasks: int | None = None
+        self._idle_check: asyncio.TimerHandle | None = None
         self._lingering = False  # the last result said threads or timers still run
         self._request: CallRequest | None = None  # the call running, for its state operations
         self._pidfd = _pidfd(process.pid)
@@ -529,7 +619,14 @@ class ProcessWorker:
 
     @property
     def alive(self) -> bool:
-        return not self._dead and self._process.returncode is None
+        """Running, and (when idle) clean: an idle worker is checked from the host right
+        here too, so the pool never hands out one that ran code since its last check."""
+        if self._dead or self._process.returncode is not None:
+            return False
+        if self._phase == IDLE and (reason := self._idle_violation()):
+            self._violate(reason)
+            return False
+        return True
 
     @property
     def pid(self) -> int:
@@ -545,6 +642,11 @@ class ProcessWorker:
         try:
             async with asyncio.timeout(BOOT_TIMEOUT_S):
                 await self._until_ready()
+            if reason := self._leftovers():
+                self._kill()
+                raise SandboxUnavailable(BACKEND, f"the script's load left {reason}")
+            if not self._dead:  # else it died after its ready: the call says so (-32004)
+                self._become_idle()
         except TimeoutError:
             raise SandboxUnavailable(
                 BACKEND, f"sandbox not ready after {BOOT_TIMEOUT_S:g} s") from None
@@ -556,11 +658,14 @@ class ProcessWorker:
 
     async def call(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
         """Run one call; any failure kills the sandbox (see base.Worker)."""
+        if self._phase == RESETTING:
+            await self.reset()  # a caller that did not reset: the host checks still run
+        if self._phase == BUSY:
+            raise RuntimeError("a worker runs one call at a time")
         if not self.alive:
             raise ActorFailed("SandboxCrashed", "the sandbox is no longer running")
-        if self._busy:
-            raise RuntimeError("a worker runs one call at a time")
-        self._busy = True
+        self._stop_idle_checks()
+        self._phase = BUSY
         self._discard_pending()
         limit_s = self.actor.limits.timeout_s
         baseline = self._cgroups.counters()
@@ -576,8 +681,9 @@ class ProcessWorker:
             self._kill()
             raise
         finally:
-            self._busy = False
-            self._fence = ""
+            self._phase = RESETTING  # until the host saw the harness's reset (reset())
+            self._settling = None
+            self._last_fence, self._fence = self._fence, ""
         if self._lingering:
             # Its threads or timers would run on between calls, with no time limit: end them
             # now; the pool replaces a worker that is not alive.
@@ -587,19 +693,152 @@ class ProcessWorker:
         return outcome
 
     async def reset(self) -> None:
-        """Nothing to wait for: the harness kills stray processes and wipes /tmp by itself
-        right after each result, before it reads the next call (a round trip saved)."""
+        """Wait for the harness's own reset (it kills stray processes and wipes /tmp right
+        after each result, then says ready), then check from the host that it happened:
+        no process but the harness, nothing in /tmp. ActorFailed (and the worker is
+        killed) when not; then the worker watches itself while idle."""
+        if self._phase == RESETTING and self.alive:
+            if self._settling is None:
+                self._settling = asyncio.ensure_future(self._settle())
+            await asyncio.shield(self._settling)
         if not self.alive:
-            raise ActorFailed("SandboxCrashed", "the sandbox is no longer running")
+            raise ActorFailed("SandboxCrashed", self.violation or "the sandbox is no longer "
+                              "running")
+
+    async def _settle(self) -> None:
+        try:
+            async with asyncio.timeout(RESET_TIMEOUT_S):
+                if not self._ready_early:
+                    await self._until_ready()
+        except (TimeoutError, ActorFailed) as exc:
+            self._violate(f"no ready after its reset ({exc or 'timeout'})")
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + EXIT_WAIT_S
+        while (self._extra_pids() or self._threads_left()) and loop.time() < deadline:
+            await asyncio.sleep(0.005)  # killed, still exiting: a real leftover stays
+        if reason := self._leftovers() or self._threads_left():
+            self._violate(f"its reset left {reason}")
+            return
+        if not self._dead:
+            self._become_idle()
+
+    def _extra_pids(self) -> set[int]:
+        """Processes of the sandbox besides bwrap and the harness (none before the harness
+        is known)."""
+        if self._harness_pid is None or self._dead or not self.HOST_CHECKS:
+            return set()
+        return self._sandbox_pids() - {self._process.pid, self._harness_pid}
+
+    def _threads_left(self) -> str | None:
+        """A Python harness waits for the next call on one thread: any other is the
+        script's, still there after its call (the harness's own "lingering" report, checked
+        where the script cannot patch it). Node's runtime has threads of its own."""
+        tasks = self._cgroups.tasks()
+        if self.actor.language != "python" or tasks is None or self._dead \
+                or not self.HOST_CHECKS:
+            return None
+        extra = tasks - BWRAP_PROCESSES - 1
+        return f"{extra} threads besides the harness's" if extra > 0 else None
+
+    # --- between calls: checked from the host ----------------------------------------------
+
+    def _sandbox_pids(self) -> set[int]:
+        """Host pids of the sandbox's processes: its cgroups' members, or (without cgroups)
+        bwrap, its child and that child's children."""
+        members = self._cgroups.processes()
+        if members:
+            return members
+        inner = _children(self._process.pid)
+        return {self._process.pid, *inner, *(c for pid in inner for c in _children(pid))}
+
+    def _leftovers(self) -> str | None:
+        """What a clean idle sandbox must not have: processes other than the outer bwrap and
+        the harness, entries in /tmp. Read from the host (/proc, the cgroups). A sandbox
+        whose harness is gone has died (e.g. killed from outside): it is killed, quietly."""
+        if not self.HOST_CHECKS:
+            return None
+        if self._harness_pid is None:
+            children = _children(self._process.pid)
+            if len(children) > 1:
+                return f"{len(children)} processes below bubblewrap"
+            if not children:
+                self._kill()
+                return None
+            self._harness_pid = children.pop()
+        extra = self._sandbox_pids() - {self._process.pid, self._harness_pid}
+        if extra:
+            return f"{len(extra)} processes besides the harness"
+        try:
+            left = os.listdir(f"/proc/{self._harness_pid}/root/tmp")
+        except (FileNotFoundError, ProcessLookupError):
+            self._kill()  # no /proc/PID: the harness has exited
+            return None
+        except OSError as exc:
+            return f"a /tmp the host cannot read ({exc.strerror})"
+        return f"{len(left)} entries in /tmp" if left else None
+
+    def _become_idle(self) -> None:
+        self._phase = IDLE
+        self._idle_since = asyncio.get_running_loop().time()
+        self._idle_cpu = self._cgroups.cpu_ns()
+        self._idle_tasks = self._cgroups.tasks()
+        self._schedule_idle_check()
+
+    def _schedule_idle_check(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._idle_check = loop.call_later(IDLE_CHECK_S, self._check_idle)
+
+    def _stop_idle_checks(self) -> None:
+        if self._idle_check is not None:
+            self._idle_check.cancel()
+            self._idle_check = None
+
+    def _check_idle(self) -> None:
+        self._idle_check = None
+        if self._phase != IDLE or self._dead:
+            return
+        if reason := self._idle_violation():
+            self._violate(reason)
+        elif asyncio.get_running_loop().time() - self._idle_since > self._idle_lifetime_s:
+            logger.info("%s: worker idle for %g s, closing it", self.actor.id,
+                        self._idle_lifetime_s)
+            self._kill()
+        else:
+            self._schedule_idle_check()
+
+    def _idle_violation(self) -> str | None:
+        """What the idle sandbox did since it became idle, if anything: the harness waits
+        on its pipe, so any CPU beyond a small allowance or any new task is the script."""
+        if not self.HOST_CHECKS:
+            return None
+        cpu = self._cgroups.cpu_ns()
+        if cpu is not None and self._idle_cpu is not None and cpu - self._idle_cpu > IDLE_CPU_NS:
+            return f"used {(cpu - self._idle_cpu) / 1e6:.0f} ms of CPU while idle"
+        tasks = self._cgroups.tasks()
+        if tasks is not None and self._idle_tasks is not None and tasks > self._idle_tasks:
+            return f"started {tasks - self._idle_tasks} threads or processes while idle"
+        if tasks is None and self._sandbox_pids() - {self._process.pid, self._harness_pid}:
+            return "started a process while idle"
+        return None
+
+    def _violate(self, reason: str) -> None:
+        """Kill a worker that did something between calls; it is never reused."""
+        if self._dead:
+            return
+        self.violation = reason
+        logger.warning("%s: worker killed between calls: %s", self.actor.id, reason)
+        self._kill()
 
     async def close(self) -> None:
         """Kill the sandbox, reap it, remove its cgroups; idempotent."""
         if self._closed:
             return
         self._closed = True
+        self._stop_idle_checks()
         self._kill()
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(_Item("eof"))  # wakes a call waiting on this worker
+        self._queue.put_nowait(_Item("eof"))  # wakes a call waiting on this worker
+        self._room.set()
         if not await self._exited(KILL_WAIT_S):
             self._kill_outer()
             await self._exited(KILL_WAIT_S)
@@ -618,9 +857,10 @@ class ProcessWorker:
     async def _run(self, request: CallRequest, on_event: EventSink,
                    baseline: tuple[int, int]) -> CallOutcome:
         self._fence = secrets.token_hex(12)
+        self._ready_early = False
         self._request = request  # its state operations are answered while it runs
         self._to_harness.write(call_line(request, self._fence))
-        budget = OutputBudget(self.actor.limits.output_bytes)
+        budget = OutputBudget(self.actor.limits.output_bytes, self._max_notifications)
         outcome: CallOutcome | None = None
         unfenced = {"stdout", "stderr"}
         grace_end: float | None = None
@@ -636,6 +876,9 @@ class ProcessWorker:
                 if item.value == self._fence:
                     unfenced.discard(item.stream)
                 continue
+            if outcome is not None and _is_ready(item):
+                self._ready_early = True  # its reset is done: reset() has nothing to wait for
+                continue
             result = await self._handle(item, on_event, budget, baseline)
             if result is not None:
                 outcome = result
@@ -646,16 +889,16 @@ class ProcessWorker:
     async def _next(self, deadline: float | None) -> _Item | None:
         """The next item from the sandbox; None once ``deadline`` (loop time) has passed."""
         if deadline is None:
-            return await self._queue.get()
+            return await self._get()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout_at(deadline):
-                return await self._queue.get()
+                return await self._get()
         return None
 
     async def _handle(self, item: _Item, on_event: EventSink, budget: OutputBudget,
                       baseline: tuple[int, int]) -> CallOutcome | None:
-        if item.kind == "line":
-            budget.spend(len(item.value.encode("utf-8")) + 1)
+        if item.kind == "line":  # charged as the notification it becomes, envelope and all
+            budget.notify(log_size(self.actor.id, item.stream, item.value))
             await on_event(LogEvent(item.stream, item.value))
         elif item.kind == "message":
             return await self._message(item, on_event, budget, baseline)
@@ -671,16 +914,16 @@ class ProcessWorker:
 
     async def _message(self, item: _Item, on_event: EventSink, budget: OutputBudget,
                        baseline: tuple[int, int]) -> CallOutcome | None:
-        # An output or log costs its whole protocol line, envelope included: a flood of
-        # tiny values then breaches the limit as fast as a flood of big ones.
+        # An output or log costs the notification it becomes on the wire, envelope included:
+        # a flood of tiny values then breaches the limit as fast as a flood of big ones.
         message = item.value
         kind = message.get("type")
         if kind == "output" and isinstance(message.get("port"), str):
-            budget.spend(item.size)
+            budget.notify(notification_size("output", self.actor.id, item.size))
             await on_event(OutputEvent(message["port"], message.get("data")))
         elif kind == "log" and isinstance(message.get("message"), str):
             stream = "stderr" if message.get("stream") == "stderr" else "stdout"
-            budget.spend(item.size)
+            budget.notify(log_size(self.actor.id, stream, message["message"]))
             await on_event(LogEvent(stream, message["message"]))
         elif kind == "result" and isinstance(message.get("state"), dict):
             budget.spend(item.size)  # the return value and the state: both go back
@@ -747,13 +990,13 @@ class ProcessWorker:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 while {"stdout", "stderr"} - self._closed_streams:
-                    item = await self._queue.get()
+                    item = await self._get()
                     if item.kind == "closed":
                         self._closed_streams.add(item.stream)
 
     async def _until_ready(self) -> None:
         while True:
-            item = await self._queue.get()
+            item = await self._get()
             if self._closed:
                 raise ActorFailed("SandboxCrashed", "the worker was closed")
             if item.kind == "message" and item.value.get("type") == "ready":
@@ -768,6 +1011,7 @@ class ProcessWorker:
     def _discard_pending(self) -> None:
         while not self._queue.empty():
             item = self._queue.get_nowait()
+            self._taken(item)
             if item.kind == "closed":
                 self._closed_streams.add(item.stream)
             elif item.kind == "eof":
@@ -813,19 +1057,20 @@ class ProcessWorker:
             try:
                 line = await reader.readline()
             except ValueError:  # a line over the reader's limit
-                await self._queue.put(_Item("overflow"))
+                await self._put(_Item("overflow"))
                 return
             if not line.endswith(b"\n"):
-                await self._queue.put(_Item("eof"))
+                await self._put(_Item("eof"))
                 return
             try:
                 message = decode_line(line)
             except ValueError:
                 message = None
             if isinstance(message, dict):
-                await self._queue.put(_Item("message", value=message, size=len(line)))
+                await self._put(_Item("message", value=message, size=_wire_size(line, message)))
             else:
-                await self._queue.put(_Item("garbage", value=line[:200].decode("utf-8", "replace")))
+                await self._put(_Item("garbage", value=line[:200].decode("utf-8", "replace"),
+                                      size=len(line)))
 
     async def _read_stream(self, reader: asyncio.StreamReader, stream: str) -> None:
         pending = b""
@@ -839,21 +1084,64 @@ class ProcessWorker:
                 await self._stream_line(stream, line.decode("utf-8", "replace"))
         if pending:
             await self._stream_line(stream, pending.decode("utf-8", "replace"))
-        await self._queue.put(_Item("closed", stream))
+        await self._put(_Item("closed", stream))
 
     async def _stream_line(self, stream: str, text: str) -> None:
         fence = self._fence
         if fence and text.endswith(fence):
             if text[: -len(fence)]:
-                await self._queue.put(_Item("line", stream, text[: -len(fence)]))
-            await self._queue.put(_Item("fence", stream, fence))
+                await self._put(_Item("line", stream, text[: -len(fence)], len(text)))
+            await self._put(_Item("fence", stream, fence))
             return
+        if self._last_fence and text == self._last_fence and self._phase in (RESETTING, IDLE):
+            return  # the last call's, after its grace period
         if stream == "stderr":
             self._stderr_tail.append(text + "\n")
-        if self._busy:
-            await self._queue.put(_Item("line", stream, text))
-        else:
-            logger.debug("%s: %s between calls: %s", self.actor.id, stream, text[:200])
+        await self._put(_Item("line", stream, text, len(text)))
+
+    async def _put(self, item: _Item) -> None:
+        """Queue an item for the call (or boot, or reset) that reads it. At most about
+        BUFFER_BYTES wait here per worker: past it the reader stops reading and the sandbox
+        blocks on its writes. Anything but the harness's ready, written between calls, is
+        a violation that kills the worker (its bytes are dropped)."""
+        if not self._expected(item):
+            if not self._dead:
+                self._violate(f"wrote on its {item.stream or 'channel'} between calls")
+            return
+        while self._buffered > BUFFER_BYTES and not self._closed:
+            self._room.clear()
+            await self._room.wait()
+        self._buffered += item.size + ITEM_OVERHEAD
+        self._queue.put_nowait(item)
+
+    def _expected(self, item: _Item) -> bool:
+        if item.kind in ("closed", "eof") or self._phase in (BOOTING, BUSY):
+            return True
+        return self._phase == RESETTING and _is_ready(item) and not self._ready_early
+
+    async def _get(self) -> _Item:
+        item = await self._queue.get()
+        self._taken(item)
+        return item
+
+    def _taken(self, item: _Item) -> None:
+        self._buffered -= item.size + ITEM_OVERHEAD
+        self._room.set()
+
+
+def _is_ready(item: _Item) -> bool:
+    return item.kind == "message" and item.value.get("type") == "ready"
+
+
+def _wire_size(line: bytes, message: dict[str, Any]) -> int:
+    """The bytes ``message`` takes once the server encodes it as ASCII JSON (non-ASCII text
+    grows to \\u escapes)."""
+    if line.isascii():
+        return len(line) - 1
+    try:
+        return len(encode_line(message)) - 1
+    except (RecursionError, ValueError):
+        return 6 * len(line)  # every byte an escape, at most
 
 
 def _children(pid: int) -> set[int]:
@@ -883,7 +1171,22 @@ class ProcessBackend:
         self._bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
         self._controllers: dict[str, Controller] | None = None
         self._workers: set[ProcessWorker] = set()  # open ones, closed at aclose() at the latest
-        self._seccomp = denylist_program()  # BPF for `bwrap --seccomp`, None without libseccomp
+        # BPF for `bwrap --seccomp` by limits.network, None without libseccomp
+        self._seccomp = {network: denylist_program(network) for network in (False, True)}
+        self._stager = Stager()
+        self._uids: UidPool | None = None
+
+    @property
+    def uids(self) -> UidPool | None:
+        """The host uids sandboxes get; None when the server is not root (its sandboxes
+        then run as its own, unprivileged, uid)."""
+        if os.geteuid() != 0:
+            return None
+        if self._uids is None:
+            sandbox = self.settings.sandbox
+            self._uids = UidPool(sandbox.uid_base, sandbox.uid_count, self._stager.directory,
+                                 BACKEND)
+        return self._uids
 
     @property
     def controllers(self) -> dict[str, Controller]:
@@ -909,7 +1212,15 @@ class ProcessBackend:
                                    "node": await _version(self.settings.sandbox.node, "--version")}
         if details["cpu"] == "rlimit":
             details["cpu"] = "none"  # no rlimit caps a CPU share
-        details["seccomp"] = "none" if self._seccomp is None else f"denylist of {len(DENIED)}"
+        details["seccomp"] = ("none" if self._seccomp[False] is None
+                              else f"denylist of {len(DENIED)}")
+        sandbox = self.settings.sandbox
+        details["host_uids"] = (f"{sandbox.uid_base}+{sandbox.uid_count}" if os.geteuid() == 0
+                                else f"the server's ({os.geteuid()})")
+        accounting = "cpuacct" in self.controllers or any(
+            c.version == 2 for c in self.controllers.values())
+        details["idle_watch"] = "+".join(
+            ["cpu"] * accounting + ["tasks"] * ("pids" in self.controllers) + ["bytes", "tmp"])
         if details["bwrap"] is None:
             return Availability(BACKEND, False, f"bubblewrap not found ({self._bwrap})", details)
         problem = await self._trial()
@@ -920,15 +1231,24 @@ class ProcessBackend:
         options = _namespace_options(False) + _filesystem_options(
             self.settings.sandbox.python, False, 1) + ["--remount-ro", "/"]
         command = [self.settings.sandbox.python, "-I", "-S", "-c", "print('ok')"]
+        uids = self.uids
+        try:
+            uid = uids.acquire() if uids is not None else None
+        except SandboxUnavailable as exc:
+            return str(exc.data["reason"])
         try:
             process = await asyncio.create_subprocess_exec(
                 self._bwrap, *options, *command, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env={"PATH": "/usr/bin:/bin"})
+                env={"PATH": "/usr/bin:/bin"}, user=uid, group=uid,
+                extra_groups=None if uid is None else [])
             async with asyncio.timeout(BOOT_TIMEOUT_S):
                 out, err = await process.communicate()
         except (OSError, TimeoutError) as exc:
             return f"cannot run bubblewrap: {exc}"
+        finally:
+            if uids is not None and uid is not None:
+                uids.release(uid)
         if process.returncode != 0 or out.strip() != b"ok":
             return f"trial sandbox failed: {err.decode('utf-8', 'replace').strip()[:500]}"
         return None
@@ -948,7 +1268,7 @@ class ProcessBackend:
             await cgroups.remove()
             raise
         self._workers.add(worker)
-        worker.on_closed = self._workers.discard
+        worker.on_closed = self._forget
         try:
             await worker.wait_ready()
         except BaseException:
@@ -956,15 +1276,52 @@ class ProcessBackend:
             raise
         return worker
 
+    def _forget(self, worker: ProcessWorker) -> None:
+        """A closed worker: its uid is free again once no process of it can be left."""
+        self._workers.discard(worker)
+        if worker.host_uid is None or self._uids is None:
+            return
+        if worker.cgroup_dirs:  # its groups could not be removed: something may still run
+            logger.warning("%s: uid %s not reused: its cgroups are still there",
+                           worker.actor.id, worker.host_uid)
+            return
+        self._uids.release(worker.host_uid)
+
     async def _spawn(self, actor: ActorDef, cgroups: WorkerCgroups) -> ProcessWorker:
+        uids = self.uids
+        uid = uids.acquire() if uids is not None else None
+        try:
+            return await self._spawn_as(actor, cgroups, uid)
+        except BaseException:
+            if uids is not None and uid is not None:
+                uids.release(uid)  # nothing of the sandbox runs: its cgroups are removed
+            raise
+
+    def _staged(self, actor: ActorDef) -> tuple[Path, Path, Path | None]:
+        """The actor's folder, its harness and its built dependencies, or copies of them,
+        that any uid can read."""
+        deps = dependency_mount(actor, BACKEND)
+        try:
+            return (self._stager.readable(actor.root),
+                    self._stager.readable(harness_path(actor)),
+                    # a built set never changes (one folder per set): judged once
+                    self._stager.readable(deps[0], immutable=True) if deps else None)
+        except OSError as exc:
+            raise SandboxUnavailable(
+                BACKEND, f"cannot stage {actor.root} for the sandbox: {exc}") from exc
+
+    async def _spawn_as(self, actor: ActorDef, cgroups: WorkerCgroups,
+                        uid: int | None) -> ProcessWorker:
         loop = asyncio.get_running_loop()
+        root, harness, deps_root = self._staged(actor) if uid is not None else (None, None, None)
         call_r, call_w = os.pipe()  # host -> harness
         event_r, event_w = os.pipe()  # harness -> host
-        plan = make_plan(actor, self.settings, self.mechanisms(), (call_r, event_w))
+        plan = make_plan(actor, self.settings, self.mechanisms(), (call_r, event_w),
+                         host_uid=uid, root=root, harness=harness, deps_root=deps_root)
         options = plan.options
         seccomp_r = None
-        if self._seccomp is not None:
-            seccomp_r = _data_pipe(self._seccomp)
+        if (program := self._seccomp[actor.limits.network]) is not None:
+            seccomp_r = _data_pipe(program)
             options = [*options, "--seccomp", str(seccomp_r)]
         args_r = _args_pipe(options)
         inherited = (args_r, call_r, event_w) + ((seccomp_r,) if seccomp_r is not None else ())
@@ -983,21 +1340,24 @@ class ProcessBackend:
         finally:
             for fd in inherited:
                 os.close(fd)
-        if plan.host_uid is None:
-            logger.info("%s: %s is not world-readable; sandbox runs as root mapped to %s",
-                        actor.id, actor.root, SANDBOX_UID)
         limit = actor.limits.output_bytes + self.settings.max_message_bytes + CHUNK
         reader = asyncio.StreamReader(limit=limit)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
                                      os.fdopen(event_r, "rb", buffering=0))
         writer, _ = await loop.connect_write_pipe(asyncio.Protocol,
                                                   os.fdopen(call_w, "wb", buffering=0))
-        return ProcessWorker(actor, self.settings.sandbox.tmp_mb, process, cgroups,
-                             writer, reader)
+        sandbox = self.settings.sandbox
+        return ProcessWorker(actor, sandbox.tmp_mb, process, cgroups, writer, reader,
+                             idle_lifetime_s=sandbox.idle_lifetime_s,
+                             max_notifications=sandbox.max_notifications, host_uid=uid)
 
     async def aclose(self) -> None:
         """Close any worker its pool left open (none, when every pool was closed)."""
         await asyncio.gather(*(w.close() for w in list(self._workers)), return_exceptions=True)
+        if self._uids is not None:
+            self._uids.close()
+            self._uids = None
+        self._stager.close()
 
 
 async def _abandon(spawning: asyncio.Future[ProcessWorker], cgroups: WorkerCgroups) -> None:

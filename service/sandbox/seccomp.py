@@ -4,6 +4,13 @@ Namespaces already make most of these harmless; the filter shrinks the kernel su
 script can reach (keyrings, BPF, io_uring, perf, ptrace, mounts, modules...), since a
 kernel bug reachable from inside is the way out of a process sandbox. Calls from any
 other architecture (32-bit or x32 entry points) kill the process.
+
+Sockets: only the families actors use (what python3 and node create, measured with
+``strace -f`` over the example and hostile corpus, docs/backends.md): AF_UNIX, AF_INET,
+AF_INET6, and AF_NETLINK for actors with ``limits.network`` (glibc's getaddrinfo and
+node's os.networkInterfaces ask the kernel's routing tables through it). Any other family
+(AF_PACKET, AF_VSOCK, AF_ALG, AF_KEY, AF_XDP, ...: rare code paths, a history of kernel
+bugs) fails with EAFNOSUPPORT, as on a kernel built without it.
 """
 
 from __future__ import annotations
@@ -28,10 +35,23 @@ DENIED = (
     "reboot", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "swapon",
     "swapoff", "quotactl", "acct", "iopl", "ioperm", "syslog", "personality",
     "uselib", "ustat", "sysfs", "vhangup", "nfsservctl",
+    # odd memory: secret memory, per-process segment tables
+    "memfd_secret", "modify_ldt",
+    # System V IPC: its objects outlive a call inside the sandbox's IPC namespace, where the
+    # host cannot check that a reset removed them (POSIX shm lives in /dev/shm: read-only)
+    "msgget", "msgsnd", "msgrcv", "msgctl", "shmget", "shmat", "shmdt", "shmctl",
+    "semget", "semop", "semtimedop", "semctl",
 )
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+FAMILY_MAX = 63  # every family above is refused by one comparison
 
 
-def denylist_program() -> bytes | None:
+def allowed_families(network: bool) -> tuple[int, ...]:
+    """The socket families a sandbox may create."""
+    return (AF_UNIX, AF_INET, AF_INET6) + ((AF_NETLINK,) if network else ())
+
+
+def denylist_program(network: bool = False) -> bytes | None:
     """The filter as a BPF program for ``bwrap --seccomp FD``; None without libseccomp."""
     try:
         import pyseccomp as seccomp
@@ -44,6 +64,14 @@ def denylist_program() -> bytes | None:
             program.add_rule(seccomp.ERRNO(errno.EPERM), name)
         except (OSError, ValueError):  # a call this kernel/architecture does not have
             logger.debug("seccomp: no system call %s here", name)
+    refused = seccomp.ERRNO(errno.EAFNOSUPPORT)
+    families = allowed_families(network)
+    for call in ("socket", "socketpair"):
+        for family in range(FAMILY_MAX + 1):
+            if family not in families:
+                program.add_rule(refused, call, seccomp.Arg(0, seccomp.EQ, family))
+        # 64-bit comparison: a family with high bits set is above too, never let through
+        program.add_rule(refused, call, seccomp.Arg(0, seccomp.GT, FAMILY_MAX))
     with tempfile.TemporaryFile() as out:
         program.export_bpf(out)
         out.seek(0)

@@ -1,26 +1,162 @@
 """Readable copies of the folders a sandbox reads, whatever the modes of the originals.
 
 A sandbox's user is never the owner of the host files it reads: bubblewrap runs it as an
-unprivileged host uid, and a microVM's virtio-fs mounts show the guest the host's owner
-and mode bits. An actor folder under a 0700 directory (a checkout in /root, a test's
-temporary folder) would then be unreadable inside. The server, which can read it, copies
-it once per worker into a folder every user may read but nobody but root may change:
-directories 0755, files 0644 (0755 when the original is executable). Devices, FIFOs
-and sockets are not copied.
+unprivileged host uid of its own (``uids.py``; never root), and a microVM's virtio-fs
+mounts show the guest the host's owner and mode bits. An actor folder under a 0700
+directory (a checkout in /root, a test's temporary folder) would then be unreadable
+inside. The server, which can read it, copies it into a folder every user may read but
+nobody but root may change: directories 0755, files 0644 (0755 when the original is
+executable). Devices, FIFOs and sockets are not copied.
 
 Symbolic links are copied as links, never followed: following one would copy whatever
 host file it names into the sandbox.
+
+Two ways to use it: :func:`stage` copies folders once per worker (the microVM backend);
+a :class:`Stager` (the process backend) mounts a tree any uid can read as it is (every
+directory above it o+x, every directory in it o+rx, every file o+r: live, nothing
+copied) and stages any other once per content: the tree's fingerprint (names, types,
+sizes, modes, mtimes) names the copy, so an edited folder gets a new copy at the next
+boot while running sandboxes keep the one they mounted. A Stager's copies live in its
+runtime directory (0711: a sandbox uid can reach a copy by its name, not list its
+neighbours) until the backend closes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
 import shutil
 import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "actor-sandbox-"
+
+
+class Stager:
+    """The runtime directory of one backend and the copies staged in it."""
+
+    def __init__(self) -> None:
+        self._dir: Path | None = None
+        self._immutable: dict[Path, Path] = {}  # verdicts on trees that never change
+
+    @property
+    def directory(self) -> Path:
+        """The runtime directory (made on first use, mode 0711)."""
+        if self._dir is None:
+            sweep_stale_dirs()
+            self._dir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+            self._dir.chmod(0o711)
+        return self._dir
+
+    def readable(self, source: Path, immutable: bool = False) -> Path:
+        """``source`` itself when any uid can read all of it, else a staged copy.
+        ``immutable``: the tree never changes (a built dependency set), so it is walked
+        once, not at every boot."""
+        if immutable and source in self._immutable:
+            return self._immutable[source]
+        entries = _walk(source)
+        if _reachable(source) and all(_readable(path) for path in entries):
+            verdict = source
+        else:
+            verdict = self.stage(source, entries)
+        if immutable:
+            self._immutable[source] = verdict
+        return verdict
+
+    def stage(self, source: Path, entries: list[Path] | None = None) -> Path:
+        """A copy of the file or folder ``source`` that any uid can read, by content."""
+        digest = fingerprint(source, entries)
+        target = self.directory / f"{digest}-{source.name}"
+        if not target.exists():
+            partial = self.directory / f".partial-{digest}-{os.getpid()}"
+            _remove(partial)
+            copy_readable(source, partial)
+            partial.rename(target)
+            logger.debug("staged %s as %s", source, target)
+        return target
+
+    def close(self) -> None:
+        if self._dir is not None:
+            _remove(self._dir)
+            self._dir = None
+        self._immutable.clear()
+
+
+def fingerprint(source: Path, entries: list[Path] | None = None) -> str:
+    """A digest of a tree's names, types, sizes, modes and modification times."""
+    digest = hashlib.sha256(str(source).encode())
+    for path in _walk(source) if entries is None else entries:
+        info = path.lstat()
+        digest.update(f"{path.relative_to(source)}\0{info.st_mode}\0{info.st_size}\0"
+                      f"{info.st_mtime_ns}\0{info.st_ino}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def _walk(source: Path) -> list[Path]:
+    if not source.is_dir() or source.is_symlink():
+        return [source]
+    found = [source]
+    for root, dirs, files in os.walk(source, followlinks=False):
+        dirs.sort()
+        found += [Path(root, name) for name in sorted(dirs + files)]
+    return found
+
+
+def _reachable(source: Path) -> bool:
+    """May any uid traverse every directory above ``source``?"""
+    try:
+        return all(parent.stat().st_mode & stat.S_IXOTH for parent in source.parents)
+    except OSError:
+        return False
+
+
+def _readable(path: Path) -> bool:
+    """May any uid read ``path`` (and list a directory)? Symlinks: their targets count."""
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return False
+    if stat.S_ISLNK(mode):
+        return True
+    needed = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) else 0)
+    return mode & needed == needed
+
+
+def copy_readable(source: Path, target: Path) -> None:
+    """Copy the file or folder ``source`` to ``target``, readable by every user."""
+    if source.is_dir() and not source.is_symlink():
+        shutil.copytree(source, target, symlinks=True, ignore=_special_files)
+        _make_readable(target)
+    else:
+        shutil.copyfile(source, target, follow_symlinks=False)
+        target.chmod(0o755 if source.lstat().st_mode & 0o111 else 0o644)
+
+
+def sweep_stale_dirs() -> int:
+    """Remove the runtime directories of servers that died without closing them."""
+    removed = 0
+    for path in Path(tempfile.gettempdir()).glob(f"{PREFIX}*-*"):
+        creator = path.name.removeprefix(PREFIX).split("-")[0]
+        if not creator.isdigit() or Path(f"/proc/{creator}").exists():
+            continue
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink() and path.stat().st_uid == os.geteuid():
+                _remove(path)
+                removed += 1
+    return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class Staged:

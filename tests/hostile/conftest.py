@@ -47,7 +47,7 @@ def corpus() -> Iterator[Path]:
     """A world-readable tmp copy of the corpus, as a deployment's actor folder is.
 
     Cases plant symlinks in it, and it is the only allowed root. The process backend
-    then runs bubblewrap as host uid 65534.
+    then mounts it as it is (its sandbox uid can read it).
     """
     root = Path(tempfile.mkdtemp(prefix="hostile-corpus-"))
     root.chmod(0o755)
@@ -59,8 +59,8 @@ def corpus() -> Iterator[Path]:
 def private_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy only root can read (below pytest's 0700 tmp folder).
 
-    The process backend then runs bubblewrap as host root, mapped to 65534 inside: the
-    privilege-sensitive rows run in this mode too.
+    The process backend then mounts a copy staged where its sandbox uid can read it (it
+    used to run bubblewrap as host root): the privilege-sensitive rows run this way too.
     """
     return _copy_corpus(tmp_path_factory.mktemp("hostile-corpus-private"))
 

@@ -3,7 +3,9 @@
 A :class:`SandboxWatch` records, while a case runs, every process this test spawned
 (with its pid namespace and its cgroups), so that afterwards the test can prove
 nothing of the sandbox is left on the host: no such process alive, no process in any
-of those pid namespaces, no such cgroup directory, no new mount.
+of those pid namespaces, no such cgroup directory, no new mount. For every sandbox
+process (bubblewrap, or anything in another pid namespace) it also records the host uid
+it runs as and its RLIMIT_NOFILE, read from /proc on the host.
 """
 
 from __future__ import annotations
@@ -85,6 +87,23 @@ def _cgroup_dirs(pid: int | str) -> set[Path]:
     return dirs
 
 
+def _status_uid(pid: int | str) -> int:
+    """The real host uid of a process, from /proc/PID/status."""
+    for line in _read(f"/proc/{pid}/status").splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise OSError(f"no Uid line for {pid}")
+
+
+def _nofile(pid: int | str) -> tuple[str, str]:
+    """(soft, hard) RLIMIT_NOFILE of a process, from /proc/PID/limits."""
+    for line in _read(f"/proc/{pid}/limits").splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return soft, hard
+    raise OSError(f"no open files limit for {pid}")
+
+
 def _pid_ns(pid: int | str) -> str:
     return os.readlink(f"/proc/{pid}/ns/pid")
 
@@ -116,6 +135,8 @@ class SandboxWatch:
     own_cgroups: set[Path] = field(default_factory=lambda: _cgroup_dirs("self"))
     mounts: set[str] = field(default_factory=_mounts)
     pipes: set[str] = field(default_factory=_pipes)  # the channels to sandboxes are pipes
+    # (pid, starttime) of each sandbox process -> (host uid, RLIMIT_NOFILE soft and hard)
+    sandboxed: dict[tuple[int, int], tuple[int, tuple[str, str]]] = field(default_factory=dict)
 
     def scan(self) -> None:
         """Record the descendants of this process alive right now."""
@@ -145,6 +166,9 @@ class SandboxWatch:
             self.cgroups |= {d for d in _cgroup_dirs(pid)
                              if not any(own.is_relative_to(d) for own in self.own_cgroups)}
             self.procs[pid] = start
+            if (pid, start) not in self.sandboxed and (
+                    ns != self.own_ns or _read(f"/proc/{pid}/comm").strip() == "bwrap"):
+                self.sandboxed[(pid, start)] = (_status_uid(pid), _nofile(pid))
 
     async def run(self, interval_s: float = 0.03) -> None:
         while True:
@@ -224,6 +248,19 @@ async def running(settings: Settings, backend: Backend, manifests: list[Path],
         # an unclosed transport warns when collected: here, in the case that leaked it
         gc.collect()
     assert left == [], f"sandbox leftovers on the host: {left}"
+    if backend.name == "process":
+        assert_unprivileged(watch, settings)
+
+
+def assert_unprivileged(watch: SandboxWatch, settings: Settings) -> None:
+    """Every sandbox process ran as a host uid of the sandbox range (never root), and
+    with the sandbox's own RLIMIT_NOFILE, not the server's."""
+    sandbox = settings.sandbox
+    uids = {uid for uid, _ in watch.sandboxed.values()}
+    assert all(sandbox.uid_base <= uid < sandbox.uid_base + sandbox.uid_count
+               for uid in uids), f"sandbox processes ran as host uids {sorted(uids)}"
+    limits = {nofile for _, nofile in watch.sandboxed.values()}
+    assert limits <= {(str(sandbox.nofile), str(sandbox.nofile))}, limits
 
 
 # --- what the cases need from the host ----------------------------------------------------
@@ -266,3 +303,99 @@ def substituter(variables: dict[str, Any]) -> Substitute:
         return VARIABLE.sub(lambda m: str(variables[m.group()[1:]]), value)
 
     return fill
+
+
+# --- measured from the host while a case runs ---------------------------------------------
+
+
+def _written(pid: int) -> int:
+    """Bytes a process has written so far (any fd), from /proc/PID/io."""
+    for line in _read(f"/proc/{pid}/io").splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return 0
+
+
+def process_counters(watch: SandboxWatch) -> dict[tuple[int, int], tuple[int, int]]:
+    """(CPU clock ticks of all threads, bytes written) of each sandbox process alive now."""
+    counters = {}
+    for pid, start in list(watch.sandboxed):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            rest = _read(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
+            if int(rest[19]) == start:
+                counters[(pid, start)] = (int(rest[11]) + int(rest[12]), _written(pid))
+    return counters
+
+
+@dataclass
+class IdleUse:
+    """What the sandbox processes did during one idle window, seen from the host."""
+
+    cpu_ms: float
+    written_mb: float
+
+
+async def idle_use(watch: SandboxWatch, seconds: float, sample_s: float = 0.05) -> IdleUse:
+    """Wait ``seconds`` with no call running; the CPU and the bytes written by sandbox
+    processes meanwhile, sampled from /proc (a process that dies keeps its last sample)."""
+    loop = asyncio.get_running_loop()
+    first: dict[tuple[int, int], tuple[int, int]] = {}
+    last: dict[tuple[int, int], tuple[int, int]] = {}
+    deadline = loop.time() + seconds
+    while True:
+        for key, counters in process_counters(watch).items():
+            first.setdefault(key, counters)
+            last[key] = counters
+        if loop.time() >= deadline:
+            break
+        await asyncio.sleep(sample_s)
+    ticks = sum(last[key][0] - first[key][0] for key in last)
+    written = sum(last[key][1] - first[key][1] for key in last)
+    return IdleUse(ticks * 1000 / os.sysconf("SC_CLK_TCK"), written / (1 << 20))
+
+
+def rss_mb() -> float:
+    """This process's resident memory: the server runs in it."""
+    for line in _read("/proc/self/status").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def host_state(paths: list[str]) -> dict[str, Any]:
+    """Owner, mode and (for small files) content of host paths, to compare before/after."""
+    state: dict[str, Any] = {}
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError:
+            state[path] = None
+            continue
+        content = ""
+        if path.startswith("/proc/"):
+            with contextlib.suppress(OSError):
+                content = _read(path)
+        state[path] = (info.st_uid, info.st_gid, oct(info.st_mode), content)
+    return state
+
+
+def nobody_gets_inotify() -> bool:
+    """Can a host process of uid 65534 (nobody) still create an inotify instance?"""
+    import subprocess
+
+    probe = ("import ctypes, os; fd = ctypes.CDLL(None).inotify_init1(0); "
+             "print('ok' if fd >= 0 else 'refused')")
+    result = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534",
+                             "--clear-groups", "/usr/bin/python3", "-I", "-c", probe],
+                            capture_output=True, text=True, timeout=30, check=False)
+    return result.stdout.strip() == "ok"
+
+
+def wire_bytes(notes: list[tuple[str, dict[str, Any]]]) -> int:
+    """The bytes the notifications take on a WebSocket, encoded as the server does."""
+    import json
+
+    return sum(len(json.dumps({"jsonrpc": "2.0", "method": method,
+                               "params": {"request_id": 1, **params}},
+                              separators=(",", ":")))
+               for method, params in notes)

@@ -24,10 +24,15 @@ from hostile_support import (
     Listener,
     SandboxWatch,
     Substitute,
+    host_state,
     hostile_settings,
+    idle_use,
+    nobody_gets_inotify,
+    rss_mb,
     running,
     substituter,
     watching,
+    wire_bytes,
 )
 
 from service.errors import RpcError
@@ -47,12 +52,17 @@ def test_cases_are_well_formed() -> None:
         steps = case.get("steps") or [{"payload": case.get("payload"), "expect": case["expect"]}]
         steps += [{"expect": e} for e in case.get("expect_on", {}).values()]
         for step in steps:
+            if set(step) == {"idle_s"}:
+                continue
             assert set(step["expect"]) <= {"error", "returns", "any_of", "load_error"}, case
         assert set(case.get("expect_on", {})) <= set(BACKENDS)
         assert not ("expect_on" in case and "steps" in case), case["case"]
         assert set(case.get("checks", {})) <= {"emitted", "cpu_ratio_below", "bystander",
                                                "loopback_untouched", "host_absent", "symlinks",
-                                               "max_notifications"}
+                                               "max_notifications", "idle_cpu_ms_below",
+                                               "rss_growth_mb_below", "host_unchanged",
+                                               "nobody_inotify", "wire_bytes_below",
+                                               "idle_written_mb_below"}
         assert set(case.get("known_issue", {})) <= set(BACKENDS)
         assert case.get("also_private", False) in (True, False)
 
@@ -187,16 +197,36 @@ async def refused_by_load(case: Case, backend: Backend, corpus: Path) -> None:
     assert [e["path"] for e in error["data"]["errors"]] == ["/script"], error
 
 
+@dataclass
+class Measured:
+    """What the host saw while the row's steps ran (outside every sandbox)."""
+
+    idle_cpu_ms: float = 0.0  # the most CPU sandboxes used in one idle window
+    idle_written_mb: float = 0.0  # the most sandboxes wrote (to the server) in one window
+    rss_growth_mb: float = 0.0  # the server's resident memory, after the steps less before
+    nobody_inotify: bool = True
+
+
 async def run_steps(case: Case, runtime: Runtime,
-                    watch: SandboxWatch) -> tuple[list[Observed], list[str]]:
-    """Run the row's calls, then a benign one; what each got, and where it was not as expected.
+                    watch: SandboxWatch) -> tuple[list[Observed], list[str], Measured]:
+    """Run the row's calls, then a benign one; what each got, where it was not as expected,
+    and what the host measured.
 
     Whatever the row expects, a failed sandbox must be gone at once, and the next benign
-    call on the same actor must succeed.
+    call on the same actor must succeed. A step ``{idle_s: N}`` waits N seconds with no
+    call running, measuring the CPU the sandboxes' cgroups use meanwhile.
     """
     actor_id = runtime.actors()[0].id
-    observed, problems = [], []
+    observed, problems, measured = [], [], Measured()
+    rss_before = rss_mb()
     for step in case.steps:
+        if "idle_s" in step:
+            used = await idle_use(watch, step["idle_s"])
+            print(f"idle {case.row['case']}: sandboxes used {used.cpu_ms:.0f} ms of CPU and "
+                  f"wrote {used.written_mb:.1f} MiB in {step['idle_s']} s")
+            measured.idle_cpu_ms = max(measured.idle_cpu_ms, used.cpu_ms)
+            measured.idle_written_mb = max(measured.idle_written_mb, used.written_mb)
+            continue
         seen = await call(runtime, actor_id, step["payload"])
         observed.append(seen)
         print(f"outcome {case.row['case']}: {seen.describe()}")  # shown by pytest -rP
@@ -204,14 +234,18 @@ async def run_steps(case: Case, runtime: Runtime,
             problems.append(f"expected {step['expect']}, got {seen.describe()}")
         if seen.error is not None:
             assert await watch.wait_gone() == [], "the failed sandbox is still running"
+    measured.rss_growth_mb = rss_mb() - rss_before
+    if case.checks.get("nobody_inotify"):
+        measured.nobody_inotify = await asyncio.to_thread(nobody_gets_inotify)
     benign = await call(runtime, actor_id, {"mode": "benign"})
     assert benign.result is not None, f"the next benign call failed: {benign.error}"
     assert benign.result["return"] == {"ok": True}
-    return observed, problems
+    return observed, problems, measured
 
 
-def expected_effects(case: Case, observed: list[Observed]) -> list[str]:
-    """Where the notifications the calls sent were not as the row's checks say."""
+def expected_effects(case: Case, observed: list[Observed], measured: Measured) -> list[str]:
+    """Where the notifications the calls sent, or what the host measured, were not as the
+    row's checks say."""
     checks, problems = case.checks, []
     notes = [note for seen in observed for note in seen.notes]
     outputs = [params for method, params in notes if method == "output"]
@@ -224,6 +258,16 @@ def expected_effects(case: Case, observed: list[Observed]) -> list[str]:
             problems.append(f"the cpus quota was not applied: CPU ratio {ratio}")
     if len(notes) > checks.get("max_notifications", len(notes)):
         problems.append(f"{len(notes)} notifications reached the caller")
+    if (sent := wire_bytes(notes)) > checks.get("wire_bytes_below", sent + 1):
+        problems.append(f"{sent} bytes of notifications on the wire")
+    if measured.idle_cpu_ms >= checks.get("idle_cpu_ms_below", float("inf")):
+        problems.append(f"sandboxes used {measured.idle_cpu_ms:.0f} ms of CPU between calls")
+    if measured.idle_written_mb >= checks.get("idle_written_mb_below", float("inf")):
+        problems.append(f"sandboxes wrote {measured.idle_written_mb:.0f} MiB between calls")
+    if measured.rss_growth_mb >= checks.get("rss_growth_mb_below", float("inf")):
+        problems.append(f"the server grew by {measured.rss_growth_mb:.0f} MiB")
+    if not measured.nobody_inotify:
+        problems.append("host uid 65534 can no longer create an inotify instance")
     return problems
 
 
@@ -274,10 +318,13 @@ async def test_hostile_case(row: dict[str, Any], corpus_kind: str, backend_name:
             await refused_by_load(case, backend, corpus)
             return
         watch = SandboxWatch(ignore={bystander.pid})
+        watched_paths = case.checks.get("host_unchanged", [])
+        before = host_state(watched_paths)
         async with running(hostile_settings(corpus), backend, [manifest], watch) as runtime:
-            observed, problems = await run_steps(case, runtime, watch)
+            observed, problems, measured = await run_steps(case, runtime, watch)
         assert_host_untouched(case, listener, bystander)
+        assert host_state(watched_paths) == before, "the sandbox changed host files"
     finally:
         for link in links:
             link.unlink()
-    settle(row, backend_name, problems + expected_effects(case, observed))
+    settle(row, backend_name, problems + expected_effects(case, observed, measured))

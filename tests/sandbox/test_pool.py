@@ -319,6 +319,38 @@ async def test_min_warm_on_real_sandboxes(backend: Backend,
     assert pool.stats == PoolStats(busy=0, idle=0, queued=0)
 
 
+async def test_an_idle_worker_that_dies_is_closed_and_replaced(
+        fake: FakeBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """E.g. the process backend killed it for idling too long: min_warm boots another."""
+    monkeypatch.setattr("service.sandbox.pool.IDLE_SWEEP_S", 0.01)
+    pool = fake_pool(fake, min_warm=1, max_workers=2)
+    await pool.start()
+    await until(lambda: pool.stats.idle == 1)
+    fake.workers[0].alive = False
+    await until(lambda: len(fake.workers) == 2 and pool.stats.idle == 1)
+    assert fake.closed == [0]
+    await pool.aclose()
+
+
+async def test_warm_boots_pause_after_a_violation(
+        fake: FakeBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed for running code between calls is not replaced at once: a script
+    that misbehaves from its load on would make the pool boot in a loop."""
+    monkeypatch.setattr("service.sandbox.pool.IDLE_SWEEP_S", 0.01)
+    monkeypatch.setattr("service.sandbox.pool.WARM_BACKOFF_S", 3600.0)
+    pool = fake_pool(fake, min_warm=1, max_workers=2)
+    await pool.start()
+    await until(lambda: pool.stats.idle == 1)
+    fake.workers[0].violation = "used 80 ms of CPU while idle"  # type: ignore[attr-defined]
+    fake.workers[0].alive = False
+    await until(lambda: fake.closed == [0])
+    for _ in range(20):  # sweeps come and go: none boots a warm worker
+        await asyncio.sleep(0.01)
+    assert (len(fake.workers), pool.stats.idle) == (1, 0)
+    outcome = await pool.run(request({}), Recorder())  # a call still gets a worker
+    assert outcome.return_value["worker"] == 1
+
+
 # --- the server's capacity, shared by every pool -----------------------------------------
 
 

@@ -7,6 +7,8 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import stat
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from service.errors import ResourceLimitExceeded, SandboxUnavailable
 from service.manifest.model import ActorDef
 from service.sandbox.process import (
     HARNESS_DIR,
+    PROC_READ_ONLY,
     ProcessBackend,
     ProcessWorker,
     cgroup_mounts,
@@ -27,6 +30,8 @@ from service.sandbox.process import (
     sweep_stale_groups,
 )
 from service.sandbox.seccomp import DENIED
+from service.sandbox.staging import Stager
+from service.sandbox.uids import UidPool
 from service.settings import Settings
 
 MIB = 1 << 20
@@ -81,7 +86,7 @@ def test_plan_mounts_only_the_system_the_actor_and_the_harness(settings: Setting
                      {"memory": "cgroup-v1", "pids": "cgroup-v1", "cpu": "cgroup-v1"}, (7, 8))
     assert bound_sources(plan.options) == {
         "/usr", "/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives", str(ACTORS),
-        str(HARNESS_DIR / "harness.py")}
+        str(HARNESS_DIR / "harness.py"), *PROC_READ_ONLY}
     assert "--share-net" not in plan.options
     assert plan.options[:2] == ["--unshare-all", "--unshare-user"]
     assert plan.options[-4:] == ["--remount-ro", "/", "--chdir", "/actor"]
@@ -104,7 +109,10 @@ def test_plan_mounts_the_dependency_set_read_only(settings: Settings, tmp_path: 
         assert plan.options[at - 2:at + 1] == ["--ro-bind", str(entry / payload), inside]
         assert plan.options[-4:] == ["--remount-ro", "/", "--chdir", "/actor"]
         assert (plan.command[-1] == "--path=/deps") == (language == "python")
-        assert plan.host_uid is None  # the entry sits below pytest's 0700 folder
+        assert plan.host_uid != 0  # never root, even for an entry below a 0700 folder
+        staged = make_plan(actor, settings, mechanisms, (7, 8), deps_root=tmp_path / "copy")
+        at = staged.options.index(inside)
+        assert staged.options[at - 2:at + 1] == ["--ro-bind", str(tmp_path / "copy"), inside]
 
 
 def test_plan_refuses_dependencies_that_are_not_built(settings: Settings) -> None:
@@ -197,24 +205,50 @@ async def test_limit_counters_stay_open_until_close(process_backend: ProcessBack
     finally:
         await worker.close()
     assert caught.value.data == {"resource": "pids", "limit": 16}
-    assert held == {"memory.oom_control", "pids.events"}
+    assert held == {"memory.oom_control", "pids.events", "pids.current", "cpuacct.usage"}
     assert open_cgroup_files(dirs) == set()
 
 
-async def test_world_readable_actor_runs_as_host_nobody(boot: Boot) -> None:
-    worker = await boot(actor_def(ACTORS / "origin.py"))
-    assert host_uid(worker.pid) == 65534
+def sandbox_uids(worker: ProcessWorker) -> set[int]:
+    """The host uids of every process of the worker's sandbox (its cgroups' members)."""
+    pids = {int(pid) for d in worker.cgroup_dirs
+            for pid in (d / "cgroup.procs").read_text().split()}
+    return {host_uid(pid) for pid in pids | {worker.pid}}
 
 
-async def test_private_folder_runs_root_mapped_and_still_isolated(
-        boot: Boot, tmp_path: Path) -> None:
+async def test_each_sandbox_runs_as_its_own_unprivileged_host_uid(
+        boot: Boot, settings: Settings) -> None:
+    first = await boot(actor_def(ACTORS / "origin.py"))
+    second = await boot(actor_def(ACTORS / "origin.py"))
+    base, count = settings.sandbox.uid_base, settings.sandbox.uid_count
+    uids = sandbox_uids(first), sandbox_uids(second)
+    assert all(len(u) == 1 and base <= min(u) < base + count for u in uids), uids
+    assert uids[0] != uids[1]
+
+
+async def test_private_folder_is_staged_never_run_as_root(
+        boot: Boot, tmp_path: Path, settings: Settings) -> None:
     folder = tmp_path / "private"
     folder.mkdir(mode=0o700)
     shutil.copy(ACTORS / "probe.py", folder)
+    (folder / "probe.py").chmod(0o600)
     worker = await boot(actor_def(folder / "probe.py"))
     outcome, _ = await call(worker, {"mode": "writes"})
-    assert host_uid(worker.pid) == 0
+    assert 0 not in sandbox_uids(worker)
+    assert min(sandbox_uids(worker)) >= settings.sandbox.uid_base
     assert {p for p, r in outcome.return_value.items() if r == "ok"} == {"/tmp/new"}
+
+
+async def test_a_freed_uid_is_given_out_again(process_backend: ProcessBackend) -> None:
+    worker = await process_backend.start_worker(actor_def(ACTORS / "origin.py"))
+    uid = worker.host_uid
+    await worker.close()
+    assert process_backend.uids is not None and process_backend.uids.in_use == 0
+    again = await process_backend.start_worker(actor_def(ACTORS / "origin.py"))
+    try:
+        assert again.host_uid is not None and uid is not None
+    finally:
+        await again.close()
 
 
 async def test_reset_kills_stray_processes(boot: Boot) -> None:
@@ -349,3 +383,68 @@ def test_no_sandbox_cgroup_is_left_over() -> None:
     leftovers = [p for root in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu")
                  for p in Path(root).glob(f"sandbox-{os.getpid()}-*")]
     assert leftovers == []
+
+
+# --- host uids and staged folders ----------------------------------------------------------
+
+
+def test_uid_pools_share_a_range_without_sharing_a_uid(tmp_path: Path) -> None:
+    first = UidPool(3_000_000_000, 3, tmp_path, "process")
+    second = UidPool(3_000_000_000, 3, tmp_path, "process")
+    try:
+        taken = [first.acquire(), first.acquire(), second.acquire()]
+        assert sorted(taken) == [3_000_000_000, 3_000_000_001, 3_000_000_002]
+        with pytest.raises(SandboxUnavailable) as caught:
+            second.acquire()
+        assert "uid_count" in caught.value.data["reason"]
+        first.release(taken[0])
+        assert second.acquire() == taken[0]
+    finally:
+        first.close()
+        second.close()
+        for lock in Path("/run/actor-sandbox").glob("uids-3000000000.lock"):
+            lock.unlink()
+
+
+def test_a_readable_tree_is_mounted_as_it_is() -> None:
+    tree = Path(tempfile.mkdtemp(prefix="readable-tree-"))  # below /tmp (1777), not pytest's
+    stager = Stager()
+    try:
+        tree.chmod(0o755)
+        (tree / "a.py").write_text("x = 1\n")
+        (tree / "a.py").chmod(0o644)
+        assert stager.readable(tree) == tree
+        (tree / "a.py").chmod(0o640)
+        assert stager.readable(tree) != tree
+    finally:
+        stager.close()
+        shutil.rmtree(tree)
+
+
+def test_a_private_tree_is_staged_readable_links_kept_specials_left_out(
+        tmp_path: Path) -> None:
+    tree = tmp_path / "private"
+    tree.mkdir(mode=0o700)
+    (tree / "sub").mkdir(mode=0o700)
+    (tree / "sub" / "run.sh").write_text("#!/bin/sh\n")
+    (tree / "sub" / "run.sh").chmod(0o700)
+    (tree / "secret.txt").write_text("only root\n")
+    (tree / "secret.txt").chmod(0o600)
+    (tree / "link").symlink_to("/etc/shadow")
+    os.mkfifo(tree / "fifo")
+    stager = Stager()
+    try:
+        staged = stager.readable(tree)
+        assert staged != tree and staged.parent == stager.directory
+        assert stat.S_IMODE(stager.directory.stat().st_mode) == 0o711
+        assert stat.S_IMODE((staged / "secret.txt").stat().st_mode) == 0o644
+        assert stat.S_IMODE((staged / "sub").stat().st_mode) == 0o755
+        assert stat.S_IMODE((staged / "sub" / "run.sh").stat().st_mode) == 0o755
+        assert os.readlink(staged / "link") == "/etc/shadow"  # a link, never its target
+        assert not (staged / "fifo").exists()
+        assert stager.readable(tree) == staged  # same content: the same copy
+        (tree / "secret.txt").write_text("changed\n")
+        assert stager.readable(tree) != staged  # new content: a new copy
+    finally:
+        stager.close()
+    assert not staged.exists()

@@ -7,7 +7,8 @@
 // one JSON object per line each way (the protocol of service/sandbox/base.py).
 // {"type": "reset"} wipes /tmp (and, with --own-pidns, kills every other process of the
 // sandbox's pid namespace) and answers "ready". With --self-reset it does the same by itself
-// after each call's reply, before handling the next message (no "ready"): a round trip saved.
+// after each call's reply, before handling the next message, then says "ready" unasked:
+// a round trip saved. The host checks from outside that the reset really happened.
 //
 // The script may declare a top-level `async function process(context)` with no exports
 // (as in the origin README), or export it with `module.exports = { process }`,
@@ -410,6 +411,7 @@ class Harness {
       fs.writeSync(2, `harness: reset after the call failed: ${util.inspect(err)}\n`);
       process.exit(70);
     }
+    this.channel.send({ type: 'ready' }); // the host checks the sandbox from outside now
   }
 
   async run(request) {

@@ -7,9 +7,10 @@ It loads SCRIPT once, says ``{"type": "ready"}`` on OUT_FD, then serves calls re
 IN_FD, one JSON object per line each way (the protocol of ``service/sandbox/base.py``).
 ``{"type": "reset"}`` wipes /tmp (and, with ``--own-pidns``, kills every other process of
 the sandbox's pid namespace) and answers ``ready``. With ``--self-reset`` it does the same
-by itself after each call's reply, before reading on (no ``ready``): the host saves a round
-trip. Each ``--path=DIR`` (the actor's dependencies, mounted read-only) goes on sys.path
-ahead of site-packages, so the actor's pinned versions win over the system's.
+by itself after each call's reply, before reading on, then says ``ready`` unasked: the host
+saves a round trip. The host checks from outside that the reset really happened. Each
+``--path=DIR`` (the actor's dependencies, mounted read-only) goes on sys.path ahead of
+site-packages, so the actor's pinned versions win over the system's.
 
 Stdlib only, and as few imports as possible so an idle worker stays small: asyncio is
 imported only when the script uses it, traceback only when something failed.
@@ -526,6 +527,7 @@ class Harness:
         except Exception as exc:  # a sandbox that cannot be cleaned must not serve again
             os.write(2, f"harness: reset after the call failed: {exc!r}\n".encode())
             os._exit(70)
+        self.channel.send({"type": "ready"})  # the host checks the sandbox from outside now
 
     def run(self, request: dict[str, Any]) -> bytes:
         if self.load_error is not None:
