@@ -18,7 +18,7 @@
 #   SETUP_SKIP_SYSTEM=1          do not check system packages at all
 #   SERVICE_SANDBOX__PYTHON, SERVICE_SANDBOX__NODE
 #                                the sandbox interpreters, as in the settings
-#                                (default /usr/bin/python3, /usr/bin/node)
+#                                (default /usr/bin/python3, and node found on PATH)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ VENV=${VENV:-.venv}
 STAMP="$VENV/.setup-stamp"
 SETUP_APT=${SETUP_APT:-auto}
 SANDBOX_PYTHON=${SERVICE_SANDBOX__PYTHON:-/usr/bin/python3}
-SANDBOX_NODE=${SERVICE_SANDBOX__NODE:-/usr/bin/node}
+SANDBOX_NODE=${SERVICE_SANDBOX__NODE:-node}
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -51,7 +51,7 @@ apt_install() {
 missing_system_packages() {
     local missing=()
     command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
-    [ -x "$SANDBOX_NODE" ] || missing+=(nodejs)
+    command -v "$SANDBOX_NODE" >/dev/null 2>&1 || missing+=(nodejs)
     [ -x "$SANDBOX_PYTHON" ] || missing+=(python3)
     echo "${missing[@]}"
 }

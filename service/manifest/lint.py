@@ -30,14 +30,17 @@ def check_paths(
     """Load every manifest under ``paths``: the valid actors, and every problem found."""
     actors: list[ActorDef] = []
     problems: list[Problem] = []
-    files: set[Path] = set()
+    # One entry per real file: a settings path (absolute, from the project root) and a
+    # command-line path (relative) may name the same manifest.
+    files: dict[Path, Path] = {}
     for given in paths:
         try:
-            files.update(find_manifests([given]))
+            for file in find_manifests([given]):
+                files.setdefault(file.resolve(), file)
         except FileNotFoundError:
             problems.append(Problem(display_path(given), None, None, "no such file or folder"))
     first_file: dict[str, str] = {}  # actor id -> the file that used it first
-    for file in sorted(files):
+    for file in sorted(files.values()):
         check = check_manifest(file, settings)
         found = list(check.problems)
         if check.actor is not None:
@@ -55,6 +58,19 @@ def check_paths(
     return actors, problems
 
 
+def empty_path_problems(paths: Sequence[Path | str]) -> list[Problem]:
+    """One problem per existing folder with no manifest below it (and for no path at all)."""
+    if not paths:
+        return [Problem("-", None, None, "no paths to lint (and manifest_paths is empty)")]
+    problems = []
+    for given in paths:
+        if Path(given).is_dir() and not find_manifests([given]):
+            problems.append(Problem(display_path(given), None, None,
+                                    "no manifests (*.yaml, *.yml) in this folder; "
+                                    "--allow-empty accepts that"))
+    return problems
+
+
 def format_problems(problems: Sequence[Problem], fmt: str) -> str:
     """``text``: ``FILE:LINE:COL: message`` lines; ``json``: a list; ``github``: annotations."""
     if fmt == "text":
@@ -66,9 +82,14 @@ def format_problems(problems: Sequence[Problem], fmt: str) -> str:
     raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 
-def lint_main(paths: Sequence[Path | str], settings: Settings, fmt: str, out: TextIO) -> int:
-    """Lint ``paths`` and write the problems to ``out``; 0 when clean, 1 otherwise."""
-    problems = lint_paths(paths, settings)
+def lint_main(paths: Sequence[Path | str], settings: Settings, fmt: str, out: TextIO,
+              *, allow_empty: bool = False) -> int:
+    """Lint ``paths`` and write the problems to ``out``; 0 when clean, 1 otherwise.
+
+    A path that holds no manifest is a problem unless ``allow_empty``: a CI job pointed at
+    the wrong folder must fail, not pass having checked nothing.
+    """
+    problems = ([] if allow_empty else empty_path_problems(paths)) + lint_paths(paths, settings)
     text = format_problems(problems, fmt)
     if text:
         out.write(text + "\n")

@@ -204,11 +204,78 @@ def test_run_prints_outputs_then_the_result(capsys: pytest.CaptureFixture[str]) 
 
 def test_run_with_config_and_state(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["run", "--backend", "process", str(MANIFESTS / "counter" / "counter.yaml"),
-                 "--payload", '{"value": 5}', "--config", '{"factor": 3}',
-                 "--state", '{"count": 4}'])
+                 "--payload", '{"value": 5}', "--call-config", '{"factor": 3}',
+                 "--state", '{"count": 4}', "--config", "config/settings.toml"])
     assert code == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])["result"]
     assert result["outputs"] == {"result": 15, "calls": 5}
+
+
+def test_run_config_is_the_settings_file_and_json_there_gets_a_hint(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", str(MANIFESTS / "counter" / "counter.yaml"), "--payload", "{}",
+                 "--config", '{"factor": 3}'])
+    assert code == 2
+    assert capsys.readouterr().err == ("error: invalid settings: --config is the settings file; "
+                                       "the call's config is --call-config\n")
+
+
+def test_a_mistyped_command_is_an_invalid_choice(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lnit", "manifests"]) == 2
+    assert "invalid choice: 'lnit'" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"service {version('actor-sandbox-service')}\n"
+
+
+def test_every_flag_and_argument_has_help() -> None:
+    import argparse
+
+    from service.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {action.dest}" for name, sub in commands.choices.items()
+               for action in sub._actions
+               if not action.help and action.help != argparse.SUPPRESS]
+    assert missing == []
+    assert sorted(commands.choices) == ["doctor", "lint", "run", "serve", "test"]
+
+
+def test_lint_an_empty_folder_fails_unless_allowed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lint", str(tmp_path)]) == 1
+    assert capsys.readouterr().out == (f"{tmp_path}:0:0: no manifests (*.yaml, *.yml) in this "
+                                       "folder; --allow-empty accepts that\n")
+    assert main(["lint", "--allow-empty", str(tmp_path)]) == 0
+    assert main(["lint", str(tmp_path / "nowhere")]) == 1
+    assert capsys.readouterr().out.endswith("nowhere:0:0: no such file or folder\n")
+
+
+def test_lint_finds_the_project_settings_from_a_subfolder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """schema_roots come from the project's settings wherever lint runs from."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "settings.toml").write_text(
+        '[default]\nschema_roots = ["shared"]\nmanifest_paths = ["actors"]\n')
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "num.json").write_text('{"type": "number"}')
+    actor = tmp_path / "actors" / "a"
+    actor.mkdir(parents=True)
+    (actor / "a.py").write_text("async def process(context):\n    return None\n")
+    (actor / "a.yaml").write_text(
+        "id: a\nlanguage: python\nscript: a.py\n"
+        "inports: {input: {schema: {$ref: ../../shared/num.json}}}\n")
+    for cwd in (tmp_path, actor, tmp_path / "shared"):
+        monkeypatch.chdir(cwd)
+        assert main(["lint"]) == 0, capsys.readouterr().out
+    monkeypatch.chdir(actor)
+    assert main(["lint", "."]) == 0, capsys.readouterr().out
 
 
 def test_run_error_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
