@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from service.metrics import Metrics
 from service.rpc.core import Connection, Dispatcher
-from service.rpc.methods import register_methods
+from service.rpc.methods import Methods, register_methods
 from service.runtime import Runtime, open_runtime
 from service.settings import Settings, check_exposure
 
@@ -87,6 +88,7 @@ class AppState:
     metrics: Metrics | None = None
     sessions: set[Session] = field(default_factory=set)
     draining: bool = False
+    methods: Methods | None = None
 
     def pool_stats(self) -> dict[str, tuple[int, int, int]]:
         return self.runtime.pool_stats() if self.runtime is not None else {}
@@ -94,13 +96,28 @@ class AppState:
     def in_flight(self) -> set[asyncio.Task[None]]:
         return {task for session in self.sessions for task in session.tasks}
 
-    async def drain(self, grace_s: float) -> None:
-        """Let running calls finish for up to ``grace_s``, then cancel the rest."""
+    def begin_drain(self) -> None:
+        """From now on /healthz says 503, and new connections and process calls are refused."""
         self.draining = True
+        if self.methods is not None:
+            self.methods.draining = True
+
+    async def drain(self, grace_s: float, force: asyncio.Event | None = None) -> None:
+        """Let running calls finish for up to ``grace_s`` (or until ``force`` is set), then
+        answer the rest -32009 "shutting down" and close every connection."""
+        self.begin_drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
-        while (tasks := self.in_flight()) and (remaining := deadline - loop.time()) > 0:
-            await asyncio.wait(tasks, timeout=remaining)
+        forced = asyncio.ensure_future((force or asyncio.Event()).wait())
+        try:
+            while ((tasks := self.in_flight()) and not forced.done()
+                   and (remaining := deadline - loop.time()) > 0):
+                await asyncio.wait({*tasks, forced}, timeout=remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            forced.cancel()
+        if self.methods is not None:
+            self.methods.stopping = True
         await self.close_sessions()
 
     async def close_sessions(self) -> None:
@@ -143,7 +160,7 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
             state.runtime = await owned.enter_async_context(
                 open_runtime(state.settings, state.extra_actors))
         state.dispatcher = Dispatcher(validate_results=state.validate_results)
-        register_methods(state.dispatcher, state.runtime, state.metrics)
+        state.methods = register_methods(state.dispatcher, state.runtime, state.metrics)
         yield
         await state.close_sessions()
 
@@ -177,6 +194,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     if not authorized(request, state.settings.auth.tokens):
         raise _unauthorized()
+    if state.draining:  # the listener stays open during the drain so /healthz can say 503
+        return web.Response(status=503, text="503: shutting down\n", headers={"Retry-After": "1"})
     ws = web.WebSocketResponse(max_msg_size=state.settings.max_message_bytes)
     if not ws.can_prepare(request).ok:
         return web.Response(status=426, text="JSON-RPC 2.0 over WebSocket: upgrade required\n",
@@ -216,21 +235,49 @@ async def serve(settings: Settings, extra_actors: Sequence[Path | str] = ()) -> 
     app = create_app(settings, extra_actors=extra_actors)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()  # starts the runtime: manifest or backend problems raise here
-    stop = asyncio.Event()
+    stop, force = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, _on_signal, stop, force)
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         log.info("serving JSON-RPC on ws://%s:%d/", settings.host, settings.port)
         await stop.wait()
-        log.info("shutting down: draining calls for up to %ss", settings.shutdown_grace_s)
+        log.info("shutting down: draining calls for up to %ss (signal again to stop now)",
+                 settings.shutdown_grace_s)
+        # The listener stays open during the drain: /healthz answers 503 so a load balancer
+        # stops routing here, and new connections and calls get a clear refusal.
+        await app[STATE].drain(settings.shutdown_grace_s, force)
         await site.stop()
-        await app[STATE].drain(settings.shutdown_grace_s)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
         await runner.cleanup()
         log.info("stopped")
+
+
+FORCED_EXIT_S = 5  # after a second signal, the most cleanup may take before a hard exit
+
+
+def _on_signal(stop: asyncio.Event, force: asyncio.Event) -> None:
+    """First SIGINT/SIGTERM: drain. Second: end the grace now (calls are answered and their
+    sandboxes killed), and exit hard if even that hangs. Third: exit at once."""
+    if not stop.is_set():
+        stop.set()
+    elif not force.is_set():
+        log.warning("second signal: stopping running calls now")
+        force.set()
+        asyncio.get_running_loop().call_later(FORCED_EXIT_S, _hard_exit)
+    else:
+        _hard_exit()
+
+
+def _hard_exit() -> None:
+    log.error("forced exit")
+    logging.shutdown()
+    os._exit(EXIT_SIGINT)
+
+
+EXIT_SIGINT = 130

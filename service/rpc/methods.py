@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from service.errors import ActorNotFound, Cancelled, RpcError
+from service.errors import ActorNotFound, Cancelled, RpcError, SandboxUnavailable
 from service.metrics import Metrics
 from service.rpc.core import Call, Dispatcher, Handler, encode
 from service.rpc.openrpc import load_openrpc, params_schema, result_schema
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNKNOWN_ACTOR = "_unknown"  # metrics label for ids no actor has: keeps label cardinality bounded
+SHUTTING_DOWN = "shutting down"  # -32009 data.reason while the server drains
 
 
 @dataclass
@@ -64,6 +65,11 @@ class Methods:
         self.runtime = runtime
         self.metrics = metrics
         self.openrpc = openrpc
+        # Set by the server on SIGTERM: new process calls are refused (-32009) while the
+        # running ones finish; once `stopping`, the calls cancelled at the end of the grace
+        # are answered -32009 too, instead of vanishing with the connection.
+        self.draining = False
+        self.stopping = False
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -96,6 +102,9 @@ class Methods:
         """Run the actor; its outputs and logs go out as notifications before this returns."""
         started = time.perf_counter()
         outcome = "ok"
+        if self.draining:
+            self._record(params["actor_id"], encode(call.id), "shutting_down", 0)
+            raise self._shutting_down()
         task = asyncio.ensure_future(self.runtime.process(
             params["actor_id"], params["payload"], params.get("config"), params.get("state"),
             params.get("timestamp"), emit=None if call.is_notification else _emitter(call)))
@@ -112,6 +121,9 @@ class Methods:
                     current is not None and current.cancelling()):
                 outcome = "cancelled"
                 raise Cancelled() from None
+            if self.stopping:  # the grace is over: say so to the caller before the close
+                outcome = "shutting_down"
+                raise self._shutting_down() from None
             outcome = "disconnected"
             raise
         except RpcError as exc:
@@ -125,6 +137,9 @@ class Methods:
                 in_flight.remove(running)
             self._record(params["actor_id"], "-" if running is None else running.key, outcome,
                          time.perf_counter() - started)
+
+    def _shutting_down(self) -> SandboxUnavailable:
+        return SandboxUnavailable(self.runtime.backend.name, SHUTTING_DOWN)
 
     def _record(self, actor_id: str, id_text: str, outcome: str, duration_s: float) -> None:
         log.info("process actor=%s id=%s outcome=%s duration_ms=%.1f",

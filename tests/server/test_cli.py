@@ -18,7 +18,7 @@ import pytest
 from server_support import ACTORS, MANIFESTS, REPO
 
 from service.cli import json_equal, main
-from service.client import ConnectionClosed, connect
+from service.client import RpcCallError, connect
 
 STARTUP_TIMEOUT_S = 30
 
@@ -121,11 +121,53 @@ async def test_sigterm_cancels_calls_still_running_after_the_grace(
         events = aiter(call)
         await anext(events)
         proc.send_signal(signal.SIGTERM)
-        with pytest.raises(ConnectionClosed, match="code 1001"):
+        with pytest.raises(RpcCallError) as info:  # an answer before the close, not just 1001
             await anext(events)
+    assert (info.value.code, info.value.data) == (
+        -32009, {"backend": "process", "reason": "shutting down"})
     _, stderr = await asyncio.to_thread(proc.communicate, timeout=30)
     assert proc.returncode == 0
-    assert "outcome=disconnected" in stderr
+    assert "outcome=shutting_down" in stderr
+
+
+@pytest.fixture
+def served_long_grace() -> Iterator[Served]:
+    port, proc = _serve(shutdown_grace_s="120")
+    yield port, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+async def test_draining_says_503_refuses_new_calls_and_a_second_signal_stops_now(
+        served_long_grace: Served) -> None:
+    port, proc = served_long_grace
+    await _wait_healthy(port, proc)
+    async with connect(f"ws://127.0.0.1:{port}/") as client:
+        call = client.process("waiter", {"seconds": 60})
+        events = aiter(call)
+        await anext(events)
+        proc.send_signal(signal.SIGTERM)
+        async with aiohttp.ClientSession() as session:
+            while True:  # the drain starts when the signal is handled
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    if response.status == 503:
+                        break
+                    assert response.status == 200
+                    await asyncio.sleep(0.05)
+            async with session.get(f"http://127.0.0.1:{port}/") as response:
+                assert response.status == 503  # no new connection while draining
+        with pytest.raises(RpcCallError) as refused:
+            await client.process("doubler", {"input": 1})
+        assert (refused.value.code, refused.value.data["reason"]) == (-32009, "shutting down")
+        assert await client.list()  # other methods still answer
+        proc.send_signal(signal.SIGTERM)  # the second signal ends the 120 s grace now
+        with pytest.raises(RpcCallError) as stopped:
+            await anext(events)
+        assert stopped.value.code == -32009
+    _, stderr = await asyncio.to_thread(proc.communicate, timeout=30)
+    assert proc.returncode == 0
+    assert "second signal: stopping running calls now" in stderr
 
 
 def test_refuses_a_public_address_without_a_token() -> None:
