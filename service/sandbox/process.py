@@ -71,6 +71,7 @@ BWRAP_PROCESSES = 1  # the outer bwrap counts against pids.max too
 MIB = 1 << 20
 CPU_PERIOD_US = 100_000
 BOOT_TIMEOUT_S = 15.0
+OUTER_EXIT_GRACE_S = 1.0  # after the outer bwrap ends during a boot, for the harness's last words
 FENCE_GRACE_S = 1.0  # after a result: how long to wait for the real stdout/stderr to drain
 KILL_WAIT_S = 3.0
 CHUNK = 1 << 16
@@ -489,6 +490,10 @@ class _Item:
     size: int = 0  # bytes it took on the wire from the sandbox
 
 
+class _BootCrash(ActorFailed):
+    """The sandbox ended (killed, or crashed) before its harness said ``ready``."""
+
+
 class ProcessWorker:
     """One bubblewrap sandbox running one actor's harness; calls run one at a time."""
 
@@ -531,18 +536,46 @@ class ProcessWorker:
         return self._cgroups.dirs
 
     async def wait_ready(self) -> None:
-        """Wait for the harness's first ``ready``; SandboxUnavailable when it never comes."""
+        """Wait for the harness's first ``ready``: SandboxUnavailable when it never comes or the
+        script cannot load; ActorFailed (SandboxCrashed) when the sandbox dies while booting."""
         try:
             async with asyncio.timeout(BOOT_TIMEOUT_S):
-                await self._until_ready()
+                await self._ready_or_outer_exit()
         except TimeoutError:
             raise SandboxUnavailable(
                 BACKEND, f"sandbox not ready after {BOOT_TIMEOUT_S:g} s") from None
         except ActorFailed as exc:
             if self._cgroups.counters()[0]:
                 raise ResourceLimitExceeded("memory", self.actor.limits.memory_mb) from None
+            if isinstance(exc, _BootCrash):
+                raise
             raise SandboxUnavailable(BACKEND, f"sandbox did not start: {exc.data['message']}") \
                 from None
+
+    async def _ready_or_outer_exit(self) -> None:
+        """Wait for ``ready`` while watching the outer bwrap: killed from outside during the
+        boot, it can leave the inner one holding the channel open, so no EOF would ever come.
+        A sandbox that ends while booting is killed whole (its cgroups) and answers like a
+        crash of a running one."""
+        ready = asyncio.ensure_future(self._until_ready())
+        outer = asyncio.ensure_future(self._outer_exit())
+        try:
+            await asyncio.wait({ready, outer}, return_when=asyncio.FIRST_COMPLETED)
+            if not ready.done():  # a harness that failed to load says why just before it ends
+                await asyncio.wait({ready}, timeout=OUTER_EXIT_GRACE_S)
+        finally:
+            outer.cancel()
+            if not ready.done():
+                ready.cancel()
+        if ready.done() and not ready.cancelled():
+            error = ready.exception()
+            if error is None or not isinstance(error, _BootCrash):
+                return ready.result()  # ready, or the harness's own error about the script
+        self._kill()
+        await self._exited(OUTER_EXIT_GRACE_S)
+        raise _BootCrash("SandboxCrashed", f"the sandbox exited (status "
+                         f"{self._process.returncode}) while starting",
+                         "".join(self._stderr_tail)[-STDERR_TAIL:])
 
     async def call(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
         """Run one call; any failure kills the sandbox (see base.Worker)."""
@@ -729,6 +762,26 @@ class ProcessWorker:
                 await self._process.wait()
         return self._process.returncode is not None
 
+    async def _outer_exit(self) -> None:
+        """Return when the outer bwrap has exited. Not Process.wait(): that also waits for
+        stdout and stderr to close, and the inner sandbox holds them open."""
+        if self._pidfd is None:
+            while self._outer_running():
+                await asyncio.sleep(0.1)
+            return
+        pidfd, loop = self._pidfd, asyncio.get_running_loop()
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, readable)
+        try:
+            await exited
+        finally:
+            loop.remove_reader(pidfd)
+
     async def _drain_streams(self, timeout_s: float) -> None:
         """Consume queued items until stdout and stderr are closed (their lines are dropped)."""
         with contextlib.suppress(TimeoutError):
@@ -749,8 +802,7 @@ class ProcessWorker:
                 raise ActorFailed(str(item.value.get("error_type")), str(item.value.get("message")),
                                   str(item.value.get("traceback") or ""))
             if item.kind in ("eof", "garbage", "overflow"):
-                tail = "".join(self._stderr_tail).strip() or f"status {self._process.returncode}"
-                raise ActorFailed("SandboxCrashed", tail[-STDERR_TAIL:])
+                raise _BootCrash("SandboxCrashed", "the sandbox ended while starting")
 
     def _discard_pending(self) -> None:
         while not self._queue.empty():

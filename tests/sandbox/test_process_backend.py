@@ -323,3 +323,30 @@ def test_no_sandbox_cgroup_is_left_over() -> None:
     leftovers = [p for root in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu")
                  for p in Path(root).glob(f"sandbox-{os.getpid()}-*")]
     assert leftovers == []
+
+
+async def test_a_sandbox_killed_while_it_boots_answers_like_a_crash(
+        process_backend: ProcessBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outer bwrap killed from outside during the boot: no 15 s wait for a `ready` that
+    the surviving inner sandbox would never send, and nothing of it is left running."""
+    import signal
+
+    from service.errors import ActorFailed
+
+    seen: list[ProcessWorker] = []
+    original = ProcessWorker.wait_ready
+
+    async def killed_while_booting(worker: ProcessWorker) -> None:
+        seen.append(worker)
+        os.kill(worker.pid, signal.SIGKILL)  # slow_boot.py is still sleeping in its import
+        await original(worker)
+
+    monkeypatch.setattr(ProcessWorker, "wait_ready", killed_while_booting)
+    with pytest.raises(ActorFailed) as info:
+        await process_backend.start_worker(actor_def(ACTORS / "slow_boot.py"))
+    assert info.value.data["type"] == "SandboxCrashed"
+    assert info.value.data["message"] == "the sandbox exited (status -9) while starting"
+    (worker,) = seen
+    assert not worker.alive
+    for folder in worker.cgroup_dirs:
+        assert not folder.exists()  # closed: every process of it gone, its cgroups removed
