@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import itertools
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from service.log import CONNECTION, RateLimit, fields
 from service.metrics import Metrics
 from service.rpc.core import Connection, Dispatcher
 from service.rpc.methods import Methods, register_methods
@@ -89,6 +91,8 @@ class AppState:
     sessions: set[Session] = field(default_factory=set)
     draining: bool = False
     methods: Methods | None = None
+    connection_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    auth_failures: RateLimit = field(default_factory=RateLimit)
 
     def pool_stats(self) -> dict[str, tuple[int, int, int]]:
         return self.runtime.pool_stats() if self.runtime is not None else {}
@@ -189,11 +193,23 @@ def _unauthorized() -> web.HTTPUnauthorized:
                                 headers={"WWW-Authenticate": 'Bearer realm="actor-runtime"'})
 
 
+def _refused(state: AppState, request: web.Request) -> web.HTTPUnauthorized:
+    """The 401, logged: at most one line per interval however many come (a scan, a client
+    with a stale token), saying how many were held back."""
+    held = state.auth_failures.allow("auth")
+    if held is not None:
+        log.warning("refused a request without a valid token from %s to %s%s", request.remote,
+                    request.path, f" ({held} more refused since the last line)" if held else "",
+                    extra=fields(outcome="unauthorized", peer=request.remote,
+                                 held_back=held))
+    return _unauthorized()
+
+
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     """The JSON-RPC endpoint."""
     state = request.app[STATE]
     if not authorized(request, state.settings.auth.tokens):
-        raise _unauthorized()
+        raise _refused(state, request)
     if state.draining:  # the listener stays open during the drain so /healthz can say 503
         return web.Response(status=503, text="503: shutting down\n", headers={"Retry-After": "1"})
     ws = web.WebSocketResponse(max_msg_size=state.settings.max_message_bytes)
@@ -203,6 +219,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     session = Session(ws, state.dispatcher)
     state.sessions.add(session)
+    # Every line logged while serving this connection carries these (JSON log fields).
+    CONNECTION.set({"connection": next(state.connection_ids), "peer": request.remote})
     log.debug("connection from %s", request.remote)
     try:
         await session.run()
@@ -223,7 +241,7 @@ async def healthz_handler(request: web.Request) -> web.Response:
 async def metrics_handler(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if not authorized(request, state.settings.auth.tokens):
-        raise _unauthorized()
+        raise _refused(state, request)
     assert state.metrics is not None  # set by create_app
     return web.Response(body=state.metrics.render(),
                         headers={"Content-Type": state.metrics.content_type})

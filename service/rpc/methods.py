@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from service.errors import ActorNotFound, Cancelled, RpcError, SandboxUnavailable
+from service.log import FIELDS_ATTR, RateLimit, fields
 from service.metrics import Metrics
 from service.rpc.core import Call, Dispatcher, Handler, encode
 from service.rpc.openrpc import load_openrpc, params_schema, result_schema
@@ -20,7 +21,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNKNOWN_ACTOR = "_unknown"  # metrics label for ids no actor has: keeps label cardinality bounded
-SHUTTING_DOWN = "shutting down"  # -32009 data.reason while the server drains
+SHUTTING_DOWN = "shutting down"
+# Outcomes a flood of callers causes at will: logged at most once per interval per actor.
+RATE_LIMITED_OUTCOMES = frozenset({"busy", "shutting_down"})
+REFUSAL_LOG_INTERVAL_S = 10.0  # -32009 data.reason while the server drains
 
 
 @dataclass
@@ -70,6 +74,7 @@ class Methods:
         # are answered -32009 too, instead of vanishing with the connection.
         self.draining = False
         self.stopping = False
+        self._refusals = RateLimit(REFUSAL_LOG_INTERVAL_S)
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -142,10 +147,19 @@ class Methods:
         return SandboxUnavailable(self.runtime.backend.name, SHUTTING_DOWN)
 
     def _record(self, actor_id: str, id_text: str, outcome: str, duration_s: float) -> None:
-        log.info("process actor=%s id=%s outcome=%s duration_ms=%.1f",
-                 actor_id, id_text, outcome, duration_s * 1000)
+        label = self._actor_label(actor_id)
         if self.metrics is not None:
-            self.metrics.observe_call(self._actor_label(actor_id), outcome, duration_s)
+            self.metrics.observe_call(label, outcome, duration_s)
+        held = self._refusals.allow(label) if outcome in RATE_LIMITED_OUTCOMES else 0
+        if held is None:
+            return  # counted in the metrics; the next line says how many were held back
+        duration_ms = round(duration_s * 1000, 1)
+        extra = fields(actor=actor_id, id=id_text, outcome=outcome, duration_ms=duration_ms)
+        if held:
+            extra[FIELDS_ATTR]["held_back"] = held
+        log.info("process actor=%s id=%s outcome=%s duration_ms=%.1f%s", actor_id, id_text,
+                 outcome, duration_ms, f" ({held} more like it not logged)" if held else "",
+                 extra=extra)
 
     def _actor_label(self, actor_id: str) -> str:
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -25,6 +26,7 @@ from service.sandbox.base import Backend, CallOutcome, CallRequest, EventSink, W
 logger = logging.getLogger(__name__)
 
 DEFAULT_CALL_MS = 100.0  # the Busy estimate before any call finished
+RETRY_JITTER = 0.5  # retry_after_ms is the estimate times 1 to 1 + this, at random
 RECENT_CALLS = 20
 
 
@@ -232,9 +234,11 @@ class ActorPool:
             await self._changed.wait()
 
     def _retry_after_ms(self) -> int:
-        """A guess at when a slot frees up: recent call time times the queue's depth."""
+        """A guess at when a slot frees up: recent call time times the queue's depth, plus
+        jitter (up to RETRY_JITTER of it)."""
         recent = self._durations_ms
         average = sum(recent) / len(recent) if recent else DEFAULT_CALL_MS
         rounds = 1 + self._queued // max(1, self.actor.pool.max_workers)
-        return max(1, int(average * rounds))
+        # Up to half again at random: callers refused together must not retry in lockstep.
+        return max(1, int(average * rounds * random.uniform(1, 1 + RETRY_JITTER)))
 

@@ -184,3 +184,30 @@ async def test_metrics(server: TestClient, rpc: Rpc) -> None:
     assert 'service_sandboxes_busy{actor="doubler"} 0.0' in text
     assert 'service_queue_depth{actor="doubler"} 0.0' in text
     assert "service_sandboxes_idle{" in text
+
+
+async def test_failed_authentication_is_logged_rate_limited(
+        guarded: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="service.server"):
+        for _ in range(20):
+            assert (await guarded.get("/metrics")).status == 401
+    (record,) = [r for r in caplog.records if "without a valid token" in r.getMessage()]
+    assert record.getMessage().startswith("refused a request without a valid token from 127.0.0.1")
+    assert record.service_fields["outcome"] == "unauthorized"  # type: ignore[attr-defined]
+
+
+async def test_json_call_line_carries_the_call_and_the_connection(rpc: Rpc) -> None:
+    import io
+
+    from service.log import setup_logging
+
+    stream = io.StringIO()
+    setup_logging("info", "json", stream)
+    await rpc.call("process", {"actor_id": "doubler", "payload": {"input": 1}})
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    (line,) = [entry for entry in lines if entry.get("outcome")]
+    assert (line["actor"], line["id"], line["outcome"]) == ("doubler", "1", "ok")
+    assert line["duration_ms"] > 0
+    assert isinstance(line["connection"], int) and line["peer"] == "127.0.0.1"
