@@ -97,6 +97,9 @@ class AppState:
     def pool_stats(self) -> dict[str, tuple[int, int, int]]:
         return self.runtime.pool_stats() if self.runtime is not None else {}
 
+    def boot_stats(self) -> dict[str, tuple[int, int]]:
+        return self.runtime.boot_stats() if self.runtime is not None else {}
+
     def in_flight(self) -> set[asyncio.Task[None]]:
         return {task for session in self.sessions for task in session.tasks}
 
@@ -147,7 +150,8 @@ def create_app(
     """
     app = web.Application()
     state = AppState(settings, runtime, tuple(map(Path, extra_actors)), validate_results)
-    state.metrics = Metrics(state.pool_stats)
+    state.metrics = Metrics(state.pool_stats, connections=lambda: len(state.sessions),
+                            boot_stats=state.boot_stats)
     app[STATE] = state
     app.router.add_get("/", websocket_handler)
     app.router.add_get("/healthz", healthz_handler)

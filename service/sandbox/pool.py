@@ -55,6 +55,8 @@ class ActorPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._warmers: set[asyncio.Task[None]] = set()
         self._durations_ms: deque[float] = deque(maxlen=RECENT_CALLS)
+        self.boots = 0  # sandboxes started, and those that failed to (for /metrics)
+        self.boot_failures = 0
         self._accepting = True
         self._closed = False
 
@@ -159,9 +161,17 @@ class ActorPool:
             raise Cancelled()
         self._booting += 1
         try:
-            return await self._backend.start_worker(self.actor)
+            return await self._start_worker()
         finally:
             self._booting -= 1
+
+    async def _start_worker(self) -> Worker:
+        self.boots += 1
+        try:
+            return await self._backend.start_worker(self.actor)
+        except Exception:  # a cancelled boot is not a failure of the backend
+            self.boot_failures += 1
+            raise
 
     # --- background work -----------------------------------------------------------------
 
@@ -198,7 +208,7 @@ class ActorPool:
 
     async def _warm_one(self) -> None:
         try:
-            worker = await self._backend.start_worker(self.actor)
+            worker = await self._start_worker()
         except Exception as exc:
             logger.warning("%s: warm boot failed: %s", self.actor.id, exc)
             return

@@ -322,3 +322,13 @@ async def test_min_warm_on_real_sandboxes(backend: Backend,
         await pool.aclose()
     assert outcome.return_value == {"status": "completed"}
     assert pool.stats == PoolStats(busy=0, idle=0, queued=0)
+
+
+async def test_boots_and_boot_failures_are_counted(fake: FakeBackend) -> None:
+    pool = fake_pool(fake, max_workers=1, max_queue=0, reuse=False)  # every call boots
+    await run(pool)
+    fake.fail_boot = True
+    with pytest.raises(SandboxUnavailable):
+        await run(pool)
+    assert (pool.boots, pool.boot_failures) == (2, 1)
+    await pool.aclose()
