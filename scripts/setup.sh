@@ -5,7 +5,7 @@
 #     system Python (/usr/bin/python3). As root with apt-get they are installed;
 #     otherwise the script says what to install and fails.
 #  2. A virtualenv in .venv (Python >= 3.11) with this package installed editable,
-#     with its dev extras.
+#     with its dev and microvm extras (the tests cover the microVM backend too).
 #
 # Re-running is fast and harmless: step 1 only looks for three files, and step 2
 # is skipped while .venv/.setup-stamp matches pyproject.toml (content hash).
@@ -125,12 +125,12 @@ ensure_venv() {
         die "$VENV uses $("$VENV/bin/python" --version 2>&1), this project needs >= 3.11; remove $VENV and re-run"
     fi
     [ -x "$VENV/bin/python" ] || create_venv
-    say "installing the package and its dev tools into $VENV (pip install -e '.[dev]')"
+    say "installing the package and its dev tools into $VENV (pip install -e '.[dev,microvm]')"
     export PIP_DISABLE_PIP_VERSION_CHECK=1
     # pip's output (build warnings and all) goes to a log, shown only when it fails.
     local log="$VENV/setup.log"
     if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
-           "$VENV/bin/python" -m pip install -q -e '.[dev]'; } >"$log" 2>&1; then
+           "$VENV/bin/python" -m pip install -q -e '.[dev,microvm]'; } >"$log" 2>&1; then
         cat "$log" >&2
         die "pip install failed (log above, also in $log)"
     fi
