@@ -12,6 +12,9 @@ run the way their tools run them.
   steps (actions/setup-python) are the runner's business and are skipped: the Python on PATH
   stands for the one it sets up. The fast tests run the lint step with this virtualenv; the
   slow one runs every step, the install into a fresh virtualenv included.
+
+The two slow tests wait on the package index for a minute or two each, so they run only with
+``CI_TOOL_TESTS=1`` (``.ci/run`` sets it in a step of its own).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TIMEOUT_S = 600
+SLOW_RUN = pytest.mark.skipif(os.environ.get("CI_TOOL_TESTS") != "1",
+                              reason="installs the package from the index: set CI_TOOL_TESTS=1")
 BROKEN = "id: doubler\nlanguage: python\nscript: doubler.py\ntimeout: 5\n"
 
 
@@ -101,6 +106,8 @@ def test_the_hook_entry_as_declared(project: Path) -> None:
 
 
 @pytest.mark.slow
+@SLOW_RUN
+@pytest.mark.timeout(TIMEOUT_S)
 def test_pre_commit_try_repo(project: Path, tmp_path: Path) -> None:
     if shutil.which("pre-commit", path=str(BIN)) is None:
         pytest.skip("pre-commit is not installed (it is in the dev extra)")
@@ -202,6 +209,8 @@ def test_action_inputs_paths_and_allow_empty(project: Path) -> None:
 
 
 @pytest.mark.slow
+@SLOW_RUN
+@pytest.mark.timeout(TIMEOUT_S)
 def test_action_every_step_in_a_fresh_python(project: Path, tmp_path: Path) -> None:
     """The install step too: a fresh virtualenv gets the package from the action's checkout
     (pip needs the package index, or its cache), without the microVM SDK."""
