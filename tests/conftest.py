@@ -11,6 +11,7 @@ import pytest
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--backend", default="process", choices=("process", "microvm", "all"),
-                     help="sandbox backend(s) for tests/sandbox and tests/hostile: "
-                          "process, microvm or all")
+    parser.addoption("--backend", default="process",
+                     choices=("process", "microvm", "microvm-local", "all"),
+                     help="sandbox backend(s) for tests/sandbox and tests/hostile: process, "
+                          "microvm, microvm-local (the microVM backend on the SDK double) or all")

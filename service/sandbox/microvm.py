@@ -12,9 +12,9 @@ streams. The harness is started through ``/bin/sh`` with its descriptors
 rearranged so that fd 3 is the session's stdout and fds 1 and 2 both go to
 the session's stderr. The harness writes protocol lines to fd 3 only, so
 whatever the script (or a child process) prints lands on stderr and becomes
-a log line, never a protocol line. The host additionally treats any stdout
-line that is not a protocol object as a log line, so a stray write cannot
-wedge a call either.
+a log line, never a protocol line. A stdout line that is not a protocol object
+can only come from code writing to fd 3 on purpose: the call fails with
+ProtocolError and the VM is destroyed, as on the process backend.
 
 The microsandbox SDK is imported lazily: this module loads (and reports why
 the backend is unavailable) on hosts without it.
@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -34,6 +36,7 @@ import re
 import secrets
 import sys
 import tempfile
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +63,7 @@ from service.sandbox.base import (
     encode_line,
     harness_failure,
 )
+from service.sandbox.staging import Staged, stage
 from service.settings import Limits, Settings
 
 if TYPE_CHECKING:
@@ -103,8 +107,9 @@ class MicroVMBackend:
 
     name = NAME
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, cached: bool = True) -> None:
         self.settings = settings
+        self._cached = cached  # False: always boot the canary (``service doctor``)
         self._availability: Availability | None = None
         self._lock = asyncio.Lock()
 
@@ -128,11 +133,20 @@ class MicroVMBackend:
         """Nothing to release: every VM belongs to a worker, closed by its pool."""
 
     async def _detect(self) -> Availability:
+        """Certain answers first (no SDK, no usable /dev/kvm, a CPU that cannot run guests);
+        then the verdict cached for this host's inputs; only then a canary boot."""
         details: dict[str, Any] = {}
-        problem = _check_sdk(details) or _check_kvm(details)
-        if problem is None:
-            problem = await _canary(self.settings, details)
-        return Availability(NAME, problem is None, problem or "", details)
+        problem = _check_sdk(details) or _check_kvm(details) or _cannot_boot(details)
+        if problem is not None:
+            return Availability(NAME, False, problem, details)
+        key = _verdict_key(self.settings, details)
+        verdict = _read_verdict(key) if self._cached else None
+        if verdict is not None:
+            return verdict
+        failure = await _canary(self.settings, details)
+        verdict = Availability(NAME, failure is None, failure.reason if failure else "", details)
+        _write_verdict(key, verdict, failure.kind if failure else "ok")
+        return verdict
 
 
 def _log_availability(available: Availability) -> None:
@@ -218,7 +232,74 @@ def _kvm_hint() -> str:
     return ""
 
 
-async def _canary(settings: Settings, details: dict[str, Any]) -> str | None:
+def _cannot_boot(details: dict[str, Any]) -> str | None:
+    """The reason, when the host says of itself that libkrun cannot run a guest here.
+
+    Certain without a canary: kvm-pvm (a paravirtual device libkrun's guests fail on
+    with KVM_EXIT_INTERNAL_ERROR) or an x86 CPU without vmx/svm. The text depends only
+    on the host, so it is the same on every run.
+    """
+    hint = _kvm_hint()
+    if not hint:
+        return None
+    details["decided_without_canary"] = True
+    return f"KVM is not usable: microVMs cannot boot here{hint}"
+
+
+# A verdict is cached per host and reused while the inputs it was reached from are
+# unchanged and it is younger than its kind's lifetime: a canary boot costs seconds.
+_VERDICT_TTL_S = {"ok": 86400, "kvm": 86400}
+_TRANSIENT_VERDICT_TTL_S = 600  # an image that could not be pulled, a slow boot: retry soon
+
+
+def _verdict_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "actor-sandbox" / "microvm-availability.json"
+
+
+def _verdict_key(settings: Settings, details: dict[str, Any]) -> str:
+    """A digest of everything a canary's outcome depends on."""
+    inputs: list[Any] = [os.uname().release, settings.sandbox.python_image,
+                         settings.sandbox.node_image, details.get("sdk_version"),
+                         details.get("kvm_modules"), details.get("cpu_virt_flags"),
+                         details.get("kvm_api_version")]
+    for path in (details.get("msb"), details.get("libkrunfw"), str(KVM_DEVICE),
+                 settings.sandbox.python_image, settings.sandbox.node_image):
+        with contextlib.suppress(OSError, TypeError):
+            st = os.stat(path)  # type: ignore[arg-type]
+            inputs.append([path, st.st_mtime_ns, st.st_size, st.st_rdev])
+    return hashlib.sha256(json.dumps(inputs, default=str).encode()).hexdigest()
+
+
+def _read_verdict(key: str) -> Availability | None:
+    try:
+        saved = json.loads(_verdict_path().read_text())
+        if saved["key"] != key or time.time() > saved["expires_at"]:
+            return None
+        details = dict(saved["details"], verdict_cached_at=saved["checked_at"],
+                       verdict_cache=str(_verdict_path()))
+        return Availability(NAME, bool(saved["ok"]), str(saved["reason"]), details)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_verdict(key: str, verdict: Availability, kind: str) -> None:
+    """Keep ``verdict`` for the next start; a cache that cannot be written is only logged."""
+    now = time.time()
+    saved = {"key": key, "ok": verdict.ok, "reason": verdict.reason, "kind": kind,
+             "details": verdict.details, "checked_at": now,
+             "expires_at": now + _VERDICT_TTL_S.get(kind, _TRANSIENT_VERDICT_TTL_S)}
+    path = _verdict_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        temporary.write_text(json.dumps(saved, default=str))
+        temporary.replace(path)
+    except OSError as exc:
+        log.debug("cannot cache the microVM verdict in %s: %s", path, exc)
+
+
+async def _canary(settings: Settings, details: dict[str, Any]) -> _BootFailure | None:
     """Boot the Python image and run its interpreter; on an image failure, probe KVM alone.
 
     The KVM probe (an empty rootfs, so no registry is needed) only ever sharpens
@@ -230,25 +311,25 @@ async def _canary(settings: Settings, details: dict[str, Any]) -> str | None:
     details["node_image"] = await _image_state(settings.sandbox.node_image)
     failure = await _boot_check(ref, timeout_s, run_python=True)
     if failure is None or failure.kind != "image":
-        return failure.reason if failure else None
+        return failure
     details["image_problem"] = failure.reason
     with tempfile.TemporaryDirectory(prefix="msb-kvm-probe-") as empty_root:
         probe = await _boot_check(empty_root, timeout_s, run_python=False)
     if probe is not None and probe.kind == "kvm":
-        return probe.reason
-    return failure.reason
+        return probe
+    return failure
 
 
 @dataclass(frozen=True)
 class _BootFailure:
-    kind: str  # "image" | "kvm" | "boot" | "timeout"
+    kind: str  # "image" | "kvm" | "boot" | "timeout" | "python" (booted, no python3)
     reason: str
 
 
 async def _boot_check(ref: str, timeout_s: float, *,
                       run_python: bool) -> _BootFailure | None:
     """Boot a throwaway VM from ``ref`` (and run python3 in it); None when all went well."""
-    from microsandbox import Network, SecurityProfile, Stdin
+    from microsandbox import Network, SecurityProfile
 
     name = _vm_name("canary")
     try:
@@ -258,11 +339,7 @@ async def _boot_check(ref: str, timeout_s: float, *,
                                   security=SecurityProfile.RESTRICTED)
             if not run_python:
                 return None
-            out = await vm.exec("python3", ["-c", "print(6 * 7)"], stdin=Stdin.null())
-        if out.stdout_text.strip() != "42":
-            return _BootFailure("boot", f"image {ref} has no working python3 "
-                                f"(exit {out.exit_code}: {_first_line(out.stderr_text)})")
-        return None
+            return await _python_check(vm, ref)
     except TimeoutError:
         return _BootFailure("timeout", f"canary microVM from {ref} did not boot within "
                             f"{timeout_s:g} s (raise sandbox.canary_timeout_s or pre-pull it)")
@@ -270,6 +347,21 @@ async def _boot_check(ref: str, timeout_s: float, *,
         return await _classify_boot_failure(name, ref, exc, "canary microVM")
     finally:
         await _discard(name)
+
+
+async def _python_check(vm: Sandbox, ref: str) -> _BootFailure | None:
+    """The VM booted: does its image run python3? (A spawn failure is the image's fault.)"""
+    from microsandbox import Stdin
+
+    try:
+        out = await vm.exec("python3", ["-c", "print(6 * 7)"], stdin=Stdin.null())
+    except Exception as exc:  # e.g. ExecFailedError: no python3 on the image's PATH
+        return _BootFailure("python", f"image {ref} has no working python3 "
+                            f"({_first_line(exc)})")
+    if out.stdout_text.strip() != "42":
+        return _BootFailure("python", f"image {ref} has no working python3 "
+                            f"(exit {out.exit_code}: {_first_line(out.stderr_text)})")
+    return None
 
 
 async def _image_state(ref: str) -> str:
@@ -377,12 +469,18 @@ async def _discard(name: str) -> None:
         log.warning("could not remove microVM %s: %s", name, _first_line(exc))
 
 
-def _vm_options(actor: ActorDef, settings: Settings) -> dict[str, Any]:
-    """Sandbox.create keyword arguments for one actor's worker."""
+def _vm_options(actor: ActorDef, settings: Settings, staged: Staged) -> dict[str, Any]:
+    """Sandbox.create keyword arguments for one actor's worker.
+
+    ``staged`` holds readable copies of the actor's folder and the harness: virtio-fs
+    shows the guest the host's owner and mode bits, and the guest user owns neither.
+    """
     from microsandbox import Network, NetworkProfile, SecurityProfile, Volume
 
     limits = actor.limits
-    # network=true means the public internet only: never the host, the LAN or metadata.
+    # network=true: the public internet, plus DNS (UDP and TCP port 53) to the host group,
+    # i.e. the sandbox's gateway, which resolves names for the guest (from_profiles adds
+    # that pair of rules to any profile). Never the LAN, loopback or metadata addresses.
     network = (Network.from_profiles(NetworkProfile.PUBLIC) if limits.network
                else Network.none())
     return {
@@ -391,8 +489,9 @@ def _vm_options(actor: ActorDef, settings: Settings) -> dict[str, Any]:
         "network": network,
         "security": SecurityProfile.RESTRICTED,
         "volumes": {
-            GUEST_ACTOR_DIR: Volume.bind(str(actor.root), readonly=True, nosuid=True, nodev=True),
-            GUEST_HARNESS_DIR: Volume.bind(str(HARNESS_DIR), readonly=True, nosuid=True,
+            GUEST_ACTOR_DIR: Volume.bind(str(staged / "actor"), readonly=True, nosuid=True,
+                                         nodev=True),
+            GUEST_HARNESS_DIR: Volume.bind(str(staged / "harness"), readonly=True, nosuid=True,
                                            nodev=True),
             "/tmp": Volume.tmpfs(size_mib=settings.sandbox.tmp_mb, nosuid=True, nodev=True),
         },
@@ -443,36 +542,47 @@ async def _boot_guest(actor: ActorDef, settings: Settings, timeout_s: float) -> 
 
     ref = _image_ref(actor, settings)
     name = _vm_name(actor.id)
+    staged = await asyncio.to_thread(stage, {"actor": actor.root, "harness": HARNESS_DIR})
     try:
         async with asyncio.timeout(timeout_s):
-            sandbox = await _create_vm(name, _image_source(ref), **_vm_options(actor, settings))
+            options = _vm_options(actor, settings, staged)
+            sandbox = await _create_vm(name, _image_source(ref), **options)
             command, args = harness_argv(actor)
             handle = await sandbox.exec_stream(
                 command, args, cwd=GUEST_ACTOR_DIR, user=GUEST_USER, env=_GUEST_ENV,
                 stdin=Stdin.pipe(), rlimits=[Rlimit.nproc(actor.limits.pids)])
     except TimeoutError:
         await _discard(name)
+        staged.remove()
         raise SandboxUnavailable(NAME, f"microVM from {ref} did not boot within "
                                  f"{timeout_s:g} s") from None
-    except Exception as exc:  # every SDK failure to boot is a SandboxUnavailable
+    except BaseException as exc:  # every SDK failure to boot is a SandboxUnavailable
+        if not isinstance(exc, Exception):
+            await _discard(name)
+            staged.remove()
+            raise
         failure = await _classify_boot_failure(name, ref, exc, "microVM")
         await _discard(name)
+        staged.remove()
         raise SandboxUnavailable(NAME, failure.reason) from exc
     stdin = handle.take_stdin()
     if stdin is None:  # the SDK hands the sink out once; a fresh handle always has it
         await _discard(name)
+        staged.remove()
         raise SandboxUnavailable(NAME, "the SDK gave no stdin for the harness session")
-    return _Guest(name, sandbox, handle, stdin)
+    return _Guest(name, sandbox, handle, stdin, staged)
 
 
 class _Guest:
     """The SDK objects of one booted VM and the harness session streaming inside it."""
 
-    def __init__(self, name: str, sandbox: Sandbox, handle: ExecHandle, stdin: ExecSink) -> None:
+    def __init__(self, name: str, sandbox: Sandbox, handle: ExecHandle, stdin: ExecSink,
+                 staged: Staged) -> None:
         self.name = name
         self._sandbox = sandbox
         self._handle = handle
         self._stdin = stdin
+        self._staged = staged
 
     async def send(self, data: bytes) -> None:
         await self._stdin.write(data)
@@ -500,6 +610,7 @@ class _Guest:
         with contextlib.suppress(Exception):
             await self._sandbox.kill()
         await _discard(self.name)
+        self._staged.remove()
 
 
 # --------------------------------------------------------------------------- the worker
@@ -650,9 +761,8 @@ class MicroVMWorker:
             await on_event(LogEvent("stderr", line))
             return None
         message = _protocol_message(line)
-        if message is None:  # a stray write reached the channel: keep it, as a log
-            await on_event(LogEvent("stdout", line))
-            return None
+        if message is None:  # only the harness writes fd 3: anything else is an attack
+            raise ActorFailed("ProtocolError", f"the harness sent garbage: {line[:200]!r}")
         if message["type"] in ("result", "error", "ready"):
             return message
         await on_event(_event_of(message))
@@ -667,7 +777,9 @@ class MicroVMWorker:
             if event is None:
                 raise await self._death(None)
             kind = str(event.event_type)
-            if kind in ("exited", "failed"):
+            if kind == "failed":  # the guest agent could not spawn the harness at all
+                raise _spawn_failure(event)
+            if kind == "exited":
                 raise await self._death(event.code)
             if kind in ("stdout", "stderr"):
                 data = event.data or b""
@@ -697,8 +809,17 @@ class MicroVMWorker:
                 if await self._guest.oom_kills() > 0:
                     return ResourceLimitExceeded("memory", self.actor.limits.memory_mb)
         how = f"exited with code {code}" if code is not None else "lost its microVM"
-        return ActorFailed("SandboxError", f"the actor's process {how}",
+        return ActorFailed("SandboxCrashed", f"the actor's process {how}",
                            "\n".join(self._stderr_tail))
+
+
+def _spawn_failure(event: Any) -> SandboxUnavailable:
+    """A FAILED exec event: ``data`` holds the agent's reason, ``code`` an errno."""
+    reason = (event.data or b"").decode("utf-8", errors="replace").strip()
+    code = event.code
+    errno_name = f" ({errno.errorcode.get(code, code)})" if isinstance(code, int) else ""
+    return SandboxUnavailable(NAME, "the guest could not start the harness: "
+                              f"{reason or 'no reason given'}{errno_name}")
 
 
 def _protocol_message(line: str) -> dict[str, Any] | None:

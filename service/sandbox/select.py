@@ -38,10 +38,13 @@ async def select_backend(settings: Settings) -> Backend:
     await microvm.aclose()
     if settings.backend == "microvm":
         raise SandboxUnavailable("microvm", available.reason)
-    log.warning("sandbox backend: process, because microvm is unavailable: %s", available.reason)
+    log.warning("sandbox backend: process, because microvm is unavailable: %s "
+                "(set backend = \"process\" in the settings, or SERVICE_BACKEND=process, "
+                "to skip this check)", available.reason)
     return _process_backend(settings)
 
 
 def all_backends(settings: Settings) -> list[Backend]:
-    """One instance of every backend, for ``service doctor`` to probe."""
-    return [MicroVMBackend(settings), _process_backend(settings)]
+    """One instance of every backend, for ``service doctor`` to probe (afresh: no cached
+    microVM verdict)."""
+    return [MicroVMBackend(settings, cached=False), _process_backend(settings)]

@@ -1,7 +1,8 @@
 """Fixtures of the sandbox contract suite.
 
-``--backend=process|microvm|all`` picks the backends the contract tests run against
-(default: process). A backend that cannot run here is skipped with the reason its
+``--backend=process|microvm|microvm-local|all`` picks the backends the contract tests
+run against (default: process; microvm-local is the microVM backend on the recording
+SDK double). A backend that cannot run here is skipped with the reason its
 ``availability()`` gives.
 """
 
@@ -15,13 +16,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from microvm_double import LocalSDK
 from sandbox_helpers import ACTORS, TMP_MB, actor_def
 
 from service.manifest.model import ActorDef
 from service.sandbox.base import Availability, Backend, Worker
+from service.sandbox.microvm import MicroVMBackend
 from service.settings import SandboxSettings, Settings
 
-BACKENDS = ("process", "microvm")
+# microvm-local: the microVM backend's whole boot and call path on the recording SDK
+# double (tests/sandbox/microvm_double.py); docs/backends.md lists where its contract
+# results differ from the process backend's by design.
+BACKENDS = ("process", "microvm", "microvm-local")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -30,12 +36,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend_name", BACKENDS if chosen == "all" else (chosen,))
 
 
-def make_backend(name: str, settings: Settings) -> Backend:
+class LocalMicroVMBackend(MicroVMBackend):
+    """The microVM backend, unchanged, on the recording SDK double: available wherever
+    bubblewrap and cgroups are."""
+
+    name = "microvm"
+
+    async def availability(self) -> Availability:
+        return Availability("microvm", True, details={"sdk": "recording double"})
+
+
+def make_backend(name: str, settings: Settings,
+                 monkeypatch: pytest.MonkeyPatch | None = None) -> Backend:
     """The backend called ``name``; skips the test when its module is not there."""
     if name == "process":
         from service.sandbox.process import ProcessBackend
 
         return ProcessBackend(settings)
+    if name == "microvm-local":
+        assert monkeypatch is not None
+        LocalSDK().install(monkeypatch)
+        return LocalMicroVMBackend(settings)
     try:
         module = importlib.import_module("service.sandbox.microvm")
     except ImportError as exc:
@@ -57,8 +78,9 @@ def availability_seen() -> dict[str, Availability]:
 
 @pytest.fixture
 async def backend(backend_name: str, settings: Settings,
-                  availability_seen: dict[str, Availability]) -> AsyncIterator[Backend]:
-    instance = make_backend(backend_name, settings)
+                  availability_seen: dict[str, Availability],
+                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Backend]:
+    instance = make_backend(backend_name, settings, monkeypatch)
     if backend_name not in availability_seen:
         availability_seen[backend_name] = await instance.availability()
     available = availability_seen[backend_name]

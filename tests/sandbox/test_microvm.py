@@ -1,15 +1,16 @@
 """The microVM backend: real availability detection, backend selection, and the worker.
 
-The worker tests run the real harness through the exact guest command line of
-``harness_argv`` (fd shuffle, ``/actor`` and ``/harness`` mounts, private /tmp, own
-pid namespace), in a bubblewrap "guest" that stands in for the VM's exec session.
-What needs a bootable VM is marked ``microvm`` and skips with the detected reason.
+The worker tests boot through the real ``boot_worker``: ``_vm_options``, ``_boot_guest``,
+``harness_argv`` and ``_Guest`` run unchanged against a recording double of the SDK
+(``microvm_double.py``) whose exec session runs the guest command under bubblewrap, as
+strict as the real guest: an unprivileged user owning none of the files, RLIMIT_NPROC,
+no network, a sized 1777 /tmp and a real OOM count. What needs a bootable VM is marked
+``microvm`` and skips with the detected reason.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shutil
 import sys
@@ -19,6 +20,7 @@ from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 import pytest
+from microvm_double import LocalSandbox, LocalSDK
 
 from service.errors import (
     ActorFailed,
@@ -75,87 +77,32 @@ class Recorder:
         self.events.append(event)
 
 
-class LocalGuest:
-    """Stands in for the VM's exec session: the guest command line, run under bubblewrap.
-
-    Yields events shaped like the SDK's ExecEvent (``event_type``, ``data``, ``code``).
-    """
-
-    name = "local-guest"
-
-    def __init__(self, proc: asyncio.subprocess.Process, oom_kills: int) -> None:
-        self.proc = proc
-        self._oom_kills = oom_kills
-        self._events: asyncio.Queue[Any] = asyncio.Queue()
-        self._pumps = [asyncio.create_task(self._pump("stdout", proc.stdout)),
-                       asyncio.create_task(self._pump("stderr", proc.stderr))]
-        self._waiter = asyncio.create_task(self._exit())
-        self.destroyed = False
-
-    @classmethod
-    async def start(cls, actor: ActorDef, oom_kills: int = 0) -> LocalGuest:
-        command, args = harness_argv(actor)
-        bwrap = ["bwrap", "--tmpfs", "/", "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc",
-                 "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
-                 "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev",
-                 "--tmpfs", "/tmp", "--ro-bind", str(actor.root), microvm.GUEST_ACTOR_DIR,
-                 "--ro-bind", str(microvm.HARNESS_DIR), microvm.GUEST_HARNESS_DIR,
-                 "--unshare-pid", "--die-with-parent", "--chdir", microvm.GUEST_ACTOR_DIR]
-        proc = await asyncio.create_subprocess_exec(
-            *bwrap, "--", command, *args, env=microvm._GUEST_ENV,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-        return cls(proc, oom_kills)
-
-    async def _pump(self, kind: str, stream: asyncio.StreamReader | None) -> None:
-        assert stream is not None
-        while chunk := await stream.read(4096):
-            await self._events.put(SimpleNamespace(event_type=kind, data=chunk, code=None))
-
-    async def _exit(self) -> None:
-        await asyncio.gather(*self._pumps)
-        code = await self.proc.wait()
-        await self._events.put(SimpleNamespace(event_type="exited", data=None, code=code))
-        await self._events.put(None)
-
-    async def send(self, data: bytes) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(data)
-        await self.proc.stdin.drain()
-
-    async def recv(self) -> Any:
-        return await self._events.get()
-
-    async def oom_kills(self) -> int:
-        return self._oom_kills
-
-    async def destroy(self) -> None:
-        self.destroyed = True
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
-        await self.proc.wait()
-        self._waiter.cancel()
-        for task in (*self._pumps, self._waiter):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 
 
 @pytest.fixture
-async def boot(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """boot(source, language=..., **limits) -> (worker, guest); closed after the test."""
+def sdk(monkeypatch: pytest.MonkeyPatch) -> LocalSDK:
+    """The SDK replaced by a recording double that runs the guest command for real."""
+    double = LocalSDK()
+    double.install(monkeypatch)
+    return double
+
+
+@pytest.fixture
+async def boot(tmp_path: Path, sdk: LocalSDK):  # type: ignore[no-untyped-def]
+    """boot(source, language=..., **limits) -> (worker, vm), through the real boot_worker.
+
+    The actor's folder is pytest's tmp_path, under a 0700 directory, as the real-VM
+    tests have it.
+    """
     workers: list[MicroVMWorker] = []
 
-    async def _boot(source: str, language: str = "python", oom_kills: int = 0,
-                    **limits: Any) -> tuple[MicroVMWorker, LocalGuest]:
+    async def _boot(source: str, language: str = "python",
+                    **limits: Any) -> tuple[MicroVMWorker, LocalSandbox]:
         actor = make_actor(tmp_path, source, language, **limits)
-        guest = await LocalGuest.start(actor, oom_kills)
-        worker = MicroVMWorker(actor, guest, tmp_mb=64)
+        worker = await microvm.boot_worker(actor, Settings(sandbox=SandboxSettings(tmp_mb=64)))
         workers.append(worker)
-        await asyncio.wait_for(worker.wait_ready(), 10)
-        return worker, guest
+        return worker, sdk.sandboxes[sdk.creates[-1]["name"]]
 
     yield _boot
     for worker in workers:
@@ -301,7 +248,9 @@ async def test_auto_falls_back_to_process_and_says_why(
         detected: Availability, caplog: pytest.LogCaptureFixture) -> None:
     backend = await select.select_backend(Settings(backend="auto"))
     assert isinstance(backend, FakeProcessBackend)
-    assert (f"sandbox backend: process, because microvm is unavailable: {detected.reason}"
+    assert (f"sandbox backend: process, because microvm is unavailable: {detected.reason} "
+            '(set backend = "process" in the settings, or SERVICE_BACKEND=process, '
+            "to skip this check)"
             in [r.getMessage() for r in caplog.records if r.levelname == "WARNING"])
 
 
@@ -409,7 +358,7 @@ async def test_reset_wipes_tmp(boot: Any) -> None:
 
 @needs_bwrap
 async def test_work_left_running_after_a_call_ends_the_vm(boot: Any) -> None:
-    worker, guest = await boot("""
+    worker, vm = await boot("""
         import threading, time
 
         def process(context):
@@ -417,43 +366,44 @@ async def test_work_left_running_after_a_call_ends_the_vm(boot: Any) -> None:
             return "started"
     """)
     assert (await worker.call(request(), Recorder())).return_value == "started"
-    assert not worker.alive and guest.destroyed
+    assert not worker.alive and vm.killed
 
 
 @needs_bwrap
 async def test_script_error_is_actor_failed_and_kills_the_worker(boot: Any) -> None:
-    worker, guest = await boot("def process(context):\n    return 1 / 0\n")
+    worker, vm = await boot("def process(context):\n    return 1 / 0\n")
     with pytest.raises(ActorFailed) as caught:
         await worker.call(request(), Recorder())
     assert caught.value.CODE == -32004
     assert caught.value.data["type"] == "ZeroDivisionError"
     assert caught.value.data["message"] == "division by zero"
     assert "return 1 / 0" in caught.value.data["traceback"]
-    assert not worker.alive and guest.destroyed
+    assert not worker.alive and vm.killed
     with pytest.raises(ActorFailed):
         await worker.call(request(), Recorder())
 
 
 @needs_bwrap
 async def test_time_limit_destroys_the_vm(boot: Any) -> None:
-    worker, guest = await boot("import time\ndef process(context):\n    time.sleep(30)\n",
+    worker, vm = await boot("import time\ndef process(context):\n    time.sleep(30)\n",
                                timeout_s=0.5)
     with pytest.raises(TimeLimitExceeded) as caught:
         await asyncio.wait_for(worker.call(request(), Recorder()), 10)
     assert caught.value.to_json()["code"] == -32005
     assert caught.value.data == {"limit_s": 0.5}
-    assert not worker.alive and guest.destroyed
-    assert guest.proc.returncode is not None
+    assert not worker.alive and vm.killed
+    assert vm.session is not None and vm.session.proc is not None
+    assert vm.session.proc.returncode is not None
 
 
 @needs_bwrap
 async def test_output_bytes_limit(boot: Any) -> None:
-    worker, guest = await boot("def process(context):\n    print('x' * 5000)\n",
+    worker, vm = await boot("def process(context):\n    print('x' * 5000)\n",
                                output_bytes=1000)
     with pytest.raises(ResourceLimitExceeded) as caught:
         await worker.call(request(), Recorder())
     assert caught.value.data == {"resource": "output", "limit": 1000}
-    assert guest.destroyed
+    assert vm.killed
 
 
 @needs_bwrap
@@ -463,18 +413,24 @@ async def test_harness_death_is_actor_failed(boot: Any) -> None:
                            "    os._exit(3)\n")
     with pytest.raises(ActorFailed) as caught:
         await worker.call(request(), Recorder())
-    assert caught.value.data["type"] == "SandboxError"
+    assert caught.value.data["type"] == "SandboxCrashed"
     assert caught.value.data["message"] == "the actor's process exited with code 3"
     assert "dying" in caught.value.data["traceback"]
 
 
 @needs_bwrap
 async def test_death_after_a_guest_oom_kill_is_a_memory_error(boot: Any) -> None:
-    worker, _ = await boot("import os\ndef process(context):\n    os._exit(137)\n",
-                           oom_kills=1, memory_mb=128)
+    # The guest's OOM killer ends the harness itself (the allocation is not caught).
+    worker, vm = await boot("""
+        def process(context):
+            hog = []
+            while True:
+                hog.append(bytearray(16 << 20))
+    """, memory_mb=64)
     with pytest.raises(ResourceLimitExceeded) as caught:
         await worker.call(request(), Recorder())
-    assert caught.value.data == {"resource": "memory", "limit": 128}
+    assert caught.value.data == {"resource": "memory", "limit": 64}
+    assert vm.oom_kills() >= 1
 
 
 @needs_bwrap
@@ -487,7 +443,7 @@ async def test_harness_reported_resource_maps_to_its_limit(boot: Any) -> None:
 
 @needs_bwrap
 async def test_sink_error_kills_the_worker_and_propagates(boot: Any) -> None:
-    worker, guest = await boot(ECHO)
+    worker, vm = await boot(ECHO)
 
     async def reject(event: Event) -> None:
         if isinstance(event, OutputEvent):
@@ -495,18 +451,18 @@ async def test_sink_error_kills_the_worker_and_propagates(boot: Any) -> None:
 
     with pytest.raises(OutputInvalid):
         await worker.call(request({"x": 1}), reject)
-    assert not worker.alive and guest.destroyed
+    assert not worker.alive and vm.killed
 
 
 @needs_bwrap
 async def test_cancelling_a_call_kills_the_vm(boot: Any) -> None:
-    worker, guest = await boot("import time\ndef process(context):\n    time.sleep(30)\n")
+    worker, vm = await boot("import time\ndef process(context):\n    time.sleep(30)\n")
     task = asyncio.create_task(worker.call(request(), Recorder()))
     await asyncio.sleep(0.3)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert not worker.alive and guest.destroyed
+    assert not worker.alive and vm.killed
 
 
 @needs_bwrap
@@ -577,16 +533,24 @@ async def test_a_closed_fd_costs_a_grace_not_the_call(tmp_path: Path) -> None:
     assert worker.alive
 
 
-async def test_stray_and_unknown_lines_become_logs(tmp_path: Path) -> None:
+async def test_unknown_message_types_become_logs(tmp_path: Path) -> None:
     worker = await scripted(tmp_path, lambda fence: [
-        ("stdout", b'not json\n{"type":"mystery","x":1}\n'),
+        ("stdout", b'{"type":"mystery","x":1}\n'),
         ("stdout", b'{"type":"log","stream":"weird","message":"m"}\n' + RESULT),
         ("stderr", f"{fence}\n{fence}\n".encode())])
     sink = Recorder()
     await worker.call(request(), sink)
-    assert sink.events == [LogEvent("stdout", "not json"),
-                           LogEvent("stdout", '{"type": "mystery", "x": 1}'),
+    assert sink.events == [LogEvent("stdout", '{"type": "mystery", "x": 1}'),
                            LogEvent("stdout", "m")]
+
+
+async def test_garbage_on_the_protocol_stream_is_a_protocol_error(tmp_path: Path) -> None:
+    worker = await scripted(tmp_path, lambda fence: [("stdout", b"not json\n" + RESULT)])
+    with pytest.raises(ActorFailed) as caught:
+        await worker.call(request(), Recorder())
+    assert caught.value.data["type"] == "ProtocolError"
+    assert caught.value.data["message"] == "the harness sent garbage: 'not json'"
+    assert not worker.alive
 
 
 # --------------------------------------------------------------------------- the line channel
@@ -624,7 +588,10 @@ def real_microvm(detected: Availability) -> None:
 @pytest.mark.usefixtures("real_microvm")
 async def test_real_microvm_round_trip(tmp_path: Path) -> None:
     backend = MicroVMBackend(Settings())
-    actor = make_actor(tmp_path, ECHO)
+    (tmp_path / "data.txt").write_text("private")
+    (tmp_path / "data.txt").chmod(0o600)
+    tmp_path.chmod(0o700)  # the guest user cannot read the host folder: staging must
+    actor = make_actor(tmp_path, ECHO + "\n    DATA = open('/actor/data.txt').read()\n")
     worker = await backend.start_worker(actor)
     try:
         sink = Recorder()
@@ -661,3 +628,236 @@ async def test_real_microvm_has_no_network_and_keeps_its_time_limit(tmp_path: Pa
         assert not worker.alive
     finally:
         await worker.close()
+
+
+# --------------------------------------------------------------------------- recorded SDK calls
+
+
+@needs_bwrap
+async def test_create_gets_the_real_option_types(boot: Any, sdk: LocalSDK) -> None:
+    from microsandbox import Action, SecurityProfile
+
+    worker, vm = await boot(ECHO, cpus=1.5, memory_mb=200)
+    created = sdk.creates[0]
+    assert created["name"] == vm.name and created["name"].startswith("svc-t-")
+    assert created["image"] == "python:3.11-slim" and created["hostname"] == "sandbox"
+    assert created["cpus"] == 2 and created["memory"] == 200 + microvm.GUEST_OVERHEAD_MB
+    assert created["security"] == SecurityProfile.RESTRICTED
+    policy = created["network"].policy
+    assert (policy.default_egress, policy.default_ingress, policy.rules) == (
+        Action.DENY, Action.DENY, ())
+    volumes = {path: mount._to_dict() for path, mount in created["volumes"].items()}
+    assert volumes["/tmp"] == {"readonly": False, "noexec": False, "nosuid": True,
+                               "nodev": True, "tmpfs": True, "size_mib": 64}
+    for guest_path in ("/actor", "/harness"):
+        assert volumes[guest_path]["readonly"] and volumes[guest_path]["nosuid"]
+    # The guest reads staged copies, never the host folders themselves.
+    assert Path(volumes["/actor"]["bind"]) != worker.actor.root
+    assert Path(volumes["/harness"]["bind"]) != microvm.HARNESS_DIR
+
+
+@needs_bwrap
+async def test_exec_stream_gets_user_rlimits_and_the_harness(boot: Any, sdk: LocalSDK) -> None:
+    from microsandbox import RlimitResource
+
+    worker, _ = await boot(ECHO, pids=12)
+    (session,) = sdk.execs
+    assert (session["cmd"], session["args"]) == harness_argv(worker.actor)
+    assert session["user"] == "nobody" and session["cwd"] == "/actor"
+    assert session["env"] == microvm._GUEST_ENV
+    assert [(r.resource, r.soft, r.hard) for r in session["rlimits"]] == [
+        (RlimitResource.NPROC, 12, 12)]
+
+
+def test_network_true_allows_the_public_internet_and_dns_to_the_gateway(tmp_path: Path) -> None:
+    actor = make_actor(tmp_path, "def process(context):\n    return 1\n", network=True)
+    staged = microvm.stage({"actor": tmp_path, "harness": microvm.HARNESS_DIR})
+    try:
+        policy = microvm._vm_options(actor, Settings(), staged)["network"].policy._to_dict()
+    finally:
+        staged.remove()
+    # What docs/backends.md says: DNS (port 53) to the host group, everything to public,
+    # nothing else (no LAN, loopback or metadata); ingress only to published ports (none).
+    allow = {"action": "allow", "direction": "egress", "destination_kind": "group"}
+    assert policy == {"default_egress": "deny", "default_ingress": "allow", "rules": [
+        {**allow, "destination": "host", "protocol": "udp", "port": "53"},
+        {**allow, "destination": "host", "protocol": "tcp", "port": "53"},
+        {**allow, "destination": "public"}]}
+
+
+@needs_bwrap
+async def test_a_spawn_failure_in_the_guest_is_32009_with_its_reason(
+        tmp_path: Path, sdk: LocalSDK) -> None:
+    sdk.fail_spawn = (b"failed to spawn /bin/sh: No such file or directory", 2)
+    actor = make_actor(tmp_path, "def process(context):\n    return 1\n")
+    with pytest.raises(SandboxUnavailable) as caught:
+        await microvm.boot_worker(actor, Settings())
+    assert caught.value.to_json()["code"] == -32009
+    assert caught.value.data == {
+        "backend": "microvm",
+        "reason": "the guest could not start the harness: "
+                  "failed to spawn /bin/sh: No such file or directory (ENOENT)"}
+    assert sdk.removed == [sdk.creates[0]["name"]]  # the VM is discarded
+    assert not Path(sdk.creates[0]["volumes"]["/actor"].bind).exists()  # and its copies
+
+
+# --------------------------------------------------------------------------- as strict as a guest
+
+
+@needs_bwrap
+async def test_a_folder_the_guest_user_cannot_read_on_the_host_still_works(
+        boot: Any, tmp_path: Path) -> None:
+    (tmp_path / "data.txt").write_text("private")
+    (tmp_path / "data.txt").chmod(0o600)
+    tmp_path.chmod(0o700)
+    worker, vm = await boot("""
+        import os
+
+        def process(context):
+            return [os.getuid(), open("/actor/data.txt").read()]
+    """)
+    uid, text = (await worker.call(request(), Recorder())).return_value
+    assert text == "private"
+    assert uid == vm.uid != 0
+
+
+@needs_bwrap
+async def test_the_guest_user_owns_nothing_and_has_no_network(boot: Any) -> None:
+    worker, _ = await boot("""
+        import os, socket
+
+        def process(context):
+            try:
+                open("/actor/new", "w")
+                wrote = True
+            except OSError:
+                wrote = False
+            return {"wrote": wrote, "interfaces": [n for _, n in socket.if_nameindex()],
+                    "tmp": oct(os.stat("/tmp").st_mode & 0o7777),
+                    "tmp_bytes": os.statvfs("/tmp").f_blocks * os.statvfs("/tmp").f_frsize}
+    """)
+    seen = (await worker.call(request(), Recorder())).return_value
+    assert seen == {"wrote": False, "interfaces": ["lo"], "tmp": "0o1777",
+                    "tmp_bytes": 64 * 1024 * 1024}
+
+
+@needs_bwrap
+async def test_the_pids_limit_is_the_guest_users_rlimit(boot: Any) -> None:
+    worker, _ = await boot("""
+        import os, time
+
+        def process(context):
+            started = 0
+            for _ in range(40):
+                try:
+                    pid = os.fork()
+                except OSError:
+                    break
+                if pid == 0:
+                    time.sleep(5)
+                    os._exit(0)
+                started += 1
+            return started
+    """, pids=8)
+    started = (await worker.call(request(), Recorder())).return_value
+    assert 0 < started < 8  # the harness (and its shell) count against the 8
+
+
+# --------------------------------------------------------------------------- availability, fast
+
+
+@pytest.fixture
+def verdict_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "actor-sandbox" / "microvm-availability.json"
+
+
+@pytest.mark.parametrize(("modules", "flags", "hint"), [
+    (["kvm", "kvm_pvm"], ["hypervisor"], "/dev/kvm is the paravirtual kvm-pvm device"),
+    (["kvm"], ["hypervisor"], "the CPU exposes no vmx/svm flag"),
+])
+async def test_a_host_that_cannot_run_guests_is_decided_without_a_canary(
+        modules: list[str], flags: list[str], hint: str, verdict_cache: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(microvm, "_kvm_modules", lambda: modules)
+    monkeypatch.setattr(microvm, "_cpu_virt_flags", lambda: flags)
+    monkeypatch.setattr(microvm.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(microvm, "_check_kvm", lambda details: None)
+
+    async def must_not_boot(*args: Any) -> None:
+        raise AssertionError("a canary was booted")
+
+    monkeypatch.setattr(microvm, "_canary", must_not_boot)
+    first = await MicroVMBackend(Settings()).availability()
+    second = await MicroVMBackend(Settings()).availability()
+    assert first.reason == second.reason  # stable from run to run
+    assert first.reason.startswith("KVM is not usable: microVMs cannot boot here — ")
+    assert hint in first.reason and not first.ok
+    assert not verdict_cache.exists()  # nothing to cache: it is decided every time, fast
+
+
+@pytest.fixture
+def canaries(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Count canary boots; the host looks able to run guests; the canary succeeds."""
+    booted: list[str] = []
+    monkeypatch.setattr(microvm, "_check_kvm", lambda details: None)
+    monkeypatch.setattr(microvm, "_cannot_boot", lambda details: None)
+
+    async def canary(settings: Settings, details: dict[str, Any]) -> None:
+        booted.append(settings.sandbox.python_image)
+
+    monkeypatch.setattr(microvm, "_canary", canary)
+    return booted
+
+
+async def test_a_canary_verdict_is_cached_per_host_until_its_inputs_change(
+        canaries: list[str], verdict_cache: Path) -> None:
+    assert (await MicroVMBackend(Settings()).availability()).ok
+    assert verdict_cache.is_file()
+    again = await MicroVMBackend(Settings()).availability()  # a new process would do the same
+    assert again.ok and canaries == ["python:3.11-slim"]
+    assert again.details["verdict_cache"] == str(verdict_cache)
+    other = Settings(sandbox=SandboxSettings(python_image="python:3.12-slim"))
+    assert (await MicroVMBackend(other).availability()).ok
+    assert canaries == ["python:3.11-slim", "python:3.12-slim"]  # another input: asked again
+
+
+async def test_doctor_and_an_expired_verdict_boot_the_canary_again(
+        canaries: list[str], verdict_cache: Path) -> None:
+    await MicroVMBackend(Settings()).availability()
+    await MicroVMBackend(Settings(), cached=False).availability()
+    assert len(canaries) == 2
+    saved = json.loads(verdict_cache.read_text())
+    verdict_cache.write_text(json.dumps(dict(saved, expires_at=0)))
+    await MicroVMBackend(Settings()).availability()
+    assert len(canaries) == 3
+    verdict_cache.write_text("not json")
+    await MicroVMBackend(Settings()).availability()
+    assert len(canaries) == 4
+
+
+def test_doctor_probes_microvm_afresh() -> None:
+    microvm_backend = select.all_backends(Settings())[0]
+    assert isinstance(microvm_backend, MicroVMBackend) and microvm_backend._cached is False
+
+
+async def test_an_image_without_python3_is_named_as_such(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import microsandbox
+
+    class NoPython:
+        async def exec(self, *args: Any, **kwargs: Any) -> Any:
+            raise microsandbox.ExecFailedError("spawn python3: No such file or directory")
+
+    async def create(*args: Any, **kwargs: Any) -> NoPython:
+        return NoPython()
+
+    async def discard(name: str) -> None:
+        pass
+
+    monkeypatch.setattr(microvm, "_create_vm", create)
+    monkeypatch.setattr(microvm, "_discard", discard)
+    failure = await microvm._boot_check("alpine:3", 5, run_python=True)
+    assert failure == microvm._BootFailure(
+        "python", "image alpine:3 has no working python3 "
+                  "(spawn python3: No such file or directory)")
