@@ -555,27 +555,38 @@ class ProcessWorker:
     async def _ready_or_outer_exit(self) -> None:
         """Wait for ``ready`` while watching the outer bwrap: killed from outside during the
         boot, it can leave the inner one holding the channel open, so no EOF would ever come.
-        A sandbox that ends while booting is killed whole (its cgroups) and answers like a
-        crash of a running one."""
+        A sandbox killed while booting is killed whole (its cgroups) and answers like a crash
+        of a running one; one that ended by itself did not start (its stderr says why)."""
         ready = asyncio.ensure_future(self._until_ready())
         outer = asyncio.ensure_future(self._outer_exit())
         try:
             await asyncio.wait({ready, outer}, return_when=asyncio.FIRST_COMPLETED)
             if not ready.done():  # a harness that failed to load says why just before it ends
                 await asyncio.wait({ready}, timeout=OUTER_EXIT_GRACE_S)
+            if not outer.done():  # and a sandbox that ends by itself is gone soon after
+                await asyncio.wait({outer}, timeout=OUTER_EXIT_GRACE_S)
+            status = await self._exit_status() if outer.done() else None
         finally:
-            outer.cancel()
-            if not ready.done():
-                ready.cancel()
-        if ready.done() and not ready.cancelled():
-            error = ready.exception()
-            if error is None or not isinstance(error, _BootCrash):
-                return ready.result()  # ready, or the harness's own error about the script
+            for task in (ready, outer):
+                task.cancel()
+        if ready.done() and not ready.cancelled() and not isinstance(ready.exception(),
+                                                                       _BootCrash):
+            return ready.result()  # ready, or the harness's own error about the script
         self._kill()
         await self._exited(OUTER_EXIT_GRACE_S)
-        raise _BootCrash("SandboxCrashed", f"the sandbox exited (status "
-                         f"{self._process.returncode}) while starting",
-                         "".join(self._stderr_tail)[-STDERR_TAIL:])
+        tail = "".join(self._stderr_tail)[-STDERR_TAIL:]
+        if status is not None and status < 0:  # a signal, from outside: we had sent none
+            raise _BootCrash("SandboxCrashed", f"the sandbox exited (status {status}) while "
+                             "starting", tail)
+        raise ActorFailed("SandboxCrashed", tail.strip() or f"status {status}")
+
+    async def _exit_status(self) -> int | None:
+        """The outer bwrap's status once asyncio has reaped it (it has exited)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(OUTER_EXIT_GRACE_S):
+                while self._process.returncode is None:
+                    await asyncio.sleep(0.005)
+        return self._process.returncode
 
     async def call(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
         """Run one call; any failure kills the sandbox (see base.Worker)."""
