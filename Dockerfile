@@ -3,7 +3,7 @@
 # or microVMs when /dev/kvm is passed in (docker-compose.kvm.yml) and they can boot.
 #
 #   docker build -t actor-sandbox-service .
-#   docker run --rm -p 5556:5556 -e SERVICE_AUTH__TOKENS='["s3cret"]' \
+#   docker run --rm -p 5556:5556 -e SERVICE_AUTH__TOKENS='["a-long-random-token-1234"]' \
 #       --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
 #       --security-opt systempaths=unconfined actor-sandbox-service
 #

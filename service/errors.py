@@ -127,8 +127,8 @@ class Busy(RpcError):
     CODE = -32008
     MESSAGE = "Busy: the actor's queue is full"
 
-    def __init__(self, retry_after_ms: int) -> None:
-        super().__init__(self.MESSAGE, {"retry_after_ms": retry_after_ms})
+    def __init__(self, retry_after_ms: int, message: str | None = None) -> None:
+        super().__init__(message or self.MESSAGE, {"retry_after_ms": retry_after_ms})
 
 
 class SandboxUnavailable(RpcError):
@@ -152,8 +152,9 @@ class PathNotAllowed(RpcError):
     CODE = -32011
     MESSAGE = "Path not allowed or not found"
 
-    def __init__(self, path: str) -> None:
-        super().__init__(f"Path not allowed or not found: {path}", {"path": path})
+    def __init__(self, path: str, reason: str | None = None) -> None:
+        super().__init__(f"Path not allowed: {reason}" if reason else
+                         f"Path not allowed or not found: {path}", {"path": path})
 
 
 # --- errors of the program or of a manifest (never sent as they are) ---

@@ -29,6 +29,7 @@ from service.manifest.lint import check_paths
 from service.manifest.loader import load_manifest
 from service.manifest.model import ActorDef, schema_errors
 from service.sandbox.base import Backend, CallRequest, Event, OutputEvent
+from service.sandbox.capacity import SandboxCapacity
 from service.sandbox.pool import ActorPool
 from service.settings import Settings
 
@@ -49,6 +50,8 @@ class Runtime:
         self._pools: dict[str, ActorPool] = {}
         self._retired: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # serializes load/replace
+        self.capacity = SandboxCapacity(settings.capacity.max_sandboxes,
+                                        settings.capacity.memory_mb)
 
     async def start(self, extra_paths: Sequence[Path | str] = ()) -> None:
         """Load every manifest under the settings' manifest_paths and ``extra_paths``.
@@ -62,6 +65,8 @@ class Runtime:
         for actor in actors:
             await self._install(actor)
         log.info("loaded %d actors on backend %s", len(actors), self.backend.name)
+        log.info("sandbox capacity: %d sandboxes, %s MiB of memory limits",
+                 self.capacity.max_sandboxes, self.capacity.memory_mb)
 
     def actors(self) -> list[ActorDef]:
         return sorted(self._actors.values(), key=lambda a: a.id)
@@ -114,7 +119,7 @@ class Runtime:
         return path
 
     async def _install(self, actor: ActorDef) -> None:
-        pool = ActorPool(actor, self.backend)
+        pool = ActorPool(actor, self.backend, self.capacity)
         old = self._pools.get(actor.id)
         if old is not None:  # the boot counters are the actor's, across reloads
             pool.boots, pool.boot_failures = old.boots, old.boot_failures

@@ -20,6 +20,15 @@ from pathlib import Path
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from service.guard import (
+    ConnectionGate,
+    GuardedSite,
+    ensure_fd_headroom,
+    loopback_dev_mode,
+    origin_allowed,
+    rate_limited_exception_handler,
+    request_middleware,
+)
 from service.log import CONNECTION, RateLimit, fields
 from service.metrics import Metrics
 from service.rpc.core import Connection, Dispatcher
@@ -33,10 +42,11 @@ log = logging.getLogger(__name__)
 class Session:
     """One WebSocket connection: its frame tasks and its serialized writer."""
 
-    def __init__(self, ws: web.WebSocketResponse, dispatcher: Dispatcher) -> None:
+    def __init__(self, ws: web.WebSocketResponse, dispatcher: Dispatcher,
+                 admin: bool = False) -> None:
         self.ws = ws
         self.dispatcher = dispatcher
-        self.connection = Connection(self.send)
+        self.connection = Connection(self.send, admin=admin)
         self.tasks: set[asyncio.Task[None]] = set()
         self._write_lock = asyncio.Lock()
 
@@ -93,6 +103,10 @@ class AppState:
     methods: Methods | None = None
     connection_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     auth_failures: RateLimit = field(default_factory=RateLimit)
+    gate: ConnectionGate = field(init=False)  # the connection caps of serve()'s site
+
+    def __post_init__(self) -> None:
+        self.gate = ConnectionGate(self.settings.connections)
 
     def pool_stats(self) -> dict[str, tuple[int, int, int]]:
         return self.runtime.pool_stats() if self.runtime is not None else {}
@@ -148,7 +162,7 @@ def create_app(
     A runtime passed in stays the caller's to close. ``validate_results`` checks every
     result against its OpenRPC schema (for tests).
     """
-    app = web.Application()
+    app = web.Application(middlewares=[request_middleware(settings)])
     state = AppState(settings, runtime, tuple(map(Path, extra_actors)), validate_results)
     state.metrics = Metrics(state.pool_stats, connections=lambda: len(state.sessions),
                             boot_stats=state.boot_stats)
@@ -167,7 +181,8 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         if state.runtime is None:  # ours to start and to close; a runtime given stays the caller's
             state.runtime = await owned.enter_async_context(
                 open_runtime(state.settings, state.extra_actors))
-        state.dispatcher = Dispatcher(validate_results=state.validate_results)
+        state.dispatcher = Dispatcher(validate_results=state.validate_results,
+                                      limits=state.settings.connections)
         state.methods = register_methods(state.dispatcher, state.runtime, state.metrics)
         yield
         await state.close_sessions()
@@ -181,6 +196,10 @@ def authorized(request: web.Request, tokens: Sequence[str]) -> bool:
     """True when no token is configured, or the request carries one (header or ?token=)."""
     if not tokens:
         return True
+    return _carries_token(request, tokens)
+
+
+def _carries_token(request: web.Request, tokens: Sequence[str]) -> bool:
     offered = request.query.get("token")
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
@@ -190,6 +209,24 @@ def authorized(request: web.Request, tokens: Sequence[str]) -> bool:
     # Compare against every token, always, so timing says nothing about which one matched.
     matches = [hmac.compare_digest(offered.encode(), token.encode()) for token in tokens]
     return any(matches)
+
+
+def _client_tokens(settings: Settings) -> tuple[str, ...]:
+    """Tokens that open a connection: call tokens and admin tokens (none: no token needed)."""
+    auth = settings.auth
+    return (*auth.tokens, *auth.admin_tokens) if auth.tokens else ()
+
+
+def is_admin(request: web.Request, settings: Settings) -> bool:
+    """May this connection call `load`? With an admin token, or in loopback dev mode."""
+    if settings.auth.admin_tokens:
+        return _carries_token(request, settings.auth.admin_tokens)
+    return loopback_dev_mode(settings)
+
+
+def _forbidden_origin() -> web.HTTPForbidden:
+    return web.HTTPForbidden(text="403: this Origin may not open a connection "
+                                  "(connections.allowed_origins)\n")
 
 
 def _unauthorized() -> web.HTTPUnauthorized:
@@ -212,7 +249,9 @@ def _refused(state: AppState, request: web.Request) -> web.HTTPUnauthorized:
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     """The JSON-RPC endpoint."""
     state = request.app[STATE]
-    if not authorized(request, state.settings.auth.tokens):
+    if not origin_allowed(request.headers.get("Origin"), state.settings):
+        raise _forbidden_origin()  # a web page the operator did not list: never its tokens
+    if not authorized(request, _client_tokens(state.settings)):
         raise _refused(state, request)
     if state.draining:  # the listener stays open during the drain so /healthz can say 503
         return web.Response(status=503, text="503: shutting down\n", headers={"Retry-After": "1"})
@@ -221,7 +260,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return web.Response(status=426, text="JSON-RPC 2.0 over WebSocket: upgrade required\n",
                             headers={"Upgrade": "websocket", "Connection": "Upgrade"})
     await ws.prepare(request)
-    session = Session(ws, state.dispatcher)
+    session = Session(ws, state.dispatcher, admin=is_admin(request, state.settings))
     state.sessions.add(session)
     # Every line logged while serving this connection carries these (JSON log fields).
     CONNECTION.set({"connection": next(state.connection_ids), "peer": request.remote})
@@ -244,7 +283,7 @@ async def healthz_handler(request: web.Request) -> web.Response:
 
 async def metrics_handler(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    if not authorized(request, state.settings.auth.tokens):
+    if not authorized(request, _client_tokens(state.settings)):
         raise _refused(state, request)
     assert state.metrics is not None  # set by create_app
     return web.Response(body=state.metrics.render(),
@@ -254,15 +293,17 @@ async def metrics_handler(request: web.Request) -> web.Response:
 async def serve(settings: Settings, extra_actors: Sequence[Path | str] = ()) -> None:
     """Serve until SIGINT/SIGTERM, then drain: stop accepting, let calls finish, close."""
     check_exposure(settings)
+    ensure_fd_headroom(settings)
     app = create_app(settings, extra_actors=extra_actors)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()  # starts the runtime: manifest or backend problems raise here
     stop, force = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(rate_limited_exception_handler(app[STATE].gate.reports))
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _on_signal, stop, force)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = GuardedSite(runner, settings.host, settings.port, app[STATE].gate)
         await site.start()
         log.info("serving JSON-RPC on ws://%s:%d/", settings.host, settings.port)
         await stop.wait()

@@ -2,7 +2,7 @@
 
 ``load_settings()`` reads ``config/settings.toml`` (the ``[default]`` table,
 then the environment named by ``SERVICE_ENV``, then ``SERVICE_*`` environment
-variables, e.g. ``SERVICE_PORT=6000`` or ``SERVICE_AUTH__TOKENS='["s3cret"]'``),
+variables, e.g. ``SERVICE_PORT=6000`` or ``SERVICE_AUTH__TOKENS='["a-long-random-token-1234"]'``),
 applies command-line overrides and returns a frozen :class:`Settings`.
 Every problem is reported, one line each, in a single :class:`SettingsError`.
 """
@@ -10,6 +10,7 @@ Every problem is reported, one line each, in a single :class:`SettingsError`.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ ENV_PREFIX = "SERVICE"
 BACKENDS = ("auto", "microvm", "process")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+MIN_TOKEN_CHARS = 16  # a shorter token can be guessed; refused at settings load
 
 
 @dataclass(frozen=True)
@@ -47,12 +49,64 @@ class LimitsMax:
     timeout_s: float = 300
     pids: int = 512
     output_bytes: int = 16_777_216
+    # Network is the operator's to grant, not the manifest's: `network: true` is refused
+    # unless this is true, or the actor's id is in network_actors.
+    network: bool = False
+    network_actors: tuple[str, ...] = ()
+
+    def allows_network(self, actor_id: object) -> bool:
+        return self.network or actor_id in self.network_actors
+
+
+@dataclass(frozen=True)
+class PoolMax:
+    """The most a manifest's ``pool`` may ask for."""
+
+    min_warm: int = 8
+    max_workers: int = 64
+    max_queue: int = 1024
+
+
+def machine_memory_mb() -> int:
+    """The host's physical memory in MiB (sysconf), 4096 when it cannot be read."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 1_048_576
+    except (ValueError, OSError):
+        return 4096
+
+
+def _default_capacity_memory_mb() -> int:
+    return max(256, machine_memory_mb() * 3 // 4)
+
+
+@dataclass(frozen=True)
+class CapacitySettings:
+    """The whole server's sandboxes, every actor together (booting, idle or running)."""
+
+    max_sandboxes: int = 256
+    # The sum of the live sandboxes' limits.memory_mb; default three quarters of the host's RAM.
+    memory_mb: int = field(default_factory=_default_capacity_memory_mb)
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """What one client connection, one frame and one request may cost; who may connect."""
+
+    max_connections: int = 512  # open TCP connections, every client together
+    header_timeout_s: float = 10  # to send a complete request head (and between requests)
+    max_in_flight: int = 64  # requests of one connection being answered at once
+    max_batch: int = 100  # requests in one batch
+    max_response_bytes: int = 67_108_864  # the answer to one frame (a batch: all of it)
+    max_id_chars: int = 256  # a longer string id is an Invalid Request
+    allowed_origins: tuple[str, ...] = ()  # browser Origins allowed to upgrade; none by default
+    allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides the bind address
 
 
 @dataclass(frozen=True)
 class AuthSettings:
     tokens: tuple[str, ...] = ()
     allow_anonymous: bool = False
+    admin_tokens: tuple[str, ...] = ()  # may call `load` (and everything else)
 
 
 @dataclass(frozen=True)
@@ -89,6 +143,9 @@ class Settings:
     limits_max: LimitsMax = field(default_factory=LimitsMax)
     auth: AuthSettings = field(default_factory=AuthSettings)
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    pool_max: PoolMax = field(default_factory=PoolMax)
+    capacity: CapacitySettings = field(default_factory=CapacitySettings)
+    connections: ConnectionSettings = field(default_factory=ConnectionSettings)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -102,8 +159,6 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     variables are errors, reported together with every invalid value. Relative paths
     resolve against :func:`settings_base_dir`.
     """
-    import os
-
     problems = _file_problems(path) + _env_problems(os.environ)
     raw = _read_dynaconf(path)
     raw.update({k: v for k, v in overrides.items() if v is not None})
@@ -170,7 +225,8 @@ def settings_from_mapping(raw: dict[str, Any]) -> Settings:
 
 def _convert(name: str, value: Any) -> Any:
     nested = {"limits": Limits, "limits_max": LimitsMax, "auth": AuthSettings,
-              "sandbox": SandboxSettings}
+              "sandbox": SandboxSettings, "pool_max": PoolMax, "capacity": CapacitySettings,
+              "connections": ConnectionSettings}
     if name in nested:
         return _nested(nested[name], value, name)
     default = getattr(Settings(), name)
@@ -194,7 +250,7 @@ def _nested(cls: type, value: Any, name: str) -> Any:
     converted = {}
     for key, item in value.items():
         try:
-            if key == "tokens":
+            if isinstance(getattr(base, key), tuple):  # tokens, actor ids, origins, hosts
                 if not isinstance(item, list | tuple) or not all(isinstance(t, str) for t in item):
                     raise TypeError("expected a list of strings")
                 converted[key] = tuple(item)
@@ -238,8 +294,30 @@ def _check(s: Settings) -> None:
     for key in ("cpus", "memory_mb", "timeout_s", "pids", "output_bytes"):
         if getattr(s.limits, key) > getattr(s.limits_max, key):
             problems.append(f"limits.{key}: default is over limits_max.{key}")
+    if s.limits.network and not s.limits_max.network:
+        problems.append("limits.network: a default of true needs limits_max.network = true")
+    if s.limits.memory_mb > s.capacity.memory_mb:
+        problems.append("limits.memory_mb: default is over capacity.memory_mb")
+    one_answer = 2 * s.limits_max.output_bytes + s.max_message_bytes  # outputs twice, state
+    if s.connections.max_response_bytes < one_answer:
+        problems.append(f"connections.max_response_bytes: under what one `process` answer may "
+                        f"hold (2 x limits_max.output_bytes + max_message_bytes = {one_answer})")
+    problems += _token_problems(s.auth)
     if problems:
         raise SettingsError("; ".join(problems))
+
+
+def _token_problems(auth: AuthSettings) -> list[str]:
+    """Empty, short or shared tokens: each one a problem (the token itself is never shown)."""
+    problems = []
+    for key in ("tokens", "admin_tokens"):
+        for i, token in enumerate(getattr(auth, key)):
+            if len(token.strip()) < MIN_TOKEN_CHARS:
+                problems.append(f"auth.{key}[{i}]: a token must have at least "
+                                f"{MIN_TOKEN_CHARS} characters (use a long random string)")
+    if set(auth.tokens) & set(auth.admin_tokens):
+        problems.append("auth.admin_tokens: an admin token must differ from every call token")
+    return problems
 
 
 def is_loopback(host: str) -> bool:
@@ -315,8 +393,6 @@ def _table_problems(env: str, table: dict[str, Any]) -> list[str]:
 
 
 def _env_switch_problem(doc: dict[str, Any]) -> list[str]:
-    import os
-
     env = os.environ.get(f"{ENV_PREFIX}_ENV")
     if env is None or env.lower() in {k.lower() for k in doc}:
         return []

@@ -34,8 +34,13 @@ DOCUMENTED_SETTINGS: dict[str, Any] = {
     "limits": {"cpus": 1, "memory_mb": 128, "timeout_s": 10, "network": False, "pids": 64,
                "output_bytes": 1048576},
     "limits_max": {"cpus": 4, "memory_mb": 2048, "timeout_s": 300, "pids": 512,
-                   "output_bytes": 16777216},
-    "auth": {"tokens": [], "allow_anonymous": False},
+                   "output_bytes": 16777216, "network": False, "network_actors": []},
+    "auth": {"tokens": [], "allow_anonymous": False, "admin_tokens": []},
+    "pool_max": {"min_warm": 8, "max_workers": 64, "max_queue": 1024},
+    "capacity": {"max_sandboxes": 256},  # memory_mb: from the machine, left out
+    "connections": {"max_connections": 512, "header_timeout_s": 10, "max_in_flight": 64,
+                    "max_batch": 100, "max_response_bytes": 67108864, "max_id_chars": 256,
+                    "allowed_origins": [], "allowed_hosts": []},
 }
 RUNTIME_DEPENDENCIES = {"aiohttp", "pyyaml", "jsonschema", "referencing",
                         "dynaconf", "prometheus-client"}

@@ -46,10 +46,10 @@ def test_production_environment_replaces_lists(monkeypatch: pytest.MonkeyPatch) 
 
 def test_env_variables_override_nested_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SERVICE_PORT", "6001")
-    monkeypatch.setenv("SERVICE_AUTH__TOKENS", '["s3cret"]')
+    monkeypatch.setenv("SERVICE_AUTH__TOKENS", '["s3cret-0123456789"]')
     monkeypatch.setenv("SERVICE_LIMITS__TIMEOUT_S", "2.5")
     s = load_settings(CONFIG)
-    assert (s.port, s.auth.tokens, s.limits.timeout_s) == (6001, ("s3cret",), 2.5)
+    assert (s.port, s.auth.tokens, s.limits.timeout_s) == (6001, ("s3cret-0123456789",), 2.5)
     assert s.limits.memory_mb == 128  # the rest of the table is kept
 
 
@@ -77,11 +77,47 @@ def test_every_problem_is_listed_on_one_line() -> None:
     ({"limits": {"network": "no"}}, "limits: network: expected true or false, got 'no'"),
     ({"limits": {"memory_mb": 4096}}, "limits.memory_mb: default is over limits_max.memory_mb"),
     ({"auth": {"tokens": "abc"}}, "auth: tokens: expected a list of strings"),
+    ({"auth": {"tokens": ["a" * 16, ""]}},
+     "auth.tokens[1]: a token must have at least 16 characters (use a long random string)"),
+    ({"auth": {"admin_tokens": ["short"]}},
+     "auth.admin_tokens[0]: a token must have at least 16 characters (use a long random string)"),
+    ({"auth": {"tokens": ["a" * 16], "admin_tokens": ["a" * 16]}},
+     "auth.admin_tokens: an admin token must differ from every call token"),
+    ({"limits": {"network": True}},
+     "limits.network: a default of true needs limits_max.network = true"),
+    ({"limits_max": {"network_actors": "doubler"}},
+     "limits_max: network_actors: expected a list of strings"),
+    ({"connections": {"max_batch": 0}}, "connections: max_batch: must be positive, got 0"),
+    ({"connections": {"allowed_origins": [1]}},
+     "connections: allowed_origins: expected a list of strings"),
+    ({"capacity": {"memory_mb": 64}}, "limits.memory_mb: default is over capacity.memory_mb"),
+    ({"pool_max": {"min_warm": "8"}}, "pool_max: min_warm: expected a number, got '8'"),
+    ({"connections": {"max_response_bytes": 1_000_000}},
+     "connections.max_response_bytes: under what one `process` answer may hold "
+     "(2 x limits_max.output_bytes + max_message_bytes = 34603008)"),
 ])
 def test_invalid_values_name_the_key(raw: dict, problem: str) -> None:
     with pytest.raises(SettingsError) as info:
         settings_from_mapping(raw)
     assert str(info.value) == problem
+
+
+def test_new_tables_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVICE_LIMITS_MAX__NETWORK_ACTORS", '["fetcher"]')
+    monkeypatch.setenv("SERVICE_CONNECTIONS__ALLOWED_ORIGINS", '["https://flows.example"]')
+    monkeypatch.setenv("SERVICE_CAPACITY__MEMORY_MB", "4096")
+    monkeypatch.setenv("SERVICE_AUTH__ADMIN_TOKENS", '["admin-0123456789abcdef"]')
+    s = load_settings(CONFIG)
+    assert s.limits_max.allows_network("fetcher") and not s.limits_max.allows_network("other")
+    assert s.connections.allowed_origins == ("https://flows.example",)
+    assert (s.capacity.memory_mb, s.capacity.max_sandboxes) == (4096, 256)
+    assert s.auth.admin_tokens == ("admin-0123456789abcdef",)
+
+
+def test_capacity_memory_defaults_to_three_quarters_of_the_machine() -> None:
+    from service.settings import machine_memory_mb
+
+    assert Settings().capacity.memory_mb == max(256, machine_memory_mb() * 3 // 4)
 
 
 def test_floats_stay_as_given() -> None:
@@ -100,7 +136,7 @@ def test_missing_file_is_one_line() -> None:
     ("::1", (), False, False),
     ("localhost", (), False, False),
     ("0.0.0.0", (), False, True),
-    ("0.0.0.0", ("t",), False, False),
+    ("0.0.0.0", ("t" * 16,), False, False),
     ("0.0.0.0", (), True, False),
 ])
 def test_exposure(host: str, tokens: tuple, anonymous: bool, refused: bool) -> None:

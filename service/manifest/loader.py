@@ -137,7 +137,12 @@ def check_manifest(path: Path | str, settings: Settings) -> ManifestCheck:
     except ManifestError as exc:
         return ManifestCheck(display, None, exc.problems)
     ctx = _Context(display, Path(path).resolve(), doc, settings, list(doc.problems))
-    actor = _check(ctx)
+    try:
+        actor = _check(ctx)
+    except (RecursionError, MemoryError):  # a schema or an example nested beyond what we follow
+        ctx.problems.append(Problem(display, None, None, "the manifest is nested too deeply "
+                                    "to check"))
+        actor = None
     actor_id = doc.value.get("id")
     valid = isinstance(actor_id, str) and not _field_has_problem(ctx, "/id")
     valid_id = actor_id if valid else None
@@ -193,7 +198,7 @@ def _check(ctx: _Context) -> ActorDef | None:
     outports = _ports(ctx, "outports")
     config = _config(ctx)
     limits = _limits(ctx)
-    pool = _pool(ctx)
+    pool = _pool(ctx, limits)
     examples = _examples(ctx, inports, outports, config)
     if ctx.problems or script is None:
         return None
@@ -330,17 +335,54 @@ def _limits(ctx: _Context) -> Limits:
             ctx.add(pointer("limits", key), f"{_num(value)} is over the maximum {_num(most)}")
     defaults = ctx.settings.limits.to_json()
     known = {k: v for k, v in given.items() if k in defaults}
-    return Limits(**{**defaults, **known})
+    limits = Limits(**{**defaults, **known})
+    _check_grants(ctx, limits)
+    return limits
 
 
-def _pool(ctx: _Context) -> PoolSpec:
+def _check_grants(ctx: _Context, limits: Limits) -> None:
+    """What only the operator may grant: network, and memory within the server's capacity."""
+    actor_id = ctx.raw.get("id")
+    if limits.network is True and not ctx.settings.limits_max.allows_network(actor_id):
+        ctx.add("/limits/network", "true is not allowed on this server: the operator grants "
+                f"network (settings limits_max.network = true, or {actor_id!r} in "
+                "limits_max.network_actors)")
+    capacity = ctx.settings.capacity.memory_mb
+    memory = limits.memory_mb
+    # Over limits_max is reported already; over the capacity is worth saying only below it.
+    if _is_number(memory) and capacity < memory <= ctx.settings.limits_max.memory_mb:
+        ctx.add("/limits/memory_mb", f"{_num(limits.memory_mb)} MiB is over the server's "
+                f"sandbox memory (capacity.memory_mb = {capacity})")
+
+
+def _pool(ctx: _Context, limits: Limits) -> PoolSpec:
     section = ctx.raw.get("pool")
     given = section if isinstance(section, dict) else {}
     pool = PoolSpec(**{k: v for k, v in given.items() if k in PoolSpec.__dataclass_fields__})
     if _is_number(pool.min_warm) and _is_number(pool.max_workers) and (
             pool.min_warm > pool.max_workers):
         ctx.add("/pool/min_warm", f"{pool.min_warm} is over pool.max_workers {pool.max_workers}")
+    maxima = ctx.settings.pool_max
+    for key in ("min_warm", "max_workers", "max_queue"):
+        value, most = getattr(pool, key), getattr(maxima, key)
+        if _is_number(value) and value > most:
+            ctx.add(pointer("pool", key), f"{_num(value)} is over the maximum {_num(most)} "
+                    f"(settings pool_max.{key})")
+    _check_warm_capacity(ctx, pool, limits)
     return pool
+
+
+def _check_warm_capacity(ctx: _Context, pool: PoolSpec, limits: Limits) -> None:
+    """min_warm sandboxes are booted with no call: they must fit in the server's capacity."""
+    capacity = ctx.settings.capacity
+    if not (_is_number(pool.min_warm) and _is_number(limits.memory_mb)) or pool.min_warm == 0:
+        return
+    if pool.min_warm > capacity.max_sandboxes:
+        ctx.add("/pool/min_warm", f"{pool.min_warm} is over the server's "
+                f"capacity.max_sandboxes {capacity.max_sandboxes}")
+    elif pool.min_warm * limits.memory_mb > capacity.memory_mb:
+        ctx.add("/pool/min_warm", f"{pool.min_warm} warm sandboxes of {_num(limits.memory_mb)} "
+                f"MiB are over the server's capacity.memory_mb {capacity.memory_mb}")
 
 
 def _is_number(value: Any) -> bool:

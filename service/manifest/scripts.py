@@ -76,6 +76,9 @@ def _check_python(source: str, path: Path, entrypoint: str) -> list[ScriptIssue]
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as exc:
         return [ScriptIssue(f"invalid Python: {exc.msg}", True, exc.lineno, exc.offset)]
+    except (RecursionError, MemoryError):  # CPython's parser gives up on very deep nesting
+        return [ScriptIssue("invalid Python: the script is nested too deeply to parse", True,
+                            1, 1)]
     defined = any(isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef)
                   and stmt.name == entrypoint for stmt in tree.body)
     return [] if defined else [_no_entrypoint(path, entrypoint)]

@@ -21,6 +21,10 @@ from service.errors import ManifestError, Problem
 
 Position = tuple[int, int]
 MAX_NODES = 100_000
+# Characters of scalars after aliases are expanded: a few aliases of a long string must not
+# make a manifest (and every `list` answer holding its descriptor) hundreds of MB.
+MAX_EXPANDED_CHARS = 2_097_152
+MAX_SOURCE_CHARS = 1_048_576  # the manifest file itself
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
 
@@ -81,12 +85,22 @@ class _Builder:
     problems: list[Problem] = field(default_factory=list)
     active: set[int] = field(default_factory=set)  # nodes being built: catches alias cycles
     built: int = 0  # nodes built so far: aliases expand, and a "billion laughs" must not
+    chars: int = 0  # characters of the scalars built so far, aliases expanded
 
     def problem(self, node: yaml.Node, ptr: str, message: str) -> None:
         line, col = _position(node.start_mark)
         self.problems.append(Problem(self.file, line, col, message, ptr))
 
+    def _charge(self, node: yaml.Node, chars: int) -> None:
+        self.chars += chars
+        if self.chars > MAX_EXPANDED_CHARS:
+            line, col = _position(node.start_mark)
+            raise ManifestError([Problem(self.file, line, col, "the manifest is too big: over "
+                                         f"{MAX_EXPANDED_CHARS} characters after YAML aliases "
+                                         "are expanded")])
+
     def build(self, node: yaml.Node, ptr: str) -> Any:
+        self._charge(node, len(ptr))  # keys and positions repeat with every alias too
         self.values.setdefault(ptr, _position(node.start_mark))
         self.built += 1
         if self.built > MAX_NODES:
@@ -130,6 +144,7 @@ class _Builder:
         return out
 
     def _scalar(self, node: yaml.Node, ptr: str) -> Any:
+        self._charge(node, len(node.value))
         try:
             value = self.loader.construct_object(node, deep=True)
         except yaml.YAMLError as exc:
@@ -148,6 +163,9 @@ def parse_manifest_yaml(text: str, file: str) -> YamlDoc:
     Raises ManifestError when nothing usable comes out (syntax error, empty file,
     a root that is not a mapping); recoverable problems are kept in ``problems``.
     """
+    if len(text) > MAX_SOURCE_CHARS:
+        raise ManifestError([Problem(file, None, None, f"the file is too big: {len(text)} "
+                                     f"characters, at most {MAX_SOURCE_CHARS}")])
     loader = _JsonLoader(text)
     try:
         root = loader.get_single_node()
@@ -165,6 +183,9 @@ def parse_manifest_yaml(text: str, file: str) -> YamlDoc:
         raise ManifestError([Problem(file, *where, message)]) from exc
     except yaml.YAMLError as exc:
         raise ManifestError([Problem(file, None, None, f"invalid YAML: {exc}")]) from exc
+    except RecursionError:  # the composer and the builder recurse once per nesting level
+        raise ManifestError([Problem(file, None, None,
+                                     "the YAML is nested too deeply")]) from None
     finally:
         loader.dispose()
     return YamlDoc(value, builder.values, builder.keys, tuple(builder.problems))

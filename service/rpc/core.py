@@ -21,6 +21,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.protocols import Validator
 
 from service.errors import (
+    Busy,
     InternalError,
     InvalidParams,
     InvalidRequest,
@@ -29,6 +30,7 @@ from service.errors import (
     RpcError,
 )
 from service.manifest.model import schema_errors
+from service.settings import ConnectionSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,10 @@ Send = Callable[[str], Awaitable[None]]
 ParamsCheck = Callable[[dict[str, Any]], bool]
 _ABSENT = object()
 # The exact Python types json.loads gives for each JSON Schema type (bool is not a number).
+# Requests that never count against a connection's in-flight cap: `cancel` must get through
+# to a connection whose every slot is taken by a running call.
+UNCOUNTED_METHODS = frozenset({"cancel"})
+BUSY_RETRY_MS = 100  # a connection at its in-flight cap: its own calls free slots, soon
 # "integer" stays int only: jsonschema also takes 1.0, and the fast check may only be stricter.
 _JSON_TYPES = MappingProxyType({
     "string": (str,), "number": (int, float), "integer": (int,), "object": (dict,),
@@ -47,16 +53,23 @@ _JSON_TYPES = MappingProxyType({
 class Connection:
     """One client connection as the core sees it: a way to send text, and per-connection slots."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, *, admin: bool = False) -> None:
         self._send = send
         self._slots: dict[type, Any] = {}
+        self.admin = admin  # may run admin methods (`load`): decided by the transport
+        self.in_flight = 0  # requests being answered (see ConnectionSettings.max_in_flight)
 
     async def send(self, text: str) -> None:
         await self._send(text)
 
     async def notify(self, method: str, params: Any) -> None:
-        """Send a JSON-RPC notification to the client."""
-        await self._send(encode({"jsonrpc": "2.0", "method": method, "params": params}))
+        """Send a JSON-RPC notification to the client; InternalError when it cannot be encoded."""
+        try:
+            text = encode({"jsonrpc": "2.0", "method": method, "params": params})
+        except RecursionError:
+            raise InternalError(f"Internal error: a {method} notification is nested too "
+                                "deeply to encode as JSON") from None
+        await self._send(text)
 
     def slot(self, cls: type[T]) -> T:
         """This connection's instance of ``cls`` (created on first use): per-connection state."""
@@ -94,10 +107,12 @@ class _Method:
 class Dispatcher:
     """An explicit registry of methods, and the JSON-RPC 2.0 rules around calling them."""
 
-    def __init__(self, *, validate_results: bool = False) -> None:
+    def __init__(self, *, validate_results: bool = False,
+                 limits: ConnectionSettings | None = None) -> None:
         # validate_results: check each result against its published schema (tests turn it on)
         self._methods: dict[str, _Method] = {}
         self._validate_results = validate_results
+        self._limits = limits or ConnectionSettings()
 
     def register(
         self,
@@ -135,18 +150,29 @@ class Dispatcher:
                                  parse_float=_finite_float)
         except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
             return encode(_error_response(None, ParseError()))
+        budget = _ResponseBudget(self._limits.max_response_bytes)
         if isinstance(message, list):
-            return await self._handle_batch(message, connection)
-        response = await self.handle_message(message, connection)
-        return None if response is None else _encode_response(response)
+            return await self._handle_batch(message, connection, budget)
+        return await self._answer(message, connection, budget)
 
-    async def _handle_batch(self, batch: list[Any], connection: Connection) -> str | None:
+    async def _handle_batch(self, batch: list[Any], connection: Connection,
+                            budget: _ResponseBudget) -> str | None:
         if not batch:
             return encode(_error_response(None, InvalidRequest()))
-        # The elements run concurrently, as separate requests would.
-        responses = await asyncio.gather(*(self.handle_message(m, connection) for m in batch))
-        parts = [_encode_response(r) for r in responses if r is not None]
+        if len(batch) > self._limits.max_batch:
+            return encode(_error_response(None, InvalidRequest(
+                f"Invalid Request: a batch holds at most {self._limits.max_batch} requests, "
+                f"got {len(batch)}")))
+        # The elements run concurrently, as separate requests would; each answer is encoded
+        # (and charged to the frame's budget) as soon as it is ready, so results do not pile up.
+        answers = await asyncio.gather(*(self._answer(m, connection, budget) for m in batch))
+        parts = [a for a in answers if a is not None]
         return f"[{','.join(parts)}]" if parts else None
+
+    async def _answer(self, message: Any, connection: Connection,
+                      budget: _ResponseBudget) -> str | None:
+        response = await self.handle_message(message, connection)
+        return None if response is None else budget.charge(response)
 
     async def handle_message(self, message: Any, connection: Connection) -> dict[str, Any] | None:
         """Handle one decoded request object; the response object, or None for a notification."""
@@ -158,12 +184,25 @@ class Dispatcher:
             log.debug("invalid request: %s", problem)
             return _error_response(None if request_id is _ABSENT else request_id,
                                    InvalidRequest())
+        if isinstance(request_id, str) and len(request_id) > self._limits.max_id_chars:
+            # Not echoed: an id is copied into every notification of the call.
+            return _error_response(None, InvalidRequest(
+                f"Invalid Request: an id has at most {self._limits.max_id_chars} characters"))
         call = Call(connection, message["method"], None if request_id is _ABSENT else request_id,
                     request_id is _ABSENT)
+        counted = call.method not in UNCOUNTED_METHODS
+        if counted and connection.in_flight >= self._limits.max_in_flight:
+            log.debug("connection at its in-flight cap; refusing %s", call.method)
+            return None if call.is_notification else _error_response(call.id, Busy(
+                BUSY_RETRY_MS, f"Busy: this connection already has {connection.in_flight} "
+                "requests in flight"))
+        connection.in_flight += counted
         try:
             result = await self._dispatch(call, message.get("params", _ABSENT))
         except RpcError as exc:
             return None if call.is_notification else _error_response(call.id, exc)
+        finally:
+            connection.in_flight -= counted
         return None if call.is_notification else _result_response(call.id, result)
 
     async def _dispatch(self, call: Call, raw_params: Any) -> Any:
@@ -175,6 +214,9 @@ class Dispatcher:
             result = await method.handler(params, call)
         except RpcError:
             raise
+        except RecursionError:  # a value nested deeper than the validators can follow
+            log.warning("method %s (id %r): a value is nested too deeply", call.method, call.id)
+            raise InternalError("Internal error: a value is nested too deeply") from None
         except Exception:  # the one place unknown failures become -32603
             log.exception("internal error in method %s (id %r)", call.method, call.id)
             raise InternalError() from None
@@ -279,11 +321,39 @@ def encode(message: Any) -> str:
 
 
 def _encode_response(response: dict[str, Any]) -> str:
+    error = InternalError()
     try:
         return encode(response)
+    except RecursionError:
+        log.warning("response to id %r is nested too deeply to encode", response.get("id"))
+        error = InternalError("Internal error: the response is nested too deeply to encode "
+                              "as JSON")
     except (TypeError, ValueError):
         log.exception("response to id %r cannot be encoded as JSON", response.get("id"))
+    return _error_text(response.get("id"), error)
+
+
+def _error_text(request_id: Any, error: RpcError) -> str:
     try:
-        return encode(_error_response(response.get("id"), InternalError()))
+        return encode(_error_response(request_id, error))
     except (TypeError, ValueError):  # the id itself: still answer, once, as the spec's null
-        return encode(_error_response(None, InternalError()))
+        return encode(_error_response(None, error))
+
+
+class _ResponseBudget:
+    """The bytes the answer to one frame may take; answers past it become -32603 errors."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def charge(self, response: dict[str, Any]) -> str:
+        text = _encode_response(response)
+        if self.used + len(text) > self.limit:
+            log.warning("answer to id %r dropped: the frame's answer is over %d bytes",
+                        response.get("id"), self.limit)
+            text = _error_text(response.get("id"), InternalError(
+                f"Internal error: the answer to this frame is over {self.limit} bytes "
+                "(connections.max_response_bytes)"))
+        self.used += len(text)
+        return text

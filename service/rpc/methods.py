@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from service.errors import ActorNotFound, Cancelled, RpcError, SandboxUnavailable
+from service.errors import ActorNotFound, Cancelled, PathNotAllowed, RpcError, SandboxUnavailable
 from service.log import FIELDS_ATTR, RateLimit, fields
 from service.metrics import Metrics
 from service.rpc.core import Call, Dispatcher, Handler, encode
@@ -93,6 +93,10 @@ class Methods:
         return self.runtime.get(params["actor_id"]).descriptor()
 
     async def load(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        if not call.connection.admin:
+            log.warning("load refused: the connection has no admin token")
+            raise PathNotAllowed(params["file_path"], "load is an admin operation: connect "
+                                 "with a token from auth.admin_tokens")
         actor, replaced = await self.runtime.load(params["file_path"])
         return {"success": True, "actor": actor.descriptor(), "replaced": replaced}
 

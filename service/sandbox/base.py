@@ -78,6 +78,15 @@ def encode_line(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode("ascii") + b"\n"
 
 
+def decode_line(line: bytes | str) -> Any:
+    """One line from the harness as JSON. ValueError for anything that is not JSON, a value
+    nested too deeply for this process's stack included (the reader must never die of it)."""
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise ValueError("a JSON value nested too deeply to decode") from None
+
+
 def call_line(request: CallRequest, fence: str) -> bytes:
     """The ``call`` line; the harness echoes ``fence`` to fds 1/2 before its reply."""
     return encode_line({"type": "call", "actor_id": request.actor_id,

@@ -60,6 +60,7 @@ from service.sandbox.base import (
     OutputBudget,
     OutputEvent,
     call_line,
+    decode_line,
     encode_line,
     harness_failure,
 )
@@ -827,7 +828,7 @@ def _protocol_message(line: str) -> dict[str, Any] | None:
     if not line.startswith("{"):
         return None
     try:
-        message = json.loads(line)
+        message = decode_line(line)
     except ValueError:
         return None
     if isinstance(message, dict) and isinstance(message.get("type"), str):

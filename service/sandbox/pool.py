@@ -6,7 +6,10 @@ the background and kept idle, so a call does not pay for a boot. Never more than
 ``max_workers`` workers exist (busy, idle, resetting or booting): a call that finds no idle
 worker waits for one being reset or warmed up rather than booting another. A worker is reused
 (after ``reset()``, which wipes its /tmp) only when its call succeeded, it is still alive
-and ``pool.reuse`` is true; anything else is closed and replaced.
+and ``pool.reuse`` is true; anything else is closed and replaced. Every boot first takes a
+lease from the server's :class:`SandboxCapacity` (see ``capacity.py``): a warm boot that
+does not fit is skipped, a call that does not fit (after idle sandboxes of other actors are
+reclaimed) fails with Busy.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, NamedTuple
 from service.errors import Busy, Cancelled, SandboxUnavailable
 from service.manifest.model import ActorDef
 from service.sandbox.base import Backend, CallOutcome, CallRequest, EventSink, Worker
+from service.sandbox.capacity import Lease, SandboxCapacity
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +43,11 @@ class PoolStats(NamedTuple):
 class ActorPool:
     """The workers of one actor (see the module docstring)."""
 
-    def __init__(self, actor: ActorDef, backend: Backend) -> None:
+    def __init__(self, actor: ActorDef, backend: Backend,
+                 capacity: SandboxCapacity | None = None) -> None:
         self.actor = actor
         self._backend = backend
+        self._capacity = capacity if capacity is not None else SandboxCapacity()
         self._slots = asyncio.Semaphore(actor.pool.max_workers)
         self._idle: deque[Worker] = deque()
         self._busy: set[Worker] = set()
@@ -66,6 +72,7 @@ class ActorPool:
 
     async def start(self) -> None:
         """Boot ``min_warm`` workers in the background; returns at once."""
+        self._capacity.register(self, self._shed_idle)
         self._top_up()
 
     async def run(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
@@ -97,6 +104,7 @@ class ActorPool:
         """Kill every worker, running ones included (their calls raise Cancelled)."""
         self._accepting = False
         self._closed = True
+        self._capacity.unregister(self)
         for task in self._warmers:
             task.cancel()  # a cancelled boot closes its own sandbox
         workers = [*self._idle, *self._busy, *self._resetting]
@@ -161,17 +169,35 @@ class ActorPool:
             raise Cancelled()
         self._booting += 1
         try:
-            return await self._start_worker()
+            return await self._start_worker(warm=False)
         finally:
             self._booting -= 1
 
-    async def _start_worker(self) -> Worker:
+    async def _start_worker(self, *, warm: bool) -> Worker:
+        """Boot a worker within the server's capacity; Busy when it does not fit."""
+        memory_mb = self.actor.limits.memory_mb
+        lease = self._capacity.try_lease(memory_mb)
+        if lease is None and not warm:  # a call may take idle sandboxes of other actors
+            lease = await self._capacity.reclaim(memory_mb, self)
+        if lease is None:
+            raise Busy(self._retry_after_ms(), "Busy: the server's sandbox capacity is in use "
+                       f"({self._capacity.describe()})")
         self.boots += 1
         try:
-            return await self._backend.start_worker(self.actor)
-        except Exception:  # a cancelled boot is not a failure of the backend
-            self.boot_failures += 1
+            worker = await self._backend.start_worker(self.actor)
+        except BaseException as exc:
+            lease.release()
+            if isinstance(exc, Exception):  # a cancelled boot is not a failure of the backend
+                self.boot_failures += 1
             raise
+        return _Leased(worker, lease)
+
+    async def _shed_idle(self) -> bool:
+        """Close one idle worker so that another actor's call can have its capacity."""
+        if not self._idle:
+            return False
+        await self._idle.popleft().close()
+        return True
 
     # --- background work -----------------------------------------------------------------
 
@@ -208,7 +234,10 @@ class ActorPool:
 
     async def _warm_one(self) -> None:
         try:
-            worker = await self._start_worker()
+            worker = await self._start_worker(warm=True)
+        except Busy as exc:  # the server is at capacity: warm sandboxes are a nicety
+            logger.debug("%s: warm boot skipped: %s", self.actor.id, exc)
+            return
         except Exception as exc:
             logger.warning("%s: warm boot failed: %s", self.actor.id, exc)
             return
@@ -252,3 +281,31 @@ class ActorPool:
         # Up to half again at random: callers refused together must not retry in lockstep.
         return max(1, int(average * rounds * random.uniform(1, 1 + RETRY_JITTER)))
 
+
+
+class _Leased:
+    """A worker holding a lease of the server's capacity, given back when it is closed."""
+
+    def __init__(self, worker: Worker, lease: Lease) -> None:
+        self._worker = worker
+        self._lease = lease
+
+    @property
+    def alive(self) -> bool:
+        return self._worker.alive
+
+    async def call(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
+        return await self._worker.call(request, on_event)
+
+    async def reset(self) -> None:
+        await self._worker.reset()
+
+    async def close(self) -> None:
+        try:
+            await self._worker.close()
+        finally:
+            self._lease.release()
+
+    def __getattr__(self, name: str) -> Any:
+        """Anything else a backend's worker offers passes through."""
+        return getattr(self._worker, name)

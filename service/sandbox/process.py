@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import re
@@ -56,6 +55,7 @@ from service.sandbox.base import (
     OutputBudget,
     OutputEvent,
     call_line,
+    decode_line,
     harness_failure,
 )
 from service.sandbox.seccomp import DENIED, denylist_program
@@ -869,7 +869,7 @@ class ProcessWorker:
                 await self._queue.put(_Item("eof"))
                 return
             try:
-                message = json.loads(line)
+                message = decode_line(line)
             except ValueError:
                 message = None
             if isinstance(message, dict):

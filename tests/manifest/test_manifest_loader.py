@@ -127,6 +127,7 @@ def test_limits_are_filled_from_the_settings(tmp_path: Path) -> None:
     settings = Settings(limits=Limits(cpus=0.5, memory_mb=256, timeout_s=7, network=False,
                                       pids=32, output_bytes=4096))
     path = write(tmp_path, BASE + "limits: {timeout_s: 2, network: true}\n")
+    settings = settings.replace(limits_max=LimitsMax(network=True))
     assert load_manifest(path, settings).limits == Limits(
         cpus=0.5, memory_mb=256, timeout_s=2, network=True, pids=32, output_bytes=4096)
 

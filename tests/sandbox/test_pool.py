@@ -16,6 +16,7 @@ from sandbox_helpers import ACTORS, Recorder, actor_def, request
 from service.errors import ActorFailed, Busy, Cancelled, SandboxUnavailable
 from service.manifest.model import ActorDef, PoolSpec
 from service.sandbox.base import Availability, Backend, CallOutcome, CallRequest, EventSink
+from service.sandbox.capacity import SandboxCapacity
 from service.sandbox.pool import ActorPool, PoolStats
 
 
@@ -331,4 +332,76 @@ async def test_boots_and_boot_failures_are_counted(fake: FakeBackend) -> None:
     with pytest.raises(SandboxUnavailable):
         await run(pool)
     assert (pool.boots, pool.boot_failures) == (2, 1)
+    await pool.aclose()
+
+
+# --- the server's capacity, shared by every pool -----------------------------------------
+
+
+def capped_pool(backend: FakeBackend, capacity: SandboxCapacity, script: str = "origin.py",
+                **spec: Any) -> ActorPool:
+    actor = actor_def(ACTORS / script, pool=PoolSpec(**spec), memory_mb=100)
+    return ActorPool(actor, backend, capacity)
+
+
+async def test_warm_boots_stop_at_the_servers_capacity(fake: FakeBackend) -> None:
+    """min_warm 3 on a server with room for 250 MiB: two sandboxes of 100 MiB, not three."""
+    capacity = SandboxCapacity(max_sandboxes=10, memory_mb=250)
+    pool = capped_pool(fake, capacity, min_warm=3, max_workers=4)
+    await pool.start()
+    await until(lambda: pool.stats.idle == 2)
+    await asyncio.sleep(0.01)
+    assert (len(fake.workers), capacity.sandboxes, capacity.committed_mb) == (2, 2, 200)
+    await pool.aclose()
+    assert (capacity.sandboxes, capacity.committed_mb) == (0, 0)
+
+
+async def test_a_call_takes_an_idle_sandbox_of_another_actor(fake: FakeBackend) -> None:
+    capacity = SandboxCapacity(max_sandboxes=2)
+    warm = capped_pool(fake, capacity, min_warm=2, max_workers=2)
+    await warm.start()
+    await until(lambda: warm.stats.idle == 2)
+    other = capped_pool(fake, capacity, "origin.js")
+    await other.start()
+    outcome = await other.run(request({}), Recorder())
+    assert outcome.return_value["worker"] == 2
+    assert (warm.stats.idle, fake.closed, capacity.sandboxes) == (1, [0], 2)
+    await asyncio.gather(warm.aclose(), other.aclose())
+    assert capacity.sandboxes == 0
+
+
+async def test_busy_when_every_sandbox_is_running(fake: FakeBackend) -> None:
+    capacity = SandboxCapacity(max_sandboxes=1)
+    first = capped_pool(fake, capacity)
+    other = capped_pool(fake, capacity, "origin.js")
+    await first.start()
+    await other.start()
+    running = run(first, "block")
+    await until(lambda: fake.running == 1)
+    with pytest.raises(Busy) as caught:
+        await other.run(request({}), Recorder())
+    error = caught.value.to_json()
+    assert 100 <= error["data"].pop("retry_after_ms") <= 150  # 100 ms, plus jitter
+    assert error == {
+        "code": -32008, "data": {},
+        "message": "Busy: the server's sandbox capacity is in use "
+                   "(1 of 1 sandboxes, 100 of inf MiB)"}
+    fake.gate.set()
+    await running
+    assert (await other.run(request({}), Recorder())).return_value["worker"] == 1
+    await asyncio.gather(first.aclose(), other.aclose())
+    assert capacity.sandboxes == 0
+
+
+async def test_a_failed_boot_gives_its_lease_back(fake: FakeBackend) -> None:
+    capacity = SandboxCapacity(max_sandboxes=1)
+    pool = capped_pool(fake, capacity)
+    fake.fail_boot = True
+    with pytest.raises(SandboxUnavailable):
+        await pool.run(request({}), Recorder())
+    assert capacity.sandboxes == 0
+    fake.fail_boot = False
+    with pytest.raises(ActorFailed):
+        await pool.run(request({"do": "fail"}), Recorder())
+    await until(lambda: capacity.sandboxes == 0)  # the dead worker was closed: lease back
     await pool.aclose()

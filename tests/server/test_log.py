@@ -67,3 +67,29 @@ def test_rate_limit_holds_back_and_counts() -> None:
     now[0] = 10.0
     assert limit.allow("a") == 3  # the line that goes out says how many were held back
     assert limit.allow("a") is None
+
+
+def test_text_lines_escape_what_clients_send() -> None:
+    """An actor_id with a newline once forged a whole log line."""
+    stream = io.StringIO()
+    setup_logging("info", "text", stream)
+    log = logging.getLogger("service.test")
+    log.info("process actor=%s", "x\n2026-01-01 00:00:00,000 INFO service.server: forged\x1b[2K")
+    try:
+        raise ValueError("bad value\n2026-01-01 00:00:00,000 INFO service.server: forged too")
+    except ValueError:
+        log.exception("failed")
+    lines = stream.getvalue().splitlines()
+    assert "actor=x\\n2026-01-01 00:00:00,000 INFO service.server: forged\\x1b[2K" in lines[0]
+    assert lines[1].endswith("ERROR service.test: failed")
+    assert all(line.startswith("  ") for line in lines[2:]), lines
+    assert lines[-1] == "  2026-01-01 00:00:00,000 INFO service.server: forged too"
+
+
+def test_a_huge_client_value_is_cut() -> None:
+    for fmt in ("text", "json"):
+        stream = io.StringIO()
+        setup_logging("info", fmt, stream)
+        logging.getLogger("service.test").info("process actor=%s", "x" * 1_000_000)
+        assert len(stream.getvalue()) < 9000
+        assert "(991822 more characters)" in stream.getvalue()

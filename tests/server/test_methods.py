@@ -73,10 +73,10 @@ class FakeRuntime:
 
 
 class Client:
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, admin: bool = True) -> None:
         self.dispatcher = dispatcher
         self.sent: list[Any] = []
-        self.connection = Connection(self._send)
+        self.connection = Connection(self._send, admin=admin)
 
     async def _send(self, text: str) -> None:
         self.sent.append(json.loads(text))
@@ -127,6 +127,15 @@ async def test_describe_positional_and_named(dispatcher: Dispatcher) -> None:
     client = Client(dispatcher)
     assert (await client.call("describe", ["fake"]))["result"] == DESCRIPTOR
     assert (await client.call("describe", {"actor_id": "fake"}))["result"] == DESCRIPTOR
+
+
+async def test_load_needs_an_admin_connection(dispatcher: Dispatcher,
+                                              runtime: FakeRuntime) -> None:
+    response = await Client(dispatcher, admin=False).call("load", {"file_path": "x.yaml"})
+    assert response["error"] == {
+        "code": -32011, "data": {"path": "x.yaml"},
+        "message": "Path not allowed: load is an admin operation: connect with a token from "
+                   "auth.admin_tokens"}
 
 
 async def test_load_result(dispatcher: Dispatcher) -> None:
