@@ -575,7 +575,9 @@ class ProcessWorker:
         self._kill()
         await self._exited(OUTER_EXIT_GRACE_S)
         tail = "".join(self._stderr_tail)[-STDERR_TAIL:]
-        if status is not None and status < 0:  # a signal, from outside: we had sent none
+        # Killed by a signal, from outside (we had sent none): the outer bwrap itself (status
+        # < 0), or the sandbox inside it, whose death bwrap passes on as 128 + the signal.
+        if status is not None and (status < 0 or status > 128):
             raise _BootCrash("SandboxCrashed", f"the sandbox exited (status {status}) while "
                              "starting", tail)
         raise ActorFailed("SandboxCrashed", tail.strip() or f"status {status}")
