@@ -19,13 +19,17 @@ FROM python:3.11-slim-bookworm
 # bubblewrap builds each sandbox; python3 is Debian's /usr/bin/python3, the interpreter
 # inside Python sandboxes. It is kept apart from the service's own Python (/usr/local) so
 # actors do not see the service's packages. libstdc++6 is what the node binary links to.
+# Node.js and npm (which installs JavaScript actors' dependencies: `service build`,
+# docs/dependencies.md) come from the Node 20 image below, not from Debian (Node 18).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends bubblewrap python3 libstdc++6 \
     && rm -rf /var/lib/apt/lists/*
 
-# Only the node binary (no npm): in /opt/node, which the sandbox mounts read-only, and on
-# PATH, where the settings' default `sandbox.node = "node"` finds it.
+# node and npm in /opt/node, which the sandbox mounts read-only, and on PATH, where the
+# settings' default `sandbox.node = "node"` finds node (and `service build` finds npm beside it).
 COPY --from=node /usr/local/bin/node /opt/node/bin/node
+COPY --from=node /usr/local/lib/node_modules/npm /opt/node/lib/node_modules/npm
+RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /opt/node/bin/npm
 ENV PATH=/opt/node/bin:$PATH
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -46,6 +50,10 @@ COPY service ./service
 COPY config ./config
 COPY schemas ./schemas
 COPY manifests ./manifests
+# Actors' dependency sets are installed into /app/.cache/deps (deps_dir) by the server at
+# its first start, or ahead of time: `service build manifests/` in CI (bubblewrap needs user
+# namespaces, which `docker build` rarely allows), then `COPY .cache/deps ./.cache/deps`
+# here. See docs/dependencies.md.
 # Editable, so the package stays in /app: the loader reads /app/schemas beside it
 # (compose mounts the project's schemas/ there), not a copy in site-packages.
 RUN pip install --no-deps -e .

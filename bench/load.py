@@ -59,13 +59,23 @@ class Stats:
                 "server_cpu_us_per_call": round(cpu_us, 1)}
 
 
+@dataclass(frozen=True)
+class CallSpec:
+    """What each call sends on the ``input`` port and must get back on ``output``."""
+
+    input: Any = INPUT
+    output: Any = OUTPUT
+
+
 class Caller:
     """One connection making one call at a time."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, actor_id: str) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, actor_id: str,
+                 call: CallSpec | None = None) -> None:
         self.ws = ws
         self.ids = itertools.count(1)
-        self.params = {"actor_id": actor_id, "payload": {"input": INPUT}}
+        self.spec = call or CallSpec()
+        self.params = {"actor_id": actor_id, "payload": {"input": self.spec.input}}
 
     async def call(self) -> float:
         """One `process` round trip; its latency in ms."""
@@ -91,13 +101,14 @@ class Caller:
     def _check(self, response: dict[str, Any]) -> None:
         if "error" in response:
             raise CallFailed(f"the call failed: {response['error']}")
-        if response["result"]["outputs"].get("output") != OUTPUT:
+        if response["result"]["outputs"].get("output") != self.spec.output:
             raise CallFailed(f"wrong result: {response['result']}")
 
 
 async def run_calls(url: str, actor_id: str, *, connections: int, calls: int | None = None,
                     duration_s: float | None = None, warmup_calls: int = 0,
-                    warmup_s: float = 0.0, server_pid: int | None = None) -> Stats:
+                    warmup_s: float = 0.0, server_pid: int | None = None,
+                    call: CallSpec | None = None) -> Stats:
     """Warm up (``warmup_calls`` per connection, then ``warmup_s``), then measure ``calls``
     calls per connection, or as many as fit in ``duration_s``; with ``server_pid``, also the
     CPU time that process used during the measured part."""
@@ -105,7 +116,7 @@ async def run_calls(url: str, actor_id: str, *, connections: int, calls: int | N
     async with aiohttp.ClientSession(timeout=timeout) as session:
         sockets = [await session.ws_connect(url, max_msg_size=0) for _ in range(connections)]
         try:
-            callers = [Caller(ws, actor_id) for ws in sockets]
+            callers = [Caller(ws, actor_id, call) for ws in sockets]
             if warmup_calls > 0:
                 await _measure(callers, warmup_calls, None)
             if warmup_s > 0:

@@ -6,14 +6,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.runner import COLD_ACTORS, WARM_ACTORS
+from bench.runner import COLD_ACTORS, DEPS_PAIRS, NO_SCHEMA_ACTOR, SCHEMA_ACTOR, WARM_ACTORS
 
 WARM_P50_MAX_RATIO = 3.0  # warm round trip p50 <= 3x the echo's
 THROUGHPUT_MIN_RATIO = 0.15  # at concurrency 8: >= 15% of the echo's calls/s
 THROUGHPUT_TARGET_LEVEL = "8"
+SCHEMA_P50_MAX_RATIO = 1.15  # the schema-heavy actor's warm p50 <= 1.15x the doubler's
 COLD_MAX_RATIO = 1.5  # cold call p50 <= 1.5x a bare bwrap + interpreter start
 SERVER_IDLE_RSS_MAX_MB = 60.0
 PYTHON_WORKER_RSS_MAX_MB = 15.0
+DEPS_MAX_RATIO = 1.25  # p50 with a dependency set mounted <= 1.25x the same actor without
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,21 @@ class Row:
 
 def rows(results: dict[str, Any]) -> list[Row]:
     """Every row of the table, in order."""
-    return [*_latency_rows(results), *_throughput_rows(results), *_cold_rows(results),
-            *_memory_rows(results)]
+    return [*_latency_rows(results), *_cluster_rows(results), *_throughput_rows(results),
+            *_cold_rows(results), *_deps_rows(results), *_memory_rows(results)]
+
+
+def _cluster_rows(results: dict[str, Any]) -> list[Row]:
+    """The round trip through Redis, a front and a worker, beside the single-machine one."""
+    if "cluster" not in results:
+        return []
+    single = results["server"]["latency"]["doubler"]
+    stats, hop = results["cluster"]["latency"]["doubler"], results["cluster"]["hop_ms"]
+    out = [Row(f"cluster round trip {p}, doubler (front+worker)", stats[f"{p}_ms"], "ms",
+               f"one machine {p}", single[f"{p}_ms"]) for p in ("p50", "p90", "p99")]
+    out.append(Row("  cost of the cluster hop per call (p50)", hop["p50"], "ms",
+                   "one machine p50", single["p50_ms"]))
+    return out
 
 
 def _latency_rows(results: dict[str, Any]) -> list[Row]:
@@ -54,6 +69,15 @@ def _latency_rows(results: dict[str, Any]) -> list[Row]:
             if p == "p50":
                 row = _ratio_target(row, WARM_P50_MAX_RATIO, max_ratio=True)
             out.append(row)
+    latency = results["server"]["latency"]
+    if SCHEMA_ACTOR in latency:  # results of runs before it was added have none
+        row = Row(f"warm round trip p50, {SCHEMA_ACTOR} (schema-heavy)",
+                  latency[SCHEMA_ACTOR]["p50_ms"], "ms", "doubler p50",
+                  latency[WARM_ACTORS["python"]]["p50_ms"])
+        out.append(_ratio_target(row, SCHEMA_P50_MAX_RATIO, max_ratio=True))
+        out.append(Row(f"  same payload, no schema ({NO_SCHEMA_ACTOR})",
+                       latency[SCHEMA_ACTOR]["p50_ms"], "ms", f"{NO_SCHEMA_ACTOR} p50",
+                       latency[NO_SCHEMA_ACTOR]["p50_ms"]))
     return out
 
 
@@ -79,6 +103,17 @@ def _cold_rows(results: dict[str, Any]) -> list[Row]:
         row = Row(f"cold call p50, {actor_id}", results["server"]["cold"][actor_id]["p50_ms"],
                   "ms", f"bare bwrap+{language} p50", results["bare_sandbox"][language]["p50_ms"])
         out.append(_ratio_target(row, COLD_MAX_RATIO, max_ratio=True))
+    return out
+
+
+def _deps_rows(results: dict[str, Any]) -> list[Row]:
+    deps = results["server"]["deps"]
+    out = []
+    for with_deps, without in DEPS_PAIRS.items():
+        kind = "cold call" if "cold" in with_deps else "warm round trip"
+        row = Row(f"{kind} p50, {with_deps} (dependencies)", deps[with_deps]["p50_ms"], "ms",
+                  f"{without} (none) p50", deps[without]["p50_ms"])
+        out.append(_ratio_target(row, DEPS_MAX_RATIO, max_ratio=True))
     return out
 
 

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import floor, procs, servers
-from bench.load import Stats, run_calls
+from bench import cluster, floor, procs, servers
+from bench.load import CallSpec, Stats, run_calls
 from service.manifest.loader import load_manifest
 from service.settings import Settings, load_settings
 
@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 WARM_ACTORS = {"python": "doubler", "javascript": "doubler_js"}
 COLD_ACTORS = {"python": "doubler_cold", "javascript": "doubler_js_cold"}
+SCHEMA_ACTOR = "order_heavy"  # bench/actors: a 50-line order through nested, $ref'd schemas
+NO_SCHEMA_ACTOR = "order_noschema"  # the same payload and script, schema `true`
+# With a dependency set (bench/actors/doubler_deps*.yaml) -> the same actor without one.
+DEPS_PAIRS = {"doubler_deps": "doubler", "doubler_deps_cold": "doubler_cold"}
 LEVELS = (1, 8, 32)
 SAMPLE_EVERY_S = 0.05
 MODE = "closed loop: each connection makes one call at a time, no pipelining"
@@ -60,6 +64,8 @@ async def run(plan: Plan, config: Path, backend: str) -> dict[str, Any]:
                                    "server": {"rss_idle_mb": _mb(procs.rss_bytes(server.pid))}}
         log.info("warm round trips")
         await _latencies(plan, echo, server, results)
+        log.info("round trip through a cluster front and one worker")
+        results["cluster"] = await _cluster(plan, config, backend, results["server"])
         log.info("throughput")
         await _throughputs(plan, echo, server, results)
         results["server"]["workers"] = _workers(server.pid)
@@ -71,6 +77,8 @@ async def run(plan: Plan, config: Path, backend: str) -> dict[str, Any]:
             results["bare_sandbox"][language] = await _bare(plan, settings, actor_id)
             results["server"]["cold"][actor_id] = await _sequential(
                 server, actor_id, plan.cold_calls, plan.cold_warmup_calls)
+        log.info("calls with and without dependencies")
+        results["server"]["deps"] = await _with_and_without_deps(plan, server)
     machine = {**_machine(backend), "loadavg_1m_before": round(load_before, 2),
                "loadavg_1m_after": round(os.getloadavg()[0], 2)}
     return {"machine": machine, "plan": asdict(plan), "mode": MODE, **results}
@@ -88,6 +96,22 @@ async def _latencies(plan: Plan, echo: servers.Running, server: servers.Running,
     results["server"]["latency"] = {
         actor_id: await _sequential(server, actor_id, calls, warmup)
         for actor_id in WARM_ACTORS.values()}
+    for actor_id in (SCHEMA_ACTOR, NO_SCHEMA_ACTOR):
+        results["server"]["latency"][actor_id] = await _sequential(
+            server, actor_id, calls, warmup, heavy_order_call())
+
+
+async def _cluster(plan: Plan, config: Path, backend: str,
+                   single: dict[str, Any]) -> dict[str, Any]:
+    """The doubler's round trip through Redis, a front and a worker; the hop's cost per call
+    is its difference with the single-machine round trip measured just before."""
+    async with cluster.running(config, backend) as front:
+        stats = await _sequential(front, "doubler", plan.latency_calls,
+                                  plan.latency_warmup_calls)
+    base = single["latency"]["doubler"]
+    return {"latency": {"doubler": stats},
+            "hop_ms": {p: round(stats[f"{p}_ms"] - base[f"{p}_ms"], 3)
+                       for p in ("p50", "p90", "p99")}}
 
 
 async def _throughputs(plan: Plan, echo: servers.Running, server: servers.Running,
@@ -105,6 +129,18 @@ async def _throughputs(plan: Plan, echo: servers.Running, server: servers.Runnin
     results["server"]["rss_load_peak_mb"] = _mb(peak)
 
 
+async def _with_and_without_deps(plan: Plan, server: servers.Running) -> dict[str, Any]:
+    """Each actor with dependencies right after the same actor without (warm, then cold)."""
+    out: dict[str, Any] = {}
+    for with_deps, without in DEPS_PAIRS.items():
+        cold = "cold" in with_deps
+        calls = plan.cold_calls if cold else plan.latency_calls
+        warmup = plan.cold_warmup_calls if cold else plan.latency_warmup_calls
+        for actor_id in (without, with_deps):
+            out[actor_id] = await _sequential(server, actor_id, calls, warmup)
+    return out
+
+
 async def _bare(plan: Plan, settings: Settings, actor_id: str) -> dict[str, Any]:
     """Bare bwrap + interpreter starts with the sandbox options of ``actor_id``."""
     actor = load_manifest(servers.BENCH_ACTORS / f"{actor_id}.yaml", settings)
@@ -116,11 +152,26 @@ async def _bare(plan: Plan, settings: Settings, actor_id: str) -> dict[str, Any]
             "idle_rss_mb": _mb(rss), "idle_pss_mb": _mb(pss)}
 
 
+def heavy_order_call(lines: int = 50) -> CallSpec:
+    """The schema-heavy actor's call: an order of ``lines`` lines, and its item count."""
+    order = {
+        "id": "A-1001",
+        "customer": {"name": "Ada", "email": "ada@example.com",
+                     "address": {"street": "Main 1", "city": "Berlin", "zip": "10115",
+                                 "country": "DE"}},
+        "lines": [{"sku": f"sku-{i}", "quantity": 1 + i % 3, "unit_price": 2.5,
+                   "dims": {"w": 10, "h": 2.5, "d": 1}, "tags": ["a", f"t{i}"]}
+                  for i in range(lines)],
+        "notes": ["leave at the door"],
+    }
+    return CallSpec(order, sum(line["quantity"] for line in order["lines"]))
+
+
 async def _sequential(server: servers.Running, actor_id: str, calls: int,
-                      warmup_calls: int) -> dict[str, Any]:
+                      warmup_calls: int, call: CallSpec | None = None) -> dict[str, Any]:
     """One connection, ``calls`` calls one after another (after ``warmup_calls``)."""
     stats = await run_calls(server.url, actor_id, connections=1, calls=calls,
-                            warmup_calls=warmup_calls, server_pid=server.pid)
+                            warmup_calls=warmup_calls, server_pid=server.pid, call=call)
     return stats.summary()
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def echo_command(port: int) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def running(command: Sequence[str], port: int, name: str) -> AsyncIterator[Running]:
+async def running(command: Sequence[str], port: int, name: str,
+                  env: Mapping[str, str] | None = None) -> AsyncIterator[Running]:
     """Start ``command``, wait until GET /healthz answers 200, stop it (SIGTERM) at the end."""
     with tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log",
                                      delete=False) as log_file:
@@ -60,7 +62,7 @@ async def running(command: Sequence[str], port: int, name: str) -> AsyncIterator
         # Output goes to a file, never a pipe: an unread pipe would stall the server's logging.
         process = await asyncio.create_subprocess_exec(
             *command, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
-            stderr=log_file)
+            stderr=log_file, env=None if env is None else {**os.environ, **env})
     try:
         await _wait_healthy(process, f"http://127.0.0.1:{port}/healthz", log)
         yield Running(process.pid, f"ws://127.0.0.1:{port}/", log)

@@ -2,7 +2,8 @@
 # First-run setup, called by `make setup` (and so by `make serve` and `make test`).
 #
 #  1. The system packages the process sandbox needs: bubblewrap, Node.js and the
-#     system Python (/usr/bin/python3). As root with apt-get they are installed;
+#     system Python (/usr/bin/python3); redis-server for the cluster tests and bench.
+#     As root with apt-get they are installed;
 #     otherwise the script says what to install and fails.
 #  2. A virtualenv in .venv (Python >= 3.11) with this package installed editable,
 #     with its dev and microvm extras (the tests cover the microVM backend too).
@@ -51,7 +52,10 @@ apt_install() {
 missing_system_packages() {
     local missing=()
     command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # cluster tests, bench
     command -v "$SANDBOX_NODE" >/dev/null 2>&1 || missing+=(nodejs)
+    # npm installs JavaScript actors' dependencies (Debian packages it apart from nodejs)
+    [ -x "$(dirname "$(command -v "$SANDBOX_NODE" || echo "$SANDBOX_NODE")")/npm" ] || command -v npm >/dev/null 2>&1 || missing+=(npm)
     [ -x "$SANDBOX_PYTHON" ] || missing+=(python3)
     echo "${missing[@]}"
 }

@@ -1,4 +1,4 @@
-"""The `service` command: serve (default), lint, test, run, doctor.
+"""The `service` command: serve (default), worker, lint, build, test, run, doctor.
 
 ``main(argv) -> int`` is the whole CLI; ``__main__`` only calls it. Exit codes:
 0 success, 1 failure (a lint problem, a failed example, a call error...),
@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "(repeatable)")
     serve.set_defaults(command=cmd_serve)
 
+    worker = sub.add_parser("worker", parents=[common],
+                            help="run a cluster worker (needs cluster.redis_url)")
+    worker.add_argument("--host", default=None, help="where /healthz and /metrics listen")
+    worker.add_argument("--port", type=int, default=None,
+                        help="TCP port of /healthz and /metrics (setting `port`)")
+    worker.add_argument("--actors", type=Path, action="append", default=[], metavar="PATH",
+                        help="a manifest or folder to load in addition to manifest_paths")
+    worker.set_defaults(command=cmd_worker)
+
     lint = sub.add_parser("lint", parents=[common], help="check manifests")
     lint.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                       help="manifests or folders (default: the manifest_paths setting)")
@@ -75,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     lint.add_argument("--allow-empty", action="store_true",
                       help="exit 0 when the paths hold no manifest (default: exit 1)")
     lint.set_defaults(command=cmd_lint)
+
+    build = sub.add_parser("build", parents=[common],
+                           help="install the manifests' dependencies into the cache")
+    build.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                       help="manifests or folders (default: the manifest_paths setting)")
+    build.set_defaults(command=cmd_build)
 
     test = sub.add_parser("test", parents=[common], help="run every manifest's examples")
     test.add_argument("paths", nargs="*", type=Path, metavar="PATH",
@@ -143,7 +158,8 @@ def find_default_config(start: Path) -> Path | None:
 
 def _log_level(args: argparse.Namespace, settings: Settings) -> str:
     """The settings' level for `serve`; one-shot commands keep stderr for their own output."""
-    if args.subcommand == "serve" or args.debug:
+    # serve, worker: the settings' level; build: its progress is the point
+    if args.subcommand in ("serve", "worker", "build") or args.debug:
         return settings.log_level
     return "error" if settings.log_level == "error" else "warning"
 
@@ -164,8 +180,25 @@ def _report_manifest_error(exc: ManifestError) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from service.server import serve
 
+    if settings.cluster.enabled and settings.cluster.role == "worker":
+        return cmd_worker(args, settings)
+    return _serving(serve(settings, args.actors))
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from service.cluster.node import serve_worker
+
+    if not settings.cluster.enabled:
+        print("error: a worker needs cluster.redis_url (e.g. SERVICE_CLUSTER__REDIS_URL)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    return _serving(serve_worker(settings, args.actors))
+
+
+def _serving(server: Coroutine[Any, Any, None]) -> int:
+    """Run a server coroutine until it stops; its start-up errors become exit codes."""
     try:
-        asyncio.run(serve(settings, args.actors))
+        asyncio.run(server)
     except SettingsError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
@@ -185,6 +218,16 @@ def cmd_lint(args: argparse.Namespace, settings: Settings) -> int:
 
     paths = list(args.paths) or list(settings.manifest_paths)
     return lint_main(paths, settings, args.format, sys.stdout, allow_empty=args.allow_empty)
+
+
+# --- build ---
+
+
+def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
+    from service.deps.build import build_main
+
+    paths = list(args.paths) or list(settings.manifest_paths)
+    return build_main(paths, settings, sys.stdout)
 
 
 # --- test ---
@@ -207,6 +250,9 @@ async def _run_examples(settings: Settings) -> int:
 
     passed = failed = 0
     async with open_runtime(settings) as runtime:
+        for actor_id, reason in sorted(runtime.unavailable.items()):
+            failed += 1  # an actor that could not even load fails its examples
+            print(f"FAIL {actor_id}: {reason}")
         for actor in runtime.actors():
             for example in actor.examples:
                 problem = await _example_problem(runtime, actor.id, example)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from service.deps.build import DepsBuilder, DepsError
 from service.errors import (
     ActorNotFound,
     InvalidParams,
@@ -24,10 +25,11 @@ from service.errors import (
     OutputInvalid,
     PathNotAllowed,
     PayloadInvalid,
+    Problem,
 )
 from service.manifest.lint import check_paths
 from service.manifest.loader import load_manifest
-from service.manifest.model import ActorDef, schema_errors
+from service.manifest.model import ActorDef, Port
 from service.sandbox.base import Backend, CallRequest, Event, OutputEvent
 from service.sandbox.capacity import SandboxCapacity
 from service.sandbox.pool import ActorPool
@@ -50,6 +52,8 @@ class Runtime:
         self._pools: dict[str, ActorPool] = {}
         self._retired: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # serializes load/replace
+        self.deps = DepsBuilder(settings)
+        self.unavailable: dict[str, str] = {}  # actor id -> why start could not load it
         self.capacity = SandboxCapacity(settings.capacity.max_sandboxes,
                                         settings.capacity.memory_mb)
 
@@ -62,9 +66,18 @@ class Runtime:
         actors, problems = await asyncio.to_thread(check_paths, paths, self.settings)
         if problems:
             raise ManifestError(problems)
+        loaded = 0
         for actor in actors:
+            try:
+                actor = await self.deps.prepare(actor)
+            except DepsError as exc:  # the others still serve; `load` can retry it later
+                log.error("actor %s not loaded: its dependencies cannot be installed: %s",
+                          actor.id, exc)
+                self.unavailable[actor.id] = f"dependencies cannot be installed: {exc}"
+                continue
             await self._install(actor)
-        log.info("loaded %d actors on backend %s", len(actors), self.backend.name)
+            loaded += 1
+        log.info("loaded %d actors on backend %s", loaded, self.backend.name)
         log.info("sandbox capacity: %d sandboxes, %s MiB of memory limits",
                  self.capacity.max_sandboxes, self.capacity.memory_mb)
 
@@ -95,11 +108,24 @@ class Runtime:
             actor = await asyncio.to_thread(load_manifest, manifest, self.settings)
         except ManifestError as exc:
             raise ManifestInvalid(exc.problems) from exc
+        actor = await self._with_dependencies(actor)
         async with self._lock:
             replaced = actor.id in self._actors
             await self._install(actor)
+            self.unavailable.pop(actor.id, None)
         log.info("loaded actor %s from %s (replaced=%s)", actor.id, manifest, replaced)
         return actor, replaced
+
+    async def _with_dependencies(self, actor: ActorDef) -> ActorDef:
+        """``actor`` with its dependency set built; -32007 with the installer's message if not."""
+        try:
+            return await self.deps.prepare(actor)
+        except DepsError as exc:
+            line, column = (actor.dependencies.position if actor.dependencies
+                            and actor.dependencies.position else (None, None))
+            raise ManifestInvalid([Problem(actor.manifest_display, line, column,
+                                           f"dependencies: cannot be installed: {exc}",
+                                           "/dependencies")]) from exc
 
     def _allowed_manifest(self, file_path: str) -> Path:
         try:
@@ -144,11 +170,11 @@ class Runtime:
         started = time.perf_counter()
         actor = self.get(actor_id)
         payload, config, state = _objects(payload=payload, config=config, state=state)
-        check_payload(actor, payload)
+        await check_payload(actor, payload)
         request = CallRequest(
             actor_id=actor.id,
             payload=payload,
-            config=merged_config(actor, config),
+            config=await merged_config(actor, config),
             state=state,
             timestamp=int(time.time() * 1000) if timestamp is None else timestamp,
         )
@@ -209,7 +235,7 @@ class _Call:
         if port is None:
             message = f"{event.port!r} is not a declared outport"
             raise OutputInvalid(event.port, [{"path": "", "message": message}])
-        errors = port.errors(event.data)
+        errors = await port.check(event.data)
         if errors:
             raise OutputInvalid(event.port, errors)
         seq = len(self.emitted)
@@ -235,7 +261,14 @@ def _objects(**params: Any) -> tuple[dict[str, Any], ...]:
     return tuple(out)
 
 
-def check_payload(actor: ActorDef, payload: dict[str, Any]) -> None:
+class HasInports(Protocol):
+    """What payload validation needs of an actor (a loaded one, or a cluster front's view)."""
+
+    @property
+    def inports(self) -> Mapping[str, Port]: ...
+
+
+async def check_payload(actor: HasInports, payload: dict[str, Any]) -> None:
     """Raise PayloadInvalid for an unknown inport, a missing required one, or a schema failure."""
     for name in payload:
         if name not in actor.inports:
@@ -246,16 +279,16 @@ def check_payload(actor: ActorDef, payload: dict[str, Any]) -> None:
                 raise PayloadInvalid(name, [{"path": "",
                                              "message": f"required inport {name!r} is missing"}])
             continue
-        errors = port.errors(payload[name])
+        errors = await port.check(payload[name])
         if errors:
             raise PayloadInvalid(name, errors)
 
 
-def merged_config(actor: ActorDef, config: dict[str, Any]) -> dict[str, Any]:
+async def merged_config(actor: ActorDef, config: dict[str, Any]) -> dict[str, Any]:
     """The caller's config over the manifest's defaults, validated by config.schema."""
     merged = {**actor.config_defaults, **config}
     if actor.config_validator is not None:
-        errors = schema_errors(actor.config_validator, merged)
+        errors = await actor.config_validator.check(merged)
         if errors:
             raise InvalidParams("config does not match the actor's config schema",
                                 {"errors": errors})

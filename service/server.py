@@ -17,6 +17,7 @@ import signal
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -103,6 +104,7 @@ class AppState:
     methods: Methods | None = None
     connection_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     auth_failures: RateLimit = field(default_factory=RateLimit)
+    cluster: Any = None  # the ClusterNode in cluster mode (service.cluster.node)
     gate: ConnectionGate = field(init=False)  # the connection caps of serve()'s site
 
     def __post_init__(self) -> None:
@@ -178,14 +180,32 @@ def create_app(
 async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     async with contextlib.AsyncExitStack() as owned:
-        if state.runtime is None:  # ours to start and to close; a runtime given stays the caller's
-            state.runtime = await owned.enter_async_context(
+        host: Any = await _cluster_host(state, owned)
+        if state.runtime is None and host is None:  # ours to start and close (a given one stays
+            state.runtime = await owned.enter_async_context(  # the caller's)
                 open_runtime(state.settings, state.extra_actors))
         state.dispatcher = Dispatcher(validate_results=state.validate_results,
                                       limits=state.settings.connections)
-        state.methods = register_methods(state.dispatcher, state.runtime, state.metrics)
+        state.methods = register_methods(
+            state.dispatcher, host or state.runtime, state.metrics)  # type: ignore[arg-type]
         yield
         await state.close_sessions()
+
+
+async def _cluster_host(state: AppState, owned: contextlib.AsyncExitStack) -> Any:
+    """In cluster mode (service.cluster), the front the methods run on; else None."""
+    if not state.settings.cluster.enabled:
+        return None
+    from service.cluster.node import needs_runtime, open_node
+
+    if state.runtime is None and needs_runtime(state.settings):
+        state.runtime = await owned.enter_async_context(
+            open_runtime(state.settings, state.extra_actors))
+    assert state.metrics is not None  # set by create_app
+    state.cluster = await owned.enter_async_context(
+        open_node(state.settings, state.runtime, state.metrics.registry,
+                  grace_s=state.settings.shutdown_grace_s))
+    return state.cluster.host
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -276,6 +296,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 
 async def healthz_handler(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    if state.cluster is not None:
+        serving, body = state.cluster.health()
+        return web.json_response(body, status=200 if serving and not state.draining else 503)
     if state.runtime is None or state.draining:
         return web.json_response({"status": "unavailable"}, status=503)
     return web.json_response({"status": "ok", "actors": len(state.runtime.actors())})

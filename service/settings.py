@@ -23,6 +23,7 @@ BACKENDS = ("auto", "microvm", "process")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 MIN_TOKEN_CHARS = 16  # a shorter token can be guessed; refused at settings load
+CLUSTER_ROLES = ("front", "worker", "both")
 
 
 @dataclass(frozen=True)
@@ -128,12 +129,34 @@ class SandboxSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """Cluster mode (docs/cluster.md); off while ``redis_url`` is empty (one machine)."""
+
+    redis_url: str = ""  # redis://[user:password@]host:port/db, rediss:// (TLS), unix://path
+    role: str = "front"  # front | worker | both
+    key_prefix: str = "actors"  # every key and stream lives under "<key_prefix>:"
+    max_attempts: int = 2  # runs of a call whose worker died, before -32009
+    heartbeat_s: float = 1.0  # how often workers say they are alive
+    worker_timeout_s: float = 5.0  # silent this long: a worker is dead, its calls reclaimed
+    stream_maxlen: int = 10_000  # entries kept at most in any stream (approximate trimming)
+    queue_timeout_s: float = 60  # a front gives up on a call unanswered this long past its limits
+    reconnect_max_s: float = 2.0  # the longest wait between two attempts to reach Redis
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url)
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 5556
     manifest_paths: tuple[Path, ...] = (Path("manifests"),)
     allowed_roots: tuple[Path, ...] = (Path("manifests"),)
     schema_roots: tuple[Path, ...] = (Path("schemas"),)  # where manifests may $ref shared schemas
+    schema_format_assertion: bool = False  # `format` fails values (else an annotation only)
+    validation_timeout_s: float = 1  # most time the error pass of one schema check may take
+    deps_dir: Path = Path(".cache/deps")  # built dependency sets, one folder per set
     backend: str = "auto"
     max_message_bytes: int = 1_048_576
     log_level: str = "info"
@@ -146,6 +169,7 @@ class Settings:
     pool_max: PoolMax = field(default_factory=PoolMax)
     capacity: CapacitySettings = field(default_factory=CapacitySettings)
     connections: ConnectionSettings = field(default_factory=ConnectionSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -226,10 +250,14 @@ def settings_from_mapping(raw: dict[str, Any]) -> Settings:
 def _convert(name: str, value: Any) -> Any:
     nested = {"limits": Limits, "limits_max": LimitsMax, "auth": AuthSettings,
               "sandbox": SandboxSettings, "pool_max": PoolMax, "capacity": CapacitySettings,
-              "connections": ConnectionSettings}
+              "connections": ConnectionSettings, "cluster": ClusterSettings}
     if name in nested:
         return _nested(nested[name], value, name)
     default = getattr(Settings(), name)
+    if isinstance(default, Path):
+        if not isinstance(value, str | Path) or not str(value):
+            raise TypeError(f"expected a path, got {value!r}")
+        return Path(value)
     if isinstance(default, tuple):
         items = [value] if isinstance(value, str | Path) else value
         if not isinstance(items, list | tuple):
@@ -302,9 +330,19 @@ def _check(s: Settings) -> None:
     if s.connections.max_response_bytes < one_answer:
         problems.append(f"connections.max_response_bytes: under what one `process` answer may "
                         f"hold (2 x limits_max.output_bytes + max_message_bytes = {one_answer})")
-    problems += _token_problems(s.auth)
+    problems += _token_problems(s.auth) + _cluster_problems(s.cluster)
     if problems:
         raise SettingsError("; ".join(problems))
+
+
+def _cluster_problems(cluster: ClusterSettings) -> list[str]:
+    problems = []
+    if cluster.role not in CLUSTER_ROLES:
+        problems.append(f"cluster.role: must be one of {', '.join(CLUSTER_ROLES)}, "
+                        f"got {cluster.role!r}")
+    if cluster.worker_timeout_s <= cluster.heartbeat_s:
+        problems.append("cluster.worker_timeout_s: must be longer than cluster.heartbeat_s")
+    return problems
 
 
 def _token_problems(auth: AuthSettings) -> list[str]:

@@ -8,6 +8,13 @@ it exists whichever folder pytest is pointed at.
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests judge behaviour, not speed: on a busy 2-core CI machine generation can be
+# slow and one example can take longer than hypothesis' default 200 ms deadline.
+settings.register_profile("service", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("service")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -19,7 +19,8 @@ SUMMARY_KEYS = {"calls", "elapsed_s", "calls_per_s", "p50_ms", "p90_ms", "p99_ms
                 "server_cpu_us_per_call"}
 LEVELS = {"1", "8", "32"}
 ROW_KEYS = {"label", "value", "unit", "baseline_label", "baseline", "target", "met", "ratio"}
-TARGETS = 8  # warm p50 x2, throughput c=8 x2, cold x2, server idle RSS, python worker RSS
+TARGETS = 11  # warm p50 x2, schema-heavy p50, throughput c=8 x2, cold x2, with dependencies x2
+#               (warm, cold), server idle RSS, python worker RSS
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 
@@ -44,7 +45,8 @@ def check_summary(summary: dict[str, Any]) -> None:
 
 @pytest.mark.timeout(300)
 def test_top_level(results: dict[str, Any]) -> None:
-    assert set(results) == {"machine", "plan", "mode", "echo", "bare_sandbox", "server", "rows"}
+    assert set(results) == {"machine", "plan", "mode", "echo", "bare_sandbox", "server",
+                            "cluster", "rows"}
     assert results["machine"]["backend"] == "process"
     assert results["plan"]["latency_calls"] > 0
 
@@ -71,9 +73,13 @@ def test_server(results: dict[str, Any]) -> None:
     server = results["server"]
     for key in ("rss_idle_mb", "rss_load_peak_mb", "rss_after_load_mb"):
         assert server[key] > 0, key
-    assert set(server["latency"]) == {"doubler", "doubler_js"}
+    assert set(server["latency"]) == {"doubler", "doubler_js", "order_heavy",
+                                        "order_noschema"}
     assert set(server["cold"]) == {"doubler_cold", "doubler_js_cold"}
     for summary in [*server["latency"].values(), *server["cold"].values()]:
+        check_summary(summary)
+    assert set(server["deps"]) == {"doubler", "doubler_deps", "doubler_cold", "doubler_deps_cold"}
+    for summary in server["deps"].values():
         check_summary(summary)
     assert set(server["throughput"]) == {"doubler", "doubler_js"}
     for levels in server["throughput"].values():
@@ -87,10 +93,21 @@ def test_server(results: dict[str, Any]) -> None:
 
 
 @pytest.mark.timeout(300)
+def test_cluster(results: dict[str, Any]) -> None:
+    cluster = results["cluster"]
+    check_summary(cluster["latency"]["doubler"])
+    assert set(cluster["hop_ms"]) == {"p50", "p90", "p99"}
+    assert all(isinstance(v, float | int) for v in cluster["hop_ms"].values())
+
+
+@pytest.mark.timeout(300)
 def test_rows(results: dict[str, Any]) -> None:
     rows = results["rows"]
     assert all(set(row) == ROW_KEYS for row in rows)
-    assert all(row["value"] > 0 or row["unit"] == "us" for row in rows)
+    # CPU per call may round to 0; the hop's cost is a difference, noise can make it <= 0
+    assert all(row["value"] > 0 or row["unit"] == "us" or "hop" in row["label"]
+               for row in rows)
+    assert any(row["label"].startswith("cluster round trip p50") for row in rows)
     targets = [row for row in rows if row["met"] is not None]
     assert len(targets) == TARGETS
     assert all(isinstance(row["met"], bool) and row["target"] for row in targets)

@@ -12,6 +12,7 @@ one run lists everything wrong, each problem at the YAML node that caused it.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import json
@@ -27,6 +28,8 @@ from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 from jsonschema.validators import Draft202012Validator
 
+from service.deps.spec import LANGUAGES as DEP_LANGUAGES
+from service.deps.spec import Dependencies, Package, SpecError, npm_package, python_package
 from service.errors import ManifestError, Problem
 from service.manifest.model import ActorDef, Example, PoolSpec, Port, schema_errors
 from service.manifest.schemas import CompiledSchema, compile_schema
@@ -200,9 +203,11 @@ def _check(ctx: _Context) -> ActorDef | None:
     limits = _limits(ctx)
     pool = _pool(ctx, limits)
     examples = _examples(ctx, inports, outports, config)
+    dependencies = _dependencies(ctx)
     if ctx.problems or script is None:
         return None
-    return _actor(ctx, script, inports, outports, config, limits, pool, examples)
+    actor = _actor(ctx, script, inports, outports, config, limits, pool, examples)
+    return dataclasses.replace(actor, dependencies=dependencies) if dependencies else actor
 
 
 def _actor(ctx: _Context, script: Path, inports: dict[str, Port], outports: dict[str, Port],
@@ -284,7 +289,10 @@ def _check_script(ctx: _Context) -> Path | None:
 
 
 def _compile(ctx: _Context, schema: Any, ptr: str) -> CompiledSchema | None:
-    compiled, issues = compile_schema(schema, ctx.manifest, ctx.settings.schema_roots)
+    compiled, issues = compile_schema(
+        schema, ctx.manifest, ctx.settings.schema_roots,
+        format_assertion=ctx.settings.schema_format_assertion,
+        timeout_s=ctx.settings.validation_timeout_s)
     for issue in issues:
         ctx.add(ptr + issue.pointer, issue.message)
     return compiled
@@ -454,3 +462,54 @@ def _example_config(ctx: _Context, given: Any, ptr: str, config: CompiledSchema 
 
 def _dict(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
+
+
+# --- dependencies ---
+
+
+def _dependencies(ctx: _Context) -> Dependencies | None:
+    """The declared set of the actor's own language, every specifier pinned exactly."""
+    section = ctx.raw.get("dependencies")
+    language = ctx.raw.get("language")
+    if not isinstance(section, dict) or language not in DEP_LANGUAGES:
+        return None
+    packages: list[Package] = []
+    for kind, declared in section.items():
+        if kind not in DEP_LANGUAGES:
+            continue  # the schema reports unknown keys
+        if kind != language:
+            ctx.add(pointer("dependencies", kind), f"a {language} actor cannot use {kind} "
+                    "packages", at=pointer("dependencies", kind), key=True)
+            continue
+        packages += _packages(ctx, kind, declared)
+    if not packages:
+        return None
+    return Dependencies(language, tuple(sorted(packages)),
+                        ctx.doc.position("/dependencies", key=True))
+
+
+def _packages(ctx: _Context, kind: str, declared: Any) -> list[Package]:
+    if kind == "python":
+        items = list(enumerate(declared)) if isinstance(declared, list) else []
+    else:
+        items = list(declared.items()) if isinstance(declared, dict) else []
+    found: dict[str, str] = {}  # normalized name -> where it was first listed
+    packages = []
+    for key, value in items:
+        ptr = pointer("dependencies", kind, key)
+        try:
+            if kind == "python":
+                if not isinstance(value, str):
+                    continue  # the schema reports it
+                package = python_package(value)
+            else:
+                package = npm_package(str(key), value)
+        except SpecError as exc:
+            ctx.add(ptr, str(exc), at=ptr, key=exc.in_name)
+            continue
+        if package.name in found:
+            ctx.add(ptr, f"{package.name} is listed twice (first as {found[package.name]})")
+            continue
+        found[package.name] = _label(ptr)
+        packages.append(package)
+    return packages

@@ -9,13 +9,17 @@ from typing import Any, Literal
 
 from jsonschema.protocols import Validator
 
+from service.deps.spec import Dependencies
+from service.manifest.validation import SchemaValidator
 from service.settings import Limits
 
 Language = Literal["python", "javascript"]
 
 
-def schema_errors(validator: Validator, value: Any) -> list[dict[str, str]]:
+def schema_errors(validator: Validator | SchemaValidator, value: Any) -> list[dict[str, str]]:
     """Every way ``value`` fails ``validator``, as ``[{"path": "/a/0", "message": ...}]``."""
+    if isinstance(validator, SchemaValidator):
+        return validator.errors(value)
     errors = sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path)))
     return [
         {"path": "".join(f"/{p}" for p in e.absolute_path), "message": e.message}
@@ -29,12 +33,16 @@ class Port:
 
     name: str
     schema: Any  # self-contained: $refs to files are bundled, so a host can validate with it alone
-    validator: Validator = field(repr=False, compare=False)
+    validator: SchemaValidator = field(repr=False, compare=False)
     description: str = ""
     required: bool = True  # meaningful for inports only
 
     def errors(self, value: Any) -> list[dict[str, str]]:
-        return schema_errors(self.validator, value)
+        return self.validator.errors(value)
+
+    async def check(self, value: Any) -> list[dict[str, str]]:
+        """Like ``errors``, without stalling the event loop on a costly value."""
+        return await self.validator.check(value)
 
     def describe(self, inport: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"schema": self.schema, "description": self.description}
@@ -75,11 +83,13 @@ class ActorDef:
     description: str = ""
     entrypoint: str = "process"
     config_schema: Any = None
-    config_validator: Validator | None = field(default=None, repr=False, compare=False)
+    config_validator: SchemaValidator | None = field(default=None, repr=False, compare=False)
     config_defaults: MappingProxyType[str, Any] = field(
         default_factory=lambda: MappingProxyType({}))
     pool: PoolSpec = field(default_factory=PoolSpec)
     examples: tuple[Example, ...] = ()
+    dependencies: Dependencies | None = None  # what the manifest declares
+    deps_entry: Path | None = None  # the built cache entry, set by the runtime before use
 
     @property
     def root(self) -> Path:

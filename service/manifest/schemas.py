@@ -1,45 +1,66 @@
-"""Port and config schemas: checked against their metaschema, bundled, compiled once.
+"""Port and config schemas: checked, their references resolved and bundled, compiled once.
 
-A manifest's schemas may ``$ref`` JSON files, resolved relative to the manifest
-(``{$ref: ../schemas/order.json}``). The wire needs schemas a host can use
-alone, so every referenced file is copied into the schema's ``$defs`` and each
-``$ref`` is rewritten to point there (``#/$defs/order/...``). The validator is
-compiled from that bundled schema, so the server validates with exactly what
-it publishes.
+References resolve the way JSON Schema says (2020-12 §8.2 and §9; the ``id``/``$id``
+rules of drafts 4, 6 and 7): a relative ``$ref`` is resolved against the base URI
+in force where it stands, which is the ``$id`` of the nearest enclosing schema
+resource, else the document's retrieval URI. A port schema's retrieval URI is its
+manifest's file, so ``{$ref: ../schemas/order.json}`` reads a file beside it. The
+``referencing`` library does the resolving, with the dialect's own rules
+(anchors, location-independent ``"$id": "#foo"`` in drafts 6/7 and ``"id"`` in 4,
+``$dynamicAnchor``, ``$recursiveAnchor``); every reference is looked up once here,
+at load, so a schema that loads never fails to resolve during a call.
 
-Limits of the bundling, kept on purpose: files are identified by their path
-(a ``$id`` inside a referenced file is dropped), every referenced file must use
-the port schema's dialect, only ``$ref`` is rewritten (not ``$dynamicRef``),
-and refs to the JSON Schema metaschemas are left as they are.
+Only JSON files below the manifest's folder or a ``schema_roots`` folder are ever
+read; any other document (``http:``...) must be embedded in the schema itself
+(a subschema with that ``$id``), as nothing is fetched over the network.
+
+The wire needs schemas a host can use alone, so the published schema is a
+Compound Schema Document (2020-12 §9.3): each file read is embedded under the
+root's ``$defs`` (``definitions`` before 2019-09) as a schema resource of its
+own, with an ``$id``. Host file paths never leave the server: every ``file:``
+URI (an embedded file, a ``$ref`` to it, a relative ``$id`` under the manifest's
+folder) is rewritten to ``urn:actor-sandbox:schema:<path>``, the path relative to
+the folder the documents share. A schema that uses no file keeps its shape.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import re
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urldefrag, urljoin, urlsplit
+from urllib.parse import quote, urldefrag, urljoin, urlsplit
 from urllib.request import url2pathname
 
-import referencing.jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 from jsonschema.protocols import Validator
 from jsonschema.validators import Draft202012Validator, validator_for
 from jsonschema_specifications import REGISTRY as SPECIFICATIONS
-from referencing import Registry, Resource
-from referencing.exceptions import NoSuchResource, Unresolvable, Unretrievable
+from referencing import Registry, Resource, Specification
+from referencing.exceptions import (
+    NoSuchAnchor,
+    NoSuchResource,
+    PointerToNowhere,
+    Unresolvable,
+    Unretrievable,
+)
 
+from service.manifest.schemawalk import (
+    Node,
+    nodes,
+    property_dependencies_first,
+    ref_keywords,
+    specification_of,
+)
+from service.manifest.validation import SchemaValidator
 from service.manifest.yamlnodes import escape_pointer_token, pointer
 
 DEFAULT_DIALECT = Draft202012Validator
-# Keywords whose members are named subschemas, and keywords holding plain data.
-_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions",
-                          "dependentSchemas"})
-_DATA_KEYWORDS = frozenset({"const", "enum", "examples", "default"})
+BUNDLE_URN = "urn:actor-sandbox:schema:"
+_LEGACY = frozenset({"draft-04", "draft-06", "draft-07"})  # $ref there ignores its siblings
 
 
 @dataclass(frozen=True)
@@ -52,14 +73,15 @@ class SchemaIssue:
 
 @dataclass(frozen=True)
 class CompiledSchema:
-    schema: Any  # self-contained: no $ref leaves it (except to the JSON Schema metaschemas)
-    validator: Validator
+    schema: Any  # self-contained: every reference resolves inside it (or to a metaschema)
+    validator: SchemaValidator
 
 
 def compile_schema(
-    schema: Any, manifest: Path, ref_roots: Sequence[Path] = ()
+    schema: Any, manifest: Path, ref_roots: Sequence[Path] = (), *,
+    format_assertion: bool = False, timeout_s: float = 1.0,
 ) -> tuple[CompiledSchema | None, list[SchemaIssue]]:
-    """Check ``schema`` (refs relative to ``manifest``), bundle it and compile its validator.
+    """Check ``schema`` (its retrieval URI is ``manifest``), bundle it and compile it.
 
     A ``$ref`` may read only files below the manifest's folder or one of ``ref_roots``.
     """
@@ -70,11 +92,17 @@ def compile_schema(
     if issues:
         return None, issues
     roots = tuple(r.resolve() for r in (manifest.resolve().parent, *ref_roots))
-    bundler = _Bundler(dialect, manifest.resolve().as_uri(), schema, roots)
-    bundled = bundler.run()
-    if bundler.issues:
-        return None, bundler.issues
-    return CompiledSchema(bundled, dialect(bundled, registry=SPECIFICATIONS)), []
+    schema = property_dependencies_first(copy.deepcopy(schema))
+    bundler = _Bundler(dialect, manifest.resolve().as_uri(), roots)
+    bundler.collect(schema)
+    bundled = bundler.bundle(schema) if not bundler.issues else None
+    issues = bundler.issues or [
+        SchemaIssue("", f"the bundled schema does not resolve {ref!r} (please report this)")
+        for ref in unresolvable_refs(bundled, dialect)]
+    if issues:
+        return None, issues
+    validator = SchemaValidator(bundled, dialect, format_assertion, timeout_s)
+    return CompiledSchema(bundled, validator), []
 
 
 def dialect_of(schema: Any, default: type[Validator] = DEFAULT_DIALECT) -> type[Validator] | None:
@@ -93,6 +121,21 @@ def metaschema_issues(schema: Any, dialect: type[Validator]) -> list[SchemaIssue
     return [SchemaIssue(pointer(*e.absolute_path), _message(e)) for e in errors]
 
 
+def unresolvable_refs(schema: Any, dialect: type[Validator]) -> list[str]:
+    """The references of ``schema`` that do not resolve inside it (no file, no network)."""
+    spec = specification_of(dialect)
+    root = Resource(contents=schema, specification=spec)  # type: ignore[call-arg]
+    base = root.id() or ""
+    registry = Registry().with_resource(base, root).combine(SPECIFICATIONS).crawl()
+    missing = []
+    for node in nodes(schema, spec, base):
+        for keyword in ref_keywords(spec):
+            ref = node.contents.get(keyword)
+            if isinstance(ref, str) and _lookup_problem(registry, node.base, ref) is not None:
+                missing.append(ref)
+    return missing
+
+
 def _message(error: ValidationError) -> str:
     """The error's message; for "not valid under any of the given schemas", the likeliest why."""
     if error.validator in ("anyOf", "oneOf") and error.context:
@@ -102,85 +145,131 @@ def _message(error: ValidationError) -> str:
     return error.message
 
 
+def _target(base: str, ref: str) -> tuple[str, str]:
+    """(document URI, fragment) a reference names, resolved as ``referencing`` does."""
+    if ref.startswith("#"):
+        return base, ref[1:]
+    uri, fragment = urldefrag(urljoin(base, ref))
+    return uri, fragment
+
+
+def _lookup_problem(registry: Registry[Any], base: str, ref: str) -> str | None:
+    """Why ``ref`` does not resolve from ``base`` ("" when it plainly points to nothing)."""
+    try:
+        registry.resolver(base_uri=base).lookup(ref)
+    except NoSuchAnchor as exc:
+        return f" (no anchor {exc.anchor!r} there)"
+    except PointerToNowhere:
+        return ""
+    except Unresolvable:
+        return " (no such schema)"
+    return None
+
+
+def _is_metaschema(uri: str) -> bool:
+    return uri in SPECIFICATIONS or f"{uri}#" in SPECIFICATIONS
+
+
+def _is_file(uri: str) -> bool:
+    return urlsplit(uri).scheme == "file"
+
+
+def _shown(uri: str) -> str:
+    """A URI as an error shows it: files by their path."""
+    return _display(_uri_path(uri)) if _is_file(uri) else uri
+
+
+# --- resolving and bundling ---
+
+
 @dataclass
 class _Bundler:
-    """Copies every referenced file into the root's ``$defs`` and rewrites the refs."""
+    """Resolves every reference of a port schema, then builds its self-contained form."""
 
     dialect: type[Validator]
-    root_uri: str
-    root: Any
+    root_uri: str  # the manifest's file: the root's retrieval URI
     ref_roots: tuple[Path, ...]
     issues: list[SchemaIssue] = field(default_factory=list)
-    embedded: dict[str, str] = field(default_factory=dict)  # file URI -> its $defs key
-    defs: dict[str, Any] = field(default_factory=dict)
+    docs: dict[str, Any] = field(default_factory=dict)  # file read -> its contents, in order
+    canonical: dict[str, str] = field(default_factory=dict)  # file read -> its own $id
+    refused: set[str] = field(default_factory=set)
+    wrapped: set[str] = field(default_factory=set)  # files embedded as {$id, allOf: [file]}
+    needs_root_id: bool = False
+    spec: Specification[Any] = field(init=False)
     registry: Registry[Any] = field(init=False)
+    id_keyword: str = field(init=False)  # "id" in draft 4
+    defs_keyword: str = field(init=False)  # where files are embedded
+    common: Path = field(init=False)  # the folder the published file names are relative to
 
     def __post_init__(self) -> None:
-        spec = referencing.jsonschema.specification_with(
-            self.dialect.META_SCHEMA["$schema"], default=referencing.jsonschema.DRAFT202012)
+        self.spec = specification_of(self.dialect)
+        self.id_keyword = "id" if self.spec.name == "draft-04" else "$id"
+        self.defs_keyword = "definitions" if self.spec.name in _LEGACY else "$defs"
+
+    # collect: read every file referenced, look every reference up
+
+    def collect(self, root: Any) -> None:
+        retrieve = _file_retriever(self.spec, self.ref_roots)
         # attrs classes: mypy cannot see their keyword arguments
-        registry: Registry[Any] = Registry(retrieve=_file_retriever(spec, self.ref_roots))  # type: ignore[call-arg]
-        self.registry = registry.with_resource(
-            self.root_uri, Resource.from_contents(self.root, default_specification=spec))
+        registry: Registry[Any] = Registry(retrieve=retrieve)  # type: ignore[call-arg]
+        resource = Resource(contents=root, specification=self.spec)  # type: ignore[call-arg]
+        self.registry = registry.with_resource(self.root_uri, resource).combine(
+            SPECIFICATIONS).crawl()
+        queue: list[tuple[str, Any, str | None]] = [(self.root_uri, root, None)]
+        while queue:
+            uri, contents, origin = queue.pop(0)
+            for node in nodes(contents, self.spec, uri):
+                for keyword in ref_keywords(self.spec):
+                    ref = node.contents.get(keyword)
+                    if isinstance(ref, str):
+                        where = origin or f"{node.pointer}/{escape_pointer_token(keyword)}"
+                        self._check_ref(keyword, ref, node, where, queue,
+                                        in_file=origin is not None)
 
-    def run(self) -> Any:
-        root = copy.deepcopy(self.root)
-        self._rewrite(root, self.root_uri, origin=None)
-        if self.defs and isinstance(root, dict):
-            root["$defs"] = {**root.get("$defs", {}), **self.defs}
-        return root
+    def _check_ref(self, keyword: str, ref: str, node: Node, where: str,
+                   queue: list[tuple[str, Any, str | None]], in_file: bool) -> None:
+        doc, _ = _target(node.base, ref)
+        if _is_metaschema(doc) or doc in self.refused:
+            return
+        shown = f"{_shown(node.base)}: {node.pointer or '/'}: " if in_file else ""
+        if doc not in self.registry:
+            if not _is_file(doc):
+                self.issues.append(SchemaIssue(where, (
+                    f"{shown}{keyword} {ref!r} names {doc}, which is not in this schema; remote "
+                    "documents are never fetched: embed it (a subschema with that $id) or "
+                    "save it as a file beside the manifest or under schema_roots")))
+                self.refused.add(doc)
+                return
+            if not self._read(doc, ref, where, shown):
+                return
+            queue.append((doc, self.docs[doc], where))
+        problem = _lookup_problem(self.registry, node.base, ref)
+        if problem is not None:
+            self.issues.append(SchemaIssue(where, f"{shown}{keyword} {ref!r} points to nothing"
+                                                  f"{problem}"))
 
-    def _rewrite(self, doc: Any, doc_uri: str, origin: str | None) -> None:
-        """Rewrite the refs of one document; ``origin`` is the root ref that pulled it in."""
-        for ptr, holder in _refs(doc):
-            where = origin if origin is not None else f"{ptr}/$ref"
-            new_ref = self._target(holder["$ref"], doc_uri, where)
-            if new_ref is not None:
-                holder["$ref"] = new_ref
-
-    def _target(self, ref: str, doc_uri: str, where: str) -> str | None:
-        """The rewritten ref, or None after recording why it does not resolve."""
-        target = urljoin(doc_uri, ref)
-        target_doc, fragment = urldefrag(target)
-        if target_doc in SPECIFICATIONS or f"{target_doc}#" in SPECIFICATIONS:
-            return target
-        key = None
-        if target_doc != self.root_uri:
-            key = self._embed(target_doc, ref, where)
-            if key is None:
-                return None
+    def _read(self, doc: str, ref: str, where: str, shown: str) -> bool:
+        """Read the file ``doc`` into the registry; False (and an issue) if it cannot be."""
         try:
-            self.registry.resolver(base_uri=doc_uri).lookup(ref)
-        except Unresolvable:
-            self.issues.append(SchemaIssue(where, f"$ref {ref!r} points to nothing"))
-            return None
-        if key is None or (fragment and not fragment.startswith("/")):
-            return f"#{fragment}"  # the root itself, or an anchor (anchors carry over)
-        return f"#/$defs/{escape_pointer_token(key)}{fragment}"
-
-    def _embed(self, doc_uri: str, ref: str, where: str) -> str | None:
-        """Copy the file at ``doc_uri`` into ``$defs`` (once); its key, or None."""
-        if doc_uri in self.embedded:
-            return self.embedded[doc_uri]
-        try:
-            retrieved = self.registry.get_or_retrieve(doc_uri)
+            retrieved = self.registry.get_or_retrieve(doc)
         except (Unretrievable, NoSuchResource) as exc:
-            self.issues.append(SchemaIssue(where, f"$ref {ref!r} cannot be read: {_cause(exc)}"))
-            return None
-        self.registry = retrieved.registry
+            self.issues.append(SchemaIssue(where, f"{shown}$ref {ref!r} cannot be read: "
+                                                  f"{_cause(exc)}"))
+            self.refused.add(doc)
+            return False
         contents = retrieved.value.contents
-        name = _display(_uri_path(doc_uri))
-        if not self._check_document(contents, name, where):
-            return None
-        key = self._new_key(doc_uri)
-        self.embedded[doc_uri] = key
-        body = copy.deepcopy(contents)
-        if isinstance(body, dict):
-            body.pop("$id", None)  # the copy must stay part of the root resource
-            body.pop("$schema", None)
-        self.defs[key] = body
-        self._rewrite(body, doc_uri, where)
-        return key
+        if not self._check_document(contents, _display(_uri_path(doc)), where):
+            self.refused.add(doc)
+            return False
+        self.registry = retrieved.registry.crawl()
+        self.docs[doc] = contents
+        if not isinstance(contents, dict) or (self.spec.name in _LEGACY and (
+                "$ref" in contents or str(contents.get(self.id_keyword, "")).startswith("#"))):
+            self.wrapped.add(doc)  # an $id there would be ignored (or is an anchor)
+        own = retrieved.value.id()
+        if own is not None:
+            self.canonical[doc] = urljoin(doc, own)
+        return True
 
     def _check_document(self, contents: Any, name: str, where: str) -> bool:
         if not isinstance(contents, dict | bool):
@@ -195,53 +284,101 @@ class _Bundler:
                         for i in found]
         return not found
 
-    def _new_key(self, doc_uri: str) -> str:
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(urlsplit(doc_uri).path).stem) or "schema"
-        taken = set(self.defs) | set(self.root.get("$defs", {}) if isinstance(self.root, dict)
-                                     else {})
-        key, n = stem, 1
-        while key in taken:
-            n += 1
-            key = f"{stem}_{n}"
-        return key
+    # bundle: the published, self-contained schema
+
+    def bundle(self, root: Any) -> Any:
+        self.common = _common_folder([_uri_path(u) for u in (self.root_uri, *self.docs)])
+        out = copy.deepcopy(root)
+        self._rewrite(out, self.root_uri)
+        embedded = {_key(doc, i): self._embedded(doc) for i, doc in enumerate(self.docs)}
+        if embedded and isinstance(out, dict):
+            defs = out.setdefault(self.defs_keyword, {})
+            for key, body in embedded.items():
+                defs[_free_key(key, defs)] = body
+        if isinstance(out, dict) and self._dynamic_root_without_id(out):
+            self.needs_root_id = True  # else jsonschema leaves the root out of the dynamic scope
+        if self.needs_root_id and isinstance(out, dict):
+            out[self.id_keyword] = self._publish(self.root_uri)
+        return out
+
+    def _dynamic_root_without_id(self, root: dict[str, Any]) -> bool:
+        words = ('"$dynamicAnchor"', '"$recursiveAnchor"')
+        text = json.dumps(root)
+        return self.id_keyword not in root and any(word in text for word in words)
+
+    def _embedded(self, doc: str) -> Any:
+        body = copy.deepcopy(self.docs[doc])
+        self._rewrite(body, doc)
+        if doc in self.wrapped or not isinstance(body, dict):
+            return {self.id_keyword: self._publish(doc), "allOf": [body]}
+        return {self.id_keyword: self._publish(doc), **body} if self.id_keyword not in body \
+            else body
+
+    def _rewrite(self, document: Any, uri: str) -> None:
+        """Rewrite the file URIs of a copied document in place (ids first seen as they were)."""
+        for node in nodes(document, self.spec, uri):
+            schema = node.contents
+            own = Resource(contents=schema, specification=self.spec).id()  # type: ignore[call-arg]
+            if own is not None and _is_file(node.base):
+                schema[self.id_keyword] = self._publish(node.base)
+            for keyword in ref_keywords(self.spec):
+                ref = schema.get(keyword)
+                if isinstance(ref, str):
+                    schema[keyword] = self._published_ref(ref, node.base)
+
+    def _published_ref(self, ref: str, base: str) -> str:
+        doc, fragment = _target(base, ref)
+        if not _is_file(doc):
+            return ref
+        if doc == self.root_uri:
+            if base == self.root_uri:
+                return f"#{fragment}"
+            self.needs_root_id = True
+        if doc in self.wrapped and (not fragment or fragment.startswith("/")):
+            fragment = f"/allOf/0{fragment}"
+        published = self._publish(self.canonical.get(doc, doc))
+        return f"{published}#{fragment}" if fragment else published
+
+    def _publish(self, uri: str) -> str:
+        """A file URI as the published schema names it (no host path); others unchanged."""
+        if not _is_file(uri):
+            return uri
+        relative = Path(os.path.relpath(_uri_path(uri), self.common)).as_posix()
+        return BUNDLE_URN + quote(relative, safe="/:@!$&'()*+,;=-._~")
 
 
-def _refs(node: Any, ptr: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every subschema holding a ``$ref`` string, with its pointer (data keywords skipped)."""
-    if isinstance(node, list):
-        for i, item in enumerate(node):
-            yield from _refs(item, f"{ptr}/{i}")
-        return
-    if not isinstance(node, dict):
-        return
-    if isinstance(node.get("$ref"), str):
-        yield ptr, node
-    for key, value in node.items():
-        child = f"{ptr}/{escape_pointer_token(key)}"
-        if key in _DATA_KEYWORDS:
-            continue
-        if key in _SCHEMA_MAPS and isinstance(value, dict):
-            for name, sub in value.items():
-                yield from _refs(sub, f"{child}/{escape_pointer_token(name)}")
-        else:
-            yield from _refs(value, child)
+def _common_folder(paths: list[Path]) -> Path:
+    return Path(os.path.commonpath([p.parent for p in paths]))
+
+
+def _key(doc: str, index: int) -> str:
+    stem = "".join(c if c.isalnum() or c in "_.-" else "_" for c in _uri_path(doc).stem)
+    return stem or f"schema{index}"
+
+
+def _free_key(key: str, taken: dict[str, Any]) -> str:
+    name, n = key, 1
+    while name in taken:
+        n += 1
+        name = f"{key}_{n}"
+    return name
 
 
 class RefOutsideRoots(Exception):
     """A $ref names a file outside the manifest's folder and the schema roots."""
 
 
-def _file_retriever(spec: Any, roots: tuple[Path, ...]) -> Any:
+def _file_retriever(spec: Specification[Any], roots: tuple[Path, ...]) -> Any:
     """A ``referencing`` retrieve function that reads local JSON files below ``roots`` only."""
 
     def retrieve(uri: str) -> Resource[Any]:
         parts = urlsplit(uri)
         if parts.scheme != "file":
-            raise NoSuchResource(ref=uri)  # type: ignore[call-arg]  # no network: only files beside the manifests
+            raise NoSuchResource(ref=uri)  # type: ignore[call-arg]  # no network, ever
         path = Path(url2pathname(parts.path)).resolve()
         if not any(path.is_relative_to(root) for root in roots):
             raise RefOutsideRoots(path)
-        contents = json.loads(path.read_text(encoding="utf-8"))
+        contents = property_dependencies_first(json.loads(path.read_text(encoding="utf-8")))
         return Resource.from_contents(contents, default_specification=spec)
 
     return retrieve

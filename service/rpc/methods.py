@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from service.errors import ActorNotFound, Cancelled, PathNotAllowed, RpcError, SandboxUnavailable
+from service.errors import Cancelled, PathNotAllowed, RpcError, SandboxUnavailable
 from service.log import FIELDS_ATTR, RateLimit, fields
 from service.metrics import Metrics
 from service.rpc.core import Call, Dispatcher, Handler, encode
@@ -148,7 +148,9 @@ class Methods:
                          time.perf_counter() - started)
 
     def _shutting_down(self) -> SandboxUnavailable:
-        return SandboxUnavailable(self.runtime.backend.name, SHUTTING_DOWN)
+        # A cluster front stands in for the runtime there, and has no backend of its own.
+        backend = getattr(getattr(self.runtime, "backend", None), "name", "cluster")
+        return SandboxUnavailable(backend, SHUTTING_DOWN)
 
     def _record(self, actor_id: str, id_text: str, outcome: str, duration_s: float) -> None:
         label = self._actor_label(actor_id)
@@ -168,7 +170,7 @@ class Methods:
     def _actor_label(self, actor_id: str) -> str:
         try:
             return self.runtime.get(actor_id).id
-        except ActorNotFound:
+        except RpcError:  # not found (or, on a cluster front, Redis unreachable)
             return UNKNOWN_ACTOR
 
 

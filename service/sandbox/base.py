@@ -20,8 +20,12 @@ Harness -> host, during a call, in the order they happen:
 Harness -> host, once after boot and after each reset: {"type": "ready"}
 With ``--self-reset`` the harness also resets by itself (no "ready") after writing a call's
 result or error, before it reads the next message; a harness that cannot exits instead.
-Harness command line: IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns] [--self-reset]
-(see the harnesses).
+Harness command line: IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns] [--self-reset] [--path=DIR]
+(see the harnesses). ``--path=DIR`` (Python): put DIR on sys.path ahead of site-packages.
+
+An actor with dependencies has its built cache entry mounted read-only at
+``dependency_mount`` (``/deps`` for Python, ``/node_modules`` for JavaScript, where
+node's resolution from ``/actor`` finds it for both ``require`` and ``import``).
 
 Workers enforce every limit of ``ActorDef.limits`` themselves (time, memory,
 pids, output bytes...) and raise the matching RpcError. After ``call`` raises,
@@ -33,10 +37,31 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from service.errors import ActorFailed, ResourceLimitExceeded
+from service.errors import ActorFailed, ResourceLimitExceeded, SandboxUnavailable
 from service.manifest.model import ActorDef
+
+DEPS_MOUNTS = {"python": ("lib", "/deps"), "javascript": ("node_modules", "/node_modules")}
+
+
+def dependency_mount(actor: ActorDef, backend: str) -> tuple[Path, str] | None:
+    """(host folder, sandbox path) of the actor's built dependencies; None without any."""
+    if actor.dependencies is None:
+        return None
+    if actor.deps_entry is None:  # the runtime builds before it starts workers
+        raise SandboxUnavailable(backend, f"the dependencies of {actor.id} are not built "
+                                 "(run `service build`)")
+    payload, inside = DEPS_MOUNTS[actor.language]
+    return actor.deps_entry / payload, inside
+
+
+def harness_path_flags(actor: ActorDef) -> list[str]:
+    """The harness flags that put the Python dependencies on sys.path."""
+    if actor.dependencies is None or actor.language != "python":
+        return []
+    return [f"--path={DEPS_MOUNTS['python'][1]}"]
 
 
 @dataclass(frozen=True)

@@ -61,8 +61,10 @@ from service.sandbox.base import (
     OutputEvent,
     call_line,
     decode_line,
+    dependency_mount,
     encode_line,
     harness_failure,
+    harness_path_flags,
 )
 from service.sandbox.staging import Staged, stage
 from service.settings import Limits, Settings
@@ -495,8 +497,20 @@ def _vm_options(actor: ActorDef, settings: Settings, staged: Staged) -> dict[str
             GUEST_HARNESS_DIR: Volume.bind(str(staged / "harness"), readonly=True, nosuid=True,
                                            nodev=True),
             "/tmp": Volume.tmpfs(size_mib=settings.sandbox.tmp_mb, nosuid=True, nodev=True),
+            **_dependency_volume(actor),
         },
     }
+
+
+def _dependency_volume(actor: ActorDef) -> dict[str, Any]:
+    """The actor's built dependency set, bound as it is (not staged: the builder sealed it
+    0755/0644, readable by the guest's nobody, and copying it would cost every boot)."""
+    from microsandbox import Volume
+
+    deps = dependency_mount(actor, NAME)
+    if deps is None:
+        return {}
+    return {deps[1]: Volume.bind(str(deps[0]), readonly=True, nosuid=True, nodev=True)}
 
 
 def harness_argv(actor: ActorDef) -> tuple[str, list[str]]:
@@ -510,7 +524,8 @@ def harness_argv(actor: ActorDef) -> tuple[str, list[str]]:
     harness = f"{GUEST_HARNESS_DIR}/{_HARNESS_FILES[actor.language]}"
     interpreter = (["python3", "-I", "-B", "-u"] if actor.language == "python" else ["node"])
     return "/bin/sh", ["-c", _FD_SHUFFLE, "harness", *interpreter, harness,
-                       "0", str(PROTOCOL_FD), script, actor.entrypoint, "--own-pidns"]
+                       "0", str(PROTOCOL_FD), script, actor.entrypoint, "--own-pidns",
+                       *harness_path_flags(actor)]
 
 
 def _image_ref(actor: ActorDef, settings: Settings) -> str:
@@ -543,6 +558,7 @@ async def _boot_guest(actor: ActorDef, settings: Settings, timeout_s: float) -> 
 
     ref = _image_ref(actor, settings)
     name = _vm_name(actor.id)
+    dependency_mount(actor, NAME)  # unbuilt dependencies: refused before anything is staged
     staged = await asyncio.to_thread(stage, {"actor": actor.root, "harness": HARNESS_DIR})
     try:
         async with asyncio.timeout(timeout_s):

@@ -6,6 +6,7 @@ What a sandbox sees (nothing else of the host):
     /etc/ld.so.cache, ...       read-only; resolv.conf, hosts, ssl only with limits.network
     /actor                      the actor's folder (``ActorDef.root``), read-only
     /harness/harness.{py,js}    read-only
+    /deps or /node_modules      the actor's built dependency set, read-only (if it has one)
     /tmp                        private tmpfs of ``settings.sandbox.tmp_mb``, wiped after each call
     /proc, /dev                 its own (new pid namespace); / and /dev are read-only
 
@@ -56,7 +57,9 @@ from service.sandbox.base import (
     OutputEvent,
     call_line,
     decode_line,
+    dependency_mount,
     harness_failure,
+    harness_path_flags,
 )
 from service.sandbox.seccomp import DENIED, denylist_program
 from service.settings import Limits, Settings
@@ -372,11 +375,16 @@ def make_plan(actor: ActorDef, settings: Settings, mechanisms: dict[str, str],
     interpreter = settings.sandbox.python if actor.language == "python" else settings.sandbox.node
     options = _namespace_options(actor.limits.network) + _filesystem_options(
         interpreter, actor.limits.network, settings.sandbox.tmp_mb)
-    options += ["--ro-bind", str(root), ACTOR_DIR, "--ro-bind", str(harness), inside,
-                "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", ACTOR_DIR]
+    options += ["--ro-bind", str(root), ACTOR_DIR, "--ro-bind", str(harness), inside]
+    deps = dependency_mount(actor, BACKEND)
+    if deps is not None:
+        options += ["--ro-bind", str(deps[0]), deps[1]]
+    options += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", ACTOR_DIR]
     command = [interpreter, *_interpreter_flags(actor), inside, *map(str, channel_fds),
-               script, actor.entrypoint, "--own-pidns", "--self-reset"]
-    reachable = all(_world_readable(p) for p in (root, actor.script, harness))
+               script, actor.entrypoint, "--own-pidns", "--self-reset",
+               *harness_path_flags(actor)]
+    host_paths = (root, actor.script, harness) + ((deps[0],) if deps else ())
+    reachable = all(_world_readable(p) for p in host_paths)
     return Plan(options, command, SANDBOX_UID if reachable else None,
                 _rlimits(actor, settings, mechanisms))
 

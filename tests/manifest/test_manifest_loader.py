@@ -61,7 +61,8 @@ def test_manifest_schema_is_valid_and_is_the_one_in_schemas() -> None:
 def test_shipped_manifests_are_clean(in_repo: Path) -> None:
     assert lint_paths(["manifests"], Settings()) == []
     ids = [load_manifest(p, Settings()).id for p in find_manifests(["manifests"])]
-    assert sorted(ids) == ["counter", "doubler", "doubler_js", "order_total", "ticker"]
+    assert sorted(ids) == ["counter", "doubler", "doubler_js", "is_number_js", "next_weekday",
+                          "order_total", "ticker"]
 
 
 def test_doubler_descriptor_is_the_protocol_shape(in_repo: Path) -> None:
@@ -172,8 +173,12 @@ def _refs(node: Any) -> list[str]:
 def test_shared_ref_is_bundled_and_validates_alone(in_repo: Path) -> None:
     actor = load_manifest("manifests/order_total/order_total.yaml", Settings())
     schema = json.loads(json.dumps(actor.descriptor()["inports"]["order"]["schema"]))
-    assert _refs(schema) == ["#/$defs/order", "#/$defs/order/$defs/line"]
+    # a compound document: the file is an embedded resource, named without a host path
+    order = "urn:actor-sandbox:schema:schemas/order.json"
+    assert _refs(schema) == [order, f"{order}#/$defs/line"]
+    assert schema["$defs"]["order"]["$id"] == order
     assert schema["$defs"]["order"]["title"] == "Order"
+    assert "/work" not in json.dumps(schema) and str(in_repo) not in json.dumps(schema)
     good = {"id": "A-1", "lines": [{"sku": "x", "quantity": 2, "unit_price": 1.5}]}
     bad = {"id": "A-1", "lines": [{"sku": "x", "quantity": 0, "unit_price": 1.5}]}
     jsonschema.validate(good, schema)  # plain jsonschema, no registry, no files
@@ -199,8 +204,11 @@ def test_nested_and_recursive_refs_are_bundled(tmp_path: Path) -> None:
     path = write(tmp_path / "actors", BASE + "inports:\n  tree:\n"
                  "    schema: {$ref: ../schemas/tree.json}\n")
     schema = load_manifest(path, Settings(schema_roots=(shared,))).inports["tree"].schema
-    assert sorted(set(_refs(schema))) == ["#/$defs/name", "#/$defs/tree"]
-    assert schema["$defs"]["name"] == {"type": "string", "minLength": 1}
+    tree = "urn:actor-sandbox:schema:schemas/tree.json"
+    assert sorted(set(_refs(schema))) == [tree, "urn:x:name"]  # a file's own $id is kept
+    assert schema["$defs"]["name"] == {
+        "$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "urn:x:name",
+        "type": "string", "minLength": 1}
     validator = jsonschema.Draft202012Validator(json.loads(json.dumps(schema)))
     assert validator.is_valid({"name": "a", "children": [{"name": "b", "children": []}]})
     assert not validator.is_valid({"name": "a", "children": [{"name": ""}]})
@@ -214,7 +222,8 @@ def test_a_ref_may_not_read_outside_the_folder_and_schema_roots(tmp_path: Path) 
         f"inports.x.schema.$ref: $ref '../secret.json' cannot be read: {tmp_path}/secret.json "
         "is outside the manifest's folder and the settings' schema_roots"]
     schema = load_manifest(path, Settings(schema_roots=(tmp_path,))).inports["x"].schema
-    assert schema["$defs"]["secret"] == {"type": "string", "description": "private"}
+    assert schema["$defs"]["secret"] == {"$id": "urn:actor-sandbox:schema:secret.json",
+                                         "type": "string", "description": "private"}
 
 
 def test_local_refs_and_defs_keep_working(tmp_path: Path) -> None:
@@ -223,8 +232,9 @@ def test_local_refs_and_defs_keep_working(tmp_path: Path) -> None:
                  "      $defs: {n: {type: string}}\n"
                  "      properties: {a: {$ref: '#/$defs/n'}, b: {$ref: n.json}}\n")
     schema = load_manifest(path, Settings()).inports["x"].schema
-    assert schema["$defs"] == {"n": {"type": "string"}, "n_2": {"type": "number"}}
-    assert schema["properties"] == {"a": {"$ref": "#/$defs/n"}, "b": {"$ref": "#/$defs/n_2"}}
+    n_json = "urn:actor-sandbox:schema:n.json"
+    assert schema["$defs"] == {"n": {"type": "string"}, "n_2": {"$id": n_json, "type": "number"}}
+    assert schema["properties"] == {"a": {"$ref": "#/$defs/n"}, "b": {"$ref": n_json}}
 
 
 def test_ref_problems(tmp_path: Path) -> None:
@@ -240,8 +250,10 @@ def test_ref_problems(tmp_path: Path) -> None:
     assert messages(path) == [
         "inports.a.schema.$ref: $ref 'broken.json' cannot be read: not valid JSON: "
         "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
-        "inports.b.schema.$ref: $ref 'http://example.com/s.json' cannot be read: "
-        "only local files can be referenced",
+        "inports.b.schema.$ref: $ref 'http://example.com/s.json' names "
+        "http://example.com/s.json, which is not in this schema; remote documents are never "
+        "fetched: embed it (a subschema with that $id) or save it as a file beside the manifest "
+        "or under schema_roots",
         f"inports.c.schema.$ref: {display_path(tmp_path / 'bad.json')}: /type: "
         "5 is not one of ['array', 'boolean', 'integer', 'null', 'number', 'object', 'string']",
         f"inports.d.schema.$ref: {display_path(tmp_path / 'old.json')} uses another $schema "
@@ -255,7 +267,7 @@ def test_older_draft_port_schema(tmp_path: Path) -> None:
                  "      $schema: 'http://json-schema.org/draft-07/schema#'\n"
                  "      type: integer\n")
     port = load_manifest(path, Settings()).inports["x"]
-    assert type(port.validator) is jsonschema.Draft7Validator
+    assert port.validator.dialect is jsonschema.Draft7Validator
     assert port.errors(1) == [] and port.errors("1") != []
 
 

@@ -11,9 +11,11 @@ no network, a sized 1777 /tmp and a real OOM count. What needs a bootable VM is 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from types import MappingProxyType, SimpleNamespace
@@ -22,6 +24,7 @@ from typing import Any
 import pytest
 from microvm_double import LocalSandbox, LocalSDK
 
+from service.deps.spec import Dependencies, Package
 from service.errors import (
     ActorFailed,
     OutputInvalid,
@@ -479,6 +482,57 @@ async def test_javascript_actor(boot: Any) -> None:
     outcome = await worker.call(request({"x": 1}), sink)
     assert outcome.return_value == {"status": "completed"}
     assert sink.events == [LogEvent("stdout", "hi"), OutputEvent("out", 2)]
+
+
+DEPS_USER = """
+    import pinned_lib
+
+    def process(context):
+        try:
+            open("/deps/written", "w")
+            wrote = "yes"
+        except OSError as exc:
+            wrote = exc.strerror
+        context.send_output("out", [pinned_lib.VERSION, pinned_lib.__file__, wrote])
+"""
+
+
+@needs_bwrap
+async def test_the_dependency_set_is_bound_read_only_into_the_guest(tmp_path: Path,
+                                                                     sdk: LocalSDK) -> None:
+    # A sealed cache entry (0755/0644) in a folder the guest's unprivileged user can reach;
+    # the actor's folder stays under pytest's 0700 tmp_path (it is staged).
+    cache = Path(tempfile.mkdtemp(prefix="deps-", dir="/tmp"))
+    try:
+        entry = cache / "python-0123"
+        (entry / "lib").mkdir(parents=True)
+        for folder in (cache, entry, entry / "lib"):
+            folder.chmod(0o755)
+        (entry / "lib" / "pinned_lib.py").write_text("VERSION = '1.2.3'\n")
+        actor = dataclasses.replace(
+            make_actor(tmp_path, DEPS_USER), deps_entry=entry,
+            dependencies=Dependencies("python", (Package("pinned-lib", "1.2.3"),)))
+        worker = await microvm.boot_worker(actor, Settings(sandbox=SandboxSettings(tmp_mb=64)))
+        try:
+            sink = Recorder()
+            await worker.call(request(), sink)
+        finally:
+            await worker.close()
+    finally:
+        shutil.rmtree(cache)
+    volume = sdk.creates[-1]["volumes"]["/deps"]
+    assert (volume.bind, volume.readonly) == (str(entry / "lib"), True)  # bound, not copied
+    assert sdk.execs[-1]["args"][-2:] == ["--own-pidns", "--path=/deps"]
+    assert sink.events == [OutputEvent("out", ["1.2.3", "/deps/pinned_lib.py",
+                                               "Read-only file system"])]
+
+
+async def test_dependencies_that_are_not_built_are_refused(tmp_path: Path, sdk: LocalSDK) -> None:
+    actor = dataclasses.replace(make_actor(tmp_path, "def process(context):\n    pass\n"),
+                                dependencies=Dependencies("python", (Package("x", "1"),)))
+    with pytest.raises(SandboxUnavailable, match="dependencies of t are not built"):
+        await microvm.boot_worker(actor, Settings())
+    assert sdk.creates == []  # refused before anything was staged or booted
 
 
 class ScriptedGuest:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from sandbox_helpers import ACTORS, Recorder, actor_def, call, request
 
+from service.deps.spec import Dependencies, Package
 from service.errors import ResourceLimitExceeded, SandboxUnavailable
 from service.manifest.model import ActorDef
 from service.sandbox.process import (
@@ -88,6 +90,30 @@ def test_plan_mounts_only_the_system_the_actor_and_the_harness(settings: Setting
                             "7", "8", "/actor/origin.py", "process", "--own-pidns",
                             "--self-reset"]
     assert plan.host_uid == 65534
+
+
+def test_plan_mounts_the_dependency_set_read_only(settings: Settings, tmp_path: Path) -> None:
+    mechanisms = {"memory": "rlimit", "pids": "rlimit", "cpu": "rlimit"}
+    for script, payload, inside in ((ACTORS / "origin.py", "lib", "/deps"),
+                                    (ACTORS / "origin.js", "node_modules", "/node_modules")):
+        entry = tmp_path / script.suffix
+        language = "python" if script.suffix == ".py" else "javascript"
+        actor = dataclasses.replace(actor_def(script), deps_entry=entry, dependencies=Dependencies(
+            language, (Package("x", "1.0.0"),)))
+        plan = make_plan(actor, settings, mechanisms, (7, 8))
+        at = plan.options.index(inside)
+        assert plan.options[at - 2:at + 1] == ["--ro-bind", str(entry / payload), inside]
+        assert plan.options[-4:] == ["--remount-ro", "/", "--chdir", "/actor"]
+        assert (plan.command[-1] == "--path=/deps") == (language == "python")
+        assert plan.host_uid is None  # the entry sits below pytest's 0700 folder
+
+
+def test_plan_refuses_dependencies_that_are_not_built(settings: Settings) -> None:
+    actor = dataclasses.replace(actor_def(ACTORS / "origin.py"),
+                                dependencies=Dependencies("python", (Package("x", "1"),)))
+    with pytest.raises(SandboxUnavailable, match="run `service build`"):
+        make_plan(actor, settings, {"memory": "rlimit", "pids": "rlimit", "cpu": "rlimit"},
+                  (7, 8))
 
 
 def test_plan_with_network_shares_it_and_binds_resolver_files(settings: Settings) -> None:

@@ -285,7 +285,8 @@ def test_every_flag_and_argument_has_help() -> None:
                for action in sub._actions
                if not action.help and action.help != argparse.SUPPRESS]
     assert missing == []
-    assert sorted(commands.choices) == ["doctor", "lint", "run", "serve", "test"]
+    assert sorted(commands.choices) == ["build", "doctor", "lint", "run", "serve", "test",
+                                        "worker"]
 
 
 def test_lint_an_empty_folder_fails_unless_allowed(

@@ -1,13 +1,15 @@
 """Harness for Python actors; runs INSIDE the sandbox under the system python3.
 
     python3 -I -B -u harness.py IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns] [--self-reset]
+                                [--path=DIR]...
 
 It loads SCRIPT once, says ``{"type": "ready"}`` on OUT_FD, then serves calls read from
 IN_FD, one JSON object per line each way (the protocol of ``service/sandbox/base.py``).
 ``{"type": "reset"}`` wipes /tmp (and, with ``--own-pidns``, kills every other process of
 the sandbox's pid namespace) and answers ``ready``. With ``--self-reset`` it does the same
 by itself after each call's reply, before reading on (no ``ready``): the host saves a round
-trip.
+trip. Each ``--path=DIR`` (the actor's dependencies, mounted read-only) goes on sys.path
+ahead of site-packages, so the actor's pinned versions win over the system's.
 
 Stdlib only, and as few imports as possible so an idle worker stays small: asyncio is
 imported only when the script uses it, traceback only when something failed.
@@ -195,6 +197,13 @@ def actor(*args: Any, **kwargs: Any) -> Any:
     if len(args) == 1 and not kwargs and callable(args[0]):
         return args[0]
     return lambda fn: fn
+
+
+def add_paths(paths: list[str]) -> None:
+    """Put ``paths`` before the first site-/dist-packages folder (after the stdlib)."""
+    site = next((i for i, p in enumerate(sys.path)
+                 if p.endswith(("site-packages", "dist-packages"))), len(sys.path))
+    sys.path[site:site] = paths
 
 
 def load_entry(script: str, entrypoint: str) -> Callable[..., Any]:
@@ -428,9 +437,10 @@ def close_other_fds(keep: tuple[int, ...]) -> None:
 def main(argv: list[str]) -> int:
     if len(argv) < 5:
         os.write(2, b"usage: harness.py IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns] "
-                    b"[--self-reset]\n")
+                    b"[--self-reset] [--path=DIR]...\n")
         return 2
     in_fd, out_fd = int(argv[1]), int(argv[2])
+    add_paths([flag[len("--path="):] for flag in argv[5:] if flag.startswith("--path=")])
     close_other_fds((in_fd, out_fd))
     harness = Harness(Channel(in_fd, out_fd), argv[3], argv[4], "--own-pidns" in argv[5:],
                       "--self-reset" in argv[5:])

@@ -1,0 +1,1 @@
+"""Cluster mode: fronts and workers sharing calls through Redis Streams (docs/cluster.md)."""

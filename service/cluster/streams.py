@@ -1,0 +1,170 @@
+"""The stream layout both roles share, and the one place that opens Redis connections.
+
+Keys, all under ``<key_prefix>:``:
+
+- ``calls:<actor_id>``: a stream of calls, read by the consumer group ``workers``. A worker
+  acks *and deletes* an entry once the call is answered, so the stream holds only calls
+  queued or running: its length is the actor's backlog.
+- ``events:<front_id>``: a stream per front process (a fresh id at each start): outputs,
+  logs and answers of its calls, and replies to its ``load`` broadcasts. The front trims
+  what it has read (MINID); workers add with NOMKSTREAM, so a gone front's stream is not
+  brought back, and it expires on its own.
+- ``control``: a stream every worker reads (no group): ``cancel`` and ``load`` broadcasts.
+- ``worker:<worker_id>``: the worker's registration (JSON), set with a TTL of
+  ``worker_timeout_s`` at each heartbeat: it exists exactly while the worker is alive.
+- ``workers``: a sorted set indexing the registrations (members whose key is gone are dead).
+
+Stream entries carry one field, ``m``: a JSON message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from service.errors import RpcError, SandboxUnavailable
+from service.settings import ClusterSettings
+
+GROUP = "workers"
+FIELD = "m"
+BACKEND = "cluster"  # data.backend of the -32009 errors the cluster itself raises
+BROKER_DOWN = "broker unavailable"
+COMMAND_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 2.0
+BLOCK_MS = 1000  # longest wait of a blocking read: loops notice shutdown this often
+# Redis failures a loop survives by reconnecting (ConnectionError covers refused/reset).
+BROKER_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+# redis-py annotates replies for sync and async, bytes and str clients at once; ours always
+# decode to str, and the replies' shapes are those the Redis docs give for each command.
+RedisClient = Any
+
+# Add a call unless the actor's stream already holds ``limit`` calls (queued or running):
+# the check and the add are one atomic step, so fronts never overshoot the limit together.
+DISPATCH_LUA = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', ARGV[3], ARGV[4])
+"""
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Every key of one cluster (one key prefix)."""
+
+    prefix: str
+
+    def calls(self, actor_id: str) -> str:
+        return f"{self.prefix}:calls:{actor_id}"
+
+    def events(self, front_id: str) -> str:
+        return f"{self.prefix}:events:{front_id}"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}:control"
+
+
+def connect(settings: ClusterSettings, blocking: bool = False) -> RedisClient:
+    """A client for ``settings.redis_url`` (auth and TLS come from the URL).
+
+    A command is tried again once, on a fresh connection, when its connection fails: a
+    pooled connection to a Redis that restarted fails once, and must not fail a call.
+    Nothing more: a Redis that is really gone refuses the second try at once too, and a
+    front must answer -32009 at once then. ``blocking`` clients wait longer per command,
+    for reads that block up to BLOCK_MS.
+    """
+    timeout = COMMAND_TIMEOUT_S + (BLOCK_MS / 1000 if blocking else 0)
+    return Redis.from_url(
+        settings.redis_url, decode_responses=True, socket_timeout=timeout,
+        socket_connect_timeout=CONNECT_TIMEOUT_S, retry=Retry(NoBackoff(), 1),
+        client_name="actor-runtime")
+
+
+def encode(message: dict[str, Any]) -> dict[str, str]:
+    """The fields of a stream entry holding ``message``."""
+    return {FIELD: json.dumps(message, separators=(",", ":"), allow_nan=False)}
+
+
+def decode(fields: dict[str, str]) -> dict[str, Any] | None:
+    """The message of a stream entry; None for an entry this code did not write."""
+    try:
+        message = json.loads(fields[FIELD])
+    except (KeyError, ValueError, TypeError):
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def error_message(exc: RpcError) -> dict[str, Any]:
+    """An RpcError as sent between roles (its class name keeps metrics labels alike)."""
+    return {"type": type(exc).__name__, "code": exc.CODE, "message": exc.message,
+            "data": exc.data}
+
+
+def remote_error(message: dict[str, Any]) -> RpcError:
+    """The RpcError a worker reported, rebuilt with its own class (same CODE, same data)."""
+    code, text, data = message.get("code"), str(message.get("message", "")), message.get("data")
+    cls = _error_class(code, str(message.get("type", "")))
+    error = cls.__new__(cls)
+    RpcError.__init__(error, text, data)
+    return error
+
+
+def _error_class(code: Any, name: str) -> type[RpcError]:
+    todo: list[type[RpcError]] = [RpcError]
+    by_code = None
+    while todo:
+        cls = todo.pop()
+        if code == cls.CODE and (by_code is None or cls.__name__ == name):
+            by_code = cls
+        todo.extend(cls.__subclasses__())
+    return by_code or RpcError  # an unknown code: -32603 for the caller
+
+
+def broker_unavailable() -> SandboxUnavailable:
+    return SandboxUnavailable(BACKEND, BROKER_DOWN)
+
+
+class Backoff:
+    """Growing, jittered pauses between attempts to reach Redis; reset once it answers."""
+
+    FIRST_S = 0.05
+
+    def __init__(self, max_s: float) -> None:
+        self.max_s = max_s
+        self._next_s = self.FIRST_S
+        self._random = random.Random()
+
+    def reset(self) -> None:
+        self._next_s = self.FIRST_S
+
+    async def wait(self) -> None:
+        # Full jitter: many workers reconnecting after an outage do not hit Redis in step.
+        await asyncio.sleep(self._random.uniform(self._next_s / 2, self._next_s))
+        self._next_s = min(self.max_s, self._next_s * 2)
+
+
+async def ensure_group(client: RedisClient, stream: str) -> None:
+    """Create the ``workers`` group of ``stream`` (and the stream) unless it exists.
+
+    It starts at 0, so calls added before any worker (or after Redis restarted and lost
+    the group) are still taken.
+    """
+    try:
+        await client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    except redis_errors.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise

@@ -1,0 +1,89 @@
+"""Walking a schema the way a validator does: every subschema, with its base URI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin
+
+import referencing.jsonschema
+from jsonschema.protocols import Validator
+from referencing import Resource, Specification
+
+from service.manifest.yamlnodes import escape_pointer_token
+
+
+def specification_of(dialect: type[Validator]) -> Specification[Any]:
+    """The ``referencing`` rules (ids, anchors, subschemas) of a dialect."""
+    return referencing.jsonschema.specification_with(
+        dialect.META_SCHEMA["$schema"], default=referencing.jsonschema.DRAFT202012)
+
+
+def ref_keywords(spec: Specification[Any]) -> tuple[str, ...]:
+    """The keywords of a dialect that hold a reference to resolve."""
+    if spec.name == "draft2020-12":
+        return ("$ref", "$dynamicRef")
+    if spec.name == "draft2019-09":
+        return ("$ref", "$recursiveRef")
+    return ("$ref",)
+
+
+
+@dataclass(frozen=True)
+class Node:
+    contents: dict[str, Any]
+    base: str  # the base URI in force here (this subschema's own id applied)
+    pointer: str  # inside its document
+
+
+def nodes(document: Any, spec: Specification[Any], base: str) -> Iterator[Node]:
+    """Every object subschema of ``document`` in order, with its base URI."""
+    pointers = _pointers(document)
+    yield from _walk(Resource(contents=document, specification=spec),  # type: ignore[call-arg]
+                     base, pointers)
+
+
+def _walk(resource: Resource[Any], base: str, pointers: dict[int, str]) -> Iterator[Node]:
+    own = resource.id()
+    if own is not None:
+        base = urljoin(base, own)
+    if isinstance(resource.contents, dict):
+        yield Node(resource.contents, base, pointers.get(id(resource.contents), ""))
+    for sub in resource.subresources():
+        if isinstance(sub.contents, dict | bool):
+            yield from _walk(sub, base, pointers)
+
+
+def property_dependencies_first(document: Any) -> Any:
+    """``document`` with, in each ``dependencies``, the property lists before the schemas.
+
+    ``referencing`` judges all the values of a draft 4-7 ``dependencies`` by its first
+    one: a schema first and a list after would crash it (during a call, too). Key
+    order means nothing in JSON, so the lists go first; changed in place.
+    """
+    if isinstance(document, list):
+        for item in document:
+            property_dependencies_first(item)
+    elif isinstance(document, dict):
+        for value in document.values():
+            property_dependencies_first(value)
+        deps = document.get("dependencies")
+        if isinstance(deps, dict) and any(isinstance(v, list) for v in deps.values()):
+            document["dependencies"] = dict(
+                sorted(deps.items(), key=lambda item: not isinstance(item[1], list)))
+    return document
+
+
+def _pointers(document: Any, ptr: str = "", into: dict[int, str] | None = None) -> dict[int, str]:
+    """id() of every object and array of ``document`` -> its JSON pointer."""
+    into = {} if into is None else into
+    if isinstance(document, dict):
+        into[id(document)] = ptr
+        for key, value in document.items():
+            _pointers(value, f"{ptr}/{escape_pointer_token(key)}", into)
+    elif isinstance(document, list):
+        into[id(document)] = ptr
+        for i, value in enumerate(document):
+            _pointers(value, f"{ptr}/{i}", into)
+    return into

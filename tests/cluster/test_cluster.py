@@ -1,0 +1,405 @@
+"""Cluster mode end to end: a real redis-server, fronts and workers as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from cluster_support import (
+    ACTORS,
+    REPO,
+    Cluster,
+    RedisServer,
+    Service,
+    connected,
+    free_port,
+    wait_for,
+)
+
+# Process start-up is most of each test; a busy machine makes it slow, never wrong.
+pytestmark = pytest.mark.timeout(180)
+# Kept out of `make test` (its time budget); CLUSTER_SLOW=1 runs them too.
+SLOW = pytest.mark.skipif(os.environ.get("CLUSTER_SLOW") != "1",
+                          reason="slow cluster test: set CLUSTER_SLOW=1")
+
+
+def ws_url(front: Service) -> str:
+    return f"ws://127.0.0.1:{front.port}/"
+
+
+async def health(service: Service) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"{service.url}/healthz") as response:
+        return response.status, await response.json()
+
+
+async def metrics(service: Service) -> str:
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"{service.url}/metrics") as response:
+        return await response.text()
+
+
+async def live_workers(front: Service, count: int) -> None:
+    async def enough() -> bool:
+        status, body = await health(front)
+        return status == 200 and body.get("live_workers") == count
+
+    await wait_for(enough, timeout_s=30)
+
+
+def outputs_seqs(response: dict[str, Any]) -> list[int]:
+    return [n["params"]["seq"] for n in response["notes"] if n["method"] == "output"]
+
+
+async def test_protocol_unchanged_through_two_fronts(cluster: Cluster) -> None:
+    cluster.with_examples()
+    fronts = [await cluster.front(), await cluster.front()]
+    worker, = await cluster.workers(1)
+    for front in fronts:
+        await live_workers(front, 1)
+    async with connected(ws_url(fronts[0])) as a, connected(ws_url(fronts[1])) as b:
+        listed = (await a.call("list", {}))["result"]["actors"]
+        assert [d["id"] for d in listed] == sorted(d["id"] for d in listed)
+        assert {"doubler", "napper", "ticker"} <= {d["id"] for d in listed}
+        described = (await b.call("describe", {"actor_id": "napper"}))["result"]
+        assert described == next(d for d in listed if d["id"] == "napper")
+
+        # Both fronts at once: each gets its own answers and outputs, and nothing else.
+        ra, rb = await asyncio.gather(
+            a.call("process", {"actor_id": "ticker", "payload": {"count": 3}}),
+            b.call("process", {"actor_id": "doubler", "payload": {"input": 21}}))
+        assert ra["result"]["outputs"] == {"tick": 3}
+        assert [n["params"]["data"] for n in ra["notes"]] == [1, 2, 3]
+        assert outputs_seqs(ra) == [0, 1, 2]
+        assert rb["result"]["outputs"] == {"output": 42}
+        assert rb["result"]["emitted"] == [{"port": "output", "data": 42, "seq": 0}]
+        assert rb["notes"][0]["params"]["request_id"] == rb["id"]
+
+        # Errors keep their codes and data, whether the front or the worker finds them.
+        bad = await a.call("process", {"actor_id": "napper", "payload": {"ms": "x"}})
+        assert bad["error"]["code"] == -32002 and bad["error"]["data"]["port"] == "ms"
+        missing = await a.call("process", {"actor_id": "nobody", "payload": {}})
+        assert missing["error"] == {"code": -32001, "message": "Actor not found: nobody",
+                                    "data": {"actor_id": "nobody"}}
+        config = await a.call("process", {"actor_id": "counter", "payload": {"value": 1},
+                                          "config": {"factor": "x"}})
+        assert config["error"]["code"] == -32602 and config["error"]["data"]["errors"]
+        state = await a.call("process", {"actor_id": "counter", "payload": {"value": 2},
+                                         "state": {"count": 4}})
+        assert state["result"]["state"] != {"count": 4}  # the state after the run came back
+    assert a.notes.get("_unexpected") is None and b.notes.get("_unexpected") is None
+    text = await metrics(fronts[0])
+    assert 'service_cluster_dispatched_total{actor="ticker",role="front"} 1.0' in text
+    assert 'service_cluster_live_workers{role="front"} 1.0' in text
+    assert 'service_cluster_taken_total{actor="ticker",role="worker"} 1.0' in await metrics(worker)
+
+
+async def test_cancel_reaches_the_worker_and_load_is_broadcast(cluster: Cluster,
+                                                              tmp_path: Path) -> None:
+    front = await cluster.front()
+    workers = await cluster.workers(2)
+    await live_workers(front, 2)
+    async with connected(ws_url(front)) as client:
+        request_id = await client.send("process", {"actor_id": "napper",
+                                                   "payload": {"ms": 20000, "ticks": 1}})
+        await wait_for(lambda: _true(client.notes.get(request_id)), timeout_s=20)
+        assert (await client.call("cancel", {"request_id": request_id}))["result"] == {
+            "cancelled": True}
+        cancelled = await client.response(request_id)
+        assert cancelled["error"] == {"code": -32010, "message": "Cancelled", "data": {}}
+        # The worker killed its sandbox (the call would sleep 20 s): nothing runs anywhere.
+        async def idle() -> bool:
+            texts = await asyncio.gather(*(metrics(w) for w in workers))
+            return all('service_sandboxes_busy{actor="napper"} 0.0' in t for t in texts)
+
+        await wait_for(idle, timeout_s=5)
+        quick = await asyncio.gather(*(client.call(
+            "process", {"actor_id": "napper", "payload": {"ms": 1}}) for _ in range(4)))
+        assert all("result" in r for r in quick)
+
+        folder = tmp_path / "extra"
+        folder.mkdir()
+        for name in ("napper.py", "napper.yaml"):
+            text = (ACTORS / name).read_text().replace("id: napper", "id: napper2")
+            (folder / name).write_text(text)
+        loaded = await client.call("load", {"file_path": str(folder / "napper.yaml")})
+        assert loaded["result"]["success"] is True and loaded["result"]["replaced"] is False
+        assert loaded["result"]["actor"]["id"] == "napper2"
+        listed = (await client.call("list", {}))["result"]["actors"]
+        assert "napper2" in {d["id"] for d in listed}
+        ran = await client.call("process", {"actor_id": "napper2", "payload": {"ms": 1}})
+        assert ran["result"]["return"] == {"slept_ms": 1}
+        again = await client.call("load", {"file_path": str(folder / "napper.yaml")})
+        assert again["result"]["replaced"] is True
+        refused = await client.call("load", {"file_path": "/etc/passwd"})
+        assert refused["error"]["code"] == -32011
+        assert refused["error"]["data"] == {"path": "/etc/passwd"}
+
+
+async def running_first(workers: list[Service]) -> list[Service]:
+    """The workers, the one running a napper call first."""
+    texts = await asyncio.gather(*(metrics(w) for w in workers))
+    busy = ['service_sandboxes_busy{actor="napper"} 1.0' in t for t in texts]
+    assert busy.count(True) == 1, busy
+    return sorted(workers, key=lambda w: not busy[workers.index(w)])
+
+
+async def _true(value: Any) -> bool:
+    return bool(value)
+
+
+async def test_backpressure_is_cluster_wide(cluster: Cluster, tmp_path: Path) -> None:
+    folder = tmp_path / "small"
+    folder.mkdir()
+    for name in ("napper.py", "napper.yaml"):
+        (folder / name).write_text((ACTORS / name).read_text().replace(
+            "max_queue: 64", "max_queue: 1").replace("min_warm: 2", "min_warm: 0"))
+    cluster.actors = (folder,)
+    front = await cluster.front()
+    await cluster.workers(2)
+    await live_workers(front, 2)
+    async with connected(ws_url(front)) as client:
+        # 2 workers x (2 slots + 1 queued) = 6 calls fit; the rest is refused at once.
+        responses = await asyncio.gather(*(client.call(
+            "process", {"actor_id": "napper", "payload": {"ms": 800}}) for _ in range(12)))
+    done = [r for r in responses if "result" in r]
+    busy = [r["error"] for r in responses if "error" in r]
+    assert len(done) == 6, responses
+    assert len(busy) == 6 and all(e["code"] == -32008 for e in busy)
+    delays = [e["data"]["retry_after_ms"] for e in busy]
+    assert all(isinstance(d, int) and d > 0 for d in delays)
+    assert len(set(delays)) > 1, "retry_after_ms carries no jitter"
+
+
+async def test_worker_killed_mid_call_is_rerun_elsewhere(cluster: Cluster) -> None:
+    front = await cluster.front()
+    workers = await cluster.workers(2)
+    await live_workers(front, 2)
+    async with connected(ws_url(front)) as client:
+        request_id = await client.send("process", {"actor_id": "napper",
+                                                   "payload": {"ms": 1500, "ticks": 2}})
+        await wait_for(lambda: _true(len(client.notes.get(request_id, [])) == 2), 20)
+        first, second = await running_first(workers)
+        await first.kill()  # with its sandboxes: the call dies with it
+        answer = await client.response(request_id, timeout_s=60)
+        assert answer["result"]["emitted"] == [{"port": "tick", "data": 0, "seq": 0},
+                                               {"port": "tick", "data": 1, "seq": 1}]
+        notes = client.notes.pop(request_id)
+        assert [n["params"]["seq"] for n in notes] == [0, 1], "an output was forwarded twice"
+    assert 'service_cluster_reclaimed_total{actor="napper",role="worker"} 1.0' in \
+        await metrics(second)
+
+
+async def test_max_attempts_then_32009(cluster: Cluster) -> None:
+    front = await cluster.front(max_attempts=1)
+    workers = await cluster.workers(2, max_attempts=1)
+    await live_workers(front, 2)
+    async with connected(ws_url(front)) as client:
+        request_id = await client.send("process", {"actor_id": "napper",
+                                                   "payload": {"ms": 1500, "ticks": 1}})
+        await wait_for(lambda: _true(client.notes.get(request_id)), 20)
+        first, _ = await running_first(workers)
+        await first.kill()
+        answer = await client.response(request_id, timeout_s=60)
+    error = answer["error"]
+    assert error["code"] == -32009
+    assert error["data"]["backend"] == "cluster"
+    assert "max_attempts is 1" in error["data"]["reason"]
+
+
+async def test_redis_down_fails_fast_and_service_resumes(cluster: Cluster) -> None:
+    front = await cluster.front()
+    worker, = await cluster.workers(1)
+    await live_workers(front, 1)
+    stop = asyncio.Event()
+    loads = [asyncio.create_task(load_until(ws_url(front), stop)) for _ in range(4)]
+    async with connected(ws_url(front)) as client:
+        ok = await client.call("process", {"actor_id": "napper", "payload": {"ms": 1}})
+        assert ok["result"]["return"] == {"slept_ms": 1}
+        in_flight = await client.send("process", {"actor_id": "napper",
+                                                  "payload": {"ms": 5000}})
+        await asyncio.sleep(0.5)
+        await cluster.redis.stop()
+        lost = await client.response(in_flight, timeout_s=10)
+        assert lost["error"]["code"] == -32009
+        assert lost["error"]["data"] == {"backend": "cluster", "reason": "broker unavailable"}
+        for _ in range(5):
+            down = await client.call("process", {"actor_id": "napper",
+                                                 "payload": {"ms": 1}}, timeout_s=2)
+            assert down["error"]["code"] == -32009
+            assert down["error"]["data"]["reason"] == "broker unavailable"
+        status, body = await health(front)
+        assert status == 503 and body["broker"] == "unavailable"
+
+        await cluster.redis.start()  # same port, empty: groups and streams are gone
+
+        async def served() -> bool:
+            reply = await client.call("process", {"actor_id": "napper",
+                                                  "payload": {"ms": 5}}, timeout_s=5)
+            return reply.get("result", {}).get("return") == {"slept_ms": 5}
+
+        await wait_for(served, timeout_s=30, every_s=0.2)
+        assert (await health(front))[0] == 200
+        assert (await health(worker))[0] == 200
+    stop.set()
+    outcomes = [o for load in await asyncio.gather(*loads) for o in load]
+    assert set(outcomes) <= {"ok", "broker unavailable"}, outcomes  # nothing else, no hang
+    assert {"ok", "broker unavailable"} <= set(outcomes)
+    assert front.proc is not None and front.proc.returncode is None
+    assert worker.proc is not None and worker.proc.returncode is None
+
+
+async def load_until(url: str, stop: asyncio.Event) -> list[str]:
+    """Calls one after another until ``stop``: "ok", or the -32009 reason, for each."""
+    outcomes = []
+    async with connected(url) as client:
+        while not stop.is_set():
+            reply = await client.call("process", {"actor_id": "napper", "payload": {"ms": 20}},
+                                      timeout_s=10)
+            if "result" in reply:
+                outcomes.append("ok")
+            else:
+                error = reply["error"]
+                outcomes.append(error["data"]["reason"] if error["code"] == -32009
+                                else str(error))
+                await asyncio.sleep(0.05)
+    return outcomes
+
+
+async def test_worker_needs_redis_url(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *_python(), "-m", "service", "worker", "--config", str(REPO / "config/settings.toml"),
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert b"cluster.redis_url" in err
+
+
+def _python() -> list[str]:
+    import sys
+
+    return [sys.executable]
+
+
+def test_settings_render(tmp_path: Path) -> None:
+    from service.errors import SettingsError
+    from service.settings import load_settings
+
+    path = tmp_path / "s.toml"
+    path.write_text('[default.cluster]\nredis_url = "redis://h:1/0"\n'
+                    'role = "both"\nmax_attempts = 3\n')
+    settings = load_settings(path)
+    assert settings.cluster.enabled and settings.cluster.role == "both"
+    assert settings.cluster.max_attempts == 3 and settings.cluster.heartbeat_s == 1.0
+    path.write_text('[default.cluster]\nrole = "boss"\n')
+    with pytest.raises(SettingsError, match=r"cluster\.role"):
+        load_settings(path)
+
+
+@SLOW  # the same code paths as a front and a worker, in one process
+async def test_role_both_serves_alone(cluster: Cluster) -> None:
+    cluster.with_examples()
+    config = cluster._config("both", "both")
+    both = Service("both", ["--config", str(config)], free_port(), cluster.tmp / "both.log")
+    await cluster._started(both)
+    await live_workers(both, 1)
+    async with connected(ws_url(both)) as client:
+        # A notification (no id) runs but sends nothing back; the next call still answers.
+        await client.ws.send_str('{"jsonrpc": "2.0", "method": "process", "params": '
+                                 '{"actor_id": "ticker", "payload": {"count": 2}}}')
+        reply = await client.call("process", {"actor_id": "doubler", "payload": {"input": 4}})
+        assert reply["result"]["outputs"] == {"output": 8}
+        await asyncio.sleep(0.5)
+        assert dict(client.notes) == {}
+    status, body = await health(both)
+    assert status == 200 and body["role"] == "both" and body["broker"] == "up"
+
+
+def test_remote_errors_keep_class_code_and_data() -> None:
+    from service.cluster.streams import error_message, remote_error
+    from service.errors import Busy, PayloadInvalid, RpcError
+
+    for error in (PayloadInvalid("x", [{"path": "", "message": "bad"}]), Busy(12)):
+        rebuilt = remote_error(json.loads(json.dumps(error_message(error))))
+        assert type(rebuilt) is type(error)
+        assert rebuilt.to_json() == error.to_json()
+    unknown = remote_error({"code": -1, "message": "?", "data": None})
+    assert type(unknown) is RpcError and unknown.CODE == -32603
+
+
+async def test_front_validates_payloads_as_the_runtime_does() -> None:
+    """A front checks payloads with schemas rebuilt from descriptors ($refs bundled)."""
+    from service.cluster.front import ClusterFront
+    from service.errors import PayloadInvalid
+    from service.manifest.loader import load_manifest
+    from service.runtime import check_payload
+    from service.settings import ClusterSettings, Settings
+
+    settings = Settings(cluster=ClusterSettings(redis_url="redis://127.0.0.1:1/0"))
+    actor = load_manifest(REPO / "manifests/order_total/order_total.yaml", settings)
+    remote = ClusterFront(settings)._remote_actor(actor.descriptor())
+    line = {"sku": "x", "quantity": 1, "unit_price": 2.5}
+    payloads = [{"order": {"id": "a", "lines": [line]}},
+                {"order": {"id": "a", "lines": [{**line, "quantity": 0}]}},
+                {"order": {"id": "", "lines": []}}, {}, {"order": {}, "extra": 1}]
+    for payload in payloads:
+        errors = []
+        for subject in (actor, remote):
+            try:
+                await check_payload(subject, payload)
+                errors.append(None)
+            except PayloadInvalid as exc:
+                errors.append(exc.to_json())
+        assert errors[0] == errors[1], payload
+
+
+def make_tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1: (ca, cert, key)."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.crt", "-days", "1", "-subj", "/CN=cluster-test-ca")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=127.0.0.1")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "san.ext")
+    return folder / "ca.crt", folder / "server.crt", folder / "server.key"
+
+
+@SLOW  # three more processes to start; the netns test covers the password already
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl for certificates")
+async def test_tls_and_password_from_the_url(tmp_path: Path) -> None:
+    ca, cert, key = make_tls_files(tmp_path)
+    port = free_port()
+    redis = RedisServer(tmp_path, port=port, password="s3cret", extra_args=(
+        "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+        "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"))
+    await redis.start()
+    cluster = Cluster(redis, tmp_path)
+    try:
+        # The URL carries everything: TLS, the CA to check the server with, the password.
+        redis_url = (f"rediss://:s3cret@127.0.0.1:{port}/0?ssl_cert_reqs=required"
+                     f"&ssl_ca_certs={ca}")
+        cluster.redis_url = redis_url
+        front = await cluster.front()
+        await cluster.workers(1)
+        await live_workers(front, 1)
+        async with connected(ws_url(front)) as client:
+            reply = await client.call("process", {"actor_id": "napper", "payload": {"ms": 1}})
+        assert reply["result"]["return"] == {"slept_ms": 1}
+        wrong = await cluster.front(redis_url=redis_url.replace("s3cret", "nope"),
+                                    healthy=False)
+        status, body = await health(wrong)
+        assert status == 503 and body["broker"] == "unavailable"
+    finally:
+        await cluster.aclose()
+        await redis.stop()

@@ -1,0 +1,134 @@
+"""Port validation: the same verdicts and messages as jsonschema, at a bounded cost."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from service.manifest.schemas import compile_schema
+from service.manifest.validation import SchemaValidator
+
+HOSTILE_PATTERN = r"^(\w+\s?)*$"  # catastrophic backtracking on Python's re
+HOSTILE_TEXT = "a" * 27 + "!"  # 2^27 ways to fail with re; linear with RE2
+
+
+def validator(schema: Any, **options: Any) -> SchemaValidator:
+    compiled, issues = compile_schema(schema, Path("/nonexistent/actor.yaml"), **options)
+    assert compiled is not None, issues
+    return compiled.validator
+
+
+def mixed_items(n: int) -> list[Any]:
+    rng = random.Random(12)
+    return [rng.choice([i, f"s{i}", [i, str(i)], {"k": i, "v": [i]}, i + 0.5, f"t{i}"])
+            for i in range(n)]
+
+
+def test_messages_and_paths_are_jsonschema_s() -> None:
+    schema = {"type": "object", "required": ["a"],
+              "properties": {"a": {"type": "integer", "minimum": 1},
+                             "b": {"type": "array", "items": {"enum": ["x", "y"]}},
+                             "c": {"pattern": "^[A-Z]{3}$"}},
+              "additionalProperties": False}
+    value = {"a": 0, "b": ["x", "z"], "c": "eur", "d": 1}
+    expected = sorted(jsonschema.Draft202012Validator(schema).iter_errors(value),
+                      key=lambda e: list(map(str, e.absolute_path)))
+    assert validator(schema).errors(value) == [
+        {"path": "".join(f"/{p}" for p in e.absolute_path), "message": e.message}
+        for e in expected]
+    assert validator(schema).errors({"a": 2, "b": [], "c": "EUR"}) == []
+
+
+@pytest.mark.parametrize(("items", "unique"), [
+    ([1, 1.0], False), ([1, True], True), ([0, False], True), ([None, 0], True),
+    ([{"a": 1, "b": 2}, {"b": 2, "a": 1}], False), ([[1, 2], [2, 1]], True),
+    ([{"a": [1]}, {"a": [1.0]}], False), (["1", 1], True), ([], True),
+])
+def test_unique_items_uses_json_equality(items: list[Any], unique: bool) -> None:
+    assert jsonschema.Draft202012Validator({"uniqueItems": True}).is_valid(items) is unique
+    v = validator({"uniqueItems": True})
+    assert (v.errors(items) == []) is unique
+    v._fast = None  # the jsonschema pass alone agrees too
+    assert (v.errors(items) == []) is unique
+
+
+def test_unique_items_of_thousands_of_mixed_items() -> None:
+    items = mixed_items(8000)
+    v = validator({"type": "array", "uniqueItems": True})
+    assert v.errors(items) == []
+    duplicated = [*items, items[100]]
+    errors = v.errors(duplicated)
+    assert len(errors) == 1 and errors[0]["path"] == ""
+    assert errors[0]["message"].endswith("] has non-unique elements")
+    assert len(errors[0]["message"]) < 300  # the array is not repeated in full
+    v._fast = None
+    assert v.errors(duplicated) == errors
+
+
+def test_a_catastrophic_pattern_is_linear() -> None:
+    v = validator({"type": "string", "pattern": HOSTILE_PATTERN})
+    message = f"{HOSTILE_TEXT!r} does not match {HOSTILE_PATTERN!r}"
+    assert v.errors(HOSTILE_TEXT) == [{"path": "", "message": message}]
+    v._fast = None
+    assert v.errors(HOSTILE_TEXT) == [{"path": "", "message": message}]
+    assert v.errors("ab cd") == []
+
+
+def test_pattern_properties_and_additional_properties_are_linear() -> None:
+    schema = {"type": "object", "patternProperties": {HOSTILE_PATTERN: {"type": "integer"}},
+              "additionalProperties": False}
+    v = validator(schema)
+    v._fast = None
+    assert v.errors({HOSTILE_TEXT: 1, "ok": "x"}) == [
+        {"path": "", "message": f"{HOSTILE_TEXT!r} does not match any of the regexes: "
+                                f"{HOSTILE_PATTERN!r}"},
+        {"path": "/ok", "message": "'x' is not of type 'integer'"}]
+
+
+def test_lookarounds_and_backreferences_still_work() -> None:
+    v = validator({"type": "string", "pattern": r"^(?=.*\d)(\w)\1"})
+    v._fast = None
+    assert v.errors("aa1") == []
+    assert [e["message"] for e in v.errors("ab1")] == [
+        "'ab1' does not match '^(?=.*\\\\d)(\\\\w)\\\\1'"]
+
+
+def test_a_slow_error_pass_falls_back_to_the_fast_engine_s_messages() -> None:
+    v = validator({"type": "array", "items": {"type": "integer"}}, timeout_s=1e-9)
+    assert v.errors([1, "x"]) == [{"path": "/1", "message": '"x" is not of type "integer"'}]
+
+
+def test_no_verdict_in_time_refuses_the_value_and_says_why() -> None:
+    v = validator({"type": "array", "items": {"type": "integer"}}, timeout_s=1e-9)
+    v._fast = None
+    assert v.errors([1, 2]) == [{"path": "", "message": "validation did not finish within "
+                                                        "1e-09 s; the value is refused"}]
+
+
+def test_values_the_fast_engine_cannot_take_are_left_to_jsonschema() -> None:
+    v = validator({"type": "number"})
+    assert v.is_valid(float("nan")) is not True
+    assert v.errors(float("inf")) == [] and v.errors(float("nan")) == []
+
+
+def test_format_is_an_annotation_unless_asserted() -> None:
+    schema = {"type": "string", "format": "email"}
+    assert validator(schema).errors("nope") == []
+    asserted = validator(schema, format_assertion=True)
+    assert asserted.errors("nope") == [{"path": "", "message": "'nope' is not a 'email'"}]
+    assert asserted.errors("a@example.com") == []
+
+
+def test_at_most_fifty_errors() -> None:
+    v = validator({"items": {"type": "string"}})
+    assert len(v.errors(list(range(1000)))) == 50
+
+
+async def test_check_runs_the_error_pass_off_the_loop() -> None:
+    v = validator({"type": "string", "pattern": HOSTILE_PATTERN})
+    assert await v.check("ab") == []
+    assert [e["path"] for e in await v.check(HOSTILE_TEXT)] == [""]

@@ -1,0 +1,120 @@
+"""Hostile payloads through the live server: each refused with a clear error, none stalls others.
+
+An inport with ``uniqueItems`` and 8000 mixed items, a 28-character string against a
+catastrophic ``pattern``, and an array whose error pass runs past its deadline: while
+each call is in flight, ``GET /healthz`` answers (the bound here is generous, the
+measured figure is printed), and the same values through an outport fail the call
+with -32003.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from server_support import Rpc, ServerFactory
+
+PATTERN = r"^(\w+\s?)*$"
+HOSTILE_TEXT = "a" * 27 + "!"
+HEALTHZ_BOUND_S = 1.0  # generous on a shared 2-core machine; the goal is < 100 ms
+
+MANIFEST = {
+    "id": "hostile_schema", "language": "python", "script": "hostile_schema.py",
+    "inports": {
+        "items": {"required": False, "schema": {"type": "array", "uniqueItems": True}},
+        "text": {"required": False, "schema": {"type": "string", "pattern": PATTERN}},
+        "many": {"required": False, "schema": {"type": "array", "items": {"type": "integer"}}},
+        "echo": {"required": False, "schema": True},
+    },
+    "outports": {
+        "items": {"schema": {"type": "array", "uniqueItems": True}},
+        "text": {"schema": {"type": "string", "pattern": PATTERN}},
+    },
+}
+SCRIPT = """
+async def process(context):
+    echo = context.get_input("echo")
+    if echo:
+        await context.send_output(echo["port"], echo["value"])
+    return None
+"""
+
+
+def mixed_items(n: int) -> list[Any]:
+    rng = random.Random(7)
+    items = [rng.choice([i, f"s{i}", [i, str(i)], {"k": i}, i + 0.5, f"t{i}"]) for i in range(n)]
+    return [*items, items[n // 2]]  # one duplicate
+
+
+@pytest.fixture
+async def hostile(make_server: ServerFactory, tmp_path: Path) -> tuple[TestClient, Rpc]:
+    (tmp_path / "hostile_schema.yaml").write_text(json.dumps(MANIFEST))
+    (tmp_path / "hostile_schema.py").write_text(SCRIPT)
+    server = await make_server(validation_timeout_s=0.5)
+    rpc = Rpc(await server.ws_connect("/"))
+    loaded = await rpc.call("load", {"file_path": str(tmp_path / "hostile_schema.yaml")})
+    assert loaded["result"]["success"] is True
+    return server, rpc
+
+
+async def call_with_healthz(server: TestClient, rpc: Rpc, payload: dict[str, Any],
+                            label: str) -> dict[str, Any]:
+    """The response of one process call, with /healthz asked while it is in flight."""
+    call = asyncio.create_task(rpc.call("process", {"actor_id": "hostile_schema",
+                                                    "payload": payload}))
+    await asyncio.sleep(0)  # the request is on its way
+    started = time.perf_counter()
+    response = await server.get("/healthz")
+    waited = time.perf_counter() - started
+    print(f"\n/healthz during {label}: {waited * 1000:.1f} ms")
+    assert response.status == 200
+    assert waited < HEALTHZ_BOUND_S
+    return await call
+
+
+async def test_unique_items_of_8000_mixed_items(hostile: tuple[TestClient, Rpc]) -> None:
+    server, rpc = hostile
+    response = await call_with_healthz(server, rpc, {"items": mixed_items(8000)}, "uniqueItems")
+    error = response["error"]
+    assert error["code"] == -32002 and error["data"]["port"] == "items"
+    [only] = error["data"]["errors"]
+    assert only["path"] == "" and only["message"].endswith("] has non-unique elements")
+    ok = await rpc.call("process", {"actor_id": "hostile_schema",
+                                    "payload": {"items": mixed_items(8000)[:-1]}})
+    assert "result" in ok
+
+
+async def test_catastrophic_pattern(hostile: tuple[TestClient, Rpc]) -> None:
+    server, rpc = hostile
+    response = await call_with_healthz(server, rpc, {"text": HOSTILE_TEXT}, "pattern")
+    assert response["error"]["code"] == -32002
+    assert response["error"]["data"] == {"port": "text", "errors": [
+        {"path": "", "message": f"{HOSTILE_TEXT!r} does not match {PATTERN!r}"}]}
+
+
+async def test_an_error_pass_past_its_deadline(hostile: tuple[TestClient, Rpc]) -> None:
+    server, rpc = hostile
+    many = ["x"] * 150_000  # 150,000 errors' worth of jsonschema work: the deadline cuts it
+    response = await call_with_healthz(server, rpc, {"many": many}, "a 150,000-item error pass")
+    assert response["error"]["code"] == -32002
+    errors = response["error"]["data"]["errors"]
+    assert len(errors) == 50 and errors[0]["path"] == "/0"
+
+
+@pytest.mark.parametrize(("port", "value"), [
+    ("text", HOSTILE_TEXT), ("items", mixed_items(8000)),
+])
+async def test_the_same_through_an_outport(hostile: tuple[TestClient, Rpc], port: str,
+                                           value: Any) -> None:
+    server, rpc = hostile
+    response = await call_with_healthz(server, rpc, {"echo": {"port": port, "value": value}},
+                                       f"outport {port}")
+    assert response["error"]["code"] == -32003
+    assert response["error"]["data"]["port"] == port
+    assert len(response["error"]["data"]["errors"]) == 1

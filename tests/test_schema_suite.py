@@ -1,0 +1,37 @@
+"""bench/schema_suite.py on a miniature suite: scoring, remote refusals, the reference beside."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.schema_suite import main
+
+
+@pytest.fixture
+def suite(tmp_path: Path) -> Path:
+    tests = tmp_path / "tests" / "draft2020-12"
+    tests.mkdir(parents=True)
+    (tmp_path / "remotes").mkdir()
+    (tmp_path / "remotes" / "integer.json").write_text('{"type": "integer"}')
+    (tests / "mini.json").write_text(json.dumps([
+        {"description": "minimum", "schema": {"minimum": 1},
+         "tests": [{"description": "below", "data": 0, "valid": False},
+                   {"description": "at", "data": 1, "valid": True}]},
+        {"description": "remote ref", "schema": {"$ref": "http://localhost:1234/integer.json"},
+         "tests": [{"description": "an integer", "data": 1, "valid": True}]},
+        {"description": "a wrong expectation", "schema": {"type": "string"},
+         "tests": [{"description": "claims 1 is a string", "data": 1, "valid": True}]},
+    ]))
+    return tmp_path / "tests"
+
+
+def test_scores_a_suite(suite: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--suite", str(suite), "--draft", "draft2020-12", "-v"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("draft2020-12: 2/3 right (66.7%), 0 wrong where jsonschema is right, "
+                      "1 wrong like jsonschema, 1 need a remote document (refused at load)")
+    assert out[1].startswith("    remote: mini.json: remote ref: ")
+    assert "remote documents are never fetched" in out[1]
