@@ -31,8 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "goes to stderr)")
     parser.add_argument("--config", type=Path, default=ROOT / "config" / "settings.toml",
                         help="the server's settings file (default: config/settings.toml)")
-    parser.add_argument("--backend", choices=("process", "auto", "microvm"), default="process",
-                        help="the server's sandbox backend (default: process)")
+    parser.add_argument("--backend", choices=("process", "auto", "microvm", "gvisor"),
+                        default="process", help="the server's sandbox backend (default: process)")
+    parser.add_argument("--no-gvisor", dest="gvisor", action="store_false",
+                        help="no gvisor rows (by default, with --backend process, a server on "
+                             "the gvisor backend is measured beside it when runsc works here)")
     return parser
 
 
@@ -43,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("bench").setLevel(logging.INFO)  # progress lines; quiet otherwise
     plan = runner.QUICK if args.quick else runner.Plan()
     try:
-        results = asyncio.run(runner.run(plan, args.config.resolve(), args.backend))
+        results = asyncio.run(runner.run(plan, args.config.resolve(), args.backend, args.gvisor))
     except (ServerFailed, CallFailed, OSError) as exc:
         print(f"bench: cannot measure: {exc}", file=sys.stderr)
         return 1

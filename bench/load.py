@@ -65,6 +65,7 @@ class CallSpec:
 
     input: Any = INPUT
     output: Any = OUTPUT
+    state: dict[str, Any] | None = None  # e.g. a state context (persistent state)
 
 
 class Caller:
@@ -75,7 +76,10 @@ class Caller:
         self.ws = ws
         self.ids = itertools.count(1)
         self.spec = call or CallSpec()
-        self.params = {"actor_id": actor_id, "payload": {"input": self.spec.input}}
+        self.params: dict[str, Any] = {"actor_id": actor_id,
+                                       "payload": {"input": self.spec.input}}
+        if self.spec.state is not None:
+            self.params["state"] = self.spec.state
 
     async def call(self) -> float:
         """One `process` round trip; its latency in ms."""

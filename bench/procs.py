@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -100,3 +101,16 @@ def total(trees: Iterable[Tree]) -> tuple[int, int]:
     """Summed (RSS, PSS) of ``trees``."""
     items = list(trees)
     return sum(t.rss for t in items), sum(t.pss for t in items)
+
+
+def bundle_command(pid: int) -> str:
+    """The command of the OCI bundle a ``runsc ... run --bundle DIR`` process runs ("" if
+    ``pid`` is no such process or its bundle is gone)."""
+    words = cmdline(pid)
+    if "--bundle" not in words[:-1]:
+        return ""
+    config = Path(words[words.index("--bundle") + 1]) / "config.json"
+    try:
+        return " ".join(json.loads(config.read_text())["process"]["args"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""

@@ -6,7 +6,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.runner import COLD_ACTORS, DEPS_PAIRS, NO_SCHEMA_ACTOR, SCHEMA_ACTOR, WARM_ACTORS
+from bench.runner import (
+    COLD_ACTORS,
+    DEPS_PAIRS,
+    GVISOR_LEVEL,
+    NO_SCHEMA_ACTOR,
+    SCHEMA_ACTOR,
+    WARM_ACTORS,
+)
 
 WARM_P50_MAX_RATIO = 3.0  # warm round trip p50 <= 3x the echo's
 THROUGHPUT_MIN_RATIO = 0.15  # at concurrency 8: >= 15% of the echo's calls/s
@@ -15,6 +22,7 @@ SCHEMA_P50_MAX_RATIO = 1.15  # the schema-heavy actor's warm p50 <= 1.15x the do
 COLD_MAX_RATIO = 1.5  # cold call p50 <= 1.5x a bare bwrap + interpreter start
 SERVER_IDLE_RSS_MAX_MB = 60.0
 PYTHON_WORKER_RSS_MAX_MB = 15.0
+GVISOR_WARM_P50_MAX_RATIO = 1.3  # gvisor warm round trip p50 <= 1.3x the process backend's
 DEPS_MAX_RATIO = 1.25  # p50 with a dependency set mounted <= 1.25x the same actor without
 
 
@@ -40,8 +48,9 @@ class Row:
 
 def rows(results: dict[str, Any]) -> list[Row]:
     """Every row of the table, in order."""
-    return [*_latency_rows(results), *_cluster_rows(results), *_throughput_rows(results),
-            *_cold_rows(results), *_deps_rows(results), *_memory_rows(results)]
+    return [*_latency_rows(results), *_state_rows(results), *_cluster_rows(results),
+            *_throughput_rows(results), *_cold_rows(results), *_deps_rows(results),
+            *_memory_rows(results), *_gvisor_rows(results)]
 
 
 def _cluster_rows(results: dict[str, Any]) -> list[Row]:
@@ -78,6 +87,18 @@ def _latency_rows(results: dict[str, Any]) -> list[Row]:
         out.append(Row(f"  same payload, no schema ({NO_SCHEMA_ACTOR})",
                        latency[SCHEMA_ACTOR]["p50_ms"], "ms", f"{NO_SCHEMA_ACTOR} p50",
                        latency[NO_SCHEMA_ACTOR]["p50_ms"]))
+    return out
+
+
+def _state_rows(results: dict[str, Any]) -> list[Row]:
+    """A warm call doing one increment, per store, beside the plain warm call (same actor
+    code but the increment)."""
+    plain = results["server"]["latency"][WARM_ACTORS["python"]]["p50_ms"]
+    out = []
+    for store, stats in results["server"].get("state", {}).items():
+        if stats is not None:
+            out.append(Row(f"warm call + 1 increment p50, {store}", stats["p50_ms"], "ms",
+                           "warm round trip p50", plain))
     return out
 
 
@@ -136,6 +157,31 @@ def _memory_rows(results: dict[str, Any]) -> list[Row]:
     return out
 
 
+def _gvisor_rows(results: dict[str, Any]) -> list[Row]:
+    """The gvisor server's figures, each beside the process backend's of the same run."""
+    gv, server = results.get("gvisor") or {}, results["server"]
+    if not gv.get("available"):
+        return []
+    out = []
+    for language, actor_id in WARM_ACTORS.items():
+        row = Row(f"gvisor warm round trip p50, {actor_id}", gv["latency"][actor_id]["p50_ms"],
+                  "ms", "process p50", server["latency"][actor_id]["p50_ms"])
+        out.append(_ratio_target(row, GVISOR_WARM_P50_MAX_RATIO, max_ratio=True))
+        level = GVISOR_LEVEL
+        out.append(Row(f"gvisor throughput c={level}, {actor_id}",
+                       gv["throughput"][actor_id][level]["calls_per_s"], "calls/s",
+                       f"process c={level}", server["throughput"][actor_id][level]["calls_per_s"]))
+        cold_id = COLD_ACTORS[language]
+        out.append(Row(f"gvisor cold call p50, {cold_id}", gv["cold"][cold_id]["p50_ms"], "ms",
+                       "process cold p50", server["cold"][cold_id]["p50_ms"]))
+        workers, process = gv["workers"][language], server["workers"][language]
+        out.append(Row(f"gvisor RSS per warm {language} worker (n={workers['count']})",
+                       workers["rss_mb_each"], "MB", "process worker", process["rss_mb_each"]))
+        out.append(Row(f"gvisor PSS per warm {language} worker", workers["pss_mb_each"], "MB",
+                       "process worker", process["pss_mb_each"]))
+    return out
+
+
 def _ratio_target(row: Row, bound: float, *, max_ratio: bool) -> Row:
     if max_ratio:
         return _with(row, f"<= {bound:g}x", lambda r: r.ratio <= bound)
@@ -154,8 +200,13 @@ def _with(row: Row, target: str, test: Callable[[Row], bool]) -> Row:
 def table(results: dict[str, Any]) -> str:
     """The human-readable table of ``results``."""
     machine = results["machine"]
-    lines = [f"backend {machine['backend']}, {machine['cpus']} CPUs, Python {machine['python']}, "
-             f"kernel {machine['kernel']}, load average {machine['loadavg_1m_before']} before, "
+    gv = results.get("gvisor") or {}
+    beside = (f"; gvisor beside it (runsc {gv.get('runsc')}, {gv.get('platform')})"
+              if gv.get("available") else
+              f"; no gvisor rows: {gv['reason']}" if "reason" in gv else "")
+    lines = [f"backend {machine['backend']}{beside}, {machine['cpus']} CPUs, "
+             f"Python {machine['python']}, kernel {machine['kernel']}, "
+             f"load average {machine['loadavg_1m_before']} before, "
              f"{machine['loadavg_1m_after']} after; {results['mode']}",
              f"{'figure':44} {'value':>16}  {'baseline':>38}  {'ratio':>7}  target"]
     for row in rows(results):

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import cluster, floor, procs, servers
+from bench import cluster, floor, procs, servers, state
 from bench.load import CallSpec, Stats, run_calls
 from service.manifest.loader import load_manifest
 from service.settings import Settings, load_settings
@@ -26,6 +26,7 @@ NO_SCHEMA_ACTOR = "order_noschema"  # the same payload and script, schema `true`
 # With a dependency set (bench/actors/doubler_deps*.yaml) -> the same actor without one.
 DEPS_PAIRS = {"doubler_deps": "doubler", "doubler_deps_cold": "doubler_cold"}
 LEVELS = (1, 8, 32)
+GVISOR_LEVEL = "8"  # the one throughput level measured on gVisor too
 SAMPLE_EVERY_S = 0.05
 MODE = "closed loop: each connection makes one call at a time, no pipelining"
 
@@ -48,27 +49,38 @@ QUICK = Plan(latency_calls=40, latency_warmup_calls=10, throughput_s=0.3,
              throughput_warmup_s=0.2, cold_calls=4, cold_warmup_calls=1, bare_starts=4)
 
 
-async def run(plan: Plan, config: Path, backend: str) -> dict[str, Any]:
+async def run(plan: Plan, config: Path, backend: str, gvisor: bool = True) -> dict[str, Any]:
     """Measure everything; the results as plain JSON-able data (see bench/README.md).
 
     The echo server and the real one run side by side, and each figure is taken right
-    after its baseline, so that other work on the machine skews both alike.
+    after its baseline, so that other work on the machine skews both alike. With
+    ``gvisor`` (and the process backend), a third server on the gvisor backend runs
+    beside them, each of its figures taken right after the process backend's.
     """
     settings = load_settings(config)
     load_before = os.getloadavg()[0]
     echo_port, server_port = servers.free_port(), servers.free_port()
+    compare = gvisor and backend == "process"
     async with servers.running(servers.echo_command(echo_port), echo_port, "echo") as echo, \
             servers.running(servers.server_command(server_port, config, backend), server_port,
-                            "server") as server:
+                            "server") as server, \
+            _gvisor_server(config, settings, compare) as (gv, gv_results):
         results: dict[str, Any] = {"echo": {"rss_idle_mb": _mb(procs.rss_bytes(echo.pid))},
                                    "server": {"rss_idle_mb": _mb(procs.rss_bytes(server.pid))}}
+        if compare:
+            results["gvisor"] = gv_results
         log.info("warm round trips")
-        await _latencies(plan, echo, server, results)
+        await _latencies(plan, echo, server, results, gv)
         log.info("round trip through a cluster front and one worker")
         results["cluster"] = await _cluster(plan, config, backend, results["server"])
+        log.info("warm calls with one state increment")
+        results["server"]["state"] = await state.measure(
+            server, config, backend, plan.latency_calls, plan.latency_warmup_calls)
         log.info("throughput")
-        await _throughputs(plan, echo, server, results)
+        await _throughputs(plan, echo, server, results, gv)
         results["server"]["workers"] = _workers(server.pid)
+        if gv is not None:
+            gv_results["workers"] = _gvisor_workers(gv.pid)
         results["server"]["rss_after_load_mb"] = _mb(procs.rss_bytes(server.pid))
         log.info("cold calls and bare sandboxes")
         results["bare_sandbox"] = {}
@@ -77,6 +89,9 @@ async def run(plan: Plan, config: Path, backend: str) -> dict[str, Any]:
             results["bare_sandbox"][language] = await _bare(plan, settings, actor_id)
             results["server"]["cold"][actor_id] = await _sequential(
                 server, actor_id, plan.cold_calls, plan.cold_warmup_calls)
+            if gv is not None:
+                gv_results["cold"][actor_id] = await _sequential(
+                    gv, actor_id, plan.cold_calls, plan.cold_warmup_calls)
         log.info("calls with and without dependencies")
         results["server"]["deps"] = await _with_and_without_deps(plan, server)
     machine = {**_machine(backend), "loadavg_1m_before": round(load_before, 2),
@@ -89,13 +104,44 @@ def _machine(backend: str) -> dict[str, Any]:
             "kernel": platform.release(), "backend": backend}
 
 
+@contextlib.asynccontextmanager
+async def _gvisor_server(config: Path, settings: Settings, wanted: bool
+                         ) -> AsyncIterator[tuple[servers.Running | None, dict[str, Any]]]:
+    """A server on the gvisor backend when ``wanted`` and runsc works here, else None (the
+    results then say why)."""
+    if not wanted:
+        yield None, {}
+        return
+    from service.sandbox.gvisor import GVisorBackend
+
+    backend = GVisorBackend(settings)
+    try:
+        available = await backend.availability()
+    finally:
+        await backend.aclose()
+    if not available.ok:
+        log.warning("no gvisor rows: %s", available.reason)
+        yield None, {"available": False, "reason": available.reason}
+        return
+    port = servers.free_port()
+    async with servers.running(servers.server_command(port, config, "gvisor"), port,
+                               "gvisor") as gv:
+        yield gv, {"available": True, "platform": available.details.get("platform"),
+                   "runsc": available.details.get("runsc"), "latency": {},
+                   "throughput": {actor_id: {} for actor_id in WARM_ACTORS.values()},
+                   "cold": {}}
+
+
 async def _latencies(plan: Plan, echo: servers.Running, server: servers.Running,
-                     results: dict[str, Any]) -> None:
+                     results: dict[str, Any], gv: servers.Running | None) -> None:
     calls, warmup = plan.latency_calls, plan.latency_warmup_calls
     results["echo"]["latency"] = await _sequential(echo, "doubler", calls, warmup)
-    results["server"]["latency"] = {
-        actor_id: await _sequential(server, actor_id, calls, warmup)
-        for actor_id in WARM_ACTORS.values()}
+    results["server"]["latency"] = {}
+    for actor_id in WARM_ACTORS.values():
+        results["server"]["latency"][actor_id] = await _sequential(server, actor_id, calls, warmup)
+        if gv is not None:
+            results["gvisor"]["latency"][actor_id] = await _sequential(gv, actor_id, calls,
+                                                                       warmup)
     for actor_id in (SCHEMA_ACTOR, NO_SCHEMA_ACTOR):
         results["server"]["latency"][actor_id] = await _sequential(
             server, actor_id, calls, warmup, heavy_order_call())
@@ -115,7 +161,7 @@ async def _cluster(plan: Plan, config: Path, backend: str,
 
 
 async def _throughputs(plan: Plan, echo: servers.Running, server: servers.Running,
-                       results: dict[str, Any]) -> None:
+                       results: dict[str, Any], gv: servers.Running | None) -> None:
     results["echo"]["throughput"] = {}
     results["server"]["throughput"] = {actor_id: {} for actor_id in WARM_ACTORS.values()}
     peak = 0
@@ -126,6 +172,9 @@ async def _throughputs(plan: Plan, echo: servers.Running, server: servers.Runnin
             stats, level_peak = await _throughput(server, actor_id, level, plan)
             results["server"]["throughput"][actor_id][str(level)] = stats
             peak = max(peak, level_peak)
+            if gv is not None and str(level) == GVISOR_LEVEL:
+                stats, _ = await _throughput(gv, actor_id, level, plan)
+                results["gvisor"]["throughput"][actor_id][str(level)] = stats
     results["server"]["rss_load_peak_mb"] = _mb(peak)
 
 
@@ -211,6 +260,20 @@ def _workers(server_pid: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for language, marker in (("python", "harness.py"), ("javascript", "harness.js")):
         mine = [t for t in trees if t.runs(marker)]
+        rss, pss = procs.total(mine)
+        count = len(mine)
+        out[language] = {"count": count, "rss_mb_each": _mb(rss / count) if count else 0.0,
+                         "pss_mb_each": _mb(pss / count) if count else 0.0}
+    return out
+
+
+def _gvisor_workers(server_pid: int) -> dict[str, Any]:
+    """Warm gVisor workers by language: each is a runsc tree (runsc, the gofer, the Sentry,
+    its ptrace stubs), its language read from the bundle's config.json."""
+    out: dict[str, Any] = {}
+    trees = procs.child_trees(server_pid)
+    for language, marker in (("python", "harness.py"), ("javascript", "harness.js")):
+        mine = [t for t in trees if marker in procs.bundle_command(t.root)]
         rss, pss = procs.total(mine)
         count = len(mine)
         out[language] = {"count": count, "rss_mb_each": _mb(rss / count) if count else 0.0,

@@ -2,9 +2,11 @@
 # First-run setup, called by `make setup` (and so by `make serve` and `make test`).
 #
 #  1. The system packages the process sandbox needs: bubblewrap, Node.js and the
-#     system Python (/usr/bin/python3); redis-server for the cluster tests and bench.
-#     As root with apt-get they are installed;
+#     system Python (/usr/bin/python3); redis-server for the cluster and state tests
+#     and the bench. As root with apt-get they are installed;
 #     otherwise the script says what to install and fails.
+#     runsc (gVisor, the gvisor backend) is installed the same way when it is missing; it is
+#     optional: without it, setup says so and `backend = auto` skips gvisor.
 #  2. A virtualenv in .venv (Python >= 3.11) with this package installed editable,
 #     with its dev and microvm extras (the tests cover the microVM backend too).
 #
@@ -60,8 +62,21 @@ missing_system_packages() {
     echo "${missing[@]}"
 }
 
+# gVisor's runsc: optional (the gvisor backend), installed with apt when we may. A failed
+# attempt is remembered in $VENV, so that every later `make` does not retry apt-get.
+ensure_runsc() {
+    command -v runsc >/dev/null 2>&1 && return 0
+    [ -f "$VENV/.runsc-unavailable" ] && return 0
+    if use_apt && apt_install runsc && command -v runsc >/dev/null 2>&1; then
+        return 0
+    fi
+    mkdir -p "$VENV" && touch "$VENV/.runsc-unavailable"
+    say "runsc (gVisor) is not installed: the gvisor backend is unavailable (apt-get install runsc)"
+}
+
 ensure_system_packages() {
     [ "${SETUP_SKIP_SYSTEM:-0}" = 1 ] && return 0
+    ensure_runsc
     local missing
     missing=$(missing_system_packages)
     [ -z "$missing" ] && return 0
@@ -70,7 +85,7 @@ ensure_system_packages() {
         apt_install $missing
         missing=$(missing_system_packages)
         [ -z "$missing" ] && return 0
-        die "still missing after apt-get: $missing (the sandbox expects $SANDBOX_PYTHON, $SANDBOX_NODE and bwrap on PATH)"
+        die "still missing after apt-get: $missing (the sandbox expects $SANDBOX_PYTHON, $SANDBOX_NODE and bwrap on PATH; the tests redis-server)"
     fi
     {
         echo "setup: the sandbox needs system packages that are missing: $missing"

@@ -17,7 +17,7 @@ from typing import Any
 
 from service.errors import ManifestError, RpcError, SettingsError
 from service.log import setup_logging
-from service.settings import Settings, load_settings
+from service.settings import BACKENDS, Settings, load_settings
 
 DEFAULT_CONFIG = Path("config/settings.toml")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", type=Path, default=None, metavar="PATH",
                         help=f"settings file (default: {DEFAULT_CONFIG} in the working folder "
                              "or the nearest folder above it that has one)")
-    common.add_argument("--backend", choices=("auto", "microvm", "process"), default=None,
+    common.add_argument("--backend", choices=BACKENDS, default=None,
                         help="where actors run (overrides the `backend` setting)")
     common.add_argument("--debug", action="store_true", help="log at debug level")
     parser = argparse.ArgumentParser(prog="service", description=__doc__.splitlines()[0])
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="text (FILE:LINE:COL: message), json, or github annotations")
     lint.add_argument("--allow-empty", action="store_true",
                       help="exit 0 when the paths hold no manifest (default: exit 1)")
+    lint.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
     lint.set_defaults(command=cmd_lint)
 
     build = sub.add_parser("build", parents=[common],
@@ -217,7 +218,8 @@ def cmd_lint(args: argparse.Namespace, settings: Settings) -> int:
     from service.manifest.lint import lint_main
 
     paths = list(args.paths) or list(settings.manifest_paths)
-    return lint_main(paths, settings, args.format, sys.stdout, allow_empty=args.allow_empty)
+    return lint_main(paths, settings, args.format, sys.stdout, strict=args.strict,
+                     allow_empty=args.allow_empty)
 
 
 # --- build ---
@@ -347,5 +349,26 @@ async def _doctor(settings: Settings) -> int:
             print(f"  {key}: {value}")
         if availability.ok:
             working.append(availability.backend)
+    store_ok = await _doctor_state(settings)
     print(f"working backends: {', '.join(working) or 'none'}")
-    return EXIT_OK if working else EXIT_FAILURE
+    return EXIT_OK if working and store_ok else EXIT_FAILURE
+
+
+async def _doctor_state(settings: Settings) -> bool:
+    """Report the persistent state store (settings [state]); whether it answers."""
+    from service.state.base import StoreDown
+    from service.state.select import open_store
+
+    store = open_store(settings.state)
+    try:
+        report = await store.check()
+    except StoreDown as exc:
+        print(f"state store: unavailable: {exc}")
+        return False
+    finally:
+        await store.aclose()
+    print(f"state store: ok ({store.name})")
+    for key, value in report.items():
+        if key != "store":
+            print(f"  {key}: {value}")
+    return True

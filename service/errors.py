@@ -169,13 +169,22 @@ class Problem:
     column: int | None
     message: str
     path: str = ""  # JSON pointer into the manifest, e.g. "/limits/timeout_s"
+    severity: str = "error"  # or "warning": shown by lint, never blocks a load
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "column": self.column,
-                "path": self.path, "message": self.message}
+        out = {"file": self.file, "line": self.line, "column": self.column,
+               "path": self.path, "message": self.message}
+        if self.severity != "error":
+            out["severity"] = self.severity
+        return out
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line or 0}:{self.column or 0}: {self.message}"
+        level = "" if self.is_error else f"{self.severity}: "
+        return f"{self.file}:{self.line or 0}:{self.column or 0}: {level}{self.message}"
 
 
 class ManifestError(Exception):

@@ -30,10 +30,15 @@ from service.errors import (
 from service.manifest.lint import check_paths
 from service.manifest.loader import load_manifest
 from service.manifest.model import ActorDef, Port
+from service.manifest.script_only import check_script_only, is_script, manifest_beside
 from service.sandbox.base import Backend, CallRequest, Event, OutputEvent
 from service.sandbox.capacity import SandboxCapacity
 from service.sandbox.pool import ActorPool
 from service.settings import Settings
+from service.state.base import StateStore
+from service.state.context import is_state_context, state_context
+from service.state.select import open_store
+from service.state.session import StateBudget, StateSession
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +50,15 @@ SCRIPT_SUFFIXES = (".py", ".js", ".mjs", ".cjs")
 class Runtime:
     """Loaded actors by id, each with its warm pool."""
 
-    def __init__(self, settings: Settings, backend: Backend) -> None:
+    def __init__(self, settings: Settings, backend: Backend,
+                 store: StateStore | None = None) -> None:
         self.settings = settings
         self.backend = backend
+        # Persistent state: the server's own store (settings [state]), never a client's URL.
+        self.store = open_store(settings.state) if store is None else store
+        if settings.cluster.enabled and not settings.state.redis_url:
+            log.warning("cluster mode with the embedded state store: persistent state is "
+                        "per worker; set state.redis_url to share it")
         self._actors: dict[str, ActorDef] = {}
         self._pools: dict[str, ActorPool] = {}
         self._retired: set[asyncio.Task[None]] = set()
@@ -64,8 +75,9 @@ class Runtime:
         """
         paths = [*self.settings.manifest_paths, *map(Path, extra_paths)]
         actors, problems = await asyncio.to_thread(check_paths, paths, self.settings)
-        if problems:
-            raise ManifestError(problems)
+        errors = [p for p in problems if p.is_error]  # warnings are lint's business
+        if errors:
+            raise ManifestError(errors)
         loaded = 0
         for actor in actors:
             try:
@@ -100,12 +112,13 @@ class Runtime:
                 for actor_id, pool in self._pools.items()}
 
     async def load(self, file_path: Any) -> tuple[ActorDef, bool]:
-        """Load (or replace) the actor of a manifest, or of a script with a manifest beside it."""
+        """Load (or replace) the actor of a manifest, of a script with a manifest beside it,
+        or of a script-only actor (its metadata in the script)."""
         if not isinstance(file_path, str) or not file_path:
             raise InvalidParams("file_path must be a non-empty string")
         manifest = self._allowed_manifest(file_path)
         try:
-            actor = await asyncio.to_thread(load_manifest, manifest, self.settings)
+            actor = await asyncio.to_thread(self._load_file, manifest)
         except ManifestError as exc:
             raise ManifestInvalid(exc.problems) from exc
         actor = await self._with_dependencies(actor)
@@ -133,11 +146,19 @@ class Runtime:
         except (OSError, ValueError, RuntimeError):  # NUL byte, name too long, symlink loop
             raise PathNotAllowed(file_path) from None
 
+    def _load_file(self, path: Path) -> ActorDef:
+        if is_script(path):
+            check = check_script_only(path, self.settings)
+            if check.actor is None:
+                raise ManifestError(check.problems)
+            return check.actor
+        return load_manifest(path, self.settings)
+
     def _confined(self, path: Path) -> Path:
-        """The manifest of ``path``, resolved, if it is a file below an allowed root."""
+        """The manifest of ``path`` (or the script itself when it has none beside it),
+        if it is a file below an allowed root."""
         if path.suffix in SCRIPT_SUFFIXES:
-            candidates = [path.with_suffix(".yaml"), path.with_suffix(".yml")]
-            path = next((c for c in candidates if c.is_file()), candidates[0])
+            path = manifest_beside(path) or path
         resolved = path.resolve(strict=True)
         roots = [root.resolve() for root in self.settings.allowed_roots]
         if not resolved.is_file() or not any(resolved.is_relative_to(r) for r in roots):
@@ -170,13 +191,15 @@ class Runtime:
         started = time.perf_counter()
         actor = self.get(actor_id)
         payload, config, state = _objects(payload=payload, config=config, state=state)
+        session = self._state_session(state, actor.id)
         await check_payload(actor, payload)
         request = CallRequest(
             actor_id=actor.id,
             payload=payload,
             config=await merged_config(actor, config),
-            state=state,
+            state={} if session is not None else state,
             timestamp=int(time.time() * 1000) if timestamp is None else timestamp,
+            state_ops=session,
         )
         call = _Call(actor, emit)
         outcome = await self._pools[actor.id].run(request, call.on_event)
@@ -184,9 +207,18 @@ class Runtime:
             "outputs": call.outputs,
             "emitted": call.emitted,
             "return": outcome.return_value,
-            "state": outcome.state,
+            # persistent state lives in the store: the context goes back as it came
+            "state": state if session is not None else outcome.state,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
         }
+
+    def _state_session(self, state: dict[str, Any], actor_id: str) -> StateSession | None:
+        """The call's session with the store when ``state`` is a state context, else None."""
+        if not is_state_context(state):
+            return None
+        limits = self.settings.state
+        return StateSession(self.store, state_context(state, actor_id),
+                            StateBudget(limits.ops_per_call, limits.bytes_per_call))
 
     async def aclose(self) -> None:
         """Kill every sandbox of every pool, old definitions included."""
@@ -197,6 +229,7 @@ class Runtime:
         await asyncio.gather(*(p.aclose() for p in pools), *self._retired,
                              return_exceptions=True)
         await self.backend.aclose()
+        await self.store.aclose()
 
 
 @asynccontextmanager

@@ -19,9 +19,12 @@ from typing import Any
 from service.errors import SettingsError
 
 ENV_PREFIX = "SERVICE"
-BACKENDS = ("auto", "microvm", "process")
+BACKENDS = ("auto", "microvm", "gvisor", "process")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+GVISOR_PLATFORMS = ("ptrace", "kvm")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+ZERO_ALLOWED = frozenset({"ttl_s"})  # nested keys where 0 means "none" rather than a mistake
 MIN_TOKEN_CHARS = 16  # a shorter token can be guessed; refused at settings load
 CLUSTER_ROLES = ("front", "worker", "both")
 
@@ -120,12 +123,25 @@ class SandboxSettings:
     python_image: str = "python:3.11-slim"  # microVM images (OCI ref, or a local rootfs dir)
     node_image: str = "node:20-slim"
     canary_timeout_s: float = 20  # microVM availability probe
+    runsc: str = "runsc"  # gVisor's runtime (a name on PATH or a path)
+    gvisor_platform: str = "ptrace"  # ptrace | kvm (kvm needs a real /dev/kvm)
 
     def __post_init__(self) -> None:
         # The sandbox binds the interpreter by absolute path; a bare name means "from PATH",
         # so lint and the sandbox find the node a user installed wherever it is.
         if "/" not in self.node and (found := shutil.which(self.node)):
             object.__setattr__(self, "node", found)
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    """Persistent actor state (shared/spec/state.md): the server's own store, never a client's."""
+
+    redis_url: str = ""  # empty: the embedded in-process store
+    ttl_s: int = 3600  # refreshed on each write; 0: keys never expire
+    ops_per_call: int = 1000  # state operations one call may make
+    bytes_per_call: int = 1_048_576  # key and value bytes one call may move, both ways
+    timeout_s: float = 2  # Redis connect and reply timeout
 
 
 @dataclass(frozen=True)
@@ -170,6 +186,7 @@ class Settings:
     capacity: CapacitySettings = field(default_factory=CapacitySettings)
     connections: ConnectionSettings = field(default_factory=ConnectionSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    state: StateSettings = field(default_factory=StateSettings)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -250,7 +267,8 @@ def settings_from_mapping(raw: dict[str, Any]) -> Settings:
 def _convert(name: str, value: Any) -> Any:
     nested = {"limits": Limits, "limits_max": LimitsMax, "auth": AuthSettings,
               "sandbox": SandboxSettings, "pool_max": PoolMax, "capacity": CapacitySettings,
-              "connections": ConnectionSettings, "cluster": ClusterSettings}
+              "connections": ConnectionSettings, "cluster": ClusterSettings,
+              "state": StateSettings}
     if name in nested:
         return _nested(nested[name], value, name)
     default = getattr(Settings(), name)
@@ -275,10 +293,12 @@ def _nested(cls: type, value: Any, name: str) -> Any:
     if unknown:
         raise ValueError(f"unknown key {unknown[0]!r}")
     base = cls()
-    converted = {}
+    converted: dict[str, Any] = {}
     for key, item in value.items():
         try:
-            if isinstance(getattr(base, key), tuple):  # tokens, actor ids, origins, hosts
+            if key in ZERO_ALLOWED and item == 0 and not isinstance(item, bool):
+                converted[key] = 0
+            elif isinstance(getattr(base, key), tuple):  # tokens, actor ids, origins, hosts
                 if not isinstance(item, list | tuple) or not all(isinstance(t, str) for t in item):
                     raise TypeError("expected a list of strings")
                 converted[key] = tuple(item)
@@ -317,8 +337,11 @@ def _check(s: Settings) -> None:
         problems.append(f"log_level: must be one of {', '.join(LOG_LEVELS)}")
     if s.log_format not in LOG_FORMATS:
         problems.append(f"log_format: must be one of {', '.join(LOG_FORMATS)}")
+    if s.sandbox.gvisor_platform not in GVISOR_PLATFORMS:
+        problems.append(f"sandbox.gvisor_platform: must be one of {', '.join(GVISOR_PLATFORMS)}")
     if not 0 < s.port < 65536:
         problems.append(f"port: must be 1-65535, got {s.port}")
+    problems += _state_problems(s)
     for key in ("cpus", "memory_mb", "timeout_s", "pids", "output_bytes"):
         if getattr(s.limits, key) > getattr(s.limits_max, key):
             problems.append(f"limits.{key}: default is over limits_max.{key}")
@@ -333,6 +356,19 @@ def _check(s: Settings) -> None:
     problems += _token_problems(s.auth) + _cluster_problems(s.cluster)
     if problems:
         raise SettingsError("; ".join(problems))
+
+
+def _state_problems(s: Settings) -> list[str]:
+    url = s.state.redis_url
+    if not url:
+        return []
+    if not url.startswith(REDIS_SCHEMES):
+        return [f"state.redis_url: must start with {', '.join(REDIS_SCHEMES)}"]
+    if url == s.cluster.redis_url:
+        # a state key {namespace}:{actor_id}:{key} could then overwrite the cluster's own keys
+        return ["state.redis_url: must not be the cluster's Redis database "
+                "(use another database number, e.g. /1)"]
+    return []
 
 
 def _cluster_problems(cluster: ClusterSettings) -> list[str]:

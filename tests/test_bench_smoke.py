@@ -21,6 +21,7 @@ LEVELS = {"1", "8", "32"}
 ROW_KEYS = {"label", "value", "unit", "baseline_label", "baseline", "target", "met", "ratio"}
 TARGETS = 11  # warm p50 x2, schema-heavy p50, throughput c=8 x2, cold x2, with dependencies x2
 #               (warm, cold), server idle RSS, python worker RSS
+GVISOR_TARGETS = 2  # gvisor warm p50 x2, beside the process backend's
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 
@@ -45,8 +46,8 @@ def check_summary(summary: dict[str, Any]) -> None:
 
 @pytest.mark.timeout(300)
 def test_top_level(results: dict[str, Any]) -> None:
-    assert set(results) == {"machine", "plan", "mode", "echo", "bare_sandbox", "server",
-                            "cluster", "rows"}
+    assert set(results) - {"gvisor"} == {"machine", "plan", "mode", "echo", "bare_sandbox",
+                                         "server", "cluster", "rows"}
     assert results["machine"]["backend"] == "process"
     assert results["plan"]["latency_calls"] > 0
 
@@ -78,6 +79,10 @@ def test_server(results: dict[str, Any]) -> None:
     assert set(server["cold"]) == {"doubler_cold", "doubler_js_cold"}
     for summary in [*server["latency"].values(), *server["cold"].values()]:
         check_summary(summary)
+    assert set(server["state"]) == {"embedded", "redis"}
+    for store, summary in server["state"].items():
+        if summary is not None or store == "embedded" or shutil.which("redis-server"):
+            check_summary(summary)
     assert set(server["deps"]) == {"doubler", "doubler_deps", "doubler_cold", "doubler_deps_cold"}
     for summary in server["deps"].values():
         check_summary(summary)
@@ -109,5 +114,27 @@ def test_rows(results: dict[str, Any]) -> None:
                for row in rows)
     assert any(row["label"].startswith("cluster round trip p50") for row in rows)
     targets = [row for row in rows if row["met"] is not None]
-    assert len(targets) == TARGETS
+    gvisor = results.get("gvisor", {}).get("available", False)
+    assert len(targets) == TARGETS + (GVISOR_TARGETS if gvisor else 0)
     assert all(isinstance(row["met"], bool) and row["target"] for row in targets)
+
+
+@pytest.mark.timeout(300)
+def test_gvisor_beside_process(results: dict[str, Any]) -> None:
+    """With runsc here, a gvisor server is measured in the same run; else the reason is said."""
+    gvisor = results["gvisor"]
+    if not gvisor["available"]:
+        assert gvisor["reason"]
+        return
+    assert set(gvisor["latency"]) == {"doubler", "doubler_js"}
+    assert set(gvisor["cold"]) == {"doubler_cold", "doubler_js_cold"}
+    for summary in [*gvisor["latency"].values(), *gvisor["cold"].values()]:
+        check_summary(summary)
+    for levels in gvisor["throughput"].values():
+        assert set(levels) == {"8"}
+        check_summary(levels["8"])
+    for language in ("python", "javascript"):
+        workers = gvisor["workers"][language]
+        assert workers["count"] >= 1 and workers["rss_mb_each"] > 0
+    labels = [row["label"] for row in results["rows"]]
+    assert "gvisor warm round trip p50, doubler" in labels

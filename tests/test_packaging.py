@@ -119,6 +119,22 @@ def test_compose_loosens_only_what_bubblewrap_needs() -> None:
         "seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"}
 
 
+def test_compose_runs_redis_for_state_and_does_not_publish_it() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    redis = compose["services"]["state-redis"]
+    assert redis["image"].startswith("redis:")
+    assert "ports" not in redis and "profiles" not in redis  # only the runtime reaches it
+    runtime = compose_service()
+    assert runtime["environment"]["SERVICE_STATE__REDIS_URL"] == "redis://state-redis:6379/0"
+    assert runtime["depends_on"]["state-redis"]["condition"] == "service_healthy"
+    worker = compose["services"]["worker"]["environment"]
+    assert worker["SERVICE_STATE__REDIS_URL"].endswith("@redis:6379/1")  # shared by workers
+
+
+def test_setup_installs_redis_server_for_the_tests() -> None:
+    assert "missing+=(redis-server)" in (ROOT / "scripts" / "setup.sh").read_text()
+
+
 # Dockerfile
 
 

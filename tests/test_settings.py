@@ -70,7 +70,10 @@ def test_every_problem_is_listed_on_one_line() -> None:
 
 
 @pytest.mark.parametrize(("raw", "problem"), [
-    ({"backend": "docker"}, "backend: must be one of auto, microvm, process, got 'docker'"),
+    ({"backend": "docker"},
+     "backend: must be one of auto, microvm, gvisor, process, got 'docker'"),
+    ({"sandbox": {"gvisor_platform": "systrap"}},
+     "sandbox.gvisor_platform: must be one of ptrace, kvm"),
     ({"port": 70000}, "port: must be 1-65535, got 70000"),
     ({"log_format": "xml"}, "log_format: must be one of text, json"),
     ({"limits": {"pids": 1.5}}, "limits: pids: expected an integer, got 1.5"),
@@ -245,3 +248,23 @@ def test_node_is_looked_up_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert load_settings(None).sandbox.node == str(fake)
     monkeypatch.setenv("SERVICE_SANDBOX__NODE", "/opt/node/bin/node")  # a path is kept as given
     assert load_settings(None).sandbox.node == "/opt/node/bin/node"
+
+
+def test_state_settings() -> None:
+    from service.settings import StateSettings
+
+    s = settings_from_mapping({"state": {"redis_url": "unix:///run/redis.sock", "ttl_s": 0,
+                                         "ops_per_call": 5}})
+    assert s.state == StateSettings(redis_url="unix:///run/redis.sock", ttl_s=0, ops_per_call=5)
+    with pytest.raises(SettingsError, match=r"state.redis_url: must start with redis://"):
+        settings_from_mapping({"state": {"redis_url": "http://example.invalid"}})
+    with pytest.raises(SettingsError, match="ops_per_call: must be positive"):
+        settings_from_mapping({"state": {"ops_per_call": 0}})
+    with pytest.raises(SettingsError, match="must not be the cluster's Redis database"):
+        settings_from_mapping({"state": {"redis_url": "redis://r:6379/0"},
+                               "cluster": {"redis_url": "redis://r:6379/0"}})
+
+
+def test_state_redis_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVICE_STATE__REDIS_URL", "redis://redis:6379/0")
+    assert load_settings(CONFIG).state.redis_url == "redis://redis:6379/0"

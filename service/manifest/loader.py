@@ -139,7 +139,12 @@ def check_manifest(path: Path | str, settings: Settings) -> ManifestCheck:
         return ManifestCheck(display, None, [Problem(display, None, None, f"cannot read: {exc}")])
     except ManifestError as exc:
         return ManifestCheck(display, None, exc.problems)
-    ctx = _Context(display, Path(path).resolve(), doc, settings, list(doc.problems))
+    return check_document(doc, display, Path(path).resolve(), settings)
+
+
+def check_document(doc: YamlDoc, display: str, manifest: Path, settings: Settings) -> ManifestCheck:
+    """Check a parsed manifest (``manifest``: its resolved path, whose folder is the root)."""
+    ctx = _Context(display, manifest, doc, settings, list(doc.problems))
     try:
         actor = _check(ctx)
     except (RecursionError, MemoryError):  # a schema or an example nested beyond what we follow
@@ -224,6 +229,7 @@ def _actor(ctx: _Context, script: Path, inports: dict[str, Port], outports: dict
         config_validator=config.validator if config else None,
         config_defaults=MappingProxyType(dict(raw.get("config", {}).get("defaults", {}))),
         pool=pool, examples=examples,
+        persistent_state=raw.get("state") == "persistent",
     )
 
 

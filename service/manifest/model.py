@@ -88,6 +88,7 @@ class ActorDef:
         default_factory=lambda: MappingProxyType({}))
     pool: PoolSpec = field(default_factory=PoolSpec)
     examples: tuple[Example, ...] = ()
+    persistent_state: bool = False  # declared (manifest `state: persistent`); documentation
     dependencies: Dependencies | None = None  # what the manifest declares
     deps_entry: Path | None = None  # the built cache entry, set by the runtime before use
 
@@ -106,4 +107,5 @@ class ActorDef:
             "outports": {n: p.describe(False) for n, p in self.outports.items()},
             "limits": self.limits.to_json(),
             "manifest": self.manifest_display,
+            **({"state": "persistent"} if self.persistent_state else {}),
         }

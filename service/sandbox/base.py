@@ -6,7 +6,8 @@ able to run calls one after another. The host speaks to the in-sandbox harness
 stdout/stderr can never corrupt: one JSON object per line.
 
 Host -> harness:
-    {"type": "call", "actor_id", "payload", "config", "state", "timestamp", "fence"?}
+    {"type": "call", "actor_id", "payload", "config", "state", "timestamp", "fence"?,
+     "persistent"?}
     {"type": "reset"}   # kill the script's leftover processes, wipe /tmp; answered by "ready"
 ``fence`` (alphanumeric, optional): before its result or error the harness writes it as
 a line on its real fds 1 and 2, so the host knows it has read everything the script
@@ -18,6 +19,18 @@ Harness -> host, during a call, in the order they happen:
 ``lingering: true``: threads or timers of the script still run; the worker must not be reused.
     {"type": "error", "error_type", "message", "traceback", "resource"?}
 Harness -> host, once after boot and after each reset: {"type": "ready"}
+
+Persistent state (``"persistent": true`` in the call; ``state`` is then ``{}``): the
+script's state operations are requests to the host, answered on the harness's input fd
+while the call runs (the harness waits for the reply; ids count up per worker):
+    harness -> host  {"type": "state", "id": N, "op": "get"|"set"|"delete"|"increment"|
+                      "decrement"|"push"|"pop"|"extend", "key", "value"?, "amount"?, "values"?}
+    host -> harness  {"type": "state_reply", "id": N, "ok": true, "value", "found"?}
+                     {"type": "state_reply", "id": N, "ok": false, "error_type", "message"}
+``ok: false``: the operation cannot apply (the script gets an exception). A budget overrun
+or a store that is down fails the call (-32006 / -32009) and the sandbox is killed, with no
+reply. Every backend answers them with :func:`state_reply` (``service/state/session.py``
+serves them). Without ``persistent`` the harness keeps the state itself (inline state).
 With ``--self-reset`` the harness also resets by itself (no "ready") after writing a call's
 result or error, before it reads the next message; a harness that cannot exits instead.
 Harness command line: IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns] [--self-reset] [--path=DIR]
@@ -64,6 +77,14 @@ def harness_path_flags(actor: ActorDef) -> list[str]:
     return [f"--path={DEPS_MOUNTS['python'][1]}"]
 
 
+class StateOps(Protocol):
+    """Serves one call's ``state`` messages (implemented by service.state.session)."""
+
+    async def handle(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The ``state_reply`` to send back; raises RpcError to fail the call."""
+        ...
+
+
 @dataclass(frozen=True)
 class CallRequest:
     actor_id: str
@@ -71,6 +92,7 @@ class CallRequest:
     config: dict[str, Any]
     state: dict[str, Any]
     timestamp: Any
+    state_ops: StateOps | None = None  # persistent state: the call's session with the store
 
 
 @dataclass(frozen=True)
@@ -114,9 +136,22 @@ def decode_line(line: bytes | str) -> Any:
 
 def call_line(request: CallRequest, fence: str) -> bytes:
     """The ``call`` line; the harness echoes ``fence`` to fds 1/2 before its reply."""
-    return encode_line({"type": "call", "actor_id": request.actor_id,
-                        "payload": request.payload, "config": request.config,
-                        "state": request.state, "timestamp": request.timestamp, "fence": fence})
+    message = {"type": "call", "actor_id": request.actor_id, "payload": request.payload,
+               "config": request.config, "state": request.state,
+               "timestamp": request.timestamp, "fence": fence}
+    if request.state_ops is not None:
+        message["persistent"] = True
+    return encode_line(message)
+
+
+async def state_reply(message: dict[str, Any], request: CallRequest) -> bytes:
+    """The reply line to a harness ``state`` message (any backend); RpcError fails the call."""
+    if request.state_ops is None:
+        reply = {"type": "state_reply", "id": message.get("id"), "ok": False,
+                 "error_type": "RuntimeError", "message": "this call has no persistent state"}
+    else:
+        reply = await request.state_ops.handle(message)
+    return encode_line(reply)
 
 
 def harness_failure(message: dict[str, Any]) -> ActorFailed:

@@ -65,6 +65,7 @@ from service.sandbox.base import (
     encode_line,
     harness_failure,
     harness_path_flags,
+    state_reply,
 )
 from service.sandbox.staging import Staged, stage
 from service.settings import Limits, Settings
@@ -668,6 +669,7 @@ class MicroVMWorker:
         self._stderr_tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
         self._fence = ""
         self._fences_seen = 0
+        self._request: CallRequest | None = None  # the call running, for its state operations
 
     @property
     def alive(self) -> bool:
@@ -733,6 +735,7 @@ class MicroVMWorker:
     ) -> tuple[CallOutcome, bool]:
         """The call's outcome, and whether the script left work running after it."""
         self._fence, self._fences_seen = secrets.token_hex(16), 0
+        self._request = request
         await self._guest.send(call_line(request, self._fence))
         budget = OutputBudget(self.actor.limits.output_bytes)
         reply = await self._read_reply(budget, on_event)
@@ -782,6 +785,9 @@ class MicroVMWorker:
             raise ActorFailed("ProtocolError", f"the harness sent garbage: {line[:200]!r}")
         if message["type"] in ("result", "error", "ready"):
             return message
+        if message["type"] == "state" and self._request is not None:
+            await self._guest.send(await state_reply(message, self._request))
+            return None
         await on_event(_event_of(message))
         return None
 

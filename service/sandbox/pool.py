@@ -128,6 +128,10 @@ class ActorPool:
 
     async def _run_on_worker(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
         worker = await self._checkout()
+        if self._closed:  # closed while this call booted its worker: aclose() never saw it
+            self._busy.discard(worker)
+            await worker.close()
+            raise Cancelled()
         started = time.monotonic()
         try:
             outcome = await worker.call(request, on_event)

@@ -60,6 +60,7 @@ from service.sandbox.base import (
     dependency_mount,
     harness_failure,
     harness_path_flags,
+    state_reply,
 )
 from service.sandbox.seccomp import DENIED, denylist_program
 from service.settings import Limits, Settings
@@ -521,6 +522,7 @@ class ProcessWorker:
         self._closed = False
         self._busy = False
         self._lingering = False  # the last result said threads or timers still run
+        self._request: CallRequest | None = None  # the call running, for its state operations
         self._pidfd = _pidfd(process.pid)
         self.on_closed: Callable[[ProcessWorker], None] = lambda worker: None
         assert process.stdout is not None and process.stderr is not None
@@ -662,6 +664,7 @@ class ProcessWorker:
     async def _run(self, request: CallRequest, on_event: EventSink,
                    baseline: tuple[int, int]) -> CallOutcome:
         self._fence = secrets.token_hex(12)
+        self._request = request  # its state operations are answered while it runs
         self._to_harness.write(call_line(request, self._fence))
         budget = OutputBudget(self.actor.limits.output_bytes)
         outcome: CallOutcome | None = None
@@ -731,6 +734,8 @@ class ProcessWorker:
             return CallOutcome(message.get("return"), message["state"])
         elif kind == "error":
             raise self._failure(message, baseline)
+        elif kind == "state" and self._request is not None:
+            self._to_harness.write(await state_reply(message, self._request))
         else:
             raise ActorFailed("ProtocolError", f"unexpected message from the harness: {kind!r}")
         return None

@@ -1,4 +1,4 @@
-"""Pick the sandbox backend named by ``settings.backend`` (auto | microvm | process)."""
+"""Pick the sandbox backend named by ``settings.backend`` (auto | microvm | gvisor | process)."""
 
 from __future__ import annotations
 
@@ -21,15 +21,25 @@ def _process_backend(settings: Settings) -> Backend:
     return backend
 
 
-async def select_backend(settings: Settings) -> Backend:
-    """The backend to serve with; raises SandboxUnavailable when ``microvm`` is asked but unusable.
+def _gvisor_backend(settings: Settings) -> Backend:
+    from service.sandbox.gvisor import GVisorBackend
 
-    ``auto`` prefers microVMs (hardware isolation) and falls back to the process
-    backend, saying why at WARNING.
+    backend: Backend = GVisorBackend(settings)
+    return backend
+
+
+async def select_backend(settings: Settings) -> Backend:
+    """The backend to serve with; raises SandboxUnavailable when ``microvm`` or ``gvisor`` is
+    asked for but unusable.
+
+    ``auto`` prefers microVMs (hardware isolation), then gVisor (a user-space kernel), then
+    the process backend, saying at WARNING why it fell back.
     """
     if settings.backend == "process":
         log.info("sandbox backend: process (configured)")
         return _process_backend(settings)
+    if settings.backend == "gvisor":
+        return await _usable(_gvisor_backend(settings), settings)
     microvm = MicroVMBackend(settings)
     available = await microvm.availability()
     if available.ok:
@@ -38,13 +48,32 @@ async def select_backend(settings: Settings) -> Backend:
     await microvm.aclose()
     if settings.backend == "microvm":
         raise SandboxUnavailable("microvm", available.reason)
-    log.warning("sandbox backend: process, because microvm is unavailable: %s "
-                "(set backend = \"process\" in the settings, or SERVICE_BACKEND=process, "
-                "to skip this check)", available.reason)
+    gvisor = _gvisor_backend(settings)
+    gvisor_available = await gvisor.availability()
+    if gvisor_available.ok:
+        log.warning("sandbox backend: gvisor, because microvm is unavailable: %s",
+                    available.reason)
+        return gvisor
+    await gvisor.aclose()
+    log.warning("sandbox backend: process, because microvm is unavailable (%s) and gvisor "
+                "too (%s) (set backend = \"process\" in the settings, or "
+                "SERVICE_BACKEND=process, to skip these checks)", available.reason,
+                gvisor_available.reason)
     return _process_backend(settings)
+
+
+async def _usable(backend: Backend, settings: Settings) -> Backend:
+    """``backend`` when it can start sandboxes here, else SandboxUnavailable saying why."""
+    available = await backend.availability()
+    if not available.ok:
+        await backend.aclose()
+        raise SandboxUnavailable(backend.name, available.reason)
+    log.info("sandbox backend: %s (%s)", backend.name, settings.backend)
+    return backend
 
 
 def all_backends(settings: Settings) -> list[Backend]:
     """One instance of every backend, for ``service doctor`` to probe (afresh: no cached
     microVM verdict)."""
-    return [MicroVMBackend(settings, cached=False), _process_backend(settings)]
+    return [MicroVMBackend(settings, cached=False), _gvisor_backend(settings),
+            _process_backend(settings)]

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import backend_choice
 import pytest
 from hostile_support import (
     BACKENDS,
@@ -25,10 +26,8 @@ from service.sandbox.base import Backend
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize ``backend_name`` by ``--backend`` (tests/conftest.py): one backend, or all."""
-    if "backend_name" in metafunc.fixturenames:
-        chosen = metafunc.config.getoption("backend", default="process")
-        metafunc.parametrize("backend_name", BACKENDS if chosen == "all" else (chosen,))
+    """Parametrize ``backend_name`` by ``--backend`` (tests/conftest.py)."""
+    backend_choice.parametrize(metafunc, BACKENDS)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from service.settings import SandboxSettings, Settings
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
-BACKENDS = ("process", "microvm")
+BACKENDS = ("process", "gvisor", "microvm")
 CANARY_NAME = "SERVICE_TEST_CANARY"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 VARIABLE = re.compile(r"\$[A-Z][A-Z0-9_]*")
@@ -39,6 +39,10 @@ def make_backend(name: str, settings: Settings) -> Backend:
 
         backend: Backend = ProcessBackend(settings)
         return backend
+    if name == "gvisor":
+        from service.sandbox.gvisor import GVisorBackend
+
+        return GVisorBackend(settings)
     from service.sandbox.microvm import MicroVMBackend
 
     return MicroVMBackend(settings)

@@ -45,8 +45,11 @@ def test_cases_are_well_formed() -> None:
     for case in CASES:
         assert (HERE / case["manifest"]).is_file(), case["case"]
         steps = case.get("steps") or [{"payload": case.get("payload"), "expect": case["expect"]}]
+        steps += [{"expect": e} for e in case.get("expect_on", {}).values()]
         for step in steps:
             assert set(step["expect"]) <= {"error", "returns", "any_of", "load_error"}, case
+        assert set(case.get("expect_on", {})) <= set(BACKENDS)
+        assert not ("expect_on" in case and "steps" in case), case["case"]
         assert set(case.get("checks", {})) <= {"emitted", "cpu_ratio_below", "bystander",
                                                "loopback_untouched", "host_absent", "symlinks",
                                                "max_notifications"}
@@ -148,6 +151,7 @@ class Case:
     row: dict[str, Any]
     fill: Substitute
     manifest: Path
+    backend_name: str
 
     @property
     def checks(self) -> dict[str, Any]:
@@ -155,8 +159,8 @@ class Case:
 
     @property
     def steps(self) -> list[dict[str, Any]]:
-        steps = self.row.get("steps") or [{"payload": self.row.get("payload"),
-                                           "expect": self.row["expect"]}]
+        expect = self.row.get("expect_on", {}).get(self.backend_name, self.row.get("expect"))
+        steps = self.row.get("steps") or [{"payload": self.row.get("payload"), "expect": expect}]
         return [self.fill(step) for step in steps]
 
 
@@ -263,7 +267,7 @@ async def test_hostile_case(row: dict[str, Any], corpus_kind: str, backend_name:
     corpus: Path = request.getfixturevalue(corpus_kind)
     manifest = corpus / row["manifest"]
     fill = substituter(host_variables(outside, manifest.parent, listener))
-    case = Case(row, fill, manifest)
+    case = Case(row, fill, manifest, backend_name)
     links = plant_symlinks(case)
     try:
         if "load_error" in row.get("expect", {}):

@@ -93,6 +93,10 @@ def failed_with(outcome: Any, expected: dict[str, Any]) -> bool:
                          ids=[f"{b.name}-{lang}" for b, lang in ROWS])
 async def test_just_under_passes_just_over_fails(boundary: Boundary, language: str,
                                                  backend: Backend, corpus: Path) -> None:
+    if boundary.name == "pids_processes" and backend.name == "gvisor":
+        pytest.skip("gvisor: every process costs the Sentry ~4 MiB of host memory, charged to "
+                    "the actor, so 20 processes do not fit this probe's 64 MiB; the pids limit "
+                    "is tested with memory to spare by test_sandbox_contract.py's fork rows")
     manifest = corpus / language / "limits" / "limits.yaml"
     async with running(hostile_settings(corpus), backend, [manifest], SandboxWatch()) as runtime:
         actor = runtime.actors()[0]

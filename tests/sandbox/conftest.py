@@ -1,8 +1,8 @@
 """Fixtures of the sandbox contract suite.
 
-``--backend=process|microvm|microvm-local|all`` picks the backends the contract tests
-run against (default: process; microvm-local is the microVM backend on the recording
-SDK double). A backend that cannot run here is skipped with the reason its
+``--backend`` (tests/conftest.py) picks the backends the contract tests run against
+(default: process,gvisor; microvm-local is the microVM backend on the recording SDK
+double). A backend that cannot run here is skipped with the reason its
 ``availability()`` gives.
 """
 
@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import backend_choice
 import pytest
 from microvm_double import LocalSDK
 from sandbox_helpers import ACTORS, TMP_MB, actor_def
@@ -27,13 +28,11 @@ from service.settings import SandboxSettings, Settings
 # microvm-local: the microVM backend's whole boot and call path on the recording SDK
 # double (tests/sandbox/microvm_double.py); docs/backends.md lists where its contract
 # results differ from the process backend's by design.
-BACKENDS = ("process", "microvm", "microvm-local")
+BACKENDS = ("process", "gvisor", "microvm", "microvm-local")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "backend_name" in metafunc.fixturenames:
-        chosen = metafunc.config.getoption("backend", default="process")
-        metafunc.parametrize("backend_name", BACKENDS if chosen == "all" else (chosen,))
+    backend_choice.parametrize(metafunc, BACKENDS)
 
 
 class LocalMicroVMBackend(MicroVMBackend):
@@ -53,6 +52,10 @@ def make_backend(name: str, settings: Settings,
         from service.sandbox.process import ProcessBackend
 
         return ProcessBackend(settings)
+    if name == "gvisor":
+        from service.sandbox.gvisor import GVisorBackend
+
+        return GVisorBackend(settings)
     if name == "microvm-local":
         assert monkeypatch is not None
         LocalSDK().install(monkeypatch)

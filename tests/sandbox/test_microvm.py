@@ -233,9 +233,18 @@ class FakeProcessBackend:
         pass
 
 
+class FakeGVisorBackend(FakeProcessBackend):
+    name = "gvisor"
+    reason = "runsc not found"  # unavailable unless a test says otherwise
+
+    async def availability(self) -> Availability:
+        return Availability("gvisor", not self.reason, self.reason)
+
+
 @pytest.fixture
 def fake_process(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(select, "_process_backend", FakeProcessBackend)
+    monkeypatch.setattr(select, "_gvisor_backend", FakeGVisorBackend)
 
 
 @pytest.fixture
@@ -251,21 +260,47 @@ async def test_auto_falls_back_to_process_and_says_why(
         detected: Availability, caplog: pytest.LogCaptureFixture) -> None:
     backend = await select.select_backend(Settings(backend="auto"))
     assert isinstance(backend, FakeProcessBackend)
-    assert (f"sandbox backend: process, because microvm is unavailable: {detected.reason} "
+    assert (f"sandbox backend: process, because microvm is unavailable ({detected.reason}) "
+            "and gvisor too (runsc not found) "
             '(set backend = "process" in the settings, or SERVICE_BACKEND=process, '
-            "to skip this check)"
+            "to skip these checks)"
             in [r.getMessage() for r in caplog.records if r.levelname == "WARNING"])
 
 
+@pytest.mark.usefixtures("fake_process", "microvm_as_detected")
+async def test_auto_takes_gvisor_before_process(
+        detected: Availability, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(FakeGVisorBackend, "reason", "")
+    backend = await select.select_backend(Settings(backend="auto"))
+    assert isinstance(backend, FakeGVisorBackend)
+    assert (f"sandbox backend: gvisor, because microvm is unavailable: {detected.reason}"
+            in [r.getMessage() for r in caplog.records if r.levelname == "WARNING"])
+
+
+@pytest.mark.usefixtures("fake_process")
+async def test_gvisor_when_unavailable_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def must_not_run(self: MicroVMBackend) -> Availability:
+        raise AssertionError("microvm was probed")
+
+    monkeypatch.setattr(MicroVMBackend, "availability", must_not_run)
+    with pytest.raises(SandboxUnavailable) as caught:
+        await select.select_backend(Settings(backend="gvisor"))
+    assert caught.value.data == {"backend": "gvisor", "reason": "runsc not found"}
+
+
 @pytest.mark.usefixtures("microvm_as_detected")
-async def test_auto_here_serves_with_the_real_process_backend() -> None:
-    process = pytest.importorskip("service.sandbox.process")
-    if not hasattr(process, "ProcessBackend"):
-        pytest.skip("service.sandbox.process has no ProcessBackend yet")
+async def test_auto_here_serves_with_the_real_gvisor_or_process_backend() -> None:
+    """Here: gVisor where runsc works (it does on this project's CI), else the process one."""
+    from service.sandbox.gvisor import GVisorBackend
+    from service.sandbox.process import ProcessBackend
+
+    probe = GVisorBackend(Settings())
+    runsc_works = (await probe.availability()).ok
+    await probe.aclose()
     backend = await select.select_backend(Settings(backend="auto"))
     try:
-        assert isinstance(backend, process.ProcessBackend)
-        assert backend.name == "process"
+        assert isinstance(backend, GVisorBackend if runsc_works else ProcessBackend)
     finally:
         await backend.aclose()
 
@@ -299,9 +334,9 @@ async def test_process_is_taken_without_probing_microvm(monkeypatch: pytest.Monk
 
 
 @pytest.mark.usefixtures("fake_process")
-def test_all_backends_lists_both() -> None:
+def test_all_backends_lists_all_three() -> None:
     names = [b.name for b in select.all_backends(Settings())]
-    assert names == ["microvm", "process"]
+    assert names == ["microvm", "gvisor", "process"]
 
 
 # --------------------------------------------------------------------------- the worker
@@ -482,6 +517,31 @@ async def test_javascript_actor(boot: Any) -> None:
     outcome = await worker.call(request({"x": 1}), sink)
     assert outcome.return_value == {"status": "completed"}
     assert sink.events == [LogEvent("stdout", "hi"), OutputEvent("out", 2)]
+
+
+@needs_bwrap
+@pytest.mark.parametrize("language", ["python", "javascript"])
+async def test_state_operations_are_answered_over_the_session(boot: Any, language: str) -> None:
+    from service.state.context import StateContext
+    from service.state.embedded import EmbeddedStore
+    from service.state.session import StateBudget, StateSession
+
+    source = {"python": """
+        async def process(context):
+            return [await context.get_state().increment("n") for _ in range(3)]
+    """, "javascript": """
+        async function process(context) {
+            const s = context.getState();
+            return [await s.increment("n"), await s.increment("n"), await s.increment("n")];
+        }
+    """}[language]
+    worker, _ = await boot(source, language=language)
+    store = EmbeddedStore(0)
+    session = StateSession(store, StateContext("default", "vm"), StateBudget(10, 10_000))
+    call = CallRequest("vm", {}, {}, {}, 1, state_ops=session)
+    assert (await worker.call(call, Recorder())).return_value == [1, 2, 3]
+    assert await store.get("default:vm:n") == "3"
+    assert worker.alive
 
 
 DEPS_USER = """

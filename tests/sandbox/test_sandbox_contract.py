@@ -250,8 +250,11 @@ async def test_cancelling_the_call_kills_the_sandbox(
 BREACHES: list[tuple[str, str, dict[str, Any], type[RpcError], dict[str, Any]]] = [
     ("hostile.py", "loop", {"timeout_s": 1}, TimeLimitExceeded, {"limit_s": 1}),
     ("hostile.py", "memory", {}, ResourceLimitExceeded, {"resource": "memory", "limit": 64}),
-    ("hostile.py", "fork", {}, ResourceLimitExceeded, {"resource": "pids", "limit": 16}),
-    ("hostile.py", "fork_quiet", {"timeout_s": 1}, ResourceLimitExceeded,
+    # memory to spare: the rows test the pids limit (on gvisor each process also costs the
+    # Sentry host memory, charged to the actor's cgroup)
+    ("hostile.py", "fork", {"memory_mb": 256}, ResourceLimitExceeded,
+     {"resource": "pids", "limit": 16}),
+    ("hostile.py", "fork_quiet", {"timeout_s": 1, "memory_mb": 256}, ResourceLimitExceeded,
      {"resource": "pids", "limit": 16}),
     ("hostile.py", "threads", {}, ResourceLimitExceeded, {"resource": "pids", "limit": 16}),
     ("hostile.py", "flood_output", {}, ResourceLimitExceeded,

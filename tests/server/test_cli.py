@@ -15,10 +15,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from redis_support import RedisProcess
 from server_support import ACTORS, MANIFESTS, REPO
 
 from service.cli import json_equal, main
 from service.client import RpcCallError, connect
+from service.settings import Settings, StateSettings
 
 STARTUP_TIMEOUT_S = 30
 
@@ -340,6 +342,22 @@ def test_doctor(capsys: pytest.CaptureFixture[str]) -> None:
     assert "process: ok" in out
     assert any(line.startswith("microvm: ") for line in out)
     assert out[-1].startswith("working backends: ") and "process" in out[-1]
+    assert "state store: ok (embedded)" in out
+
+
+def test_doctor_reports_the_redis_store(redis_process: RedisProcess,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import _doctor_state  # the backends' part is test_doctor's
+
+    settings = Settings(state=StateSettings(redis_url=redis_process.url))
+    assert asyncio.run(_doctor_state(settings)) is True
+    out = capsys.readouterr().out.splitlines()
+    assert "state store: ok (redis)" in out
+    assert f"  url: {redis_process.url}" in out
+    redis_process.stop()
+    assert asyncio.run(_doctor_state(settings)) is False
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("state store: unavailable: redis unix://") for line in out)
 
 
 @pytest.mark.parametrize(("a", "b", "equal"), [

@@ -67,6 +67,106 @@ class Channel {
   }
 }
 
+const STATE_ERRORS = { TypeError, RangeError, ValueError: TypeError, OverflowError: RangeError };
+
+class StateRequests {
+  // State operations in flight to the host (base.py protocol); replies bypass the call queue.
+  constructor(channel) {
+    this.channel = channel;
+    this.nextId = 0;
+    this.pending = new Map();
+  }
+
+  request(op, key, args) {
+    const id = ++this.nextId;
+    const message = { type: 'state', id, op, key, ...args };
+    const line = encode(message); // a value that is not JSON throws here, in the script
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.channel.sendLine(line);
+    });
+  }
+
+  route(line) {
+    // Is this line a state reply? The host writes "type" first.
+    if (!line.startsWith('{"type":"state_reply"')) return false;
+    const reply = JSON.parse(line);
+    const waiter = this.pending.get(reply.id);
+    if (!waiter) return true;
+    this.pending.delete(reply.id);
+    if (reply.ok) waiter.resolve(reply);
+    else waiter.reject(new (STATE_ERRORS[reply.error_type] || Error)(String(reply.message)));
+    return true;
+  }
+}
+
+class StoreState {
+  // context.getState() on persistent state: every method returns a promise from the host.
+  constructor(requests) {
+    Object.defineProperty(this, 'requests', { value: requests, enumerable: false });
+  }
+
+  async op(op, key, args) {
+    return this.requests.request(op, key, args || {});
+  }
+
+  async get(key, fallback = null) {
+    const reply = await this.op('get', key);
+    return reply.found ? reply.value : fallback;
+  }
+
+  async set(key, value) { await this.op('set', key, { value: value === undefined ? null : value }); }
+  async delete(key) { return (await this.op('delete', key)).value; }
+  async increment(key, amount = 1) { return (await this.op('increment', key, { amount })).value; }
+  async decrement(key, amount = 1) { return (await this.op('decrement', key, { amount })).value; }
+  async push(key, value) { return (await this.op('push', key, { value })).value; }
+  async pop(key) { return (await this.op('pop', key)).value; }
+  async extend(key, values) { return (await this.op('extend', key, { values: Array.from(values) })).value; }
+}
+
+class InlineState {
+  // context.getState() on inline state: the same methods over the call's state object.
+  constructor(state) {
+    Object.defineProperty(this, 'state', { value: state, enumerable: false });
+  }
+
+  async get(key, fallback = null) { return has(this.state, key) ? this.state[key] : fallback; }
+  async set(key, value) { this.state[key] = value; }
+
+  async delete(key) {
+    const existed = has(this.state, key);
+    delete this.state[key];
+    return existed;
+  }
+
+  async increment(key, amount = 1) {
+    const current = has(this.state, key) ? this.state[key] : 0;
+    if (!Number.isInteger(current)) throw new TypeError('value is not an integer');
+    this.state[key] = current + amount;
+    return this.state[key];
+  }
+
+  async decrement(key, amount = 1) { return this.increment(key, -amount); }
+  async push(key, value) { return this.extend(key, [value]); }
+
+  async pop(key) {
+    const items = this.list(key);
+    return items.length ? items.shift() : null;
+  }
+
+  async extend(key, values) {
+    const items = this.list(key);
+    items.push(...values);
+    return items.length;
+  }
+
+  list(key) {
+    if (!has(this.state, key)) this.state[key] = [];
+    if (!Array.isArray(this.state[key])) throw new TypeError('the value under this key is not a list');
+    return this.state[key];
+  }
+}
+
 class LogSink {
   // A stream for console.*: every complete line becomes a `log` event, in order with outputs.
   constructor(channel, stream) {
@@ -98,13 +198,23 @@ class LogSink {
 
 class Context {
   // The `context` an entrypoint receives (protocol.md, "The actor API").
-  constructor(channel, request) {
+  constructor(channel, request, requests) {
     this.actorId = request.actor_id;
     this.timestamp = request.timestamp;
     this.payload = request.payload || {};
     this.config = request.config || {};
     this.state = request.state || {};
     Object.defineProperty(this, 'channel', { value: channel, enumerable: false });
+    const store = request.persistent === true && requests ? new StoreState(requests) : new InlineState(this.state);
+    Object.defineProperty(this, 'store', { value: store, enumerable: false });
+  }
+
+  getPayload() {
+    return this.payload;
+  }
+
+  hasInput(port) {
+    return has(this.payload, port);
   }
 
   getInput(port, fallback) {
@@ -116,11 +226,17 @@ class Context {
   }
 
   getState(key, fallback) {
+    // getState(): the state store handle. On persistent state getState(key)/setState return
+    // promises (the value is in the host's store; a synchronous read would block the loop).
+    if (arguments.length === 0) return this.store;
+    if (this.store instanceof StoreState) return this.store.get(key, fallback === undefined ? null : fallback);
     return has(this.state, key) ? this.state[key] : fallback;
   }
 
   setState(key, value) {
+    if (this.store instanceof StoreState) return this.store.set(key, value);
     this.state[key] = value;
+    return undefined;
   }
 
   sendOutput(port, data) {
@@ -168,7 +284,7 @@ function pick(script, entrypoint, whole, named) {
 function resourceOf(err) {
   if (!err || typeof err !== 'object') return undefined;
   if (ERRNO_DISK.has(err.code)) return 'disk';
-  if (err.code === 'EAGAIN') return 'pids';
+  if (err.code === 'EAGAIN' || err.message === 'EAGAIN') return 'pids'; // new Worker(): no code
   if (err instanceof RangeError && /allocation failed|Invalid (array|string|typed array) length/.test(err.message)) {
     return 'memory';
   }
@@ -251,6 +367,7 @@ class Harness {
     this.loadError = null;
     this.failCall = null; // rejects the running call on an uncaught error of the script
     this.queue = Promise.resolve();
+    this.stateRequests = new StateRequests(channel);
     process.on('uncaughtException', (err) => this.uncaught(err));
   }
 
@@ -265,6 +382,7 @@ class Harness {
   serve() {
     this.channel.send({ type: 'ready' });
     this.channel.onLines((line) => {
+      if (this.stateRequests.route(line)) return; // answers the running call: not queued behind it
       this.queue = this.queue
         .then(() => this.handle(line))
         .catch((err) => this.channel.send({ type: 'error', error_type: 'ProtocolError', message: String(err), traceback: '' }));
@@ -296,7 +414,7 @@ class Harness {
 
   async run(request) {
     if (this.loadError) return encode(this.loadError);
-    const context = new Context(this.channel, request);
+    const context = new Context(this.channel, request, this.stateRequests);
     const failed = new Promise((resolve, reject) => { this.failCall = reject; });
     try {
       const value = await Promise.race([this.entry(context), failed]);

@@ -52,6 +52,8 @@ class Channel:
         self.pid = os.getpid()  # a forked child of the script is not the harness
         self._lock = _thread.allocate_lock()
         self._pending = b""
+        self._state_lock = _thread.allocate_lock()
+        self._state_id = 0
 
     def send(self, message: dict[str, Any]) -> None:
         self.send_bytes(encode(message))  # encoded first: a bad value writes nothing
@@ -71,6 +73,24 @@ class Channel:
             self._pending += chunk
         line, _, self._pending = self._pending.partition(b"\n")
         return json.loads(line)
+
+    def state_op(self, message: dict[str, Any]) -> Any:
+        """Ask the host for one state operation and wait for its reply (base.py protocol).
+
+        Nothing else reads IN_FD during a call, so the reply is the next line.
+        """
+        if os.getpid() != self.pid:  # a forked child would steal the harness's replies
+            raise RuntimeError("state operations only from the actor's own process")
+        with self._state_lock:
+            self._state_id += 1
+            message["type"], message["id"] = "state", self._state_id
+            self.send(message)
+            reply = self.receive()
+        if not isinstance(reply, dict) or reply.get("type") != "state_reply":
+            os._exit(71)  # the host went away or broke the protocol: nothing sane to do
+        if not reply.get("ok"):
+            raise STATE_ERRORS.get(reply.get("error_type"), RuntimeError)(reply.get("message"))
+        return reply
 
 
 class BinaryLog:
@@ -159,6 +179,127 @@ class Sent:
 
 
 SENT = Sent()
+STATE_ERRORS: dict[Any, type[Exception]] = {"TypeError": TypeError, "ValueError": ValueError,
+                                            "OverflowError": OverflowError}
+MISSING = object()
+
+
+class Done:
+    """An awaitable that already holds its value: state operations finish before returning,
+    so ``await`` works with or without an event loop."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self) -> Iterator[None]:
+        return self.value
+        yield  # a generator: awaiting it returns the value at once
+
+
+class StoreState:
+    """``context.get_state()`` on persistent state: every operation goes to the host's store."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+
+    def _op(self, op: str, key: Any, **args: Any) -> Any:
+        return self._channel.state_op({"op": op, "key": key, **args})
+
+    def read(self, key: Any, default: Any = None) -> Any:
+        reply = self._op("get", key)
+        return reply.get("value") if reply.get("found") else default
+
+    def write(self, key: Any, value: Any) -> None:
+        encode({"v": value})  # TypeError here, in the script, for a value that is not JSON
+        self._op("set", key, value=value)
+
+    def get(self, key: Any, default: Any = None) -> Done:
+        return Done(self.read(key, default))
+
+    def set(self, key: Any, value: Any) -> Done:
+        self.write(key, value)
+        return Done(None)
+
+    def delete(self, key: Any) -> Done:
+        return Done(bool(self._op("delete", key).get("value")))
+
+    def increment(self, key: Any, amount: int = 1) -> Done:
+        return Done(self._op("increment", key, amount=amount).get("value"))
+
+    def decrement(self, key: Any, amount: int = 1) -> Done:
+        return Done(self._op("decrement", key, amount=amount).get("value"))
+
+    def push(self, key: Any, value: Any) -> Done:
+        encode({"v": value})
+        return Done(self._op("push", key, value=value).get("value"))
+
+    def pop(self, key: Any) -> Done:
+        return Done(self._op("pop", key).get("value"))
+
+    def extend(self, key: Any, values: Any) -> Done:
+        values = list(values)
+        encode({"v": values})
+        return Done(self._op("extend", key, values=values).get("value"))
+
+
+class InlineState:
+    """``context.get_state()`` on inline state: the same methods over the call's state dict."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self._state = state
+
+    def get(self, key: str, default: Any = None) -> Done:
+        return Done(self._state.get(key, default))
+
+    def set(self, key: str, value: Any) -> Done:
+        self._state[key] = value
+        return Done(None)
+
+    def delete(self, key: str) -> Done:
+        return Done(self._state.pop(key, MISSING) is not MISSING)
+
+    def increment(self, key: str, amount: int = 1) -> Done:
+        current = self._state.get(key, 0)
+        if not isinstance(current, int) or isinstance(current, bool):
+            raise TypeError("value is not an integer")
+        self._state[key] = current + amount
+        return Done(self._state[key])
+
+    def decrement(self, key: str, amount: int = 1) -> Done:
+        return self.increment(key, -amount)
+
+    def push(self, key: str, value: Any) -> Done:
+        return self.extend(key, [value])
+
+    def pop(self, key: str) -> Done:
+        items = self._list(key)
+        return Done(items.pop(0) if items else None)
+
+    def extend(self, key: str, values: Any) -> Done:
+        items = self._list(key)
+        items.extend(values)
+        return Done(len(items))
+
+    def _list(self, key: str) -> list[Any]:
+        items = self._state.setdefault(key, [])
+        if not isinstance(items, list):
+            raise TypeError("the value under this key is not a list")
+        return items
+
+
+class Timestamp(int):
+    """``context.timestamp`` (ms): a number, and callable as the origin docs' ``timestamp()``."""
+
+    def __call__(self) -> int:
+        return int(self)
+
+
+def timestamp_of(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Timestamp(value)
+    return value
 
 
 class Context:
@@ -166,11 +307,13 @@ class Context:
 
     def __init__(self, channel: Channel, request: dict[str, Any]) -> None:
         self.actor_id = request.get("actor_id")
-        self.timestamp = request.get("timestamp")
+        self.timestamp = timestamp_of(request.get("timestamp"))
         self.payload: dict[str, Any] = request.get("payload") or {}
         self.config: dict[str, Any] = request.get("config") or {}
         self.state: dict[str, Any] = request.get("state") or {}
         self._channel = channel
+        self._store: StoreState | InlineState = (
+            StoreState(channel) if request.get("persistent") is True else InlineState(self.state))
 
     def get_input(self, port: str, default: Any = None) -> Any:
         return self.payload.get(port, default)
@@ -178,11 +321,25 @@ class Context:
     def get_config(self, key: str, default: Any = None) -> Any:
         return self.config.get(key, default)
 
-    def get_state(self, key: str, default: Any = None) -> Any:
+    def get_state(self, key: Any = MISSING, default: Any = None) -> Any:
+        """``get_state()``: the state store handle; ``get_state(key, default)``: one value."""
+        if key is MISSING:
+            return self._store
+        if isinstance(self._store, StoreState):
+            return self._store.read(key, default)
         return self.state.get(key, default)
 
     def set_state(self, key: str, value: Any) -> None:
-        self.state[key] = value
+        if isinstance(self._store, StoreState):
+            self._store.write(key, value)
+        else:
+            self.state[key] = value
+
+    def get_payload(self) -> dict[str, Any]:
+        return self.payload
+
+    def has_input(self, port: str) -> bool:
+        return port in self.payload
 
     def send_output(self, port: str, data: Any) -> Sent:
         """Send now (awaiting the result is optional); raises TypeError for non-JSON data."""

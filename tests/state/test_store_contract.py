@@ -1,0 +1,149 @@
+"""The StateStore contract (service/state/base.py), run against every store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from redis_support import RedisProcess
+
+from service.state.base import INT64_MAX, StateOpError, StateStore, StoreDown
+from service.state.embedded import EmbeddedStore
+from service.state.redis_store import RedisStore, redacted
+
+
+async def test_get_set_delete(store: StateStore) -> None:
+    assert await store.get("ns:a:k") is None
+    await store.set("ns:a:k", '{"x":1}')
+    assert await store.get("ns:a:k") == '{"x":1}'
+    assert await store.delete("ns:a:k") is True
+    assert await store.delete("ns:a:k") is False
+    assert await store.get("ns:a:k") is None
+
+
+async def test_increment_counts_from_zero_and_stores_json_text(store: StateStore) -> None:
+    assert await store.increment("ns:a:n", 1) == 1
+    assert await store.increment("ns:a:n", 5) == 6
+    assert await store.increment("ns:a:n", -10) == -4
+    assert await store.get("ns:a:n") == "-4"  # a JSON text the host's reader parses
+
+
+@pytest.mark.parametrize("text", ['"five"', "1.5", "[1]", "007", " 5", "true"])
+async def test_increment_refuses_a_value_that_is_not_an_integer(store: StateStore,
+                                                                text: str) -> None:
+    await store.set("ns:a:k", text)
+    with pytest.raises(StateOpError) as caught:
+        await store.increment("ns:a:k", 1)
+    assert caught.value.error_type == "TypeError"
+    assert await store.get("ns:a:k") == text  # untouched
+
+
+async def test_increment_refuses_to_overflow_64_bits(store: StateStore) -> None:
+    await store.set("ns:a:k", str(INT64_MAX))
+    with pytest.raises(StateOpError) as caught:
+        await store.increment("ns:a:k", 1)
+    assert caught.value.error_type == "OverflowError"
+
+
+async def test_increment_is_atomic_under_concurrency(store: StateStore) -> None:
+    await asyncio.gather(*(store.increment("ns:a:n", 1) for _ in range(200)))
+    assert await store.get("ns:a:n") == "200"
+
+
+async def test_update_reads_and_writes_in_one_step(store: StateStore) -> None:
+    def append(old: str | None) -> tuple[str | None, int]:
+        items = [] if old is None else json.loads(old)
+        items.append(len(items))
+        return json.dumps(items), len(items)
+
+    results = await asyncio.gather(*(store.update("ns:a:l", append) for _ in range(30)))
+    assert sorted(results) == list(range(1, 31))  # no two saw the same list
+    assert json.loads(await store.get("ns:a:l") or "") == list(range(30))
+
+
+async def test_update_can_delete_and_a_failing_change_writes_nothing(store: StateStore) -> None:
+    await store.set("ns:a:k", "1")
+
+    def refuse(old: str | None) -> tuple[str | None, None]:
+        raise StateOpError("TypeError", "no")
+
+    with pytest.raises(StateOpError):
+        await store.update("ns:a:k", refuse)
+    assert await store.get("ns:a:k") == "1"
+    assert await store.update("ns:a:k", lambda old: (None, old)) == "1"
+    assert await store.get("ns:a:k") is None
+
+
+async def test_check_reports_the_store(store: StateStore) -> None:
+    report = await store.check()
+    assert report["store"] == store.name
+    assert report["ttl_s"] == 3600
+
+
+async def test_redis_writes_set_the_ttl_and_zero_means_none(redis_process: RedisProcess) -> None:
+    store = RedisStore(redis_process.url, 100, 2)
+    forever = RedisStore(redis_process.url, 0, 2)
+    try:
+        await store.set("ns:a:s", "1")
+        await store.increment("ns:a:i", 1)
+        await store.update("ns:a:u", lambda old: ("[]", None))
+        for key in ("ns:a:s", "ns:a:i", "ns:a:u"):
+            assert 90 <= int(redis_process.cli("TTL", key)) <= 100, key
+        await forever.set("ns:a:s", "2")  # a write with ttl 0 clears the expiry
+        await forever.increment("ns:a:f", 1)
+        assert redis_process.cli("TTL", "ns:a:s") == "-1"
+        assert redis_process.cli("TTL", "ns:a:f") == "-1"
+    finally:
+        await store.aclose()
+        await forever.aclose()
+
+
+async def test_embedded_keys_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("service.state.embedded.time.monotonic", lambda: clock[0])
+    store = EmbeddedStore(10)
+    await store.set("ns:a:k", "1")
+    clock[0] += 9
+    await store.increment("ns:a:k", 1)  # a write restarts the expiry
+    clock[0] += 9
+    assert await store.get("ns:a:k") == "2"
+    clock[0] += 2
+    assert await store.get("ns:a:k") is None
+    assert await EmbeddedStore(0).get("x") is None
+
+
+async def test_redis_that_is_down_raises_store_down(redis_process: RedisProcess) -> None:
+    store = RedisStore(redis_process.url, 0, 1)
+    redis_process.stop()
+    try:
+        with pytest.raises(StoreDown, match="redis"):
+            await store.get("ns:a:k")
+        with pytest.raises(StoreDown):
+            await store.increment("ns:a:k", 1)
+        with pytest.raises(StoreDown):
+            await store.check()
+    finally:
+        await store.aclose()
+
+
+def test_redacted_hides_the_password() -> None:
+    assert redacted("redis://user:secret@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redacted("redis://:secret@host/0") == "redis://:***@host/0"
+    assert redacted("unix:///run/redis.sock") == "unix:///run/redis.sock"
+
+
+async def test_redis_bytes_that_are_not_utf8_are_refused_to_the_script(
+        redis_process: RedisProcess) -> None:
+    import redis.asyncio as aioredis
+
+    raw = aioredis.Redis.from_url(redis_process.url)
+    await raw.set("ns:a:bin", b"\xff\xfe")
+    await raw.aclose()
+    store = RedisStore(redis_process.url, 0, 2)
+    try:
+        with pytest.raises(StateOpError) as caught:
+            await store.get("ns:a:bin")
+        assert caught.value.error_type == "ValueError"
+    finally:
+        await store.aclose()
