@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The actor runtime, serving on 0.0.0.0:5556 with the process (bubblewrap) backend,
-# or microVMs when /dev/kvm is passed in and they can boot.
+# or microVMs when /dev/kvm is passed in (docker-compose.kvm.yml) and they can boot.
 #
 #   docker build -t actor-sandbox-service .
 #   docker run --rm -p 5556:5556 -e SERVICE_AUTH__TOKENS='["a-long-random-token-1234"]' \
@@ -9,16 +9,28 @@
 #
 # docker-compose.yml holds the same options with the reasons for each.
 #
+# Node.js 20 for JavaScript actors: Debian bookworm's nodejs is 18 (end of life), so the
+# binary comes from the official Node 20 image, built on the same Debian release.
+FROM node:20-bookworm-slim AS node
+
 # Bookworm pinned: its python3 is 3.11, the version the sandbox harness is tested with.
 FROM python:3.11-slim-bookworm
 
-# bubblewrap builds each sandbox; nodejs runs JavaScript actors (npm installs their
-# dependencies: `service build`, docs/dependencies.md); python3 is Debian's
-# /usr/bin/python3, the interpreter inside Python sandboxes. It is kept apart from the
-# service's own Python (/usr/local) so actors do not see the service's packages.
+# bubblewrap builds each sandbox; python3 is Debian's /usr/bin/python3, the interpreter
+# inside Python sandboxes. It is kept apart from the service's own Python (/usr/local) so
+# actors do not see the service's packages. libstdc++6 is what the node binary links to.
+# Node.js and npm (which installs JavaScript actors' dependencies: `service build`,
+# docs/dependencies.md) come from the Node 20 image below, not from Debian (Node 18).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends bubblewrap nodejs npm python3 \
+    && apt-get install -y --no-install-recommends bubblewrap python3 libstdc++6 \
     && rm -rf /var/lib/apt/lists/*
+
+# node and npm in /opt/node, which the sandbox mounts read-only, and on PATH, where the
+# settings' default `sandbox.node = "node"` finds node (and `service build` finds npm beside it).
+COPY --from=node /usr/local/bin/node /opt/node/bin/node
+COPY --from=node /usr/local/lib/node_modules/npm /opt/node/lib/node_modules/npm
+RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /opt/node/bin/npm
+ENV PATH=/opt/node/bin:$PATH
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -29,7 +41,8 @@ WORKDIR /app
 
 # Dependencies in their own layer, so a code change does not download them again.
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" >/tmp/requirements.txt \
+# With the [microvm] extra: the image serves microVMs where /dev/kvm is passed in.
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['microvm']))" >/tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 

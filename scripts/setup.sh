@@ -8,7 +8,7 @@
 #     runsc (gVisor, the gvisor backend) is installed the same way when it is missing; it is
 #     optional: without it, setup says so and `backend = auto` skips gvisor.
 #  2. A virtualenv in .venv (Python >= 3.11) with this package installed editable,
-#     with its dev extras.
+#     with its dev and microvm extras (the tests cover the microVM backend too).
 #
 # Re-running is fast and harmless: step 1 only looks for three files, and step 2
 # is skipped while .venv/.setup-stamp matches pyproject.toml (content hash).
@@ -21,7 +21,7 @@
 #   SETUP_SKIP_SYSTEM=1          do not check system packages at all
 #   SERVICE_SANDBOX__PYTHON, SERVICE_SANDBOX__NODE
 #                                the sandbox interpreters, as in the settings
-#                                (default /usr/bin/python3, /usr/bin/node)
+#                                (default /usr/bin/python3, and node found on PATH)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -30,7 +30,7 @@ VENV=${VENV:-.venv}
 STAMP="$VENV/.setup-stamp"
 SETUP_APT=${SETUP_APT:-auto}
 SANDBOX_PYTHON=${SERVICE_SANDBOX__PYTHON:-/usr/bin/python3}
-SANDBOX_NODE=${SERVICE_SANDBOX__NODE:-/usr/bin/node}
+SANDBOX_NODE=${SERVICE_SANDBOX__NODE:-node}
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -55,9 +55,9 @@ missing_system_packages() {
     local missing=()
     command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # cluster tests, bench
-    [ -x "$SANDBOX_NODE" ] || missing+=(nodejs)
+    command -v "$SANDBOX_NODE" >/dev/null 2>&1 || missing+=(nodejs)
     # npm installs JavaScript actors' dependencies (Debian packages it apart from nodejs)
-    [ -x "$(dirname "$SANDBOX_NODE")/npm" ] || command -v npm >/dev/null 2>&1 || missing+=(npm)
+    [ -x "$(dirname "$(command -v "$SANDBOX_NODE" || echo "$SANDBOX_NODE")")/npm" ] || command -v npm >/dev/null 2>&1 || missing+=(npm)
     [ -x "$SANDBOX_PYTHON" ] || missing+=(python3)
     echo "${missing[@]}"
 }
@@ -144,12 +144,12 @@ ensure_venv() {
         die "$VENV uses $("$VENV/bin/python" --version 2>&1), this project needs >= 3.11; remove $VENV and re-run"
     fi
     [ -x "$VENV/bin/python" ] || create_venv
-    say "installing the package and its dev tools into $VENV (pip install -e '.[dev]')"
+    say "installing the package and its dev tools into $VENV (pip install -e '.[dev,microvm]')"
     export PIP_DISABLE_PIP_VERSION_CHECK=1
     # pip's output (build warnings and all) goes to a log, shown only when it fails.
     local log="$VENV/setup.log"
     if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
-           "$VENV/bin/python" -m pip install -q -e '.[dev]'; } >"$log" 2>&1; then
+           "$VENV/bin/python" -m pip install -q -e '.[dev,microvm]'; } >"$log" 2>&1; then
         cat "$log" >&2
         die "pip install failed (log above, also in $log)"
     fi

@@ -20,7 +20,6 @@ from service.log import setup_logging
 from service.settings import BACKENDS, Settings, load_settings
 
 DEFAULT_CONFIG = Path("config/settings.toml")
-SUBCOMMANDS = ("serve", "lint", "build", "test", "run", "doctor", "worker")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -29,11 +28,11 @@ Command = Callable[[argparse.Namespace, Settings], int]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default: sys.argv[1:]); returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or (args_list[0] not in SUBCOMMANDS and args_list[0] not in ("-h", "--help")):
+    if not args_list or (args_list[0].startswith("-") and args_list[0] not in TOP_LEVEL_FLAGS):
         args_list.insert(0, "serve")  # `service --port 5556` means `service serve --port 5556`
     try:
         args = build_parser().parse_args(args_list)
-    except SystemExit as exc:  # argparse has printed the usage error
+    except SystemExit as exc:  # argparse has printed the usage error (or --help, --version)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         settings = _settings(args)
@@ -45,66 +44,83 @@ def main(argv: Sequence[str] | None = None) -> int:
     return command(args, settings)
 
 
+TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--backend", choices=BACKENDS, default=None)
+    common.add_argument("--config", type=Path, default=None, metavar="PATH",
+                        help=f"settings file (default: {DEFAULT_CONFIG} in the working folder "
+                             "or the nearest folder above it that has one)")
+    common.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="where actors run (overrides the `backend` setting)")
     common.add_argument("--debug", action="store_true", help="log at debug level")
     parser = argparse.ArgumentParser(prog="service", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="subcommand", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", parents=[common], help="run the WebSocket server (default)")
-    _settings_option(serve, "--config")
-    serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--host", default=None, help="address to listen on (setting `host`)")
+    serve.add_argument("--port", type=int, default=None, help="TCP port (setting `port`)")
     serve.add_argument("--actors", type=Path, action="append", default=[], metavar="PATH",
-                       help="a manifest or folder to load in addition to manifest_paths")
+                       help="a manifest or folder to load in addition to manifest_paths "
+                            "(repeatable)")
     serve.set_defaults(command=cmd_serve)
 
     worker = sub.add_parser("worker", parents=[common],
                             help="run a cluster worker (needs cluster.redis_url)")
-    _settings_option(worker, "--config")
     worker.add_argument("--host", default=None, help="where /healthz and /metrics listen")
-    worker.add_argument("--port", type=int, default=None)
+    worker.add_argument("--port", type=int, default=None,
+                        help="TCP port of /healthz and /metrics (setting `port`)")
     worker.add_argument("--actors", type=Path, action="append", default=[], metavar="PATH",
                         help="a manifest or folder to load in addition to manifest_paths")
     worker.set_defaults(command=cmd_worker)
 
     lint = sub.add_parser("lint", parents=[common], help="check manifests")
-    lint.add_argument("paths", nargs="*", type=Path, metavar="PATH")
-    _settings_option(lint, "--config")
-    lint.add_argument("--format", choices=("text", "json", "github"), default="text")
+    lint.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                      help="manifests or folders (default: the manifest_paths setting)")
+    lint.add_argument("--format", choices=("text", "json", "github"), default="text",
+                      help="text (FILE:LINE:COL: message), json, or github annotations")
+    lint.add_argument("--allow-empty", action="store_true",
+                      help="exit 0 when the paths hold no manifest (default: exit 1)")
     lint.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
     lint.set_defaults(command=cmd_lint)
 
     build = sub.add_parser("build", parents=[common],
                            help="install the manifests' dependencies into the cache")
-    build.add_argument("paths", nargs="*", type=Path, metavar="PATH")
-    _settings_option(build, "--config")
+    build.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                       help="manifests or folders (default: the manifest_paths setting)")
     build.set_defaults(command=cmd_build)
 
     test = sub.add_parser("test", parents=[common], help="run every manifest's examples")
-    test.add_argument("paths", nargs="*", type=Path, metavar="PATH")
-    _settings_option(test, "--config")
+    test.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                      help="manifests or folders (default: the manifest_paths setting)")
     test.set_defaults(command=cmd_test)
 
     run = sub.add_parser("run", parents=[common], help="run one call without a server")
-    run.add_argument("manifest", type=Path, metavar="MANIFEST")
-    run.add_argument("--payload", type=_json_object, required=True, metavar="JSON")
-    run.add_argument("--config", dest="actor_config", type=_json_object, default=None,
-                     metavar="JSON", help="the call's config (the settings file is --settings)")
-    run.add_argument("--state", type=_json_object, default=None, metavar="JSON")
-    _settings_option(run, "--settings")
+    run.add_argument("manifest", type=Path, metavar="MANIFEST", help="the actor's manifest")
+    run.add_argument("--payload", type=_json_object, required=True, metavar="JSON",
+                     help="the call's payload, a JSON object keyed by inport")
+    run.add_argument("--call-config", dest="actor_config", type=_json_object, default=None,
+                     metavar="JSON", help="the call's config, a JSON object")
+    run.add_argument("--state", type=_json_object, default=None, metavar="JSON",
+                     help="the call's state, a JSON object")
+    # --settings was the settings file of `run` before --config meant it everywhere.
+    run.add_argument("--settings", dest="config", type=Path, help=argparse.SUPPRESS)
     run.set_defaults(command=cmd_run)
 
     doctor = sub.add_parser("doctor", parents=[common], help="check which backends work here")
-    _settings_option(doctor, "--config")
     doctor.set_defaults(command=cmd_doctor)
     return parser
 
 
-def _settings_option(parser: argparse.ArgumentParser, flag: str) -> None:
-    parser.add_argument(flag, dest="config", type=Path, default=None, metavar="PATH",
-                        help=f"settings file (default: {DEFAULT_CONFIG} when it exists)")
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("actor-sandbox-service")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -119,8 +135,10 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def _settings(args: argparse.Namespace) -> Settings:
     path = args.config
-    if path is None and DEFAULT_CONFIG.is_file():
-        path = DEFAULT_CONFIG
+    if path is not None and str(path).lstrip().startswith("{"):
+        raise SettingsError("--config is the settings file; the call's config is --call-config")
+    if path is None:
+        path = find_default_config(Path.cwd())
     return load_settings(
         path,
         host=getattr(args, "host", None),
@@ -128,6 +146,15 @@ def _settings(args: argparse.Namespace) -> Settings:
         backend=args.backend,
         log_level="debug" if args.debug else None,
     )
+
+
+def find_default_config(start: Path) -> Path | None:
+    """``config/settings.toml`` in ``start`` or the nearest folder above it (like git's .git)."""
+    for folder in (start, *start.parents):
+        candidate = folder / DEFAULT_CONFIG
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _log_level(args: argparse.Namespace, settings: Settings) -> str:
@@ -191,7 +218,8 @@ def cmd_lint(args: argparse.Namespace, settings: Settings) -> int:
     from service.manifest.lint import lint_main
 
     paths = list(args.paths) or list(settings.manifest_paths)
-    return lint_main(paths, settings, args.format, sys.stdout, strict=args.strict)
+    return lint_main(paths, settings, args.format, sys.stdout, strict=args.strict,
+                     allow_empty=args.allow_empty)
 
 
 # --- build ---

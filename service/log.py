@@ -1,13 +1,56 @@
-"""Logging setup: text or JSON lines on stderr, at the configured level."""
+"""Logging setup: text or JSON lines on stderr, at the configured level.
+
+Structured fields: ``log.info(msg, args, extra=fields(actor=..., outcome=...))`` puts them at
+the top level of a JSON line (the text format shows the message only, so say them there
+too). The fields of :data:`CONNECTION` (connection id, peer), set by the server for each
+WebSocket connection, are added to every record logged while serving it.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
+
+FIELDS_ATTR = "service_fields"
+# Per connection, not per process: a ContextVar is copied into every task the handler starts.
+CONNECTION: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "service_connection", default=None)
+
+
+def fields(**values: Any) -> dict[str, Any]:
+    """The ``extra=`` of a log call whose values become top-level JSON fields."""
+    return {FIELDS_ATTR: values}
+
+
+class RateLimit:
+    """At most one record per key per ``interval_s``; says how many were held back meanwhile.
+
+    For lines a client can cause at will (a refused call, a failed login): an overload or a
+    scan must not become gigabytes of log. Keys must be few (actor ids, not peers)."""
+
+    def __init__(self, interval_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def allow(self, key: str) -> int | None:
+        """None: do not log this one. Otherwise log it, with this many held back before it."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._held.pop(key, 0)
+
 
 # Characters that could end a log line or rewrite a terminal: C0 controls but tab, DEL, C1
 # controls, and the Unicode line/paragraph separators.
@@ -75,6 +118,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": bounded(record.getMessage()),
         }
+        connection = getattr(record, "service_connection", None)
+        if connection:
+            entry.update(connection)
+        for key, value in (getattr(record, FIELDS_ATTR, None) or {}).items():
+            entry[key] = bounded(value) if isinstance(value, str) else value  # client values
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
@@ -82,6 +130,11 @@ class JsonFormatter(logging.Formatter):
 
 class _ServiceHandler(logging.StreamHandler):
     """Marks the handler this module installed, so a second setup replaces it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Read here, in the task that logs: the connection this record belongs to.
+        record.service_connection = CONNECTION.get()
+        super().emit(record)
 
 
 def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:

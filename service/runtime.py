@@ -106,6 +106,11 @@ class Runtime:
         """actor id -> (busy, idle, queued)."""
         return {actor_id: pool.stats for actor_id, pool in self._pools.items()}
 
+    def boot_stats(self) -> dict[str, tuple[int, int]]:
+        """actor id -> (sandboxes booted, boots that failed), since the actor was first loaded."""
+        return {actor_id: (pool.boots, pool.boot_failures)
+                for actor_id, pool in self._pools.items()}
+
     async def load(self, file_path: Any) -> tuple[ActorDef, bool]:
         """Load (or replace) the actor of a manifest, of a script with a manifest beside it,
         or of a script-only actor (its metadata in the script)."""
@@ -162,8 +167,10 @@ class Runtime:
 
     async def _install(self, actor: ActorDef) -> None:
         pool = ActorPool(actor, self.backend, self.capacity)
-        await pool.start()
         old = self._pools.get(actor.id)
+        if old is not None:  # the boot counters are the actor's, across reloads
+            pool.boots, pool.boot_failures = old.boots, old.boot_failures
+        await pool.start()
         self._actors[actor.id] = actor
         self._pools[actor.id] = pool
         if old is not None:  # calls already running finish on the old definition

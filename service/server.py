@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import itertools
 import logging
+import os
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,10 @@ from service.guard import (
     rate_limited_exception_handler,
     request_middleware,
 )
+from service.log import CONNECTION, RateLimit, fields
 from service.metrics import Metrics
 from service.rpc.core import Connection, Dispatcher
-from service.rpc.methods import register_methods
+from service.rpc.methods import Methods, register_methods
 from service.runtime import Runtime, open_runtime
 from service.settings import Settings, check_exposure
 
@@ -98,6 +101,9 @@ class AppState:
     metrics: Metrics | None = None
     sessions: set[Session] = field(default_factory=set)
     draining: bool = False
+    methods: Methods | None = None
+    connection_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    auth_failures: RateLimit = field(default_factory=RateLimit)
     cluster: Any = None  # the ClusterNode in cluster mode (service.cluster.node)
     gate: ConnectionGate = field(init=False)  # the connection caps of serve()'s site
 
@@ -107,16 +113,34 @@ class AppState:
     def pool_stats(self) -> dict[str, tuple[int, int, int]]:
         return self.runtime.pool_stats() if self.runtime is not None else {}
 
+    def boot_stats(self) -> dict[str, tuple[int, int]]:
+        return self.runtime.boot_stats() if self.runtime is not None else {}
+
     def in_flight(self) -> set[asyncio.Task[None]]:
         return {task for session in self.sessions for task in session.tasks}
 
-    async def drain(self, grace_s: float) -> None:
-        """Let running calls finish for up to ``grace_s``, then cancel the rest."""
+    def begin_drain(self) -> None:
+        """From now on /healthz says 503, and new connections and process calls are refused."""
         self.draining = True
+        if self.methods is not None:
+            self.methods.draining = True
+
+    async def drain(self, grace_s: float, force: asyncio.Event | None = None) -> None:
+        """Let running calls finish for up to ``grace_s`` (or until ``force`` is set), then
+        answer the rest -32009 "shutting down" and close every connection."""
+        self.begin_drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
-        while (tasks := self.in_flight()) and (remaining := deadline - loop.time()) > 0:
-            await asyncio.wait(tasks, timeout=remaining)
+        forced = asyncio.ensure_future((force or asyncio.Event()).wait())
+        try:
+            while ((tasks := self.in_flight()) and not forced.done()
+                   and (remaining := deadline - loop.time()) > 0):
+                await asyncio.wait({*tasks, forced}, timeout=remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            forced.cancel()
+        if self.methods is not None:
+            self.methods.stopping = True
         await self.close_sessions()
 
     async def close_sessions(self) -> None:
@@ -142,7 +166,8 @@ def create_app(
     """
     app = web.Application(middlewares=[request_middleware(settings)])
     state = AppState(settings, runtime, tuple(map(Path, extra_actors)), validate_results)
-    state.metrics = Metrics(state.pool_stats)
+    state.metrics = Metrics(state.pool_stats, connections=lambda: len(state.sessions),
+                            boot_stats=state.boot_stats)
     app[STATE] = state
     app.router.add_get("/", websocket_handler)
     app.router.add_get("/healthz", healthz_handler)
@@ -161,7 +186,8 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
                 open_runtime(state.settings, state.extra_actors))
         state.dispatcher = Dispatcher(validate_results=state.validate_results,
                                       limits=state.settings.connections)
-        register_methods(state.dispatcher, host or state.runtime, state.metrics)  # type: ignore[arg-type]
+        state.methods = register_methods(
+            state.dispatcher, host or state.runtime, state.metrics)  # type: ignore[arg-type]
         yield
         await state.close_sessions()
 
@@ -228,13 +254,27 @@ def _unauthorized() -> web.HTTPUnauthorized:
                                 headers={"WWW-Authenticate": 'Bearer realm="actor-runtime"'})
 
 
+def _refused(state: AppState, request: web.Request) -> web.HTTPUnauthorized:
+    """The 401, logged: at most one line per interval however many come (a scan, a client
+    with a stale token), saying how many were held back."""
+    held = state.auth_failures.allow("auth")
+    if held is not None:
+        log.warning("refused a request without a valid token from %s to %s%s", request.remote,
+                    request.path, f" ({held} more refused since the last line)" if held else "",
+                    extra=fields(outcome="unauthorized", peer=request.remote,
+                                 held_back=held))
+    return _unauthorized()
+
+
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     """The JSON-RPC endpoint."""
     state = request.app[STATE]
     if not origin_allowed(request.headers.get("Origin"), state.settings):
         raise _forbidden_origin()  # a web page the operator did not list: never its tokens
     if not authorized(request, _client_tokens(state.settings)):
-        raise _unauthorized()
+        raise _refused(state, request)
+    if state.draining:  # the listener stays open during the drain so /healthz can say 503
+        return web.Response(status=503, text="503: shutting down\n", headers={"Retry-After": "1"})
     ws = web.WebSocketResponse(max_msg_size=state.settings.max_message_bytes)
     if not ws.can_prepare(request).ok:
         return web.Response(status=426, text="JSON-RPC 2.0 over WebSocket: upgrade required\n",
@@ -242,6 +282,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     session = Session(ws, state.dispatcher, admin=is_admin(request, state.settings))
     state.sessions.add(session)
+    # Every line logged while serving this connection carries these (JSON log fields).
+    CONNECTION.set({"connection": next(state.connection_ids), "peer": request.remote})
     log.debug("connection from %s", request.remote)
     try:
         await session.run()
@@ -265,7 +307,7 @@ async def healthz_handler(request: web.Request) -> web.Response:
 async def metrics_handler(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if not authorized(request, _client_tokens(state.settings)):
-        raise _unauthorized()
+        raise _refused(state, request)
     assert state.metrics is not None  # set by create_app
     return web.Response(body=state.metrics.render(),
                         headers={"Content-Type": state.metrics.content_type})
@@ -278,22 +320,50 @@ async def serve(settings: Settings, extra_actors: Sequence[Path | str] = ()) -> 
     app = create_app(settings, extra_actors=extra_actors)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()  # starts the runtime: manifest or backend problems raise here
-    stop = asyncio.Event()
+    stop, force = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(rate_limited_exception_handler(app[STATE].gate.reports))
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, _on_signal, stop, force)
     try:
         site = GuardedSite(runner, settings.host, settings.port, app[STATE].gate)
         await site.start()
         log.info("serving JSON-RPC on ws://%s:%d/", settings.host, settings.port)
         await stop.wait()
-        log.info("shutting down: draining calls for up to %ss", settings.shutdown_grace_s)
+        log.info("shutting down: draining calls for up to %ss (signal again to stop now)",
+                 settings.shutdown_grace_s)
+        # The listener stays open during the drain: /healthz answers 503 so a load balancer
+        # stops routing here, and new connections and calls get a clear refusal.
+        await app[STATE].drain(settings.shutdown_grace_s, force)
         await site.stop()
-        await app[STATE].drain(settings.shutdown_grace_s)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
         await runner.cleanup()
         log.info("stopped")
+
+
+FORCED_EXIT_S = 5  # after a second signal, the most cleanup may take before a hard exit
+
+
+def _on_signal(stop: asyncio.Event, force: asyncio.Event) -> None:
+    """First SIGINT/SIGTERM: drain. Second: end the grace now (calls are answered and their
+    sandboxes killed), and exit hard if even that hangs. Third: exit at once."""
+    if not stop.is_set():
+        stop.set()
+    elif not force.is_set():
+        log.warning("second signal: stopping running calls now")
+        force.set()
+        asyncio.get_running_loop().call_later(FORCED_EXIT_S, _hard_exit)
+    else:
+        _hard_exit()
+
+
+def _hard_exit() -> None:
+    log.error("forced exit")
+    logging.shutdown()
+    os._exit(EXIT_SIGINT)
+
+
+EXIT_SIGINT = 130

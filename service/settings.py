@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,7 @@ class SandboxSettings:
     """How sandboxes are built (interpreters, /tmp size, microVM images)."""
 
     python: str = "/usr/bin/python3"  # interpreter inside the process sandbox
-    node: str = "/usr/bin/node"
+    node: str = "node"  # a bare name is looked up on PATH (see __post_init__)
     tmp_mb: int = 64  # size of each sandbox's private /tmp
     python_image: str = "python:3.11-slim"  # microVM images (OCI ref, or a local rootfs dir)
     node_image: str = "node:20-slim"
@@ -130,6 +131,12 @@ class SandboxSettings:
     nofile: int = 1024  # RLIMIT_NOFILE of a sandbox (soft = hard)
     runsc: str = "runsc"  # gVisor's runtime (a name on PATH or a path)
     gvisor_platform: str = "ptrace"  # ptrace | kvm (kvm needs a real /dev/kvm)
+
+    def __post_init__(self) -> None:
+        # The sandbox binds the interpreter by absolute path; a bare name means "from PATH",
+        # so lint and the sandbox find the node a user installed wherever it is.
+        if "/" not in self.node and (found := shutil.which(self.node)):
+            object.__setattr__(self, "node", found)
 
 
 @dataclass(frozen=True)
@@ -195,11 +202,20 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Read settings from ``path`` (TOML) and the environment, then apply ``overrides``.
 
     ``overrides`` are top-level keys (``host``, ``port``, ``backend``, ``log_level``,
-    ``manifest_paths``...); None values are ignored.
+    ``manifest_paths``...); None values are ignored. Unknown tables, keys and ``SERVICE_*``
+    variables are errors, reported together with every invalid value. Relative paths
+    resolve against :func:`settings_base_dir`.
     """
+    problems = _file_problems(path) + _env_problems(os.environ)
     raw = _read_dynaconf(path)
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    return settings_from_mapping(raw)
+    try:
+        settings = settings_from_mapping(raw)
+    except SettingsError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise SettingsError("; ".join(problems))
+    return _resolve_paths(settings, settings_base_dir(path))
 
 
 def _read_dynaconf(path: str | Path | None) -> dict[str, Any]:
@@ -222,10 +238,15 @@ def _read_dynaconf(path: str | Path | None) -> dict[str, Any]:
         data = conf.as_dict()
     except Exception as exc:  # dynaconf raises many types for a broken file
         raise SettingsError(f"cannot read settings {path}: {exc}") from exc
-    return {k.lower(): v for k, v in data.items() if k.lower() in _FIELDS}
+    # Unknown names were reported by _file_problems/_env_problems; keep only known ones here.
+    return {k.lower(): _known_keys(k.lower(), v) for k, v in data.items() if k.lower() in _FIELDS}
 
 
 _FIELDS = {f.name for f in dataclasses.fields(Settings)}
+_TABLES: dict[str, set[str]] = {  # nested tables and their keys, read off the dataclasses
+    f.name: {g.name for g in dataclasses.fields(type(getattr(Settings(), f.name)))}
+    for f in dataclasses.fields(Settings) if dataclasses.is_dataclass(getattr(Settings(), f.name))
+}
 _FLOATS = {f.name: f.type == "float" for f in dataclasses.fields(Settings)}
 
 
@@ -418,3 +439,102 @@ def check_exposure(s: Settings) -> None:
             f"refusing to listen on {s.host} without auth.tokens; "
             "set auth.tokens or auth.allow_anonymous = true"
         )
+
+
+# --- strictness: unknown tables, keys and SERVICE_* variables, and where paths resolve ---
+
+
+def _known_keys(name: str, value: Any) -> Any:
+    if name in _TABLES and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k.lower() in _TABLES[name]}
+    return value
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _file_problems(path: str | Path | None) -> list[str]:
+    """Keys outside any table, misspelled tables and unknown keys, in every environment."""
+    import tomllib
+
+    if path is None or not Path(path).is_file():
+        return []  # a missing file is reported by _read_dynaconf
+    try:
+        doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"cannot read settings {path}: {exc}") from exc
+    problems: list[str] = []
+    for env, table in doc.items():
+        if not isinstance(table, dict):
+            problems.append(f"{env}: key outside any table (put it under [default])")
+        elif env in _FIELDS:
+            problems.append(f"[{env}]: unknown table (did you mean [default.{env}]?)")
+        elif env != "default" and _did_you_mean(env, ["default"]):
+            problems.append(f"[{env}]: unknown table (did you mean [default]?)")
+        else:
+            problems += _table_problems(env, table)
+    return problems + _env_switch_problem(doc)
+
+
+def _table_problems(env: str, table: dict[str, Any]) -> list[str]:
+    problems = []
+    for key, value in table.items():
+        name = key.lower()
+        if name not in _FIELDS:
+            problems.append(f"[{env}] {key}: unknown setting{_did_you_mean(name, _FIELDS)}")
+        elif name in _TABLES and isinstance(value, dict):
+            problems += [f"[{env}.{name}] {k}: unknown key{_did_you_mean(k.lower(), _TABLES[name])}"
+                         for k in value if k.lower() not in _TABLES[name]]
+    return problems
+
+
+def _env_switch_problem(doc: dict[str, Any]) -> list[str]:
+    env = os.environ.get(f"{ENV_PREFIX}_ENV")
+    if env is None or env.lower() in {k.lower() for k in doc}:
+        return []
+    return [f"{ENV_PREFIX}_ENV={env}: the settings file has no [{env.lower()}] table"]
+
+
+def _env_problems(environ: Any) -> list[str]:
+    """``SERVICE_*`` variables that name no setting: a typo there would be silently ignored."""
+    prefix = f"{ENV_PREFIX}_"
+    problems = []
+    for var in sorted(environ):
+        if not var.startswith(prefix) or var == f"{ENV_PREFIX}_ENV":
+            continue
+        top, _, key = var[len(prefix):].lower().partition("__")
+        if top not in _FIELDS:
+            close = _did_you_mean(top, _FIELDS)[len(" (did you mean "):-len("?)")]
+            hint = f" (did you mean {prefix}{close.upper()}?)" if close else ""
+            problems.append(f"environment variable {var}: unknown setting{hint}")
+        elif key and (top not in _TABLES or key not in _TABLES[top]):
+            hint = _did_you_mean(key, _TABLES.get(top, ()))
+            problems.append(f"environment variable {var}: unknown key {key!r} of {top}{hint}")
+    return problems
+
+
+def settings_base_dir(path: str | Path | None) -> Path | None:
+    """Where relative paths in the settings resolve: the project root.
+
+    That is the settings file's folder, or its parent when the folder is named ``config``
+    (``<root>/config/settings.toml``); with no settings file, the working directory (None).
+    """
+    if path is None:
+        return None
+    folder = Path(path).resolve().parent
+    return folder.parent if folder.name == "config" else folder
+
+
+def _resolve_paths(settings: Settings, base: Path | None) -> Settings:
+    if base is None:
+        return settings
+    changes = {}
+    for f in dataclasses.fields(Settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, tuple) and value and all(isinstance(p, Path) for p in value):
+            changes[f.name] = tuple(p if p.is_absolute() else base / p for p in value)
+    return settings.replace(**changes)

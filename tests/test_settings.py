@@ -28,7 +28,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_shipped_file_equals_the_documented_defaults() -> None:
-    assert load_settings(CONFIG) == Settings()
+    root = CONFIG.parents[1]  # relative paths resolve against the project root
+    defaults = Settings()
+    assert load_settings(CONFIG) == defaults.replace(
+        manifest_paths=tuple(root / p for p in defaults.manifest_paths),
+        allowed_roots=tuple(root / p for p in defaults.allowed_roots),
+        schema_roots=tuple(root / p for p in defaults.schema_roots))
 
 
 def test_production_environment_replaces_lists(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -154,6 +159,104 @@ def test_exposure(host: str, tokens: tuple, anonymous: bool, refused: bool) -> N
             check_exposure(s)
     else:
         check_exposure(s)
+
+
+# --- strictness: every unknown name is an error, all reported at once ---
+
+TYPOS = """\
+log_levl = "debug"
+[defualt]
+port = 1
+[default]
+log_levl = "debug"
+[default.limits]
+timeout = 3
+[limits]
+cpus = 1
+[staging]
+prot = 7000
+"""
+
+
+def test_every_unknown_name_in_the_file_is_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text(TYPOS)
+    with pytest.raises(SettingsError) as info:
+        load_settings(path)
+    assert str(info.value).split("; ") == [
+        "log_levl: key outside any table (put it under [default])",
+        "[defualt]: unknown table (did you mean [default]?)",
+        "[default] log_levl: unknown setting (did you mean log_level?)",
+        "[default.limits] timeout: unknown key (did you mean timeout_s?)",
+        "[limits]: unknown table (did you mean [default.limits]?)",
+        "[staging] prot: unknown setting (did you mean port?)",  # environments are checked too
+    ]
+
+
+def test_unknown_service_variables_and_values_are_reported_together(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text('[default]\nport = "high"\n')
+    monkeypatch.setenv("SERVICE_LOG_LEVL", "debug")
+    monkeypatch.setenv("SERVICE_LIMITS__CPU", "2")
+    monkeypatch.setenv("SERVICE_HOST__X", "2")
+    with pytest.raises(SettingsError) as info:
+        load_settings(path)
+    assert str(info.value).split("; ") == [
+        "environment variable SERVICE_HOST__X: unknown key 'x' of host",
+        "environment variable SERVICE_LIMITS__CPU: unknown key 'cpu' of limits "
+        "(did you mean cpus?)",
+        "environment variable SERVICE_LOG_LEVL: unknown setting (did you mean SERVICE_LOG_LEVEL?)",
+        "host: expected a string, got {'X': 2}",
+        "port: expected a number, got 'high'",
+    ]
+
+
+def test_service_env_must_name_a_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVICE_ENV", "prod")
+    with pytest.raises(SettingsError, match=r"^SERVICE_ENV=prod: the settings file has no "
+                                            r"\[prod\] table$"):
+        load_settings(CONFIG)
+
+
+def test_a_broken_toml_file_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text("[default\n")
+    with pytest.raises(SettingsError, match=r"^cannot read settings .*settings\.toml: "):
+        load_settings(path)
+
+
+# --- where relative paths resolve: never the working folder when there is a file ---
+
+
+@pytest.mark.parametrize(("layout", "root"), [("config/settings.toml", "."),
+                                              ("settings.toml", "."),
+                                              ("deploy/conf.toml", "deploy")])
+def test_relative_paths_resolve_against_the_project_root(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str, root: str) -> None:
+    path = tmp_path / layout
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('[default]\nschema_roots = ["schemas", "/abs"]\n')
+    monkeypatch.setenv("SERVICE_MANIFEST_PATHS", '["actors"]')
+    monkeypatch.chdir("/")
+    s = load_settings(path)
+    base = (tmp_path / root).resolve()
+    assert s.schema_roots == (base / "schemas", Path("/abs"))
+    assert s.manifest_paths == (base / "actors",)
+
+
+def test_without_a_file_relative_paths_stay_relative_to_the_working_folder() -> None:
+    assert load_settings(None).manifest_paths == (Path("manifests"),)
+
+
+def test_node_is_looked_up_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "node"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    assert load_settings(None).sandbox.node == str(fake)
+    monkeypatch.setenv("SERVICE_SANDBOX__NODE", "/opt/node/bin/node")  # a path is kept as given
+    assert load_settings(None).sandbox.node == "/opt/node/bin/node"
 
 
 def test_state_settings() -> None:

@@ -68,7 +68,10 @@ def _sources(paths: Sequence[Path | str]) -> tuple[set[Path], set[Path], set[Pat
                 files.add(beside)
             continue
         try:
-            files.update(find_manifests([given]))
+            # One entry per real file: a settings path (absolute, from the project root) and
+            # a command-line path (relative) may name the same manifest.
+            known = {f.resolve() for f in files}
+            files.update(f for f in find_manifests([given]) if f.resolve() not in known)
         except FileNotFoundError:
             problems.append(Problem(display_path(given), None, None, "no such file or folder"))
         if given.is_dir():
@@ -94,6 +97,20 @@ def _collect(check: ManifestCheck, actors: list[ActorDef], first_file: dict[str,
     return sorted(found, key=lambda p: (p.file, p.line or 0, p.column or 0))
 
 
+def empty_path_problems(paths: Sequence[Path | str]) -> list[Problem]:
+    """One problem per existing folder with no manifest below it (and for no path at all)."""
+    if not paths:
+        return [Problem("-", None, None, "no paths to lint (and manifest_paths is empty)")]
+    problems = []
+    for given in paths:
+        folder = Path(given)
+        if folder.is_dir() and not find_manifests([folder]) and not find_scripts(folder):
+            problems.append(Problem(display_path(given), None, None,
+                                    "no manifests (*.yaml, *.yml) in this folder; "
+                                    "--allow-empty accepts that"))
+    return problems
+
+
 def format_problems(problems: Sequence[Problem], fmt: str) -> str:
     """``text``: ``FILE:LINE:COL: message`` lines; ``json``: a list; ``github``: annotations."""
     if fmt == "text":
@@ -106,10 +123,14 @@ def format_problems(problems: Sequence[Problem], fmt: str) -> str:
 
 
 def lint_main(paths: Sequence[Path | str], settings: Settings, fmt: str, out: TextIO,
-              strict: bool = False) -> int:
+              *, strict: bool = False, allow_empty: bool = False) -> int:
     """Lint ``paths`` and write the problems to ``out``; 0 when clean, 1 otherwise.
-    Warnings are shown but fail only with ``strict``."""
-    problems = lint_paths(paths, settings)
+    Warnings are shown but fail only with ``strict``.
+
+    A path that holds no actor is a problem unless ``allow_empty``: a CI job pointed at
+    the wrong folder must fail, not pass having checked nothing.
+    """
+    problems = ([] if allow_empty else empty_path_problems(paths)) + lint_paths(paths, settings)
     text = format_problems(problems, fmt)
     if text:
         out.write(text + "\n")

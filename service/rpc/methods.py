@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from service.errors import Cancelled, PathNotAllowed, RpcError
+from service.errors import Cancelled, PathNotAllowed, RpcError, SandboxUnavailable
+from service.log import FIELDS_ATTR, RateLimit, fields
 from service.metrics import Metrics
 from service.rpc.core import Call, Dispatcher, Handler, encode
 from service.rpc.openrpc import load_openrpc, params_schema, result_schema
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNKNOWN_ACTOR = "_unknown"  # metrics label for ids no actor has: keeps label cardinality bounded
+SHUTTING_DOWN = "shutting down"
+# Outcomes a flood of callers causes at will: logged at most once per interval per actor.
+RATE_LIMITED_OUTCOMES = frozenset({"busy", "shutting_down"})
+REFUSAL_LOG_INTERVAL_S = 10.0  # -32009 data.reason while the server drains
 
 
 @dataclass
@@ -64,6 +69,12 @@ class Methods:
         self.runtime = runtime
         self.metrics = metrics
         self.openrpc = openrpc
+        # Set by the server on SIGTERM: new process calls are refused (-32009) while the
+        # running ones finish; once `stopping`, the calls cancelled at the end of the grace
+        # are answered -32009 too, instead of vanishing with the connection.
+        self.draining = False
+        self.stopping = False
+        self._refusals = RateLimit(REFUSAL_LOG_INTERVAL_S)
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -100,6 +111,9 @@ class Methods:
         """Run the actor; its outputs and logs go out as notifications before this returns."""
         started = time.perf_counter()
         outcome = "ok"
+        if self.draining:
+            self._record(params["actor_id"], encode(call.id), "shutting_down", 0)
+            raise self._shutting_down()
         task = asyncio.ensure_future(self.runtime.process(
             params["actor_id"], params["payload"], params.get("config"), params.get("state"),
             params.get("timestamp"), emit=None if call.is_notification else _emitter(call)))
@@ -116,6 +130,9 @@ class Methods:
                     current is not None and current.cancelling()):
                 outcome = "cancelled"
                 raise Cancelled() from None
+            if self.stopping:  # the grace is over: say so to the caller before the close
+                outcome = "shutting_down"
+                raise self._shutting_down() from None
             outcome = "disconnected"
             raise
         except RpcError as exc:
@@ -130,11 +147,25 @@ class Methods:
             self._record(params["actor_id"], "-" if running is None else running.key, outcome,
                          time.perf_counter() - started)
 
+    def _shutting_down(self) -> SandboxUnavailable:
+        # A cluster front stands in for the runtime there, and has no backend of its own.
+        backend = getattr(getattr(self.runtime, "backend", None), "name", "cluster")
+        return SandboxUnavailable(backend, SHUTTING_DOWN)
+
     def _record(self, actor_id: str, id_text: str, outcome: str, duration_s: float) -> None:
-        log.info("process actor=%s id=%s outcome=%s duration_ms=%.1f",
-                 actor_id, id_text, outcome, duration_s * 1000)
+        label = self._actor_label(actor_id)
         if self.metrics is not None:
-            self.metrics.observe_call(self._actor_label(actor_id), outcome, duration_s)
+            self.metrics.observe_call(label, outcome, duration_s)
+        held = self._refusals.allow(label) if outcome in RATE_LIMITED_OUTCOMES else 0
+        if held is None:
+            return  # counted in the metrics; the next line says how many were held back
+        duration_ms = round(duration_s * 1000, 1)
+        extra = fields(actor=actor_id, id=id_text, outcome=outcome, duration_ms=duration_ms)
+        if held:
+            extra[FIELDS_ATTR]["held_back"] = held
+        log.info("process actor=%s id=%s outcome=%s duration_ms=%.1f%s", actor_id, id_text,
+                 outcome, duration_ms, f" ({held} more like it not logged)" if held else "",
+                 extra=extra)
 
     def _actor_label(self, actor_id: str) -> str:
         try:

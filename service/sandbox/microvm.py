@@ -165,7 +165,8 @@ def _check_sdk(details: dict[str, Any]) -> str | None:
     try:
         import microsandbox
     except ImportError as exc:
-        return f"microsandbox SDK is not importable ({exc}); install microsandbox>=0.7,<0.8"
+        return (f"microsandbox SDK is not installed ({exc}); it is the optional extra "
+                "[microvm]: pip install 'actor-sandbox-service[microvm]'")
     details["sdk_version"] = microsandbox.version()
     try:
         runtime = microsandbox.resolve_runtime()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -34,6 +35,7 @@ from service.sandbox.capacity import Lease, SandboxCapacity
 logger = logging.getLogger(__name__)
 
 DEFAULT_CALL_MS = 100.0  # the Busy estimate before any call finished
+RETRY_JITTER = 0.5  # retry_after_ms is the estimate times 1 to 1 + this, at random
 RECENT_CALLS = 20
 IDLE_SWEEP_S = 1.0  # how often idle workers are asked whether they are still alive
 WARM_BACKOFF_S = 5.0
@@ -70,6 +72,8 @@ class ActorPool:
         self._violations = 0  # idle workers killed for what they did, in a row
         self._warm_after = 0.0  # loop time before which no min_warm boot starts
         self._durations_ms: deque[float] = deque(maxlen=RECENT_CALLS)
+        self.boots = 0  # sandboxes started, and those that failed to (for /metrics)
+        self.boot_failures = 0
         self._accepting = True
         self._closed = False
 
@@ -198,10 +202,13 @@ class ActorPool:
         if lease is None:
             raise Busy(self._retry_after_ms(), "Busy: the server's sandbox capacity is in use "
                        f"({self._capacity.describe()})")
+        self.boots += 1
         try:
             worker = await self._backend.start_worker(self.actor)
-        except BaseException:
+        except BaseException as exc:
             lease.release()
+            if isinstance(exc, Exception):  # a cancelled boot is not a failure of the backend
+                self.boot_failures += 1
             raise
         return _Leased(worker, lease)
 
@@ -301,11 +308,13 @@ class ActorPool:
             await self._changed.wait()
 
     def _retry_after_ms(self) -> int:
-        """A guess at when a slot frees up: recent call time times the queue's depth."""
+        """A guess at when a slot frees up: recent call time times the queue's depth, plus
+        jitter (up to RETRY_JITTER of it)."""
         recent = self._durations_ms
         average = sum(recent) / len(recent) if recent else DEFAULT_CALL_MS
         rounds = 1 + self._queued // max(1, self.actor.pool.max_workers)
-        return max(1, int(average * rounds))
+        # Up to half again at random: callers refused together must not retry in lockstep.
+        return max(1, int(average * rounds * random.uniform(1, 1 + RETRY_JITTER)))
 
 
 

@@ -87,6 +87,7 @@ BWRAP_PROCESSES = 1  # the outer bwrap counts against pids.max too
 MIB = 1 << 20
 CPU_PERIOD_US = 100_000
 BOOT_TIMEOUT_S = 15.0
+OUTER_EXIT_GRACE_S = 1.0  # after the outer bwrap ends during a boot, for the harness's last words
 FENCE_GRACE_S = 1.0  # after a result: how long to wait for the real stdout/stderr to drain
 KILL_WAIT_S = 3.0
 CHUNK = 1 << 16
@@ -567,6 +568,10 @@ class _Item:
     size: int = 0  # bytes it took on the wire from the sandbox
 
 
+class _BootCrash(ActorFailed):
+    """The sandbox ended (killed, or crashed) before its harness said ``ready``."""
+
+
 class ProcessWorker:
     """One bubblewrap sandbox running one actor's harness; calls run one at a time."""
 
@@ -638,10 +643,11 @@ class ProcessWorker:
         return self._cgroups.dirs
 
     async def wait_ready(self) -> None:
-        """Wait for the harness's first ``ready``; SandboxUnavailable when it never comes."""
+        """Wait for the harness's first ``ready``: SandboxUnavailable when it never comes or the
+        script cannot load; ActorFailed (SandboxCrashed) when the sandbox dies while booting."""
         try:
             async with asyncio.timeout(BOOT_TIMEOUT_S):
-                await self._until_ready()
+                await self._ready_or_outer_exit()
             if reason := self._leftovers():
                 self._kill()
                 raise SandboxUnavailable(BACKEND, f"the script's load left {reason}")
@@ -653,8 +659,48 @@ class ProcessWorker:
         except ActorFailed as exc:
             if self._cgroups.counters()[0]:
                 raise ResourceLimitExceeded("memory", self.actor.limits.memory_mb) from None
+            if isinstance(exc, _BootCrash):
+                raise
             raise SandboxUnavailable(BACKEND, f"sandbox did not start: {exc.data['message']}") \
                 from None
+
+    async def _ready_or_outer_exit(self) -> None:
+        """Wait for ``ready`` while watching the outer bwrap: killed from outside during the
+        boot, it can leave the inner one holding the channel open, so no EOF would ever come.
+        A sandbox killed while booting is killed whole (its cgroups) and answers like a crash
+        of a running one; one that ended by itself did not start (its stderr says why)."""
+        ready = asyncio.ensure_future(self._until_ready())
+        outer = asyncio.ensure_future(self._outer_exit())
+        try:
+            await asyncio.wait({ready, outer}, return_when=asyncio.FIRST_COMPLETED)
+            if not ready.done():  # a harness that failed to load says why just before it ends
+                await asyncio.wait({ready}, timeout=OUTER_EXIT_GRACE_S)
+            if not outer.done():  # and a sandbox that ends by itself is gone soon after
+                await asyncio.wait({outer}, timeout=OUTER_EXIT_GRACE_S)
+            status = await self._exit_status() if outer.done() else None
+        finally:
+            for task in (ready, outer):
+                task.cancel()
+        if ready.done() and not ready.cancelled() and not isinstance(ready.exception(),
+                                                                       _BootCrash):
+            return ready.result()  # ready, or the harness's own error about the script
+        self._kill()
+        await self._exited(OUTER_EXIT_GRACE_S)
+        tail = "".join(self._stderr_tail)[-STDERR_TAIL:]
+        # Killed by a signal, from outside (we had sent none): the outer bwrap itself (status
+        # < 0), or the sandbox inside it, whose death bwrap passes on as 128 + the signal.
+        if status is not None and (status < 0 or status > 128):
+            raise _BootCrash("SandboxCrashed", f"the sandbox exited (status {status}) while "
+                             "starting", tail)
+        raise ActorFailed("SandboxCrashed", tail.strip() or f"status {status}")
+
+    async def _exit_status(self) -> int | None:
+        """The outer bwrap's status once asyncio has reaped it (it has exited)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(OUTER_EXIT_GRACE_S):
+                while self._process.returncode is None:
+                    await asyncio.sleep(0.005)
+        return self._process.returncode
 
     async def call(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
         """Run one call; any failure kills the sandbox (see base.Worker)."""
@@ -985,6 +1031,26 @@ class ProcessWorker:
                 await self._process.wait()
         return self._process.returncode is not None
 
+    async def _outer_exit(self) -> None:
+        """Return when the outer bwrap has exited. Not Process.wait(): that also waits for
+        stdout and stderr to close, and the inner sandbox holds them open."""
+        if self._pidfd is None:
+            while self._outer_running():
+                await asyncio.sleep(0.1)
+            return
+        pidfd, loop = self._pidfd, asyncio.get_running_loop()
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, readable)
+        try:
+            await exited
+        finally:
+            loop.remove_reader(pidfd)
+
     async def _drain_streams(self, timeout_s: float) -> None:
         """Consume queued items until stdout and stderr are closed (their lines are dropped)."""
         with contextlib.suppress(TimeoutError):
@@ -1005,8 +1071,7 @@ class ProcessWorker:
                 raise ActorFailed(str(item.value.get("error_type")), str(item.value.get("message")),
                                   str(item.value.get("traceback") or ""))
             if item.kind in ("eof", "garbage", "overflow"):
-                tail = "".join(self._stderr_tail).strip() or f"status {self._process.returncode}"
-                raise ActorFailed("SandboxCrashed", tail[-STDERR_TAIL:])
+                raise _BootCrash("SandboxCrashed", "the sandbox ended while starting")
 
     def _discard_pending(self) -> None:
         while not self._queue.empty():

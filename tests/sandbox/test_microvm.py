@@ -144,7 +144,8 @@ async def test_missing_sdk_is_the_first_reason(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(sys.modules, "microsandbox", None)  # import now raises ImportError
     available = await MicroVMBackend(Settings()).availability()
     assert available.ok is False
-    assert available.reason.startswith("microsandbox SDK is not importable")
+    assert available.reason.startswith("microsandbox SDK is not installed")
+    assert "pip install 'actor-sandbox-service[microvm]'" in available.reason
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="KVM is Linux-only")

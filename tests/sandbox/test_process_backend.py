@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -448,3 +449,42 @@ def test_a_private_tree_is_staged_readable_links_kept_specials_left_out(
     finally:
         stager.close()
     assert not staged.exists()
+
+
+@pytest.mark.parametrize("victim", ["outer", "inner"])
+async def test_a_sandbox_killed_while_it_boots_answers_like_a_crash(
+        process_backend: ProcessBackend, monkeypatch: pytest.MonkeyPatch, victim: str) -> None:
+    """Killed from outside during the boot, the outer bwrap (no 15 s wait for a `ready` that
+    the surviving inner sandbox would never send) or the sandbox inside it: a crash, as for a
+    running sandbox, not -32009; and nothing of it is left running."""
+    import signal
+
+    from service.errors import ActorFailed
+
+    seen: list[ProcessWorker] = []
+    original = ProcessWorker.wait_ready
+
+    async def killed_while_booting(worker: ProcessWorker) -> None:
+        seen.append(worker)
+        if victim == "outer":
+            os.kill(worker.pid, signal.SIGKILL)  # slow_boot.py is still sleeping in its import
+        else:
+            if not worker.cgroup_dirs:
+                pytest.skip("no cgroups here to find the inner sandbox by")
+            async with asyncio.timeout(10):
+                while not (inner := worker._cgroups.members() - {worker.pid}):
+                    await asyncio.sleep(0.01)
+            for pid in inner:
+                os.kill(pid, signal.SIGKILL)
+        await original(worker)
+
+    monkeypatch.setattr(ProcessWorker, "wait_ready", killed_while_booting)
+    with pytest.raises(ActorFailed) as info:
+        await process_backend.start_worker(actor_def(ACTORS / "slow_boot.py"))
+    assert info.value.data["type"] == "SandboxCrashed"
+    assert re.fullmatch(r"the sandbox exited \(status (-9|137)\) while starting",
+                        info.value.data["message"])
+    (worker,) = seen
+    assert not worker.alive
+    for folder in worker.cgroup_dirs:
+        assert not folder.exists()  # closed: every process of it gone, its cgroups removed

@@ -19,7 +19,7 @@ from redis_support import RedisProcess
 from server_support import ACTORS, MANIFESTS, REPO
 
 from service.cli import json_equal, main
-from service.client import ConnectionClosed, connect
+from service.client import RpcCallError, connect
 from service.settings import Settings, StateSettings
 
 STARTUP_TIMEOUT_S = 30
@@ -123,11 +123,53 @@ async def test_sigterm_cancels_calls_still_running_after_the_grace(
         events = aiter(call)
         await anext(events)
         proc.send_signal(signal.SIGTERM)
-        with pytest.raises(ConnectionClosed, match="code 1001"):
+        with pytest.raises(RpcCallError) as info:  # an answer before the close, not just 1001
             await anext(events)
+    assert (info.value.code, info.value.data) == (
+        -32009, {"backend": "process", "reason": "shutting down"})
     _, stderr = await asyncio.to_thread(proc.communicate, timeout=30)
     assert proc.returncode == 0
-    assert "outcome=disconnected" in stderr
+    assert "outcome=shutting_down" in stderr
+
+
+@pytest.fixture
+def served_long_grace() -> Iterator[Served]:
+    port, proc = _serve(shutdown_grace_s="120")
+    yield port, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+async def test_draining_says_503_refuses_new_calls_and_a_second_signal_stops_now(
+        served_long_grace: Served) -> None:
+    port, proc = served_long_grace
+    await _wait_healthy(port, proc)
+    async with connect(f"ws://127.0.0.1:{port}/") as client:
+        call = client.process("waiter", {"seconds": 60})
+        events = aiter(call)
+        await anext(events)
+        proc.send_signal(signal.SIGTERM)
+        async with aiohttp.ClientSession() as session:
+            while True:  # the drain starts when the signal is handled
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    if response.status == 503:
+                        break
+                    assert response.status == 200
+                    await asyncio.sleep(0.05)
+            async with session.get(f"http://127.0.0.1:{port}/") as response:
+                assert response.status == 503  # no new connection while draining
+        with pytest.raises(RpcCallError) as refused:
+            await client.process("doubler", {"input": 1})
+        assert (refused.value.code, refused.value.data["reason"]) == (-32009, "shutting down")
+        assert await client.list()  # other methods still answer
+        proc.send_signal(signal.SIGTERM)  # the second signal ends the 120 s grace now
+        with pytest.raises(RpcCallError) as stopped:
+            await anext(events)
+        assert stopped.value.code == -32009
+    _, stderr = await asyncio.to_thread(proc.communicate, timeout=30)
+    assert proc.returncode == 0
+    assert "second signal: stopping running calls now" in stderr
 
 
 def test_refuses_a_public_address_without_a_token() -> None:
@@ -206,11 +248,79 @@ def test_run_prints_outputs_then_the_result(capsys: pytest.CaptureFixture[str]) 
 
 def test_run_with_config_and_state(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["run", "--backend", "process", str(MANIFESTS / "counter" / "counter.yaml"),
-                 "--payload", '{"value": 5}', "--config", '{"factor": 3}',
-                 "--state", '{"count": 4}'])
+                 "--payload", '{"value": 5}', "--call-config", '{"factor": 3}',
+                 "--state", '{"count": 4}', "--config", "config/settings.toml"])
     assert code == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])["result"]
     assert result["outputs"] == {"result": 15, "calls": 5}
+
+
+def test_run_config_is_the_settings_file_and_json_there_gets_a_hint(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", str(MANIFESTS / "counter" / "counter.yaml"), "--payload", "{}",
+                 "--config", '{"factor": 3}'])
+    assert code == 2
+    assert capsys.readouterr().err == ("error: invalid settings: --config is the settings file; "
+                                       "the call's config is --call-config\n")
+
+
+def test_a_mistyped_command_is_an_invalid_choice(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lnit", "manifests"]) == 2
+    assert "invalid choice: 'lnit'" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"service {version('actor-sandbox-service')}\n"
+
+
+def test_every_flag_and_argument_has_help() -> None:
+    import argparse
+
+    from service.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {action.dest}" for name, sub in commands.choices.items()
+               for action in sub._actions
+               if not action.help and action.help != argparse.SUPPRESS]
+    assert missing == []
+    assert sorted(commands.choices) == ["build", "doctor", "lint", "run", "serve", "test",
+                                        "worker"]
+
+
+def test_lint_an_empty_folder_fails_unless_allowed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lint", str(tmp_path)]) == 1
+    assert capsys.readouterr().out == (f"{tmp_path}:0:0: no manifests (*.yaml, *.yml) in this "
+                                       "folder; --allow-empty accepts that\n")
+    assert main(["lint", "--allow-empty", str(tmp_path)]) == 0
+    assert main(["lint", str(tmp_path / "nowhere")]) == 1
+    assert capsys.readouterr().out.endswith("nowhere:0:0: no such file or folder\n")
+
+
+def test_lint_finds_the_project_settings_from_a_subfolder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """schema_roots come from the project's settings wherever lint runs from."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "settings.toml").write_text(
+        '[default]\nschema_roots = ["shared"]\nmanifest_paths = ["actors"]\n')
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "num.json").write_text('{"type": "number"}')
+    actor = tmp_path / "actors" / "a"
+    actor.mkdir(parents=True)
+    (actor / "a.py").write_text("async def process(context):\n    return None\n")
+    (actor / "a.yaml").write_text(
+        "id: a\nlanguage: python\nscript: a.py\n"
+        "inports: {input: {schema: {$ref: ../../shared/num.json}}}\n")
+    for cwd in (tmp_path, actor, tmp_path / "shared"):
+        monkeypatch.chdir(cwd)
+        assert main(["lint"]) == 0, capsys.readouterr().out
+    monkeypatch.chdir(actor)
+    assert main(["lint", "."]) == 0, capsys.readouterr().out
 
 
 def test_run_error_exit_1(capsys: pytest.CaptureFixture[str]) -> None:

@@ -37,6 +37,38 @@ def test_text_and_a_second_setup_replaces_the_first() -> None:
     assert second.getvalue().count("\n") == 1
 
 
+def test_fields_and_the_connection_become_top_level_json() -> None:
+    from service.log import CONNECTION, fields
+
+    stream = io.StringIO()
+    setup_logging("info", "json", stream)
+    log = logging.getLogger("service.test")
+    log.info("process actor=%s", "a", extra=fields(actor="a", outcome="ok", duration_ms=1.5))
+    token = CONNECTION.set({"connection": 7, "peer": "127.0.0.1"})
+    try:
+        log.info("inside a connection")
+    finally:
+        CONNECTION.reset(token)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["message"] == "process actor=a"
+    assert (first["actor"], first["outcome"], first["duration_ms"]) == ("a", "ok", 1.5)
+    assert "connection" not in first
+    assert (second["connection"], second["peer"]) == (7, "127.0.0.1")
+
+
+def test_rate_limit_holds_back_and_counts() -> None:
+    from service.log import RateLimit
+
+    now = [0.0]
+    limit = RateLimit(10, clock=lambda: now[0])
+    assert limit.allow("a") == 0
+    assert [limit.allow("a") for _ in range(3)] == [None, None, None]
+    assert limit.allow("b") == 0  # keys are independent
+    now[0] = 10.0
+    assert limit.allow("a") == 3  # the line that goes out says how many were held back
+    assert limit.allow("a") is None
+
+
 def test_text_lines_escape_what_clients_send() -> None:
     """An actor_id with a newline once forged a whole log line."""
     stream = io.StringIO()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.errors import ActorFailed, ActorNotFound
+from service.errors import ActorFailed, ActorNotFound, Busy
 from service.metrics import Metrics
 from service.rpc.core import Connection, Dispatcher
 from service.rpc.methods import register_methods
@@ -55,6 +55,8 @@ class FakeRuntime:
         self.get(actor_id)
         if payload.get("fail"):
             raise ActorFailed("ZeroDivisionError", "division by zero", "tb")
+        if payload.get("busy"):
+            raise Busy(100)
         if emit is not None:
             await emit("output", {"actor_id": "fake", "port": "out", "data": 42, "seq": 0,
                                   "timestamp": 1})
@@ -244,3 +246,29 @@ async def test_metrics_and_log_line_per_call(dispatcher: Dispatcher, metrics: Me
     assert 'service_sandboxes_busy{actor="fake"} 1.0' in text
     assert 'service_sandboxes_idle{actor="fake"} 2.0' in text
     assert 'service_queue_depth{actor="fake"} 3.0' in text
+
+
+async def test_busy_refusals_are_logged_at_most_once_per_interval(
+        dispatcher: Dispatcher, metrics: Metrics, caplog: pytest.LogCaptureFixture) -> None:
+    """An overload must not write a line per refused call; the metrics still count each."""
+    client = Client(dispatcher)
+    with caplog.at_level(logging.INFO, logger="service.rpc.methods"):
+        for i in range(50):
+            error = (await client.call("process", {"actor_id": "fake", "payload": {"busy": 1}},
+                                       i))["error"]
+            assert error["code"] == -32008
+        await client.call("process", {"actor_id": "fake", "payload": {}}, "ok")
+    outcomes = [r.service_fields["outcome"] for r in caplog.records]  # type: ignore[attr-defined]
+    assert outcomes == ["busy", "ok"]
+    assert 'service_calls_total{actor="fake",outcome="busy"} 50.0' in metrics.render().decode()
+
+
+async def test_the_call_line_has_structured_fields(dispatcher: Dispatcher,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="service.rpc.methods"):
+        await Client(dispatcher).call("process", {"actor_id": "fake", "payload": {}}, "a")
+    (record,) = caplog.records
+    fields = record.service_fields  # type: ignore[attr-defined]
+    assert set(fields) == {"actor", "id", "outcome", "duration_ms"}
+    assert (fields["actor"], fields["id"], fields["outcome"]) == ("fake", '"a"', "ok")
+    assert isinstance(fields["duration_ms"], float)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import platform
+from importlib.metadata import version
 from typing import Any
 
 import aiohttp
@@ -184,3 +186,47 @@ async def test_metrics(server: TestClient, rpc: Rpc) -> None:
     assert 'service_sandboxes_busy{actor="doubler"} 0.0' in text
     assert 'service_queue_depth{actor="doubler"} 0.0' in text
     assert "service_sandboxes_idle{" in text
+
+
+async def test_failed_authentication_is_logged_rate_limited(
+        guarded: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="service.server"):
+        for _ in range(20):
+            assert (await guarded.get("/metrics")).status == 401
+    (record,) = [r for r in caplog.records if "without a valid token" in r.getMessage()]
+    assert record.getMessage().startswith("refused a request without a valid token from 127.0.0.1")
+    assert record.service_fields["outcome"] == "unauthorized"  # type: ignore[attr-defined]
+
+
+async def test_json_call_line_carries_the_call_and_the_connection(rpc: Rpc) -> None:
+    import io
+
+    from service.log import setup_logging
+
+    stream = io.StringIO()
+    setup_logging("info", "json", stream)
+    await rpc.call("process", {"actor_id": "doubler", "payload": {"input": 1}})
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    (line,) = [entry for entry in lines if entry.get("outcome")]
+    assert (line["actor"], line["id"], line["outcome"]) == ("doubler", "1", "ok")
+    assert line["duration_ms"] > 0
+    assert isinstance(line["connection"], int) and line["peer"] == "127.0.0.1"
+
+
+async def test_metrics_for_day_2(server: TestClient, rpc: Rpc) -> None:
+    """The process, open connections, the build, sandbox boots; and no _created series."""
+    await rpc.call("process", {"actor_id": "doubler", "payload": {"input": 1}})
+    text = await (await server.get("/metrics")).text()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples["process_resident_memory_bytes"] > 0
+    assert "process_open_fds" in samples and "process_cpu_seconds_total" in samples
+    assert samples["service_connections"] == 1
+    assert [k for k in samples if k.startswith("service_build_info{")] == [
+        f'service_build_info{{python="{platform.python_version()}",'
+        f'version="{version("actor-sandbox-service")}"}}']
+    assert samples['service_sandbox_boots_total{actor="doubler"}'] >= 1
+    assert samples['service_sandbox_boot_failures_total{actor="doubler"}'] == 0
+    assert not [k for k in samples if "_created" in k]
