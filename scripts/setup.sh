@@ -55,6 +55,7 @@ missing_system_packages() {
     local missing=()
     command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # cluster tests, bench
+    command -v ip >/dev/null 2>&1 || missing+=(iproute2)  # the multi-host cluster test (netns)
     command -v "$SANDBOX_NODE" >/dev/null 2>&1 || missing+=(nodejs)
     # npm installs JavaScript actors' dependencies (Debian packages it apart from nodejs)
     [ -x "$(dirname "$(command -v "$SANDBOX_NODE" || echo "$SANDBOX_NODE")")/npm" ] || command -v npm >/dev/null 2>&1 || missing+=(npm)
@@ -85,7 +86,7 @@ ensure_system_packages() {
         apt_install $missing
         missing=$(missing_system_packages)
         [ -z "$missing" ] && return 0
-        die "still missing after apt-get: $missing (the sandbox expects $SANDBOX_PYTHON, $SANDBOX_NODE and bwrap on PATH; the tests redis-server)"
+        die "still missing after apt-get: $missing (the sandbox expects $SANDBOX_PYTHON, $SANDBOX_NODE and bwrap on PATH; the tests redis-server and ip)"
     fi
     {
         echo "setup: the sandbox needs system packages that are missing: $missing"

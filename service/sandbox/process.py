@@ -572,6 +572,12 @@ class _BootCrash(ActorFailed):
     """The sandbox ended (killed, or crashed) before its harness said ``ready``."""
 
 
+def _answered(ready: asyncio.Future[None]) -> bool:
+    """The harness said ``ready``, or why its script cannot load (not a crash)."""
+    return (ready.done() and not ready.cancelled()
+            and not isinstance(ready.exception(), _BootCrash))
+
+
 class ProcessWorker:
     """One bubblewrap sandbox running one actor's harness; calls run one at a time."""
 
@@ -675,15 +681,14 @@ class ProcessWorker:
             await asyncio.wait({ready, outer}, return_when=asyncio.FIRST_COMPLETED)
             if not ready.done():  # a harness that failed to load says why just before it ends
                 await asyncio.wait({ready}, timeout=OUTER_EXIT_GRACE_S)
-            if not outer.done():  # and a sandbox that ends by itself is gone soon after
+            if _answered(ready):  # the common case: no wait for an outer that still runs
+                return ready.result()  # ready, or the harness's own error about the script
+            if not outer.done():  # a sandbox that ends by itself is gone soon after
                 await asyncio.wait({outer}, timeout=OUTER_EXIT_GRACE_S)
             status = await self._exit_status() if outer.done() else None
         finally:
             for task in (ready, outer):
                 task.cancel()
-        if ready.done() and not ready.cancelled() and not isinstance(ready.exception(),
-                                                                       _BootCrash):
-            return ready.result()  # ready, or the harness's own error about the script
         self._kill()
         await self._exited(OUTER_EXIT_GRACE_S)
         tail = "".join(self._stderr_tail)[-STDERR_TAIL:]
