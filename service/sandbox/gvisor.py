@@ -70,6 +70,7 @@ from service.sandbox.process import (
     Controller,
     ProcessWorker,
     WorkerCgroups,
+    connect_channel,
     discover_controllers,
     sweep_stale_groups,
 )
@@ -285,14 +286,9 @@ class GVisorBackend:
     async def _connect(self, actor: ActorDef, process: asyncio.subprocess.Process,
                        cgroups: WorkerCgroups, channel: tuple[int, int, tuple[int, int]],
                        bundle: Path) -> GVisorWorker:
-        loop = asyncio.get_running_loop()
         call_fd, event_fd, guards = channel
         limit = actor.limits.output_bytes + self.settings.max_message_bytes + CHUNK
-        reader = asyncio.StreamReader(limit=limit)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                     os.fdopen(event_fd, "rb", buffering=0))
-        writer, _ = await loop.connect_write_pipe(asyncio.Protocol,
-                                                  os.fdopen(call_fd, "wb", buffering=0))
+        writer, reader = await connect_channel(call_fd, event_fd, limit)
         sandbox = self.settings.sandbox
         return GVisorWorker(actor, sandbox.tmp_mb, process, cgroups, writer, reader,
                             bundle=bundle, state=self.home / "state", guards=guards,

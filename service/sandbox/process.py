@@ -1382,7 +1382,6 @@ class ProcessBackend:
 
     async def _spawn_as(self, actor: ActorDef, cgroups: WorkerCgroups,
                         uid: int | None) -> ProcessWorker:
-        loop = asyncio.get_running_loop()
         root, harness, deps_root = self._staged(actor) if uid is not None else (None, None, None)
         call_r, call_w = os.pipe()  # host -> harness
         event_r, event_w = os.pipe()  # harness -> host
@@ -1411,11 +1410,7 @@ class ProcessBackend:
             for fd in inherited:
                 os.close(fd)
         limit = actor.limits.output_bytes + self.settings.max_message_bytes + CHUNK
-        reader = asyncio.StreamReader(limit=limit)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                     os.fdopen(event_r, "rb", buffering=0))
-        writer, _ = await loop.connect_write_pipe(asyncio.Protocol,
-                                                  os.fdopen(call_w, "wb", buffering=0))
+        writer, reader = await connect_channel(call_w, event_r, limit)
         sandbox = self.settings.sandbox
         return ProcessWorker(actor, sandbox.tmp_mb, process, cgroups, writer, reader,
                              idle_lifetime_s=sandbox.idle_lifetime_s,
@@ -1438,6 +1433,19 @@ async def _abandon(spawning: asyncio.Future[ProcessWorker], cgroups: WorkerCgrou
         await cgroups.remove()
     else:
         await worker.close()
+
+
+async def connect_channel(call_fd: int, event_fd: int,
+                          limit: int) -> tuple[asyncio.WriteTransport, asyncio.StreamReader]:
+    """The host's ends of a harness channel: a transport to write calls, a reader of events
+    (``limit``: the longest line it buffers)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                 os.fdopen(event_fd, "rb", buffering=0))
+    writer, _ = await loop.connect_write_pipe(asyncio.Protocol,
+                                              os.fdopen(call_fd, "wb", buffering=0))
+    return writer, reader
 
 
 def _args_pipe(options: list[str]) -> int:
