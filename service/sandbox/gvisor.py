@@ -70,6 +70,7 @@ from service.sandbox.process import (
     Controller,
     ProcessWorker,
     WorkerCgroups,
+    abandon,
     connect_channel,
     discover_controllers,
     sweep_stale_groups,
@@ -243,7 +244,7 @@ class GVisorBackend:
         try:
             worker = await asyncio.shield(spawning)  # see ProcessBackend.start_worker
         except asyncio.CancelledError:
-            await _abandon(spawning, cgroups)
+            await abandon(spawning, cgroups)
             raise
         except BaseException:
             await cgroups.remove()
@@ -314,16 +315,6 @@ class GVisorBackend:
         if self._home is not None:
             await asyncio.to_thread(shutil.rmtree, self._home, True)
             self._home = None
-
-
-async def _abandon(spawning: asyncio.Future[GVisorWorker], cgroups: WorkerCgroups) -> None:
-    """Let a spawn that was cancelled finish, then close what it made."""
-    try:
-        worker = await spawning
-    except Exception:
-        await cgroups.remove()
-    else:
-        await worker.close()
 
 
 def sweep_stale_homes(folder: Path) -> int:

@@ -1332,7 +1332,7 @@ class ProcessBackend:
         try:
             worker = await asyncio.shield(spawning)
         except asyncio.CancelledError:
-            await _abandon(spawning, cgroups)
+            await abandon(spawning, cgroups)
             raise
         except BaseException:
             await cgroups.remove()
@@ -1425,7 +1425,7 @@ class ProcessBackend:
         self._stager.close()
 
 
-async def _abandon(spawning: asyncio.Future[ProcessWorker], cgroups: WorkerCgroups) -> None:
+async def abandon(spawning: asyncio.Future[Any], cgroups: WorkerCgroups) -> None:
     """Let a spawn that was cancelled finish, then close what it made."""
     try:
         worker = await spawning
