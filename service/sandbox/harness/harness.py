@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import _thread
 import builtins
-import json
 import os
 import sys
 
@@ -35,13 +34,73 @@ PARTIAL_LINE_MAX = 65_536  # an unterminated print longer than this is sent as i
 TMP = "/tmp"
 
 
+# JSON through the C accelerator the json package itself uses: `import json` pulls in re,
+# enum and more, most of an interpreter's start-up time in a fresh sandbox. Same output
+# and errors as json.dumps(..., ensure_ascii=..., allow_nan=False, separators=(",", ":"))
+# and json.loads; the json package is imported only where _json cannot answer alone.
+try:
+    from _json import encode_basestring, encode_basestring_ascii, make_encoder, make_scanner
+except ImportError:  # an interpreter without the accelerator: the json package does it all
+    make_encoder = make_scanner = None
+
+
+def not_serializable(value: Any) -> Any:
+    raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
+
+
+def dumps(value: Any, ensure_ascii: bool) -> str:
+    """json.dumps(value, ensure_ascii=ensure_ascii, allow_nan=False, separators=(",", ":"))"""
+    if make_encoder is None:
+        import json
+
+        return json.dumps(value, ensure_ascii=ensure_ascii, allow_nan=False,
+                          separators=(",", ":"))
+    escape = encode_basestring_ascii if ensure_ascii else encode_basestring
+    if isinstance(value, str):
+        return escape(value)
+    # A fresh markers dict each time: an encoding that failed midway leaves entries in it.
+    chunks = make_encoder({}, not_serializable, escape, None, ":", ",", False, False, False)
+    return "".join(chunks(value, 0))
+
+
+class DecodeContext:
+    """What json.JSONDecoder() gives its scanner: the defaults of json.loads."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"),
+                      "NaN": float("nan")}.__getitem__
+
+
+SCAN = make_scanner(DecodeContext()) if make_scanner is not None else None
+JSON_SPACE = " \t\n\r"
+
+
+def loads(data: bytes) -> Any:
+    """json.loads(data): the same values, and the same errors (from json itself)."""
+    if SCAN is not None:
+        try:
+            text = data.decode("utf-8")
+            value, end = SCAN(text, 0)
+            if not text[end:].strip(JSON_SPACE):
+                return value
+        except Exception:  # json.loads below says what is wrong, as it always did
+            pass
+    import json  # leading whitespace, a BOM, UTF-16, or an error to report
+
+    return json.loads(data)
+
+
 def encode(message: dict[str, Any]) -> bytes:
     """One protocol line; raises TypeError/ValueError for anything that is not plain JSON."""
-    text = json.dumps(message, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text = dumps(message, ensure_ascii=False)
     try:
         return text.encode("utf-8") + b"\n"
     except UnicodeEncodeError:  # a lone surrogate: legal JSON as an escape, not as UTF-8
-        return json.dumps(message, allow_nan=False, separators=(",", ":")).encode("ascii") + b"\n"
+        return dumps(message, ensure_ascii=True).encode("ascii") + b"\n"
 
 
 class Channel:
@@ -73,7 +132,7 @@ class Channel:
                 return None
             self._pending += chunk
         line, _, self._pending = self._pending.partition(b"\n")
-        return json.loads(line)
+        return loads(line)
 
     def state_op(self, message: dict[str, Any]) -> Any:
         """Ask the host for one state operation and wait for its reply (base.py protocol).
