@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -363,6 +364,16 @@ class WorkerCgroups:
         """(OOM kills, refused forks) so far; compared before and after a call."""
         return _counter(self._oom_fd, "oom_kill"), _counter(self._pids_fd, "max")
 
+    def enter(self, pid: int) -> None:
+        """Move process ``pid`` into every group (OSError if the kernel refuses). The first
+        move in a while waits for an RCU grace period (cgroup v1's threadgroup lock): ~10 ms."""
+        for name in self.procs_files:
+            fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, str(pid).encode())
+            finally:
+                os.close(fd)
+
     def members(self) -> set[int]:
         """Host pids of every process in the worker's groups."""
         return {int(pid) for _, path in self._groups.values()
@@ -519,27 +530,94 @@ def _rlimits(actor: ActorDef, settings: Settings,
     return tuple(limits)
 
 
-def _preexec(procs_files: tuple[str, ...], rlimits: tuple[tuple[int, int], ...],
-             uid: int | None) -> Callable[[], None]:
-    """Runs in the child between fork and exec: only os-level calls (no locks, no imports).
+class _Admission:
+    """Puts a starting sandbox into its cgroups and rlimits before anything of it runs.
 
-    Order matters: the cgroups while still root, then the uid, then the rlimits with
-    RLIMIT_AS last, since this child is still a copy of the (large) server until exec.
+    bwrap starts as the sandbox's host uid (set by the fork, in C: no Python runs in the
+    child) with its rlimits (set by ``prlimit``, which then runs it), outside the cgroups.
+    Its sandbox process sets up the namespaces and mounts, then waits on ``--block-fd``
+    before it loads the seccomp filter and runs the interpreter; meanwhile the host moves
+    bwrap and (named on ``--info-fd``) that process into the worker's cgroups, and only
+    then unblocks it. The actor's code therefore never runs outside the limits, as when the
+    forked child joined them itself; but the cgroup move, which waits for an RCU grace
+    period on cgroup v1 (~10 ms), now overlaps bwrap's own set-up instead of preceding it.
+    What bwrap itself allocates before the move stays charged to the server's groups.
     """
+
+    def __init__(self, info_fd: int, block_fd: int) -> None:
+        self.info_fd = info_fd  # read end: bwrap's JSON with "child-pid"
+        self.block_fd = block_fd  # write end: one byte lets the sandbox go on
+
+    def run(self, outer: int, cgroups: WorkerCgroups) -> str | None:
+        """Admit the sandbox of outer bwrap ``outer`` (blocking: run it in a thread); None
+        when it may go on, else why not (it then stays blocked: kill it)."""
+        try:
+            cgroups.enter(outer)  # bwrap's clone may be under way: the child is moved below
+            child = _child_pid(_read_all(self.info_fd))
+            if child is None or _parent_of(child) != outer:
+                return "bubblewrap did not report its sandbox process"
+            cgroups.enter(child)
+            # Still bwrap's child after the moves, so the pid named no other process meanwhile.
+            if _parent_of(child) != outer:
+                return "the sandbox process ended while starting"
+            os.write(self.block_fd, b"\n")
+        except OSError as exc:
+            return f"cannot limit the sandbox: {exc}"
+        finally:
+            self.close()
+        return None
+
+    def close(self) -> None:
+        for fd in (self.info_fd, self.block_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.info_fd = self.block_fd = -1
+
+
+def _read_all(fd: int) -> bytes:
+    data = b""
+    while chunk := os.read(fd, 4096):
+        data += chunk
+        if len(data) > 65536:
+            break
+    return data
+
+
+def _child_pid(info: bytes) -> int | None:
+    """The "child-pid" of bwrap's --info-fd JSON, if any."""
+    try:
+        pid = json.loads(info).get("child-pid")
+    except (ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent pid of ``pid`` (from /proc/PID/stat), None when it is gone."""
+    text = _read(Path(f"/proc/{pid}/stat"))
+    fields = text[text.rfind(")") + 2:].split()  # after "pid (comm) "
+    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+
+
+_PRLIMIT_OPTIONS = {resource.RLIMIT_AS: "--as", resource.RLIMIT_CORE: "--core",
+                    resource.RLIMIT_FSIZE: "--fsize", resource.RLIMIT_NOFILE: "--nofile",
+                    resource.RLIMIT_NPROC: "--nproc"}
+
+
+def _prlimit_command(prlimit: str, rlimits: tuple[tuple[int, int], ...]) -> list[str]:
+    """util-linux ``prlimit`` setting ``rlimits`` (soft and hard) on itself, then running
+    what follows it: no Python code between fork and exec (setrlimit from outside, with
+    prlimit(2), would need CAP_SYS_RESOURCE, which containers often drop)."""
+    return [prlimit, *(f"{_PRLIMIT_OPTIONS[which]}={value}:{value}"
+                       for which, value in _clamped(rlimits))]
+
+
+def _rlimits_preexec(rlimits: tuple[tuple[int, int], ...]) -> Callable[[], None]:
+    """Without a prlimit program: the rlimits set between fork and exec (only os-level
+    calls there, RLIMIT_AS last: the child is still a copy of the large server)."""
     pairs = tuple((which, (value, value)) for which, value in _clamped(rlimits))
 
     def enter() -> None:
-        pid = str(os.getpid()).encode()
-        for name in procs_files:  # in the cgroups before bwrap runs: nothing escapes them
-            fd = os.open(name, os.O_WRONLY)
-            try:
-                os.write(fd, pid)
-            finally:
-                os.close(fd)
-        if uid is not None:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
         for which, pair in pairs:
             resource.setrlimit(which, pair)
 
@@ -547,7 +625,7 @@ def _preexec(procs_files: tuple[str, ...], rlimits: tuple[tuple[int, int], ...],
 
 
 def _clamped(rlimits: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
-    """Never above the current hard limits (a non-root child cannot raise them); AS last."""
+    """Never above the current hard limits (a non-root server cannot raise them); AS last."""
     clamped = []
     for which, value in rlimits:
         hard = resource.getrlimit(which)[1]
@@ -1104,6 +1182,9 @@ class ProcessWorker:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
+    def outer_running(self) -> bool:
+        return self._outer_running()
+
     def _outer_running(self) -> bool:
         """Is the outer bwrap still ours (not reaped, so its pid cannot name another process)?"""
         if self._pidfd is None:
@@ -1239,6 +1320,7 @@ class ProcessBackend:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
+        self._prlimit = shutil.which("prlimit")  # util-linux: sets a sandbox's rlimits
         self._controllers: dict[str, Controller] | None = None
         self._workers: set[ProcessWorker] = set()  # open ones, closed at aclose() at the latest
         # BPF for `bwrap --seccomp` by limits.network, None without libseccomp
@@ -1392,29 +1474,47 @@ class ProcessBackend:
         if (program := self._seccomp[actor.limits.network]) is not None:
             seccomp_r = _data_pipe(program)
             options = [*options, "--seccomp", str(seccomp_r)]
+        info_r, info_w = os.pipe()  # bwrap -> host: its sandbox process's pid
+        block_r, block_w = os.pipe()  # host -> sandbox: admitted, go on
+        options = [*options, "--info-fd", str(info_w), "--block-fd", str(block_r)]
         args_r = _args_pipe(options)
-        inherited = (args_r, call_r, event_w) + ((seccomp_r,) if seccomp_r is not None else ())
+        inherited = (args_r, call_r, event_w, info_w, block_r) + (
+            (seccomp_r,) if seccomp_r is not None else ())
+        admission = _Admission(info_r, block_w)
+        host_uid = plan.host_uid
+        limited = _prlimit_command(self._prlimit, plan.rlimits) if self._prlimit else []
         try:
-            # bwrap's own environment shows in the sandbox's /proc/1/environ: give it nothing
+            # bwrap's own environment shows in the sandbox's /proc/1/environ: give it nothing.
+            # The uid is set by the fork itself, in C, and the rlimits by prlimit: no Python
+            # code runs in the child (a preexec_fn costs ms in a large server).
             process = await asyncio.create_subprocess_exec(
-                self._bwrap, "--args", str(args_r), *plan.command,
+                *limited, self._bwrap, "--args", str(args_r), *plan.command,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, pass_fds=inherited,
-                preexec_fn=_preexec(cgroups.procs_files, plan.rlimits, plan.host_uid),
+                stderr=asyncio.subprocess.PIPE, pass_fds=inherited, user=host_uid,
+                group=host_uid, extra_groups=None if host_uid is None else [],
+                preexec_fn=None if limited else _rlimits_preexec(plan.rlimits),
                 start_new_session=True, env={"PATH": "/usr/bin:/bin"})
-        except Exception as exc:  # OSError, or SubprocessError from the preexec function
+        except Exception as exc:  # OSError, or SubprocessError
             for fd in (call_w, event_r):
                 os.close(fd)
+            admission.close()
             raise SandboxUnavailable(BACKEND, f"cannot start bubblewrap: {exc}") from exc
         finally:
             for fd in inherited:
                 os.close(fd)
+        admitting = asyncio.ensure_future(
+            asyncio.to_thread(admission.run, process.pid, cgroups))
         limit = actor.limits.output_bytes + self.settings.max_message_bytes + CHUNK
         writer, reader = await connect_channel(call_w, event_r, limit)
         sandbox = self.settings.sandbox
-        return ProcessWorker(actor, sandbox.tmp_mb, process, cgroups, writer, reader,
-                             idle_lifetime_s=sandbox.idle_lifetime_s,
-                             max_notifications=sandbox.max_notifications, host_uid=uid)
+        worker = ProcessWorker(actor, sandbox.tmp_mb, process, cgroups, writer, reader,
+                               idle_lifetime_s=sandbox.idle_lifetime_s,
+                               max_notifications=sandbox.max_notifications, host_uid=uid)
+        problem = await admitting
+        if problem is not None and worker.outer_running():
+            await worker.close()
+            raise SandboxUnavailable(BACKEND, f"sandbox did not start: {problem}")
+        return worker  # bwrap ended by itself: wait_ready() reports its stderr
 
     async def aclose(self) -> None:
         """Close any worker its pool left open (none, when every pool was closed)."""

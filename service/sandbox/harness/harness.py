@@ -39,9 +39,9 @@ TMP = "/tmp"
 # and errors as json.dumps(..., ensure_ascii=..., allow_nan=False, separators=(",", ":"))
 # and json.loads; the json package is imported only where _json cannot answer alone.
 try:
-    from _json import encode_basestring, encode_basestring_ascii, make_encoder, make_scanner
+    import _json
 except ImportError:  # an interpreter without the accelerator: the json package does it all
-    make_encoder = make_scanner = None
+    _json = None  # type: ignore[assignment]
 
 
 def not_serializable(value: Any) -> Any:
@@ -50,16 +50,17 @@ def not_serializable(value: Any) -> Any:
 
 def dumps(value: Any, ensure_ascii: bool) -> str:
     """json.dumps(value, ensure_ascii=ensure_ascii, allow_nan=False, separators=(",", ":"))"""
-    if make_encoder is None:
+    if _json is None:
         import json
 
         return json.dumps(value, ensure_ascii=ensure_ascii, allow_nan=False,
                           separators=(",", ":"))
-    escape = encode_basestring_ascii if ensure_ascii else encode_basestring
+    escape = _json.encode_basestring_ascii if ensure_ascii else _json.encode_basestring
     if isinstance(value, str):
         return escape(value)
     # A fresh markers dict each time: an encoding that failed midway leaves entries in it.
-    chunks = make_encoder({}, not_serializable, escape, None, ":", ",", False, False, False)
+    chunks = _json.make_encoder({}, not_serializable, escape, None, ":", ",", False, False,
+                                False)
     return "".join(chunks(value, 0))
 
 
@@ -75,7 +76,7 @@ class DecodeContext:
                       "NaN": float("nan")}.__getitem__
 
 
-SCAN = make_scanner(DecodeContext()) if make_scanner is not None else None
+SCAN = _json.make_scanner(DecodeContext()) if _json is not None else None  # type: ignore[arg-type]
 JSON_SPACE = " \t\n\r"
 
 
