@@ -73,6 +73,7 @@ from service.sandbox.base import (
     notification_size,
     state_reply,
 )
+from service.sandbox.compiled import CompiledHarness
 from service.sandbox.seccomp import DENIED, denylist_program
 from service.sandbox.staging import Stager
 from service.sandbox.uids import UidPool
@@ -442,14 +443,16 @@ def harness_path(actor: ActorDef) -> Path:
 def make_plan(actor: ActorDef, settings: Settings, mechanisms: dict[str, str],
               channel_fds: tuple[int, int], *, host_uid: int | None = None,
               root: Path | None = None, harness: Path | None = None,
-              deps_root: Path | None = None) -> Plan:
+              deps_root: Path | None = None, harness_dir: Path | None = None) -> Plan:
     """The bwrap options, command, host uid and rlimits of a sandbox for ``actor``.
 
     ``root``, ``harness`` and ``deps_root`` are where the actor's folder, the harness and
     its built dependencies are mounted from (by default the originals; the backend passes
     copies its sandbox uid can read when it cannot read those), and
     ``host_uid`` the unprivileged uid bubblewrap runs as (by default 65534 when the server
-    is root, else the server's own uid: a sandbox never runs as host root).
+    is root, else the server's own uid: a sandbox never runs as host root). ``harness_dir``,
+    for Python: a folder mounted at /harness instead, whose harness.py starts the harness
+    from its compiled module (``compiled.py``).
     """
     try:
         script = Path(ACTOR_DIR, actor.script.relative_to(actor.root)).as_posix()
@@ -462,7 +465,11 @@ def make_plan(actor: ActorDef, settings: Settings, mechanisms: dict[str, str],
     interpreter = settings.sandbox.python if actor.language == "python" else settings.sandbox.node
     options = _namespace_options(actor.limits.network) + _filesystem_options(
         interpreter, actor.limits.network, settings.sandbox.tmp_mb)
-    options += ["--ro-bind", str(root), ACTOR_DIR, "--ro-bind", str(harness), inside]
+    options += ["--ro-bind", str(root), ACTOR_DIR]
+    if harness_dir is not None and actor.language == "python":
+        options += ["--ro-bind", str(harness_dir), "/harness"]
+    else:
+        options += ["--ro-bind", str(harness), inside]
     deps = dependency_mount(actor, BACKEND)
     if deps is not None:
         options += ["--ro-bind", str(deps_root or deps[0]), deps[1]]
@@ -1321,6 +1328,8 @@ class ProcessBackend:
         self.settings = settings
         self._bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
         self._prlimit = shutil.which("prlimit")  # util-linux: sets a sandbox's rlimits
+        self._compiled = CompiledHarness(settings.sandbox.python, HARNESS_DIR / "harness.py",
+                                         HARNESS_DIR / "boot.py")
         self._controllers: dict[str, Controller] | None = None
         self._workers: set[ProcessWorker] = set()  # open ones, closed at aclose() at the latest
         # BPF for `bwrap --seccomp` by limits.network, None without libseccomp
@@ -1465,10 +1474,13 @@ class ProcessBackend:
     async def _spawn_as(self, actor: ActorDef, cgroups: WorkerCgroups,
                         uid: int | None) -> ProcessWorker:
         root, harness, deps_root = self._staged(actor) if uid is not None else (None, None, None)
+        harness_dir = (await self._compiled.folder(self._stager.directory)
+                       if actor.language == "python" else None)
         call_r, call_w = os.pipe()  # host -> harness
         event_r, event_w = os.pipe()  # harness -> host
         plan = make_plan(actor, self.settings, self.mechanisms(), (call_r, event_w),
-                         host_uid=uid, root=root, harness=harness, deps_root=deps_root)
+                         host_uid=uid, root=root, harness=harness, deps_root=deps_root,
+                         harness_dir=harness_dir)
         options = plan.options
         seccomp_r = None
         if (program := self._seccomp[actor.limits.network]) is not None:
