@@ -1522,7 +1522,11 @@ class ProcessBackend:
         worker = ProcessWorker(actor, sandbox.tmp_mb, process, cgroups, writer, reader,
                                idle_lifetime_s=sandbox.idle_lifetime_s,
                                max_notifications=sandbox.max_notifications, host_uid=uid)
-        problem = await admitting
+        try:
+            async with asyncio.timeout(BOOT_TIMEOUT_S):  # bwrap stuck before its info
+                problem = await asyncio.shield(admitting)
+        except TimeoutError:
+            problem = f"not admitted after {BOOT_TIMEOUT_S:g} s"
         if problem is not None and worker.outer_running():
             await worker.close()
             raise SandboxUnavailable(BACKEND, f"sandbox did not start: {problem}")
