@@ -32,6 +32,7 @@ ERRNO_DISK = (27, 28, 122)  # EFBIG (RLIMIT_FSIZE), ENOSPC (/tmp full), EDQUOT
 ERRNO_AGAIN = 11  # fork() or clone() refused: the pids limit
 PARTIAL_LINE_MAX = 65_536  # an unterminated print longer than this is sent as it stands
 TMP = "/tmp"
+READY = b'{"type":"ready"}\n'
 
 
 # JSON through the C accelerator the json package itself uses: `import json` pulls in re,
@@ -526,12 +527,15 @@ def lingering() -> bool:
 
 
 def write_fences(fence: str) -> None:
-    """Mark the end of this call on the real stdout/stderr so the host knows it read all."""
+    """Flush what the script left in the real stdout/stderr's buffers, then (with a fence)
+    mark the end of this call there so the host knows it read all. Without one the host
+    reads what those pipes hold once the reply is in (the process and gVisor backends)."""
     for stream, fd in ((sys.__stdout__, 1), (sys.__stderr__, 2)):
         try:
             if stream is not None:
                 stream.flush()
-            os.write(fd, fence.encode("ascii") + b"\n")
+            if fence:
+                os.write(fd, fence.encode("ascii") + b"\n")
         except (OSError, ValueError):
             pass  # the script closed it; the host stops waiting after a grace period
 
@@ -577,17 +581,18 @@ class Harness:
         for stream in self.streams:
             stream.end()
         fence = request.get("fence")
-        if isinstance(fence, str) and fence.isalnum():
-            write_fences(fence)
-        self.channel.send_bytes(reply)
+        write_fences(fence if isinstance(fence, str) and fence.isalnum() else "")
         if not self.self_reset:
+            self.channel.send_bytes(reply)
             return
         try:  # before the next message is read: no call ever sees what an earlier one left
             self.clean()
         except Exception as exc:  # a sandbox that cannot be cleaned must not serve again
+            self.channel.send_bytes(reply)
             os.write(2, f"harness: reset after the call failed: {exc!r}\n".encode())
             os._exit(70)
-        self.channel.send({"type": "ready"})  # the host checks the sandbox from outside now
+        # The reply and the ready in one write: the host checks the sandbox from outside now
+        self.channel.send_bytes(reply + READY)
 
     def run(self, request: dict[str, Any]) -> bytes:
         if self.load_error is not None:
