@@ -621,6 +621,26 @@ def _prlimit_command(prlimit: str, rlimits: tuple[tuple[int, int], ...]) -> list
                        for which, value in _clamped(rlimits))]
 
 
+def _launcher(prlimit: str | None, setpriv: str | None, rlimits: tuple[tuple[int, int], ...],
+              uid: int | None) -> tuple[list[str], dict[str, Any]]:
+    """What runs before bwrap, and the options of the fork, to start it as ``uid`` (None:
+    the server's own) with ``rlimits``. With util-linux ``prlimit`` and ``setpriv`` (which
+    drops to the uid: setgroups, setresgid, setresuid, every capability gone) the server
+    forks with vfork: no copy of its page tables (~10 ms for a server of 70 MB) and no
+    Python in the child. Without setpriv the fork sets the uid (in C, a full fork); without
+    prlimit too, a preexec_fn sets the rlimits."""
+    as_user: dict[str, Any] = ({} if uid is None
+                               else {"user": uid, "group": uid, "extra_groups": []})
+    if prlimit is None:
+        return [], {**as_user, "preexec_fn": _rlimits_preexec(rlimits)}
+    command = _prlimit_command(prlimit, rlimits)
+    if uid is None:
+        return command, {}
+    if setpriv is None:
+        return command, as_user
+    return [*command, setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups"], {}
+
+
 def _rlimits_preexec(rlimits: tuple[tuple[int, int], ...]) -> Callable[[], None]:
     """Without a prlimit program: the rlimits set between fork and exec (only os-level
     calls there, RLIMIT_AS last: the child is still a copy of the large server)."""
@@ -1363,7 +1383,9 @@ class ProcessBackend:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
-        self._prlimit = shutil.which("prlimit")  # util-linux: sets a sandbox's rlimits
+        # util-linux: set a sandbox's rlimits and uid (see _launcher)
+        self._prlimit = shutil.which("prlimit", path="/usr/bin:/bin")
+        self._setpriv = shutil.which("setpriv", path="/usr/bin:/bin")
         self._compiled = CompiledHarness(settings.sandbox.python, HARNESS_DIR / "harness.py",
                                          HARNESS_DIR / "boot.py")
         self._controllers: dict[str, Controller] | None = None
@@ -1530,19 +1552,16 @@ class ProcessBackend:
             (seccomp_r,) if seccomp_r is not None else ())
         admission = _Admission(info_r, block_w)
         host_uid = plan.host_uid
-        limited = _prlimit_command(self._prlimit, plan.rlimits) if self._prlimit else []
+        launcher, as_user = _launcher(self._prlimit, self._setpriv, plan.rlimits, host_uid)
         (out_r, out_w), (err_r, err_w) = output_pipes()
         try:
             # bwrap's own environment shows in the sandbox's /proc/1/environ: give it nothing.
-            # The uid is set by the fork itself, in C, and the rlimits by prlimit: no Python
-            # code runs in the child (a preexec_fn costs ms in a large server).
+            # The uid and the rlimits are set by the launcher (see _launcher).
             process = await asyncio.create_subprocess_exec(
-                *limited, self._bwrap, "--args", str(args_r), *plan.command,
+                *launcher, self._bwrap, "--args", str(args_r), *plan.command,
                 stdin=asyncio.subprocess.DEVNULL, stdout=out_w, stderr=err_w,
-                pass_fds=inherited, user=host_uid,
-                group=host_uid, extra_groups=None if host_uid is None else [],
-                preexec_fn=None if limited else _rlimits_preexec(plan.rlimits),
-                start_new_session=True, env={"PATH": "/usr/bin:/bin"})
+                pass_fds=inherited, start_new_session=True, env={"PATH": "/usr/bin:/bin"},
+                **as_user)
         except Exception as exc:  # OSError, or SubprocessError
             for fd in (call_w, event_r, out_r, err_r):
                 os.close(fd)

@@ -18,6 +18,7 @@ from service.sandbox.process import (
     ProcessBackend,
     _child_pid,
     _clamped,
+    _launcher,
     _parent_of,
     _prlimit_command,
     make_plan,
@@ -103,12 +104,30 @@ def test_prlimit_command_sets_soft_and_hard_as_last() -> None:
     assert [w for w, _ in _clamped(rlimits)][-1] == resource.RLIMIT_AS
 
 
-async def test_without_prlimit_the_rlimits_are_set_in_the_child(
-        settings: Settings) -> None:
+def test_the_launcher_drops_to_the_uid_with_setpriv_else_in_the_fork() -> None:
+    rlimits = ((resource.RLIMIT_NOFILE, 64),)
+    command, options = _launcher("/usr/bin/prlimit", "/usr/bin/setpriv", rlimits, 2000000007)
+    assert command == ["/usr/bin/prlimit", "--nofile=64:64", "/usr/bin/setpriv",
+                       "--reuid=2000000007", "--regid=2000000007", "--clear-groups"]
+    assert options == {}  # nothing for Python to do in the child: vfork
+    command, options = _launcher("/usr/bin/prlimit", None, rlimits, 2000000007)
+    assert command == ["/usr/bin/prlimit", "--nofile=64:64"]
+    assert options == {"user": 2000000007, "group": 2000000007, "extra_groups": []}
+    assert _launcher("/usr/bin/prlimit", "/usr/bin/setpriv", rlimits, None) == (
+        ["/usr/bin/prlimit", "--nofile=64:64"], {})
+    command, options = _launcher(None, None, rlimits, 2000000007)
+    assert command == [] and callable(options.pop("preexec_fn"))
+    assert options == {"user": 2000000007, "group": 2000000007, "extra_groups": []}
+
+
+@pytest.mark.parametrize("missing", [("_setpriv",), ("_setpriv", "_prlimit")])
+async def test_without_util_linux_the_fork_sets_uid_and_rlimits(
+        settings: Settings, missing: tuple[str, ...]) -> None:
     backend = ProcessBackend(settings)
     if not (await backend.availability()).ok:
         pytest.skip("process backend unavailable")
-    backend._prlimit = None  # as on a host without util-linux
+    for name in missing:  # as on a host without setpriv, or without util-linux at all
+        setattr(backend, name, None)
     try:
         worker = await backend.start_worker(actor_def(ACTORS / "origin.py"))
         try:
@@ -116,10 +135,36 @@ async def test_without_prlimit_the_rlimits_are_set_in_the_child(
                         .read_text().split()[0])
             nofile = settings.sandbox.nofile
             assert limits_of(inner)["Max open files"] == f"{nofile} {nofile}"
+            if os.geteuid() == 0:
+                base = settings.sandbox.uid_base
+                for pid in (worker.pid, inner):
+                    uids = [line.split()[1:] for line in Path(f"/proc/{pid}/status")
+                            .read_text().splitlines() if line.startswith(("Uid:", "Gid:"))]
+                    assert all(int(u) >= base for row in uids for u in row), uids
+            _, recorder = await call(worker, {"input": 2})
+            assert recorder.outputs == [("output", 4)]
         finally:
             await worker.close()
     finally:
         await backend.aclose()
+
+
+async def test_the_sandbox_runs_as_its_uid_with_no_group_and_no_capability(
+        backend: ProcessBackend, settings: Settings) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs a root server (a uid of its own per sandbox)")
+    worker = await backend.start_worker(actor_def(ACTORS / "origin.py"))
+    try:
+        status = Path(f"/proc/{worker.pid}/status").read_text()
+        fields = dict(line.split(":", 1) for line in status.splitlines())
+        uid = int(fields["Uid"].split()[0])
+        assert uid >= settings.sandbox.uid_base
+        assert fields["Uid"].split() == [str(uid)] * 4
+        assert fields["Gid"].split() == [str(uid)] * 4
+        assert fields["Groups"].strip() == ""
+        assert int(fields["CapEff"], 16) == 0 and int(fields["CapPrm"], 16) == 0
+    finally:
+        await worker.close()
 
 
 # --- the compiled harness --------------------------------------------------------------
