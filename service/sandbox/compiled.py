@@ -43,11 +43,16 @@ class CompiledHarness:
     async def folder(self, parent: Path) -> Path | None:
         """The folder to mount at /harness, in ``parent``; None when it cannot be built
         (the plain harness.py is mounted then)."""
-        stamp = _stamp(self._source)
+        try:
+            stamp = _stamp(self._source)
+        except OSError as exc:
+            logger.warning("the Python harness is compiled at every boot: %s", exc)
+            return None
         async with self._lock:
-            if self._built is None or self._built[0] != stamp:
-                self._built = (stamp, await self._build(parent, stamp))
-            return self._built[1]
+            built = self._built
+            if built is None or built[0] != stamp or (built[1] and not built[1].is_dir()):
+                built = self._built = (stamp, await self._build(parent, stamp))
+            return built[1]
 
     async def _build(self, parent: Path, stamp: tuple[int, int]) -> Path | None:
         folder = parent / f"python-harness-{stamp[0]}-{stamp[1]}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -204,6 +205,10 @@ async def test_the_harness_is_compiled_once_and_again_when_it_changes(
     again = await compiled.folder(parent)
     assert again is not None and again != folder
     assert (again / "lib" / f"{MODULE}.py").read_text().endswith("# changed\n")
+    shutil.rmtree(parent)  # the runtime directory went away (the backend was closed)
+    parent.mkdir()
+    rebuilt = await compiled.folder(parent)
+    assert rebuilt is not None and (rebuilt / "lib" / f"{MODULE}.py").is_file()
 
 
 async def test_without_a_working_interpreter_the_plain_harness_is_mounted(
