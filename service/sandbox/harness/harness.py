@@ -7,8 +7,8 @@ It loads SCRIPT once, says ``{"type": "ready"}`` on OUT_FD, then serves calls re
 IN_FD, one JSON object per line each way (the protocol of ``service/sandbox/base.py``).
 ``{"type": "reset"}`` wipes /tmp (and, with ``--own-pidns``, kills every other process of
 the sandbox's pid namespace) and answers ``ready``. With ``--self-reset`` it does the same
-by itself after each call's reply, before reading on, then says ``ready`` unasked: the host
-saves a round trip. The host checks from outside that the reset really happened. Each
+by itself after each call, before its reply, and sends ``ready`` unasked in the same write
+as the reply: the host saves a round trip. The host checks from outside that the reset really happened. Each
 ``--path=DIR`` (the actor's dependencies, mounted read-only) goes on sys.path ahead of
 site-packages, so the actor's pinned versions win over the system's.
 
