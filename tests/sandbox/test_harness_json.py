@@ -98,7 +98,7 @@ def test_a_cycle_is_a_value_error_and_the_encoder_stays_usable() -> None:
 
 def test_the_state_check_still_names_the_bad_value() -> None:
     with pytest.raises(TypeError, match="return value is not JSON-serializable"):
-        harness.result_reply({1, 2}, {})
+        harness.result_reply({1, 2}, {}, 1)
 
 
 LINES = [
