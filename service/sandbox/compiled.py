@@ -4,7 +4,7 @@ Python compiles a script it runs every time (the harness: ~6 ms of a fresh sandb
 ~20 ms start) but reads a module's bytecode from its __pycache__. So the process backend
 builds, once, a folder that it mounts read-only at /harness:
 
-    harness.py                                  boot.py: imports the module, runs main()
+    harness.py                                  boot.py: runs the module's bytecode as __main__
     lib/actor_harness.py                        harness.py, copied
     lib/__pycache__/actor_harness.<tag>.pyc     compiled by the sandbox's own interpreter
 
