@@ -562,7 +562,7 @@ class _Admission:
         when it may go on, else why not (it then stays blocked: kill it)."""
         try:
             cgroups.enter(outer)  # bwrap's clone may be under way: the child is moved below
-            child = _child_pid(_read_all(self.info_fd))
+            child = _child_pid(_read_info(self.info_fd))
             if child is None or _parent_of(child) != outer:
                 return "bubblewrap did not report its sandbox process"
             cgroups.enter(child)
@@ -583,11 +583,13 @@ class _Admission:
         self.info_fd = self.block_fd = -1
 
 
-def _read_all(fd: int) -> bytes:
+def _read_info(fd: int) -> bytes:
+    """bwrap's --info-fd JSON: until it parses (a bwrap whose sandbox process kept the fd
+    until its exec would never give EOF before we unblock it), EOF, or 64 KiB."""
     data = b""
     while chunk := os.read(fd, 4096):
         data += chunk
-        if len(data) > 65536:
+        if len(data) > 65536 or _child_pid(data) is not None:
             break
     return data
 

@@ -3,6 +3,7 @@ without Python in the forked child, the Python harness's bytecode compiled once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import resource
@@ -22,6 +23,7 @@ from service.sandbox.process import (
     _launcher,
     _parent_of,
     _prlimit_command,
+    _read_info,
     make_plan,
 )
 from service.settings import Settings
@@ -55,6 +57,26 @@ def test_child_pid_is_read_from_bwraps_info() -> None:
     for bad in (b"", b"{", b"[]", b'{"child-pid": "1"}', b'{"child-pid": true}',
                 b'{"child-pid": 0}', b'{"child-pid": -3}', b'{"pid": 5}'):
         assert _child_pid(bad) is None, bad
+
+
+async def test_bwraps_info_is_read_without_waiting_for_eof() -> None:
+    """Were the fd still open somewhere (bwrap's sandbox process, until its exec), waiting
+    for EOF would wait for the very unblocking that needs the pid."""
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, b'{\n    "child-pid": 77,\n')
+        os.write(write_fd, b'    "ipc-namespace": 4026532328\n}\n')
+        async with asyncio.timeout(5):
+            info = await asyncio.to_thread(_read_info, read_fd)
+        assert _child_pid(info) == 77
+    finally:
+        os.close(write_fd)
+        os.close(read_fd)
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, b'{"child-pid": ')
+    os.close(write_fd)
+    assert _child_pid(_read_info(read_fd)) is None  # EOF first: no pid
+    os.close(read_fd)
 
 
 def test_parent_of_reads_proc_and_tolerates_a_gone_process() -> None:
