@@ -28,6 +28,33 @@ def fields(**values: Any) -> dict[str, Any]:
     return {FIELDS_ATTR: values}
 
 
+def log_fast(logger: logging.Logger, level: int, msg: str, args: tuple[Any, ...],
+             extra: dict[str, Any] | None = None) -> None:
+    """``logger.log(level, msg, *args, extra=extra)`` without its walk up the stack for the
+    caller's file and line, which no format here shows: for a line logged on every call."""
+    if logger.isEnabledFor(level):
+        logger.handle(logger.makeRecord(logger.name, level, "(unknown file)", 0, msg, args,
+                                        None, extra=extra))
+
+
+class _SecondStamp:
+    """The formatted time of a record's second, computed once per second (a busy server
+    logs many lines per second; strftime is a good part of formatting one)."""
+
+    def __init__(self, fmt: str, convert: Callable[[float | None], time.struct_time]) -> None:
+        self._fmt = fmt
+        self._convert = convert
+        self._cached: tuple[int, str] = (-1, "")
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        cached_second, stamp = self._cached
+        if second != cached_second:
+            stamp = time.strftime(self._fmt, self._convert(created))
+            self._cached = (second, stamp)
+        return stamp
+
+
 class RateLimit:
     """At most one record per key per ``interval_s``; says how many were held back meanwhile.
 
@@ -81,6 +108,16 @@ class TextFormatter(logging.Formatter):
     would forge a log line. A traceback keeps its lines, each indented.
     """
 
+    def __init__(self, fmt: str | None = None, datefmt: str | None = None) -> None:
+        super().__init__(fmt, datefmt)
+        self._stamp = _SecondStamp(self.default_time_format, self.converter)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """What logging.Formatter writes (local time, then milliseconds), its second cached."""
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        return f"{self._stamp(record.created)},{int(record.msecs):03d}"
+
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_control(bounded(record.message))
         return super().formatMessage(record)
@@ -110,10 +147,13 @@ def _indent(text: str) -> str:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, message (and exc_info when there is one)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._stamp = _SecondStamp("%Y-%m-%dT%H:%M:%S", time.gmtime)
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._stamp(record.created) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": bounded(record.getMessage()),

@@ -51,9 +51,11 @@ for whatever reason, the worker is dead and must not be reused.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -173,16 +175,22 @@ def notification_size(method: str, actor_id: str, body_bytes: int) -> int:
     """The bytes of an ``output``/``log`` notification on the wire, as the server encodes it
     (ASCII JSON), whose params other than request_id, actor_id (and an output's seq and
     timestamp) take ``body_bytes``."""
+    return _envelope_bytes(method, actor_id) + body_bytes
+
+
+@functools.lru_cache(maxsize=1024)  # per loaded actor and method: charged on every event
+def _envelope_bytes(method: str, actor_id: str) -> int:
     envelope = json.dumps({"jsonrpc": "2.0", "method": method,
                            "params": {"request_id": "", "actor_id": actor_id}},
                           separators=(",", ":"))
     extra = OUTPUT_EXTRA_BYTES if method == "output" else 0
-    return len(envelope) - 2 + REQUEST_ID_BYTES + 1 + body_bytes + extra  # "" out, id, ","
+    return len(envelope) - 2 + REQUEST_ID_BYTES + 1 + extra  # "" out, id, ","
 
 
 def log_size(actor_id: str, stream: str, message: str) -> int:
     """The wire size of the ``log`` notification of one line."""
-    body = len(stream) + len(json.dumps(message)) + len('"stream":"","message":')
+    # encode_basestring_ascii is what json.dumps(message) runs, without its call overhead
+    body = len(stream) + len(encode_basestring_ascii(message)) + len('"stream":"","message":')
     return notification_size("log", actor_id, body)
 
 
