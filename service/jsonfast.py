@@ -61,11 +61,12 @@ def loads(text: str | bytes, reference: Callable[[Any], Any] = json.loads) -> An
 
 
 def _orjson_reads_alike(text: str | bytes) -> bool:
+    deep = len(text) > MAX_FAST_BRACKETS  # shorter text cannot hold as many brackets
     if isinstance(text, str):
-        if text.count("[") + text.count("{") > MAX_FAST_BRACKETS:
+        if deep and text.count("[") + text.count("{") > MAX_FAST_BRACKETS:
             return False
         return _TEXT_RUN not in text.translate(_TEXT_DIGITS)
-    if text.count(b"[") + text.count(b"{") > MAX_FAST_BRACKETS:
+    if deep and text.count(b"[") + text.count(b"{") > MAX_FAST_BRACKETS:
         return False
     return _BYTES_RUN not in text.translate(_BYTES_DIGITS)
 

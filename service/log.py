@@ -189,5 +189,8 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # No format here shows a record's thread or process: not looked up for every record
+    # (logging's own switches, see "Optimization" in the logging HOWTO).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # aiohttp's access log says nothing the per-call log line does not.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
