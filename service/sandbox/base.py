@@ -11,14 +11,17 @@ Host -> harness:
     {"type": "reset"}   # kill the script's leftover processes, wipe /tmp; answered by "ready"
 ``fence`` (alphanumeric, optional): before its result or error the harness writes it as
 a line on its real fds 1 and 2, so the host knows it has read everything the script
-wrote there (os.write, subprocesses) during the call.
+wrote there (os.write, subprocesses) during the call. A host that reads those fds as
+pipes needs none: the harness writes its result after the script's writes, so once the
+result is in, what the pipes still hold (FIONREAD) is the rest (process, gVisor).
 Harness -> host, during a call, in the order they happen:
     {"type": "output", "port", "data"}      # each send_output, as it is sent
     {"type": "log", "stream": "stdout"|"stderr", "message"}
     {"type": "result", "return", "state", "lingering"?}   # process() returned; the call is over
 ``lingering: true``: threads or timers of the script still run; the worker must not be reused.
     {"type": "error", "error_type", "message", "traceback", "resource"?}
-Harness -> host, once after boot and after each reset: {"type": "ready"}
+Harness -> host, once after boot and after each reset: {"type": "ready"} (with self-reset:
+right after the result, in the same write)
 
 Persistent state (``"persistent": true`` in the call; ``state`` is then ``{}``): the
 script's state operations are requests to the host, answered on the harness's input fd

@@ -71,8 +71,9 @@ from service.sandbox.process import (
     ProcessWorker,
     WorkerCgroups,
     abandon,
-    connect_channel,
+    connect_pipes,
     discover_controllers,
+    output_pipes,
     sweep_stale_groups,
 )
 from service.sandbox.seccomp import DENIED
@@ -271,27 +272,31 @@ class GVisorBackend:
             if isinstance(exc, SandboxUnavailable):
                 raise
             raise SandboxUnavailable(BACKEND, f"cannot write the sandbox's bundle: {exc}") from exc
+        (out_r, out_w), (err_r, err_w) = output_pipes()
         try:
             process = await asyncio.create_subprocess_exec(
                 *self._command(bundle, actor.limits.network), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                stdout=out_w, stderr=err_w,
                 preexec_fn=_enter_cgroups(cgroups.procs_files), start_new_session=True,
                 env={"PATH": "/usr/bin:/bin"})
         except Exception as exc:  # OSError, or SubprocessError from the preexec function
-            for fd in (channel[0], channel[1], *channel[2]):
+            for fd in (channel[0], channel[1], *channel[2], out_r, err_r):
                 os.close(fd)
             shutil.rmtree(bundle, ignore_errors=True)
             raise SandboxUnavailable(BACKEND, f"cannot start runsc: {exc}") from exc
-        return await self._connect(actor, process, cgroups, channel, bundle)
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        return await self._connect(actor, process, cgroups, channel, (out_r, err_r), bundle)
 
     async def _connect(self, actor: ActorDef, process: asyncio.subprocess.Process,
                        cgroups: WorkerCgroups, channel: tuple[int, int, tuple[int, int]],
-                       bundle: Path) -> GVisorWorker:
+                       output: tuple[int, int], bundle: Path) -> GVisorWorker:
         call_fd, event_fd, guards = channel
         limit = actor.limits.output_bytes + self.settings.max_message_bytes + CHUNK
-        writer, reader = await connect_channel(call_fd, event_fd, limit)
+        pipes = await connect_pipes(call_fd, event_fd, *output, limit)
         sandbox = self.settings.sandbox
-        return GVisorWorker(actor, sandbox.tmp_mb, process, cgroups, writer, reader,
+        return GVisorWorker(actor, sandbox.tmp_mb, process, cgroups, pipes,
                             bundle=bundle, state=self.home / "state", guards=guards,
                             idle_lifetime_s=sandbox.idle_lifetime_s,
                             max_notifications=sandbox.max_notifications)

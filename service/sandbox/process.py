@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -41,6 +42,8 @@ import resource
 import secrets
 import shutil
 import signal
+import struct
+import termios
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,7 +91,6 @@ MIB = 1 << 20
 CPU_PERIOD_US = 100_000
 BOOT_TIMEOUT_S = 15.0
 OUTER_EXIT_GRACE_S = 1.0  # after the outer bwrap ends during a boot, for the harness's last words
-FENCE_GRACE_S = 1.0  # after a result: how long to wait for the real stdout/stderr to drain
 KILL_WAIT_S = 3.0
 CHUNK = 1 << 16
 STDERR_TAIL = 4096
@@ -562,7 +564,7 @@ def _clamped(rlimits: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
 class _Item:
     """Something that came out of the sandbox: a message, a raw line, a fence, an end."""
 
-    kind: str  # message | line | fence | closed | garbage | overflow | eof
+    kind: str  # message | line | closed | garbage | overflow | eof
     stream: str = ""
     value: Any = None
     size: int = 0  # bytes it took on the wire from the sandbox
@@ -588,8 +590,7 @@ class ProcessWorker:
     HOST_CHECKS = True
 
     def __init__(self, actor: ActorDef, tmp_mb: int, process: asyncio.subprocess.Process,
-                 cgroups: WorkerCgroups, to_harness: asyncio.WriteTransport,
-                 from_harness: asyncio.StreamReader, *, idle_lifetime_s: float = 300,
+                 cgroups: WorkerCgroups, pipes: SandboxPipes, *, idle_lifetime_s: float = 300,
                  max_notifications: int | None = None, host_uid: int | None = None) -> None:
         self.actor = actor
         self.host_uid = host_uid  # the host uid its processes run as (None: the server's)
@@ -599,13 +600,16 @@ class ProcessWorker:
         self._max_notifications = max_notifications
         self._process = process
         self._cgroups = cgroups
-        self._to_harness = to_harness
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()  # bounded in bytes: _put
+        self._pipes = pipes
+        self._to_harness = pipes.to_harness
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()  # bounded in bytes: _enqueue
         self._buffered = 0  # bytes (and item overheads) queued
-        self._room = asyncio.Event()
+        self._paused = False  # reading the pipes, until the queue holds BUFFER_BYTES
+        self._line_limit = pipes.line_limit
+        self._channel_buffer = bytearray()  # a line from the harness, until its newline
+        self._channel_ended = False
+        self._partial = {"stdout": b"", "stderr": b""}  # raw output, until its newline
         self._stderr_tail: deque[str] = deque(maxlen=64)
-        self._fence = ""  # the current call's end-of-output marker on the real stdout/stderr
-        self._last_fence = ""  # the previous call's: may still come through late
         self._closed_streams: set[str] = set()
         self._dead = False
         self._closed = False
@@ -621,12 +625,7 @@ class ProcessWorker:
         self._request: CallRequest | None = None  # the call running, for its state operations
         self._pidfd = _pidfd(process.pid)
         self.on_closed: Callable[[ProcessWorker], None] = lambda worker: None
-        assert process.stdout is not None and process.stderr is not None
-        self._readers = [
-            asyncio.create_task(self._read_channel(from_harness)),
-            asyncio.create_task(self._read_stream(process.stdout, "stdout")),
-            asyncio.create_task(self._read_stream(process.stderr, "stderr")),
-        ]
+        pipes.attach(self._received)
 
     @property
     def alive(self) -> bool:
@@ -734,7 +733,6 @@ class ProcessWorker:
         finally:
             self._phase = RESETTING  # until the host saw the harness's reset (reset())
             self._settling = None
-            self._last_fence, self._fence = self._fence, ""
         if self._lingering:
             # Its threads or timers would run on between calls, with no time limit: end them
             # now; the pool replaces a worker that is not alive.
@@ -745,13 +743,17 @@ class ProcessWorker:
 
     async def reset(self) -> None:
         """Wait for the harness's own reset (it kills stray processes and wipes /tmp right
-        after each result, then says ready), then check from the host that it happened:
-        no process but the harness, nothing in /tmp. ActorFailed (and the worker is
-        killed) when not; then the worker watches itself while idle."""
+        after each call, then says ready: usually in the same write as the result), then
+        check from the host that it happened: no process but the harness, nothing in /tmp.
+        ActorFailed (and the worker is killed) when not; then the worker watches itself
+        while idle."""
         if self._phase == RESETTING and self.alive:
-            if self._settling is None:
-                self._settling = asyncio.ensure_future(self._settle())
-            await asyncio.shield(self._settling)
+            if self._settling is None and self._ready_early and not self._still_exiting():
+                self._finish_reset()  # the common case: nothing to wait for
+            else:
+                if self._settling is None:
+                    self._settling = asyncio.ensure_future(self._settle())
+                await asyncio.shield(self._settling)
         if not self.alive:
             raise ActorFailed("SandboxCrashed", self.violation or "the sandbox is no longer "
                               "running")
@@ -766,12 +768,18 @@ class ProcessWorker:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + EXIT_WAIT_S
-        while (self._extra_pids() or self._threads_left()) and loop.time() < deadline:
+        while self._still_exiting() and loop.time() < deadline:
             await asyncio.sleep(0.005)  # killed, still exiting: a real leftover stays
+        self._finish_reset()
+
+    def _still_exiting(self) -> bool:
+        """Processes or threads besides the harness's are left (maybe dying still)."""
+        return not self._counted_clean() and bool(self._extra_pids() or self._threads_left())
+
+    def _finish_reset(self) -> None:
         if reason := self._leftovers() or self._threads_left():
             self._violate(f"its reset left {reason}")
-            return
-        if not self._dead:
+        elif not self._dead:
             self._become_idle()
 
     def _extra_pids(self) -> set[int]:
@@ -780,6 +788,12 @@ class ProcessWorker:
         if self._harness_pid is None or self._dead or not self.HOST_CHECKS:
             return set()
         return self._sandbox_pids() - {self._process.pid, self._harness_pid}
+
+    def _counted_clean(self) -> bool:
+        """A Python sandbox holding just the outer bwrap and the single-threaded harness: its
+        pids counter (a pread) says so, without reading the list of its processes."""
+        return (self.HOST_CHECKS and self.actor.language == "python" and not self._dead
+                and self._cgroups.tasks() == BWRAP_PROCESSES + 1)
 
     def _threads_left(self) -> str | None:
         """A Python harness waits for the next call on one thread: any other is the
@@ -817,9 +831,10 @@ class ProcessWorker:
                 self._kill()
                 return None
             self._harness_pid = children.pop()
-        extra = self._sandbox_pids() - {self._process.pid, self._harness_pid}
-        if extra:
-            return f"{len(extra)} processes besides the harness"
+        if not self._counted_clean():
+            extra = self._sandbox_pids() - {self._process.pid, self._harness_pid}
+            if extra:
+                return f"{len(extra)} processes besides the harness"
         try:
             left = os.listdir(f"/proc/{self._harness_pid}/root/tmp")
         except (FileNotFoundError, ProcessLookupError):
@@ -889,14 +904,10 @@ class ProcessWorker:
         self._stop_idle_checks()
         self._kill()
         self._queue.put_nowait(_Item("eof"))  # wakes a call waiting on this worker
-        self._room.set()
         if not await self._exited(KILL_WAIT_S):
             self._kill_outer()
             await self._exited(KILL_WAIT_S)
-        for task in self._readers:
-            task.cancel()
-        await asyncio.gather(*self._readers, return_exceptions=True)
-        self._to_harness.close()
+        self._pipes.close()
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
@@ -907,44 +918,38 @@ class ProcessWorker:
 
     async def _run(self, request: CallRequest, on_event: EventSink,
                    baseline: tuple[int, int]) -> CallOutcome:
-        self._fence = secrets.token_hex(12)
         self._ready_early = False
         self._request = request  # its state operations are answered while it runs
-        self._to_harness.write(call_line(request, self._fence))
+        self._to_harness.write(call_line(request, ""))  # no fences: see _forward_raw_output
         budget = OutputBudget(self.actor.limits.output_bytes, self._max_notifications)
         outcome: CallOutcome | None = None
-        unfenced = {"stdout", "stderr"}
-        grace_end: float | None = None
-        # After the result, keep forwarding raw stdout/stderr lines until both fences (which
-        # the harness wrote before its result) came through, or a short grace period passed.
-        while outcome is None or unfenced - self._closed_streams:
-            item = await self._next(grace_end)
+        while outcome is None:
+            item = await self._get()
             if self._closed:
                 raise ActorFailed("SandboxCrashed", "the worker was closed during the call")
-            if item is None:
-                break
-            if item.kind == "fence":
-                if item.value == self._fence:
-                    unfenced.discard(item.stream)
-                continue
-            if outcome is not None and _is_ready(item):
-                self._ready_early = True  # its reset is done: reset() has nothing to wait for
-                continue
-            result = await self._handle(item, on_event, budget, baseline)
-            if result is not None:
-                outcome = result
-                grace_end = asyncio.get_running_loop().time() + FENCE_GRACE_S
-        assert outcome is not None
+            outcome = await self._handle(item, on_event, budget, baseline)
+        await self._forward_raw_output(on_event, budget, baseline)
         return outcome
 
-    async def _next(self, deadline: float | None) -> _Item | None:
-        """The next item from the sandbox; None once ``deadline`` (loop time) has passed."""
-        if deadline is None:
-            return await self._get()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(deadline):
-                return await self._get()
-        return None
+    async def _forward_raw_output(self, on_event: EventSink, budget: OutputBudget,
+                                  baseline: tuple[int, int]) -> None:
+        """Forward, before the result, what the script wrote to its real stdout/stderr (os.write,
+        subprocesses) during the call. The harness wrote its result after all of it, so those
+        bytes are in the pipes or read already; read what is left now (the pipes are read in
+        the loop's own callbacks, so everything read is queued), and send what is queued.
+        The harness's ``ready`` may be queued too: its reset is done."""
+        for stream in ("stdout", "stderr"):
+            self._read_now(stream)
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            self._taken(item)
+            if _is_ready(item):
+                self._ready_early = True
+            elif item.kind == "eof":  # it died after its result: reset() finds out
+                self._queue.put_nowait(item)
+                return
+            else:
+                await self._handle(item, on_event, budget, baseline)
 
     async def _handle(self, item: _Item, on_event: EventSink, budget: OutputBudget,
                       baseline: tuple[int, int]) -> CallOutcome | None:
@@ -1122,67 +1127,85 @@ class ProcessWorker:
             elif self._process.returncode is None:
                 os.kill(self._process.pid, signal.SIGKILL)
 
-    async def _read_channel(self, reader: asyncio.StreamReader) -> None:
-        while True:
-            try:
-                line = await reader.readline()
-            except ValueError:  # a line over the reader's limit
-                await self._put(_Item("overflow"))
-                return
-            if not line.endswith(b"\n"):
-                await self._put(_Item("eof"))
-                return
-            try:
-                message = decode_line(line)
-            except ValueError:
-                message = None
-            if isinstance(message, dict):
-                await self._put(_Item("message", value=message, size=_wire_size(line, message)))
-            else:
-                await self._put(_Item("garbage", value=line[:200].decode("utf-8", "replace"),
-                                      size=len(line)))
+    # --- the pipes out of the sandbox: parsed as they are read ------------------------------
 
-    async def _read_stream(self, reader: asyncio.StreamReader, stream: str) -> None:
-        pending = b""
-        while chunk := await reader.read(CHUNK):
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            if len(pending) > CHUNK:
-                lines.append(pending)
-                pending = b""
-            for line in lines:
-                await self._stream_line(stream, line.decode("utf-8", "replace"))
-        if pending:
-            await self._stream_line(stream, pending.decode("utf-8", "replace"))
-        await self._put(_Item("closed", stream))
+    def _received(self, pipe: str, data: bytes | None) -> None:
+        """Bytes from one of the sandbox's pipes (None: it ended), in the order the loop read
+        them: ``channel`` (the harness's messages), ``stdout`` or ``stderr`` (raw output)."""
+        if pipe == "channel":
+            self._channel_data(data)
+        elif data is None:
+            self._stream_end(pipe)
+        else:
+            self._stream_data(pipe, data)
 
-    async def _stream_line(self, stream: str, text: str) -> None:
-        fence = self._fence
-        if fence and text.endswith(fence):
-            if text[: -len(fence)]:
-                await self._put(_Item("line", stream, text[: -len(fence)], len(text)))
-            await self._put(_Item("fence", stream, fence))
+    def _channel_data(self, data: bytes | None) -> None:
+        if self._channel_ended:
             return
-        if self._last_fence and text == self._last_fence and self._phase in (RESETTING, IDLE):
-            return  # the last call's, after its grace period
+        if data is None:  # an unterminated last line is no message: the sandbox is gone
+            self._channel_ended = True
+            self._enqueue(_Item("eof"))
+            return
+        buffer = self._channel_buffer
+        buffer += data
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            if end + 1 - start > self._line_limit:
+                break
+            self._enqueue(_message_item(bytes(buffer[start:end + 1])))
+            start = end + 1
+        del buffer[:start]
+        if len(buffer) > self._line_limit:  # a line past any output limit: stop reading it
+            self._channel_ended = True
+            self._channel_buffer = bytearray()
+            self._pipes.channel.stop()
+            self._enqueue(_Item("overflow"))
+
+    def _stream_data(self, stream: str, data: bytes) -> None:
+        lines = (self._partial[stream] + data).split(b"\n")
+        pending = lines.pop()
+        if len(pending) > CHUNK:
+            lines.append(pending)
+            pending = b""
+        self._partial[stream] = pending
+        for line in lines:
+            self._stream_line(stream, line.decode("utf-8", "replace"))
+
+    def _stream_end(self, stream: str) -> None:
+        self._flush_partial(stream)
+        self._enqueue(_Item("closed", stream))
+
+    def _flush_partial(self, stream: str) -> None:
+        if pending := self._partial[stream]:
+            self._partial[stream] = b""
+            self._stream_line(stream, pending.decode("utf-8", "replace"))
+
+    def _stream_line(self, stream: str, text: str) -> None:
         if stream == "stderr":
             self._stderr_tail.append(text + "\n")
-        await self._put(_Item("line", stream, text, len(text)))
+        self._enqueue(_Item("line", stream, text, len(text)))
 
-    async def _put(self, item: _Item) -> None:
-        """Queue an item for the call (or boot, or reset) that reads it. At most about
-        BUFFER_BYTES wait here per worker: past it the reader stops reading and the sandbox
-        blocks on its writes. Anything but the harness's ready, written between calls, is
-        a violation that kills the worker (its bytes are dropped)."""
+    def _read_now(self, stream: str) -> None:
+        """Read what waits in ``stream``'s pipe now (at most what the pipe holds), and end an
+        unterminated last line: the call's output is complete."""
+        for data in self._pipes.stream(stream).read_waiting():
+            self._stream_data(stream, data)
+        self._flush_partial(stream)
+
+    def _enqueue(self, item: _Item) -> None:
+        """Queue an item for the call (or boot, or reset) that reads it. About BUFFER_BYTES
+        wait here per worker: past it the pipes are not read, and the sandbox blocks on its
+        writes. Anything but the harness's ready, written between calls, is a violation that
+        kills the worker (its bytes are dropped)."""
         if not self._expected(item):
             if not self._dead:
                 self._violate(f"wrote on its {item.stream or 'channel'} between calls")
             return
-        while self._buffered > BUFFER_BYTES and not self._closed:
-            self._room.clear()
-            await self._room.wait()
         self._buffered += item.size + ITEM_OVERHEAD
         self._queue.put_nowait(item)
+        if self._buffered > BUFFER_BYTES and not self._paused:
+            self._paused = True
+            self._pipes.pause()
 
     def _expected(self, item: _Item) -> bool:
         if item.kind in ("closed", "eof") or self._phase in (BOOTING, BUSY):
@@ -1196,7 +1219,20 @@ class ProcessWorker:
 
     def _taken(self, item: _Item) -> None:
         self._buffered -= item.size + ITEM_OVERHEAD
-        self._room.set()
+        if self._paused and self._buffered <= BUFFER_BYTES:
+            self._paused = False
+            self._pipes.resume()
+
+
+def _message_item(line: bytes) -> _Item:
+    """What one line from the harness is: a message, or garbage."""
+    try:
+        message = decode_line(line)
+    except ValueError:
+        message = None
+    if isinstance(message, dict):
+        return _Item("message", value=message, size=_wire_size(line, message))
+    return _Item("garbage", value=line[:200].decode("utf-8", "replace"), size=len(line))
 
 
 def _is_ready(item: _Item) -> bool:
@@ -1394,25 +1430,26 @@ class ProcessBackend:
             options = [*options, "--seccomp", str(seccomp_r)]
         args_r = _args_pipe(options)
         inherited = (args_r, call_r, event_w) + ((seccomp_r,) if seccomp_r is not None else ())
+        (out_r, out_w), (err_r, err_w) = output_pipes()
         try:
             # bwrap's own environment shows in the sandbox's /proc/1/environ: give it nothing
             process = await asyncio.create_subprocess_exec(
                 self._bwrap, "--args", str(args_r), *plan.command,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, pass_fds=inherited,
+                stdin=asyncio.subprocess.DEVNULL, stdout=out_w, stderr=err_w,
+                pass_fds=inherited,
                 preexec_fn=_preexec(cgroups.procs_files, plan.rlimits, plan.host_uid),
                 start_new_session=True, env={"PATH": "/usr/bin:/bin"})
         except Exception as exc:  # OSError, or SubprocessError from the preexec function
-            for fd in (call_w, event_r):
+            for fd in (call_w, event_r, out_r, err_r):
                 os.close(fd)
             raise SandboxUnavailable(BACKEND, f"cannot start bubblewrap: {exc}") from exc
         finally:
-            for fd in inherited:
+            for fd in (*inherited, out_w, err_w):
                 os.close(fd)
         limit = actor.limits.output_bytes + self.settings.max_message_bytes + CHUNK
-        writer, reader = await connect_channel(call_w, event_r, limit)
+        pipes = await connect_pipes(call_w, event_r, out_r, err_r, limit)
         sandbox = self.settings.sandbox
-        return ProcessWorker(actor, sandbox.tmp_mb, process, cgroups, writer, reader,
+        return ProcessWorker(actor, sandbox.tmp_mb, process, cgroups, pipes,
                              idle_lifetime_s=sandbox.idle_lifetime_s,
                              max_notifications=sandbox.max_notifications, host_uid=uid)
 
@@ -1435,17 +1472,126 @@ async def abandon(spawning: asyncio.Future[Any], cgroups: WorkerCgroups) -> None
         await worker.close()
 
 
-async def connect_channel(call_fd: int, event_fd: int,
-                          limit: int) -> tuple[asyncio.WriteTransport, asyncio.StreamReader]:
-    """The host's ends of a harness channel: a transport to write calls, a reader of events
-    (``limit``: the longest line it buffers)."""
+class _Pipe(asyncio.Protocol):
+    """A pipe out of a sandbox, read by the event loop: each chunk goes to the worker from
+    the loop's read callback itself (kept until a worker is attached), so whatever the
+    server has read from any of a sandbox's pipes is queued, in the order it was read."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._transport: asyncio.ReadTransport | None = None
+        self._sink: Callable[[str, bytes | None], None] | None = None
+        self._early: list[bytes | None] = []
+        self._stopped = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.ReadTransport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._deliver(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deliver(None)
+
+    def _deliver(self, data: bytes | None) -> None:
+        if self._sink is None:
+            self._early.append(data)
+        else:
+            self._sink(self.name, data)
+
+    def attach(self, sink: Callable[[str, bytes | None], None]) -> None:
+        self._sink = sink
+        early, self._early = self._early, []
+        for data in early:
+            sink(self.name, data)
+
+    def read_waiting(self) -> list[bytes]:
+        """What the pipe holds right now (FIONREAD), read at once, past the loop."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return []
+        fd = transport.get_extra_info("pipe").fileno()
+        chunks: list[bytes] = []
+        with contextlib.suppress(OSError):  # EAGAIN: nothing after all; EBADF: closed
+            waiting = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+            while waiting > 0 and (data := os.read(fd, waiting)):
+                chunks.append(data)
+                waiting -= len(data)
+        return chunks
+
+    def pause(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._transport is not None and not self._transport.is_closing() \
+                and not self._stopped:
+            self._transport.resume_reading()
+
+    def stop(self) -> None:
+        """Read no more from it, for good (the sandbox blocks on its next write)."""
+        self._stopped = True
+        self.pause()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+@dataclass
+class SandboxPipes:
+    """The host's ends of a sandbox's pipes: calls to the harness, its messages back, and
+    the sandbox's real stdout and stderr (os.write, subprocesses)."""
+
+    to_harness: asyncio.WriteTransport
+    channel: _Pipe
+    stdout: _Pipe
+    stderr: _Pipe
+    line_limit: int  # the longest message line read from the harness
+
+    def stream(self, name: str) -> _Pipe:
+        return self.stdout if name == "stdout" else self.stderr
+
+    def attach(self, sink: Callable[[str, bytes | None], None]) -> None:
+        for pipe in (self.channel, self.stdout, self.stderr):
+            pipe.attach(sink)
+
+    def pause(self) -> None:
+        for pipe in (self.channel, self.stdout, self.stderr):
+            pipe.pause()
+
+    def resume(self) -> None:
+        for pipe in (self.channel, self.stdout, self.stderr):
+            pipe.resume()
+
+    def close(self) -> None:
+        self.to_harness.close()
+        for pipe in (self.channel, self.stdout, self.stderr):
+            pipe.close()
+
+
+async def connect_pipes(call_fd: int, event_fd: int, stdout_fd: int, stderr_fd: int,
+                        line_limit: int) -> SandboxPipes:
+    """Take over the host's ends of a sandbox's pipes (each fd is closed with its pipe)."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=limit)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                 os.fdopen(event_fd, "rb", buffering=0))
+
+    async def reader(name: str, fd: int) -> _Pipe:
+        _, pipe = await loop.connect_read_pipe(lambda: _Pipe(name),
+                                               os.fdopen(fd, "rb", buffering=0))
+        return pipe
+
+    channel, stdout, stderr = (await reader("channel", event_fd), await reader("stdout", stdout_fd),
+                               await reader("stderr", stderr_fd))
     writer, _ = await loop.connect_write_pipe(asyncio.Protocol,
                                               os.fdopen(call_fd, "wb", buffering=0))
-    return writer, reader
+    return SandboxPipes(writer, channel, stdout, stderr, line_limit)
+
+
+def output_pipes() -> tuple[tuple[int, int], tuple[int, int]]:
+    """Pipes for a sandbox's stdout and stderr: ((read, write), (read, write)); the write
+    ends go to the sandbox, the read ends to connect_pipes."""
+    return os.pipe(), os.pipe()
 
 
 def _args_pipe(options: list[str]) -> int:

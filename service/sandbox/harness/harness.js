@@ -7,8 +7,8 @@
 // one JSON object per line each way (the protocol of service/sandbox/base.py).
 // {"type": "reset"} wipes /tmp (and, with --own-pidns, kills every other process of the
 // sandbox's pid namespace) and answers "ready". With --self-reset it does the same by itself
-// after each call's reply, before handling the next message, then says "ready" unasked:
-// a round trip saved. The host checks from outside that the reset really happened.
+// after each call, before its reply, and sends "ready" unasked in the same write as the
+// reply: a round trip saved. The host checks from outside that the reset really happened.
 //
 // The script may declare a top-level `async function process(context)` with no exports
 // (as in the origin README), or export it with `module.exports = { process }`,
@@ -26,6 +26,7 @@ const { pathToFileURL } = require('url');
 const ERRNO_DISK = new Set(['ENOSPC', 'EFBIG', 'EDQUOT']);
 const PARTIAL_LINE_MAX = 65536; // an unterminated write longer than this is sent as it stands
 const TMP = '/tmp';
+const READY = '{"type":"ready"}\n';
 const IDENTIFIER = /^[A-Za-z_$][\w$]*$/;
 
 function encode(message) {
@@ -403,15 +404,19 @@ class Harness {
     if (typeof request.fence === 'string' && /^[A-Za-z0-9]+$/.test(request.fence)) {
       writeFences(request.fence);
     }
-    this.channel.sendLine(reply);
-    if (!this.selfReset) return;
+    if (!this.selfReset) {
+      this.channel.sendLine(reply);
+      return;
+    }
     try { // before the next message is handled: no call ever sees what an earlier one left
       this.clean();
     } catch (err) { // a sandbox that cannot be cleaned must not serve again
+      this.channel.sendLine(reply);
       fs.writeSync(2, `harness: reset after the call failed: ${util.inspect(err)}\n`);
       process.exit(70);
     }
-    this.channel.send({ type: 'ready' }); // the host checks the sandbox from outside now
+    // The reply and the ready in one write: the host checks the sandbox from outside now
+    this.channel.sendLine(reply + READY);
   }
 
   async run(request) {

@@ -7,8 +7,8 @@ It loads SCRIPT once, says ``{"type": "ready"}`` on OUT_FD, then serves calls re
 IN_FD, one JSON object per line each way (the protocol of ``service/sandbox/base.py``).
 ``{"type": "reset"}`` wipes /tmp (and, with ``--own-pidns``, kills every other process of
 the sandbox's pid namespace) and answers ``ready``. With ``--self-reset`` it does the same
-by itself after each call's reply, before reading on, then says ``ready`` unasked: the host
-saves a round trip. The host checks from outside that the reset really happened. Each
+by itself after each call, before its reply, and sends ``ready`` unasked in the same write
+as the reply: the host saves a round trip. The host checks from outside that the reset really happened. Each
 ``--path=DIR`` (the actor's dependencies, mounted read-only) goes on sys.path ahead of
 site-packages, so the actor's pinned versions win over the system's.
 
@@ -33,6 +33,7 @@ ERRNO_DISK = (27, 28, 122)  # EFBIG (RLIMIT_FSIZE), ENOSPC (/tmp full), EDQUOT
 ERRNO_AGAIN = 11  # fork() or clone() refused: the pids limit
 PARTIAL_LINE_MAX = 65_536  # an unterminated print longer than this is sent as it stands
 TMP = "/tmp"
+READY = b'{"type":"ready"}\n'
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -466,12 +467,15 @@ def lingering() -> bool:
 
 
 def write_fences(fence: str) -> None:
-    """Mark the end of this call on the real stdout/stderr so the host knows it read all."""
+    """Flush what the script left in the real stdout/stderr's buffers, then (with a fence)
+    mark the end of this call there so the host knows it read all. Without one the host
+    reads what those pipes hold once the reply is in (the process and gVisor backends)."""
     for stream, fd in ((sys.__stdout__, 1), (sys.__stderr__, 2)):
         try:
             if stream is not None:
                 stream.flush()
-            os.write(fd, fence.encode("ascii") + b"\n")
+            if fence:
+                os.write(fd, fence.encode("ascii") + b"\n")
         except (OSError, ValueError):
             pass  # the script closed it; the host stops waiting after a grace period
 
@@ -517,17 +521,18 @@ class Harness:
         for stream in self.streams:
             stream.end()
         fence = request.get("fence")
-        if isinstance(fence, str) and fence.isalnum():
-            write_fences(fence)
-        self.channel.send_bytes(reply)
+        write_fences(fence if isinstance(fence, str) and fence.isalnum() else "")
         if not self.self_reset:
+            self.channel.send_bytes(reply)
             return
         try:  # before the next message is read: no call ever sees what an earlier one left
             self.clean()
         except Exception as exc:  # a sandbox that cannot be cleaned must not serve again
+            self.channel.send_bytes(reply)
             os.write(2, f"harness: reset after the call failed: {exc!r}\n".encode())
             os._exit(70)
-        self.channel.send({"type": "ready"})  # the host checks the sandbox from outside now
+        # The reply and the ready in one write: the host checks the sandbox from outside now
+        self.channel.send_bytes(reply + READY)
 
     def run(self, request: dict[str, Any]) -> bytes:
         if self.load_error is not None:
