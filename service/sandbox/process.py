@@ -653,11 +653,12 @@ class ProcessWorker:
         try:
             async with asyncio.timeout(BOOT_TIMEOUT_S):
                 await self._ready_or_outer_exit()
-            if reason := self._leftovers():
+            tasks = self._cgroups.tasks()
+            if reason := self._leftovers(tasks):
                 self._kill()
                 raise SandboxUnavailable(BACKEND, f"the script's load left {reason}")
             if not self._dead:  # else it died after its ready: the call says so (-32004)
-                self._become_idle()
+                self._become_idle(tasks)
         except TimeoutError:
             raise SandboxUnavailable(
                 BACKEND, f"sandbox not ready after {BOOT_TIMEOUT_S:g} s") from None
@@ -748,8 +749,9 @@ class ProcessWorker:
         ActorFailed (and the worker is killed) when not; then the worker watches itself
         while idle."""
         if self._phase == RESETTING and self.alive:
-            if self._settling is None and self._ready_early and not self._still_exiting():
-                self._finish_reset()  # the common case: nothing to wait for
+            tasks = self._cgroups.tasks()
+            if self._settling is None and self._ready_early and not self._still_exiting(tasks):
+                self._finish_reset(tasks)  # the common case: nothing to wait for
             else:
                 if self._settling is None:
                     self._settling = asyncio.ensure_future(self._settle())
@@ -768,19 +770,21 @@ class ProcessWorker:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + EXIT_WAIT_S
-        while self._still_exiting() and loop.time() < deadline:
+        while self._still_exiting(self._cgroups.tasks()) and loop.time() < deadline:
             await asyncio.sleep(0.005)  # killed, still exiting: a real leftover stays
-        self._finish_reset()
+        self._finish_reset(self._cgroups.tasks())
 
-    def _still_exiting(self) -> bool:
-        """Processes or threads besides the harness's are left (maybe dying still)."""
-        return not self._counted_clean() and bool(self._extra_pids() or self._threads_left())
+    def _still_exiting(self, tasks: int | None) -> bool:
+        """Processes or threads besides the harness's are left (maybe dying still);
+        ``tasks``: the pids counter, just read."""
+        return not self._counted_clean(tasks) and bool(self._extra_pids()
+                                                       or self._threads_left(tasks))
 
-    def _finish_reset(self) -> None:
-        if reason := self._leftovers() or self._threads_left():
+    def _finish_reset(self, tasks: int | None) -> None:
+        if reason := self._leftovers(tasks) or self._threads_left(tasks):
             self._violate(f"its reset left {reason}")
         elif not self._dead:
-            self._become_idle()
+            self._become_idle(tasks)
 
     def _extra_pids(self) -> set[int]:
         """Processes of the sandbox besides bwrap and the harness (none before the harness
@@ -789,17 +793,16 @@ class ProcessWorker:
             return set()
         return self._sandbox_pids() - {self._process.pid, self._harness_pid}
 
-    def _counted_clean(self) -> bool:
+    def _counted_clean(self, tasks: int | None) -> bool:
         """A Python sandbox holding just the outer bwrap and the single-threaded harness: its
-        pids counter (a pread) says so, without reading the list of its processes."""
+        pids counter (``tasks``) says so, without reading the list of its processes."""
         return (self.HOST_CHECKS and self.actor.language == "python" and not self._dead
-                and self._cgroups.tasks() == BWRAP_PROCESSES + 1)
+                and tasks == BWRAP_PROCESSES + 1)
 
-    def _threads_left(self) -> str | None:
+    def _threads_left(self, tasks: int | None) -> str | None:
         """A Python harness waits for the next call on one thread: any other is the
         script's, still there after its call (the harness's own "lingering" report, checked
         where the script cannot patch it). Node's runtime has threads of its own."""
-        tasks = self._cgroups.tasks()
         if self.actor.language != "python" or tasks is None or self._dead \
                 or not self.HOST_CHECKS:
             return None
@@ -817,7 +820,7 @@ class ProcessWorker:
         inner = _children(self._process.pid)
         return {self._process.pid, *inner, *(c for pid in inner for c in _children(pid))}
 
-    def _leftovers(self) -> str | None:
+    def _leftovers(self, tasks: int | None) -> str | None:
         """What a clean idle sandbox must not have: processes other than the outer bwrap and
         the harness, entries in /tmp. Read from the host (/proc, the cgroups). A sandbox
         whose harness is gone has died (e.g. killed from outside): it is killed, quietly."""
@@ -831,7 +834,7 @@ class ProcessWorker:
                 self._kill()
                 return None
             self._harness_pid = children.pop()
-        if not self._counted_clean():
+        if not self._counted_clean(tasks):
             extra = self._sandbox_pids() - {self._process.pid, self._harness_pid}
             if extra:
                 return f"{len(extra)} processes besides the harness"
@@ -844,11 +847,11 @@ class ProcessWorker:
             return f"a /tmp the host cannot read ({exc.strerror})"
         return f"{len(left)} entries in /tmp" if left else None
 
-    def _become_idle(self) -> None:
+    def _become_idle(self, tasks: int | None) -> None:
         self._phase = IDLE
         self._idle_since = asyncio.get_running_loop().time()
         self._idle_cpu = self._cgroups.cpu_ns()
-        self._idle_tasks = self._cgroups.tasks()
+        self._idle_tasks = tasks
         self._schedule_idle_check()
 
     def _schedule_idle_check(self) -> None:
