@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 FIELDS_ATTR = "service_fields"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Per connection, not per process: a ContextVar is copied into every task the handler starts.
 CONNECTION: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "service_connection", default=None)
@@ -126,6 +127,12 @@ class TextFormatter(logging.Formatter):
         """The record, then its traceback indented: an exception message holding client text
         and a newline cannot start a line that looks like a record (those never start with
         a space). Formatted here, not cached on the record, which other handlers share."""
+        if self._fmt == TEXT_FORMAT and not (record.exc_info or record.stack_info
+                                             or record.exc_text):
+            # The service's own format (every line of a busy server), written out directly.
+            record.message = escape_control(bounded(record.getMessage()))
+            record.asctime = self.formatTime(record, self.datefmt)
+            return f"{record.asctime} {record.levelname} {record.name}: {record.message}"
         exc_info, stack_info = record.exc_info, record.stack_info
         exc_text, record.exc_text = record.exc_text, None
         record.exc_info = record.stack_info = None
@@ -186,7 +193,7 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(level.upper())
     # No format here shows a record's thread or process: not looked up for every record
