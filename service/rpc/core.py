@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from jsonschema import Draft202012Validator
 from jsonschema.protocols import Validator
 
+from service import jsonfast
 from service.errors import (
     Busy,
     InternalError,
@@ -113,6 +114,9 @@ class Dispatcher:
         self._methods: dict[str, _Method] = {}
         self._validate_results = validate_results
         self._limits = limits or ConnectionSettings()
+        # The reference parser of frames (service/jsonfast.py: orjson where it agrees)
+        self._decode = json.JSONDecoder(parse_constant=_reject_constant,
+                                        parse_float=_finite_float).decode
 
     def register(
         self,
@@ -146,8 +150,7 @@ class Dispatcher:
         """Handle one frame (a request, a notification or a batch); the response text or None."""
         try:
             text = frame.decode("utf-8") if isinstance(frame, bytes) else frame
-            message = json.loads(text, parse_constant=_reject_constant,
-                                 parse_float=_finite_float)
+            message = jsonfast.loads(text, self._decode)
         except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
             return encode(_error_response(None, ParseError()))
         budget = _ResponseBudget(self._limits.max_response_bytes)
@@ -321,7 +324,6 @@ def encode(message: Any) -> str:
 
 
 def _encode_response(response: dict[str, Any]) -> str:
-    error = InternalError()
     try:
         return encode(response)
     except RecursionError:
@@ -330,6 +332,7 @@ def _encode_response(response: dict[str, Any]) -> str:
                               "as JSON")
     except (TypeError, ValueError):
         log.exception("response to id %r cannot be encoded as JSON", response.get("id"))
+        error = InternalError()
     return _error_text(response.get("id"), error)
 
 
