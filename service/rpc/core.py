@@ -54,8 +54,10 @@ _JSON_TYPES = MappingProxyType({
 class Connection:
     """One client connection as the core sees it: a way to send text, and per-connection slots."""
 
-    def __init__(self, send: Send, *, admin: bool = False) -> None:
+    def __init__(self, send: Send, *, admin: bool = False,
+                 notify_send: Send | None = None) -> None:
         self._send = send
+        self._notify_send = notify_send or send  # notifications: a response follows
         self._slots: dict[type, Any] = {}
         self.admin = admin  # may run admin methods (`load`): decided by the transport
         self.in_flight = 0  # requests being answered (see ConnectionSettings.max_in_flight)
@@ -70,7 +72,7 @@ class Connection:
         except RecursionError:
             raise InternalError(f"Internal error: a {method} notification is nested too "
                                 "deeply to encode as JSON") from None
-        await self._send(text)
+        await self._notify_send(text)
 
     def slot(self, cls: type[T]) -> T:
         """This connection's instance of ``cls`` (created on first use): per-connection state."""
