@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 FIELDS_ATTR = "service_fields"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Per connection, not per process: a ContextVar is copied into every task the handler starts.
 CONNECTION: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "service_connection", default=None)
@@ -26,6 +27,33 @@ CONNECTION: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextV
 def fields(**values: Any) -> dict[str, Any]:
     """The ``extra=`` of a log call whose values become top-level JSON fields."""
     return {FIELDS_ATTR: values}
+
+
+def log_fast(logger: logging.Logger, level: int, msg: str, args: tuple[Any, ...],
+             extra: dict[str, Any] | None = None) -> None:
+    """``logger.log(level, msg, *args, extra=extra)`` without its walk up the stack for the
+    caller's file and line, which no format here shows: for a line logged on every call."""
+    if logger.isEnabledFor(level):
+        logger.handle(logger.makeRecord(logger.name, level, "(unknown file)", 0, msg, args,
+                                        None, extra=extra))
+
+
+class _SecondStamp:
+    """The formatted time of a record's second, computed once per second (a busy server
+    logs many lines per second; strftime is a good part of formatting one)."""
+
+    def __init__(self, fmt: str, convert: Callable[[float | None], time.struct_time]) -> None:
+        self._fmt = fmt
+        self._convert = convert
+        self._cached: tuple[int, str] = (-1, "")
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        cached_second, stamp = self._cached
+        if second != cached_second:
+            stamp = time.strftime(self._fmt, self._convert(created))
+            self._cached = (second, stamp)
+        return stamp
 
 
 class RateLimit:
@@ -81,6 +109,16 @@ class TextFormatter(logging.Formatter):
     would forge a log line. A traceback keeps its lines, each indented.
     """
 
+    def __init__(self, fmt: str | None = None, datefmt: str | None = None) -> None:
+        super().__init__(fmt, datefmt)
+        self._stamp = _SecondStamp(self.default_time_format, self.converter)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """What logging.Formatter writes (local time, then milliseconds), its second cached."""
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        return f"{self._stamp(record.created)},{int(record.msecs):03d}"
+
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_control(bounded(record.message))
         return super().formatMessage(record)
@@ -89,6 +127,12 @@ class TextFormatter(logging.Formatter):
         """The record, then its traceback indented: an exception message holding client text
         and a newline cannot start a line that looks like a record (those never start with
         a space). Formatted here, not cached on the record, which other handlers share."""
+        if self._fmt == TEXT_FORMAT and not (record.exc_info or record.stack_info
+                                             or record.exc_text):
+            # The service's own format (every line of a busy server), written out directly.
+            record.message = escape_control(bounded(record.getMessage()))
+            record.asctime = self.formatTime(record, self.datefmt)
+            return f"{record.asctime} {record.levelname} {record.name}: {record.message}"
         exc_info, stack_info = record.exc_info, record.stack_info
         exc_text, record.exc_text = record.exc_text, None
         record.exc_info = record.stack_info = None
@@ -110,10 +154,13 @@ def _indent(text: str) -> str:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, message (and exc_info when there is one)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._stamp = _SecondStamp("%Y-%m-%dT%H:%M:%S", time.gmtime)
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._stamp(record.created) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": bounded(record.getMessage()),
@@ -146,8 +193,11 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # No format here shows a record's thread or process: not looked up for every record
+    # (logging's own switches, see "Optimization" in the logging HOWTO).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # aiohttp's access log says nothing the per-call log line does not.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

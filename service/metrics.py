@@ -103,11 +103,20 @@ class Metrics:
                                   buckets=DURATION_BUCKETS_S, registry=self.registry)
         if pool_stats is not None:
             self.registry.register(_PoolCollector(pool_stats))
+        # The children of each label set, looked up once: labels() costs more than the
+        # update itself. Bounded like the series: actor ids are loaded ones (or "_unknown").
+        self._call_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     def observe_call(self, actor: str, outcome: str, duration_s: float) -> None:
         """Record one finished process call."""
-        self.calls.labels(actor=actor, outcome=outcome).inc()
-        self.duration.labels(actor=actor).observe(duration_s)
+        children = self._call_children.get((actor, outcome))
+        if children is None:
+            children = (self.calls.labels(actor=actor, outcome=outcome),
+                        self.duration.labels(actor=actor))
+            self._call_children[actor, outcome] = children
+        calls, duration = children
+        calls.inc()
+        duration.observe(duration_s)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

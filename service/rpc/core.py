@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from jsonschema import Draft202012Validator
 from jsonschema.protocols import Validator
 
+from service import jsonfast
 from service.errors import (
     Busy,
     InternalError,
@@ -53,8 +54,10 @@ _JSON_TYPES = MappingProxyType({
 class Connection:
     """One client connection as the core sees it: a way to send text, and per-connection slots."""
 
-    def __init__(self, send: Send, *, admin: bool = False) -> None:
+    def __init__(self, send: Send, *, admin: bool = False,
+                 notify_send: Send | None = None) -> None:
         self._send = send
+        self._notify_send = notify_send or send  # notifications: a response follows
         self._slots: dict[type, Any] = {}
         self.admin = admin  # may run admin methods (`load`): decided by the transport
         self.in_flight = 0  # requests being answered (see ConnectionSettings.max_in_flight)
@@ -69,7 +72,7 @@ class Connection:
         except RecursionError:
             raise InternalError(f"Internal error: a {method} notification is nested too "
                                 "deeply to encode as JSON") from None
-        await self._send(text)
+        await self._notify_send(text)
 
     def slot(self, cls: type[T]) -> T:
         """This connection's instance of ``cls`` (created on first use): per-connection state."""
@@ -113,6 +116,9 @@ class Dispatcher:
         self._methods: dict[str, _Method] = {}
         self._validate_results = validate_results
         self._limits = limits or ConnectionSettings()
+        # The reference parser of frames (service/jsonfast.py: orjson where it agrees)
+        self._decode = json.JSONDecoder(parse_constant=_reject_constant,
+                                        parse_float=_finite_float).decode
 
     def register(
         self,
@@ -146,8 +152,7 @@ class Dispatcher:
         """Handle one frame (a request, a notification or a batch); the response text or None."""
         try:
             text = frame.decode("utf-8") if isinstance(frame, bytes) else frame
-            message = json.loads(text, parse_constant=_reject_constant,
-                                 parse_float=_finite_float)
+            message = jsonfast.loads(text, self._decode)
         except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
             return encode(_error_response(None, ParseError()))
         budget = _ResponseBudget(self._limits.max_response_bytes)
@@ -321,7 +326,6 @@ def encode(message: Any) -> str:
 
 
 def _encode_response(response: dict[str, Any]) -> str:
-    error = InternalError()
     try:
         return encode(response)
     except RecursionError:
@@ -330,6 +334,7 @@ def _encode_response(response: dict[str, Any]) -> str:
                               "as JSON")
     except (TypeError, ValueError):
         log.exception("response to id %r cannot be encoded as JSON", response.get("id"))
+        error = InternalError()
     return _error_text(response.get("id"), error)
 
 

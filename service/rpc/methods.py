@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from service.errors import Cancelled, PathNotAllowed, RpcError, SandboxUnavailable
-from service.log import FIELDS_ATTR, RateLimit, fields
+from service.log import FIELDS_ATTR, RateLimit, fields, log_fast
 from service.metrics import Metrics
 from service.rpc.core import Call, Dispatcher, Handler, encode
 from service.rpc.openrpc import load_openrpc, params_schema, result_schema
@@ -29,9 +29,9 @@ REFUSAL_LOG_INTERVAL_S = 10.0  # -32009 data.reason while the server drains
 
 @dataclass
 class _Running:
-    task: asyncio.Future[dict[str, Any]]
+    task: asyncio.Task[Any]  # the task serving the request (a frame's, or a batch element's)
     key: str  # the request id as JSON text, encoded once per call
-    cancel_requested: bool = False
+    cancels: int = 0  # cancel requests that reached the task (each one counts in cancelling())
 
 
 @dataclass
@@ -40,8 +40,8 @@ class InFlight:
 
     calls: dict[str, list[_Running]] = field(default_factory=dict)
 
-    def add(self, request_id: Any, task: asyncio.Future[dict[str, Any]]) -> _Running:
-        running = _Running(task, encode(request_id))
+    def add(self, request_id: Any, task: asyncio.Task[Any]) -> _Running:
+        running = _Running(task, id_text(request_id))
         self.calls.setdefault(running.key, []).append(running)
         return running
 
@@ -55,9 +55,9 @@ class InFlight:
     def cancel(self, request_id: Any) -> bool:
         """Cancel every running call with this id; True when at least one was running."""
         cancelled = False
-        for running in self.calls.get(encode(request_id), []):
+        for running in self.calls.get(id_text(request_id), []):
             if running.task.cancel():
-                running.cancel_requested = True
+                running.cancels += 1
                 cancelled = True
         return cancelled
 
@@ -108,27 +108,31 @@ class Methods:
         return self.openrpc
 
     async def process(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
-        """Run the actor; its outputs and logs go out as notifications before this returns."""
+        """Run the actor; its outputs and logs go out as notifications before this returns.
+
+        The run is awaited in the task serving the request (no task of its own): `cancel`
+        cancels that task, and the CancelledError arrives here only once the runtime has
+        handled it (the sandbox is killed) all the way up."""
         started = time.perf_counter()
         outcome = "ok"
         if self.draining:
-            self._record(params["actor_id"], encode(call.id), "shutting_down", 0)
+            self._record(params["actor_id"], id_text(call.id), "shutting_down", 0)
             raise self._shutting_down()
-        task = asyncio.ensure_future(self.runtime.process(
-            params["actor_id"], params["payload"], params.get("config"), params.get("state"),
-            params.get("timestamp"), emit=None if call.is_notification else _emitter(call)))
         # A notification has no id to cancel it by; closing the connection still cancels it.
-        in_flight = call.connection.slot(InFlight)
-        running = None if call.is_notification else in_flight.add(call.id, task)
+        running = in_flight = None
+        if not call.is_notification:
+            task = asyncio.current_task()
+            assert task is not None  # handlers run in the task serving their request
+            in_flight = call.connection.slot(InFlight)
+            running = in_flight.add(call.id, task)
         try:
-            return await task
+            return await self.runtime.process(
+                params["actor_id"], params["payload"], params.get("config"),
+                params.get("state"), params.get("timestamp"),
+                emit=None if call.is_notification else _emitter(call))
         except asyncio.CancelledError:
-            task.cancel()
-            await asyncio.wait({task})  # the sandbox is killed before we answer or go away
-            current = asyncio.current_task()
-            if running is not None and running.cancel_requested and not (
-                    current is not None and current.cancelling()):
-                outcome = "cancelled"
+            if running is not None and _withdraw_cancels(running):
+                outcome = "cancelled"  # only `cancel` asked: the connection is still there
                 raise Cancelled() from None
             if self.stopping:  # the grace is over: say so to the caller before the close
                 outcome = "shutting_down"
@@ -142,8 +146,9 @@ class Methods:
             outcome = "internal_error"
             raise
         finally:
-            if running is not None:
+            if running is not None and in_flight is not None:
                 in_flight.remove(running)
+                _withdraw_cancels(running)  # a cancel the run swallowed must not linger
             self._record(params["actor_id"], "-" if running is None else running.key, outcome,
                          time.perf_counter() - started)
 
@@ -157,21 +162,37 @@ class Methods:
         if self.metrics is not None:
             self.metrics.observe_call(label, outcome, duration_s)
         held = self._refusals.allow(label) if outcome in RATE_LIMITED_OUTCOMES else 0
-        if held is None:
+        if held is None or not log.isEnabledFor(logging.INFO):
             return  # counted in the metrics; the next line says how many were held back
         duration_ms = round(duration_s * 1000, 1)
         extra = fields(actor=actor_id, id=id_text, outcome=outcome, duration_ms=duration_ms)
         if held:
             extra[FIELDS_ATTR]["held_back"] = held
-        log.info("process actor=%s id=%s outcome=%s duration_ms=%.1f%s", actor_id, id_text,
-                 outcome, duration_ms, f" ({held} more like it not logged)" if held else "",
-                 extra=extra)
+        log_fast(log, logging.INFO, "process actor=%s id=%s outcome=%s duration_ms=%.1f%s",
+                 (actor_id, id_text, outcome, duration_ms,
+                  f" ({held} more like it not logged)" if held else ""), extra)
 
     def _actor_label(self, actor_id: str) -> str:
         try:
             return self.runtime.get(actor_id).id
         except RpcError:  # not found (or, on a cluster front, Redis unreachable)
             return UNKNOWN_ACTOR
+
+
+def _withdraw_cancels(running: _Running) -> bool:
+    """Take back the cancellations `cancel` requested of the call's task; True when it had
+    some and nothing else (a closing connection, the shutdown) cancels the task too."""
+    if not running.cancels:
+        return False
+    for _ in range(running.cancels):
+        running.task.uncancel()
+    running.cancels = 0
+    return running.task.cancelling() == 0
+
+
+def id_text(request_id: Any) -> str:
+    """A request id as JSON text (how the call log and `cancel` tell ids apart: 1, 1.0, "1")."""
+    return str(request_id) if type(request_id) is int else encode(request_id)
 
 
 def _emitter(call: Call) -> Emit:

@@ -54,12 +54,15 @@ for whatever reason, the worker is dead and must not be reused.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from service import jsonfast
 from service.errors import ActorFailed, ResourceLimitExceeded, SandboxUnavailable
 from service.manifest.model import ActorDef
 
@@ -128,7 +131,11 @@ class CallOutcome:
 
 def encode_line(message: dict[str, Any]) -> bytes:
     """One protocol line to the harness. ASCII JSON: a lone surrogate (legal JSON text)
-    stays an escape, which UTF-8 could not carry."""
+    stays an escape, which UTF-8 could not carry. (orjson writes it where it writes the
+    same value: a payload of kilobytes costs a tenth; see service/jsonfast.py.)"""
+    fast = jsonfast.dumps_ascii(message)
+    if fast is not None:
+        return fast + b"\n"
     return json.dumps(message, separators=(",", ":")).encode("ascii") + b"\n"
 
 
@@ -136,7 +143,7 @@ def decode_line(line: bytes | str) -> Any:
     """One line from the harness as JSON. ValueError for anything that is not JSON, a value
     nested too deeply for this process's stack included (the reader must never die of it)."""
     try:
-        return json.loads(line)
+        return jsonfast.loads(line)
     except RecursionError:
         raise ValueError("a JSON value nested too deeply to decode") from None
 
@@ -176,16 +183,22 @@ def notification_size(method: str, actor_id: str, body_bytes: int) -> int:
     """The bytes of an ``output``/``log`` notification on the wire, as the server encodes it
     (ASCII JSON), whose params other than request_id, actor_id (and an output's seq and
     timestamp) take ``body_bytes``."""
+    return _envelope_bytes(method, actor_id) + body_bytes
+
+
+@functools.lru_cache(maxsize=1024)  # per loaded actor and method: charged on every event
+def _envelope_bytes(method: str, actor_id: str) -> int:
     envelope = json.dumps({"jsonrpc": "2.0", "method": method,
                            "params": {"request_id": "", "actor_id": actor_id}},
                           separators=(",", ":"))
     extra = OUTPUT_EXTRA_BYTES if method == "output" else 0
-    return len(envelope) - 2 + REQUEST_ID_BYTES + 1 + body_bytes + extra  # "" out, id, ","
+    return len(envelope) - 2 + REQUEST_ID_BYTES + 1 + extra  # "" out, id, ","
 
 
 def log_size(actor_id: str, stream: str, message: str) -> int:
     """The wire size of the ``log`` notification of one line."""
-    body = len(stream) + len(json.dumps(message)) + len('"stream":"","message":')
+    # encode_basestring_ascii is what json.dumps(message) runs, without its call overhead
+    body = len(stream) + len(encode_basestring_ascii(message)) + len('"stream":"","message":')
     return notification_size("log", actor_id, body)
 
 

@@ -65,7 +65,8 @@ class ActorPool:
         self._resetting: set[Worker] = set()  # on their way back to idle
         self._warming = 0  # min_warm boots in progress
         self._booting = 0  # boots of calls that found no worker
-        self._changed = asyncio.Event()  # replaced by a fresh one on every change
+        self._changed = asyncio.Event()  # replaced by a fresh one on every change waited for
+        self._waiting = 0  # tasks in _wait_until
         self._tasks: set[asyncio.Task[None]] = set()
         self._warmers: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -306,13 +307,20 @@ class ActorPool:
 
     def _notify(self) -> None:
         """Wake everyone waiting for the pool to change. (No Condition: no lock to await,
-        so a cancelled task can never leave one held.)"""
-        self._changed.set()
-        self._changed = asyncio.Event()
+        so a cancelled task can never leave one held.) With nobody waiting (every call on
+        a warm pool), there is nothing to wake: a waiter checks its condition before it
+        waits, with no await in between."""
+        if self._waiting:
+            self._changed.set()
+            self._changed = asyncio.Event()
 
     async def _wait_until(self, condition: Callable[[], bool]) -> None:
-        while not condition():
-            await self._changed.wait()
+        self._waiting += 1
+        try:
+            while not condition():
+                await self._changed.wait()
+        finally:
+            self._waiting -= 1
 
     def _retry_after_ms(self) -> int:
         """A guess at when a slot frees up: recent call time times the queue's depth, plus
@@ -331,16 +339,14 @@ class _Leased:
     def __init__(self, worker: Worker, lease: Lease) -> None:
         self._worker = worker
         self._lease = lease
+        # The worker's own methods: no coroutine of ours in between on every call.
+        self.call: Callable[[CallRequest, EventSink], Coroutine[Any, Any, CallOutcome]] = \
+            worker.call
+        self.reset: Callable[[], Coroutine[Any, Any, None]] = worker.reset
 
     @property
     def alive(self) -> bool:
         return self._worker.alive
-
-    async def call(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
-        return await self._worker.call(request, on_event)
-
-    async def reset(self) -> None:
-        await self._worker.reset()
 
     async def close(self) -> None:
         try:

@@ -6,7 +6,10 @@ import io
 import json
 import logging
 
-from service.log import setup_logging
+import pytest
+
+import service.log
+from service.log import TEXT_FORMAT, TextFormatter, setup_logging
 
 
 def test_json_lines() -> None:
@@ -93,3 +96,24 @@ def test_a_huge_client_value_is_cut() -> None:
         logging.getLogger("service.test").info("process actor=%s", "x" * 1_000_000)
         assert len(stream.getvalue()) < 9000
         assert "(991822 more characters)" in stream.getvalue()
+
+
+def test_the_text_fast_path_writes_what_the_general_one_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service's own text format is written out directly; any other goes through
+    logging.Formatter. Both give the same line, time stamps included."""
+    formatter = TextFormatter(TEXT_FORMAT)
+    messages = [("call %s took %.1f ms", ("doubler", 0.81)), ("x" * 9000, ()),
+                ("evil %s", ("a\nb\r\x1b[2J\u2028",)), ("plain", ())]
+    for created in (1764151200.123, 1764151200.999, 1764151201.0005):
+        for msg, args in messages:
+            record = logging.LogRecord("service.t", logging.WARNING, "f", 1, msg, args, None)
+            record.created, record.msecs = created, (created - int(created)) * 1000
+            fast = formatter.format(record)
+            with monkeypatch.context() as patched:
+                patched.setattr(service.log, "TEXT_FORMAT", "not the format")
+                general = formatter.format(record)
+            assert fast == general
+            assert "\n" not in fast
+    assert formatter.format(logging.LogRecord("n", logging.INFO, "f", 1, "m", (), None)) \
+        .endswith(" INFO n: m")

@@ -196,6 +196,32 @@ async def test_cancel_a_running_call(dispatcher: Dispatcher, runtime: FakeRuntim
         "cancelled": False}
 
 
+async def test_a_call_cancelled_twice_answers_once_and_its_task_goes_on(
+        dispatcher: Dispatcher, runtime: FakeRuntime) -> None:
+    """The run is awaited in the request's own task: `cancel` cancels that task, and the
+    cancellations it asked for are taken back once the call is answered -32010."""
+    client = Client(dispatcher)
+    task = await _start_waiting_call(dispatcher, client, runtime, "job")
+    for request_id in (2, 3):
+        assert (await client.call("cancel", {"request_id": "job"}, request_id))["result"] == {
+            "cancelled": True}
+    assert (await asyncio.wait_for(task, 5))["error"]["code"] == -32010
+    assert task.cancelling() == 0 and not task.cancelled()
+    assert runtime.killed == [{"wait": True}]
+
+
+async def test_a_cancel_while_the_connection_closes_stays_a_cancellation(
+        dispatcher: Dispatcher, runtime: FakeRuntime) -> None:
+    client = Client(dispatcher)
+    task = await _start_waiting_call(dispatcher, client, runtime, "job")
+    task.cancel()  # the connection closes...
+    assert (await client.call("cancel", {"request_id": "job"}, 2))["result"] == {
+        "cancelled": True}  # ...while a cancel for the call is on its way
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert runtime.killed == [{"wait": True}]
+
+
 async def test_cancel_matches_the_id_type_and_the_connection(
         dispatcher: Dispatcher, runtime: FakeRuntime) -> None:
     client, other = Client(dispatcher), Client(dispatcher)

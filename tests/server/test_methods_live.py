@@ -125,6 +125,20 @@ async def test_logs_and_state(rpc: Rpc) -> None:
     assert response["result"]["return"] == {"status": "completed"}
 
 
+async def test_a_notification_is_sent_while_the_call_still_runs(rpc: Rpc) -> None:
+    """Writes are corked for one loop turn so that a notification and the response right
+    behind it share a TCP segment; a call that goes on must not hold its outputs back."""
+    await rpc.send({"jsonrpc": "2.0", "id": 1, "method": "process",
+                    "params": {"actor_id": "sleeper", "payload": {"seconds": 1.5}}})
+    first = await rpc.recv()  # RECEIVE_TIMEOUT_S would fail it; the sleep must not end first
+    assert first["method"] == "output" and first["params"]["data"] is True
+    with pytest.raises(TimeoutError):  # the call sleeps 1.5 s: nothing else can come yet
+        async with asyncio.timeout(0.5):
+            await rpc.recv()
+    _, response = await rpc.until_response(1)
+    assert response["result"]["return"] == {"slept": 1.5}
+
+
 async def test_streaming_outputs_keep_their_order(rpc: Rpc) -> None:
     notes, response = await rpc.request("process", {"actor_id": "ticker",
                                                     "payload": {"count": 5}})

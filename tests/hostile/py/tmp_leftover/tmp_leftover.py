@@ -2,7 +2,8 @@
 
 arg "write": write a marker in every writable scratch place; "look": report which
 markers are still there; "stealth": write them, then set /tmp's times back to what they
-were (a harness that trusted the folder's mtime would not wipe it). A module global proves the second call ran in the same worker.
+were (a harness that trusted the folder's mtime would not wipe it). A module global
+proves the second call ran in the same worker.
 """
 
 import os

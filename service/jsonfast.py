@@ -1,0 +1,83 @@
+"""JSON on the hot path: orjson where it gives exactly what the standard library gives.
+
+Every call's payload is parsed from its frame and written to the harness; for a
+few kilobytes of JSON, ``json`` costs a good part of the call, orjson a fraction.
+The standard library stays the reference: orjson is only used where its answer is
+known to be the same, and ``json`` decides everything else (its errors included).
+
+Parsing, where orjson differs and ``json`` takes over:
+
+- an integer beyond 64 bits becomes a float: text with a run of 19 digits or more
+  (anywhere, strings included) goes to ``json``;
+- it nests deeper than ``json`` can (1024 levels): text with more than
+  MAX_FAST_BRACKETS opening brackets goes to ``json``;
+- it refuses what ``json`` (or the caller's hooks) may accept: lone surrogate
+  escapes, ``NaN``/``Infinity``, numbers beyond a double's range. Any refusal falls
+  back to the reference, which accepts or refuses with its own message.
+
+Writing (the harness's lines only: what clients get on the wire stays the text ``json``
+writes, byte for byte), where orjson differs and ``json`` writes instead:
+
+- NaN and the infinities become ``null`` (``json`` writes them, or refuses with
+  ``allow_nan=False``): output holding ``null`` anywhere is written again by ``json``;
+- non-ASCII text is UTF-8 (the wire is ASCII JSON): non-ASCII output is too;
+- integers beyond 64 bits, nesting beyond 254 levels, lone surrogates, non-string
+  keys: refused, so ``json`` writes them (or refuses them itself);
+- dataclasses, datetimes and str/int/dict/list subclasses: passed through (so
+  refused, and left to ``json``), never written in orjson's own way.
+
+Otherwise the text may differ, never the value: a float is the shortest text that reads
+back the same number in both, with another exponent form (``1e-7``, ``1e-07``;
+``0.00006``, ``6e-05``), and DEL is written as is rather than as ``\u007f``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+# More opening brackets than this cannot nest deeper than json's recursion allows.
+MAX_FAST_BRACKETS = 512
+_LONG_RUN = 19  # digits: the shortest integer literal orjson may read as a float
+_OPTIONS = (orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+            | orjson.OPT_PASSTHROUGH_SUBCLASS)
+_TEXT_DIGITS = str.maketrans("123456789", "000000000")
+_BYTES_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_TEXT_RUN = "0" * _LONG_RUN
+_BYTES_RUN = b"0" * _LONG_RUN
+
+
+def loads(text: str | bytes, reference: Callable[[Any], Any] = json.loads) -> Any:
+    """``reference(text)``, computed by orjson when that gives the same value."""
+    if _orjson_reads_alike(text):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # the reference decides: it may accept it (NaN, "\ud800") or word the error
+    return reference(text)
+
+
+def _orjson_reads_alike(text: str | bytes) -> bool:
+    deep = len(text) > MAX_FAST_BRACKETS  # shorter text cannot hold as many brackets
+    if isinstance(text, str):
+        if deep and text.count("[") + text.count("{") > MAX_FAST_BRACKETS:
+            return False
+        return _TEXT_RUN not in text.translate(_TEXT_DIGITS)
+    if deep and text.count(b"[") + text.count(b"{") > MAX_FAST_BRACKETS:
+        return False
+    return _BYTES_RUN not in text.translate(_BYTES_DIGITS)
+
+
+def dumps_ascii(value: Any) -> bytes | None:
+    """Compact ASCII JSON text of the value ``json.dumps(value, separators=(",", ":"))``
+    writes, or None where orjson would not write that value (the caller runs ``json``)."""
+    try:
+        text = orjson.dumps(value, option=_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError included
+        return None
+    if b"null" in text or not text.isascii():
+        return None
+    return text

@@ -1,0 +1,143 @@
+"""service.jsonfast against the standard library: the same values, or the reference decides."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service import jsonfast
+from service.rpc.core import Connection, Dispatcher
+from service.sandbox.base import decode_line, encode_line
+
+TEXT = st.text(max_size=12) | st.sampled_from(
+    ["", "null", "\ud800", "a\udfff", "\x7f", "\x1f", "é", "\u2028", "0" * 25, "[{"])
+INTS = st.integers() | st.sampled_from(
+    [2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 10**30, -(10**30)])
+FLOATS = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(
+    [-0.0, 5e-324, 1e16, 1e22, 6.7e-05, 1e-7, 1.7976931348623157e308])
+SCALARS = st.none() | st.booleans() | INTS | FLOATS | TEXT
+JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(TEXT, inner, max_size=4), max_leaves=16)
+PIECES = st.sampled_from(['{', '}', '[', ']', ',', ':', '"a"', '"\\ud800"', '"\\u00e9"', '1',
+                          '-0', '1.5', '1e400', '-1e400', '1E5', '12345678901234567890',
+                          'NaN', 'Infinity', 'true', 'null', ' ', '\n', '\x0c', '\ufeff',
+                          '"\x01"', '01', '.5', '1.', '"\\x"', "'a'"])
+
+
+def typed(value: Any) -> Any:
+    """``value`` with every number's type (and a float's exact bits) made part of it."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return ("int", value)
+    if isinstance(value, float):
+        return ("float", repr(value))
+    if isinstance(value, list):
+        return [typed(v) for v in value]
+    return [(k, typed(v)) for k, v in value.items()]
+
+
+def outcome(parse: Any, text: str | bytes) -> Any:
+    try:
+        return ("ok", typed(parse(text)))
+    except (ValueError, RecursionError):
+        return ("error",)
+
+
+@settings(max_examples=400, deadline=None)
+@given(JSON, st.booleans())
+def test_loads_reads_what_json_reads(value: Any, ascii_only: bool) -> None:
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    assert outcome(jsonfast.loads, text) == outcome(json.loads, text)
+    data = text.encode("utf-8", "surrogatepass")
+    assert outcome(jsonfast.loads, data) == outcome(json.loads, data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(PIECES, max_size=12))
+def test_loads_accepts_and_refuses_what_json_does(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    assert outcome(jsonfast.loads, text) == outcome(json.loads, text)
+
+
+@pytest.mark.parametrize("text", [
+    "123456789012345678901234567890", "-9223372036854775809", "18446744073709551616",
+    '"\\ud800"', "NaN", "-Infinity", "1e400", "[" * 600 + "]" * 600, "\ufeff1",
+])
+def test_where_orjson_differs_the_reference_decides(text: str) -> None:
+    assert outcome(jsonfast.loads, text) == outcome(json.loads, text)
+
+
+def test_the_reference_gets_its_hooks() -> None:
+    def refuse(name: str) -> Any:
+        raise ValueError(name)
+
+    strict = json.JSONDecoder(parse_constant=refuse).decode
+    with pytest.raises(ValueError, match="NaN"):
+        jsonfast.loads('{"a": NaN}', strict)
+
+
+@settings(max_examples=400, deadline=None)
+@given(JSON)
+def test_dumps_ascii_writes_the_value_json_writes(value: Any) -> None:
+    fast = jsonfast.dumps_ascii(value)
+    try:
+        reference = json.dumps(value, separators=(",", ":"))
+    except ValueError:  # e.g. an int of more digits than int() converts
+        assert fast is None
+        return
+    if fast is not None:
+        assert fast.isascii()
+        assert typed(json.loads(fast)) == typed(json.loads(reference))
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+
+
+class Name(str):
+    pass
+
+
+@pytest.mark.parametrize("value", [
+    math.nan, math.inf, [-math.inf], 2**64, -(2**63) - 1, "\ud800", "é", None, {"a": None},
+    {1: 2}, datetime.date(2026, 1, 1), Point(1), Name("x"), json.loads("[" * 300 + "]" * 300),
+])
+def test_dumps_ascii_leaves_to_json_what_orjson_writes_otherwise(value: Any) -> None:
+    assert jsonfast.dumps_ascii(value) is None
+
+
+def test_harness_lines_keep_their_meaning() -> None:
+    message = {"type": "call", "payload": {"x": [1, 2.5, "é", None, 2**70, "\ud800"]}}
+    line = encode_line(message)
+    assert line.endswith(b"\n") and line.isascii()
+    assert typed(json.loads(line)) == typed(message)
+    assert typed(decode_line(b'{"type":"output","data":NaN}'))[1][1] == ("float", "nan")
+    assert decode_line(b'{"n":123456789012345678901234567890}') == {
+        "n": 123456789012345678901234567890}
+    with pytest.raises(ValueError):
+        decode_line(b"[" * 100_000)
+
+
+async def test_frames_keep_their_numbers_and_refusals() -> None:
+    sent: list[str] = []
+
+    async def send(text: str) -> None:
+        sent.append(text)
+
+    dispatcher, connection = Dispatcher(), Connection(send)
+    big = '{"jsonrpc":"2.0","method":"nope","id":123456789012345678901234567890}'
+    assert json.loads(await dispatcher.handle_frame(big, connection) or "")["id"] == \
+        123456789012345678901234567890
+    for frame in ('{"jsonrpc":"2.0","method":"nope","id":1e400}',
+                  '{"jsonrpc":"2.0","method":"nope","id":NaN}'):
+        assert json.loads(await dispatcher.handle_frame(frame, connection) or "")["error"][
+            "code"] == -32700
