@@ -56,6 +56,9 @@ missing_system_packages() {
     command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # cluster tests, bench
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)  # the multi-host cluster test (netns)
+    # prlimit and setpriv start each process sandbox (essential on Debian: here for others)
+    { [ -x /usr/bin/prlimit ] || [ -x /bin/prlimit ]; } || missing+=(util-linux)
+    { [ -x /usr/bin/setpriv ] || [ -x /bin/setpriv ]; } || missing+=(util-linux)
     command -v "$SANDBOX_NODE" >/dev/null 2>&1 || missing+=(nodejs)
     # npm installs JavaScript actors' dependencies (Debian packages it apart from nodejs)
     [ -x "$(dirname "$(command -v "$SANDBOX_NODE" || echo "$SANDBOX_NODE")")/npm" ] || command -v npm >/dev/null 2>&1 || missing+=(npm)

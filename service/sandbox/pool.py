@@ -164,7 +164,7 @@ class ActorPool:
             self._resetting.add(worker)
             self._spawn(self._recycle(worker))
         else:
-            self._spawn(self._discard(worker))
+            self._spawn(self._retire(worker))
         return outcome
 
     async def _checkout(self) -> Worker:
@@ -256,6 +256,13 @@ class ActorPool:
     async def _discard(self, worker: Worker) -> None:
         await worker.close()
         self._top_up()
+
+    async def _retire(self, worker: Worker) -> None:
+        """Close a worker whose call succeeded, one loop turn later: a task made now runs
+        before the call's caller resumes, so the close (a kill, reads of its cgroups) would
+        come before the answer is sent; this way it comes after (a cold call's time)."""
+        await asyncio.sleep(0)
+        await self._discard(worker)
 
     def _top_up(self) -> None:
         """Boot workers in the background until ``min_warm`` are idle or on their way,

@@ -181,6 +181,30 @@ async def test_reuse_false_gives_a_fresh_worker_per_call(fake: FakeBackend) -> N
     await pool.aclose()
 
 
+async def test_a_single_use_worker_is_closed_after_its_caller_resumed(
+        fake: FakeBackend) -> None:
+    """Its close (a kill, reads of its cgroups) is not part of the call's time."""
+    pool = fake_pool(fake, reuse=False)
+    seen: list[list[int]] = []
+
+    async def caller() -> None:  # the RPC layer runs the call as a task of its own
+        await asyncio.ensure_future(pool.run(request({}), Recorder()))
+        seen.append(list(fake.closed))  # where the answer is sent
+
+    await asyncio.create_task(caller())
+    assert seen == [[]]
+    await until(lambda: fake.closed == [0])
+    await pool.aclose()
+
+
+async def test_closing_the_pool_closes_a_worker_waiting_for_its_retirement(
+        fake: FakeBackend) -> None:
+    pool = fake_pool(fake, reuse=False)
+    await pool.run(request({}), Recorder())
+    await pool.aclose()  # right away: the close is still scheduled
+    assert fake.closed == [0]
+
+
 async def test_failed_worker_is_closed_and_replaced(fake: FakeBackend) -> None:
     pool = fake_pool(fake, max_workers=1)
     with pytest.raises(ActorFailed):

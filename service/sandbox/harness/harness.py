@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import _thread
 import builtins
-import json
 import os
 import sys
 
@@ -36,13 +35,74 @@ TMP = "/tmp"
 READY = b'{"type":"ready"}\n'
 
 
+# JSON through the C accelerator the json package itself uses: `import json` pulls in re,
+# enum and more, most of an interpreter's start-up time in a fresh sandbox. Same output
+# and errors as json.dumps(..., ensure_ascii=..., allow_nan=False, separators=(",", ":"))
+# and json.loads; the json package is imported only where _json cannot answer alone.
+try:
+    import _json
+except ImportError:  # an interpreter without the accelerator: the json package does it all
+    _json = None  # type: ignore[assignment]
+
+
+def not_serializable(value: Any) -> Any:
+    raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
+
+
+def dumps(value: Any, ensure_ascii: bool) -> str:
+    """json.dumps(value, ensure_ascii=ensure_ascii, allow_nan=False, separators=(",", ":"))"""
+    if _json is None:
+        import json
+
+        return json.dumps(value, ensure_ascii=ensure_ascii, allow_nan=False,
+                          separators=(",", ":"))
+    escape = _json.encode_basestring_ascii if ensure_ascii else _json.encode_basestring
+    if isinstance(value, str):
+        return escape(value)
+    # A fresh markers dict each time: an encoding that failed midway leaves entries in it.
+    chunks = _json.make_encoder({}, not_serializable, escape, None, ":", ",", False, False,
+                                False)
+    return "".join(chunks(value, 0))
+
+
+class DecodeContext:
+    """What json.JSONDecoder() gives its scanner: the defaults of json.loads."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"),
+                      "NaN": float("nan")}.__getitem__
+
+
+SCAN = _json.make_scanner(DecodeContext()) if _json is not None else None  # type: ignore[arg-type]
+JSON_SPACE = " \t\n\r"
+
+
+def loads(data: bytes) -> Any:
+    """json.loads(data): the same values, and the same errors (from json itself)."""
+    if SCAN is not None:
+        try:
+            text = data.decode("utf-8")
+            value, end = SCAN(text, 0)
+            if not text[end:].strip(JSON_SPACE):
+                return value
+        except Exception:  # json.loads below says what is wrong, as it always did
+            pass
+    import json  # leading whitespace, a BOM, UTF-16, or an error to report
+
+    return json.loads(data)
+
+
 def encode(message: dict[str, Any]) -> bytes:
     """One protocol line; raises TypeError/ValueError for anything that is not plain JSON."""
-    text = json.dumps(message, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text = dumps(message, ensure_ascii=False)
     try:
         return text.encode("utf-8") + b"\n"
     except UnicodeEncodeError:  # a lone surrogate: legal JSON as an escape, not as UTF-8
-        return json.dumps(message, allow_nan=False, separators=(",", ":")).encode("ascii") + b"\n"
+        return dumps(message, ensure_ascii=True).encode("ascii") + b"\n"
 
 
 class Channel:
@@ -74,7 +134,7 @@ class Channel:
                 return None
             self._pending += chunk
         line, _, self._pending = self._pending.partition(b"\n")
-        return json.loads(line)
+        return loads(line)
 
     def state_op(self, message: dict[str, Any]) -> Any:
         """Ask the host for one state operation and wait for its reply (base.py protocol).
