@@ -863,7 +863,7 @@ class ProcessWorker:
                 if self._settling is None:
                     self._settling = asyncio.ensure_future(self._settle())
                 await asyncio.shield(self._settling)
-        if not self.alive:
+        if self._dead or self._process.returncode is not None:  # (just checked if idle)
             raise ActorFailed("SandboxCrashed", self.violation or "the sandbox is no longer "
                               "running")
 
@@ -1620,6 +1620,7 @@ class _Pipe(asyncio.Protocol):
     def __init__(self, name: str) -> None:
         self.name = name
         self._transport: asyncio.ReadTransport | None = None
+        self._fd = -1
         self._sink: Callable[[str, bytes | None], None] | None = None
         self._early: list[bytes | None] = []
         self._stopped = False
@@ -1627,6 +1628,7 @@ class _Pipe(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.ReadTransport)
         self._transport = transport
+        self._fd = transport.get_extra_info("pipe").fileno()
 
     def data_received(self, data: bytes) -> None:
         self._deliver(data)
@@ -1651,7 +1653,7 @@ class _Pipe(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return []
-        fd = transport.get_extra_info("pipe").fileno()
+        fd = self._fd
         chunks: list[bytes] = []
         with contextlib.suppress(OSError):  # EAGAIN: nothing after all; EBADF: closed
             waiting = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
