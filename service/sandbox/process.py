@@ -1260,9 +1260,10 @@ class ProcessWorker:
             self._enqueue(_Item("eof"))
             return
         buffer = self._channel_buffer
+        unscanned = len(buffer)  # what is buffered holds no newline: a long line is not rescanned
         buffer += data
         start = 0
-        while (end := buffer.find(b"\n", start)) >= 0:
+        while (end := buffer.find(b"\n", max(start, unscanned))) >= 0:
             if end + 1 - start > self._line_limit:
                 break
             self._enqueue(_message_item(bytes(buffer[start:end + 1])))
