@@ -74,7 +74,7 @@ class Session:
     def _cork(self) -> None:
         """Hold what is written until the loop's next turn: a notification and the response
         right behind it (written in the same turn when the sandbox sent both at once) leave
-        in one TCP segment, at the cost of one transmit and one wake-up of the client."""
+        in one TCP segment: one transmit and one wake-up of the client instead of two."""
         if self._corked or self._sock is None:
             return
         try:
