@@ -720,6 +720,7 @@ class ProcessWorker:
         self._closed_streams: set[str] = set()
         self._dead = False
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None
         self._phase = BOOTING
         self._settling: asyncio.Task[None] | None = None
         self._ready_early = False  # the harness's ready after its reset came during the call
@@ -1007,13 +1008,18 @@ class ProcessWorker:
         self._kill()
 
     async def close(self) -> None:
-        """Kill the sandbox, reap it, remove its cgroups; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._stop_idle_checks()
-        self._kill()
-        self._queue.put_nowait(_Item("eof"))  # wakes a call waiting on this worker
+        """Kill the sandbox, reap it, remove its cgroups; idempotent. The close finishes even
+        when its caller is cancelled (a pool closed during a server's shutdown): a later
+        call waits for the same one, so no cgroup is left behind."""
+        if self._closing is None:
+            self._closed = True
+            self._stop_idle_checks()
+            self._kill()
+            self._queue.put_nowait(_Item("eof"))  # wakes a call waiting on this worker
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         if not await self._exited(KILL_WAIT_S):
             self._kill_outer()
             await self._exited(KILL_WAIT_S)
