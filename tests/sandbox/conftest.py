@@ -23,6 +23,7 @@ from sandbox_helpers import ACTORS, TMP_MB, actor_def
 from service.manifest.model import ActorDef
 from service.sandbox.base import Availability, Backend, Worker
 from service.sandbox.microvm import MicroVMBackend
+from service.sandbox.process import ProcessBackend
 from service.settings import SandboxSettings, Settings
 
 # microvm-local: the microVM backend's whole boot and call path on the recording SDK
@@ -92,6 +93,16 @@ async def backend(backend_name: str, settings: Settings,
         pytest.skip(f"{backend_name} backend unavailable: {available.reason}")
     yield instance
     await instance.aclose()
+
+
+@pytest.fixture
+async def process_backend(settings: Settings) -> AsyncIterator[ProcessBackend]:
+    backend = ProcessBackend(settings)
+    available = await backend.availability()
+    if not available.ok:
+        pytest.skip(f"process backend unavailable: {available.reason}")
+    yield backend
+    await backend.aclose()
 
 
 @pytest.fixture

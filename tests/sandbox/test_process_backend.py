@@ -40,16 +40,6 @@ Boot = Callable[[ActorDef], Awaitable[ProcessWorker]]
 
 
 @pytest.fixture
-async def process_backend(settings: Settings) -> AsyncIterator[ProcessBackend]:
-    backend = ProcessBackend(settings)
-    available = await backend.availability()
-    if not available.ok:
-        pytest.skip(f"process backend unavailable: {available.reason}")
-    yield backend
-    await backend.aclose()
-
-
-@pytest.fixture
 async def boot(process_backend: ProcessBackend) -> AsyncIterator[Boot]:
     workers: list[ProcessWorker] = []
 

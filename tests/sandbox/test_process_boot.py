@@ -8,7 +8,6 @@ import logging
 import os
 import resource
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,16 +26,6 @@ from service.sandbox.process import (
     make_plan,
 )
 from service.settings import Settings
-
-
-@pytest.fixture
-async def backend(settings: Settings) -> AsyncIterator[ProcessBackend]:
-    backend = ProcessBackend(settings)
-    available = await backend.availability()
-    if not available.ok:
-        pytest.skip(f"process backend unavailable: {available.reason}")
-    yield backend
-    await backend.aclose()
 
 
 def limits_of(pid: int) -> dict[str, str]:
@@ -85,10 +74,10 @@ def test_parent_of_reads_proc_and_tolerates_a_gone_process() -> None:
 
 
 async def test_every_process_of_a_booted_sandbox_is_in_its_cgroups(
-        backend: ProcessBackend) -> None:
-    if not backend.controllers:
+        process_backend: ProcessBackend) -> None:
+    if not process_backend.controllers:
         pytest.skip("no cgroups here")
-    worker = await backend.start_worker(actor_def(ACTORS / "origin.py"))
+    worker = await process_backend.start_worker(actor_def(ACTORS / "origin.py"))
     try:
         inner = set(map(int, Path(f"/proc/{worker.pid}/task/{worker.pid}/children")
                         .read_text().split()))
@@ -103,8 +92,8 @@ async def test_every_process_of_a_booted_sandbox_is_in_its_cgroups(
 
 
 async def test_the_sandbox_gets_its_rlimits_through_prlimit(
-        backend: ProcessBackend, settings: Settings) -> None:
-    worker = await backend.start_worker(actor_def(ACTORS / "origin.py"))
+        process_backend: ProcessBackend, settings: Settings) -> None:
+    worker = await process_backend.start_worker(actor_def(ACTORS / "origin.py"))
     try:
         inner = int(Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()[0])
         limits = limits_of(inner)
@@ -173,10 +162,10 @@ async def test_without_util_linux_the_fork_sets_uid_and_rlimits(
 
 
 async def test_the_sandbox_runs_as_its_uid_with_no_group_and_no_capability(
-        backend: ProcessBackend, settings: Settings) -> None:
+        process_backend: ProcessBackend, settings: Settings) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs a root server (a uid of its own per sandbox)")
-    worker = await backend.start_worker(actor_def(ACTORS / "origin.py"))
+    worker = await process_backend.start_worker(actor_def(ACTORS / "origin.py"))
     try:
         status = Path(f"/proc/{worker.pid}/status").read_text()
         fields = dict(line.split(":", 1) for line in status.splitlines())
@@ -243,8 +232,8 @@ async def test_without_a_working_interpreter_the_plain_harness_is_mounted(
     assert list(tmp_path.iterdir()) == []
 
 
-async def test_a_sandbox_runs_the_compiled_harness(backend: ProcessBackend) -> None:
-    worker = await backend.start_worker(actor_def(ACTORS / "origin.py"))
+async def test_a_sandbox_runs_the_compiled_harness(process_backend: ProcessBackend) -> None:
+    worker = await process_backend.start_worker(actor_def(ACTORS / "origin.py"))
     try:
         inner = int(Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()[0])
         maps = Path(f"/proc/{inner}/cmdline").read_bytes().split(b"\0")
