@@ -127,12 +127,6 @@ class TextFormatter(logging.Formatter):
         """The record, then its traceback indented: an exception message holding client text
         and a newline cannot start a line that looks like a record (those never start with
         a space). Formatted here, not cached on the record, which other handlers share."""
-        if self._fmt == TEXT_FORMAT and not (record.exc_info or record.stack_info
-                                             or record.exc_text):
-            # The service's own format (every line of a busy server), written out directly.
-            record.message = escape_control(bounded(record.getMessage()))
-            record.asctime = self.formatTime(record, self.datefmt)
-            return f"{record.asctime} {record.levelname} {record.name}: {record.message}"
         exc_info, stack_info = record.exc_info, record.stack_info
         exc_text, record.exc_text = record.exc_text, None
         record.exc_info = record.stack_info = None

@@ -98,10 +98,10 @@ def test_a_huge_client_value_is_cut() -> None:
         assert "(991822 more characters)" in stream.getvalue()
 
 
-def test_the_text_fast_path_writes_what_the_general_one_does(
+def test_the_text_format_does_not_depend_on_the_format_constant(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The service's own text format is written out directly; any other goes through
-    logging.Formatter. Both give the same line, time stamps included."""
+    """Every text line goes through logging.Formatter (its second's time stamp cached):
+    the same line whatever the module's format constant says, escapes included."""
     formatter = TextFormatter(TEXT_FORMAT)
     messages = [("call %s took %.1f ms", ("doubler", 0.81)), ("x" * 9000, ()),
                 ("evil %s", ("a\nb\r\x1b[2J\u2028",)), ("plain", ())]
