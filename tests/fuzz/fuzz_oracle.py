@@ -360,8 +360,8 @@ def manifest_for(file_path: str, root: Path) -> Path | None:
             candidates = [path.with_suffix(s) for s in MANIFEST_SUFFIXES]
             path = next((c for c in candidates if c.is_file()), candidates[0])
         resolved = Path(os.path.realpath(path, strict=True))
-    except (OSError, RuntimeError):  # e.g. a name too long: it names no file
-        return None
+    except (OSError, RuntimeError, ValueError):  # a name too long, or a lone surrogate
+        return None  # (no file system name): it names no file
     if not resolved.is_file() or not resolved.is_relative_to(root.resolve()):
         return None
     return resolved

@@ -7,6 +7,7 @@ the same actor must succeed, and nothing of its sandboxes may be left on the hos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import uuid
@@ -62,7 +63,7 @@ def test_cases_are_well_formed() -> None:
                                                "max_notifications", "idle_cpu_ms_below",
                                                "rss_growth_mb_below", "host_unchanged",
                                                "nobody_inotify", "wire_bytes_below",
-                                               "idle_written_mb_below"}
+                                               "idle_written_mb_below", "sandbox_tmp_empty"}
         assert set(case.get("known_issue", {})) <= set(BACKENDS)
         assert case.get("also_private", False) in (True, False)
 
@@ -205,6 +206,9 @@ class Measured:
     idle_written_mb: float = 0.0  # the most sandboxes wrote (to the server) in one window
     rss_growth_mb: float = 0.0  # the server's resident memory, after the steps less before
     nobody_inotify: bool = True
+    # entries seen from the host in a live sandbox's /tmp after a call; None: no sandbox /tmp
+    # was visible (gVisor's is inside the Sentry)
+    sandbox_tmp: list[str] | None = None
 
 
 async def run_steps(case: Case, runtime: Runtime,
@@ -234,6 +238,11 @@ async def run_steps(case: Case, runtime: Runtime,
             problems.append(f"expected {step['expect']}, got {seen.describe()}")
         if seen.error is not None:
             assert await watch.wait_gone() == [], "the failed sandbox is still running"
+        if case.checks.get("sandbox_tmp_empty"):
+            watch.scan()
+            left = sandbox_tmp_entries(watch)
+            if left is not None:
+                measured.sandbox_tmp = (measured.sandbox_tmp or []) + left
     measured.rss_growth_mb = rss_mb() - rss_before
     if case.checks.get("nobody_inotify"):
         measured.nobody_inotify = await asyncio.to_thread(nobody_gets_inotify)
@@ -241,6 +250,21 @@ async def run_steps(case: Case, runtime: Runtime,
     assert benign.result is not None, f"the next benign call failed: {benign.error}"
     assert benign.result["return"] == {"ok": True}
     return observed, problems, measured
+
+
+def sandbox_tmp_entries(watch: SandboxWatch) -> list[str] | None:
+    """What the live sandboxes' /tmp holds, read from the host through /proc/PID/root (a
+    call's answer comes after the harness's wipe); None when no sandbox /tmp is visible."""
+    host_tmp = os.stat("/tmp")
+    seen: dict[tuple[int, int], list[str]] = {}
+    for pid in watch.procs:
+        tmp = f"/proc/{pid}/root/tmp"
+        with contextlib.suppress(OSError):
+            info = os.stat(tmp)
+            if (info.st_dev, info.st_ino) != (host_tmp.st_dev, host_tmp.st_ino):
+                names = [f"{pid}:{name}" for name in os.listdir(tmp)]
+                seen.setdefault((info.st_dev, info.st_ino), names)
+    return [entry for entries in seen.values() for entry in entries] if seen else None
 
 
 def expected_effects(case: Case, observed: list[Observed], measured: Measured) -> list[str]:
@@ -268,7 +292,17 @@ def expected_effects(case: Case, observed: list[Observed], measured: Measured) -
         problems.append(f"the server grew by {measured.rss_growth_mb:.0f} MiB")
     if not measured.nobody_inotify:
         problems.append("host uid 65534 can no longer create an inotify instance")
+    if checks.get("sandbox_tmp_empty"):
+        problems += sandbox_tmp_problems(case, measured)
     return problems
+
+
+def sandbox_tmp_problems(case: Case, measured: Measured) -> list[str]:
+    if measured.sandbox_tmp:
+        return [f"a sandbox's /tmp held {measured.sandbox_tmp} after a call"]
+    if measured.sandbox_tmp is None and case.backend_name == "process":
+        return ["no sandbox /tmp was visible from the host"]
+    return []
 
 
 def assert_host_untouched(case: Case, listener: Listener,
