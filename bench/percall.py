@@ -50,6 +50,9 @@ class AnsweringWorker:
 
     alive = True
 
+    def claim(self) -> bool:
+        return True
+
     async def call(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
         call_line(request, "")  # what a real worker writes to its harness
         await asyncio.sleep(0)  # the harness's round trip, as one turn of the loop

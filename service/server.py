@@ -67,14 +67,17 @@ class Session:
                 await self.ws.send_str(text)
             except ConnectionError as exc:
                 log.debug("connection lost while sending: %s", exc)
+            if not more:  # a response: what was corked before it leaves with it, now
+                self._uncork()
 
     async def send_more(self, text: str) -> None:
         await self.send(text, more=True)
 
     def _cork(self) -> None:
-        """Hold what is written until the loop's next turn: a notification and the response
-        right behind it (written in the same turn when the sandbox sent both at once) leave
-        in one TCP segment: one transmit and one wake-up of the client instead of two."""
+        """Hold what is written until a response is written, or the loop's next turn at the
+        latest: a notification and the response right behind it (written in the same turn
+        when the sandbox sent both at once) leave in one TCP segment: one transmit and one
+        wake-up of the client instead of two."""
         if self._corked or self._sock is None:
             return
         try:
@@ -86,6 +89,8 @@ class Session:
         asyncio.get_running_loop().call_soon(self._uncork)
 
     def _uncork(self) -> None:
+        if not self._corked:
+            return
         self._corked = False
         with contextlib.suppress(OSError):  # closed meanwhile
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)

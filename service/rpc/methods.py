@@ -149,8 +149,11 @@ class Methods:
             if running is not None and in_flight is not None:
                 in_flight.remove(running)
                 _withdraw_cancels(running)  # a cancel the run swallowed must not linger
-            self._record(params["actor_id"], "-" if running is None else running.key, outcome,
-                         time.perf_counter() - started)
+            # Logged and counted once the response is on its way (the loop's next turn): not
+            # on the caller's clock.
+            asyncio.get_running_loop().call_soon(
+                self._record, params["actor_id"], "-" if running is None else running.key,
+                outcome, time.perf_counter() - started)
 
     def _shutting_down(self) -> SandboxUnavailable:
         # A cluster front stands in for the runtime there, and has no backend of its own.

@@ -240,6 +240,11 @@ class Worker(Protocol):
     @property
     def alive(self) -> bool: ...
 
+    def claim(self) -> bool:
+        """Take the idle worker for the call that follows at once: False when it is not alive
+        (or, checked now, not clean), and the pool takes another."""
+        ...
+
     async def call(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
         """Run one call; raises RpcError (ActorFailed, TimeLimitExceeded, ...) on failure.
 

@@ -675,6 +675,9 @@ class MicroVMWorker:
     def alive(self) -> bool:
         return self._alive
 
+    def claim(self) -> bool:
+        return self._alive
+
     async def wait_ready(self) -> None:
         """Consume boot output until the harness says ``ready``."""
         reply = await self._read_reply(OutputBudget(self.actor.limits.output_bytes), _drop)

@@ -173,7 +173,7 @@ class ActorPool:
         while True:
             while self._idle:
                 worker = self._idle.popleft()
-                if worker.alive:
+                if worker.claim():
                     self._busy.add(worker)
                     self._top_up()
                     return worker
@@ -347,6 +347,9 @@ class _Leased:
     @property
     def alive(self) -> bool:
         return self._worker.alive
+
+    def claim(self) -> bool:
+        return self._worker.claim()
 
     async def close(self) -> None:
         try:

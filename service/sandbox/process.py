@@ -45,6 +45,7 @@ import shutil
 import signal
 import struct
 import termios
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,9 +101,10 @@ BUFFER_BYTES = 1 << 20  # read ahead from one sandbox; past it the sandbox waits
 ITEM_OVERHEAD = 256  # what one queued item costs beyond its bytes
 IDLE_CHECK_S = 0.1  # how often an idle worker's counters are read (two preads)
 IDLE_CPU_NS = 50_000_000  # CPU an idle worker may use in all (V8 finishing its GC work)
+STAMP_SETTLE_NS = 50_000_000  # older than a jiffy of any kernel (HZ >= 100): see settled_stamp
 RESET_TIMEOUT_S = 5.0  # for the harness's "ready" after its own reset
 EXIT_WAIT_S = 0.2  # for what the harness just SIGKILLed to leave (node does not wait for it)
-BOOTING, BUSY, RESETTING, IDLE = "booting", "busy", "resetting", "idle"
+BOOTING, BUSY, RESETTING, IDLE, CLAIMED = "booting", "busy", "resetting", "idle", "claimed"
 SANDBOX_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "HOME": "/tmp",
@@ -302,6 +304,7 @@ class WorkerCgroups:
         self._pids_fd: int | None = None
         self._usage_fd: int | None = None  # cpuacct.usage (ns) or v2 cpu.stat (usage_usec)
         self._tasks_fd: int | None = None  # pids.current: threads and processes
+        self._procs_fd: int | None = None  # cgroup.procs of one group (each holds them all)
 
     @classmethod
     def create(cls, controllers: dict[str, Controller], limits: Limits) -> WorkerCgroups:
@@ -332,12 +335,15 @@ class WorkerCgroups:
         else:
             v2 = [path for c, path in self._groups.values() if c.version == 2]
             self._usage_fd = _open_counter(v2[0] / "cpu.stat") if v2 else None
+        for _, path in self._groups.values():
+            self._procs_fd = _open_counter(path / "cgroup.procs")
+            break
 
     def _close_counters(self) -> None:
-        for fd in (self._oom_fd, self._pids_fd, self._usage_fd, self._tasks_fd):
+        for fd in (self._oom_fd, self._pids_fd, self._usage_fd, self._tasks_fd, self._procs_fd):
             if fd is not None:
                 os.close(fd)
-        self._oom_fd = self._pids_fd = self._usage_fd = self._tasks_fd = None
+        self._oom_fd = self._pids_fd = self._usage_fd = self._tasks_fd = self._procs_fd = None
 
     def cpu_ns(self) -> int | None:
         """CPU time the worker's processes used so far, in ns; None when no group counts it."""
@@ -384,9 +390,16 @@ class WorkerCgroups:
 
     def processes(self) -> set[int]:
         """Host pids in the worker's groups, read from one of them (each holds them all)."""
-        for _, path in self._groups.values():
-            return {int(pid) for pid in _read(path / "cgroup.procs").split() if pid.isdigit()}
-        return set()
+        if self._procs_fd is None:
+            return set()
+        text = b""
+        try:
+            while len(chunk := os.pread(self._procs_fd, CHUNK, len(text))) == CHUNK:
+                text += chunk  # (a sandbox holds at most limits_max.pids processes)
+            text += chunk
+        except OSError:
+            return set()
+        return {int(pid) for pid in text.split() if pid.isdigit()}
 
     def kill_all(self, spare: int | None = None) -> None:
         """SIGKILL every process in the worker's groups but ``spare``."""
@@ -728,6 +741,8 @@ class ProcessWorker:
         self._idle_since = 0.0
         self._idle_cpu: int | None = None  # CPU and tasks counters when it became idle
         self._idle_tasks: int | None = None
+        self._baseline = (0, 0)  # (OOM kills, refused forks) when it became idle
+        self._tmp_clean: tuple[int, ...] | None = None  # how /tmp looked when last seen empty
         self._idle_check: asyncio.TimerHandle | None = None
         self._lingering = False  # the last result said threads or timers still run
         self._request: CallRequest | None = None  # the call running, for its state operations
@@ -744,6 +759,16 @@ class ProcessWorker:
         if self._phase == IDLE and (reason := self._idle_violation()):
             self._violate(reason)
             return False
+        return True
+
+    def claim(self) -> bool:
+        """Alive, and clean as checked from the host right now: the call that follows at once
+        starts without reading the counters again."""
+        if not self.alive:
+            return False
+        if self._phase == IDLE:
+            self._stop_idle_checks()
+            self._phase = CLAIMED
         return True
 
     @property
@@ -821,13 +846,12 @@ class ProcessWorker:
             await self.reset()  # a caller that did not reset: the host checks still run
         if self._phase == BUSY:
             raise RuntimeError("a worker runs one call at a time")
-        if not self.alive:
+        if not self.claim():
             raise ActorFailed("SandboxCrashed", "the sandbox is no longer running")
-        self._stop_idle_checks()
         self._phase = BUSY
         self._discard_pending()
         limit_s = self.actor.limits.timeout_s
-        baseline = self._cgroups.counters()
+        baseline = self._baseline  # read when it became idle: nothing ran since (claim())
         try:
             async with asyncio.timeout(limit_s):
                 outcome = await self._run(request, on_event, baseline)
@@ -858,8 +882,10 @@ class ProcessWorker:
         while idle."""
         if self._phase == RESETTING and self.alive:
             tasks = self._cgroups.tasks()
-            if self._settling is None and self._ready_early and not self._still_exiting(tasks):
-                self._finish_reset(tasks)  # the common case: nothing to wait for
+            extra = self._extra_pids(tasks)
+            if self._settling is None and self._ready_early \
+                    and not (extra or self._threads_left(tasks)):
+                self._finish_reset(tasks, extra)  # the common case: nothing to wait for
             else:
                 if self._settling is None:
                     self._settling = asyncio.ensure_future(self._settle())
@@ -878,26 +904,26 @@ class ProcessWorker:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + EXIT_WAIT_S
-        while self._still_exiting(self._cgroups.tasks()) and loop.time() < deadline:
-            await asyncio.sleep(0.005)  # killed, still exiting: a real leftover stays
+        while loop.time() < deadline:  # killed, still exiting: a real leftover stays
+            tasks = self._cgroups.tasks()
+            if not (self._extra_pids(tasks) or self._threads_left(tasks)):
+                break
+            await asyncio.sleep(0.005)
         self._finish_reset(self._cgroups.tasks())
 
-    def _still_exiting(self, tasks: int | None) -> bool:
-        """Processes or threads besides the harness's are left (maybe dying still);
-        ``tasks``: the pids counter, just read."""
-        return not self._counted_clean(tasks) and bool(self._extra_pids()
-                                                       or self._threads_left(tasks))
-
-    def _finish_reset(self, tasks: int | None) -> None:
-        if reason := self._leftovers(tasks) or self._threads_left(tasks):
+    def _finish_reset(self, tasks: int | None, extra: set[int] | None = None) -> None:
+        """``tasks``: the pids counter, just read; ``extra``: the other processes read with
+        it, if they were."""
+        if reason := self._leftovers(tasks, extra) or self._threads_left(tasks):
             self._violate(f"its reset left {reason}")
         elif not self._dead:
             self._become_idle(tasks)
 
-    def _extra_pids(self) -> set[int]:
-        """Processes of the sandbox besides bwrap and the harness (none before the harness
-        is known)."""
-        if self._harness_pid is None or self._dead or not self.HOST_CHECKS:
+    def _extra_pids(self, tasks: int | None) -> set[int]:
+        """Processes of the sandbox besides bwrap and the harness: none when the pids counter
+        (``tasks``) says so, or before the harness is known."""
+        if self._harness_pid is None or self._dead or not self.HOST_CHECKS \
+                or self._counted_clean(tasks):
             return set()
         return self._sandbox_pids() - {self._process.pid, self._harness_pid}
 
@@ -928,7 +954,7 @@ class ProcessWorker:
         inner = _children(self._process.pid)
         return {self._process.pid, *inner, *(c for pid in inner for c in _children(pid))}
 
-    def _leftovers(self, tasks: int | None) -> str | None:
+    def _leftovers(self, tasks: int | None, extra: set[int] | None = None) -> str | None:
         """What a clean idle sandbox must not have: processes other than the outer bwrap and
         the harness, entries in /tmp. Read from the host (/proc, the cgroups). A sandbox
         whose harness is gone has died (e.g. killed from outside): it is killed, quietly."""
@@ -942,17 +968,22 @@ class ProcessWorker:
                 self._kill()
                 return None
             self._harness_pid = children.pop()
-        if not self._counted_clean(tasks):
-            extra = self._sandbox_pids() - {self._process.pid, self._harness_pid}
-            if extra:
-                return f"{len(extra)} processes besides the harness"
+        if extra is None:
+            extra = self._extra_pids(tasks)
+        if extra:
+            return f"{len(extra)} processes besides the harness"
+        tmp = f"/proc/{self._harness_pid}/root/tmp"
         try:
-            left = os.listdir(f"/proc/{self._harness_pid}/root/tmp")
+            stamp = settled_stamp(os.stat(tmp))
+            if stamp is not None and stamp == self._tmp_clean:
+                return None  # unchanged since it was seen empty
+            left = os.listdir(tmp)
         except (FileNotFoundError, ProcessLookupError):
             self._kill()  # no /proc/PID: the harness has exited
             return None
         except OSError as exc:
             return f"a /tmp the host cannot read ({exc.strerror})"
+        self._tmp_clean = None if left else stamp
         return f"{len(left)} entries in /tmp" if left else None
 
     def _become_idle(self, tasks: int | None) -> None:
@@ -960,6 +991,7 @@ class ProcessWorker:
         self._idle_since = asyncio.get_running_loop().time()
         self._idle_cpu = self._cgroups.cpu_ns()
         self._idle_tasks = tasks
+        self._baseline = self._cgroups.counters()  # for the next call, read off its clock
         self._schedule_idle_check()
 
     def _schedule_idle_check(self) -> None:
@@ -1368,6 +1400,19 @@ def _wire_size(line: bytes, message: dict[str, Any]) -> int:
         return len(encode_line(message)) - 1
     except (RecursionError, ValueError):
         return 6 * len(line)  # every byte an escape, at most
+
+
+def settled_stamp(st: os.stat_result) -> tuple[int, ...] | None:
+    """What a folder's stat says of its entries, or None while that is not yet telling.
+
+    Adding, removing or renaming an entry, or setting the folder's times, moves its ctime,
+    to a clock no sandbox can set: an unchanged stamp means unchanged entries, one stat
+    instead of a listing. A kernel before 6.13 stamps tmpfs with a clock that only ticks
+    every jiffy, though, so a change in the same tick as the stamp leaves it unchanged: a
+    stamp counts only once its ctime is older than any tick (STAMP_SETTLE_NS)."""
+    if time.time_ns() - st.st_ctime_ns < STAMP_SETTLE_NS:
+        return None
+    return st.st_dev, st.st_ino, st.st_ctime_ns, st.st_mtime_ns
 
 
 def _children(pid: int) -> set[int]:

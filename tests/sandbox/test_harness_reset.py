@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -46,6 +48,13 @@ def wipes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
+@pytest.fixture
+def settled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every stamp counts at once, as on a kernel whose tmpfs times are exact (6.13 on)."""
+    monkeypatch.setattr(harness.TmpWatch, "SETTLE_NS", 0)
+
+
+@pytest.mark.usefixtures("settled")
 def test_tmp_is_wiped_first_then_only_when_changed(tmp_path: Path, wipes: list[str]) -> None:
     watch = harness.TmpWatch(str(tmp_path))
     (tmp_path / "left").write_text("x")
@@ -60,6 +69,7 @@ def test_tmp_is_wiped_first_then_only_when_changed(tmp_path: Path, wipes: list[s
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.usefixtures("settled")
 def test_times_set_back_do_not_hide_a_file(tmp_path: Path, wipes: list[str]) -> None:
     watch = harness.TmpWatch(str(tmp_path))
     watch.wipe()
@@ -71,6 +81,7 @@ def test_times_set_back_do_not_hide_a_file(tmp_path: Path, wipes: list[str]) -> 
     assert not any(tmp_path.iterdir())  # the ctime moved with the utime
 
 
+@pytest.mark.usefixtures("settled")
 def test_a_replaced_folder_is_wiped(tmp_path: Path, wipes: list[str]) -> None:
     folder = tmp_path / "tmp"
     folder.mkdir()
@@ -81,3 +92,19 @@ def test_a_replaced_folder_is_wiped(tmp_path: Path, wipes: list[str]) -> None:
     (folder / "new").write_text("x")
     watch.wipe()
     assert not any(folder.iterdir())
+
+
+def test_a_stamp_younger_than_a_clock_tick_is_not_trusted(
+        tmp_path: Path, wipes: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before Linux 6.13 a change in the same jiffy as the wipe keeps the folder's times:
+    until its ctime is older than any tick, /tmp is listed again."""
+    watch = harness.TmpWatch(str(tmp_path))
+    (tmp_path / "left").write_text("x")  # the ctime is now
+    watch.wipe()
+    watch.wipe()
+    assert len(wipes) == 2  # a stamp this fresh could hide a change: listed again
+    later = time.time_ns() + harness.TmpWatch.SETTLE_NS
+    monkeypatch.setattr(harness, "time", SimpleNamespace(time_ns=lambda: later))
+    watch.wipe()  # the ctime is older than any tick now: the stamp counts
+    watch.wipe()
+    assert len(wipes) == 3

@@ -31,6 +31,9 @@ class FakeWorker:
         self.resets = 0
         self.calls = 0
 
+    def claim(self) -> bool:
+        return self.alive
+
     async def call(self, request: CallRequest, on_event: EventSink) -> CallOutcome:
         self.calls += 1
         self.backend.running += 1

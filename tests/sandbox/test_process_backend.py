@@ -10,6 +10,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -17,17 +18,19 @@ import pytest
 from sandbox_helpers import ACTORS, Recorder, actor_def, call, request
 
 from service.deps.spec import Dependencies, Package
-from service.errors import ResourceLimitExceeded, SandboxUnavailable
+from service.errors import ActorFailed, ResourceLimitExceeded, SandboxUnavailable
 from service.manifest.model import ActorDef
 from service.sandbox.process import (
     HARNESS_DIR,
     PROC_READ_ONLY,
+    STAMP_SETTLE_NS,
     ProcessBackend,
     ProcessWorker,
     cgroup_mounts,
     discover_controllers,
     make_plan,
     own_cgroups,
+    settled_stamp,
     sweep_stale_groups,
 )
 from service.sandbox.seccomp import DENIED
@@ -196,7 +199,8 @@ async def test_limit_counters_stay_open_until_close(process_backend: ProcessBack
     finally:
         await worker.close()
     assert caught.value.data == {"resource": "pids", "limit": 16}
-    assert held == {"memory.oom_control", "pids.events", "pids.current", "cpuacct.usage"}
+    assert held == {"memory.oom_control", "pids.events", "pids.current", "cpuacct.usage",
+                    "cgroup.procs"}
     assert open_cgroup_files(dirs) == set()
 
 
@@ -258,6 +262,35 @@ async def test_harness_resets_itself_after_each_call(boot: Boot) -> None:
     assert traces.return_value == ["dir"]
     assert outcome.return_value["pids"] == [outcome.return_value["me"]] == [1]
     assert outcome.return_value["tmp"] == []
+
+
+async def test_the_host_finds_a_file_the_harness_left_in_tmp(boot: Boot) -> None:
+    """The host's own look at /tmp between calls (one stat while the folder is unchanged
+    since it was seen empty) still finds what a patched harness no longer wipes."""
+    worker = await boot(actor_def(ACTORS / "probe.py"))
+    for _ in range(2):  # the second reset stamps /tmp as settled (older than any tick)
+        await asyncio.sleep(STAMP_SETTLE_NS / 1e9)
+        await call(worker, {"mode": "look"})
+        await worker.reset()
+    assert worker.alive
+    outcome, _ = await call(worker, {"mode": "hide_in_tmp"})
+    assert outcome.return_value == "hidden"
+    with pytest.raises(ActorFailed):
+        await worker.reset()
+    assert not worker.alive and worker.violation == "its reset left 1 entries in /tmp"
+
+
+def test_a_folder_stamp_counts_once_older_than_a_clock_tick(tmp_path: Path) -> None:
+    fresh = settled_stamp(os.stat(tmp_path))
+    assert fresh is None  # made just now: a change in the same jiffy could keep its times
+    os.utime(tmp_path, ns=(0, 0))  # the mtime says 1970, the ctime still says now
+    assert settled_stamp(os.stat(tmp_path)) is None
+    time.sleep(STAMP_SETTLE_NS / 1e9)
+    stamp = settled_stamp(os.stat(tmp_path))
+    assert stamp is not None and stamp == settled_stamp(os.stat(tmp_path))
+    (tmp_path / "new").write_text("x")
+    time.sleep(STAMP_SETTLE_NS / 1e9)
+    assert settled_stamp(os.stat(tmp_path)) not in (None, stamp)
 
 
 @pytest.mark.parametrize("mode", ["ok", "memory", "fork"])

@@ -259,6 +259,7 @@ async def test_metrics_and_log_line_per_call(dispatcher: Dispatcher, metrics: Me
         await client.call("process", {"actor_id": "fake", "payload": {}}, "a")
         await client.call("process", {"actor_id": "fake", "payload": {"fail": True}}, 2)
         await client.call("process", {"actor_id": "ghost", "payload": {}}, 3)
+        await asyncio.sleep(0)  # a call is logged and counted in the loop's turn after its answer
     messages = [r.getMessage() for r in caplog.records]
     assert [m.rsplit(" ", 1)[0] for m in messages] == [
         'process actor=fake id="a" outcome=ok',
@@ -284,6 +285,7 @@ async def test_busy_refusals_are_logged_at_most_once_per_interval(
                                        i))["error"]
             assert error["code"] == -32008
         await client.call("process", {"actor_id": "fake", "payload": {}}, "ok")
+        await asyncio.sleep(0)  # logged and counted in the loop's turn after the answers
     outcomes = [r.service_fields["outcome"] for r in caplog.records]  # type: ignore[attr-defined]
     assert outcomes == ["busy", "ok"]
     assert 'service_calls_total{actor="fake",outcome="busy"} 50.0' in metrics.render().decode()
@@ -293,6 +295,7 @@ async def test_the_call_line_has_structured_fields(dispatcher: Dispatcher,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="service.rpc.methods"):
         await Client(dispatcher).call("process", {"actor_id": "fake", "payload": {}}, "a")
+        await asyncio.sleep(0)  # logged in the loop's turn after the answer
     (record,) = caplog.records
     fields = record.service_fields  # type: ignore[attr-defined]
     assert set(fields) == {"actor", "id", "outcome", "duration_ms"}

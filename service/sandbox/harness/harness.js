@@ -461,14 +461,20 @@ class Harness {
     // Adding, removing or renaming an entry, or setting its times, moves the folder's
     // ctime (to a clock the script cannot set): unchanged since the last wipe, /tmp is
     // still empty, and one stat replaces a listing.
-    if (this.tmpClean !== null && tmpStamp() === this.tmpClean) return;
+    if (this.tmpClean !== null && tmpStamp(false) === this.tmpClean) return;
     wipe(TMP);
-    this.tmpClean = tmpStamp();
+    this.tmpClean = tmpStamp(true);
   }
 }
 
-function tmpStamp() {
+// Before Linux 6.13, tmpfs takes its times from a clock that ticks once a jiffy: a change in
+// the same tick as the wipe would leave them unchanged. A stamp whose ctime is not older than
+// any tick is null (not to be trusted) when `settled` is asked for.
+const SETTLE_NS = 50000000n;
+
+function tmpStamp(settled) {
   const st = fs.statSync(TMP, { bigint: true });
+  if (settled && BigInt(Date.now()) * 1000000n - st.ctimeNs < SETTLE_NS) return null;
   return `${st.ctimeNs} ${st.mtimeNs} ${st.ino}`;
 }
 

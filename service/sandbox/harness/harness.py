@@ -22,6 +22,7 @@ import _thread
 import builtins
 import os
 import sys
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -543,7 +544,12 @@ class TmpWatch:
     """Wipes /tmp only when it changed since it was last left empty. Adding, removing or
     renaming an entry, or setting its times, moves the folder's ctime (to a clock the
     script cannot set): an unchanged ``(ctime, mtime, inode)`` after a wipe means nothing
-    was put there since, and one stat replaces a listing (~4 system calls)."""
+    was put there since, and one stat replaces a listing (~4 system calls). Before Linux
+    6.13, tmpfs takes its times from a clock that ticks once a jiffy: a change in the same
+    tick as the wipe would leave them unchanged, so a stamp counts once its ctime is older
+    than any tick (SETTLE_NS)."""
+
+    SETTLE_NS = 50_000_000
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -557,7 +563,8 @@ class TmpWatch:
         if self._clean is not None and self._stamp() == self._clean:
             return
         wipe(self.path)
-        self._clean = self._stamp()
+        stamp = self._stamp()
+        self._clean = stamp if time.time_ns() - stamp[0] >= self.SETTLE_NS else None
 
 
 def write_fences(fence: str) -> None:

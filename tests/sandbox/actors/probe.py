@@ -3,6 +3,7 @@
 import os
 import socket
 import subprocess
+import sys
 
 
 def attempt(action):
@@ -69,6 +70,14 @@ def look(context):
             "uid": os.getuid()}
 
 
+def hide_in_tmp(context):
+    """Switch the harness's /tmp wipe off (it is this process's __main__), then leave a file
+    there: only the host's own check between calls can find it."""
+    sys.modules["__main__"].TmpWatch.wipe = lambda self: None
+    write("/tmp/hidden")
+    return "hidden"
+
+
 def raw_writes(context):
     print("printed")
     os.write(1, b"raw out\n")
@@ -77,7 +86,7 @@ def raw_writes(context):
     return "done"
 
 
-PROBES = {"files": files, "environment": environment, "writes": writes, "network": network,
+PROBES = {"hide_in_tmp": hide_in_tmp, "files": files, "environment": environment, "writes": writes, "network": network,
           "leave_traces": leave_traces, "look": look, "raw_writes": raw_writes}
 
 
