@@ -86,8 +86,9 @@ def raw_writes(context):
     return "done"
 
 
-PROBES = {"hide_in_tmp": hide_in_tmp, "files": files, "environment": environment, "writes": writes, "network": network,
-          "leave_traces": leave_traces, "look": look, "raw_writes": raw_writes}
+PROBES = {"files": files, "environment": environment, "writes": writes, "network": network,
+          "leave_traces": leave_traces, "look": look, "raw_writes": raw_writes,
+          "hide_in_tmp": hide_in_tmp}
 
 
 def process(context):
