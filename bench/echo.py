@@ -17,6 +17,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from service.eventloop import loop_factory
+
 ACTOR = "doubler"
 RESULT = {"outputs": {"output": 42}, "emitted": [{"port": "output", "data": 42, "seq": 0}],
           "return": {"status": "completed"}, "state": {}, "duration_ms": 0.5}
@@ -61,8 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--busy-poll-us", type=int, default=0,
+                        help="poll this long before the loop sleeps, as the server's busy_poll_us")
     args = parser.parse_args(argv)
-    web.run_app(create_app(), host=args.host, port=args.port, access_log=None, print=None)
+    loop = loop_factory(args.busy_poll_us)()
+    web.run_app(create_app(), host=args.host, port=args.port, access_log=None, print=None,
+                loop=loop)
     return 0
 
 

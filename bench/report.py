@@ -206,6 +206,7 @@ def table(results: dict[str, Any]) -> str:
               f"; no gvisor rows: {gv['reason']}" if "reason" in gv else "")
     lines = [f"backend {machine['backend']}{beside}, {machine['cpus']} CPUs, "
              f"Python {machine['python']}, kernel {machine['kernel']}, "
+             f"busy poll {machine.get('busy_poll_us', 0)} µs (server and echo), "
              f"load average {machine['loadavg_1m_before']} before, "
              f"{machine['loadavg_1m_after']} after; {results['mode']}",
              f"{'figure':44} {'value':>16}  {'baseline':>38}  {'ratio':>7}  target"]

@@ -62,7 +62,9 @@ async def run(plan: Plan, config: Path, backend: str, gvisor: bool = True) -> di
     load_before = os.getloadavg()[0]
     echo_port, server_port = servers.free_port(), servers.free_port()
     compare = gvisor and backend == "process"
-    async with servers.running(servers.echo_command(echo_port), echo_port, "echo") as echo, \
+    # the echo runs on the server's event loop: the same busy polling (see service.eventloop)
+    echo_command = servers.echo_command(echo_port, settings.busy_poll_us)
+    async with servers.running(echo_command, echo_port, "echo") as echo, \
             servers.running(servers.server_command(server_port, config, backend), server_port,
                             "server") as server, \
             _gvisor_server(config, settings, compare) as (gv, gv_results):
@@ -95,7 +97,8 @@ async def run(plan: Plan, config: Path, backend: str, gvisor: bool = True) -> di
                     gv, actor_id, plan.cold_calls, plan.cold_warmup_calls)
         log.info("calls with and without dependencies")
         results["server"]["deps"] = await _with_and_without_deps(plan, server)
-    machine = {**_machine(backend), "loadavg_1m_before": round(load_before, 2),
+    machine = {**_machine(backend), "busy_poll_us": settings.busy_poll_us,
+               "loadavg_1m_before": round(load_before, 2),
                "loadavg_1m_after": round(os.getloadavg()[0], 2)}
     return {"machine": machine, "plan": asdict(plan), "mode": MODE, **results}
 

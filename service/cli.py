@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from service import eventloop
 from service.errors import ManifestError, RpcError, SettingsError
 from service.log import setup_logging
 from service.settings import BACKENDS, Settings, load_settings
@@ -183,7 +184,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     if settings.cluster.enabled and settings.cluster.role == "worker":
         return cmd_worker(args, settings)
-    return _serving(serve(settings, args.actors))
+    return _serving(serve(settings, args.actors), settings)
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -193,13 +194,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         print("error: a worker needs cluster.redis_url (e.g. SERVICE_CLUSTER__REDIS_URL)",
               file=sys.stderr)
         return EXIT_USAGE
-    return _serving(serve_worker(settings, args.actors))
+    return _serving(serve_worker(settings, args.actors), settings)
 
 
-def _serving(server: Coroutine[Any, Any, None]) -> int:
+def _serving(server: Coroutine[Any, Any, None], settings: Settings) -> int:
     """Run a server coroutine until it stops; its start-up errors become exit codes."""
     try:
-        asyncio.run(server)
+        eventloop.run(server, settings.busy_poll_us)
     except SettingsError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE

@@ -24,7 +24,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 GVISOR_PLATFORMS = ("ptrace", "kvm")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-ZERO_ALLOWED = frozenset({"ttl_s"})  # nested keys where 0 means "none" rather than a mistake
+ZERO_ALLOWED = frozenset({"ttl_s", "busy_poll_us"})  # keys where 0 means "none", not a mistake
 MIN_TOKEN_CHARS = 16  # a shorter token can be guessed; refused at settings load
 CLUSTER_ROLES = ("front", "worker", "both")
 
@@ -184,6 +184,7 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
     shutdown_grace_s: float = 10
+    busy_poll_us: int = 50  # how long the event loop polls before it sleeps (0: off)
     limits: Limits = field(default_factory=Limits)
     limits_max: LimitsMax = field(default_factory=LimitsMax)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -287,6 +288,8 @@ def _convert(name: str, value: Any) -> Any:
         if not isinstance(items, list | tuple):
             raise TypeError(f"expected a list of paths, got {type(value).__name__}")
         return tuple(Path(str(p)) for p in items)
+    if name in ZERO_ALLOWED and value == 0 and not isinstance(value, bool):
+        return 0
     return _scalar(default, value, _FLOATS.get(name, False))
 
 
@@ -336,17 +339,11 @@ def _scalar(default: Any, value: Any, is_float: bool) -> Any:
 
 
 def _check(s: Settings) -> None:
-    problems = []
-    if s.backend not in BACKENDS:
-        problems.append(f"backend: must be one of {', '.join(BACKENDS)}, got {s.backend!r}")
-    if s.log_level.lower() not in LOG_LEVELS:
-        problems.append(f"log_level: must be one of {', '.join(LOG_LEVELS)}")
-    if s.log_format not in LOG_FORMATS:
-        problems.append(f"log_format: must be one of {', '.join(LOG_FORMATS)}")
-    if s.sandbox.gvisor_platform not in GVISOR_PLATFORMS:
-        problems.append(f"sandbox.gvisor_platform: must be one of {', '.join(GVISOR_PLATFORMS)}")
+    problems = _choice_problems(s)
     if not 0 < s.port < 65536:
         problems.append(f"port: must be 1-65535, got {s.port}")
+    if not 0 <= s.busy_poll_us <= 1000:
+        problems.append(f"busy_poll_us: must be 0-1000, got {s.busy_poll_us}")
     problems += _state_problems(s)
     for key in ("cpus", "memory_mb", "timeout_s", "pids", "output_bytes"):
         if getattr(s.limits, key) > getattr(s.limits_max, key):
@@ -363,6 +360,19 @@ def _check(s: Settings) -> None:
     problems += _sandbox_problems(s.sandbox)
     if problems:
         raise SettingsError("; ".join(problems))
+
+
+def _choice_problems(s: Settings) -> list[str]:
+    problems = []
+    if s.backend not in BACKENDS:
+        problems.append(f"backend: must be one of {', '.join(BACKENDS)}, got {s.backend!r}")
+    if s.log_level.lower() not in LOG_LEVELS:
+        problems.append(f"log_level: must be one of {', '.join(LOG_LEVELS)}")
+    if s.log_format not in LOG_FORMATS:
+        problems.append(f"log_format: must be one of {', '.join(LOG_FORMATS)}")
+    if s.sandbox.gvisor_platform not in GVISOR_PLATFORMS:
+        problems.append(f"sandbox.gvisor_platform: must be one of {', '.join(GVISOR_PLATFORMS)}")
+    return problems
 
 
 def _state_problems(s: Settings) -> list[str]:

@@ -277,3 +277,12 @@ def test_state_settings() -> None:
 def test_state_redis_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SERVICE_STATE__REDIS_URL", "redis://redis:6379/0")
     assert load_settings(CONFIG).state.redis_url == "redis://redis:6379/0"
+
+
+def test_busy_polling_is_on_by_default_and_zero_turns_it_off() -> None:
+    assert Settings().busy_poll_us == 50
+    assert settings_from_mapping({"busy_poll_us": 0}).busy_poll_us == 0
+    for bad, problem in ((-1, "must be positive"), (1001, "must be 0-1000"),
+                         (True, "expected a number")):
+        with pytest.raises(SettingsError, match=f"busy_poll_us: {problem}"):
+            settings_from_mapping({"busy_poll_us": bad})

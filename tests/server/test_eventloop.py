@@ -1,0 +1,90 @@
+"""The servers' event loop: asyncio's, polling for up to busy_poll_us before it sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import threading
+import time
+
+from service.eventloop import BusyPollSelector, loop_factory, run
+
+
+def test_zero_is_asyncios_own_loop() -> None:
+    assert loop_factory(0) is asyncio.new_event_loop
+
+
+def test_what_is_ready_comes_back_at_once() -> None:
+    selector = BusyPollSelector(0.001)
+    reader, writer = socket.socketpair()
+    try:
+        selector.register(reader, 1)  # EVENT_READ
+        assert selector.select(0) == []
+        writer.send(b"x")
+        assert [key.fileobj for key, _ in selector.select(None)] == [reader]
+    finally:
+        selector.close()
+        reader.close()
+        writer.close()
+
+
+def test_a_wait_longer_than_the_spin_still_sleeps_until_it_ends() -> None:
+    selector = BusyPollSelector(0.001)
+    reader, writer = socket.socketpair()
+    try:
+        selector.register(reader, 1)
+        started = time.monotonic()
+        assert selector.select(0.05) == []  # nothing came: the whole timeout, not the spin
+        assert time.monotonic() - started >= 0.045
+        threading.Timer(0.02, writer.send, (b"x",)).start()  # comes after the spin
+        assert [key.fileobj for key, _ in selector.select(5)] == [reader]
+    finally:
+        selector.close()
+        reader.close()
+        writer.close()
+
+
+def test_a_timeout_shorter_than_the_spin_is_kept() -> None:
+    selector = BusyPollSelector(1.0)  # a spin far longer than the timer
+    reader, writer = socket.socketpair()
+    try:
+        selector.register(reader, 1)
+        started = time.monotonic()
+        assert selector.select(0.01) == []
+        assert time.monotonic() - started < 0.5
+    finally:
+        selector.close()
+        reader.close()
+        writer.close()
+
+
+def test_the_servers_loop_runs_coroutines_timers_and_signals() -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    async def main() -> tuple[str, float, bool]:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop._selector, BusyPollSelector)  # type: ignore[attr-defined]
+        started = loop.time()
+        await asyncio.sleep(0.02)
+        slept = loop.time() - started
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        async with server:
+            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+            writer.write(b"ping\n")
+            line = await reader.readline()
+            writer.close()
+            await writer.wait_closed()
+        got_signal = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, got_signal.set)  # as a server is stopped
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(got_signal.wait(), 5)
+        loop.remove_signal_handler(signal.SIGTERM)
+        return line.decode(), slept, got_signal.is_set()
+
+    line, slept, signalled = run(main(), 50)
+    assert line == "ping\n" and slept >= 0.015 and signalled
