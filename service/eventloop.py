@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 
-class BusyPollSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+class BusyPollSelector(selectors.DefaultSelector):
     """The default selector, polling for up to ``spin_s`` before a wait that could sleep."""
 
     def __init__(self, spin_s: float) -> None:
