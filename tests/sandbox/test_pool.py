@@ -323,10 +323,12 @@ async def test_reuse_on_real_sandboxes(backend: Backend, reuse: bool, counts: li
 
 
 @pytest.mark.parametrize(("script", "linger"), [
-    ("counter.py", True), ("counter.js", "timer"), ("counter.js", "immediate")])
+    ("counter.py", True), ("counter.js", "timer"), ("counter.js", "immediate"),
+    ("counter.js", "unref_timeout"), ("counter.js", "unref_immediate")])
 async def test_worker_with_lingering_work_is_replaced(backend: Backend, script: str,
                                                       linger: Any) -> None:
-    """Threads or timers still running after a call would run between calls: no reuse."""
+    """Threads or timers still running after a call would run between calls, or in a later
+    call (a JavaScript harness's event loop stands still between calls): no reuse."""
     pool = ActorPool(actor_def(ACTORS / script, pool=PoolSpec(max_workers=1)), backend)
     try:
         first = await pool.run(request({}), Recorder())
@@ -337,6 +339,17 @@ async def test_worker_with_lingering_work_is_replaced(backend: Backend, script: 
         await pool.aclose()
     calls = [o.return_value["calls"] for o in (first, lingered, fresh, again)]
     assert calls == [1, 2, 1, 2]
+
+
+@pytest.mark.parametrize("linger", ["cleared", "fired"])
+async def test_timers_that_ended_in_their_call_leave_the_worker_reusable(
+        backend: Backend, linger: str) -> None:
+    pool = ActorPool(actor_def(ACTORS / "counter.js", pool=PoolSpec(max_workers=1)), backend)
+    try:
+        outcomes = [await pool.run(request({"linger": linger}), Recorder()) for _ in range(3)]
+    finally:
+        await pool.aclose()
+    assert [o.return_value["calls"] for o in outcomes] == [1, 2, 3]
 
 
 async def test_min_warm_on_real_sandboxes(backend: Backend,

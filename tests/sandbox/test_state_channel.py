@@ -121,6 +121,31 @@ async def test_every_operation_reaches_the_store(start: Start, scratch_dir: Path
     assert worker.alive
 
 
+async def test_javascript_operations_started_together_each_get_their_answer(
+        start: Start, scratch_dir: Path) -> None:
+    """Promise.all of state operations: each is answered (in turn), a refused one rejects
+    only its own promise, and the worker serves on."""
+    actor = _script(scratch_dir, "together.js", """
+        async function process(context) {
+          const state = context.getState();
+          await state.set("text", "abc");
+          const counts = await Promise.all([1, 2, 3].map((n) => state.increment("n", n)));
+          const refused = await state.increment("text").then(() => null, (err) => err.name);
+          const [doc, items] = await Promise.all([state.get("nope", "fallback"),
+                                                  state.extend("items", [1, 2])]);
+          return { counts, refused, doc, items };
+        }
+    """)
+    store = EmbeddedStore(0)
+    worker = await start(actor)
+    for calls in (1, 2):
+        outcome = await worker.call(_request(actor, _session(store, actor.id)), Recorder())
+        assert outcome.return_value == {"counts": [6 * calls - 5, 6 * calls - 3, 6 * calls],
+                                        "refused": "TypeError", "doc": "fallback",
+                                        "items": 2 * calls}
+    assert worker.alive
+
+
 async def test_the_budget_fails_the_call_and_kills_the_sandbox(start: Start,
                                                                scratch_dir: Path) -> None:
     actor = _script(scratch_dir, "greedy.py", """
