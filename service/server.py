@@ -40,6 +40,8 @@ from service.settings import Settings, check_exposure
 
 log = logging.getLogger(__name__)
 
+CORK_S = 0.001  # how long a notification may wait for the response to leave with it
+
 
 class Session:
     """One WebSocket connection: its frame tasks and its serialized writer."""
@@ -52,7 +54,7 @@ class Session:
         self.tasks: set[asyncio.Task[None]] = set()
         self._write_lock = asyncio.Lock()
         self._sock = sock  # the TCP socket, to cork (None: not TCP, or corking failed)
-        self._corked = False
+        self._uncork_timer: asyncio.TimerHandle | None = None  # set while corked
 
     async def send(self, text: str, *, more: bool = False) -> None:
         """Write one frame; dropped (not raised) once the socket is closing. ``more``: the
@@ -74,24 +76,24 @@ class Session:
         await self.send(text, more=True)
 
     def _cork(self) -> None:
-        """Hold what is written until a response is written, or the loop's next turn at the
-        latest: a notification and the response right behind it (written in the same turn
-        when the sandbox sent both at once) leave in one TCP segment: one transmit and one
-        wake-up of the client instead of two."""
-        if self._corked or self._sock is None:
+        """Hold what is written until a response is written, or CORK_S at the latest: a
+        notification and the response that follows it soon (a sandbox that answers within
+        the millisecond) leave in one TCP segment, one transmit and one wake-up of the client
+        instead of two. A notification of a call that runs on leaves CORK_S late at most."""
+        if self._uncork_timer is not None or self._sock is None:
             return
         try:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         except OSError:  # not TCP after all: never again
             self._sock = None
             return
-        self._corked = True
-        asyncio.get_running_loop().call_soon(self._uncork)
+        self._uncork_timer = asyncio.get_running_loop().call_later(CORK_S, self._uncork)
 
     def _uncork(self) -> None:
-        if not self._corked:
+        if self._uncork_timer is None:
             return
-        self._corked = False
+        self._uncork_timer.cancel()
+        self._uncork_timer = None
         with contextlib.suppress(OSError):  # closed meanwhile
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
 

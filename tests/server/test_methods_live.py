@@ -126,8 +126,8 @@ async def test_logs_and_state(rpc: Rpc) -> None:
 
 
 async def test_a_notification_is_sent_while_the_call_still_runs(rpc: Rpc) -> None:
-    """Writes are corked for one loop turn so that a notification and the response right
-    behind it share a TCP segment; a call that goes on must not hold its outputs back."""
+    """A notification is corked so that the response right behind it shares its TCP
+    segment; a call that goes on must not hold its outputs back (see test_cork.py)."""
     await rpc.send({"jsonrpc": "2.0", "id": 1, "method": "process",
                     "params": {"actor_id": "sleeper", "payload": {"seconds": 1.5}}})
     first = await rpc.recv()  # RECEIVE_TIMEOUT_S would fail it; the sleep must not end first
