@@ -51,7 +51,13 @@ class Channel {
     // The next line from the host, without its newline; null once the host closed the channel.
     let end;
     while ((end = this.pending.indexOf('\n')) < 0) {
-      const count = fs.readSync(this.inFd, this.buffer, 0, this.buffer.length, null);
+      let count;
+      try {
+        count = fs.readSync(this.inFd, this.buffer, 0, this.buffer.length, null);
+      } catch (err) {
+        if (err.code === 'EINTR') continue; // libuv does not restart a read a signal broke
+        throw err;
+      }
       if (count === 0) return null;
       this.pending += this.decoder.write(this.buffer.subarray(0, count));
     }
@@ -71,7 +77,6 @@ class Channel {
       offset += fs.writeSync(this.outFd, data, offset); // blocking pipe: the host's pace
     }
   }
-
 }
 
 const STATE_ERRORS = { TypeError, RangeError, ValueError: TypeError, OverflowError: RangeError };
@@ -341,7 +346,7 @@ function timersPending() {
 }
 
 function lingering() {
-  // Does work of the call go on after it? It would run in a later call, with no time limit.
+  // Does work of the call go on after it? It would run inside a later call.
   return timersPending() || process.getActiveResourcesInfo().some((type) => LINGERING.has(type));
 }
 
