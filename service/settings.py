@@ -288,9 +288,7 @@ def _convert(name: str, value: Any) -> Any:
         if not isinstance(items, list | tuple):
             raise TypeError(f"expected a list of paths, got {type(value).__name__}")
         return tuple(Path(str(p)) for p in items)
-    if name in ZERO_ALLOWED and value == 0 and not isinstance(value, bool):
-        return 0
-    return _scalar(default, value, _FLOATS.get(name, False))
+    return _scalar(default, value, _FLOATS.get(name, False), name in ZERO_ALLOWED)
 
 
 def _nested(cls: type, value: Any, name: str) -> Any:
@@ -305,20 +303,19 @@ def _nested(cls: type, value: Any, name: str) -> Any:
     converted: dict[str, Any] = {}
     for key, item in value.items():
         try:
-            if key in ZERO_ALLOWED and item == 0 and not isinstance(item, bool):
-                converted[key] = 0
-            elif isinstance(getattr(base, key), tuple):  # tokens, actor ids, origins, hosts
+            if isinstance(getattr(base, key), tuple):  # tokens, actor ids, origins, hosts
                 if not isinstance(item, list | tuple) or not all(isinstance(t, str) for t in item):
                     raise TypeError("expected a list of strings")
                 converted[key] = tuple(item)
             else:
-                converted[key] = _scalar(getattr(base, key), item, known[key].type == "float")
+                converted[key] = _scalar(getattr(base, key), item, known[key].type == "float",
+                                         key in ZERO_ALLOWED)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{key}: {exc}") from exc
     return cls(**converted)
 
 
-def _scalar(default: Any, value: Any, is_float: bool) -> Any:
+def _scalar(default: Any, value: Any, is_float: bool, zero_allowed: bool) -> Any:
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise TypeError(f"expected true or false, got {value!r}")
@@ -326,7 +323,7 @@ def _scalar(default: Any, value: Any, is_float: bool) -> Any:
     if isinstance(default, int | float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise TypeError(f"expected a number, got {value!r}")
-        if value <= 0:
+        if value < 0 or (value == 0 and not zero_allowed):
             raise ValueError(f"must be positive, got {value!r}")
         if is_float:
             return value  # an int stays an int, so 5 is shown as 5, not 5.0

@@ -343,13 +343,11 @@ class _Leased:
         self.call: Callable[[CallRequest, EventSink], Coroutine[Any, Any, CallOutcome]] = \
             worker.call
         self.reset: Callable[[], Coroutine[Any, Any, None]] = worker.reset
+        self.claim: Callable[[], bool] = worker.claim
 
     @property
     def alive(self) -> bool:
         return self._worker.alive
-
-    def claim(self) -> bool:
-        return self._worker.claim()
 
     async def close(self) -> None:
         try:

@@ -1193,7 +1193,7 @@ class ProcessWorker:
         """Return when the outer bwrap has exited. Not Process.wait(): that also waits for
         stdout and stderr to close, and the inner sandbox holds them open."""
         if self._pidfd is None:
-            while self._outer_running():
+            while self.outer_running():
                 await asyncio.sleep(0.1)
             return
         pidfd, loop = self._pidfd, asyncio.get_running_loop()
@@ -1248,7 +1248,7 @@ class ProcessWorker:
         reap)."""
         self._dead = True
         inner = self._cgroups.members() - {self._process.pid}
-        if not inner and self._outer_running():  # no cgroups: bwrap's child is the harness
+        if not inner and self.outer_running():  # no cgroups: bwrap's child is the harness
             inner = _children(self._process.pid)
         if not inner:
             self._kill_outer()
@@ -1258,9 +1258,6 @@ class ProcessWorker:
                 os.kill(pid, signal.SIGKILL)
 
     def outer_running(self) -> bool:
-        return self._outer_running()
-
-    def _outer_running(self) -> bool:
         """Is the outer bwrap still ours (not reaped, so its pid cannot name another process)?"""
         if self._pidfd is None:
             return self._process.returncode is None
