@@ -175,6 +175,16 @@ class SandboxWatch:
             self.scan()
             await asyncio.sleep(interval_s)
 
+    def live_namespaces(self) -> set[str]:
+        """The pid namespaces of the recorded processes still running: one per live sandbox
+        (its pid namespace is its identity, from the host: a replaced worker has a new one)."""
+        found = set()
+        for pid, start in self.procs.items():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if _stat_fields(str(pid))[1] == start and (ns := _pid_ns(pid)) != self.own_ns:
+                    found.add(ns)
+        return found
+
     def alive(self) -> list[str]:
         """Recorded processes still running, and any process in a recorded pid namespace."""
         left = []

@@ -63,7 +63,8 @@ def test_cases_are_well_formed() -> None:
                                                "max_notifications", "idle_cpu_ms_below",
                                                "rss_growth_mb_below", "host_unchanged",
                                                "nobody_inotify", "wire_bytes_below",
-                                               "idle_written_mb_below", "sandbox_tmp_empty"}
+                                               "idle_written_mb_below", "sandbox_tmp_empty",
+                                               "sandbox_replaced"}
         assert set(case.get("known_issue", {})) <= set(BACKENDS)
         assert case.get("also_private", False) in (True, False)
 
@@ -209,6 +210,9 @@ class Measured:
     # entries seen from the host in a live sandbox's /tmp after a call; None: no sandbox /tmp
     # was visible (gVisor's is inside the Sentry)
     sandbox_tmp: list[str] | None = None
+    # after each call (with sandbox_replaced): the sandboxes' pid namespaces seen so far
+    # (the watch scans every 30 ms), and those still alive
+    served: list[tuple[set[str], set[str]]] = field(default_factory=list)
 
 
 async def run_steps(case: Case, runtime: Runtime,
@@ -238,6 +242,9 @@ async def run_steps(case: Case, runtime: Runtime,
             problems.append(f"expected {step['expect']}, got {seen.describe()}")
         if seen.error is not None:
             assert await watch.wait_gone() == [], "the failed sandbox is still running"
+        if case.checks.get("sandbox_replaced"):
+            watch.scan()
+            measured.served.append((set(watch.namespaces), watch.live_namespaces()))
         if case.checks.get("sandbox_tmp_empty"):
             watch.scan()
             left = sandbox_tmp_entries(watch)
@@ -284,6 +291,12 @@ def expected_effects(case: Case, observed: list[Observed], measured: Measured) -
         problems.append(f"{len(notes)} notifications reached the caller")
     if (sent := wire_bytes(notes)) > checks.get("wire_bytes_below", sent + 1):
         problems.append(f"{sent} bytes of notifications on the wire")
+    return problems + measured_problems(case, measured)
+
+
+def measured_problems(case: Case, measured: Measured) -> list[str]:
+    """Where what the host measured while the steps ran was not as the row's checks say."""
+    checks, problems = case.checks, []
     if measured.idle_cpu_ms >= checks.get("idle_cpu_ms_below", float("inf")):
         problems.append(f"sandboxes used {measured.idle_cpu_ms:.0f} ms of CPU between calls")
     if measured.idle_written_mb >= checks.get("idle_written_mb_below", float("inf")):
@@ -294,7 +307,20 @@ def expected_effects(case: Case, observed: list[Observed], measured: Measured) -
         problems.append("host uid 65534 can no longer create an inotify instance")
     if checks.get("sandbox_tmp_empty"):
         problems += sandbox_tmp_problems(case, measured)
+    if checks.get("sandbox_replaced"):
+        problems += replaced_problems(measured.served)
     return problems
+
+
+def replaced_problems(served: list[tuple[set[str], set[str]]]) -> list[str]:
+    """The row's first call ran code that goes on after it: the sandbox that served it must
+    be gone by the last call (seen from the host: the sandboxes' pid namespaces)."""
+    if len(served) < 2 or not served[0][0]:
+        return ["no sandbox was seen from the host by the end of the first call"]
+    if served[0][0] & served[-1][1]:
+        return ["the sandbox of the first call (its pid namespace, seen from the host) still "
+                "ran at the last call: the worker was reused"]
+    return []
 
 
 def sandbox_tmp_problems(case: Case, measured: Measured) -> list[str]:
