@@ -316,9 +316,9 @@ const LINGERING = new Set(['Timeout', 'Immediate']);
 // Every timer and immediate the script starts, unref'd ones included (node lists only ref'd
 // ones as active): one still pending when its call returns would run inside a later call,
 // since between calls the event loop stands still (the harness blocks reading its channel).
-// Not seen: the promise forms of `timers/promises` (loading it costs ~5 ms at every start
-// under the heap-size flag); one left pending runs in a later call of the same actor, within
-// that call's limits.
+// Not seen: an unref'd timer of `timers/promises` ({ref: false}; a ref'd one is an active
+// resource, below); wrapping that module would load it at every start, ~5 ms under the
+// heap-size flag. One left pending runs in a later call of the same actor, within its limits.
 const timersStarted = new Set();
 
 function trackTimers() {

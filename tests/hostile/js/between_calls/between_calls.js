@@ -2,6 +2,7 @@
 // arg "interval": an unref'd interval burning CPU (no handle keeps the loop alive).
 // arg "worker": a worker thread spinning for ever, unref'd.
 // arg "flood": an unref'd timer that floods raw stderr once the call is over.
+// arg "promise": an unref'd timers/promises timer left pending: it goes on in a later call.
 // arg "look": what this call finds of earlier ones.
 const fs = require('fs');
 const { Worker } = require('worker_threads');
@@ -20,6 +21,8 @@ async function process(context) {
     earlier.push(arg);
     if (arg === 'interval') {
         setInterval(burn, 5).unref();
+    } else if (arg === 'promise') {
+        require('timers/promises').setTimeout(50, null, { ref: false }).then(() => { earlier.push('late'); });
     } else if (arg === 'worker') {
         new Worker('for (;;) {}', { eval: true }).unref();
     } else {
