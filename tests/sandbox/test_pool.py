@@ -324,7 +324,9 @@ async def test_reuse_on_real_sandboxes(backend: Backend, reuse: bool, counts: li
 
 @pytest.mark.parametrize(("script", "linger"), [
     ("counter.py", True), ("counter.js", "timer"), ("counter.js", "immediate"),
-    ("counter.js", "unref_timeout"), ("counter.js", "unref_immediate")])
+    ("counter.js", "unref_timeout"), ("counter.js", "unref_immediate"),
+    ("counter.js", "promise_timeout"), ("counter.js", "promise_immediate"),
+    ("counter.js", "esm_promise_timeout"), ("counter.js", "abort_timeout")])
 async def test_worker_with_lingering_work_is_replaced(backend: Backend, script: str,
                                                       linger: Any) -> None:
     """Threads or timers still running after a call would run between calls, or in a later

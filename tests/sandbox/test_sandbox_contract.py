@@ -136,6 +136,13 @@ async def test_javascript_module_forms(start: Start, actor: Callable[..., ActorD
     assert (esm.return_value, recorder.outputs) == ({"kind": "module"}, [("output", "esm")])
 
 
+async def test_a_commonjs_script_can_import_es_modules(
+        start: Start, actor: Callable[..., ActorDef]) -> None:
+    worker = await start(actor("dynamic_import.js"))
+    outcome, _ = await call(worker, {"input": 3})
+    assert outcome.return_value == {"slept": True, "input": 3}
+
+
 async def test_javascript_console_goes_to_logs(start: Start,
                                                actor: Callable[..., ActorDef]) -> None:
     worker = await start(actor("exported.js"))

@@ -18,7 +18,6 @@ const fs = require('fs');
 const path = require('path');
 const { StringDecoder } = require('string_decoder');
 const util = require('util');
-const vm = require('vm');
 const { Console } = require('console');
 const Module = require('module');
 const { pathToFileURL } = require('url');
@@ -261,18 +260,15 @@ async function loadEntry(script, entrypoint) {
     const ns = await import(pathToFileURL(script).href);
     return pick(script, entrypoint, ns.default, ns[entrypoint]);
   }
-  let source = fs.readFileSync(script, 'utf8');
-  if (source.startsWith('#!')) source = '//' + source.slice(2);
-  // A CommonJS wrapper that also hands back a top-level `function <entrypoint>`: the origin's
-  // scripts declare it without exporting it. The entrypoint is a checked identifier.
+  // A CommonJS module whose body also hands back a top-level `function <entrypoint>`: the
+  // origin's scripts declare it without exporting it. The entrypoint is a checked identifier.
+  // Compiled as node compiles any module, so that require() and import() work as usual.
+  const source = fs.readFileSync(script, 'utf8');
   const body = `${source}\n;return typeof ${entrypoint} === "function" ? ${entrypoint} : undefined;`;
-  const params = ['exports', 'require', 'module', '__filename', '__dirname'];
-  const wrapper = vm.compileFunction(body, params, { filename: script });
   const mod = new Module(script, null);
   mod.filename = script;
   mod.paths = Module._nodeModulePaths(path.dirname(script));
-  const req = Module.createRequire(script);
-  const declared = wrapper.call(mod.exports, mod.exports, req, mod, script, path.dirname(script));
+  const declared = mod._compile(body, script);
   const exported = mod.exports;
   const named = exported && typeof exported[entrypoint] === 'function' ? exported[entrypoint] : undefined;
   return pick(script, entrypoint, exported, named || declared);
@@ -310,32 +306,60 @@ function errorReply(err) {
   return reply;
 }
 
-// Resources that run the script's code later by themselves (ref'd timers, immediates).
-const LINGERING = new Set(['Timeout', 'Immediate']);
-
-// Every timer and immediate the script starts, unref'd ones included (node lists only ref'd
-// ones as active): one still pending when its call returns would run inside a later call,
-// since between calls the event loop stands still (the harness blocks reading its channel).
-// Not seen: an unref'd timer of `timers/promises` ({ref: false}; a ref'd one is an active
-// resource, below); wrapping that module would load it at every start, ~5 ms under the
-// heap-size flag. One left pending runs in a later call of the same actor, within its limits.
+// Every timer and immediate started, by any path (the globals, the `timers` and
+// `timers/promises` modules, ESM imports, AbortSignal.timeout), unref'd ones included: node
+// lists only ref'd ones as active. One still pending when its call returns would run inside
+// a later call, since between calls the event loop stands still (the harness blocks reading
+// its channel). Every Timeout sets `_idleStart` in its constructor and every Immediate calls
+// `ref()`: an accessor and a wrapper on their prototypes see each one at no cost to anything
+// else. A node where that does not hold (checked at start) gets async_hooks instead, which
+// sees the same resources but slows every promise.
 const timersStarted = new Set();
+const TIMER_TYPES = new Set(['Timeout', 'Immediate']);
+let pruneAt = 1024; // a long call starting many timers holds only the pending ones
+
+function timerStarted(handle) {
+  timersStarted.add(handle);
+  if (timersStarted.size < pruneAt) return;
+  timersPending();
+  pruneAt = Math.max(1024, 2 * timersStarted.size);
+}
 
 function trackTimers() {
-  const timers = require('timers');
-  for (const name of ['setTimeout', 'setInterval', 'setImmediate']) {
-    const start = timers[name];
-    const tracked = function (...args) {
-      const handle = Reflect.apply(start, this, args);
-      timersStarted.add(handle);
-      return handle;
+  if (watchTimerPrototypes()) return;
+  require('async_hooks').createHook({
+    init(asyncId, type, triggerAsyncId, resource) {
+      if (TIMER_TYPES.has(type)) timerStarted(resource);
+    },
+  }).enable();
+}
+
+function watchTimerPrototypes() {
+  const timeout = setTimeout(() => {}, 0);
+  const immediate = setImmediate(() => {});
+  clearTimeout(timeout);
+  clearImmediate(immediate);
+  const slot = Symbol('idleStart');
+  const immediateProto = Object.getPrototypeOf(immediate);
+  const ref = immediateProto.ref;
+  try {
+    Object.defineProperty(Object.getPrototypeOf(timeout), '_idleStart', {
+      configurable: true,
+      get() { return this[slot]; },
+      set(value) { timerStarted(this); this[slot] = value; },
+    });
+    immediateProto.ref = function () {
+      timerStarted(this);
+      return Reflect.apply(ref, this, []);
     };
-    Object.defineProperty(tracked, 'name', { value: name });
-    const promised = Object.getOwnPropertyDescriptor(start, util.promisify.custom);
-    if (promised) Object.defineProperty(tracked, util.promisify.custom, promised); // (not read)
-    timers[name] = tracked;
-    globalThis[name] = tracked;
+  } catch (err) {
+    return false;
   }
+  clearTimeout(setTimeout(() => {}, 0));
+  clearImmediate(setImmediate(() => {}));
+  const seen = timersStarted.size;
+  timersStarted.clear();
+  return seen === 2;
 }
 
 function timersPending() {
@@ -343,11 +367,6 @@ function timersPending() {
     if (handle._destroyed) timersStarted.delete(handle); // it ran, or was cleared
   }
   return timersStarted.size > 0;
-}
-
-function lingering() {
-  // Does work of the call go on after it? It would run inside a later call.
-  return timersPending() || process.getActiveResourcesInfo().some((type) => LINGERING.has(type));
 }
 
 function resultLine(value, state) {
@@ -362,7 +381,7 @@ function resultLine(value, state) {
     if (text === undefined) throw new TypeError(`process() ${what} is not JSON-serializable`);
   }
   const reply = { type: 'result', return: ret, state };
-  if (lingering()) reply.lingering = true;
+  if (timersPending()) reply.lingering = true; // it would run inside a later call
   return encode(reply);
 }
 
