@@ -16,7 +16,7 @@ import pytest
 from service.sandbox.process import HARNESS_DIR
 
 ACTORS = Path(__file__).parent / "actors"
-NODE = shutil.which("node")
+NODE = shutil.which("node") or "node"
 # Preloaded, this makes the harness's accessor on Timeout.prototype impossible to define.
 PIN_IDLE_START = """
 const timeout = setTimeout(() => {}, 0);
@@ -28,7 +28,7 @@ LINGERING = ["timer", "immediate", "unref_timeout", "unref_immediate", "promise_
              "promise_immediate", "esm_promise_timeout", "abort_timeout"]
 ENDED = ["cleared", "fired", None]
 
-pytestmark = pytest.mark.skipif(NODE is None, reason="needs node")
+pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
 
 
 class Harness:
