@@ -197,6 +197,10 @@ def _with(row: Row, target: str, test: Callable[[Row], bool]) -> Row:
                test(row))
 
 
+def _build(machine: dict[str, Any]) -> str:
+    return " (shared libpython)" if machine.get("python_shared") else ""
+
+
 def table(results: dict[str, Any]) -> str:
     """The human-readable table of ``results``."""
     machine = results["machine"]
@@ -205,7 +209,7 @@ def table(results: dict[str, Any]) -> str:
               if gv.get("available") else
               f"; no gvisor rows: {gv['reason']}" if "reason" in gv else "")
     lines = [f"backend {machine['backend']}{beside}, {machine['cpus']} CPUs, "
-             f"Python {machine['python']}, kernel {machine['kernel']}, "
+             f"Python {machine['python']}{_build(machine)}, kernel {machine['kernel']}, "
              f"busy poll {machine.get('busy_poll_us', 0)} µs (server and echo), "
              f"load average {machine['loadavg_1m_before']} before, "
              f"{machine['loadavg_1m_after']} after; {results['mode']}",

@@ -14,7 +14,12 @@
 # is skipped while .venv/.setup-stamp matches pyproject.toml (content hash).
 #
 # Environment:
-#   PYTHON=python3.12            interpreter for the virtualenv (default: first >= 3.11 found)
+#   PYTHON=python3.12            interpreter for the virtualenv (default: the first >= 3.11
+#                                of /usr/bin/python3, python3, python3.13, python3.12,
+#                                python3.11: the distribution's first, the sandbox's own,
+#                                which distributions build static with PGO and LTO; a
+#                                default source build, shared libpython and no PGO, as
+#                                pyenv makes, ran the server ~15% slower, see bench/README.md)
 #   VENV=.venv                   where the virtualenv lives
 #   SETUP_APT=auto|yes|no        install missing system packages with apt-get
 #                                (auto: when running as root and apt-get exists)
@@ -30,6 +35,7 @@ VENV=${VENV:-.venv}
 STAMP="$VENV/.setup-stamp"
 SETUP_APT=${SETUP_APT:-auto}
 SANDBOX_PYTHON=${SERVICE_SANDBOX__PYTHON:-/usr/bin/python3}
+PYTHON_CANDIDATES="/usr/bin/python3 python3 python3.13 python3.12 python3.11"
 SANDBOX_NODE=${SERVICE_SANDBOX__NODE:-node}
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -110,7 +116,7 @@ is_new_enough() {
 
 find_python() {
     local candidate
-    for candidate in ${PYTHON:-python3 python3.13 python3.12 python3.11}; do
+    for candidate in ${PYTHON:-$PYTHON_CANDIDATES}; do
         if command -v "$candidate" >/dev/null 2>&1 && is_new_enough "$candidate"; then
             echo "$candidate"
             return 0
@@ -121,7 +127,7 @@ find_python() {
 
 create_venv() {
     local python
-    python=$(find_python) || die "no Python >= 3.11 found (tried ${PYTHON:-python3 python3.13 python3.12 python3.11}); set PYTHON=/path/to/python3.11"
+    python=$(find_python) || die "no Python >= 3.11 found (tried ${PYTHON:-$PYTHON_CANDIDATES}); set PYTHON=/path/to/python3.11"
     if ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
         # Debian splits venv/ensurepip out of python3 into python3-venv.
         if use_apt; then
