@@ -49,6 +49,7 @@ def test_top_level(results: dict[str, Any]) -> None:
     assert set(results) - {"gvisor"} == {"machine", "plan", "mode", "echo", "bare_sandbox",
                                          "server", "cluster", "rows"}
     assert results["machine"]["backend"] == "process"
+    assert isinstance(results["machine"]["python_shared"], bool)
     assert results["plan"]["latency_calls"] > 0
 
 
