@@ -32,7 +32,8 @@ pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs node
 
 
 class Harness:
-    """node harness.js over two pipes; one call line in, its reply lines out."""
+    """node harness.js over two pipes; one call line in, its reply lines out. Never with
+    --self-reset, nor a reset message: outside a sandbox, its /tmp is this machine's."""
 
     def __init__(self, preload: Path | None) -> None:
         to_harness, self._write = os.pipe()
