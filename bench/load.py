@@ -135,6 +135,50 @@ async def run_calls(url: str, actor_id: str, *, connections: int, calls: int | N
             await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
 
 
+@dataclass(frozen=True)
+class Target:
+    """One server and actor that ``run_interleaved`` measures (``pid``: its CPU is counted)."""
+
+    url: str
+    actor_id: str
+    pid: int | None = None
+    call: CallSpec | None = None
+
+
+async def run_interleaved(targets: list[Target], *, calls: int, warmup_calls: int,
+                          rounds: int) -> list[Stats]:
+    """One connection per target; after ``warmup_calls`` on each, ``calls`` sequential calls
+    per target in ``rounds`` turns: each turn makes a share of every target's calls, one
+    target after the other. A machine that gets slower or faster during the run (other work,
+    frequency, the hypervisor) then weighs on every target alike, not on whichever happened
+    to be measured in the slow minute. The Stats of each target, over all its turns."""
+    timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        sockets = [await session.ws_connect(t.url, max_msg_size=0) for t in targets]
+        try:
+            callers = [Caller(ws, t.actor_id, t.call) for ws, t in zip(sockets, targets,
+                                                                       strict=True)]
+            for caller in callers:
+                await _measure([caller], warmup_calls, None)
+            turns: list[list[Stats]] = [[] for _ in targets]
+            for turn in range(rounds):
+                share = calls * (turn + 1) // rounds - calls * turn // rounds
+                for target, caller, done in zip(targets, callers, turns, strict=True):
+                    cpu_before = procs.cpu_seconds(target.pid) if target.pid else 0.0
+                    stats = await _measure([caller], share, None)
+                    cpu_used = procs.cpu_seconds(target.pid) - cpu_before if target.pid else 0.0
+                    done.append(dataclasses.replace(stats, server_cpu_s=cpu_used))
+            return [_merged(done) for done in turns]
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+
+def _merged(parts: list[Stats]) -> Stats:
+    return Stats(sum(p.calls for p in parts), sum(p.elapsed_s for p in parts),
+                 tuple(itertools.chain.from_iterable(p.latencies_ms for p in parts)),
+                 sum(p.server_cpu_s for p in parts))
+
+
 async def _measure(callers: list[Caller], calls: int | None, duration_s: float | None) -> Stats:
     started = time.perf_counter()
     deadline = started + duration_s if duration_s is not None else math.inf

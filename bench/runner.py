@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import cluster, floor, procs, servers, state
-from bench.load import CallSpec, Stats, run_calls
+from bench.load import CallSpec, Stats, Target, run_calls, run_interleaved
 from service.manifest.loader import load_manifest
 from service.sandbox.staging import Stager
 from service.settings import Settings, load_settings
@@ -38,6 +38,7 @@ class Plan:
 
     latency_calls: int = 2000
     latency_warmup_calls: int = 200
+    latency_rounds: int = 10  # the warm round trips of all servers and actors, interleaved
     throughput_s: float = 3.0
     throughput_warmup_s: float = 1.0
     cold_calls: int = 40
@@ -46,7 +47,7 @@ class Plan:
     levels: tuple[int, ...] = LEVELS
 
 
-QUICK = Plan(latency_calls=40, latency_warmup_calls=10, throughput_s=0.3,
+QUICK = Plan(latency_calls=40, latency_warmup_calls=10, latency_rounds=2, throughput_s=0.3,
              throughput_warmup_s=0.2, cold_calls=4, cold_warmup_calls=1, bare_starts=4)
 
 
@@ -54,7 +55,8 @@ async def run(plan: Plan, config: Path, backend: str, gvisor: bool = True) -> di
     """Measure everything; the results as plain JSON-able data (see bench/README.md).
 
     The echo server and the real one run side by side, and each figure is taken right
-    after its baseline, so that other work on the machine skews both alike. With
+    after its baseline (the warm round trips in interleaved rounds), so that other work on
+    the machine skews both alike. With
     ``gvisor`` (and the process backend), a third server on the gvisor backend runs
     beside them, each of its figures taken right after the process backend's.
     """
@@ -146,17 +148,25 @@ async def _gvisor_server(config: Path, settings: Settings, wanted: bool
 
 async def _latencies(plan: Plan, echo: servers.Running, server: servers.Running,
                      results: dict[str, Any], gv: servers.Running | None) -> None:
-    calls, warmup = plan.latency_calls, plan.latency_warmup_calls
-    results["echo"]["latency"] = await _sequential(echo, "doubler", calls, warmup)
-    results["server"]["latency"] = {}
+    """The warm round trips of the echo and of each actor (on gVisor too), in interleaved
+    rounds (see run_interleaved): each ratio compares figures taken over the same minutes."""
+    heavy = heavy_order_call()
+    runs = {("echo", "doubler"): Target(echo.url, "doubler", echo.pid)}
     for actor_id in WARM_ACTORS.values():
-        results["server"]["latency"][actor_id] = await _sequential(server, actor_id, calls, warmup)
+        runs["server", actor_id] = Target(server.url, actor_id, server.pid)
         if gv is not None:
-            results["gvisor"]["latency"][actor_id] = await _sequential(gv, actor_id, calls,
-                                                                       warmup)
+            runs["gvisor", actor_id] = Target(gv.url, actor_id, gv.pid)
     for actor_id in (SCHEMA_ACTOR, NO_SCHEMA_ACTOR):
-        results["server"]["latency"][actor_id] = await _sequential(
-            server, actor_id, calls, warmup, heavy_order_call())
+        runs["server", actor_id] = Target(server.url, actor_id, server.pid, heavy)
+    measured = await run_interleaved(list(runs.values()), calls=plan.latency_calls,
+                                     warmup_calls=plan.latency_warmup_calls,
+                                     rounds=plan.latency_rounds)
+    results["server"]["latency"] = {}
+    for (where, actor_id), stats in zip(runs, measured, strict=True):
+        if where == "echo":
+            results["echo"]["latency"] = stats.summary()
+        else:
+            results[where]["latency"][actor_id] = stats.summary()
 
 
 async def _cluster(plan: Plan, config: Path, backend: str,

@@ -99,6 +99,16 @@ def test_server(results: dict[str, Any]) -> None:
 
 
 @pytest.mark.timeout(300)
+def test_each_warm_round_trip_makes_the_planned_calls_over_its_rounds(
+        results: dict[str, Any]) -> None:
+    plan = results["plan"]
+    assert plan["latency_rounds"] >= 2
+    warm = [results["echo"]["latency"], *results["server"]["latency"].values(),
+            *results.get("gvisor", {}).get("latency", {}).values()]
+    assert [summary["calls"] for summary in warm] == [plan["latency_calls"]] * len(warm)
+
+
+@pytest.mark.timeout(300)
 def test_cluster(results: dict[str, Any]) -> None:
     cluster = results["cluster"]
     check_summary(cluster["latency"]["doubler"])
