@@ -39,10 +39,10 @@ class Harness:
         to_harness, self._write = os.pipe()
         self._read, from_harness = os.pipe()
         args = [NODE, *(["--require", str(preload)] if preload else []),
-                str(HARNESS_DIR / "harness.js"), "3", "4", str(ACTORS / "counter.js"), "process"]
-        self.proc = subprocess.Popen(args, pass_fds=(3, 4), stdin=subprocess.DEVNULL,
-                                     preexec_fn=lambda: (os.dup2(to_harness, 3),
-                                                         os.dup2(from_harness, 4)))
+                str(HARNESS_DIR / "harness.js"), str(to_harness), str(from_harness),
+                str(ACTORS / "counter.js"), "process"]
+        self.proc = subprocess.Popen(args, pass_fds=(to_harness, from_harness),
+                                     stdin=subprocess.DEVNULL)
         os.close(to_harness)
         os.close(from_harness)
         self._lines = os.fdopen(self._read, "rb")
