@@ -8,11 +8,12 @@ The same loop drives the real server and the echo baseline.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import itertools
 import json
 import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,23 +117,13 @@ async def run_calls(url: str, actor_id: str, *, connections: int, calls: int | N
     """Warm up (``warmup_calls`` per connection, then ``warmup_s``), then measure ``calls``
     calls per connection, or as many as fit in ``duration_s``; with ``server_pid``, also the
     CPU time that process used during the measured part."""
-    timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        sockets = [await session.ws_connect(url, max_msg_size=0) for _ in range(connections)]
-        try:
-            callers = [Caller(ws, actor_id, call) for ws in sockets]
-            if warmup_calls > 0:
-                await _measure(callers, warmup_calls, None)
-            if warmup_s > 0:
-                await _measure(callers, None, warmup_s)
-            cpu_before = procs.cpu_seconds(server_pid) if server_pid else 0.0
-            stats = await _measure(callers, calls, duration_s)
-            if server_pid:
-                cpu_used = procs.cpu_seconds(server_pid) - cpu_before
-                stats = dataclasses.replace(stats, server_cpu_s=cpu_used)
-            return stats
-        finally:
-            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    async with _connected([url] * connections) as sockets:
+        callers = [Caller(ws, actor_id, call) for ws in sockets]
+        if warmup_calls > 0:
+            await _measure(callers, warmup_calls, None)
+        if warmup_s > 0:
+            await _measure(callers, None, warmup_s)
+        return await _measure(callers, calls, duration_s, server_pid)
 
 
 @dataclass(frozen=True)
@@ -152,23 +143,29 @@ async def run_interleaved(targets: list[Target], *, calls: int, warmup_calls: in
     target after the other. A machine that gets slower or faster during the run (other work,
     frequency, the hypervisor) then weighs on every target alike, not on whichever happened
     to be measured in the slow minute. The Stats of each target, over all its turns."""
+    async with _connected([t.url for t in targets]) as sockets:
+        callers = [Caller(ws, t.actor_id, t.call) for ws, t in zip(sockets, targets,
+                                                                   strict=True)]
+        for caller in callers:
+            await _measure([caller], warmup_calls, None)
+        turns: list[list[Stats]] = [[] for _ in targets]
+        for turn in range(rounds):
+            share = calls * (turn + 1) // rounds - calls * turn // rounds
+            for target, caller, done in zip(targets, callers, turns, strict=True):
+                done.append(await _measure([caller], share, None, target.pid))
+        return [_merged(done) for done in turns]
+
+
+@contextlib.asynccontextmanager
+async def _connected(urls: list[str]) -> AsyncIterator[list[aiohttp.ClientWebSocketResponse]]:
+    """One WebSocket per url, all closed at the end."""
     timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        sockets = [await session.ws_connect(t.url, max_msg_size=0) for t in targets]
+        sockets: list[aiohttp.ClientWebSocketResponse] = []
         try:
-            callers = [Caller(ws, t.actor_id, t.call) for ws, t in zip(sockets, targets,
-                                                                       strict=True)]
-            for caller in callers:
-                await _measure([caller], warmup_calls, None)
-            turns: list[list[Stats]] = [[] for _ in targets]
-            for turn in range(rounds):
-                share = calls * (turn + 1) // rounds - calls * turn // rounds
-                for target, caller, done in zip(targets, callers, turns, strict=True):
-                    cpu_before = procs.cpu_seconds(target.pid) if target.pid else 0.0
-                    stats = await _measure([caller], share, None)
-                    cpu_used = procs.cpu_seconds(target.pid) - cpu_before if target.pid else 0.0
-                    done.append(dataclasses.replace(stats, server_cpu_s=cpu_used))
-            return [_merged(done) for done in turns]
+            for url in urls:
+                sockets.append(await session.ws_connect(url, max_msg_size=0))
+            yield sockets
         finally:
             await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
 
@@ -179,13 +176,17 @@ def _merged(parts: list[Stats]) -> Stats:
                  sum(p.server_cpu_s for p in parts))
 
 
-async def _measure(callers: list[Caller], calls: int | None, duration_s: float | None) -> Stats:
+async def _measure(callers: list[Caller], calls: int | None, duration_s: float | None,
+                   server_pid: int | None = None) -> Stats:
+    """The callers' calls; with ``server_pid``, the CPU time that process used meanwhile."""
+    cpu_before = procs.cpu_seconds(server_pid) if server_pid else 0.0
     started = time.perf_counter()
     deadline = started + duration_s if duration_s is not None else math.inf
     per_caller = await asyncio.gather(*(_loop(c, calls, deadline) for c in callers))
     elapsed = time.perf_counter() - started
     latencies = tuple(itertools.chain.from_iterable(per_caller))
-    return Stats(len(latencies), elapsed, latencies)
+    cpu_used = procs.cpu_seconds(server_pid) - cpu_before if server_pid else 0.0
+    return Stats(len(latencies), elapsed, latencies, cpu_used)
 
 
 async def _loop(caller: Caller, calls: int | None, deadline: float) -> list[float]:

@@ -175,13 +175,22 @@ class SandboxWatch:
             self.scan()
             await asyncio.sleep(interval_s)
 
+    def _running(self) -> list[int]:
+        """The recorded processes still running (the same process: same start time)."""
+        running = []
+        for pid, start in self.procs.items():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if _stat_fields(str(pid))[1] == start:
+                    running.append(pid)
+        return running
+
     def live_namespaces(self) -> set[str]:
         """The pid namespaces of the recorded processes still running: one per live sandbox
         (its pid namespace is its identity, from the host: a replaced worker has a new one)."""
         found = set()
-        for pid, start in self.procs.items():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                if _stat_fields(str(pid))[1] == start and (ns := _pid_ns(pid)) != self.own_ns:
+        for pid in self._running():
+            with contextlib.suppress(OSError):
+                if (ns := _pid_ns(pid)) != self.own_ns:
                     found.add(ns)
         return found
 
@@ -197,11 +206,10 @@ class SandboxWatch:
         return left
 
     def kill_recorded(self) -> None:
-        """SIGKILL the recorded processes still running (the same process: same start time)."""
-        for pid, start in self.procs.items():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                if _stat_fields(str(pid))[1] == start:
-                    os.kill(pid, signal.SIGKILL)
+        """SIGKILL the recorded processes still running."""
+        for pid in self._running():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
     def release(self) -> None:
         for fd in self.namespaces.values():
