@@ -81,12 +81,16 @@ def fetch_suite() -> Path:
                         ":all:", "-d", tmp, f"jsonschema=={version('jsonschema')}"],
                        check=True, capture_output=True)
         sdist = next(Path(tmp).glob("jsonschema-*.tar.gz"))
-        with tarfile.open(sdist) as tar:
+        with tarfile.open(sdist) as tar:  # regular files only, never outside CACHE/json
             for member in tar.getmembers():
                 parts = Path(member.name).parts
-                if len(parts) > 2 and parts[1] == "json":
-                    member.name = str(Path(*parts[2:]))
-                    tar.extract(member, CACHE / "json", filter="data")
+                if len(parts) > 2 and parts[1] == "json" and member.isfile() \
+                        and ".." not in parts:
+                    target = CACHE / "json" / Path(*parts[2:])
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    source = tar.extractfile(member)
+                    assert source is not None  # a regular file
+                    target.write_bytes(source.read())
     return tests
 
 

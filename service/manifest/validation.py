@@ -4,7 +4,9 @@ Two engines compile the same (bundled, self-contained) schema once, at load:
 
 - jsonschema-rs gives the verdict. It is fast (a number in well under a
   microsecond, a 50-item order in microseconds) and bounded: ``pattern`` runs on
-  a regex engine with a backtracking limit, ``uniqueItems`` hashes.
+  its linear-time engine (a schema with a lookaround or a backreference has no
+  verdict here: jsonschema decides, in a thread), ``uniqueItems`` hashes, and
+  ``multipleOf`` is :func:`multiple_of`, called from Rust.
 - jsonschema, the reference implementation, writes the error messages and paths
   (docs/protocol.md) for a value the first one refused, and has the last word:
   a value it accepts is accepted. Its costly keywords are replaced by bounded
@@ -14,7 +16,11 @@ Two engines compile the same (bundled, self-contained) schema once, at load:
   a deadline, so a hostile value costs at most ``timeout_s``.
 
 During a call, :meth:`SchemaValidator.check` runs the verdict on the event loop and
-the error pass in a thread, so no value stalls other connections.
+the error pass in a thread, so no value stalls other connections. Every keyword of
+the verdict costs a few tens of nanoseconds per value node, except ``multipleOf``
+(up to a few µs: Python arithmetic, exact past a float's range): the verdict of a
+schema that has it, on a container of more than LOOP_VERDICT_BYTES, runs in a
+thread too (it lets the loop run at each ``multipleOf``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import asyncio
 import copy
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -30,6 +37,7 @@ from itertools import islice
 from typing import Any
 
 import jsonschema_rs
+import orjson
 import re2
 import regex
 from jsonschema import validators
@@ -43,6 +51,9 @@ log = logging.getLogger(__name__)
 
 MAX_ERRORS = 50  # per value: a 10,000-item array of wrong types is not 10,000 messages
 RE2_MAX_MEM = 32 << 20  # bytes of automaton per pattern
+# The largest container (as JSON text) whose multipleOf verdict runs on the event loop:
+# ~10 ms at the worst of a few µs per number.
+LOOP_VERDICT_BYTES = 16 << 10
 # The deadline of the error pass running in this context (None: none).
 _DEADLINE: ContextVar[float | None] = ContextVar("validation_deadline", default=None)
 
@@ -63,6 +74,8 @@ class SchemaValidator:
         self.timeout_s = timeout_s
         self._python = _python_validator(schema, dialect, format_assertion)
         self._fast = _rust_validator(schema, dialect, format_assertion)
+        self._calls_python = self._fast is not None and _has_keyword(schema, dialect,
+                                                                     "multipleOf")
 
     def is_valid(self, value: Any) -> bool | None:
         """The fast verdict: True, False, or None when jsonschema-rs has none to give."""
@@ -81,8 +94,12 @@ class SchemaValidator:
         return self._errors(value, verdict, time.monotonic() + self.timeout_s)
 
     async def check(self, value: Any) -> Errors:
-        """Like :meth:`errors`, with the error pass off the event loop."""
-        verdict = self.is_valid(value)
+        """Like :meth:`errors`, with the error pass (and a costly verdict) off the event loop."""
+        if self._calls_python and isinstance(value, dict | list) \
+                and _encoded_size(value) > LOOP_VERDICT_BYTES:
+            verdict = await asyncio.to_thread(self.is_valid, value)
+        else:
+            verdict = self.is_valid(value)
         if verdict:
             return []
         deadline = time.monotonic() + self.timeout_s
@@ -139,11 +156,41 @@ def _rust_validator(schema: Any, dialect: type[Validator], format_assertion: boo
     if cls is None:
         return None
     try:
+        # the linear-time engine only: a backtracking one (lookarounds, backreferences)
+        # costs milliseconds per string within its step limit, on the event loop
         return cls(schema, validate_formats=format_assertion, retriever=_refuse_retrieval,
-                   pattern_options=jsonschema_rs.FancyRegexOptions(backtrack_limit=100_000))
-    except Exception as exc:  # e.g. a pattern valid for Python that it rejects: errors decide
+                   pattern_options=jsonschema_rs.RegexOptions(),
+                   keywords={"multipleOf": _RustMultipleOf})
+    except Exception as exc:  # e.g. such a pattern: jsonschema decides, in a thread
         log.debug("jsonschema-rs cannot compile a schema (%s); jsonschema alone validates", exc)
         return None
+
+
+class _RustMultipleOf:
+    """``multipleOf`` for jsonschema-rs: :func:`multiple_of`. Its own is exact in decimal
+    (1e300 is a multiple of 1e-300, which jsonschema denies) and costs up to ~1 ms for a
+    number of thousands of digits."""
+
+    def __init__(self, parent_schema: Any, divisor: Any, schema_path: Any) -> None:
+        self.divisor = divisor
+
+    def validate(self, instance: Any) -> None:
+        if type(instance) in (int, float) and not multiple_of(instance, self.divisor):
+            raise ValueError(f"{instance!r} is not a multiple of {self.divisor}")
+
+
+def _has_keyword(schema: Any, dialect: type[Validator], keyword: str) -> bool:
+    spec = specification_of(dialect)
+    root = Resource(contents=schema, specification=spec)  # type: ignore[call-arg]
+    return any(keyword in node.contents for node in nodes(schema, spec, root.id() or ""))
+
+
+def _encoded_size(value: Any) -> int:
+    """The length of ``value`` as compact JSON (an integer beyond 64 bits: taken as huge)."""
+    try:
+        return len(orjson.dumps(value))
+    except TypeError:
+        return LOOP_VERDICT_BYTES + 1
 
 
 # --- jsonschema, with bounded keywords and a deadline ---
@@ -151,7 +198,8 @@ def _rust_validator(schema: Any, dialect: type[Validator], format_assertion: boo
 
 def _python_validator(schema: Any, dialect: type[Validator], format_assertion: bool) -> Validator:
     keywords = {name: _deadlined(fn) for name, fn in dialect.VALIDATORS.items()}
-    keywords |= {"pattern": _deadlined(_pattern), "uniqueItems": _deadlined(_unique_items)}
+    keywords |= {"pattern": _deadlined(_pattern), "uniqueItems": _deadlined(_unique_items),
+                 "multipleOf": _deadlined(_multiple_of)}
     if "patternProperties" in keywords:
         keywords |= {"patternProperties": _deadlined(_pattern_properties),
                      "additionalProperties": _deadlined(_additional_properties)}
@@ -187,6 +235,29 @@ def _deadlined(keyword: Keyword) -> Keyword:
         return keyword(validator, value, instance, schema)
 
     return bounded
+
+
+def multiple_of(instance: int | float, divisor: int | float) -> bool:
+    """jsonschema's verdict: a float quotient where it is finite (so 0.0075 is a multiple
+    of 0.0001), exact where that overflows. jsonschema itself raises OverflowError for an
+    integer beyond a float's range; here it is exact too. Not finite: not a multiple."""
+    if isinstance(instance, float) and not math.isfinite(instance):
+        return False
+    if isinstance(divisor, float):
+        try:
+            quotient = instance / divisor
+            return int(quotient) == quotient
+        except OverflowError:
+            num, den = instance.as_integer_ratio()
+            divisor_num, divisor_den = divisor.as_integer_ratio()
+            return (num * divisor_den) % (den * divisor_num) == 0
+    return instance % divisor == 0
+
+
+def _multiple_of(validator: Any, divisor: Any, instance: Any,
+                 schema: Any) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "number") and not multiple_of(instance, divisor):
+        yield ValidationError(f"{instance!r} is not a multiple of {divisor}")
 
 
 def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:

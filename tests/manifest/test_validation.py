@@ -97,6 +97,50 @@ def test_lookarounds_and_backreferences_still_work() -> None:
         "'ab1' does not match '^(?=.*\\\\d)(\\\\w)\\\\1'"]
 
 
+@pytest.mark.parametrize(("number", "divisor", "multiple"), [
+    (0.0075, 0.0001, True),  # the float quotient, as jsonschema (exact binary would say no)
+    (0.00751, 0.0001, False), (12391239123, 1e-8, True), (7.5, 2, False), (3.0, 1.5, True),
+    (1e308, 0.123456789, False),  # the quotient overflows: exact, as jsonschema
+    (1e300, 1e-300, False),  # jsonschema-rs's own multipleOf (decimal) says it is one
+    (1.7976931348623157e308, 5e-324, True), (-4.5, 1.5, True), (0, 0.1, True),
+])
+def test_multiple_of_is_jsonschema_s_verdict_in_both_engines(number: Any, divisor: float,
+                                                             multiple: bool) -> None:
+    schema = {"multipleOf": divisor}
+    assert jsonschema.Draft202012Validator(schema).is_valid(number) is multiple
+    v = validator(schema)
+    assert v.is_valid(number) is multiple
+    errors = [] if multiple else [{"path": "", "message": f"{number!r} is not a multiple of "
+                                                          f"{divisor}"}]
+    assert v.errors(number) == errors
+    v._fast = None
+    assert v.errors(number) == errors
+
+
+@pytest.mark.parametrize(("number", "divisor", "multiple"), [
+    (10**400, 0.5, True), (10**400, 0.3, False), (10**400 + 1, 2, False), (-(10**400), 0.25, True),
+], ids=["1e400/0.5", "1e400/0.3", "1e400+1/2", "-1e400/0.25"])
+def test_multiple_of_an_integer_beyond_a_float_is_exact(number: int, divisor: float,
+                                                        multiple: bool) -> None:
+    """jsonschema raises OverflowError there (a call would answer -32603)."""
+    schema = {"type": "array", "items": {"multipleOf": divisor}, "maxItems": 1}
+    v = validator(schema)
+    expected = [] if multiple else [{"path": "/0", "message": f"{number!r} is not a multiple "
+                                                              f"of {divisor}"}]
+    assert v.errors([number]) == expected
+    assert [e["path"] for e in v.errors([number, number])] == ["", *(["/0", "/1"] * (not multiple))]
+    v._fast = None
+    assert v.errors([number]) == expected
+
+
+def test_a_backtracking_pattern_leaves_the_verdict_to_jsonschema() -> None:
+    """jsonschema-rs runs linear-time patterns only: a backtracking one costs milliseconds
+    per string on the event loop; jsonschema (in a thread, with a deadline) decides."""
+    assert validator({"patternProperties": {r"^(a|aa)+\1$": {}}})._fast is None
+    assert validator({"propertyNames": {"pattern": r"(?=x)"}})._fast is None
+    assert validator({"pattern": HOSTILE_PATTERN})._fast is not None
+
+
 def test_a_slow_error_pass_falls_back_to_the_fast_engine_s_messages() -> None:
     v = validator({"type": "array", "items": {"type": "integer"}}, timeout_s=1e-9)
     assert v.errors([1, "x"]) == [{"path": "/1", "message": '"x" is not of type "integer"'}]
@@ -126,6 +170,25 @@ def test_format_is_an_annotation_unless_asserted() -> None:
 def test_at_most_fifty_errors() -> None:
     v = validator({"items": {"type": "string"}})
     assert len(v.errors(list(range(1000)))) == 50
+
+
+async def test_check_runs_a_costly_verdict_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The multipleOf verdict of a container past LOOP_VERDICT_BYTES runs in a thread."""
+    import asyncio
+    threads: list[Any] = []
+    monkeypatch.setattr(asyncio, "to_thread", lambda fn, *args: _recorded(threads, fn, *args))
+    v = validator({"type": "array", "items": {"multipleOf": 0.5}})
+    assert await v.check([1.5] * 10) == [] and threads == []
+    big = [1.5] * 10_000  # 40 KB
+    assert await v.check(big) == [] and threads == [v.is_valid]
+    assert await v.check([10**30]) == [] and len(threads) == 2  # orjson cannot size it
+    plain = validator({"type": "array", "items": {"type": "number"}})
+    assert await plain.check(big) == [] and len(threads) == 2  # cheap keywords: on the loop
+
+
+async def _recorded(threads: list[Any], fn: Any, *args: Any) -> Any:
+    threads.append(fn)
+    return fn(*args)
 
 
 async def test_check_runs_the_error_pass_off_the_loop() -> None:

@@ -1,7 +1,8 @@
 """Hostile payloads through the live server: each refused with a clear error, none stalls others.
 
 An inport with ``uniqueItems`` and 8000 mixed items, a 28-character string against a
-catastrophic ``pattern``, and an array whose error pass runs past its deadline: while
+catastrophic ``pattern``, an array whose error pass runs past its deadline, 100,000
+numbers against a tiny ``multipleOf`` and 2000 names against a backreference: while
 each call is in flight, ``GET /healthz`` answers (the bound here is generous, the
 measured figure is printed), and the same values through an outport fail the call
 with -32003.
@@ -10,19 +11,25 @@ with -32003.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp.test_utils import TestClient
 from server_support import Rpc, ServerFactory
 
 PATTERN = r"^(\w+\s?)*$"
 HOSTILE_TEXT = "a" * 27 + "!"
 HEALTHZ_BOUND_S = 1.0  # generous on a shared 2-core machine; the goal is < 100 ms
+# jsonschema-rs's own multipleOf takes ~20 µs for each of these numbers (2 s for 100,000)
+NUMBERS = {"type": "array", "items": {"multipleOf": 5e-324}}
+MANY_NUMBERS = [1e308] * 100_000
+# a backreference: a backtracking engine, ~2.6 ms for each of these names in jsonschema-rs
+KEYS = {"type": "object", "patternProperties": {r"^(a|aa)+\1$": {"type": "string"}}}
+BACKTRACKING_KEYS = {f"{'a' * 24}!{i}": 0 for i in range(2000)}
 
 MANIFEST = {
     "id": "hostile_schema", "language": "python", "script": "hostile_schema.py",
@@ -31,10 +38,14 @@ MANIFEST = {
         "text": {"required": False, "schema": {"type": "string", "pattern": PATTERN}},
         "many": {"required": False, "schema": {"type": "array", "items": {"type": "integer"}}},
         "echo": {"required": False, "schema": True},
+        "numbers": {"required": False, "schema": NUMBERS},
+        "keys": {"required": False, "schema": KEYS},
     },
     "outports": {
         "items": {"schema": {"type": "array", "uniqueItems": True}},
         "text": {"schema": {"type": "string", "pattern": PATTERN}},
+        "numbers": {"schema": NUMBERS},
+        "keys": {"schema": KEYS},
     },
 }
 SCRIPT = """
@@ -54,7 +65,7 @@ def mixed_items(n: int) -> list[Any]:
 
 @pytest.fixture
 async def hostile(make_server: ServerFactory, tmp_path: Path) -> tuple[TestClient, Rpc]:
-    (tmp_path / "hostile_schema.yaml").write_text(json.dumps(MANIFEST))
+    (tmp_path / "hostile_schema.yaml").write_text(yaml.safe_dump(MANIFEST))
     (tmp_path / "hostile_schema.py").write_text(SCRIPT)
     server = await make_server(validation_timeout_s=0.5)
     rpc = Rpc(await server.ws_connect("/"))
@@ -65,16 +76,20 @@ async def hostile(make_server: ServerFactory, tmp_path: Path) -> tuple[TestClien
 
 async def call_with_healthz(server: TestClient, rpc: Rpc, payload: dict[str, Any],
                             label: str) -> dict[str, Any]:
-    """The response of one process call, with /healthz asked while it is in flight."""
+    """The response of one process call, with /healthz asked again and again until it ends
+    (an output is checked late in the call)."""
     call = asyncio.create_task(rpc.call("process", {"actor_id": "hostile_schema",
                                                     "payload": payload}))
     await asyncio.sleep(0)  # the request is on its way
-    started = time.perf_counter()
-    response = await server.get("/healthz")
-    waited = time.perf_counter() - started
-    print(f"\n/healthz during {label}: {waited * 1000:.1f} ms")
-    assert response.status == 200
-    assert waited < HEALTHZ_BOUND_S
+    waits = []
+    while not waits or not call.done():
+        started = time.perf_counter()
+        response = await server.get("/healthz")
+        waits.append(time.perf_counter() - started)
+        assert response.status == 200
+        await asyncio.sleep(0.005)
+    print(f"\n/healthz during {label}: at most {max(waits) * 1000:.1f} ms ({len(waits)} asked)")
+    assert max(waits) < HEALTHZ_BOUND_S
     return await call
 
 
@@ -107,8 +122,23 @@ async def test_an_error_pass_past_its_deadline(hostile: tuple[TestClient, Rpc]) 
     assert len(errors) == 50 and errors[0]["path"] == "/0"
 
 
+async def test_multiple_of_over_many_numbers(hostile: tuple[TestClient, Rpc]) -> None:
+    server, rpc = hostile
+    response = await call_with_healthz(server, rpc, {"numbers": MANY_NUMBERS}, "multipleOf")
+    assert "result" in response  # each is a multiple of the smallest double
+
+
+async def test_a_backtracking_pattern_over_many_names(hostile: tuple[TestClient, Rpc]) -> None:
+    server, rpc = hostile
+    response = await call_with_healthz(server, rpc, {"keys": BACKTRACKING_KEYS},
+                                       "a backreference in patternProperties")
+    assert response["error"]["code"] == -32002
+    assert response["error"]["data"] == {"port": "keys", "errors": [
+        {"path": "", "message": "validation did not finish within 0.5 s; the value is refused"}]}
+
+
 @pytest.mark.parametrize(("port", "value"), [
-    ("text", HOSTILE_TEXT), ("items", mixed_items(8000)),
+    ("text", HOSTILE_TEXT), ("items", mixed_items(8000)), ("keys", BACKTRACKING_KEYS),
 ])
 async def test_the_same_through_an_outport(hostile: tuple[TestClient, Rpc], port: str,
                                            value: Any) -> None:
