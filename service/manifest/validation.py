@@ -50,6 +50,8 @@ from service.manifest.schemawalk import nodes, specification_of
 log = logging.getLogger(__name__)
 
 MAX_ERRORS = 50  # per value: a 10,000-item array of wrong types is not 10,000 messages
+# per message: one that quotes a 1 MB value is cut (50 of them would make a 50 MB answer)
+MAX_MESSAGE_CHARS = 1000
 RE2_MAX_MEM = 32 << 20  # bytes of automaton per pattern
 # The largest container (as JSON text) whose multipleOf verdict runs on the event loop:
 # ~10 ms at the worst of a few µs per number.
@@ -119,19 +121,25 @@ class SchemaValidator:
         finally:
             _DEADLINE.reset(token)
         found.sort(key=lambda e: list(map(str, e.absolute_path)))
-        return [{"path": _path(e.absolute_path), "message": e.message} for e in found]
+        return [{"path": _path(e.absolute_path), "message": _cut(e.message)} for e in found]
 
     def _fallback_errors(self, value: Any, verdict: bool | None) -> Errors:
         """jsonschema-rs's own messages, when jsonschema ran out of time (or of stack)."""
         if self._fast is not None and verdict is False:
             found = islice(self._fast.iter_errors(value), MAX_ERRORS)
-            return [{"path": _path(e.instance_path), "message": e.message} for e in found]
+            return [{"path": _path(e.instance_path), "message": _cut(e.message)} for e in found]
         return [{"path": "", "message": f"validation did not finish within {self.timeout_s:g} s; "
                                         "the value is refused"}]
 
 
 def _path(parts: Any) -> str:
     return "".join(f"/{p}" for p in parts)
+
+
+def _cut(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_MESSAGE_CHARS - 50]}... ({len(message)} characters in all)"
 
 
 # --- jsonschema-rs ---

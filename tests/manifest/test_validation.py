@@ -172,6 +172,21 @@ def test_at_most_fifty_errors() -> None:
     assert len(v.errors(list(range(1000)))) == 50
 
 
+def test_a_message_quoting_a_large_value_is_cut() -> None:
+    """Fifty messages quoting the same 1 MB array would make a 50 MB answer."""
+    v = validator({"allOf": [{"maxItems": 1}] * 50}, timeout_s=30)
+    value = list(range(150_000))
+    full = f"{value!r} is too long"
+    errors = v.errors(value)
+    assert len(errors) == 50
+    for error in errors:
+        assert error["message"] == f"{full[:950]}... ({len(full)} characters in all)"
+    v = validator({"type": "string"}, timeout_s=1e-9)  # jsonschema-rs's, past the deadline
+    [error] = v.errors(value)
+    assert error["message"].startswith("[0,") and error["message"].endswith(" characters in all)")
+    assert len(error["message"]) < 1000
+
+
 async def test_check_runs_a_costly_verdict_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     """The multipleOf verdict of a container past LOOP_VERDICT_BYTES runs in a thread."""
     import asyncio
