@@ -251,15 +251,15 @@ def multiple_of(instance: int | float, divisor: int | float) -> bool:
     integer beyond a float's range; here it is exact too. Not finite: not a multiple."""
     if isinstance(instance, float) and not math.isfinite(instance):
         return False
-    if isinstance(divisor, float):
-        try:
+    try:
+        if isinstance(divisor, float):
             quotient = instance / divisor
             return int(quotient) == quotient
-        except OverflowError:
-            num, den = instance.as_integer_ratio()
-            divisor_num, divisor_den = divisor.as_integer_ratio()
-            return (num * divisor_den) % (den * divisor_num) == 0
-    return instance % divisor == 0
+        return instance % divisor == 0
+    except OverflowError:  # a float and an integer beyond its range
+        num, den = instance.as_integer_ratio()
+        divisor_num, divisor_den = divisor.as_integer_ratio()
+        return (num * divisor_den) % (den * divisor_num) == 0
 
 
 def _multiple_of(validator: Any, divisor: Any, instance: Any,

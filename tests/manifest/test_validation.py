@@ -119,8 +119,9 @@ def test_multiple_of_is_jsonschema_s_verdict_in_both_engines(number: Any, diviso
 
 @pytest.mark.parametrize(("number", "divisor", "multiple"), [
     (10**400, 0.5, True), (10**400, 0.3, False), (10**400 + 1, 2, False), (-(10**400), 0.25, True),
-], ids=["1e400/0.5", "1e400/0.3", "1e400+1/2", "-1e400/0.25"])
-def test_multiple_of_an_integer_beyond_a_float_is_exact(number: int, divisor: float,
+    (1.5, 10**400, False), (0.0, 10**400, True),
+], ids=["1e400/0.5", "1e400/0.3", "1e400+1/2", "-1e400/0.25", "1.5/1e400", "0.0/1e400"])
+def test_multiple_of_an_integer_beyond_a_float_is_exact(number: Any, divisor: Any,
                                                         multiple: bool) -> None:
     """jsonschema raises OverflowError there (a call would answer -32603)."""
     schema = {"type": "array", "items": {"multipleOf": divisor}, "maxItems": 1}
