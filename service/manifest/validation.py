@@ -116,20 +116,27 @@ class SchemaValidator:
         token = _DEADLINE.set(deadline)
         try:
             found = list(islice(self._python.iter_errors(value), MAX_ERRORS))
-        except (ValidationTimeout, RecursionError):
-            return self._fallback_errors(value, verdict)
+        except ValidationTimeout:
+            return self._fallback_errors(value, verdict, f"validation did not finish within "
+                                                         f"{self.timeout_s:g} s")
+        except RecursionError:
+            return self._fallback_errors(value, verdict, "the value is nested too deeply to check")
+        except Exception as exc:  # a jsonschema failure must not fail the call (-32603)
+            log.exception("jsonschema failed on a value")
+            return self._fallback_errors(value, verdict, f"jsonschema could not check the value "
+                                                         f"({type(exc).__name__})")
         finally:
             _DEADLINE.reset(token)
         found.sort(key=lambda e: list(map(str, e.absolute_path)))
         return [{"path": _path(e.absolute_path), "message": _cut(e.message)} for e in found]
 
-    def _fallback_errors(self, value: Any, verdict: bool | None) -> Errors:
-        """jsonschema-rs's own messages, when jsonschema ran out of time (or of stack)."""
+    def _fallback_errors(self, value: Any, verdict: bool | None, why: str) -> Errors:
+        """jsonschema-rs's own messages where jsonschema gave none (time, stack, a failure);
+        without them, the value is refused, saying ``why``."""
         if self._fast is not None and verdict is False:
             found = islice(self._fast.iter_errors(value), MAX_ERRORS)
             return [{"path": _path(e.instance_path), "message": _cut(e.message)} for e in found]
-        return [{"path": "", "message": f"validation did not finish within {self.timeout_s:g} s; "
-                                        "the value is refused"}]
+        return [{"path": "", "message": f"{why}; the value is refused"}]
 
 
 def _path(parts: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jsonschema
@@ -152,6 +153,25 @@ def test_no_verdict_in_time_refuses_the_value_and_says_why() -> None:
     v._fast = None
     assert v.errors([1, 2]) == [{"path": "", "message": "validation did not finish within "
                                                         "1e-09 s; the value is refused"}]
+
+
+@pytest.mark.parametrize(("fast", "expected"), [
+    (True, [{"path": "/0", "message": '"x" is not of type "integer"'}]),
+    (False, [{"path": "", "message": "jsonschema could not check the value (OverflowError); "
+                                     "the value is refused"}]),
+])
+def test_a_jsonschema_failure_refuses_the_value_and_says_why(
+        monkeypatch: pytest.MonkeyPatch, fast: bool, expected: list[dict[str, str]]) -> None:
+    v = validator({"type": "array", "items": {"type": "integer"}})
+    if not fast:
+        v._fast = None
+
+    def broken(value: Any) -> Any:
+        raise OverflowError("int too large to convert to float")
+        yield  # a generator, like iter_errors
+
+    monkeypatch.setattr(v, "_python", SimpleNamespace(iter_errors=broken))
+    assert v.errors(["x"]) == expected
 
 
 def test_values_the_fast_engine_cannot_take_are_left_to_jsonschema() -> None:
