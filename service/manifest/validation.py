@@ -120,7 +120,8 @@ class SchemaValidator:
             return self._fallback_errors(value, verdict, f"validation did not finish within "
                                                          f"{self.timeout_s:g} s")
         except RecursionError:
-            return self._fallback_errors(value, verdict, "the value is nested too deeply to check")
+            return self._fallback_errors(value, verdict,
+                                         "jsonschema's recursion cannot go this deep")
         except Exception as exc:  # a jsonschema failure must not fail the call (-32603)
             log.exception("jsonschema failed on a value")
             return self._fallback_errors(value, verdict, f"jsonschema could not check the value "

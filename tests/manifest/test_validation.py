@@ -174,6 +174,18 @@ def test_a_jsonschema_failure_refuses_the_value_and_says_why(
     assert v.errors(["x"]) == expected
 
 
+def test_a_value_too_deep_for_jsonschema_is_refused_and_says_why() -> None:
+    v = validator({"type": "array", "items": {"$ref": "#"}})
+    value: Any = "x"
+    for _ in range(900):
+        value = [value]
+    assert v.errors(value) == [{"path": "/0" * 900,
+                                "message": '"x" is not of type "array"'}]  # jsonschema-rs's
+    v._fast = None
+    assert v.errors(value) == [{"path": "", "message": "jsonschema's recursion cannot go this "
+                                                       "deep; the value is refused"}]
+
+
 def test_values_the_fast_engine_cannot_take_are_left_to_jsonschema() -> None:
     v = validator({"type": "number"})
     assert v.is_valid(float("nan")) is not True
