@@ -142,6 +142,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         path = find_default_config(Path.cwd())
     return load_settings(
         path,
+        isolated=args.subcommand in ("serve", "worker"),  # long-running: no dynaconf kept
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
         backend=args.backend,

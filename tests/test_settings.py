@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -286,3 +288,37 @@ def test_busy_polling_is_on_by_default_and_zero_turns_it_off() -> None:
                          (True, "expected a number")):
         with pytest.raises(SettingsError, match=f"busy_poll_us: {problem}"):
             settings_from_mapping({"busy_poll_us": bad})
+
+
+# --- isolated: dynaconf in a child process, for the long-running commands ---
+
+
+@pytest.mark.parametrize("env", [{}, {"SERVICE_ENV": "production"},
+                                 {"SERVICE_PORT": "6001", "SERVICE_LIMITS__TIMEOUT_S": "2.5"}])
+def test_isolated_reading_gives_the_same_settings(monkeypatch: pytest.MonkeyPatch,
+                                                  env: dict[str, str]) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert load_settings(CONFIG, isolated=True, port=None) == load_settings(CONFIG)
+    assert load_settings(CONFIG, isolated=True, port=7000).port == 7000
+
+
+@pytest.mark.parametrize("contents", ["[default\n", "[default]\nport = 'x'\n"])
+def test_isolated_reading_gives_the_same_errors(tmp_path: Path, contents: str) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text(contents)
+    with pytest.raises(SettingsError) as in_process:
+        load_settings(path)
+    with pytest.raises(SettingsError) as isolated:
+        load_settings(path, isolated=True)
+    assert str(isolated.value) == str(in_process.value)
+    with pytest.raises(SettingsError, match=r"^settings file not found: .*nowhere\.toml$"):
+        load_settings(tmp_path / "nowhere.toml", isolated=True)
+
+
+def test_isolated_reading_leaves_dynaconf_out_of_the_process() -> None:
+    code = ("import sys; from service.settings import load_settings; "
+            f"load_settings({str(CONFIG)!r}, isolated=True); print('dynaconf' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd=CONFIG.parents[1])
+    assert done.stdout.strip() == "False"
