@@ -703,11 +703,15 @@ def _answered(ready: asyncio.Future[None]) -> bool:
 class ProcessWorker:
     """One bubblewrap sandbox running one actor's harness; calls run one at a time."""
 
-    # The checks between calls read bubblewrap's process tree (bwrap, then the harness) and
-    # count on an idle harness using no CPU: a subclass whose sandbox looks otherwise (gVisor:
-    # runsc, the gofer, the Sentry's own threads) turns them off. Bytes written while idle
-    # and the idle lifetime are checked for every worker.
+    # The checks between calls read bubblewrap's process tree (bwrap, then the harness), its
+    # /tmp and its task count: a subclass whose sandbox looks otherwise (gVisor: runsc, the
+    # gofer, the Sentry's own threads, a /tmp inside the Sentry) turns them off. The CPU
+    # the worker's cgroups count while it is idle, the bytes it writes and the idle lifetime
+    # are checked for every worker.
     HOST_CHECKS = True
+    # CPU an idle worker may use per second of idle time, beyond IDLE_CPU_NS in all (gVisor:
+    # the Sentry's own timers and Go runtime)
+    IDLE_CPU_NS_PER_S = 0
 
     def __init__(self, actor: ActorDef, tmp_mb: int, process: asyncio.subprocess.Process,
                  cgroups: WorkerCgroups, pipes: SandboxPipes, *, idle_lifetime_s: float = 300,
@@ -1019,11 +1023,13 @@ class ProcessWorker:
     def _idle_violation(self) -> str | None:
         """What the idle sandbox did since it became idle, if anything: the harness waits
         on its pipe, so any CPU beyond a small allowance or any new task is the script."""
+        cpu = self._cgroups.cpu_ns()
+        if cpu is not None and self._idle_cpu is not None:
+            idle_s = asyncio.get_running_loop().time() - self._idle_since
+            if cpu - self._idle_cpu > IDLE_CPU_NS + self.IDLE_CPU_NS_PER_S * idle_s:
+                return f"used {(cpu - self._idle_cpu) / 1e6:.0f} ms of CPU while idle"
         if not self.HOST_CHECKS:
             return None
-        cpu = self._cgroups.cpu_ns()
-        if cpu is not None and self._idle_cpu is not None and cpu - self._idle_cpu > IDLE_CPU_NS:
-            return f"used {(cpu - self._idle_cpu) / 1e6:.0f} ms of CPU while idle"
         tasks = self._cgroups.tasks()
         if tasks is not None and self._idle_tasks is not None and tasks > self._idle_tasks:
             return f"started {tasks - self._idle_tasks} threads or processes while idle"
