@@ -76,7 +76,7 @@ from service.sandbox.process import (
     output_pipes,
     sweep_stale_groups,
 )
-from service.sandbox.seccomp import DENIED
+from service.sandbox.seccomp import DENIED, FAMILY_MAX, allowed_families
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -415,16 +415,24 @@ def oci_config(settings: Settings, rootfs: Path, actor: ActorDef | None, bundle:
         "hostname": "sandbox",
         "mounts": _mounts(settings, actor, bundle, network),
         "linux": {"namespaces": [{"type": name} for name in namespaces],
-                  "seccomp": _seccomp()},
+                  "seccomp": _seccomp(network)},
     }
 
 
-def _seccomp() -> dict[str, Any]:
-    """The process backend's denylist, enforced by the Sentry too (``--oci-seccomp``): less
-    of the Sentry for a script to reach (its user namespaces, ptrace, keyrings...)."""
+def _seccomp(network: bool) -> dict[str, Any]:
+    """The process backend's filter, enforced by the Sentry too (``--oci-seccomp``): less
+    of the Sentry for a script to reach (its user namespaces, ptrace, keyrings, netlink...):
+    the denylist, and the socket families (seccomp.allowed_families) as an allowlist."""
+    families = allowed_families(network)
+    refused = [{"index": 0, "value": family, "op": "SCMP_CMP_EQ"}
+               for family in range(FAMILY_MAX + 1) if family not in families]
+    # 64-bit comparison: a family with high bits set is above too, never let through
+    refused.append({"index": 0, "value": FAMILY_MAX, "op": "SCMP_CMP_GT"})
+    sockets = [{"names": ["socket", "socketpair"], "action": "SCMP_ACT_ERRNO",
+                "errnoRet": errno.EAFNOSUPPORT, "args": [condition]} for condition in refused]
     return {"defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{"names": list(DENIED), "action": "SCMP_ACT_ERRNO",
-                          "errnoRet": errno.EPERM}]}
+                          "errnoRet": errno.EPERM}, *sockets]}
 
 
 def _rlimits(settings: Settings, actor: ActorDef | None) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ import os
 import platform
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sandbox_helpers import ACTORS, Recorder, actor_def, call, request
@@ -180,8 +181,9 @@ def test_bundle_mounts_only_the_system_the_actor_the_harness_and_the_channel(
             "/proc"} <= set(mounts)
     writable = {d for d, m in mounts.items() if "rw" in m.get("options", [])}
     assert writable == {"/channel/in", "/channel/out"}  # two FIFOs; /tmp is the Sentry's
-    denied = config["linux"]["seccomp"]["syscalls"]
-    assert denied == [{"names": list(DENIED), "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    denied, *sockets = config["linux"]["seccomp"]["syscalls"]
+    assert denied == {"names": list(DENIED), "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+    assert _refused_families(sockets) == set(range(64)) - {1, 2, 10}  # unix, inet, inet6
     assert "/etc/resolv.conf" not in mounts
     assert {"type": "network"} in config["linux"]["namespaces"]
     assert config["root"] == {"path": str(tmp_path / "rootfs"), "readonly": True}
@@ -211,6 +213,24 @@ def test_bundle_with_network_binds_resolver_files(settings: Settings, tmp_path: 
     config = oci_config(settings, tmp_path, actor, tmp_path, network=True, args=["true"])
     assert "/etc/resolv.conf" in {m["destination"] for m in config["mounts"]}
     assert {"type": "network"} not in config["linux"]["namespaces"]
+    _, *sockets = config["linux"]["seccomp"]["syscalls"]
+    assert _refused_families(sockets) == set(range(64)) - {1, 2, 10, 16}  # netlink: resolver
+
+
+def _refused_families(rules: list[dict[str, Any]]) -> set[int]:
+    """The socket families the OCI seccomp rules refuse with EAFNOSUPPORT (and that a
+    family above 63, high bits included, is refused too)."""
+    refused = set()
+    for rule in rules:
+        assert rule["names"] == ["socket", "socketpair"] and rule["errnoRet"] == 97
+        [condition] = rule["args"]
+        if condition["op"] == "SCMP_CMP_GT":
+            assert condition == {"index": 0, "value": 63, "op": "SCMP_CMP_GT"}
+        else:
+            assert condition["op"] == "SCMP_CMP_EQ" and condition["index"] == 0
+            refused.add(condition["value"])
+    assert any(rule["args"][0]["op"] == "SCMP_CMP_GT" for rule in rules)
+    return refused
 
 
 async def test_runsc_missing_says_why(settings: Settings) -> None:
