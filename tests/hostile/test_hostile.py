@@ -58,13 +58,14 @@ def test_cases_are_well_formed() -> None:
             assert set(step["expect"]) <= {"error", "returns", "any_of", "load_error"}, case
         assert set(case.get("expect_on", {})) <= set(BACKENDS)
         assert not ("expect_on" in case and "steps" in case), case["case"]
-        assert set(case.get("checks", {})) <= {"emitted", "cpu_ratio_below", "bystander",
-                                               "loopback_untouched", "host_absent", "symlinks",
-                                               "max_notifications", "idle_cpu_ms_below",
-                                               "rss_growth_mb_below", "host_unchanged",
-                                               "nobody_inotify", "wire_bytes_below",
-                                               "idle_written_mb_below", "sandbox_tmp_empty",
-                                               "sandbox_replaced"}
+        assert set(case.get("checks_on", {})) <= set(BACKENDS)
+        for checks in (case.get("checks", {}), *case.get("checks_on", {}).values()):
+            assert set(checks) <= {"emitted", "cpu_ratio_below", "bystander",
+                                   "loopback_untouched", "host_absent", "symlinks",
+                                   "max_notifications", "idle_cpu_ms_below",
+                                   "rss_growth_mb_below", "host_unchanged", "nobody_inotify",
+                                   "wire_bytes_below", "idle_written_mb_below",
+                                   "sandbox_tmp_empty", "sandbox_replaced"}, case["case"]
         assert set(case.get("known_issue", {})) <= set(BACKENDS)
         assert case.get("also_private", False) in (True, False)
 
@@ -167,7 +168,8 @@ class Case:
 
     @property
     def checks(self) -> dict[str, Any]:
-        return dict(self.fill(self.row.get("checks", {})))
+        checks = self.row.get("checks_on", {}).get(self.backend_name, self.row.get("checks", {}))
+        return dict(self.fill(checks))
 
     @property
     def steps(self) -> list[dict[str, Any]]:
