@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 MAX_ERRORS = 50  # per value: a 10,000-item array of wrong types is not 10,000 messages
 # per message: one that quotes a 1 MB value is cut (50 of them would make a 50 MB answer)
 MAX_MESSAGE_CHARS = 1000
+# all paths and messages of one value (the first error is always kept): 50 errors at the
+# path of one 1 MB object key would make a 50 MB answer too
+MAX_ERRORS_CHARS = 64 << 10
 RE2_MAX_MEM = 32 << 20  # bytes of automaton per pattern
 # The largest container (as JSON text) whose multipleOf verdict runs on the event loop:
 # ~10 ms at the worst of a few µs per number.
@@ -129,19 +132,31 @@ class SchemaValidator:
         finally:
             _DEADLINE.reset(token)
         found.sort(key=lambda e: list(map(str, e.absolute_path)))
-        return [{"path": _path(e.absolute_path), "message": _cut(e.message)} for e in found]
+        return _bounded([{"path": _path(e.absolute_path), "message": _cut(e.message)}
+                         for e in found])
 
     def _fallback_errors(self, value: Any, verdict: bool | None, why: str) -> Errors:
         """jsonschema-rs's own messages where jsonschema gave none (time, stack, a failure);
         without them, the value is refused, saying ``why``."""
         if self._fast is not None and verdict is False:
             found = islice(self._fast.iter_errors(value), MAX_ERRORS)
-            return [{"path": _path(e.instance_path), "message": _cut(e.message)} for e in found]
+            return _bounded([{"path": _path(e.instance_path), "message": _cut(e.message)}
+                             for e in found])
         return [{"path": "", "message": f"{why}; the value is refused"}]
 
 
 def _path(parts: Any) -> str:
     return "".join(f"/{p}" for p in parts)
+
+
+def _bounded(errors: Errors) -> Errors:
+    """The first errors, up to MAX_ERRORS_CHARS of paths and messages (one at least)."""
+    total = 0
+    for kept, error in enumerate(errors):
+        total += len(error["path"]) + len(error["message"])
+        if total > MAX_ERRORS_CHARS and kept:
+            return errors[:kept]
+    return errors
 
 
 def _cut(message: str) -> str:

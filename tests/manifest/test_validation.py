@@ -155,6 +155,16 @@ def test_no_verdict_in_time_refuses_the_value_and_says_why() -> None:
                                                         "1e-09 s; the value is refused"}]
 
 
+def test_the_errors_of_one_value_stay_within_64_kb() -> None:
+    """Fifty errors at the path of one 100 KB object key would make a 5 MB answer."""
+    key = "k" * 100_000
+    v = validator({"additionalProperties": {"allOf": [{"type": "string"}] * 50}})
+    assert v.errors({key: 1}) == [{"path": f"/{key}", "message": "1 is not of type 'string'"}]
+    v = validator({"additionalProperties": {"allOf": [{"type": "string"}] * 50}})
+    many = v.errors({f"{i:04}{'k' * 4000}": 1 for i in range(20)})  # 4030 characters each
+    assert len(many) == 65536 // 4030 and many[0]["path"] == f"/0000{'k' * 4000}"
+
+
 @pytest.mark.parametrize(("fast", "expected"), [
     (True, [{"path": "/0", "message": '"x" is not of type "integer"'}]),
     (False, [{"path": "", "message": "jsonschema could not check the value (OverflowError); "
