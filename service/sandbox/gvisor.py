@@ -76,7 +76,7 @@ from service.sandbox.process import (
     output_pipes,
     sweep_stale_groups,
 )
-from service.sandbox.seccomp import DENIED, FAMILY_MAX, allowed_families
+from service.sandbox.seccomp import DENIED, FAMILY_MAX, SOCKET_CALLS, refused_families
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -422,13 +422,11 @@ def oci_config(settings: Settings, rootfs: Path, actor: ActorDef | None, bundle:
 def _seccomp(network: bool) -> dict[str, Any]:
     """The process backend's filter, enforced by the Sentry too (``--oci-seccomp``): less
     of the Sentry for a script to reach (its user namespaces, ptrace, keyrings, netlink...):
-    the denylist, and the socket families (seccomp.allowed_families) as an allowlist."""
-    families = allowed_families(network)
+    the denylist, and the socket families (seccomp.refused_families) as an allowlist."""
     refused = [{"index": 0, "value": family, "op": "SCMP_CMP_EQ"}
-               for family in range(FAMILY_MAX + 1) if family not in families]
-    # 64-bit comparison: a family with high bits set is above too, never let through
+               for family in refused_families(network)]
     refused.append({"index": 0, "value": FAMILY_MAX, "op": "SCMP_CMP_GT"})
-    sockets = [{"names": ["socket", "socketpair"], "action": "SCMP_ACT_ERRNO",
+    sockets = [{"names": list(SOCKET_CALLS), "action": "SCMP_ACT_ERRNO",
                 "errnoRet": errno.EAFNOSUPPORT, "args": [condition]} for condition in refused]
     return {"defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{"names": list(DENIED), "action": "SCMP_ACT_ERRNO",

@@ -43,12 +43,20 @@ DENIED = (
     "semget", "semop", "semtimedop", "semctl",
 )
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
-FAMILY_MAX = 63  # every family above is refused by one comparison
+FAMILY_MAX = 63  # every family above is refused by one comparison (64-bit: high bits too)
+SOCKET_CALLS = ("socket", "socketpair")
 
 
 def allowed_families(network: bool) -> tuple[int, ...]:
     """The socket families a sandbox may create."""
     return (AF_UNIX, AF_INET, AF_INET6) + ((AF_NETLINK,) if network else ())
+
+
+def refused_families(network: bool) -> list[int]:
+    """The families up to FAMILY_MAX that SOCKET_CALLS refuse (EAFNOSUPPORT); every family
+    above FAMILY_MAX is refused too. The process backend's filter and gVisor's OCI seccomp."""
+    allowed = allowed_families(network)
+    return [family for family in range(FAMILY_MAX + 1) if family not in allowed]
 
 
 def denylist_program(network: bool = False) -> bytes | None:
@@ -65,12 +73,9 @@ def denylist_program(network: bool = False) -> bytes | None:
         except (OSError, ValueError):  # a call this kernel/architecture does not have
             logger.debug("seccomp: no system call %s here", name)
     refused = seccomp.ERRNO(errno.EAFNOSUPPORT)
-    families = allowed_families(network)
-    for call in ("socket", "socketpair"):
-        for family in range(FAMILY_MAX + 1):
-            if family not in families:
-                program.add_rule(refused, call, seccomp.Arg(0, seccomp.EQ, family))
-        # 64-bit comparison: a family with high bits set is above too, never let through
+    for call in SOCKET_CALLS:
+        for family in refused_families(network):
+            program.add_rule(refused, call, seccomp.Arg(0, seccomp.EQ, family))
         program.add_rule(refused, call, seccomp.Arg(0, seccomp.GT, FAMILY_MAX))
     with tempfile.TemporaryFile() as out:
         program.export_bpf(out)
