@@ -70,6 +70,7 @@ def test_loads_accepts_and_refuses_what_json_does(pieces: list[str]) -> None:
 @pytest.mark.parametrize("text", [
     "123456789012345678901234567890", "-9223372036854775809", "18446744073709551616",
     '"\\ud800"', "NaN", "-Infinity", "1e400", "[" * 600 + "]" * 600, "\ufeff1",
+    "[" * 1000 + "]" * 1000, '{"a":' * 1000 + "1" + "}" * 1000, '"\ud800"',
 ])
 def test_where_orjson_differs_the_reference_decides(text: str) -> None:
     assert outcome(jsonfast.loads, text) == outcome(json.loads, text)
