@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -358,11 +359,13 @@ def _scalar(default: Any, value: Any, is_float: bool, zero_allowed: bool) -> Any
     if isinstance(default, int | float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise TypeError(f"expected a number, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):  # TOML reads nan and inf
+            raise ValueError(f"expected a finite number, got {value!r}")
         if value < 0 or (value == 0 and not zero_allowed):
             raise ValueError(f"must be positive, got {value!r}")
         if is_float:
             return value  # an int stays an int, so 5 is shown as 5, not 5.0
-        if not float(value).is_integer():
+        if isinstance(value, float) and not value.is_integer():
             raise ValueError(f"expected an integer, got {value!r}")
         return int(value)
     if not isinstance(value, str):

@@ -106,6 +106,11 @@ def test_every_problem_is_listed_on_one_line() -> None:
      "connections: allowed_origins: expected a list of strings"),
     ({"capacity": {"memory_mb": 64}}, "limits.memory_mb: default is over capacity.memory_mb"),
     ({"pool_max": {"min_warm": "8"}}, "pool_max: min_warm: expected a number, got '8'"),
+    ({"limits_max": {"cpus": float("nan")}}, "limits_max: cpus: expected a finite number, got nan"),
+    ({"limits_max": {"timeout_s": float("inf")}},
+     "limits_max: timeout_s: expected a finite number, got inf"),
+    ({"validation_timeout_s": float("inf")},
+     "validation_timeout_s: expected a finite number, got inf"),
     ({"connections": {"max_response_bytes": 1_000_000}},
      "connections.max_response_bytes: under what one `process` answer may hold "
      "(2 x limits_max.output_bytes + max_message_bytes = 34603008)"),
@@ -114,6 +119,18 @@ def test_invalid_values_name_the_key(raw: dict, problem: str) -> None:
     with pytest.raises(SettingsError) as info:
         settings_from_mapping(raw)
     assert str(info.value) == problem
+
+
+def test_nan_and_inf_are_refused_from_the_file_and_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TOML reads nan and inf: a maximum of nan would let every manifest through."""
+    config = tmp_path / "settings.toml"
+    config.write_text("[default.limits_max]\ncpus = nan\n")
+    with pytest.raises(SettingsError, match="cpus: expected a finite number, got nan"):
+        load_settings(config)
+    monkeypatch.setenv("SERVICE_LIMITS__TIMEOUT_S", "inf")
+    with pytest.raises(SettingsError, match="timeout_s: expected a finite number, got inf"):
+        load_settings(CONFIG)
 
 
 def test_new_tables_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
