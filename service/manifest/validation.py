@@ -32,6 +32,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from itertools import islice
 from typing import Any
@@ -56,6 +57,10 @@ MAX_MESSAGE_CHARS = 1000
 # path of one 1 MB object key would make a 50 MB answer too
 MAX_ERRORS_CHARS = 64 << 10
 RE2_MAX_MEM = 32 << 20  # bytes of automaton per pattern
+# Error passes (and costly verdicts) run on threads of their own, never the loop's default
+# executor, which boots sandboxes: a flood of values that are slow to explain must not delay
+# another caller's sandbox. Queued passes whose deadline went by return at once.
+_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="validation")
 # The largest container (as JSON text) whose multipleOf verdict runs on the event loop:
 # ~10 ms at the worst of a few µs per number.
 LOOP_VERDICT_BYTES = 16 << 10
@@ -102,13 +107,13 @@ class SchemaValidator:
         """Like :meth:`errors`, with the error pass (and a costly verdict) off the event loop."""
         if self._calls_python and isinstance(value, dict | list) \
                 and _encoded_size(value) > LOOP_VERDICT_BYTES:
-            verdict = await asyncio.to_thread(self.is_valid, value)
+            verdict = await _off_loop(self.is_valid, value)
         else:
             verdict = self.is_valid(value)
         if verdict:
             return []
         deadline = time.monotonic() + self.timeout_s
-        return await asyncio.to_thread(self._errors, value, verdict, deadline)
+        return await _off_loop(self._errors, value, verdict, deadline)
 
     def _errors(self, value: Any, verdict: bool | None, deadline: float) -> Errors:
         """jsonschema's errors: the reference has the last word on a value refused above.
@@ -143,6 +148,10 @@ class SchemaValidator:
             return _bounded([{"path": _path(e.instance_path), "message": _cut(e.message)}
                              for e in found])
         return [{"path": "", "message": f"{why}; the value is refused"}]
+
+
+async def _off_loop(function: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(_THREADS, function, *args)
 
 
 def _path(parts: Any) -> str:

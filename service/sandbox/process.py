@@ -48,6 +48,7 @@ import termios
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,10 @@ BWRAP_PROCESSES = 1  # the outer bwrap counts against pids.max too
 MIB = 1 << 20
 CPU_PERIOD_US = 100_000
 BOOT_TIMEOUT_S = 15.0
+# Admission (a blocking read of bwrap's info, then the move into the cgroups) has threads of
+# its own: on the loop's default executor, other work that blocks (reading manifests,
+# validation in the past) could make every boot wait for BOOT_TIMEOUT_S and fail.
+_ADMISSION_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="admission")
 OUTER_EXIT_GRACE_S = 1.0  # after the outer bwrap ends during a boot, for the harness's last words
 KILL_WAIT_S = 3.0
 CHUNK = 1 << 16
@@ -1630,8 +1635,8 @@ class ProcessBackend:
         finally:
             for fd in (*inherited, out_w, err_w):
                 os.close(fd)
-        admitting = asyncio.ensure_future(
-            asyncio.to_thread(admission.run, process.pid, cgroups))
+        admitting = asyncio.get_running_loop().run_in_executor(
+            _ADMISSION_THREADS, admission.run, process.pid, cgroups)
         limit = actor.limits.output_bytes + self.settings.max_message_bytes + CHUNK
         pipes = await connect_pipes(call_w, event_r, out_r, err_r, limit)
         sandbox = self.settings.sandbox

@@ -10,6 +10,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from service.manifest import validation
 from service.manifest.schemas import compile_schema
 from service.manifest.validation import SchemaValidator
 
@@ -232,9 +233,8 @@ def test_a_message_quoting_a_large_value_is_cut() -> None:
 
 async def test_check_runs_a_costly_verdict_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     """The multipleOf verdict of a container past LOOP_VERDICT_BYTES runs in a thread."""
-    import asyncio
     threads: list[Any] = []
-    monkeypatch.setattr(asyncio, "to_thread", lambda fn, *args: _recorded(threads, fn, *args))
+    monkeypatch.setattr(validation, "_off_loop", lambda fn, *args: _recorded(threads, fn, *args))
     v = validator({"type": "array", "items": {"multipleOf": 0.5}})
     assert await v.check([1.5] * 10) == [] and threads == []
     big = [1.5] * 10_000  # 40 KB
@@ -247,6 +247,23 @@ async def test_check_runs_a_costly_verdict_off_the_loop(monkeypatch: pytest.Monk
 async def _recorded(threads: list[Any], fn: Any, *args: Any) -> Any:
     threads.append(fn)
     return fn(*args)
+
+
+async def test_error_passes_do_not_wait_for_the_default_executor() -> None:
+    """The loop's default executor serves other work (reading manifests): a busy one must
+    not hold up the answer to an invalid value."""
+    import asyncio
+    import threading
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    blockers = [loop.run_in_executor(None, release.wait) for _ in range(40)]
+    try:
+        v = validator({"type": "string", "pattern": "^a$"})
+        async with asyncio.timeout(5):
+            assert [e["path"] for e in await v.check("b")] == [""]
+    finally:
+        release.set()
+        await asyncio.gather(*blockers)
 
 
 async def test_check_runs_the_error_pass_off_the_loop() -> None:

@@ -8,6 +8,7 @@ import logging
 import os
 import resource
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,26 @@ async def test_every_process_of_a_booted_sandbox_is_in_its_cgroups(
         assert recorder.outputs == [("output", 6)]
     finally:
         await worker.close()
+
+
+async def test_a_sandbox_boots_while_the_default_executor_is_busy(
+        process_backend: ProcessBackend) -> None:
+    """Admission has threads of its own: work blocking every thread of the loop's default
+    executor (a manifest read, say) must not hold the boot until it times out."""
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    blockers = [loop.run_in_executor(None, release.wait) for _ in range(40)]
+    try:
+        async with asyncio.timeout(10):
+            worker = await process_backend.start_worker(actor_def(ACTORS / "origin.py"))
+        try:
+            _, recorder = await call(worker, {"input": 3})
+            assert recorder.outputs == [("output", 6)]
+        finally:
+            await worker.close()
+    finally:
+        release.set()
+        await asyncio.gather(*blockers)
 
 
 async def test_the_sandbox_gets_its_rlimits_through_prlimit(
