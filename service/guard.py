@@ -3,9 +3,14 @@
 aiohttp bounds a request's head (line and header sizes) and a WebSocket frame
 (``max_message_bytes``) itself. It has no deadline for a request head and no cap on open
 connections, which this module adds around its protocol: a connection over
-``connections.max_connections`` is closed as soon as it is accepted, and one that has not
-sent a complete request head within ``connections.header_timeout_s`` (of being accepted, or
-of its previous request) is closed. A WebSocket connection is left alone once upgraded.
+``connections.max_connections`` takes the place of the oldest open connection that is not a
+WebSocket session and has no request being answered (an idle keep-alive, a request head still
+coming), or is closed as soon as it is accepted when there is none: clients that never open a
+session (no token, health checks kept alive) cannot hold every slot and lock the sessions out.
+One that has not sent a complete request head within ``connections.header_timeout_s`` (of
+being accepted, or of its previous request) is closed. A WebSocket connection is left alone
+once upgraded. A closed connection's unsent bytes are dropped (a peer that does not read must
+not keep it open).
 
 Browsers are kept out by :func:`host_allowed` (DNS rebinding) and :func:`origin_allowed`
 (cross-site WebSocket). Errors the event loop reports at a high rate (``accept()`` out of
@@ -66,11 +71,26 @@ class ConnectionGate:
         self.open = 0
         self.refused = 0
         self.timed_out = 0
+        self.evicted = 0
         self.reports = RateLimitedLog()
+        # admitted connections that are not (yet) WebSocket sessions, oldest first
+        self.unvetted: dict[GuardedProtocol, None] = {}
 
     def wrap(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], GuardedProtocol]:
         """A protocol factory for ``loop.create_server`` around aiohttp's own."""
         return lambda: GuardedProtocol(self, factory)
+
+    def make_room(self) -> bool:
+        """Close the oldest connection that is no session and between requests; False when
+        every open connection is a session or has a request being answered."""
+        victim = next((p for p in self.unvetted if p.idle), None)
+        if victim is None:
+            return False
+        self.evicted += 1
+        self.reports.warning("evicted", "closing the oldest idle connection that is not a "
+                             "session, for a new one (connections.max_connections)")
+        victim.close()
+        return True
 
 
 class GuardedProtocol(asyncio.Protocol):
@@ -87,19 +107,37 @@ class GuardedProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
         gate = self._gate
-        if gate.open >= gate.limits.max_connections:
+        if gate.open >= gate.limits.max_connections and not gate.make_room():
             gate.refused += 1
             gate.reports.warning("refused", "connection refused: %d connections open "
                                  "(connections.max_connections)", gate.open)
             transport.abort() if isinstance(transport, asyncio.Transport) else transport.close()
             return
         gate.open += 1
+        gate.unvetted[self] = None
         self._inner = self._factory()
         self._inner.connection_made(transport)
         self._arm()
 
+    @property
+    def idle(self) -> bool:
+        return self._active == 0
+
+    def became_session(self) -> None:
+        """The connection is a WebSocket session now (its token, if any, checked)."""
+        self._gate.unvetted.pop(self, None)
+
+    def close(self) -> None:
+        self._disarm()
+        self._gate.unvetted.pop(self, None)
+        if isinstance(self._transport, asyncio.Transport):
+            self._transport.abort()  # close() would wait for a peer that does not read
+        elif self._transport is not None:
+            self._transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._gate.unvetted.pop(self, None)
         if self._inner is not None:
             self._gate.open -= 1
             self._inner.connection_lost(exc)
@@ -147,7 +185,7 @@ class GuardedProtocol(asyncio.Protocol):
             self._gate.timed_out += 1
             log.debug("closing a connection: no complete request in %ss",
                       self._gate.limits.header_timeout_s)
-            self._transport.close()
+            self.close()
 
 
 class GuardedSite(web.BaseSite):

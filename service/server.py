@@ -28,6 +28,7 @@ from service.guard import (
     ConnectionGate,
     GuardedSite,
     ensure_fd_headroom,
+    guarded_protocol,
     loopback_dev_mode,
     origin_allowed,
     rate_limited_exception_handler,
@@ -43,17 +44,23 @@ from service.settings import Settings, check_exposure
 log = logging.getLogger(__name__)
 
 CORK_S = 0.001  # how long a notification may wait for the response to leave with it
+# Frames of one connection being answered, beyond max_in_flight (answers refused -32008, or
+# waiting to be written): past that its frames are not read until some answer has gone out.
+FRAME_SLACK = 16
 
 
 class Session:
     """One WebSocket connection: its frame tasks and its serialized writer."""
 
     def __init__(self, ws: web.WebSocketResponse, dispatcher: Dispatcher,
-                 admin: bool = False, sock: Any = None) -> None:
+                 admin: bool = False, sock: Any = None, max_frames: int = 80) -> None:
         self.ws = ws
         self.dispatcher = dispatcher
         self.connection = Connection(self.send, admin=admin, notify_send=self.send_more)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.max_frames = max_frames  # being answered at once; past it, reading waits
+        self._room = asyncio.Event()  # set while fewer than max_frames are
+        self._room.set()
         self._write_lock = asyncio.Lock()
         self._sock = sock  # the TCP socket, to cork (None: not TCP, or corking failed)
         self._uncork_timer: asyncio.TimerHandle | None = None  # set while corked
@@ -100,15 +107,27 @@ class Session:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
 
     async def run(self) -> None:
-        """Read frames until the socket closes (or a frame is too big: aiohttp closes with 1009)."""
+        """Read frames until the socket closes (or a frame is too big: aiohttp closes with 1009).
+
+        A client that does not read its answers would have every further frame wait behind
+        them, each holding its frame and its answer: once ``max_frames`` are being answered,
+        the next frame is read only when one is done, and the client's writes block."""
         async for msg in self.ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 task = asyncio.create_task(self._answer(msg.data))
                 self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+                task.add_done_callback(self._done)
+                if len(self.tasks) >= self.max_frames:
+                    self._room.clear()
+                    await self._room.wait()
             elif msg.type == WSMsgType.ERROR:
                 log.info("closing connection: %s (close code %s)", msg.data, self.ws.close_code)
                 break
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if len(self.tasks) < self.max_frames:
+            self._room.set()
 
     async def _answer(self, frame: str | bytes) -> None:
         try:
@@ -321,13 +340,17 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         raise _refused(state, request)
     if state.draining:  # the listener stays open during the drain so /healthz can say 503
         return web.Response(status=503, text="503: shutting down\n", headers={"Retry-After": "1"})
-    ws = web.WebSocketResponse(max_msg_size=state.settings.max_message_bytes)
+    # aiohttp refuses a frame of max_msg_size bytes itself; the limit is what may be sent
+    ws = web.WebSocketResponse(max_msg_size=state.settings.max_message_bytes + 1)
     if not ws.can_prepare(request).ok:
         return web.Response(status=426, text="JSON-RPC 2.0 over WebSocket: upgrade required\n",
                             headers={"Upgrade": "websocket", "Connection": "Upgrade"})
     await ws.prepare(request)
+    if (protocol := guarded_protocol(request)) is not None:
+        protocol.became_session()
     session = Session(ws, state.dispatcher, admin=is_admin(request, state.settings),
-                      sock=tcp_socket(request))
+                      sock=tcp_socket(request),
+                      max_frames=state.settings.connections.max_in_flight + FRAME_SLACK)
     state.sessions.add(session)
     # Every line logged while serving this connection carries these (JSON log fields).
     CONNECTION.set({"connection": next(state.connection_ids), "peer": request.remote})

@@ -8,11 +8,13 @@ back, the server's peak RSS, its log, and that /healthz still answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
 import os
 import re
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -337,6 +339,38 @@ async def test_one_frame_of_discover_requests_costs_little(tmp_path: Path) -> No
         assert grown_mb < 64
 
 
+def test_a_client_that_does_not_read_cannot_grow_the_server(tmp_path: Path) -> None:
+    """25,000 small rpc.discover frames, never reading the answers (~12 KB each), took the
+    server from 69 to 315 MB: every frame was read, and its answer waited to be written."""
+    frame = ws_frame(json.dumps(request("rpc.discover")).encode())
+    with live_server(tmp_path, {}) as server:
+        before = server.peak_rss_kb()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                      b"Sec-WebSocket-Version: 13\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 101")
+            s.settimeout(2)
+            sent = 0
+            with contextlib.suppress(TimeoutError):
+                while sent < 25_000:  # the answers are never read
+                    s.sendall(frame)
+                    sent += 1
+            time.sleep(3)  # (the frames fit in the socket buffers: the server reads them)
+            status, seconds = server.healthz()
+            grown_mb = (server.peak_rss_kb() - before) / 1024
+        print(f"{sent} frames sent; peak RSS grew {grown_mb:.1f} MiB; healthz {status} in "
+              f"{seconds * 1000:.0f} ms")
+        assert grown_mb < 40 and status == 200
+
+
+def ws_frame(payload: bytes) -> bytes:
+    """One masked WebSocket text frame, as a client sends it (mask 0: the bytes as they are)."""
+    size = len(payload)
+    head = bytes([0x81, 0x80 | size]) if size < 126 else bytes([0x81, 0xFE]) + size.to_bytes(2)
+    return head + b"\0\0\0\0" + payload
+
+
 def test_idle_and_incomplete_connections_are_closed(tmp_path: Path) -> None:
     """1,100 incomplete request heads stayed open 300 s+ and exhausted the descriptors."""
     connections = {"max_connections": 16, "header_timeout_s": 1}
@@ -354,6 +388,40 @@ def test_idle_and_incomplete_connections_are_closed(tmp_path: Path) -> None:
         assert kept_alive_idle_is_closed(server.port)
         log = server.log_text()
     assert log.count("connection refused") <= 2, log  # rate-limited: once per 10 s
+
+
+def test_connections_that_open_no_session_cannot_lock_sessions_out(tmp_path: Path) -> None:
+    """Six tokenless connections, each a kept-alive GET /healthz every few seconds, held all
+    six slots: a client with a token was refused for as long as they kept at it."""
+    with live_server(tmp_path, {"max_connections": 6, "header_timeout_s": 30}) as server:
+        held = open_idle(server.port, 6, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        try:
+            for s in held:
+                s.settimeout(10)
+                assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            assert asyncio.run(_sessions(server.url, 6)) == 6
+            assert all(closed_by_server(s, 10) for s in held)
+        finally:
+            for s in held:
+                s.close()
+        log = server.log_text()
+    assert "closing the oldest idle connection" in log and "connection refused" in log
+
+
+async def _sessions(url: str, count: int) -> int:
+    """Open ``count`` sessions, each answering a `list`; with all of them open, one more
+    connection is refused (every slot is a session). How many answered."""
+    answered = 0
+    async with aiohttp.ClientSession() as session:
+        sockets = [await session.ws_connect(url) for _ in range(count)]
+        for ws in sockets:
+            await ws.send_str(json.dumps(request("list")))
+            answered += "result" in json.loads((await ws.receive(timeout=10)).data)
+        with pytest.raises(aiohttp.ClientError):
+            await session.ws_connect(url)
+        for ws in sockets:
+            await ws.close()
+    return answered
 
 
 def dribbler_is_closed(port: int) -> bool:

@@ -212,6 +212,28 @@ async def test_parse_errors(dispatcher: Dispatcher, frame: str | bytes) -> None:
         "jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": None}
 
 
+@pytest.mark.parametrize(("frame", "reason"), [
+    ('{"jsonrpc": "2.0", "method": "sum", "params": [1e400], "id": 1}',
+     "the number 1e400 is beyond the range of a double"),
+    ('{"jsonrpc": "2.0", "method": "sum", "params": [-' + "9" * 4301 + '], "id": 1}',
+     "an integer of 4301 digits is longer than the 4300 this server reads"),
+])
+async def test_json_the_server_cannot_hold_says_why(dispatcher: Dispatcher, frame: str,
+                                                   reason: str) -> None:
+    """Valid JSON (RFC 8259 sets no range): -32700 still, with the reason in data."""
+    assert await _send(dispatcher, frame) == {"jsonrpc": "2.0", "id": None, "error": {
+        "code": -32700, "message": "Parse error", "data": {"reason": reason}}}
+
+
+@pytest.mark.parametrize("request_id", ["1" * 257, int("9" * 257), -int("9" * 256)])
+async def test_an_id_longer_than_max_id_chars_is_refused_whatever_its_type(
+        dispatcher: Dispatcher, request_id: Any) -> None:
+    """An id is copied into every notification of its call: a number too."""
+    frame = json.dumps({"jsonrpc": "2.0", "method": "echo_id", "id": request_id})
+    assert await _send(dispatcher, frame) == {"jsonrpc": "2.0", "id": None, "error": {
+        "code": -32600, "message": "Invalid Request: an id has at most 256 characters"}}
+
+
 async def test_binary_utf8_frame_is_a_request(dispatcher: Dispatcher) -> None:
     frame = json.dumps({"jsonrpc": "2.0", "method": "echo_id", "id": "é"}).encode()
     assert await _send(dispatcher, frame) == {

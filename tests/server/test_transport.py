@@ -108,12 +108,15 @@ async def test_oversized_frame_closes_1009_and_spares_other_connections(
     assert msg.type == WSMsgType.CLOSE
     assert msg.data == WSCloseCode.MESSAGE_TOO_BIG == 1009
     assert (await other.call("list"))["result"]["actors"]
-    # a frame just under the limit is fine
-    fits = json.dumps({"jsonrpc": "2.0", "method": "cancel", "id": 2, "params": ["a" * 3900]})
-    assert len(fits) <= 4096
+    # a frame of max_message_bytes exactly is fine (aiohttp refuses its own limit itself)
+    head = '{"jsonrpc": "2.0", "method": "cancel", "id": 2, "params": ["'
+    fits = head + "a" * (4096 - len(head) - 3) + '"]}'
+    assert len(fits) == 4096
     await other.send(fits)
     assert await other.recv() == {"jsonrpc": "2.0", "id": 2, "result": {"cancelled": False}}
-    await other.ws.close()
+    await other.send(fits[:-3] + 'a"]}')  # one byte more
+    msg = await other.ws.receive(timeout=10)
+    assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1009)
 
 
 # --- authentication ---
