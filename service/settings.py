@@ -150,8 +150,10 @@ class StateSettings:
     redis_url: str = ""  # empty: the embedded in-process store
     ttl_s: int = 3600  # refreshed on each write; 0: keys never expire
     ops_per_call: int = 1000  # state operations one call may make
-    bytes_per_call: int = 1_048_576  # key and value bytes one call may move, both ways
+    # key and value bytes one call may move, both ways; a value is at most a quarter of it
+    bytes_per_call: int = 1_048_576
     timeout_s: float = 2  # Redis connect and reply timeout
+    embedded_max_bytes: int = 268_435_456  # keys and values the embedded store may hold
 
 
 @dataclass(frozen=True)
@@ -412,6 +414,8 @@ def _choice_problems(s: Settings) -> list[str]:
 
 def _state_problems(s: Settings) -> list[str]:
     url = s.state.redis_url
+    if s.state.embedded_max_bytes < s.state.bytes_per_call:
+        return ["state.embedded_max_bytes: must be at least state.bytes_per_call"]
     if not url:
         return []
     if not url.startswith(REDIS_SCHEMES):

@@ -7,6 +7,7 @@ ignored: the server never dials a URL a client chose.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,10 @@ REQUIRED = frozenset({"namespace", "actor_id"})
 OPTIONAL = frozenset({"redis_url"})
 FORBIDDEN = (":", "*")  # would let a key reach outside its own {namespace}:{actor_id}:
 NAME_MAX = 256
+# Unicode's control characters: category Cc (C0, DEL and C1).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Lone surrogates (category Cs) have no UTF-8 form: no Redis key can hold one.
+SURROGATES = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,15 @@ def _name_problem(value: str) -> str | None:
         return f"must be at most {NAME_MAX} characters"
     if any(c in value for c in FORBIDDEN):
         return "must not contain ':' or '*'"
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    return character_problem(value)
+
+
+def character_problem(text: str) -> str | None:
+    """Why ``text`` cannot name state (a namespace, an actor id, a key), else None."""
+    if _CONTROL.search(text):
         return "must not contain control characters"
+    if SURROGATES.search(text):
+        return "must not contain lone surrogates (text that has no UTF-8 form)"
     return None
 
 

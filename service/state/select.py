@@ -13,4 +13,4 @@ def open_store(settings: StateSettings) -> StateStore:
         from service.state.redis_store import RedisStore  # redis-py only when used
 
         return RedisStore(settings.redis_url, settings.ttl_s, settings.timeout_s)
-    return EmbeddedStore(settings.ttl_s)
+    return EmbeddedStore(settings.ttl_s, settings.embedded_max_bytes)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 import pytest
 
 from service.errors import InvalidParams, ResourceLimitExceeded, SandboxUnavailable
 from service.state.base import StateStore, StoreDown
-from service.state.context import StateContext, is_state_context, state_context
+from service.state.context import (
+    StateContext,
+    character_problem,
+    is_state_context,
+    state_context,
+)
 from service.state.session import StateBudget, StateSession
 
 
@@ -60,6 +66,10 @@ async def test_keys_stay_below_the_calls_prefix(store: StateStore) -> None:
     ({"op": "get", "key": 5}, "TypeError"),
     ({"op": "get", "key": ""}, "TypeError"),
     ({"op": "get", "key": "a\nb"}, "ValueError"),
+    ({"op": "get", "key": "a\x85b"}, "ValueError"),  # C1 controls are control characters
+    ({"op": "get", "key": "a\x7f"}, "ValueError"),
+    ({"op": "set", "key": "\udcff", "value": 1}, "ValueError"),  # no UTF-8 form: no Redis key
+    ({"op": "increment", "key": "a\ud800b"}, "ValueError"),
     ({"op": "get", "key": "k" * 2000}, "ValueError"),
     ({"op": "increment", "key": "k", "amount": 1.5}, "TypeError"),
     ({"op": "increment", "key": "k", "amount": True}, "TypeError"),
@@ -100,7 +110,7 @@ async def test_a_store_that_is_down_fails_the_call() -> None:
     class Down:
         name = "redis"
 
-        async def get(self, key: str) -> str | None:
+        async def get(self, key: str, max_bytes: int | None = None) -> str | None:
             raise StoreDown("redis unix:///x: Connection refused")
 
     s = StateSession(Down(), StateContext("default", "a"), StateBudget(10, 1000))  # type: ignore[arg-type]
@@ -129,6 +139,10 @@ def test_what_selects_persistent_state(state: Any, persistent: bool) -> None:
     ({"namespace": "d:e", "actor_id": "a"}, "/state/namespace"),
     ({"namespace": "d", "actor_id": "a*"}, "/state/actor_id"),
     ({"namespace": "d\x00", "actor_id": "a"}, "/state/namespace"),
+    ({"namespace": "d\x85", "actor_id": "a"}, "/state/namespace"),
+    ({"namespace": "\x9f", "actor_id": "a"}, "/state/namespace"),
+    ({"namespace": "\ud800", "actor_id": "a"}, "/state/namespace"),
+    ({"namespace": "d\udcffe", "actor_id": "a"}, "/state/namespace"),
     ({"namespace": "d" * 300, "actor_id": "a"}, "/state/namespace"),
 ])
 def test_an_invalid_context_is_invalid_params(state: dict[str, str], path: str) -> None:
@@ -140,3 +154,60 @@ def test_an_invalid_context_is_invalid_params(state: dict[str, str], path: str) 
 def test_a_valid_context_gives_the_prefix() -> None:
     context = state_context({"namespace": "default", "actor_id": "a", "redis_url": "x"}, "a")
     assert context.prefix == "default:a:"
+
+
+@pytest.mark.parametrize(("name", "problem"), [
+    ("a\x80", "must not contain control characters"),
+    ("\ud800", "must not contain lone surrogates (text that has no UTF-8 form)")])
+def test_an_actor_id_that_no_store_can_hold_is_invalid_params(name: str, problem: str) -> None:
+    with pytest.raises(InvalidParams) as caught:
+        state_context({"namespace": "d", "actor_id": name}, name)
+    assert caught.value.data["errors"] == [{"path": "/state/actor_id", "message": problem}]
+
+
+def test_names_refuse_exactly_the_control_characters_and_the_surrogates() -> None:
+    every = "".join(map(chr, range(0x110000)))
+    refused = {c for c in every if character_problem(c)}
+    assert refused == {c for c in every if unicodedata.category(c) in ("Cc", "Cs")}
+    assert character_problem("a\u2028b é ☃") is None  # separators are not control characters
+
+
+async def test_lone_surrogates_in_values_are_stored_and_read_back_alike(
+        store: StateStore) -> None:
+    s = _session(store)
+    value = {"\udcff": ["x\ud800y", "é", "\U0001f600"]}
+    assert (await _op(s, "set", value=value))["ok"]
+    # valid UTF-8 (the host's reader and Redis take it); the surrogates stay JSON escapes
+    assert await store.get("default:counter:k") == '{"\\udcff":["x\\ud800y","é","😀"]}'
+    assert (await _op(s, "get"))["value"] == value
+    assert (await _op(s, "push", "l", value="\ud800"))["value"] == 1
+    assert (await _op(s, "extend", "l", values=["\udfff", value]))["value"] == 3
+    assert [(await _op(s, "pop", "l"))["value"] for _ in range(3)] == ["\ud800", "\udfff", value]
+
+
+async def test_every_error_is_the_same_on_every_store(store: StateStore) -> None:
+    s = _session(store)
+    await _op(s, "set", "text", value="five")
+    await _op(s, "set", "max", value=2**63 - 1)
+    await _op(s, "set", "list", value=[1])
+    answers = [await s.handle({"type": "state", "id": 1, **message}) for message in (
+        {"op": "increment", "key": "text"},
+        {"op": "increment", "key": "max"},
+        {"op": "decrement", "key": "n", "amount": -2**63},  # its negation is not 64 bits
+        {"op": "increment", "key": "n", "amount": 2**63},
+        {"op": "increment", "key": "list"},
+        {"op": "push", "key": "text", "value": 1},
+        {"op": "pop", "key": "max"},
+        {"op": "set", "key": "k", "value": float("inf")},
+    )]
+    assert [(a["ok"], a.get("error_type"), a.get("message")) for a in answers] == [
+        (False, "TypeError", "value is not an integer or out of range"),
+        (False, "OverflowError", "increment or decrement would overflow"),
+        (False, "OverflowError", "amount is out of the 64-bit range"),
+        (False, "OverflowError", "amount is out of the 64-bit range"),
+        (False, "TypeError", "value is not an integer or out of range"),
+        (False, "TypeError", "the value under this key is not a list"),
+        (False, "TypeError", "the value under this key is not a list"),
+        (False, "ValueError", "value is not JSON (NaN or Infinity)"),
+    ]
+    assert await store.get("default:counter:n") is None  # nothing was written
