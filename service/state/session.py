@@ -130,12 +130,13 @@ class StateSession:
         return {"type": "state_reply", "id": op_id, "ok": True, **body}
 
     async def _apply(self, message: dict[str, Any]) -> dict[str, Any]:
+        self.budget.spend(ops=1)  # every message, one the session refuses too
         op = message.get("op")
         handler = self._ops.get(op) if isinstance(op, str) else None
         if handler is None:
-            raise StateOpError("ValueError", f"unknown state operation {op!r}")
+            raise StateOpError("ValueError", f"unknown state operation {_shown(op)}")
         full = self.context.prefix + _key(message.get("key"))
-        self.budget.spend(ops=1, size=text_size(full))
+        self.budget.spend(size=text_size(full))
         try:
             return await handler(full, message)
         except TooLarge:  # the stored value is more than the call has left: nothing was read
@@ -214,6 +215,12 @@ class StateSession:
             return self._encoded(encode_value(items)), first
 
         return {"value": await self.store.update(key, change, self.budget.bytes_left)}
+
+
+def _shown(value: Any) -> str:
+    """``value`` as the script sent it, cut: the reply to a refusal stays small."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:50] + "..."
 
 
 def _key(key: Any) -> str:

@@ -48,6 +48,21 @@ async def test_each_operation_pays_for_the_bytes_it_moves(
     assert s.budget.bytes == charged
 
 
+@pytest.mark.parametrize("message", [
+    {"op": "nope" * 100_000, "key": "k"}, {"op": "get", "key": ""}, {"op": None},
+])
+async def test_a_refused_message_costs_an_operation_and_a_short_reply(
+        store: StateStore, message: dict[str, Any]) -> None:
+    """A script that floods its channel with messages the session refuses runs out of
+    operations like one that floods it with real ones; the refusal quotes little."""
+    s = StateSession(store, StateContext("default", "counter"), StateBudget(3, 100_000))
+    for _ in range(3):
+        reply = await s.handle({"type": "state", "id": 1, **message})
+        assert not reply["ok"] and len(reply["message"]) < 100
+    with pytest.raises(ResourceLimitExceeded):
+        await s.handle({"type": "state", "id": 1, **message})
+
+
 async def test_a_list_cannot_grow_past_a_quarter_of_the_calls_bytes(store: StateStore) -> None:
     """The review's repro, scaled down: extend a list call after call. It stops at the
     cap, and a list at the cap can still be changed in one call."""
