@@ -9,7 +9,8 @@ What a sandbox sees (nothing else of the host):
     /deps or /node_modules      the actor's built dependency set, read-only (if it has one)
     /tmp                        private tmpfs of ``settings.sandbox.tmp_mb``, wiped after each call
     /proc, /dev                 its own (new pid namespace); / and /dev are read-only,
-                                /proc/sys (and sysrq-trigger, irq, bus) read-only
+                                /proc/sys (and sysrq-trigger, irq, bus) read-only; no
+                                pseudo-terminals (/dev/pts is empty)
 
 Every namespace is new (the network too, unless ``limits.network``), the user is
 65534 inside, all capabilities are dropped and the environment is rebuilt from scratch.
@@ -534,7 +535,10 @@ def _filesystem_options(interpreter: str, network: bool, tmp_mb: int) -> list[st
         options += ["--ro-bind-try", knobs, knobs]
     # /dev's nodes stay their own mounts: bwrap's read-only remount would add nodev (and
     # break /dev/null). No sandbox uid owns them, so none can chmod or chown them.
-    options += ["--dev", "/dev"]
+    # No pseudo-terminals: every devpts instance draws from one host-wide pool
+    # (kernel.pty.max), which a single sandbox could exhaust; /dev/ptmx leads nowhere.
+    options += ["--dev", "/dev", "--perms", "0555", "--size", "4096", "--tmpfs", "/dev/pts",
+                "--remount-ro", "/dev/pts"]
     return [*options, "--perms", "1777", "--size", str(tmp_mb * MIB), "--tmpfs", "/tmp"]
 
 

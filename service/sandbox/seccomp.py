@@ -41,6 +41,11 @@ DENIED = (
     # host cannot check that a reset removed them (POSIX shm lives in /dev/shm: read-only)
     "msgget", "msgsnd", "msgrcv", "msgctl", "shmget", "shmat", "shmdt", "shmctl",
     "semget", "semop", "semtimedop", "semctl",
+    # POSIX message queues: the same (they live in the IPC namespace's mqueue filesystem)
+    "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
+    # Linux AIO: its contexts come from one host-wide pool (fs.aio-max-nr), which a single
+    # sandbox could take for itself and keep through its idle time (io_uring is above)
+    "io_setup", "io_destroy", "io_submit", "io_cancel", "io_getevents", "io_pgetevents",
 )
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
 FAMILY_MAX = 63  # every family above is refused by one comparison (64-bit: high bits too)

@@ -37,7 +37,7 @@ Boot = Callable[[ActorDef], Awaitable[GVisorWorker]]
 # What the process backend's seccomp denies with EPERM (test_process_backend.py): on gVisor
 # the Sentry refuses them itself, with the same denylist (OCI seccomp); none reaches the host.
 SYSCALLS = ["keyctl", "bpf", "io_uring_setup", "perf_event_open", "ptrace", "userfaultfd",
-            "unshare"]
+            "unshare", "io_setup", "mq_open"]
 
 
 @pytest.fixture

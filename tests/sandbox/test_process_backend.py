@@ -153,7 +153,7 @@ async def test_seccomp_denies_what_no_actor_needs(
     assert details["seccomp"] == f"denylist of {len(DENIED)}"
     worker = await boot(actor_def(ACTORS / "syscalls.py"))
     denied = ["keyctl", "bpf", "io_uring_setup", "perf_event_open", "ptrace", "userfaultfd",
-              "unshare"]
+              "unshare", "io_setup", "mq_open"]
     outcome, _ = await call(worker, {"calls": [*denied, "getpid"]})
     assert outcome.return_value == {**dict.fromkeys(denied, "EPERM"), "getpid": "ok",
                                     "fork": "ok"}
@@ -232,6 +232,16 @@ async def test_private_folder_is_staged_never_run_as_root(
     assert 0 not in sandbox_uids(worker)
     assert min(sandbox_uids(worker)) >= settings.sandbox.uid_base
     assert {p for p, r in outcome.return_value.items() if r == "ok"} == {"/tmp/new"}
+
+
+async def test_a_sandbox_gets_no_pseudo_terminal(boot: Boot) -> None:
+    """ptys come from one host-wide pool (kernel.pty.max): one sandbox took all 3071."""
+    worker = await boot(actor_def(ACTORS / "probe.py"))
+    outcome, _ = await call(worker, {"mode": "terminals"})
+    result = outcome.return_value
+    assert result["pts"] == []
+    assert result["openpty"].startswith("FileNotFoundError")
+    assert result["ptmx"].startswith("FileNotFoundError")
 
 
 async def test_a_freed_uid_is_given_out_again(process_backend: ProcessBackend) -> None:

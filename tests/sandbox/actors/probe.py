@@ -44,8 +44,14 @@ def environment(context):
 
 
 def writes(context):
-    paths = ["/actor/new", "/new", "/usr/new", "/etc/new", "/dev/new", "/dev/shm/new", "/tmp/new"]
+    paths = ["/actor/new", "/new", "/usr/new", "/etc/new", "/dev/new", "/dev/shm/new",
+             "/dev/pts/new", "/tmp/new"]
     return {path: attempt(lambda p=path: write(p)) for path in paths}
+
+
+def terminals(context):
+    return {"openpty": attempt(os.openpty), "ptmx": attempt(lambda: read("/dev/ptmx")),
+            "pts": sorted(os.listdir("/dev/pts"))}
 
 
 def network(context):
@@ -88,7 +94,7 @@ def raw_writes(context):
 
 PROBES = {"files": files, "environment": environment, "writes": writes, "network": network,
           "leave_traces": leave_traces, "look": look, "raw_writes": raw_writes,
-          "hide_in_tmp": hide_in_tmp}
+          "hide_in_tmp": hide_in_tmp, "terminals": terminals}
 
 
 def process(context):

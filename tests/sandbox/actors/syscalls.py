@@ -6,7 +6,8 @@ import os
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 NUMBERS = {"keyctl": 250, "bpf": 321, "io_uring_setup": 425, "perf_event_open": 298,
-           "ptrace": 101, "userfaultfd": 323, "unshare": 272, "getpid": 39}  # x86_64
+           "ptrace": 101, "userfaultfd": 323, "unshare": 272, "getpid": 39,
+           "io_setup": 206, "mq_open": 240}  # x86_64
 
 
 def process(context):

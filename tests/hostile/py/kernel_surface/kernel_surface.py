@@ -1,7 +1,8 @@
 """Kernel surface no actor needs, each a history of kernel bugs: socket families other
 than unix/inet/inet6 (netlink, packet, vsock, alg, key, xdp, ...: also through a family
-with high bits set, and socketpair), SysV IPC (its objects outlive a call), memfd_secret,
-modify_ldt. Every attempt must fail; unix, inet and inet6 sockets must still work.
+with high bits set, and socketpair), SysV IPC and POSIX message queues (their objects
+outlive a call), Linux AIO (a host-wide pool of contexts), memfd_secret, modify_ldt.
+Every attempt must fail; unix, inet and inet6 sockets must still work.
 System call numbers are x86_64's.
 """
 
@@ -12,7 +13,7 @@ import socket
 FAMILIES = {"netlink": 16, "packet": 17, "vsock": 40, "alg": 38, "key": 15, "xdp": 44,
             "appletalk": 5, "bluetooth": 31, "can": 29, "rds": 21, "tipc": 30, "unspec": 0}
 SYSCALLS = {"socket": 41, "socketpair": 53, "memfd_secret": 447, "modify_ldt": 154,
-            "msgget": 68, "shmget": 29, "semget": 64}
+            "msgget": 68, "shmget": 29, "semget": 64, "io_setup": 206, "mq_open": 240}
 IPC_PRIVATE, IPC_CREAT = 0, 0o1000
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -23,7 +24,7 @@ def _syscall(name, *args):
     if result < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    if name in ("socket", "memfd_secret"):
+    if name in ("socket", "memfd_secret", "mq_open"):
         os.close(result)
 
 
@@ -41,6 +42,11 @@ def _attempts():
     attempts["msgget"] = lambda: _syscall("msgget", IPC_PRIVATE, IPC_CREAT | 0o600)
     attempts["shmget"] = lambda: _syscall("shmget", IPC_PRIVATE, 4096, IPC_CREAT | 0o600)
     attempts["semget"] = lambda: _syscall("semget", IPC_PRIVATE, 1, IPC_CREAT | 0o600)
+    context = ctypes.c_ulong(0)
+    attempts["io_setup"] = lambda: _syscall("io_setup", 1, ctypes.addressof(context))
+    queue = ctypes.create_string_buffer(b"left-for-the-next-call")
+    attempts["mq_open"] = lambda: _syscall("mq_open", ctypes.addressof(queue),
+                                           os.O_CREAT | os.O_RDWR, 0o600, 0)
     return attempts
 
 
