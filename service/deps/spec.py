@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 LANGUAGES = ("python", "javascript")
 # npm's rules for a package name (validate-npm-package-name): lower case, URL-safe,
@@ -87,7 +87,7 @@ def python_package(text: str) -> Package:
         raise SpecError(f"{text!r} is not pinned to one version: write {req.name}==VERSION")
     try:
         version = Version(pins[0].version)
-    except InvalidVersion:
+    except ValueError:  # InvalidVersion, or a release number of over 4300 digits (int())
         raise SpecError(f"{text!r}: {pins[0].version!r} is not a valid version") from None
     extras = tuple(sorted(canonicalize_name(e) for e in req.extras))
     return Package(canonicalize_name(req.name), str(version), extras)

@@ -31,6 +31,7 @@ from jsonschema.validators import Draft202012Validator
 from service.deps.spec import LANGUAGES as DEP_LANGUAGES
 from service.deps.spec import Dependencies, Package, SpecError, npm_package, python_package
 from service.errors import ManifestError, Problem
+from service.manifest.files import FileTooBig, read_bytes
 from service.manifest.model import ActorDef, Example, PoolSpec, Port, schema_errors
 from service.manifest.schemas import CompiledSchema, compile_schema
 from service.manifest.scripts import (
@@ -40,8 +41,10 @@ from service.manifest.scripts import (
     resolve_script,
 )
 from service.manifest.yamlnodes import (
+    MAX_SOURCE_CHARS,
     Position,
     YamlDoc,
+    decode_source,
     escape_pointer_token,
     parse_manifest_yaml,
     pointer,
@@ -53,6 +56,7 @@ log = logging.getLogger(__name__)
 MANIFEST_SCHEMA_NAME = Path("schemas", "manifest.schema.json")
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 LANGUAGES = ("python", "javascript")
+MAX_MANIFEST_BYTES = 4 * MAX_SOURCE_CHARS  # UTF-8 takes at most 4 bytes a character
 
 
 @functools.cache
@@ -101,10 +105,10 @@ def find_manifests(paths: Iterable[Path | str]) -> list[Path]:
     """
     found: set[Path] = set()
     for given in map(Path, paths):
-        if given.is_file():
-            found.add(given)
-        elif given.is_dir():
+        if given.is_dir():
             found.update(_walk_manifests(given))
+        elif given.exists():  # a file, or a pipe or device: check_manifest says what it is
+            found.add(given)
         else:
             raise FileNotFoundError(f"no such file or folder: {given}")
     return sorted(found)
@@ -133,9 +137,13 @@ def check_manifest(path: Path | str, settings: Settings) -> ManifestCheck:
     """Check one manifest and build its ActorDef when nothing is wrong."""
     display = display_path(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-        doc = parse_manifest_yaml(text, display)
-    except (OSError, UnicodeDecodeError) as exc:
+        data = read_bytes(path, MAX_MANIFEST_BYTES)
+        doc = parse_manifest_yaml(decode_source(data, display), display)
+    except FileTooBig:
+        return ManifestCheck(display, None, [Problem(
+            display, None, None, f"the file is too big: over {MAX_MANIFEST_BYTES} bytes, at "
+            f"most {MAX_SOURCE_CHARS} characters")])
+    except OSError as exc:  # about the file, not a place in it: no line
         return ManifestCheck(display, None, [Problem(display, None, None, f"cannot read: {exc}")])
     except ManifestError as exc:
         return ManifestCheck(display, None, exc.problems)
@@ -144,19 +152,56 @@ def check_manifest(path: Path | str, settings: Settings) -> ManifestCheck:
 
 def check_document(doc: YamlDoc, display: str, manifest: Path, settings: Settings) -> ManifestCheck:
     """Check a parsed manifest (``manifest``: its resolved path, whose folder is the root)."""
+    doc = dataclasses.replace(doc, value=_integral_as_int(doc.value, manifest_schema()))
     ctx = _Context(display, manifest, doc, settings, list(doc.problems))
     try:
         actor = _check(ctx)
     except (RecursionError, MemoryError):  # a schema or an example nested beyond what we follow
-        ctx.problems.append(Problem(display, None, None, "the manifest is nested too deeply "
-                                    "to check"))
+        ctx.add("", "the manifest is nested too deeply to check")
         actor = None
     actor_id = doc.value.get("id")
     valid = isinstance(actor_id, str) and not _field_has_problem(ctx, "/id")
     valid_id = actor_id if valid else None
-    problems = sorted(ctx.problems, key=_problem_order)
+    found = ctx.problems[len(doc.problems):]  # a value the parser refused is reported once
+    problems = sorted([*doc.problems, *(p for p in found if p.path not in doc.refused)],
+                      key=_problem_order)
     return ManifestCheck(display, None if problems else actor, problems,
                          valid_id, doc.position("/id") if valid_id else None)
+
+
+def _integral_as_int(value: Any, schema: Any, root: Any = None) -> Any:
+    """``value`` with each integral float where ``schema`` says "integer" made an int.
+
+    JSON Schema counts 128.0 as an integer, so the format check takes it; the model and
+    the sandbox need an int (``range()``, cgroup files). Driven by the schema, this covers
+    every integer field of the format, today's (limits, pool) and any added later.
+    """
+    root = schema if root is None else root
+    while isinstance(schema, dict) and isinstance(schema.get("$ref"), str):
+        schema = _local(root, schema["$ref"])  # the manifest schema's refs are all local
+    if not isinstance(schema, dict):
+        return value
+    types = schema.get("type")
+    if isinstance(value, float) and value.is_integer() and (
+            types == "integer" or (isinstance(types, list) and "integer" in types)):
+        return int(value)
+    if isinstance(value, dict):
+        named, other = schema.get("properties", {}), schema.get("additionalProperties")
+        return {k: _integral_as_int(v, named.get(k, other), root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_as_int(v, schema.get("items"), root) for v in value]
+    return value
+
+
+def _local(root: Any, ref: str) -> Any:
+    """The subschema a local ``$ref`` ("#/$defs/x") names in ``root``; None for another."""
+    if not ref.startswith("#"):
+        return None
+    node = root
+    for token in filter(None, ref[1:].split("/")):
+        token = token.replace("~1", "/").replace("~0", "~")
+        node = node.get(token) if isinstance(node, dict) else None
+    return node
 
 
 def _problem_order(p: Problem) -> tuple[str, int, int]:
@@ -404,7 +449,9 @@ def _is_number(value: Any) -> bool:
 
 
 def _num(value: float) -> str:
-    """300.0 -> "300", 0.5 -> "0.5"."""
+    """300.0 -> "300", 0.5 -> "0.5", 10**300 -> "1e+300" (numbers fit a double: numbers.py)."""
+    if abs(value) >= 1e16:
+        return f"{float(value):g}"
     return str(int(value)) if float(value).is_integer() else str(value)
 
 

@@ -22,12 +22,23 @@ state (documentation); other keys are accepted and ignored.
 from __future__ import annotations
 
 import ast
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 from service.errors import Problem
+from service.manifest.files import MAX_SCRIPT_BYTES, read_text
+from service.manifest.numbers import (
+    NumberError,
+    brief,
+    number_problem,
+    parse_float,
+    parse_int,
+    too_large,
+)
+from service.manifest.scripts import module_level
 
 PYTHON_HINT = "@actor"
 JS_DECLARATION = re.compile(r"^[ \t]*(?:export\s+)?(?:const|let|var)\s+metadata\s*=\s*", re.M)
@@ -49,15 +60,17 @@ class ScriptMetadata:
 class MetadataError(Exception):
     """The script has metadata, but it cannot be read (not a literal, a syntax error)."""
 
-    def __init__(self, message: str, line: int | None = None) -> None:
+    def __init__(self, message: str, line: int | None = None, column: int | None = None
+                 ) -> None:
         self.line = line
+        self.column = column
         super().__init__(message)
 
 
 def read_metadata(path: Path, language: str) -> ScriptMetadata | None:
     """The script's metadata, None when it declares none; MetadataError when unreadable."""
     try:
-        source = path.read_text(encoding="utf-8")
+        source = read_text(path, MAX_SCRIPT_BYTES)
     except (OSError, UnicodeDecodeError) as exc:
         raise MetadataError(f"cannot read the script: {exc}") from None
     if language == "python":
@@ -66,7 +79,8 @@ def read_metadata(path: Path, language: str) -> ScriptMetadata | None:
 
 
 def manifest_of(meta: ScriptMetadata, script: Path, language: str) -> dict[str, Any]:
-    """The manifest the metadata stands for (checked afterwards like any manifest)."""
+    """The manifest the metadata stands for (checked afterwards like any manifest);
+    MetadataError when a value cannot stand in one (a size past any number)."""
     values = meta.values
     manifest: dict[str, Any] = {"id": values.get("component", values.get("name")),
                                 "language": language, "script": script.name}
@@ -79,7 +93,10 @@ def manifest_of(meta: ScriptMetadata, script: Path, language: str) -> dict[str, 
     manifest["outports"] = _ports(values.get("outports"), {})
     if isinstance(values.get("config_schema"), dict | bool):
         manifest["config"] = {"schema": values["config_schema"]}
-    limits = _limits(values)
+    try:
+        limits = _limits(values)
+    except NumberError as exc:
+        raise MetadataError(f"memory: {exc}", meta.line) from None
     if limits:
         manifest["limits"] = limits
     if values.get("state_backend") in PERSISTENT_BACKENDS:
@@ -99,12 +116,13 @@ def _python_metadata(source: str, path: Path) -> ScriptMetadata | None:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as exc:
         raise MetadataError(f"invalid Python: {exc.msg}", exc.lineno) from None
-    for stmt in tree.body:
+    for stmt in module_level(tree.body):  # where scripts.py looks for the entrypoint
         if not isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
         for decorator in stmt.decorator_list:
             if _is_actor(decorator):
-                return ScriptMetadata(_decorator_values(decorator), decorator.lineno, stmt.name)
+                values = _decorator_values(decorator)
+                return ScriptMetadata(_json_like(values, decorator), decorator.lineno, stmt.name)
     return None
 
 
@@ -116,21 +134,18 @@ def _is_actor(node: ast.expr) -> bool:
 
 def _decorator_values(node: ast.expr) -> dict[str, Any]:
     if not isinstance(node, ast.Call):
-        raise MetadataError("@actor needs its metadata: @actor({...}) or @actor(name=...)",
-                            node.lineno)
+        raise _at(node, "@actor needs its metadata: @actor({...}) or @actor(name=...)")
     if len(node.args) > 1 or (node.args and node.keywords):
-        raise MetadataError("@actor takes one dict or keyword arguments, not both",
-                            node.lineno)
+        raise _at(node, "@actor takes one dict or keyword arguments, not both")
     if node.args:
         values = _literal(node.args[0])
         if not isinstance(values, dict):
-            raise MetadataError("@actor's argument must be a dict literal", node.lineno)
+            raise _at(node, "@actor's argument must be a dict literal")
         return {str(k): v for k, v in values.items()}
     out = {}
     for keyword in node.keywords:
         if keyword.arg is None:
-            raise MetadataError("@actor(**...) cannot be read without running the script",
-                                keyword.lineno)
+            raise _at(keyword, "@actor(**...) cannot be read without running the script")
         out[keyword.arg] = _literal(keyword.value)
     return out
 
@@ -139,8 +154,30 @@ def _literal(node: ast.expr) -> Any:
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        raise MetadataError("@actor metadata must be literals (strings, numbers, lists, dicts)",
-                            getattr(node, "lineno", None)) from None
+        raise _at(node, "@actor metadata must be literals (strings, numbers, lists, "
+                  "dicts)") from None
+
+
+def _json_like(value: Any, node: ast.expr, where: str = "") -> Any:
+    """A literal's value as JSON (tuples as lists); MetadataError for what JSON lacks:
+    a set, bytes, a complex, a non-string key, a number a double cannot hold."""
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise _at(node, f"@actor metadata{where}: key {brief(repr(key))} is not a string")
+        return {k: _json_like(v, node, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_like(v, node, f"{where}[{i}]") for i, v in enumerate(value)]
+    problem = number_problem(value)
+    if problem is None and isinstance(value, str | int | float | bool | None):
+        return value
+    why = problem or f"a {type(value).__name__} is not a JSON value"
+    raise _at(node, f"@actor metadata{where}: {why}")
+
+
+def _at(node: ast.AST, message: str) -> MetadataError:
+    return MetadataError(message, getattr(node, "lineno", None),
+                         getattr(node, "col_offset", -1) + 1 or None)
 
 
 # --- JavaScript ---
@@ -201,16 +238,26 @@ class _JsLiteral:
             return self._string()
         number = self.NUMBER.match(self.text, self.pos)
         if number:
-            self.pos = number.end()
-            token = number.group()
-            if token.lower().lstrip("-").startswith("0x"):
-                return int(token, 16)
-            return float(token) if any(c in token for c in ".eE") else int(token)
+            try:
+                return self._number(number.group())
+            except NumberError as exc:
+                self._fail(str(exc))
+            finally:
+                self.pos = number.end()
         word = self.IDENT.match(self.text, self.pos)
         if word and word.group() in ("true", "false", "null"):
             self.pos = word.end()
             return {"true": True, "false": False, "null": None}[word.group()]
         self._fail("metadata must be a literal (no variables, calls or spreads)")
+
+    @staticmethod
+    def _number(token: str) -> int | float:
+        """A number token, held to what a double holds (JavaScript reads them all so)."""
+        digits = token.lstrip("-")
+        if digits[:2].lower() == "0x":
+            value = parse_int(digits[2:], 16, shown=token)
+            return -value if token.startswith("-") else value
+        return parse_float(token) if any(c in token for c in ".eE") else parse_int(token)
 
     def _object(self, depth: int) -> dict[str, Any]:
         self.pos += 1
@@ -311,7 +358,9 @@ class _JsLiteral:
                 return
 
     def _fail(self, message: str) -> NoReturn:
-        raise MetadataError(message, self.text.count("\n", 0, self.pos) + 1)
+        line_start = self.text.rfind("\n", 0, self.pos) + 1
+        raise MetadataError(message, self.text.count("\n", 0, self.pos) + 1,
+                            self.pos - line_start + 1)
 
 
 # --- the manifest's parts ---
@@ -338,12 +387,14 @@ def _limits(values: dict[str, Any]) -> dict[str, Any]:
 
 def memory_mb(value: Any) -> Any:
     """"256MB" / "256MiB" / "1GB" / "1GiB" / 256 -> MiB (units are binary); else as given,
-    for the format check to refuse."""
+    for the format check to refuse. NumberError for a size past what a double holds."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return value
     match = MEMORY.match(value) if isinstance(value, str) else None
     if match is None:
         return value
-    number, unit = float(match.group(1)), match.group(2).lower()
-    size = number * UNIT_MB[unit]
-    return max(1, int(size) if size.is_integer() else int(size) + 1)
+    unit = match.group(2).lower()
+    size = parse_float(match.group(1)) * UNIT_MB[unit]  # float() of any digits: no limit
+    if not math.isfinite(size):
+        raise NumberError(too_large(value))
+    return max(1, math.ceil(size))

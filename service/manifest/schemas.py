@@ -48,6 +48,8 @@ from referencing.exceptions import (
     Unretrievable,
 )
 
+from service.manifest.files import MAX_SCHEMA_FILE_BYTES, read_text
+from service.manifest.numbers import NumberError, parse_float, parse_int
 from service.manifest.schemawalk import (
     Node,
     nodes,
@@ -378,10 +380,21 @@ def _file_retriever(spec: Specification[Any], roots: tuple[Path, ...]) -> Any:
         path = Path(url2pathname(parts.path)).resolve()
         if not any(path.is_relative_to(root) for root in roots):
             raise RefOutsideRoots(path)
-        contents = property_dependencies_first(json.loads(path.read_text(encoding="utf-8")))
+        contents = property_dependencies_first(read_json(path))
         return Resource.from_contents(contents, default_specification=spec)
 
     return retrieve
+
+
+def read_json(path: Path) -> Any:
+    """A schema file's JSON, its numbers held to what a double holds (numbers.py): no
+    ``NaN``/``Infinity`` (which Python's json takes), no integer too large to convert."""
+    return json.loads(read_text(path, MAX_SCHEMA_FILE_BYTES), parse_int=parse_int,
+                      parse_float=parse_float, parse_constant=_not_json)
+
+
+def _not_json(word: str) -> Any:
+    raise NumberError(f"{word} is not a JSON number")
 
 
 def _cause(exc: BaseException) -> str:

@@ -51,12 +51,12 @@ def check_script_only(path: Path | str, settings: Settings) -> ManifestCheck:
     language = SCRIPT_LANGUAGES[script.suffix]
     try:
         meta = read_metadata(script, language)
+        raw = manifest_of(meta, script, language) if meta is not None else None
     except MetadataError as exc:
-        return _failed(display, str(exc), exc.line)
-    if meta is None:
+        return _failed(display, str(exc), exc.line, exc.column)
+    if meta is None or raw is None:
         return _failed(display, f"no manifest ({script.stem}.yaml or {script.stem}.yml) beside "
-                       f"the script and no actor metadata in it ({METADATA_HINT[language]})")
-    raw = manifest_of(meta, script, language)
+                       f"the script and no actor metadata in it ({METADATA_HINT[language]})", 1)
     if not isinstance(raw["id"], str):
         return _failed(display, "the actor metadata names no component (component or name)",
                        meta.line)
@@ -67,12 +67,16 @@ def check_script_only(path: Path | str, settings: Settings) -> ManifestCheck:
 def schema_warning(check: ManifestCheck) -> Problem:
     """The lint warning every script-only actor gets."""
     stem = Path(check.file).stem
-    return Problem(check.file, check.id_position[0] if check.id_position else None, None,
-                   NO_SCHEMA_WARNING.format(f"{stem}.yaml"), "", "warning")
+    line, column = check.id_position or (None, None)
+    return Problem(check.file, line, column, NO_SCHEMA_WARNING.format(f"{stem}.yaml"), "",
+                   "warning")
 
 
-def _failed(display: str, message: str, line: int | None = None) -> ManifestCheck:
-    return ManifestCheck(display, None, [Problem(display, line, None, message, "")])
+def _failed(display: str, message: str, line: int | None = None,
+            column: int | None = None) -> ManifestCheck:
+    """A problem in the script's text: at ``line`` (and ``column``, else the line's start)."""
+    return ManifestCheck(display, None, [Problem(display, line, column or (line and 1),
+                                                 message, "")])
 
 
 SKIPPED_DIRS = ("node_modules", "__pycache__")

@@ -13,8 +13,11 @@ from __future__ import annotations
 import ast
 import re
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from service.manifest.files import MAX_SCRIPT_BYTES, read_text
 
 EXTENSIONS = {"python": (".py",), "javascript": (".js", ".mjs", ".cjs")}
 NODE_CHECK_TIMEOUT_S = 30
@@ -63,7 +66,7 @@ def extension_issue(path: Path, language: str) -> str | None:
 def check_script(path: Path, language: str, entrypoint: str, node: str) -> list[ScriptIssue]:
     """Parse the script and look for its entrypoint (``node`` is the node binary)."""
     try:
-        source = path.read_text(encoding="utf-8")
+        source = read_text(path, MAX_SCRIPT_BYTES)
     except (OSError, UnicodeDecodeError) as exc:
         return [ScriptIssue(f"cannot read the script: {exc}")]
     if language == "python":
@@ -80,8 +83,30 @@ def _check_python(source: str, path: Path, entrypoint: str) -> list[ScriptIssue]
         return [ScriptIssue("invalid Python: the script is nested too deeply to parse", True,
                             1, 1)]
     defined = any(isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef)
-                  and stmt.name == entrypoint for stmt in tree.body)
+                  and stmt.name == entrypoint for stmt in module_level(tree.body))
     return [] if defined else [_no_entrypoint(path, entrypoint)]
+
+
+def module_level(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """The statements run when the module is imported: its own, and those inside its
+    ``if``/``try``/``with``/``for``/``while``/``match`` blocks (not function or class
+    bodies), so ``if True: def process(...)`` defines ``process`` as the module does."""
+    for stmt in body:
+        yield stmt
+        for block in _blocks(stmt):
+            yield from module_level(block)
+
+
+def _blocks(stmt: ast.stmt) -> list[list[ast.stmt]]:
+    if isinstance(stmt, ast.If | ast.For | ast.AsyncFor | ast.While):
+        return [stmt.body, stmt.orelse]
+    if isinstance(stmt, ast.With | ast.AsyncWith):
+        return [stmt.body]
+    if isinstance(stmt, ast.Try | ast.TryStar):
+        return [stmt.body, *(h.body for h in stmt.handlers), stmt.orelse, stmt.finalbody]
+    if isinstance(stmt, ast.Match):
+        return [case.body for case in stmt.cases]
+    return []
 
 
 def _check_javascript(source: str, path: Path, entrypoint: str, node: str) -> list[ScriptIssue]:

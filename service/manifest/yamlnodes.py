@@ -6,11 +6,17 @@ so a problem found later (by a schema, a limit check...) points at the YAML
 node that caused it. Mapping keys are always strings (the scalar as written,
 so a port named ``on`` stays ``"on"``), dates stay strings, and duplicate keys
 are problems rather than a silent "last one wins".
+
+Numbers are read as YAML 1.2's core schema reads them, which is JSON's reading:
+``1e300`` is a float (YAML 1.1 made it a string), ``1:30`` a string (not 90,
+sexagesimal), ``017`` is 17; ``0o17`` and ``0x1F`` are octal and hex. Every number
+must fit in a double (service/manifest/numbers.py).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +24,7 @@ from typing import Any
 import yaml
 
 from service.errors import ManifestError, Problem
+from service.manifest.numbers import NumberError, brief, parse_float, parse_int
 
 Position = tuple[int, int]
 MAX_NODES = 100_000
@@ -28,14 +35,60 @@ MAX_SOURCE_CHARS = 1_048_576  # the manifest file itself
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
 
-class _JsonLoader(yaml.SafeLoader):
-    """SafeLoader without the timestamp resolver: ``2024-01-01`` stays a string, as in JSON."""
+# YAML 1.2 core schema (§10.3.2), which reads numbers the way JSON does.
+_INT = re.compile(r"[-+]?[0-9]+")
+_OCTAL = re.compile(r"0o[0-7]+")
+_HEX = re.compile(r"0x[0-9a-fA-F]+")
+_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?")
+_SPECIAL_FLOAT = re.compile(r"[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_INT_RESOLVER = re.compile(f"^(?:{_INT.pattern}|{_OCTAL.pattern}|{_HEX.pattern})$")
+_FLOAT_RESOLVER = re.compile(f"^(?:{_FLOAT.pattern}|{_SPECIAL_FLOAT.pattern})$")
 
-    yaml_implicit_resolvers = {
-        first: [(tag, regexp) for tag, regexp in resolvers
-                if tag != "tag:yaml.org,2002:timestamp"]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
+
+def _resolvers() -> dict[str, list[tuple[str, re.Pattern[str]]]]:
+    """SafeLoader's implicit resolvers without timestamps and with YAML 1.2 numbers."""
+    out = {first: [(tag, regexp) for tag, regexp in resolvers
+                   if tag != "tag:yaml.org,2002:timestamp" and tag not in _NUMBER_TAGS]
+           for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    for tag, regexp, firsts in (("tag:yaml.org,2002:float", _FLOAT_RESOLVER, "-+0123456789."),
+                                ("tag:yaml.org,2002:int", _INT_RESOLVER, "-+0123456789")):
+        for first in firsts:  # int before float: "12" matches both
+            out.setdefault(first, []).insert(0, (tag, regexp))
+    return out
+
+
+class _JsonLoader(yaml.SafeLoader):
+    """SafeLoader reading JSON's values: ``2024-01-01`` stays a string, numbers are YAML 1.2's."""
+
+    yaml_implicit_resolvers = _resolvers()
+
+
+def _construct_int(loader: _JsonLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    if _INT.fullmatch(text):
+        return parse_int(text)
+    if _OCTAL.fullmatch(text) or _HEX.fullmatch(text):
+        return parse_int(text[2:], 8 if text[1] == "o" else 16, shown=text)
+    raise yaml.constructor.ConstructorError(
+        None, None, f"{text!r} is not an integer (decimal, 0o octal or 0x hex digits)",
+        node.start_mark)
+
+
+def _construct_float(loader: _JsonLoader, node: yaml.ScalarNode) -> float:
+    text = loader.construct_scalar(node)
+    if _SPECIAL_FLOAT.fullmatch(text):
+        if "n" in text.lower():
+            return math.nan
+        return -math.inf if text.startswith("-") else math.inf
+    if _FLOAT.fullmatch(text):
+        return parse_float(text)
+    raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not a number",
+                                            node.start_mark)
+
+
+_JsonLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_JsonLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 
 def escape_pointer_token(token: str | int) -> str:
@@ -61,6 +114,9 @@ class YamlDoc:
     values: Mapping[str, Position]  # pointer -> position of the value node
     keys: Mapping[str, Position]  # pointer -> position of the mapping key naming it
     problems: tuple[Problem, ...] = ()
+    # Values refused while parsing (a problem already says why) and read as null: what
+    # later checks find wrong with that null is not worth a second problem.
+    refused: frozenset[str] = frozenset()
 
     def position(self, ptr: str, *, key: bool = False) -> Position:
         """Where ``ptr`` is (its key with ``key=True``), else its nearest ancestor's."""
@@ -83,13 +139,20 @@ class _Builder:
     values: dict[str, Position] = field(default_factory=dict)
     keys: dict[str, Position] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    refused: set[str] = field(default_factory=set)
     active: set[int] = field(default_factory=set)  # nodes being built: catches alias cycles
+    last: yaml.Node | None = None  # the node built last: where nesting got too deep
     built: int = 0  # nodes built so far: aliases expand, and a "billion laughs" must not
     chars: int = 0  # characters of the scalars built so far, aliases expanded
 
     def problem(self, node: yaml.Node, ptr: str, message: str) -> None:
         line, col = _position(node.start_mark)
         self.problems.append(Problem(self.file, line, col, message, ptr))
+
+    def refuse(self, node: yaml.Node, ptr: str, message: str) -> None:
+        """A problem with the value at ``ptr``, which is read as null."""
+        self.problem(node, ptr, message)
+        self.refused.add(ptr)
 
     def _charge(self, node: yaml.Node, chars: int) -> None:
         self.chars += chars
@@ -102,13 +165,14 @@ class _Builder:
     def build(self, node: yaml.Node, ptr: str) -> Any:
         self._charge(node, len(ptr))  # keys and positions repeat with every alias too
         self.values.setdefault(ptr, _position(node.start_mark))
+        self.last = node
         self.built += 1
         if self.built > MAX_NODES:
             line, col = _position(node.start_mark)
             raise ManifestError([Problem(self.file, line, col,
                                          f"too many YAML nodes (over {MAX_NODES} after aliases)")])
         if id(node) in self.active:
-            self.problem(node, ptr, "a YAML alias refers to itself")
+            self.refuse(node, ptr, "a YAML alias refers to itself")
             return None
         self.active.add(id(node))
         try:
@@ -147,12 +211,15 @@ class _Builder:
         self._charge(node, len(node.value))
         try:
             value = self.loader.construct_object(node, deep=True)
+        except NumberError as exc:
+            self.refuse(node, ptr, str(exc))
+            return None
         except yaml.YAMLError as exc:
-            self.problem(node, ptr, f"unsupported YAML value: {_first_line(exc)}")
+            self.refuse(node, ptr, f"unsupported YAML value: {_first_line(exc)}")
             return None
         if not isinstance(value, _JSON_SCALARS) or (
                 isinstance(value, float) and not math.isfinite(value)):
-            self.problem(node, ptr, f"{node.value!r} is not a JSON value")
+            self.refuse(node, ptr, f"{brief(str(node.value))!r} is not a JSON value")
             return None
         return value
 
@@ -164,10 +231,13 @@ def parse_manifest_yaml(text: str, file: str) -> YamlDoc:
     a root that is not a mapping); recoverable problems are kept in ``problems``.
     """
     if len(text) > MAX_SOURCE_CHARS:
-        raise ManifestError([Problem(file, None, None, f"the file is too big: {len(text)} "
-                                     f"characters, at most {MAX_SOURCE_CHARS}")])
-    loader = _JsonLoader(text)
+        raise ManifestError([Problem(file, *text_position(text, MAX_SOURCE_CHARS),
+                                     f"the file is too big: {len(text)} characters, at most "
+                                     f"{MAX_SOURCE_CHARS}")])
+    loader: _JsonLoader | None = None
+    builder: _Builder | None = None
     try:
+        loader = _JsonLoader(text)  # checks every character first: ReaderError
         root = loader.get_single_node()
         if root is None:
             raise ManifestError([Problem(file, 1, 1, "the file is empty; expected a mapping")])
@@ -176,6 +246,9 @@ def parse_manifest_yaml(text: str, file: str) -> YamlDoc:
             raise ManifestError([Problem(file, line, col, "the top level must be a mapping")])
         builder = _Builder(loader, file)
         value = builder.build(root, "")
+    except yaml.reader.ReaderError as exc:
+        raise ManifestError([Problem(file, *text_position(text, exc.position),
+                                     _unprintable(exc.character))]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where: tuple[int | None, int | None] = _position(mark) if mark else (None, None)
@@ -184,11 +257,43 @@ def parse_manifest_yaml(text: str, file: str) -> YamlDoc:
     except yaml.YAMLError as exc:
         raise ManifestError([Problem(file, None, None, f"invalid YAML: {exc}")]) from exc
     except RecursionError:  # the composer and the builder recurse once per nesting level
-        raise ManifestError([Problem(file, None, None,
-                                     "the YAML is nested too deeply")]) from None
+        # where the builder was, else how far the parser had read
+        last = builder.last if builder else None
+        mark = last.start_mark if last else loader.get_mark() if loader else None
+        deep: tuple[int | None, int | None] = _position(mark) if mark else (None, None)
+        raise ManifestError([Problem(file, *deep, "the YAML is nested too deeply")]) from None
     finally:
-        loader.dispose()
-    return YamlDoc(value, builder.values, builder.keys, tuple(builder.problems))
+        if loader is not None:
+            loader.dispose()
+    return YamlDoc(value, builder.values, builder.keys, tuple(builder.problems),
+                   frozenset(builder.refused))
+
+
+def decode_source(data: bytes, file: str) -> str:
+    """A manifest's bytes as text; ManifestError at the first byte that is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start].decode("utf-8")
+        line, column = text_position(before, len(before))
+        raise ManifestError([Problem(file, line, column, f"the file is not UTF-8: byte "
+                                     f"0x{data[exc.start]:02x} ({exc.reason})")]) from None
+
+
+_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+
+
+def text_position(text: str, index: int) -> Position:
+    """The 1-based line and column of ``text[index]``, counted as PyYAML counts them."""
+    line, start = 1, 0
+    for found in _BREAK.finditer(text, 0, index):
+        line, start = line + 1, found.end()
+    return line, index - start - text.count("\ufeff", start, index) + 1
+
+
+def _unprintable(code: int) -> str:
+    return (f"invalid YAML: the character U+{code:04X} is not allowed (YAML takes printable "
+            f"characters only; a double-quoted string may hold it escaped: \"\\u{code:04X}\")")
 
 
 def _position(mark: Any) -> Position:

@@ -180,6 +180,52 @@ def test_refuses_a_public_address_without_a_token() -> None:
                       "set auth.tokens or auth.allow_anonymous = true\n")
 
 
+ACTOR = ("id: hostile\nlanguage: python\nscript: hostile.py\n"
+         "inports: {input: {schema: {type: number}}}\n")
+HOSTILE_PY = "async def process(context):\n    return context.get_input('input')\n"
+
+
+@pytest.mark.parametrize("name, text, where", [
+    ("hostile.yaml", "id: t10\x00\n",
+     ":1:8: invalid YAML: the character U+0000 is not allowed"),
+    ("hostile.yaml", ACTOR + "limits: {memory_mb: 0x" + "f" * 5000 + "}\n",
+     ":5:21: 0xffffffff…ffffff (5002 characters) is too large"),
+    ("hostile.yaml", ACTOR + "limits: {memory_mb: " + "9" * 5000 + "}\n",
+     ":5:21: 9999999999…999999 (5000 characters) is too large"),
+    ("hostile.js", "const metadata = {component: 'j', timeout: 0x" + "f" * 400 + "};\n",
+     ":1:44: 0xffffffff…ffffff (402 characters) is too large"),
+])
+def test_a_manifest_built_to_crash_the_loader_stops_start_up_with_one_line(
+        tmp_path: Path, name: str, text: str, where: str) -> None:
+    (tmp_path / "hostile.py").write_text(HOSTILE_PY)
+    (tmp_path / name).write_text(text)
+    proc = _spawn("--port", str(_free_port()), "--config", "config/settings.toml",
+                  "--backend", "process", "--actors", str(tmp_path))
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr
+    problems = [line for line in stderr.splitlines() if " INFO " not in line]  # not the logs
+    assert len(problems) == 1 and problems[0].startswith(f"{tmp_path / name}{where}"), stderr
+
+
+async def test_integral_float_pool_sizes_start_the_server(tmp_path: Path) -> None:
+    """`min_warm: 1.0` once stopped start-up (range() of a float in the warm pool)."""
+    (tmp_path / "hostile.py").write_text(HOSTILE_PY)
+    (tmp_path / "hostile.yaml").write_text(
+        ACTOR + "pool: {min_warm: 1.0, max_workers: 2.0, max_queue: 3.0}\n"
+        "limits: {memory_mb: 128.0, pids: 64.0, output_bytes: 1048576.0}\n")
+    port = _free_port()
+    proc = _spawn("--port", str(port), "--config", "config/settings.toml",
+                  "--backend", "process", "--actors", str(tmp_path))
+    try:
+        await _wait_healthy(port, proc)
+        async with connect(f"ws://127.0.0.1:{port}/") as client:
+            assert (await client.process("hostile", {"input": 7})).return_value == 7
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.to_thread(proc.communicate, timeout=30)
+    assert proc.returncode == 0, stderr
+
+
 def test_invalid_settings_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "settings.toml"
     bad.write_text('[default]\nport = "high"\n')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +273,63 @@ async def test_manifest_invalid_on_load(rpc: Rpc, tmp_path: Path) -> None:
     errors = response["error"]["data"]["errors"]
     assert errors and all(set(e) >= {"file", "line", "path", "message"} for e in errors)
     assert any(e["path"] == "/language" for e in errors)
+
+
+TRIPLER_PY = ("async def process(context):\n"
+              "    await context.send_output('output', context.get_input('input') * 3)\n")
+TRIPLER = ("id: tripler\nlanguage: python\nscript: tripler.py\n"
+           "inports: {input: {schema: {type: number}}}\n"
+           "outports: {output: {schema: {type: number}}}\n")
+TOO_LARGE = "is too large: a number must fit in a double (at most about 1.8e308)"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name, text, first", [
+    ("nul.yaml", "id: t10\x00\n", "1:1:8: invalid YAML: the character U+0000 is not allowed"),
+    ("esc.yaml", TRIPLER + "description: \"\x1b[31m\"\n", "1:6:15: invalid YAML: the "
+     "character U+001B"),
+    ("big.yaml", TRIPLER + "limits: {memory_mb: " + "9" * 5000 + "}\n",
+     f"1:6:21: 9999999999…999999 (5000 characters) {TOO_LARGE}"),
+    ("hex.yaml", TRIPLER + "limits: {memory_mb: 0x" + "f" * 5000 + "}\n",
+     f"1:6:21: 0xffffffff…ffffff (5002 characters) {TOO_LARGE}"),
+    ("schema.yaml", TRIPLER.replace("{type: number}}}", "{type: integer, maximum: 0x"
+                                    + "f" * 4000 + "}}}", 1),
+     f"1:4:52: 0xffffffff…ffffff (4002 characters) {TOO_LARGE}"),
+    ("fifo.yaml", TRIPLER.replace("{type: number}}}", "{$ref: pipe.json}}}", 1),
+     "1:4:34: inports.input.schema.$ref: $ref 'pipe.json' cannot be read: not a regular "
+     "file (a named pipe)"),
+    ("mem_inf.py", '@actor(name="m", memory="' + "9" * 400 + 'MB")\n' + TRIPLER_PY,
+     "1:1:1: memory: 9999999999…999999 (400 characters) is too large"),
+    ("js_big.js", "const metadata = {component: 'j', timeout: 0x" + "f" * 400 + "};\n",
+     "1:1:44: 0xffffffff…ffffff (402 characters) is too large"),
+])
+async def test_a_manifest_built_to_crash_the_loader_is_manifest_invalid(
+        rpc: Rpc, tmp_path: Path, name: str, text: str, first: str) -> None:
+    """Not -32603: each is a clear problem at its position (and a pipe never blocks)."""
+    os.mkfifo(tmp_path / "pipe.json")
+    (tmp_path / "tripler.py").write_text(TRIPLER_PY)
+    (tmp_path / name).write_text(text)
+    response = await rpc.call("load", {"file_path": str(tmp_path / name)})
+    assert response["error"]["code"] == -32007, response
+    errors = response["error"]["data"]["errors"]
+    assert f"{len(errors)}:{errors[0]['line']}:{errors[0]['column']}: " \
+           f"{errors[0]['message']}".startswith(first)
+
+
+async def test_integral_floats_load_as_ints_and_the_actor_runs(rpc: Rpc, tmp_path: Path) -> None:
+    """128.0 is an integer to JSON Schema: it loads, and the sandbox gets 128 (cgroup files,
+    the warm pool's range()), so calls run."""
+    (tmp_path / "tripler.py").write_text(TRIPLER_PY)
+    (tmp_path / "tripler.yaml").write_text(
+        TRIPLER + "limits: {memory_mb: 128.0, pids: 64.0, output_bytes: 1048576.0}\n"
+        "pool: {min_warm: 1.0, max_workers: 2.0, max_queue: 3.0}\n")
+    response = await rpc.call("load", {"file_path": str(tmp_path / "tripler.yaml")})
+    limits = response["result"]["actor"]["limits"]
+    assert [(limits[k], type(limits[k])) for k in ("memory_mb", "pids", "output_bytes")] == [
+        (128, int), (64, int), (1048576, int)]
+    _, response = await rpc.request("process", {"actor_id": "tripler",
+                                                "payload": {"input": 5}})
+    assert response["result"]["outputs"] == {"output": 15}
 
 
 async def _wait_started(rpc: Rpc, request_id: Any) -> None:
