@@ -95,8 +95,9 @@ class TimeLimitExceeded(RpcError):
     CODE = -32005
     MESSAGE = "Time limit exceeded"
 
-    def __init__(self, limit_s: float) -> None:
-        super().__init__(f"Time limit exceeded ({limit_s:g} s)", {"limit_s": limit_s})
+    def __init__(self, limit_s: float, reason: str = "") -> None:
+        message = f"Time limit exceeded ({limit_s:g} s)"
+        super().__init__(f"{message}: {reason}" if reason else message, {"limit_s": limit_s})
 
 
 class ResourceLimitExceeded(RpcError):

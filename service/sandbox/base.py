@@ -20,6 +20,12 @@ Harness -> host, during a call, in the order they happen:
     {"type": "result", "return", "state", "lingering"?}   # process() returned; the call is over
 ``lingering: true``: threads or timers of the script still run; the worker must not be reused.
     {"type": "error", "error_type", "message", "traceback", "resource"?}
+Harness -> host, once at boot, just before the script's own code starts running:
+    {"type": "loading"}
+The host gives the interpreter and the sandbox ``BOOT_TIMEOUT_S`` (the backend's) until
+then, and the script's load (its top-level code) the actor's ``limits.timeout_s`` from then
+on: over it the worker is killed and the call that waited for it fails -32005. Only the
+first ``loading`` counts (the script runs after it and can write lines too).
 Harness -> host, once after boot and after each reset: {"type": "ready"} (with self-reset:
 right after the result, in the same write)
 
@@ -32,8 +38,9 @@ while the call runs (the harness waits for the reply; ids count up per worker):
                      {"type": "state_reply", "id": N, "ok": false, "error_type", "message"}
 ``ok: false``: the operation cannot apply (the script gets an exception). A budget overrun
 or a store that is down fails the call (-32006 / -32009) and the sandbox is killed, with no
-reply. Every backend answers them with :func:`state_reply` (``service/state/session.py``
-serves them). Without ``persistent`` the harness keeps the state itself (inline state).
+reply. Every backend answers them through :class:`StateRequests` (``service/state/session.py``
+serves them), which first holds each message to what a harness sends (see there). Without
+``persistent`` the harness keeps the state itself (inline state) and sends none.
 With ``--self-reset`` the harness also resets by itself after writing a call's result or
 error, before it reads the next message, and then says ``ready`` unasked; a harness that
 cannot exits instead. The host does not trust that reset (the script can patch the
@@ -56,6 +63,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
@@ -65,6 +73,7 @@ from typing import Any, Protocol, runtime_checkable
 from service import jsonfast
 from service.errors import ActorFailed, ResourceLimitExceeded, SandboxUnavailable
 from service.manifest.model import ActorDef
+from service.settings import StateSettings
 
 DEPS_MOUNTS = {"python": ("lib", "/deps"), "javascript": ("node_modules", "/node_modules")}
 
@@ -139,11 +148,31 @@ def encode_line(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode("ascii") + b"\n"
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is beyond a double's range")
+    return value
+
+
+def _strict_loads(text: bytes | str) -> Any:
+    """json.loads, refusing NaN, Infinity, -Infinity and numbers that read as an infinity
+    (1e400): no harness writes them (Python's allow_nan=False, JavaScript's null), and the
+    wire cannot carry them (its encoder would fail far from here, as an internal error)."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+
+
 def decode_line(line: bytes | str) -> Any:
-    """One line from the harness as JSON. ValueError for anything that is not JSON, a value
-    nested too deeply for this process's stack included (the reader must never die of it)."""
+    """One line from the harness as JSON. ValueError for anything that is not JSON for this
+    protocol: non-finite numbers (see _strict_loads), and a value nested too deeply for
+    this process's stack (the reader must never die of it). orjson refuses non-finite
+    numbers itself, so only the lines it cannot read go through the strict reference."""
     try:
-        return jsonfast.loads(line)
+        return jsonfast.loads(line, _strict_loads)
     except RecursionError:
         raise ValueError("a JSON value nested too deeply to decode") from None
 
@@ -158,14 +187,52 @@ def call_line(request: CallRequest, fence: str) -> bytes:
     return encode_line(message)
 
 
-async def state_reply(message: dict[str, Any], request: CallRequest) -> bytes:
-    """The reply line to a harness ``state`` message (any backend); RpcError fails the call."""
-    if request.state_ops is None:
-        reply = {"type": "state_reply", "id": message.get("id"), "ok": False,
-                 "error_type": "RuntimeError", "message": "this call has no persistent state"}
-    else:
-        reply = await request.state_ops.handle(message)
-    return encode_line(reply)
+STATE_ID_MAX = 1 << 53  # ids count up from 1 per worker (both harnesses): a safe JS integer
+# What a state message of a harness holds besides its key and value(s): {"type":"state",
+# "id":N,"op":"increment","key":"","amount":} and the like. The session charges the key
+# and value bytes of each operation itself; the rest of a message is allowed for here.
+STATE_ENVELOPE_BYTES = 96
+
+
+class StateRequests:
+    """The ``state`` messages of one call, held to what a harness sends before the session
+    answers them (any backend). Every line on the channel is hostile input (a script can
+    write to the harness's fd), and each reply is a write to the sandbox, so each message
+    costs the call something bounded:
+
+    - its ``id`` must be what both harnesses send, a counter from 1 (an int up to
+      STATE_ID_MAX), else ProtocolError (-32004): nothing else is echoed back;
+    - it counts against ``state.ops_per_call``, and its bytes beyond STATE_ENVELOPE_BYTES
+      against ``state.bytes_per_call`` (-32006 ``state``), whatever the session does with
+      it (an operation it refuses, an unknown one, costs as much);
+    - in a call without persistent state no harness sends one: ProtocolError (-32004).
+    """
+
+    def __init__(self, request: CallRequest, limits: StateSettings) -> None:
+        self._request = request
+        self._ops_limit = limits.ops_per_call
+        self._bytes_limit = limits.bytes_per_call
+        self.ops = 0
+        self.bytes = 0
+
+    async def reply(self, message: dict[str, Any], size: int) -> bytes:
+        """The reply line to ``message``, which took ``size`` bytes on the channel (UTF-8);
+        RpcError fails the call (the worker is then killed, with no reply)."""
+        op_id = message.get("id")
+        if type(op_id) is not int or not 0 < op_id <= STATE_ID_MAX:
+            what = op_id if type(op_id) is int else type(op_id).__name__  # never echoed whole
+            raise ActorFailed("ProtocolError", f"a state request whose id is not a counter "
+                              f"from 1: {str(what)[:40]}")
+        self.ops += 1
+        if self.ops > self._ops_limit:
+            raise ResourceLimitExceeded("state", {"ops": self._ops_limit})
+        self.bytes += max(0, size - STATE_ENVELOPE_BYTES)
+        if self.bytes > self._bytes_limit:
+            raise ResourceLimitExceeded("state", {"bytes": self._bytes_limit})
+        if self._request.state_ops is None:
+            raise ActorFailed("ProtocolError", "a state request in a call without persistent "
+                              "state")
+        return encode_line(await self._request.state_ops.handle(message))
 
 
 def harness_failure(message: dict[str, Any]) -> ActorFailed:

@@ -301,7 +301,8 @@ class GVisorBackend:
         return GVisorWorker(actor, sandbox.tmp_mb, process, cgroups, pipes,
                             bundle=bundle, state=self.home / "state", guards=guards,
                             idle_lifetime_s=sandbox.idle_lifetime_s,
-                            max_notifications=sandbox.max_notifications)
+                            max_notifications=sandbox.max_notifications,
+                            state_limits=self.settings.state)
 
     def _command(self, bundle: Path, network: bool) -> list[str]:
         return [*REAPER, self._runsc, "--root", str(self.home / "state"),

@@ -59,16 +59,16 @@ from service.sandbox.base import (
     LogEvent,
     OutputBudget,
     OutputEvent,
+    StateRequests,
     call_line,
     decode_line,
     dependency_mount,
     encode_line,
     harness_failure,
     harness_path_flags,
-    state_reply,
 )
 from service.sandbox.staging import Staged, stage
-from service.settings import Limits, Settings
+from service.settings import Limits, Settings, StateSettings
 
 if TYPE_CHECKING:
     from microsandbox import ExecEvent, ExecHandle, ExecSink, ImageSource, Sandbox
@@ -536,13 +536,15 @@ def _image_ref(actor: ActorDef, settings: Settings) -> str:
 
 
 async def boot_worker(actor: ActorDef, settings: Settings) -> MicroVMWorker:
-    """Boot a VM, start the harness in it and wait for its ``ready`` line."""
+    """Boot a VM, start the harness in it and wait for its ``ready`` line (the VM's boot and
+    the interpreter's start within ``sandbox.canary_timeout_s``, the script's load within
+    its ``timeout_s``: see MicroVMWorker.wait_ready)."""
     timeout_s = settings.sandbox.canary_timeout_s
     guest = await _boot_guest(actor, settings, timeout_s)
-    worker = MicroVMWorker(actor, guest, tmp_mb=settings.sandbox.tmp_mb)
+    worker = MicroVMWorker(actor, guest, tmp_mb=settings.sandbox.tmp_mb,
+                           state_limits=settings.state)
     try:
-        async with asyncio.timeout(timeout_s):
-            await worker.wait_ready()
+        await worker.wait_ready(timeout_s)
     except TimeoutError:
         await worker.close()
         raise SandboxUnavailable(NAME, f"the harness for {actor.id} sent no ready line "
@@ -657,10 +659,12 @@ class MicroVMWorker:
     cancels a queue wait, never an SDK read halfway through an event.
     """
 
-    def __init__(self, actor: ActorDef, guest: Any, tmp_mb: int) -> None:
+    def __init__(self, actor: ActorDef, guest: Any, tmp_mb: int,
+                 state_limits: StateSettings | None = None) -> None:
         self.actor = actor
         self._guest = guest  # a _Guest (tests pass a stand-in with the same methods)
         self._tmp_mb = tmp_mb
+        self._state_limits = state_limits or StateSettings()
         self._alive = True
         self._events: asyncio.Queue[Any] = asyncio.Queue(maxsize=_QUEUE_CHUNKS)
         self._reader: asyncio.Task[None] | None = None
@@ -669,7 +673,7 @@ class MicroVMWorker:
         self._stderr_tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
         self._fence = ""
         self._fences_seen = 0
-        self._request: CallRequest | None = None  # the call running, for its state operations
+        self._state_requests: StateRequests | None = None  # the running call's state operations
 
     @property
     def alive(self) -> bool:
@@ -678,9 +682,23 @@ class MicroVMWorker:
     def claim(self) -> bool:
         return self._alive
 
-    async def wait_ready(self) -> None:
-        """Consume boot output until the harness says ``ready``."""
-        reply = await self._read_reply(OutputBudget(self.actor.limits.output_bytes), _drop)
+    async def wait_ready(self, boot_timeout_s: float | None = None) -> None:
+        """Consume boot output until the harness says ``ready``: within ``boot_timeout_s``
+        (None: no limit; TimeoutError) until it says it is loading the script, then within
+        the actor's timeout_s, as a call (TimeLimitExceeded: the script's top-level code
+        ran too long). Only the first ``loading`` counts: the script runs after it."""
+        budget = OutputBudget(self.actor.limits.output_bytes)
+        async with asyncio.timeout(boot_timeout_s):
+            reply = await self._read_reply(budget, _drop)
+        if reply["type"] == "loading":
+            timeout_s = self.actor.limits.timeout_s
+            try:
+                async with asyncio.timeout(timeout_s):
+                    while reply["type"] == "loading":
+                        reply = await self._read_reply(budget, _drop)
+            except TimeoutError:
+                raise TimeLimitExceeded(timeout_s, "the script did not finish loading within "
+                                        f"its timeout_s ({timeout_s:g} s)") from None
         if reply["type"] != "ready":
             raise self._error(reply)
 
@@ -738,7 +756,7 @@ class MicroVMWorker:
     ) -> tuple[CallOutcome, bool]:
         """The call's outcome, and whether the script left work running after it."""
         self._fence, self._fences_seen = secrets.token_hex(16), 0
-        self._request = request
+        self._state_requests = StateRequests(request, self._state_limits)
         await self._guest.send(call_line(request, self._fence))
         budget = OutputBudget(self.actor.limits.output_bytes)
         reply = await self._read_reply(budget, on_event)
@@ -747,8 +765,9 @@ class MicroVMWorker:
             state = reply.get("state")
             outcome = CallOutcome(reply.get("return"), state if isinstance(state, dict) else {})
             return outcome, reply.get("lingering") is True
-        if reply["type"] == "ready":
-            raise ActorFailed("ProtocolError", "the harness answered a call with 'ready'")
+        if reply["type"] in ("ready", "loading"):
+            raise ActorFailed("ProtocolError",
+                              f"the harness answered a call with {reply['type']!r}")
         raise self._error(reply)
 
     async def _drain_fences(self, budget: OutputBudget, on_event: EventSink) -> None:
@@ -775,7 +794,8 @@ class MicroVMWorker:
                 return reply
 
     async def _route(self, stream: str, line: str, on_event: EventSink) -> dict[str, Any] | None:
-        """Forward one line as an event; a reply (result, error, ready) is returned instead."""
+        """Forward one line as an event; a reply (result, error, ready, loading) is returned
+        instead."""
         if stream == "stderr":
             if self._fence and line == self._fence:
                 self._fences_seen += 1
@@ -786,10 +806,11 @@ class MicroVMWorker:
         message = _protocol_message(line)
         if message is None:  # only the harness writes fd 3: anything else is an attack
             raise ActorFailed("ProtocolError", f"the harness sent garbage: {line[:200]!r}")
-        if message["type"] in ("result", "error", "ready"):
+        if message["type"] in ("result", "error", "ready", "loading"):
             return message
-        if message["type"] == "state" and self._request is not None:
-            await self._guest.send(await state_reply(message, self._request))
+        if message["type"] == "state" and self._state_requests is not None:
+            size = len(line.encode("utf-8", "surrogatepass"))
+            await self._guest.send(await self._state_requests.reply(message, size))
             return None
         await on_event(_event_of(message))
         return None

@@ -69,6 +69,7 @@ from service.sandbox.base import (
     LogEvent,
     OutputBudget,
     OutputEvent,
+    StateRequests,
     call_line,
     decode_line,
     dependency_mount,
@@ -77,13 +78,12 @@ from service.sandbox.base import (
     harness_path_flags,
     log_size,
     notification_size,
-    state_reply,
 )
 from service.sandbox.compiled import CompiledHarness
 from service.sandbox.seccomp import DENIED, denylist_program
 from service.sandbox.staging import Stager
 from service.sandbox.uids import UidPool
-from service.settings import Limits, Settings
+from service.settings import Limits, Settings, StateSettings
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ SANDBOX_UID = 65534
 BWRAP_PROCESSES = 1  # the outer bwrap counts against pids.max too
 MIB = 1 << 20
 CPU_PERIOD_US = 100_000
-BOOT_TIMEOUT_S = 15.0
+BOOT_TIMEOUT_S = 15.0  # until the harness says it is loading the script (see wait_ready)
+BOOT_ERROR_CHARS = 1000  # of a harness's error before its ready, in SandboxUnavailable's reason
 # Admission (a blocking read of bwrap's info, then the move into the cgroups) has threads of
 # its own: on the loop's default executor, other work that blocks (reading manifests,
 # validation in the past) could make every boot wait for BOOT_TIMEOUT_S and fail.
@@ -103,7 +104,9 @@ OUTER_EXIT_GRACE_S = 1.0  # after the outer bwrap ends during a boot, for the ha
 KILL_WAIT_S = 3.0
 CHUNK = 1 << 16
 STDERR_TAIL = 4096
-BUFFER_BYTES = 1 << 20  # read ahead from one sandbox; past it the sandbox waits to write
+# Read ahead from one sandbox, and written to it unread: past either the pipes out of the
+# sandbox are not read, and it waits on its own writes.
+BUFFER_BYTES = 1 << 20
 ITEM_OVERHEAD = 256  # what one queued item costs beyond its bytes
 IDLE_CHECK_S = 0.1  # how often an idle worker's counters are read (two preads)
 IDLE_CPU_NS = 50_000_000  # CPU an idle worker may use in all (V8 finishing its GC work)
@@ -724,20 +727,23 @@ class ProcessWorker:
 
     def __init__(self, actor: ActorDef, tmp_mb: int, process: asyncio.subprocess.Process,
                  cgroups: WorkerCgroups, pipes: SandboxPipes, *, idle_lifetime_s: float = 300,
-                 max_notifications: int | None = None, host_uid: int | None = None) -> None:
+                 max_notifications: int | None = None, host_uid: int | None = None,
+                 state_limits: StateSettings | None = None) -> None:
         self.actor = actor
         self.host_uid = host_uid  # the host uid its processes run as (None: the server's)
         self.violation = ""  # why the host killed it between calls, if it did
         self._tmp_mb = tmp_mb
         self._idle_lifetime_s = idle_lifetime_s
         self._max_notifications = max_notifications
+        self._state_limits = state_limits or StateSettings()
         self._process = process
         self._cgroups = cgroups
         self._pipes = pipes
         self._to_harness = pipes.to_harness
+        self._writer = pipes.writer
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()  # bounded in bytes: _enqueue
         self._buffered = 0  # bytes (and item overheads) queued
-        self._paused = False  # reading the pipes, until the queue holds BUFFER_BYTES
+        self._paused = False  # not reading the pipes (see _flow)
         self._line_limit = pipes.line_limit
         self._channel_buffer = bytearray()  # a line from the harness, until its newline
         self._channel_ended = False
@@ -758,10 +764,12 @@ class ProcessWorker:
         self._tmp_clean: tuple[int, ...] | None = None  # how /tmp looked when last seen empty
         self._idle_check: asyncio.TimerHandle | None = None
         self._lingering = False  # the last result said threads or timers still run
-        self._request: CallRequest | None = None  # the call running, for its state operations
+        self._state_requests: StateRequests | None = None  # the running call's state operations
+        self._loading = False  # the harness said it is loading the script (boot only)
         self._pidfd = _pidfd(process.pid)
         self.on_closed: Callable[[ProcessWorker], None] = lambda worker: None
         pipes.attach(self._received)
+        pipes.writer.attach(self._flow)
 
     @property
     def alive(self) -> bool:
@@ -795,10 +803,21 @@ class ProcessWorker:
 
     async def wait_ready(self) -> None:
         """Wait for the harness's first ``ready``: SandboxUnavailable when it never comes or the
-        script cannot load; ActorFailed (SandboxCrashed) when the sandbox dies while booting."""
+        script cannot load; ActorFailed (SandboxCrashed) when the sandbox dies while booting;
+        TimeLimitExceeded when the script's own load outlasts ``limits.timeout_s``.
+
+        The sandbox and the interpreter's start get BOOT_TIMEOUT_S (a slow boot is not the
+        script's fault), until the harness says it is loading the script; from then on the
+        script's top-level code gets the actor's timeout_s, as a call does."""
+        timeout_s = self.actor.limits.timeout_s
+        timer = asyncio.timeout(BOOT_TIMEOUT_S)
+
+        def loading() -> None:
+            timer.reschedule(asyncio.get_running_loop().time() + timeout_s)
+
         try:
-            async with asyncio.timeout(BOOT_TIMEOUT_S):
-                await self._ready_or_outer_exit()
+            async with timer:
+                await self._ready_or_outer_exit(loading)
             tasks = self._cgroups.tasks()
             if reason := self._leftovers(tasks):
                 self._kill()
@@ -806,6 +825,10 @@ class ProcessWorker:
             if not self._dead:  # else it died after its ready: the call says so (-32004)
                 self._become_idle(tasks)
         except TimeoutError:
+            if self._loading:
+                self._kill()
+                raise TimeLimitExceeded(timeout_s, "the script did not finish loading within "
+                                        f"its timeout_s ({timeout_s:g} s)") from None
             raise SandboxUnavailable(
                 BACKEND, f"sandbox not ready after {BOOT_TIMEOUT_S:g} s") from None
         except ActorFailed as exc:
@@ -813,15 +836,16 @@ class ProcessWorker:
                 raise ResourceLimitExceeded("memory", self.actor.limits.memory_mb) from None
             if isinstance(exc, _BootCrash):
                 raise
-            raise SandboxUnavailable(BACKEND, f"sandbox did not start: {exc.data['message']}") \
-                from None
+            reason = exc.data["message"][:BOOT_ERROR_CHARS]  # a line the script may have forged
+            raise SandboxUnavailable(BACKEND, f"sandbox did not start: {reason}") from None
 
-    async def _ready_or_outer_exit(self) -> None:
+    async def _ready_or_outer_exit(self, loading: Callable[[], None]) -> None:
         """Wait for ``ready`` while watching the outer bwrap: killed from outside during the
         boot, it can leave the inner one holding the channel open, so no EOF would ever come.
         A sandbox killed while booting is killed whole (its cgroups) and answers like a crash
-        of a running one; one that ended by itself did not start (its stderr says why)."""
-        ready = asyncio.ensure_future(self._until_ready())
+        of a running one; one that ended by itself did not start (its stderr says why).
+        ``loading`` is called when the harness says it is loading the script."""
+        ready = asyncio.ensure_future(self._until_ready(loading))
         outer = asyncio.ensure_future(self._outer_exit())
         try:
             await asyncio.wait({ready, outer}, return_when=asyncio.FIRST_COMPLETED)
@@ -1082,7 +1106,9 @@ class ProcessWorker:
     async def _run(self, request: CallRequest, on_event: EventSink,
                    baseline: tuple[int, int]) -> CallOutcome:
         self._ready_early = False
-        self._request = request  # its state operations are answered while it runs
+        self._state_requests = StateRequests(request, self._state_limits)  # answered while it runs
+        # Up to max_message_bytes: what the pipe does not take waits in the transport, and
+        # past BUFFER_BYTES the pipes out are not read until the harness has read it (_flow).
         self._to_harness.write(call_line(request, ""))  # no fences: see _forward_raw_output
         budget = OutputBudget(self.actor.limits.output_bytes, self._max_notifications)
         outcome: CallOutcome | None = None
@@ -1149,9 +1175,16 @@ class ProcessWorker:
             self._lingering = message.get("lingering") is True
             return CallOutcome(message.get("return"), message["state"])
         elif kind == "error":
-            raise self._failure(message, baseline)
-        elif kind == "state" and self._request is not None:
-            self._to_harness.write(await state_reply(message, self._request))
+            failure = self._failure(message, baseline)
+            if isinstance(failure, ActorFailed):  # its message and traceback go back: as a result
+                budget.spend(item.size)
+            raise failure
+        elif kind == "state" and self._state_requests is not None:
+            # A small request may ask for a big reply: none is made while BUFFER_BYTES of
+            # earlier ones wait unread (nor are the pipes out read meanwhile: _flow). A
+            # sandbox that never reads runs into its time limit here.
+            await self._writer.drained()
+            self._to_harness.write(await self._state_requests.reply(message, item.size))
         else:
             raise ActorFailed("ProtocolError", f"unexpected message from the harness: {kind!r}")
         return None
@@ -1233,13 +1266,19 @@ class ProcessWorker:
                     if item.kind == "closed":
                         self._closed_streams.add(item.stream)
 
-    async def _until_ready(self) -> None:
+    async def _until_ready(self, loading: Callable[[], None] | None = None) -> None:
+        """Consume items until the harness's ``ready``. ``loading``: called on the boot's
+        ``loading`` message, once (any later one is the script's)."""
         while True:
             item = await self._get()
             if self._closed:
                 raise ActorFailed("SandboxCrashed", "the worker was closed")
             if item.kind == "message" and item.value.get("type") == "ready":
                 return
+            if item.kind == "message" and item.value.get("type") == "loading" \
+                    and loading is not None and not self._loading:
+                self._loading = True
+                loading()
             if item.kind == "message" and item.value.get("type") == "error":
                 raise ActorFailed(str(item.value.get("error_type")), str(item.value.get("message")),
                                   str(item.value.get("traceback") or ""))
@@ -1368,8 +1407,7 @@ class ProcessWorker:
         self._buffered += item.size + ITEM_OVERHEAD
         self._queue.put_nowait(item)
         if self._buffered > BUFFER_BYTES and not self._paused:
-            self._paused = True
-            self._pipes.pause()
+            self._flow()
 
     def _expected(self, item: _Item) -> bool:
         if item.kind in ("closed", "eof") or self._phase in (BOOTING, BUSY):
@@ -1384,8 +1422,21 @@ class ProcessWorker:
     def _taken(self, item: _Item) -> None:
         self._buffered -= item.size + ITEM_OVERHEAD
         if self._paused and self._buffered <= BUFFER_BYTES:
-            self._paused = False
-            self._pipes.resume()
+            self._flow()
+
+    def _flow(self) -> None:
+        """Read the sandbox's pipes unless BUFFER_BYTES of what it wrote wait in the queue,
+        or more than BUFFER_BYTES of what the host wrote to it wait unread (state replies to
+        a script that writes requests and never reads): either way it then blocks on its
+        own writes, and runs into its time limit if it never catches up. So neither grows
+        without bound in the server."""
+        pause = self._buffered > BUFFER_BYTES or self._writer.blocked
+        if pause != self._paused:
+            self._paused = pause
+            if pause:
+                self._pipes.pause()
+            else:
+                self._pipes.resume()
 
 
 def _message_item(line: bytes) -> _Item:
@@ -1395,6 +1446,8 @@ def _message_item(line: bytes) -> _Item:
     except ValueError:
         message = None
     if isinstance(message, dict):
+        if message.get("type") == "state":  # never on the wire: its bytes as read, UTF-8
+            return _Item("message", value=message, size=len(line) - 1)
         return _Item("message", value=message, size=_wire_size(line, message))
     return _Item("garbage", value=line[:200].decode("utf-8", "replace"), size=len(line))
 
@@ -1646,7 +1699,8 @@ class ProcessBackend:
         sandbox = self.settings.sandbox
         worker = ProcessWorker(actor, sandbox.tmp_mb, process, cgroups, pipes,
                                idle_lifetime_s=sandbox.idle_lifetime_s,
-                               max_notifications=sandbox.max_notifications, host_uid=uid)
+                               max_notifications=sandbox.max_notifications, host_uid=uid,
+                               state_limits=self.settings.state)
         try:
             async with asyncio.timeout(BOOT_TIMEOUT_S):  # bwrap stuck before its info
                 problem = await asyncio.shield(admitting)
@@ -1745,12 +1799,47 @@ class _Pipe(asyncio.Protocol):
             self._transport.close()
 
 
+class _Writer(asyncio.Protocol):
+    """The pipe into a sandbox: whether what the host wrote waits unread past the
+    transport's high-water mark (asyncio calls pause_writing above it, resume_writing once
+    it drained to the low one), reported to the worker as it changes."""
+
+    def __init__(self) -> None:
+        self.blocked = False
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._changed: Callable[[], None] = lambda: None
+
+    def attach(self, changed: Callable[[], None]) -> None:
+        self._changed = changed
+        changed()
+
+    async def drained(self) -> None:
+        """Return once the sandbox has read what waited past the high-water mark (or the
+        pipe is gone)."""
+        await self._drained.wait()
+
+    def pause_writing(self) -> None:
+        self.blocked = True
+        self._drained.clear()
+        self._changed()
+
+    def resume_writing(self) -> None:
+        self.blocked = False
+        self._drained.set()
+        self._changed()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.resume_writing()  # nothing waits any more: the sandbox's end is closed
+
+
 @dataclass
 class SandboxPipes:
     """The host's ends of a sandbox's pipes: calls to the harness, its messages back, and
     the sandbox's real stdout and stderr (os.write, subprocesses)."""
 
     to_harness: asyncio.WriteTransport
+    writer: _Writer  # to_harness's protocol
     channel: _Pipe
     stdout: _Pipe
     stderr: _Pipe
@@ -1789,9 +1878,10 @@ async def connect_pipes(call_fd: int, event_fd: int, stdout_fd: int, stderr_fd: 
 
     channel, stdout, stderr = (await reader("channel", event_fd), await reader("stdout", stdout_fd),
                                await reader("stderr", stderr_fd))
-    writer, _ = await loop.connect_write_pipe(asyncio.Protocol,
-                                              os.fdopen(call_fd, "wb", buffering=0))
-    return SandboxPipes(writer, channel, stdout, stderr, line_limit)
+    transport, writer = await loop.connect_write_pipe(_Writer,
+                                                      os.fdopen(call_fd, "wb", buffering=0))
+    transport.set_write_buffer_limits(high=BUFFER_BYTES, low=BUFFER_BYTES // 4)
+    return SandboxPipes(transport, writer, channel, stdout, stderr, line_limit)
 
 
 def output_pipes() -> tuple[tuple[int, int], tuple[int, int]]:

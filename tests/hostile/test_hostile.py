@@ -52,6 +52,7 @@ def test_cases_are_well_formed() -> None:
         assert (HERE / case["manifest"]).is_file(), case["case"]
         steps = case.get("steps") or [{"payload": case.get("payload"), "expect": case["expect"]}]
         steps += [{"expect": e} for e in case.get("expect_on", {}).values()]
+        steps += [{"expect": case["benign_expect"]}] if "benign_expect" in case else []
         for step in steps:
             if set(step) == {"idle_s"}:
                 continue
@@ -256,6 +257,11 @@ async def run_steps(case: Case, runtime: Runtime,
     if case.checks.get("nobody_inotify"):
         measured.nobody_inotify = await asyncio.to_thread(nobody_gets_inotify)
     benign = await call(runtime, actor_id, {"mode": "benign"})
+    if "benign_expect" in case.row:  # the attack is the script's load: every call's
+        if not matches(case.fill(case.row["benign_expect"]), benign):
+            problems.append(f"the benign call after: expected {case.row['benign_expect']}, "
+                            f"got {benign.describe()}")
+        return observed, problems, measured
     assert benign.result is not None, f"the next benign call failed: {benign.error}"
     assert benign.result["return"] == {"ok": True}
     return observed, problems, measured

@@ -46,6 +46,7 @@ class Harness:
         os.close(to_harness)
         os.close(from_harness)
         self._lines = os.fdopen(self._read, "rb")
+        assert self.next() == {"type": "loading"}  # the script's load is timed from here
         assert self.next() == {"type": "ready"}
 
     def next(self) -> dict[str, Any]:

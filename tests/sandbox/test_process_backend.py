@@ -18,7 +18,12 @@ import pytest
 from sandbox_helpers import ACTORS, Recorder, actor_def, call, request
 
 from service.deps.spec import Dependencies, Package
-from service.errors import ActorFailed, ResourceLimitExceeded, SandboxUnavailable
+from service.errors import (
+    ActorFailed,
+    ResourceLimitExceeded,
+    SandboxUnavailable,
+    TimeLimitExceeded,
+)
 from service.manifest.model import ActorDef
 from service.sandbox.process import (
     HARNESS_DIR,
@@ -521,3 +526,54 @@ async def test_a_sandbox_killed_while_it_boots_answers_like_a_crash(
     assert not worker.alive
     for folder in worker.cgroup_dirs:
         assert not folder.exists()  # closed: every process of it gone, its cgroups removed
+
+
+async def test_state_replies_a_sandbox_does_not_read_are_not_buffered_without_bound(
+        scratch_dir: Path) -> None:
+    """A script that asks for big values and never reads its input: past BUFFER_BYTES of
+    replies waiting in the pipe's transport the host stops reading the sandbox, which then
+    blocks on its own writes and runs into its time limit (state budgets set far out of
+    the way, as a server may configure them)."""
+    from service.sandbox.process import BUFFER_BYTES
+    from service.settings import SandboxSettings, StateSettings
+    from service.state.context import StateContext
+    from service.state.embedded import EmbeddedStore
+    from service.state.session import StateBudget, StateSession
+
+    script = scratch_dir / "asks.py"
+    script.write_text(
+        "import os, time\n"
+        "def process(context):\n"
+        "    argv = open('/proc/self/cmdline', 'rb').read().split(b'\\0')\n"
+        "    fd = int(argv[[a.endswith(b'harness.py') for a in argv].index(True) + 2])\n"
+        "    for n in range(1, 401):\n"
+        "        os.write(fd, b'{\"type\":\"state\",\"id\":%d,' % n\n"
+        "                 + b'\"op\":\"get\",\"key\":\"big\"}\\n')\n"
+        "    time.sleep(60)\n")
+    script.chmod(0o644)
+    actor = actor_def(script, timeout_s=3)
+    settings = Settings(sandbox=SandboxSettings(tmp_mb=8),
+                        state=StateSettings(ops_per_call=10**6, bytes_per_call=10**10))
+    backend = ProcessBackend(settings)
+    store = EmbeddedStore(0)
+    context = StateContext("default", actor.id)
+    await store.set(context.prefix + "big", '"' + "v" * 100_000 + '"')  # each reply ~100 KB
+    session = StateSession(store, context, StateBudget(10**6, 10**10))
+    worker = await backend.start_worker(actor)
+    most = 0
+
+    async def watch() -> None:
+        nonlocal most
+        while True:
+            most = max(most, worker._to_harness.get_write_buffer_size())
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        with pytest.raises(TimeLimitExceeded):
+            await worker.call(dataclasses.replace(request(), state_ops=session), Recorder())
+    finally:
+        watcher.cancel()
+        await worker.close()
+        await backend.aclose()
+    assert 0 < most <= BUFFER_BYTES + 200_000, most  # one reply past the mark, at most

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import math
 from typing import Any
@@ -121,7 +122,6 @@ def test_harness_lines_keep_their_meaning() -> None:
     line = encode_line(message)
     assert line.endswith(b"\n") and line.isascii()
     assert typed(json.loads(line)) == typed(message)
-    assert typed(decode_line(b'{"type":"output","data":NaN}'))[1][1] == ("float", "nan")
     assert decode_line(b'{"n":123456789012345678901234567890}') == {
         "n": 123456789012345678901234567890}
     with pytest.raises(ValueError):
@@ -142,3 +142,49 @@ async def test_frames_keep_their_numbers_and_refusals() -> None:
                   '{"jsonrpc":"2.0","method":"nope","id":NaN}'):
         assert json.loads(await dispatcher.handle_frame(frame, connection) or "")["error"][
             "code"] == -32700
+
+
+@pytest.mark.parametrize("line", [
+    b'{"type":"output","port":"output","data":NaN}', b'{"data":Infinity}', b'[-Infinity]',
+    b'{"data":1e400}', b'{"data":-1E309}', b'[1.5e99999]',
+    # the reference's paths: a long digit run, more brackets than orjson is given
+    b'{"n":123456789012345678901234567890,"data":NaN}', b'[1e400,"1234567890123456789012"]',
+    b"[" * 600 + b"1e400" + b"]" * 600, b"[" * 600 + b"NaN" + b"]" * 600,
+])
+def test_harness_lines_refuse_non_finite_numbers(line: bytes) -> None:
+    """No harness writes them and the wire cannot carry them: not JSON for this protocol."""
+    with pytest.raises(ValueError):
+        decode_line(line)
+    with pytest.raises(ValueError):
+        decode_line(line.decode())
+
+
+@pytest.mark.parametrize(("line", "value"), [
+    (b'[1.7976931348623157e308,-1.7976931348623157e308]', [1.7976931348623157e308,
+                                                           -1.7976931348623157e308]),
+    (b'[1e-400, -0.0, 5e-324]', [0.0, -0.0, 5e-324]),  # underflow is a finite number
+    (b'{"n":' + b"9" * 400 + b"}", {"n": int("9" * 400)}),  # an integer is exact: kept
+    (b'{"s":"NaN Infinity 1e400"}', {"s": "NaN Infinity 1e400"}),
+])
+def test_harness_lines_keep_finite_numbers(line: bytes, value: Any) -> None:
+    assert typed(decode_line(line)) == typed(value)
+    deep = decode_line(b"[" * 520 + b"1.5" + b"]" * 520)  # read by the reference
+    for _ in range(520):
+        (deep,) = deep
+    assert deep == 1.5
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(PIECES, max_size=12))
+def test_harness_lines_are_read_as_the_strict_reference_reads_them(pieces: list[str]) -> None:
+    def refuse(name: str) -> Any:
+        raise ValueError(name)
+
+    def finite(text: str) -> float:
+        if not math.isfinite(value := float(text)):
+            raise ValueError(text)
+        return value
+
+    text = "".join(pieces)
+    reference = functools.partial(json.loads, parse_constant=refuse, parse_float=finite)
+    assert outcome(decode_line, text) == outcome(reference, text)

@@ -3,7 +3,9 @@
 //
 //     node harness.js IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns] [--self-reset]
 //
-// Loads SCRIPT once, says {"type": "ready"} on OUT_FD, then serves calls read from IN_FD,
+// Says {"type": "loading"} on OUT_FD just before the script's own code runs (the host times
+// the script's load from there, against the actor's timeout_s), loads SCRIPT once, says
+// {"type": "ready"}, then serves calls read from IN_FD,
 // one JSON object per line each way (the protocol of service/sandbox/base.py).
 // {"type": "reset"} wipes /tmp (and, with --own-pidns, kills every other process of the
 // sandbox's pid namespace) and answers "ready". With --self-reset it does the same by itself
@@ -26,6 +28,7 @@ const ERRNO_DISK = new Set(['ENOSPC', 'EFBIG', 'EDQUOT']);
 const PARTIAL_LINE_MAX = 65536; // an unterminated write longer than this is sent as it stands
 const TMP = '/tmp';
 const READY = '{"type":"ready"}\n';
+const LOADING = '{"type":"loading"}\n';
 const IDENTIFIER = /^[A-Za-z_$][\w$]*$/;
 
 function encode(message) {
@@ -428,6 +431,7 @@ class Harness {
   }
 
   async load(entrypoint) {
+    this.channel.sendLine(LOADING); // what runs from here on is the script's: its time limit
     try {
       this.entry = await loadEntry(this.script, entrypoint);
     } catch (err) {

@@ -3,7 +3,9 @@
     python3 -I -B -u harness.py IN_FD OUT_FD SCRIPT ENTRYPOINT [--own-pidns] [--self-reset]
                                 [--path=DIR]...
 
-It loads SCRIPT once, says ``{"type": "ready"}`` on OUT_FD, then serves calls read from
+It says ``{"type": "loading"}`` on OUT_FD just before the script's own code runs (the
+host times the script's load from there, against the actor's timeout_s), loads SCRIPT
+once, says ``{"type": "ready"}``, then serves calls read from
 IN_FD, one JSON object per line each way (the protocol of ``service/sandbox/base.py``).
 ``{"type": "reset"}`` wipes /tmp (and, with ``--own-pidns``, kills every other process of
 the sandbox's pid namespace) and answers ``ready``. With ``--self-reset`` it does the same
@@ -34,6 +36,7 @@ ERRNO_AGAIN = 11  # fork() or clone() refused: the pids limit
 PARTIAL_LINE_MAX = 65_536  # an unterminated print longer than this is sent as it stands
 TMP = "/tmp"
 READY = b'{"type":"ready"}\n'
+LOADING = b'{"type":"loading"}\n'
 
 
 # JSON through the C accelerator the json package itself uses: `import json` pulls in re,
@@ -597,6 +600,7 @@ class Harness:
         builtins.actor = actor  # type: ignore[attr-defined]
         self.entry: Callable[..., Any] | None = None
         self.load_error: dict[str, Any] | None = None
+        channel.send_bytes(LOADING)  # what runs from here on is the script's: its time limit
         try:
             self.entry = load_entry(script, entrypoint)
         except BaseException as exc:  # reported to every call instead of killing the worker
