@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import math
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -119,7 +118,7 @@ class Dispatcher:
         self._limits = limits or ConnectionSettings()
         # The reference parser of frames (service/jsonfast.py: orjson where it agrees)
         self._decode = json.JSONDecoder(parse_constant=_reject_constant,
-                                        parse_float=_finite_float, parse_int=_bounded_int).decode
+                                        parse_float=_finite_float).decode
 
     def register(
         self,
@@ -154,8 +153,6 @@ class Dispatcher:
         try:
             text = frame.decode("utf-8") if isinstance(frame, bytes) else frame
             message = jsonfast.loads(text, self._decode)
-        except Unreadable as exc:  # JSON, but not a value this server holds: say why
-            return encode(_error_response(None, ParseError(data={"reason": str(exc)})))
         except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
             return encode(_error_response(None, ParseError()))
         budget = _ResponseBudget(self._limits.max_response_bytes)
@@ -308,31 +305,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-class Unreadable(ValueError):
-    """Valid JSON holding a number this server does not take (the frame is refused -32700,
-    with the reason in ``data``)."""
-
-
 def _finite_float(text: str) -> float:
     """A JSON number as a float. One beyond a double's range (1e400) would become inf,
     which cannot be sent back (not even as the id of an error), so the frame is refused."""
     value = float(text)
     if not math.isfinite(value):
-        raise Unreadable(f"the number {_short(text)} is beyond the range of a double")
+        raise ValueError(f"{text} is beyond the range of a double")
     return value
-
-
-def _bounded_int(text: str) -> int:
-    """A JSON integer; Python reads at most sys.get_int_max_str_digits() digits."""
-    try:
-        return int(text)
-    except ValueError:
-        raise Unreadable(f"an integer of {len(text.lstrip('-'))} digits is longer than the "
-                         f"{sys.get_int_max_str_digits()} this server reads") from None
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= 40 else f"{text[:20]}...{text[-10:]}"
 
 
 def _result_response(request_id: Any, result: Any) -> dict[str, Any]:
