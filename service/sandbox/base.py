@@ -75,6 +75,7 @@ from service.errors import ActorFailed, ResourceLimitExceeded, SandboxUnavailabl
 from service.manifest.model import ActorDef
 from service.settings import StateSettings
 
+MIB = 1 << 20
 DEPS_MOUNTS = {"python": ("lib", "/deps"), "javascript": ("node_modules", "/node_modules")}
 
 
@@ -269,15 +270,48 @@ def log_size(actor_id: str, stream: str, message: str) -> int:
     return notification_size("log", actor_id, body)
 
 
+# What one JSON value takes in the server once decoded, besides its text, about: an empty
+# dict is 64 bytes of Python for 2 of JSON, a small one ~180, a float 24, a list slot 8.
+VALUE_BYTES = 64
+
+
+def decoded_size(line: bytes) -> int:
+    """About what the JSON text ``line`` takes once decoded: its bytes, and VALUE_BYTES for
+    every value in it (each but the first follows a comma or opens a container)."""
+    return len(line) + VALUE_BYTES * (len(line) - len(line.translate(None, b",[{")) + 1)
+
+
 class OutputBudget:
     """What a call may still send back (outputs, logs, return, state): limits.output_bytes,
-    and at most ``max_notifications`` output/log notifications."""
+    and at most ``max_notifications`` output/log notifications.
 
-    def __init__(self, limit: int, max_notifications: int | None = None) -> None:
+    The server holds a call's outputs and its result decoded until it answers (the
+    response lists them all), and decoding multiplies JSON's size: ``[{}, {}, ...]`` takes
+    ~25 times its bytes. So what the decoded values would take (``decoded_size``) is held
+    to ``hold_limit``, the actor's own memory: a script building them itself would have
+    needed as much. A line that would go past it is refused before it is decoded.
+    """
+
+    def __init__(self, limit: int, max_notifications: int | None = None,
+                 hold_limit: int | None = None) -> None:
         self.limit = limit
         self.used = 0
         self.max_notifications = max_notifications
         self.notifications = 0
+        self.hold_limit = hold_limit
+        self.held = 0
+
+    def fits(self, line: bytes) -> int:
+        """What decoding ``line`` would take; ResourceLimitExceeded (memory) when that, with
+        what is held already, is over ``hold_limit``. Nothing is held yet (see hold)."""
+        size = decoded_size(line)
+        if self.hold_limit is not None and self.held + size > self.hold_limit:
+            raise ResourceLimitExceeded("memory", self.hold_limit // MIB)
+        return size
+
+    def hold(self, size: int) -> None:
+        """Keep ``size`` (from fits) until the call ends: a decoded output or result."""
+        self.held += size
 
     def spend(self, size: int) -> None:
         self.used += size

@@ -51,6 +51,7 @@ from service.errors import (
 )
 from service.manifest.model import ActorDef
 from service.sandbox.base import (
+    MIB,
     Availability,
     CallOutcome,
     CallRequest,
@@ -758,7 +759,8 @@ class MicroVMWorker:
         self._fence, self._fences_seen = secrets.token_hex(16), 0
         self._state_requests = StateRequests(request, self._state_limits)
         await self._guest.send(call_line(request, self._fence))
-        budget = OutputBudget(self.actor.limits.output_bytes)
+        budget = OutputBudget(self.actor.limits.output_bytes,
+                              hold_limit=self.actor.limits.memory_mb * MIB)
         reply = await self._read_reply(budget, on_event)
         await self._drain_fences(budget, on_event)
         if reply["type"] == "result":
@@ -780,7 +782,7 @@ class MicroVMWorker:
             async with asyncio.timeout(_FENCE_GRACE_S):
                 while self._fences_seen < 2:
                     stream, line = await self._next_line(budget)
-                    stray = await self._route(stream, line, on_event)
+                    stray = await self._route(stream, line, on_event, budget)
                     if stray is not None:
                         log.warning("microVM %s: protocol line after the reply: %s",
                                     self._guest.name, stray.get("type"))
@@ -789,13 +791,15 @@ class MicroVMWorker:
         """Forward outputs and logs until a result, error or ready message; return it."""
         while True:
             stream, line = await self._next_line(budget)
-            reply = await self._route(stream, line, on_event)
+            reply = await self._route(stream, line, on_event, budget)
             if reply is not None:
                 return reply
 
-    async def _route(self, stream: str, line: str, on_event: EventSink) -> dict[str, Any] | None:
+    async def _route(self, stream: str, line: str, on_event: EventSink,
+                     budget: OutputBudget) -> dict[str, Any] | None:
         """Forward one line as an event; a reply (result, error, ready, loading) is returned
-        instead."""
+        instead. A line whose decoded values would be more than the call may have the server
+        hold is refused before it is decoded (OutputBudget.fits)."""
         if stream == "stderr":
             if self._fence and line == self._fence:
                 self._fences_seen += 1
@@ -803,7 +807,10 @@ class MicroVMWorker:
             self._stderr_tail.append(line)
             await on_event(LogEvent("stderr", line))
             return None
+        size = budget.fits(line.encode("utf-8", "surrogatepass"))
         message = _protocol_message(line)
+        if message is not None and message["type"] in ("output", "result"):
+            budget.hold(size)
         if message is None:  # only the harness writes fd 3: anything else is an attack
             raise ActorFailed("ProtocolError", f"the harness sent garbage: {line[:200]!r}")
         if message["type"] in ("result", "error", "ready", "loading"):

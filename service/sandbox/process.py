@@ -696,7 +696,7 @@ def _clamped(rlimits: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
 class _Item:
     """Something that came out of the sandbox: a message, a raw line, a fence, an end."""
 
-    kind: str  # message | line | closed | garbage | overflow | eof
+    kind: str  # message | line | closed | garbage | overflow | refused | eof
     stream: str = ""
     value: Any = None
     size: int = 0  # bytes it took on the wire from the sandbox
@@ -765,6 +765,7 @@ class ProcessWorker:
         self._idle_check: asyncio.TimerHandle | None = None
         self._lingering = False  # the last result said threads or timers still run
         self._state_requests: StateRequests | None = None  # the running call's state operations
+        self._budget: OutputBudget | None = None  # the running call's
         self._loading = False  # the harness said it is loading the script (boot only)
         self._pidfd = _pidfd(process.pid)
         self.on_closed: Callable[[ProcessWorker], None] = lambda worker: None
@@ -1110,14 +1111,19 @@ class ProcessWorker:
         # Up to max_message_bytes: what the pipe does not take waits in the transport, and
         # past BUFFER_BYTES the pipes out are not read until the harness has read it (_flow).
         self._to_harness.write(call_line(request, ""))  # no fences: see _forward_raw_output
-        budget = OutputBudget(self.actor.limits.output_bytes, self._max_notifications)
-        outcome: CallOutcome | None = None
-        while outcome is None:
-            item = await self._get()
-            if self._closed:
-                raise ActorFailed("SandboxCrashed", "the worker was closed during the call")
-            outcome = await self._handle(item, on_event, budget, baseline)
-        await self._forward_raw_output(on_event, budget, baseline)
+        budget = OutputBudget(self.actor.limits.output_bytes, self._max_notifications,
+                              hold_limit=self.actor.limits.memory_mb * MIB)
+        self._budget = budget  # lines are held to it as they are read (_line_item)
+        try:
+            outcome: CallOutcome | None = None
+            while outcome is None:
+                item = await self._get()
+                if self._closed:
+                    raise ActorFailed("SandboxCrashed", "the worker was closed during the call")
+                outcome = await self._handle(item, on_event, budget, baseline)
+            await self._forward_raw_output(on_event, budget, baseline)
+        finally:
+            self._budget = None
         return outcome
 
     async def _forward_raw_output(self, on_event: EventSink, budget: OutputBudget,
@@ -1149,6 +1155,8 @@ class ProcessWorker:
             return await self._message(item, on_event, budget, baseline)
         elif item.kind == "overflow":
             raise ResourceLimitExceeded("output", self.actor.limits.output_bytes)
+        elif item.kind == "refused":  # its decoded values would be more than the server holds
+            raise item.value
         elif item.kind == "garbage":
             raise ActorFailed("ProtocolError", f"the harness sent garbage: {item.value!r}")
         elif item.kind == "eof":
@@ -1355,7 +1363,7 @@ class ProcessWorker:
         while (end := buffer.find(b"\n", max(start, unscanned))) >= 0:
             if end + 1 - start > self._line_limit:
                 break
-            self._enqueue(_message_item(bytes(buffer[start:end + 1])))
+            self._enqueue(self._line_item(bytes(buffer[start:end + 1])))
             start = end + 1
         del buffer[:start]
         if len(buffer) > self._line_limit:  # a line past any output limit: stop reading it
@@ -1363,6 +1371,22 @@ class ProcessWorker:
             self._channel_buffer = bytearray()
             self._pipes.channel.stop()
             self._enqueue(_Item("overflow"))
+
+    def _line_item(self, line: bytes) -> _Item:
+        """The item of one channel line. During a call, a line whose decoded values would
+        take the call past what the server holds of them (OutputBudget.fits) is refused
+        before it is decoded; a decoded output or result is held until the call ends."""
+        budget = self._budget
+        if budget is None:
+            return _message_item(line)
+        try:
+            size = budget.fits(line)
+        except ResourceLimitExceeded as exc:
+            return _Item("refused", value=exc, size=len(line))
+        item = _message_item(line)
+        if item.kind == "message" and item.value.get("type") in ("output", "result"):
+            budget.hold(size)
+        return item
 
     def _stream_data(self, stream: str, data: bytes) -> None:
         lines = (self._partial[stream] + data).split(b"\n")

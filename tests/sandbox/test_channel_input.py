@@ -21,7 +21,7 @@ from sandbox_helpers import Recorder, actor_def, call, request
 
 from service.errors import ActorFailed, ResourceLimitExceeded, TimeLimitExceeded
 from service.manifest.model import ActorDef, PoolSpec
-from service.sandbox.base import Backend, CallRequest, Worker
+from service.sandbox.base import VALUE_BYTES, Backend, CallRequest, Worker, decoded_size
 from service.sandbox.pool import ActorPool
 from service.settings import StateSettings
 from service.state.context import StateContext
@@ -94,6 +94,34 @@ async def test_a_forged_non_finite_number_is_a_protocol_error(
     assert caught.value.data["type"] == "ProtocolError"
     assert sink.outputs == []  # nothing of it reached the caller
     assert not worker.alive
+
+
+# --- what decoded values take --------------------------------------------------------------
+
+
+async def test_an_output_that_decodes_to_more_than_memory_mb_is_refused_unread(
+        start: Start, scratch_dir: Path) -> None:
+    """[{}] * N: 3 bytes of JSON each, a 64-byte dict each once decoded, held by the server
+    until the call answers. What that takes is charged to the actor's memory_mb."""
+    actor = _script(scratch_dir, "amplified.py", """
+        async def process(context):
+            await context.send_output("output", [{}] * context.get_input("n"))
+            return {"returned": True}
+    """, memory_mb=64, output_bytes=8 << 20)
+    worker = await start(actor)
+    _, sink = await call(worker, {"n": 10_000})  # 0.7 MB decoded: fine
+    assert len(sink.outputs[0][1]) == 10_000
+    sink = Recorder()
+    with pytest.raises(ResourceLimitExceeded) as caught:
+        await worker.call(request({"n": 1_200_000}), sink)  # ~150 MB decoded
+    assert caught.value.data == {"resource": "memory", "limit": 64}
+    assert sink.outputs == []
+
+
+def test_decoded_size_counts_every_value() -> None:
+    assert decoded_size(b"1") == 1 + VALUE_BYTES
+    assert decoded_size(b"[{},{},{}]") == 10 + 7 * VALUE_BYTES  # six of "[{," and one
+    assert decoded_size(b'"a,b"') == 5 + 2 * VALUE_BYTES  # a comma in a string: counted too
 
 
 # --- a forged error ----------------------------------------------------------------------
