@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from service.cluster.messages import Malformed, Offer, parse_event, parse_registration
 from service.cluster.metrics import ClusterGauges, ClusterMetrics
 from service.cluster.streams import (
     BACKEND,
@@ -36,12 +37,19 @@ from service.cluster.streams import (
     Keys,
     broker_unavailable,
     connect,
-    decode,
     encode,
+    error_message,
     remote_error,
+    supervised,
 )
 from service.cluster.worker import CONTROL_MAXLEN, new_id
-from service.errors import ActorNotFound, Busy, InvalidParams, SandboxUnavailable
+from service.errors import (
+    ActorNotFound,
+    Busy,
+    InternalError,
+    InvalidParams,
+    SandboxUnavailable,
+)
 from service.manifest.model import Port
 from service.manifest.schemas import dialect_of
 from service.manifest.validation import SchemaValidator
@@ -87,6 +95,7 @@ class _Pending:
     next_seq: int = 0
     attempt: int = 1
     dispatched: bool = False
+    entry_id: str | None = None  # its entry in calls:<actor> (the latest, after a retry)
 
 
 @dataclass
@@ -120,21 +129,26 @@ class ClusterFront:
         self._durations_ms: dict[str, deque[float]] = {}
         self._random = random.Random()
         self._last_read = "0-0"
-        self._loops: set[asyncio.Task[None]] = set()
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._skipped: dict[str, str] = {}  # worker id -> why its registration is not used
 
     def gauges(self) -> ClusterGauges:
         return ClusterGauges(self.broker_up, self.live_workers, dict(self._backlog))
 
+    def stopped_loops(self) -> list[str]:
+        """The background loops that ended (none should, before ``aclose``)."""
+        return sorted(name for name, task in self._loops.items() if task.done())
+
     async def start(self) -> None:
         """Start reading events and the cluster's view; returns at once."""
-        for loop in (self._read_loop(), self._view_loop()):
-            self._loops.add(asyncio.create_task(loop))
+        for name, loop in (("events", self._read_loop()), ("view", self._view_loop())):
+            self._loops[name] = supervised(name, loop)
         log.info("cluster front %s started", self.id)
 
     async def aclose(self) -> None:
-        for task in self._loops:
+        for task in self._loops.values():
             task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.gather(*self._loops.values(), return_exceptions=True)
         try:
             await self.redis.delete(self.events_key)
         except BROKER_ERRORS as exc:
@@ -177,11 +191,14 @@ class ClusterFront:
                 "timestamp": int(time.time() * 1000) if timestamp is None else timestamp})
             result = await asyncio.wait_for(self._follow(call, emit), self._deadline_s(actor))
         except TimeoutError:
+            await self._give_up(call)
             raise SandboxUnavailable(BACKEND, "no worker answered in time") from None
+        except OutputsLost:
+            await self._give_up(call)
+            raise
         except asyncio.CancelledError:
             if call.dispatched:  # cancel or a closed connection: stop the worker too
-                await asyncio.shield(self._broadcast({"op": "cancel",
-                                                      "call_id": call.call_id}))
+                await asyncio.shield(self._give_up(call))
             raise
         finally:
             del self._calls[call.call_id]
@@ -246,6 +263,17 @@ class ClusterFront:
             self._broker_lost(exc)
             raise broker_unavailable() from None
 
+    async def _give_up(self, call: _Pending) -> None:
+        """No worker may start the call from now on: delete its entry (a worker that took
+        it already keeps it in its own memory only) and broadcast ``cancel`` (the worker
+        running it, or about to, drops it)."""
+        if call.entry_id is not None:
+            try:
+                await self.redis.xdel(self.keys.calls(call.actor_id), call.entry_id)
+            except BROKER_ERRORS as exc:
+                self._broker_lost(exc)
+        await self._broadcast({"op": "cancel", "call_id": call.call_id})
+
     async def _send(self, actor: RemoteActor, call: _Pending, params: dict[str, Any]) -> None:
         message = {"call_id": call.call_id, "front": self.id, "attempt": 1,
                    "actor_id": actor.id, **params}
@@ -257,6 +285,7 @@ class ClusterFront:
         if added is None:
             self._count("refused", actor.id)
             raise Busy(self._retry_after_ms(actor))
+        call.entry_id = str(added)
         self._count("dispatched", actor.id)
 
     async def _follow(self, call: _Pending, emit: Emit | None) -> dict[str, Any]:
@@ -266,28 +295,36 @@ class ClusterFront:
             kind = event.get("kind")
             if kind == "result":
                 result: dict[str, Any] = event["result"]
+                if emit is not None and len(result["emitted"]) > call.next_seq:
+                    raise OutputsLost(f"outputs were lost: the call emitted "
+                                      f"{len(result['emitted'])}, {call.next_seq} arrived")
                 return result
             if kind == "error":
                 raise remote_error(event["error"])
             if kind == "lost":
                 raise broker_unavailable()
             if kind == "retry":
-                call.attempt = max(call.attempt, int(event.get("attempt", 1)))
+                call.attempt = max(call.attempt, event["attempt"])
+                if isinstance(event.get("entry"), str):
+                    call.entry_id = event["entry"]
                 self._count("retried", call.actor_id)
             elif kind in ("output", "log") and emit is not None:
                 await self._forward(call, event, emit)
 
     @staticmethod
     async def _forward(call: _Pending, event: dict[str, Any], emit: Emit) -> None:
-        params = event.get("params")
-        if not isinstance(params, dict):
-            return
+        params = event["params"]
         if event["kind"] == "output":
-            seq = params.get("seq")
-            if not isinstance(seq, int) or seq < call.next_seq:
+            seq = params["seq"]
+            if seq < call.next_seq:
                 return  # sent already, by an earlier attempt
+            if seq > call.next_seq:
+                # Each run sends its outputs in order and never drops one, so a gap means
+                # some were lost on the way: the caller must not get a success without them.
+                raise OutputsLost(f"outputs were lost: seq {seq} came after "
+                                  f"{call.next_seq - 1}")
             call.next_seq = seq + 1
-        elif int(event.get("attempt", 1)) < call.attempt:
+        elif event["attempt"] < call.attempt:
             return  # the log of an attempt given up on
         await emit(str(event["kind"]), params)
 
@@ -329,10 +366,14 @@ class ClusterFront:
                 self._broker_lost(exc)
                 await backoff.wait()
                 continue
+            except Exception:  # one bad round must not stop the reading for good
+                log.exception("cluster front %s: reading events failed; going on", self.id)
+                await backoff.wait()
+                continue
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:
                     self._last_read = entry_id
-                    self._route(decode(fields) or {})
+                    self._route(entry_id, fields)
 
     async def _connect(self) -> None:
         """(Re)create this front's stream and read the cluster's view, then serve."""
@@ -363,17 +404,36 @@ class ClusterFront:
         for wait in self._loads.values():
             wait.done.set()
 
-    def _route(self, event: dict[str, Any]) -> None:
-        if event.get("kind") == "load":
-            wait = self._loads.get(str(event.get("token")))
+    def _route(self, entry_id: str, fields: Any) -> None:
+        try:
+            event = parse_event(fields)
+        except Malformed as exc:
+            self._malformed_event(entry_id, fields, exc)
+            return
+        if event["kind"] == "load":
+            wait = self._loads.get(event["token"])
             if wait is not None:
                 wait.replies.append(event)
                 if wait.expected <= {r.get("worker_id") for r in wait.replies}:
                     wait.done.set()
             return
-        call = self._calls.get(str(event.get("call_id")))
+        call = self._calls.get(event["call_id"])
         if call is not None:  # else: a late event of a finished call
             call.events.put_nowait(event)
+
+    def _malformed_event(self, entry_id: str, fields: Any, exc: Malformed) -> None:
+        """Drop an event this front cannot use; the call it names (if any) fails."""
+        if "hello" in (fields or {}):
+            return  # the marker this front adds when it creates its stream
+        log.warning("dropping malformed entry %s of %s: %s", entry_id, self.events_key,
+                    exc.reason)
+        if self.metrics is not None:
+            self.metrics.malformed("event")
+        call = self._calls.get(exc.reply_to[1]) if exc.reply_to is not None else None
+        if call is not None:
+            error = InternalError(f"Internal error: an event of the call is malformed "
+                                  f"({exc.reason})")
+            call.events.put_nowait({"kind": "error", "error": error_message(error)})
 
     # --- the view of the cluster ------------------------------------------------------
 
@@ -383,26 +443,23 @@ class ClusterFront:
             if not self.broker_up:
                 continue
             try:
-                await self._refresh_view()
                 await self._touch_events()
                 await self.redis.xtrim(self.events_key, minid=self._last_read, approximate=True)
+                await self._refresh_view()
             except BROKER_ERRORS as exc:
                 self._broker_lost(exc)
+            except Exception:  # one bad round must not freeze the view for good
+                log.exception("cluster front %s: refreshing the view failed; going on",
+                              self.id)
 
-    async def _live_registrations(self) -> dict[str, dict[str, Any]]:
-        """worker id -> registration, for every worker whose heartbeat is current."""
+    async def _live_registrations(self) -> dict[str, str]:
+        """worker id -> registration (JSON), for every worker whose heartbeat is current."""
         ids: list[str] = await self.redis.zrange(self.keys.workers, 0, -1)
         values = await self.redis.mget([self.keys.worker(i) for i in ids]) if ids else []
         dead = [i for i, v in zip(ids, values, strict=True) if v is None]
         if dead:
             await self.redis.zrem(self.keys.workers, *dead)
-        live = {}
-        for worker_id, value in zip(ids, values, strict=True):
-            try:
-                live[worker_id] = json.loads(value) if value is not None else None
-            except ValueError:
-                continue
-        return {k: v for k, v in live.items() if isinstance(v, dict)}
+        return {i: v for i, v in zip(ids, values, strict=True) if isinstance(v, str)}
 
     async def _refresh_view(self) -> None:
         workers = await self._live_registrations()
@@ -412,25 +469,39 @@ class ClusterFront:
             # whose groups read from the start) rather than answering "Actor not found".
             return
         actors: dict[str, RemoteActor] = {}
+        used = 0
         for worker_id in sorted(workers):
-            served = workers[worker_id].get("actors")
-            for actor_id, entry in (served or {}).items():
-                actors[actor_id] = self._serving(actors.get(actor_id), entry)
+            served = self._usable(worker_id, workers[worker_id])
+            if served is None:
+                continue
+            used += 1
+            for actor_id, (remote, offer) in served.items():
+                actors[actor_id] = _serving(actors.get(actor_id) or remote, offer)
+        self._skipped = {k: v for k, v in self._skipped.items() if k in workers}
         pipe = self.redis.pipeline(transaction=False)
         for actor_id in actors:
             pipe.xlen(self.keys.calls(actor_id))
         lengths = await pipe.execute() if actors else []
         self._actors = actors
         self._backlog = dict(zip(actors, lengths, strict=True))
-        self.live_workers = len(workers)
+        self.live_workers = used
 
-    def _serving(self, actor: RemoteActor | None, entry: dict[str, Any]) -> RemoteActor:
-        """``actor`` with one more live worker serving it (as ``entry`` describes)."""
-        if actor is None:
-            actor = self._remote_actor(entry["descriptor"])
-        max_workers, max_queue = int(entry["max_workers"]), int(entry["max_queue"])
-        return RemoteActor(actor.id, actor.inports, actor.descriptor_json, actor.workers + 1,
-                           actor.capacity + max_workers, actor.limit + max_workers + max_queue)
+    def _usable(self, worker_id: str,
+                value: str) -> dict[str, tuple[RemoteActor, Offer]] | None:
+        """A registration's actors, compiled; None (and a warning, once) when it cannot be
+        used: the other workers are still served."""
+        try:
+            registration = parse_registration(worker_id, value)
+            return {actor_id: (self._remote_actor(offer.descriptor), offer)
+                    for actor_id, offer in registration.actors.items()}
+        except Exception as exc:  # Malformed, or a schema this front cannot compile
+            reason = str(exc) or type(exc).__name__
+            if self._skipped.get(worker_id) != reason:
+                self._skipped[worker_id] = reason
+                log.warning("ignoring the registration of worker %s: %s", worker_id, reason)
+                if self.metrics is not None:
+                    self.metrics.malformed("registration")
+            return None
 
     def _remote_actor(self, descriptor: dict[str, Any]) -> RemoteActor:
         inports = descriptor.get("inports", {})
@@ -443,6 +514,20 @@ class ClusterFront:
     def _count(self, what: str, actor_id: str) -> None:
         if self.metrics is not None:
             getattr(self.metrics, what)(actor_id)
+
+
+class OutputsLost(SandboxUnavailable):
+    """Outputs of a call did not all reach this front: the call fails (-32009)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(BACKEND, reason)
+
+
+def _serving(actor: RemoteActor, offer: Offer) -> RemoteActor:
+    """``actor`` with one more live worker serving it (as ``offer`` describes)."""
+    return RemoteActor(actor.id, actor.inports, actor.descriptor_json, actor.workers + 1,
+                       actor.capacity + offer.max_workers,
+                       actor.limit + offer.max_workers + offer.max_queue)
 
 
 def _port(name: str, spec: dict[str, Any], settings: Settings) -> Port:

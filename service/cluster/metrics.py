@@ -66,6 +66,9 @@ class ClusterMetrics:
         self._exhausted = Counter("service_cluster_exhausted",
                                   "Calls failed with -32009 after max_attempts runs.", labels,
                                   registry=registry)
+        self._malformed = Counter("service_cluster_malformed",
+                                  "Entries read from Redis that were malformed and dropped.",
+                                  ["role", "kind"], registry=registry)
         registry.register(_GaugeCollector(role, gauges))
 
     def dispatched(self, actor: str) -> None:
@@ -85,3 +88,7 @@ class ClusterMetrics:
 
     def exhausted(self, actor: str) -> None:
         self._exhausted.labels(self.role, actor).inc()
+
+    def malformed(self, kind: str) -> None:
+        """``kind``: call, event, control or registration."""
+        self._malformed.labels(self.role, kind).inc()

@@ -47,16 +47,20 @@ class ClusterNode:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(serving?, the /healthz body): a node without Redis is not serving."""
-        up = all(r.broker_up for r in (self.front, self.worker) if r is not None)
-        body: dict[str, Any] = {"status": "ok" if up else "unavailable", "role": self.role,
-                                "broker": "up" if up else "unavailable"}
+        roles = [r for r in (self.front, self.worker) if r is not None]
+        up = all(r.broker_up for r in roles)
+        stopped = [name for r in roles for name in r.stopped_loops()]
+        body: dict[str, Any] = {"status": "ok" if up and not stopped else "unavailable",
+                                "role": self.role, "broker": "up" if up else "unavailable"}
+        if stopped:  # a loop that ended (it should not) leaves this node unable to serve
+            body["stopped_loops"] = stopped
         if self.front is not None:
             body["live_workers"] = self.front.live_workers
             body["actors"] = self.front.actor_count
         if self.worker is not None:
             body["worker_id"] = self.worker.id
             body["actors_served"] = len(self.worker.runtime.actors())
-        return up, body
+        return up and not stopped, body
 
 
 def needs_runtime(settings: Settings) -> bool:

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,8 @@ from redis.backoff import NoBackoff
 
 from service.errors import RpcError, SandboxUnavailable
 from service.settings import ClusterSettings
+
+log = logging.getLogger(__name__)
 
 GROUP = "workers"
 FIELD = "m"
@@ -51,6 +55,19 @@ RedisClient = Any
 DISPATCH_LUA = """
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
 return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', ARGV[3], ARGV[4])
+"""
+
+# Queue an abandoned call again and tell its front the new entry's id (so that the front
+# can still delete it when it gives up), acking and deleting the old entry: one atomic
+# step. ARGV[4] is the retry event, whose first "ENTRY" placeholder becomes the new id;
+# a front stream gone or of another type must not stop the rest (pcall).
+REQUEUE_LUA = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', ARGV[2], ARGV[3])
+local event = string.gsub(ARGV[5], 'ENTRY', id, 1)
+redis.pcall('XADD', KEYS[2], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[1], '*', ARGV[2], event)
+redis.call('XACK', KEYS[1], ARGV[4], ARGV[6])
+redis.call('XDEL', KEYS[1], ARGV[6])
+return id
 """
 
 
@@ -97,15 +114,6 @@ def connect(settings: ClusterSettings, blocking: bool = False) -> RedisClient:
 def encode(message: dict[str, Any]) -> dict[str, str]:
     """The fields of a stream entry holding ``message``."""
     return {FIELD: json.dumps(message, separators=(",", ":"), allow_nan=False)}
-
-
-def decode(fields: dict[str, str]) -> dict[str, Any] | None:
-    """The message of a stream entry; None for an entry this code did not write."""
-    try:
-        message = json.loads(fields[FIELD])
-    except (KeyError, ValueError, TypeError):
-        return None
-    return message if isinstance(message, dict) else None
 
 
 def error_message(exc: RpcError) -> dict[str, Any]:
@@ -168,3 +176,21 @@ async def ensure_group(client: RedisClient, stream: str) -> None:
     except redis_errors.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+def supervised(name: str, coro: Coroutine[Any, Any, None],
+               forever: bool = True) -> asyncio.Task[None]:
+    """A task for a background loop (``forever``) or job, whose end by an exception is
+    logged at once (not when the task is collected) and never silent."""
+    def ended(task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("cluster %s stopped by an error", name, exc_info=exc)
+        elif forever:
+            log.error("cluster loop %s ended", name)
+
+    task = asyncio.create_task(coro)
+    task.add_done_callback(ended)
+    return task

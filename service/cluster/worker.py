@@ -29,19 +29,22 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
+from service.cluster.messages import Call, Malformed, parse_call, parse_control
 from service.cluster.metrics import ClusterGauges, ClusterMetrics
 from service.cluster.streams import (
     BACKEND,
     BLOCK_MS,
     BROKER_ERRORS,
+    FIELD,
     GROUP,
+    REQUEUE_LUA,
     Backoff,
     Keys,
     connect,
-    decode,
     encode,
     ensure_group,
     error_message,
+    supervised,
 )
 from service.errors import InternalError, RpcError, SandboxUnavailable
 from service.manifest.model import ActorDef
@@ -64,18 +67,20 @@ def new_id(role: str) -> str:
 class _Job:
     """One call running here."""
 
-    message: dict[str, Any]
+    call: Call
     stream: str
     entry_id: str
+    deadline: float = 0.0  # monotonic: the call's time limit; undelivered outputs fail then
     task: asyncio.Task[None] | None = None
+    undelivered: int | None = None  # seq (or -1: a log line) being retried right now
 
     @property
     def call_id(self) -> str:
-        return str(self.message["call_id"])
+        return self.call.call_id
 
     @property
     def attempt(self) -> int:
-        return int(self.message.get("attempt", 1))
+        return self.call.attempt
 
 
 class ClusterWorker:
@@ -91,11 +96,12 @@ class ClusterWorker:
         self.keys = Keys(self.cfg.key_prefix)
         self.redis = connect(self.cfg)
         self.blocking = connect(self.cfg, blocking=True)
+        self._requeue_script = self.redis.register_script(REQUEUE_LUA)
         self.broker_up = False
         self.backlog: dict[str, int] = {}
         self._jobs: dict[str, _Job] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
-        self._loops: set[asyncio.Task[None]] = set()
+        self._loops: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancelled: dict[str, float] = {}
         self._changed = asyncio.Event()
@@ -104,32 +110,58 @@ class ClusterWorker:
     def gauges(self) -> ClusterGauges:
         return ClusterGauges(broker_up=self.broker_up, backlog=dict(self.backlog))
 
+    def stopped_loops(self) -> list[str]:
+        """The background loops that ended (none should, before ``aclose``)."""
+        return sorted(name for name, task in self._loops.items() if task.done())
+
     async def start(self) -> None:
         """Start the loops; returns at once (Redis may still be unreachable)."""
-        for loop in (self._heartbeat_loop(), self._control_loop()):
-            self._loops.add(asyncio.create_task(loop))
+        for name, loop in (("heartbeat", self._heartbeat_loop()),
+                           ("control", self._control_loop())):
+            self._loops[name] = supervised(name, loop)
         log.info("cluster worker %s started", self.id)
 
     async def aclose(self, grace_s: float = 0) -> None:
         """Take no more calls, let running ones finish for ``grace_s``, then stop.
 
-        Calls still running are cancelled without an answer: their entries stay pending
-        and another worker re-runs them once this one's heartbeat is gone.
+        The heartbeat goes on meanwhile, so no other worker takes a running call over.
+        Calls still running at the end are cancelled without an answer and handed back
+        (their entries look abandoned at once): another worker runs them again.
         """
         self._stopping = True
-        for task in [*self._loops, *self._readers.values()]:
+        for task in self._readers.values():
             task.cancel()
         running = {job.task for job in self._jobs.values() if job.task is not None}
         if running and grace_s > 0:
             await asyncio.wait(running, timeout=grace_s)
+        unfinished = [job for job in self._jobs.values() if job.task in running]
         for task in running:
             task.cancel()
-        await asyncio.gather(*self._loops, *self._readers.values(), *running, *self._tasks,
+        await asyncio.gather(*self._readers.values(), *running, *self._tasks,
                              return_exceptions=True)
+        await self._hand_back(unfinished)
+        for task in self._loops.values():
+            task.cancel()
+        await asyncio.gather(*self._loops.values(), return_exceptions=True)
         await self._deregister()
         await self.redis.aclose()
         await self.blocking.aclose()
         log.info("cluster worker %s stopped", self.id)
+
+    async def _hand_back(self, jobs: list[_Job]) -> None:
+        """Make unfinished calls' entries look idle for ``worker_timeout_s`` already."""
+        if not jobs:
+            return
+        idle_ms = int(self.cfg.worker_timeout_s * 1000)
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for job in jobs:
+                pipe.xclaim(job.stream, GROUP, self.id, 0, [job.entry_id], idle=idle_ms,
+                            justid=True)
+            await pipe.execute(raise_on_error=False)
+            log.info("handed %d unfinished call(s) back", len(jobs))
+        except BROKER_ERRORS as exc:  # they are reclaimed after worker_timeout_s anyway
+            log.info("could not hand back unfinished calls: %s", exc)
 
     # --- heartbeat, registration, reclaim ---------------------------------------------
 
@@ -140,6 +172,10 @@ class ClusterWorker:
                 await self._beat()
             except BROKER_ERRORS as exc:
                 self._broker_lost(exc)
+                await backoff.wait()
+                continue
+            except Exception:  # one bad round must not stop the heartbeat for good
+                log.exception("cluster worker %s: heartbeat failed; going on", self.id)
                 await backoff.wait()
                 continue
             backoff.reset()
@@ -156,7 +192,8 @@ class ClusterWorker:
         if not self.broker_up:
             log.info("cluster worker %s connected to Redis", self.id)
         self.broker_up = True
-        await self._reclaim(actors)
+        if not self._stopping:  # a draining worker only keeps its own calls alive
+            await self._reclaim(actors)
 
     async def _register(self, actors: list[ActorDef]) -> None:
         """Registration, idle-time refresh of running calls, backlog sizes: one round trip."""
@@ -192,43 +229,77 @@ class ClusterWorker:
             except redis_errors.ResponseError:  # no group yet: nothing to reclaim
                 continue
             for entry_id, fields in reply[1]:
-                await self._requeue(actor.id, stream, entry_id, fields)
+                try:
+                    await self._requeue(actor.id, stream, entry_id, fields)
+                except BROKER_ERRORS:
+                    raise
+                except Exception:  # logged; the other entries are still reclaimed
+                    log.exception("could not reclaim entry %s of %s", entry_id, stream)
 
     async def _requeue(self, actor_id: str, stream: str, entry_id: str,
                        fields: dict[str, str] | None) -> None:
         """Queue an abandoned call again (attempt + 1), or fail it after max_attempts."""
-        message = decode(fields or {})
+        if fields is None:  # deleted while pending (its front gave up): forget it
+            await self._ack(stream, entry_id)
+            return
+        try:
+            call = parse_call(actor_id, fields)
+        except Malformed as exc:
+            await self._drop_call(stream, entry_id, exc)
+            return
+        front = self.keys.events(call.front)
+        exhausted = call.attempt >= self.cfg.max_attempts
+        if not exhausted:
+            retry = encode({"entry": "ENTRY", "kind": "retry", "call_id": call.call_id,
+                            "attempt": call.attempt + 1})[FIELD]
+            await self._requeue_script(keys=[stream, front], args=[
+                self.cfg.stream_maxlen, FIELD, encode(call.message(call.attempt + 1))[FIELD],
+                GROUP, retry, entry_id])
+            log.warning("call %s of %s: its worker stopped during attempt %d; queued again",
+                        call.call_id, actor_id, call.attempt)
+        else:
+            reason = (f"the worker running the call stopped, {call.attempt} time(s); "
+                      f"max_attempts is {self.cfg.max_attempts}")
+            error = error_message(SandboxUnavailable(BACKEND, reason))
+            await self._ack(stream, entry_id, (front, encode(
+                {"kind": "error", "call_id": call.call_id, "attempt": call.attempt,
+                 "error": error})))
+            log.warning("call %s of %s: %s; failing it", call.call_id, actor_id, reason)
+        self._count("reclaimed", actor_id)
+        self._count("exhausted" if exhausted else "retried", actor_id)
+
+    async def _drop_call(self, stream: str, entry_id: str, exc: Malformed) -> None:
+        """Ack and delete a malformed call entry; its caller (if known) gets -32603."""
+        log.warning("dropping malformed call entry %s of %s: %s", entry_id, stream, exc.reason)
+        if self.metrics is not None:
+            self.metrics.malformed("call")
+        event = None
+        if exc.reply_to is not None:
+            front, call_id = exc.reply_to
+            error = InternalError(f"Internal error: the call's entry in Redis is malformed "
+                                  f"({exc.reason})")
+            event = (self.keys.events(front), encode(
+                {"kind": "error", "call_id": call_id, "error": error_message(error)}))
+        await self._ack(stream, entry_id, event)
+
+    async def _ack(self, stream: str, entry_id: str,
+                   event: tuple[str, dict[str, str]] | None = None) -> None:
+        """Ack and delete an entry, adding ``event`` (front stream, message) in the same
+        transaction; an error of one command (a stream gone, a key of another type) is
+        logged and does not stop the others."""
         pipe = self.redis.pipeline(transaction=True)
-        if message is not None and "call_id" in message:
-            attempt = int(message.get("attempt", 1))
-            front = self.keys.events(str(message.get("front")))
-            if attempt < self.cfg.max_attempts:
-                pipe.xadd(stream, encode({**message, "attempt": attempt + 1}),
-                          maxlen=self.cfg.stream_maxlen, approximate=True)
-                self._add_event(pipe, front, {"kind": "retry", "call_id": message["call_id"],
-                                              "attempt": attempt + 1})
-                log.warning("call %s of %s: its worker stopped during attempt %d; queued again",
-                            message["call_id"], actor_id, attempt)
-            else:
-                reason = (f"the worker running the call stopped, {attempt} time(s); "
-                          f"max_attempts is {self.cfg.max_attempts}")
-                error = error_message(SandboxUnavailable(BACKEND, reason))
-                self._add_event(pipe, front, {"kind": "error", "call_id": message["call_id"],
-                                              "attempt": attempt, "error": error})
-                log.warning("call %s of %s: %s; failing it", message["call_id"], actor_id,
-                            reason)
+        if event is not None:
+            pipe.xadd(event[0], event[1], maxlen=self.cfg.stream_maxlen, approximate=True,
+                      nomkstream=True)
         pipe.xack(stream, GROUP, entry_id)
         pipe.xdel(stream, entry_id)
-        await pipe.execute()
-        self._count("reclaimed", actor_id)
-        if message is not None and "call_id" in message:
-            done = int(message.get("attempt", 1)) >= self.cfg.max_attempts
-            self._count("exhausted" if done else "retried", actor_id)
+        self._log_errors(await pipe.execute(raise_on_error=False), stream, entry_id)
 
-    def _add_event(self, pipe: Any, front_stream: str, event: dict[str, Any]) -> None:
-        # NOMKSTREAM: the events of a front that is gone must not bring its stream back.
-        pipe.xadd(front_stream, encode(event), maxlen=self.cfg.stream_maxlen, approximate=True,
-                  nomkstream=True)
+    @staticmethod
+    def _log_errors(replies: list[Any], stream: str, entry_id: str) -> None:
+        for reply in replies:
+            if isinstance(reply, Exception):
+                log.info("entry %s of %s: %s", entry_id, stream, reply)
 
     async def _deregister(self) -> None:
         try:
@@ -248,51 +319,53 @@ class ClusterWorker:
         for actor in actors:
             reader = self._readers.get(actor.id)
             if reader is None or reader.done():
-                self._readers[actor.id] = asyncio.create_task(self._take_loop(actor.id))
+                # not ``forever``: it ends when the worker drains (and is started again
+                # at the next heartbeat if it ever ended otherwise)
+                self._readers[actor.id] = supervised(f"take {actor.id}",
+                                                     self._take_loop(actor.id), forever=False)
 
     def _free_slots(self, actor_id: str) -> int:
-        running = sum(1 for job in self._jobs.values() if job.message["actor_id"] == actor_id)
+        running = sum(1 for job in self._jobs.values() if job.call.actor_id == actor_id)
         return self.runtime.get(actor_id).pool.max_workers - running
 
     async def _take_loop(self, actor_id: str) -> None:
         stream = self.keys.calls(actor_id)
         backoff = Backoff(self.cfg.reconnect_max_s)
         while not self._stopping:
-            while (free := self._free_slots(actor_id)) <= 0:
-                await self._changed.wait()
             try:
-                reply = await self.blocking.xreadgroup(GROUP, self.id, {stream: ">"},
-                                                       count=free, block=BLOCK_MS)
-            except redis_errors.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self._retry_on_broker_error(ensure_group(self.redis, stream), backoff)
-                continue
+                await self._take_some(actor_id, stream, backoff)
             except BROKER_ERRORS as exc:
                 self._broker_lost(exc)
                 await backoff.wait()
-                continue
-            backoff.reset()
-            for _stream, entries in reply or []:
-                for entry_id, fields in entries:
-                    self._take(actor_id, stream, entry_id, fields)
+            except Exception:  # e.g. the actor was unloaded: the next heartbeat decides
+                log.exception("cluster worker %s: taking calls of %s failed; going on",
+                              self.id, actor_id)
+                await backoff.wait()
 
-    async def _retry_on_broker_error(self, step: Coroutine[Any, Any, None],
-                                     backoff: Backoff) -> None:
+    async def _take_some(self, actor_id: str, stream: str, backoff: Backoff) -> None:
+        while (free := self._free_slots(actor_id)) <= 0:
+            await self._changed.wait()
         try:
-            await step
-        except BROKER_ERRORS as exc:
-            self._broker_lost(exc)
-            await backoff.wait()
+            reply = await self.blocking.xreadgroup(GROUP, self.id, {stream: ">"},
+                                                   count=free, block=BLOCK_MS)
+        except redis_errors.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await ensure_group(self.redis, stream)
+            return
+        backoff.reset()
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                self._take(actor_id, stream, entry_id, fields)
 
     def _take(self, actor_id: str, stream: str, entry_id: str,
               fields: dict[str, str] | None) -> None:
-        message = decode(fields or {})
-        if message is None or "call_id" not in message:
-            log.warning("dropping a malformed call entry %s of %s", entry_id, stream)
-            self._spawn(self._finish(_Job({"call_id": ""}, stream, entry_id), None))
+        try:
+            call = parse_call(actor_id, fields)
+        except Malformed as exc:
+            self._spawn(self._drop_call(stream, entry_id, exc))
             return
-        job = _Job({**message, "actor_id": actor_id}, stream, entry_id)
+        job = _Job(call, stream, entry_id)
         if job.call_id in self._cancelled:  # cancelled while it was queued
             self._spawn(self._finish(job, None))
             return
@@ -301,32 +374,39 @@ class ClusterWorker:
         job.task = asyncio.create_task(self._run(job))
 
     async def _run(self, job: _Job) -> None:
-        message = job.message
-        front = self.keys.events(str(message.get("front")))
-        emit = None if message.get("quiet") else self._emitter(job, front)
         answer: dict[str, Any] | None
         try:
-            result = await self.runtime.process(
-                message["actor_id"], message.get("payload"), message.get("config"),
-                message.get("state"), message.get("timestamp"), emit=emit)
-            answer = {"kind": "result", "result": result}
+            answer = await self._answer(job)
         except asyncio.CancelledError:
-            if self._stopping:  # no answer and no ack: another worker runs it again
-                self._end(job)
+            if self._stopping and job.call_id not in self._cancelled:
+                self._end(job)  # no answer and no ack: another worker runs it again
                 raise
             answer = None  # cancelled by its front, which has answered already
+        try:
+            await self._finish(job, answer)
+        finally:
+            self._end(job)
+
+    async def _answer(self, job: _Job) -> dict[str, Any]:
+        """The call's answer event (a result or an error)."""
+        call = job.call
+        emit = None if call.quiet else self._emitter(job, self.keys.events(call.front))
+        try:
+            actor = self.runtime.get(call.actor_id)
+            job.deadline = time.monotonic() + actor.limits.timeout_s
+            result = await self.runtime.process(call.actor_id, call.payload, call.config,
+                                                call.state, call.timestamp, emit=emit)
+            answer: dict[str, Any] = {"kind": "result", "result": result}
         except RpcError as exc:
+            if job.undelivered is not None and not isinstance(exc, SandboxUnavailable):
+                exc = outputs_lost(job)  # the time limit struck while an event waited
             answer = {"kind": "error", "error": error_message(exc)}
         except Exception:
             log.exception("call %s of %s failed inside the worker", job.call_id,
-                          message["actor_id"])
-            answer = {"kind": "error", "error": error_message(InternalError())}
-        if answer is not None:
-            answer.update(call_id=job.call_id, attempt=job.attempt)
-        try:
-            await self._finish(job, answer, front)
-        finally:
-            self._end(job)
+                          call.actor_id)
+            answer = {"kind": "error", "error": _INTERNAL}
+        answer.update(call_id=job.call_id, attempt=job.attempt)
+        return answer
 
     def _end(self, job: _Job) -> None:
         if self._jobs.get(job.call_id) is job:
@@ -339,36 +419,60 @@ class ClusterWorker:
             event = {"kind": kind, "call_id": job.call_id, "attempt": job.attempt,
                      "params": params}
             try:
-                await self.redis.xadd(front, encode(event), maxlen=self.cfg.stream_maxlen,
-                                      approximate=True, nomkstream=True)
-            except BROKER_ERRORS as exc:  # the front fails the call: it lost Redis too
-                log.debug("event of call %s lost: %s", job.call_id, exc)
+                fields = encode(event)
+            except RecursionError:  # as ``Connection.notify`` on one machine
+                raise InternalError(f"Internal error: a {kind} notification is nested too "
+                                    "deeply to encode as JSON") from None
+            job.undelivered = params.get("seq", -1) if kind == "output" else -1
+            await self._deliver(job, front, fields)
+            job.undelivered = None
 
         return emit
 
-    async def _finish(self, job: _Job, answer: dict[str, Any] | None,
-                      front: str = "") -> None:
+    async def _deliver(self, job: _Job, front: str, fields: dict[str, str]) -> None:
+        """Add one event, retried while Redis is away; an output is never dropped: past
+        the call's time limit the call fails instead (and its front, which saw no answer,
+        fails it too if the answer cannot get through either)."""
+        backoff = Backoff(self.cfg.reconnect_max_s)
+        while True:
+            try:
+                await self.redis.xadd(front, fields, maxlen=self.cfg.stream_maxlen,
+                                      approximate=True, nomkstream=True)
+                return
+            except BROKER_ERRORS as exc:
+                if time.monotonic() >= job.deadline:
+                    log.warning("call %s: an event could not be sent: %s", job.call_id, exc)
+                    raise outputs_lost(job) from None
+                log.info("call %s: an event could not be sent yet: %s", job.call_id, exc)
+                await backoff.wait()
+
+    async def _finish(self, job: _Job, answer: dict[str, Any] | None) -> None:
         """Send the answer, ack and delete the entry: one transaction, retried while Redis
-        is away for up to ``worker_timeout_s`` (after that the call is re-run elsewhere)."""
+        is away for up to ``worker_timeout_s`` (after that the call is re-run elsewhere).
+
+        Whatever the answer holds, the entry is acked: an answer that cannot be encoded
+        becomes -32603, as on one machine, and so does one Redis refuses."""
+        front = self.keys.events(job.call.front)
+        fields = encodable(answer) if answer is not None else None
         deadline = time.monotonic() + self.cfg.worker_timeout_s
         backoff = Backoff(self.cfg.reconnect_max_s)
         while True:
-            pipe = self.redis.pipeline(transaction=True)
-            if answer is not None:
-                self._add_event(pipe, front, answer)
-            pipe.xack(job.stream, GROUP, job.entry_id)
-            pipe.xdel(job.stream, job.entry_id)
             try:
-                await pipe.execute()
-                return
-            except redis_errors.ResponseError as exc:  # Redis restarted: no group, no entry
-                log.info("call %s answered after its entry was lost: %s", job.call_id, exc)
+                await self._ack(job.stream, job.entry_id,
+                                None if fields is None else (front, fields))
                 return
             except BROKER_ERRORS as exc:
                 if time.monotonic() > deadline:
                     log.warning("answer of call %s lost: %s", job.call_id, exc)
                     return
                 await backoff.wait()
+            except Exception:  # e.g. EXECABORT: Redis refused the transaction as a whole
+                log.exception("could not answer call %s", job.call_id)
+                internal = None if answer is None else encode(
+                    {**_answer_head(answer), "kind": "error", "error": _INTERNAL})
+                if fields is None or fields == internal:
+                    return
+                fields = internal
 
     # --- control: cancel and load -----------------------------------------------------
 
@@ -386,17 +490,28 @@ class ClusterWorker:
                 self._broker_lost(exc)
                 await backoff.wait()
                 continue
+            except Exception:
+                log.exception("cluster worker %s: reading control failed; going on", self.id)
+                await backoff.wait()
+                continue
             backoff.reset()
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:
                     last = entry_id
-                    self._control(decode(fields) or {})
+                    self._control(entry_id, fields)
 
-    def _control(self, message: dict[str, Any]) -> None:
-        op = message.get("op")
-        if op == "cancel":
-            self._cancel(str(message.get("call_id")))
-        elif op == "load":
+    def _control(self, entry_id: str, fields: Any) -> None:
+        try:
+            message = parse_control(fields)
+        except Malformed as exc:
+            log.warning("dropping malformed entry %s of %s: %s", entry_id, self.keys.control,
+                        exc.reason)
+            if self.metrics is not None:
+                self.metrics.malformed("control")
+            return
+        if message["op"] == "cancel":
+            self._cancel(message["call_id"])
+        else:
             self._spawn(self._load(message))
 
     def _cancel(self, call_id: str) -> None:
@@ -409,7 +524,7 @@ class ClusterWorker:
             job.task.cancel()
 
     async def _load(self, message: dict[str, Any]) -> None:
-        reply: dict[str, Any] = {"kind": "load", "token": message.get("token"),
+        reply: dict[str, Any] = {"kind": "load", "token": message["token"],
                                  "worker_id": self.id}
         try:
             actor, replaced = await self.runtime.load(message.get("file_path"))
@@ -421,8 +536,11 @@ class ClusterWorker:
         except BROKER_ERRORS as exc:
             log.warning("load reply lost: %s", exc)
             return
+        except Exception:
+            log.exception("load of %r failed", message.get("file_path"))
+            reply["error"] = _INTERNAL
         try:
-            await self.redis.xadd(self.keys.events(str(message.get("front"))), encode(reply),
+            await self.redis.xadd(self.keys.events(message["front"]), encodable(reply),
                                   maxlen=self.cfg.stream_maxlen, approximate=True,
                                   nomkstream=True)
         except BROKER_ERRORS as exc:
@@ -431,7 +549,7 @@ class ClusterWorker:
     # --- helpers ----------------------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
+        task = supervised("task", coro, forever=False)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -439,3 +557,32 @@ class ClusterWorker:
         if self.metrics is not None:
             counter: Callable[[str], None] = getattr(self.metrics, what)
             counter(actor_id)
+
+
+_INTERNAL = error_message(InternalError())
+
+
+def _answer_head(answer: dict[str, Any]) -> dict[str, Any]:
+    return {k: answer[k] for k in ("call_id", "attempt") if k in answer}
+
+
+def encodable(answer: dict[str, Any]) -> dict[str, str]:
+    """The fields of ``answer``'s entry; an answer JSON cannot hold (NaN, a value nested
+    too deeply) becomes the -32603 the server would send on one machine."""
+    try:
+        return encode(answer)
+    except RecursionError:
+        log.warning("answer of call %s is nested too deeply to encode", answer.get("call_id"))
+        error = InternalError("Internal error: the response is nested too deeply to encode "
+                              "as JSON")
+    except (TypeError, ValueError):
+        log.exception("answer of call %s cannot be encoded as JSON", answer.get("call_id"))
+        error = InternalError()
+    return encode({**_answer_head(answer), "kind": "error", "error": error_message(error)})
+
+
+def outputs_lost(job: _Job) -> SandboxUnavailable:
+    """The error of a call whose outputs or logs could not all reach its front."""
+    what = "a log line" if job.undelivered == -1 else f"output seq {job.undelivered}"
+    return SandboxUnavailable(BACKEND, f"outputs were lost: {what} could not be sent to the "
+                                       "front before the call's time limit")

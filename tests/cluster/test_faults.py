@@ -1,0 +1,318 @@
+"""Cluster mode under faults: bad entries in Redis, a worker cut from Redis mid-call, a
+draining worker, an answer that is not JSON, a front giving up. Real redis-server and real
+processes; each test takes seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster_support import Cluster, RedisServer, connected, free_port, wait_for
+from redis.asyncio import Redis
+from test_cluster import _true, health, live_workers, metrics, running_first, ws_url
+
+pytestmark = pytest.mark.timeout(120)
+FAULTY = Path(__file__).parent / "faulty"
+PREFIX = "actors"
+BOGUS_REGISTRATION = {"worker_id": "evil", "actors": {"zzz": {
+    "descriptor": {"id": "zzz", "inports": {"a": {"schema": {"$schema": "urn:bogus"}}}},
+    "max_workers": 1, "max_queue": 1}}}
+
+
+@contextlib.asynccontextmanager
+async def redis_client(server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(server.url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def entry(**message: Any) -> dict[str, str]:
+    return {"m": json.dumps(message)}
+
+
+async def fake_front(r: Redis, name: str) -> str:
+    """An events stream for a front that is not there: what workers send to it stays."""
+    stream = f"{PREFIX}:events:{name}"
+    await r.xadd(stream, {"hello": name})
+    return stream
+
+
+async def errors_on(r: Redis, stream: str) -> dict[str, dict[str, Any]]:
+    events = [json.loads(f["m"]) for _, f in await r.xrange(stream) if "m" in f]
+    return {e["call_id"]: e["error"] for e in events if e.get("kind") == "error"}
+
+
+async def test_malformed_call_entries_are_dropped_and_answered(cluster: Cluster) -> None:
+    """Taken or reclaimed, a bad entry is acked, its caller told, the worker unharmed."""
+    front = await cluster.front()
+    worker, = await cluster.workers(1)
+    await live_workers(front, 1)
+    calls = f"{PREFIX}:calls:napper"
+    async with redis_client(cluster.redis) as r:
+        events = await fake_front(r, "nobody")
+        good = {"front": "nobody", "payload": {"ms": 1}, "quiet": True, "timestamp": 1}
+        # Pending at a consumer that never answers: reclaimed after worker_timeout_s.
+        await r.xadd(calls, entry(call_id="stale", attempt="x", **good))
+        await r.xreadgroup("workers", "ghost", {calls: ">"}, count=1)
+        for n in (1, 2):  # as many as the worker has slots for napper
+            await r.xadd(calls, entry(call_id=f"poison{n}", attempt="x", **good))
+        await r.xadd(calls, {"m": "not json"})
+
+        async def answered() -> dict[str, Any] | None:
+            found = await errors_on(r, events)
+            return found if len(found) == 3 and await r.xlen(calls) == 0 else None
+
+        errors = await wait_for(answered, timeout_s=15)
+    assert set(errors) == {"stale", "poison1", "poison2"}
+    assert all(e["code"] == -32603 and "malformed" in e["message"] for e in errors.values())
+    await asyncio.sleep(1)  # a dead heartbeat would let the registration expire by now
+    assert (await health(worker))[0] == 200
+    await live_workers(front, 1)
+    async with connected(ws_url(front)) as client:
+        reply = await client.call("process", {"actor_id": "napper", "payload": {"ms": 1}},
+                                  timeout_s=10)
+    assert reply["result"]["return"] == {"slept_ms": 1}
+    assert 'service_cluster_malformed_total{kind="call",role="worker"} 4.0' in \
+        await metrics(worker)
+    assert "dropping malformed call entry" in worker.log_tail()
+
+
+async def test_unusable_registration_is_skipped(cluster: Cluster) -> None:
+    front = await cluster.front()
+    await cluster.workers(1)
+    await live_workers(front, 1)
+    async with redis_client(cluster.redis) as r:
+        await r.set(f"{PREFIX}:worker:evil", json.dumps(BOGUS_REGISTRATION), px=30000)
+        await r.zadd(f"{PREFIX}:workers", {"evil": 1})
+        late = await cluster.front()  # starts (and becomes ready) while the key exists
+        await cluster.workers(1)  # the running front's view still follows the cluster
+        await live_workers(front, 2)
+        await live_workers(late, 2)
+    for service in (front, late):
+        status, body = await health(service)
+        assert status == 200 and body["actors"] == 1  # napper; not zzz
+        assert "ignoring the registration of worker evil: inport a: unknown $schema" in \
+            service.log_tail()
+
+
+class CuttableProxy:
+    """TCP between a worker and Redis; ``cut()`` drops every connection and refuses new
+    ones until ``heal()``: a network partition of that worker alone."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.is_cut = False
+        self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> CuttableProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cut()
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    def cut(self) -> None:
+        self.is_cut = True
+        for client, upstream in list(self._pairs):
+            client.transport.abort()
+            upstream.transport.abort()
+
+    def heal(self) -> None:
+        self.is_cut = False
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.is_cut:
+            writer.transport.abort()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        pair = (writer, up_writer)
+        self._pairs.add(pair)
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            self._pairs.discard(pair)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError, ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.transport.abort()
+
+
+async def test_worker_cut_from_redis_mid_call_loses_no_output(cluster: Cluster) -> None:
+    """The worker retries what it could not send: every seq reaches the caller, in order."""
+    cluster.actors = (FAULTY,)
+    front = await cluster.front()
+    async with CuttableProxy(cluster.redis.port) as proxy:
+        await cluster.workers(1, redis_url=f"redis://127.0.0.1:{proxy.port}/0")
+        await live_workers(front, 1)
+        async with connected(ws_url(front)) as client:
+            request_id = await client.send("process", {"actor_id": "drip",
+                                                       "payload": {"n": 30, "ms": 50}})
+            await wait_for(lambda: _true(len(client.notes.get(request_id, [])) >= 5), 20)
+            proxy.cut()
+            await asyncio.sleep(1.0)  # shorter than worker_timeout_s: no re-run
+            proxy.heal()
+            answer = await client.response(request_id, timeout_s=30)
+    seqs = [n["params"]["seq"] for n in client.notes[request_id]]
+    assert seqs == list(range(30)), seqs
+    assert len(answer["result"]["emitted"]) == 30
+
+
+async def test_front_never_answers_success_past_a_gap_in_outputs(cluster: Cluster) -> None:
+    """A gap in a call's output seqs (or a result emitting more than arrived) fails the
+    call with -32009, and the worker is told to stop it."""
+    front = await cluster.front()
+    worker, = await cluster.workers(1)
+    await live_workers(front, 1)
+    calls = f"{PREFIX}:calls:napper"
+    async with redis_client(cluster.redis) as r, connected(ws_url(front)) as client:
+        for forged in ({"kind": "output", "params": {"seq": 3, "port": "tick", "data": 3}},
+                       {"kind": "result", "result": {"emitted": [{"seq": 0}], "outputs": {}}}):
+            request_id = await client.send("process", {"actor_id": "napper",
+                                                       "payload": {"ms": 20000}})
+            listed = await wait_for(lambda: r.xrange(calls), timeout_s=10)
+            message = json.loads(listed[-1][1]["m"])
+            await r.xadd(f"{PREFIX}:events:{message['front']}", entry(
+                call_id=message["call_id"], attempt=1, **forged))
+            answer = await client.response(request_id, timeout_s=10)
+            assert answer["error"]["code"] == -32009
+            assert answer["error"]["data"]["reason"].startswith("outputs were lost")
+            await wait_for(lambda: _xlen_is(r, calls, 0), timeout_s=10)
+    assert "cancelling call" in worker.log_tail()
+
+
+async def _xlen_is(r: Redis, stream: str, length: int) -> bool:
+    return bool(await r.xlen(stream) == length)
+
+
+async def test_draining_worker_keeps_its_calls(cluster: Cluster) -> None:
+    """SIGTERM mid-call (shutdown_grace_s 2 > worker_timeout_s 1.5): the call finishes on
+    its worker and runs nowhere else."""
+    front = await cluster.front()
+    workers = await cluster.workers(2)
+    await live_workers(front, 2)
+    async with connected(ws_url(front)) as client:
+        request_id = await client.send("process", {"actor_id": "napper",
+                                                   "payload": {"ms": 1900, "ticks": 1}})
+        await wait_for(lambda: _true(client.notes.get(request_id)), 20)
+        draining, other = await running_first(workers)
+        assert draining.proc is not None
+        draining.proc.send_signal(signal.SIGTERM)
+        answer = await client.response(request_id, timeout_s=20)
+    assert answer["result"]["return"] == {"slept_ms": 1900}
+    assert draining.proc is not None and await draining.proc.wait() == 0
+    await asyncio.sleep(2)  # the call's entry would look abandoned by now
+    text = await metrics(other)
+    assert 'service_cluster_taken_total{actor="napper"' not in text
+    assert 'service_cluster_reclaimed_total{actor="napper"' not in text
+
+
+async def test_unencodable_result_is_answered_once(cluster: Cluster) -> None:
+    """A NaN result: -32603 as on one machine, after one run, not a re-run and -32009."""
+    cluster.actors = (FAULTY,)
+    front = await cluster.front()
+    worker, = await cluster.workers(1)
+    await live_workers(front, 1)
+    started = time.monotonic()
+    async with connected(ws_url(front)) as client:
+        reply = await client.call("process", {"actor_id": "nan_result", "payload": {}},
+                                  timeout_s=30)
+    assert reply["error"] == {"code": -32603, "message": "Internal error"}
+    assert time.monotonic() - started < 1.5  # answered at once, not after a reclaim
+    text = await metrics(worker)
+    assert 'service_cluster_taken_total{actor="nan_result",role="worker"} 1.0' in text
+    async with redis_client(cluster.redis) as r:
+        assert await r.xlen(f"{PREFIX}:calls:nan_result") == 0
+
+
+async def test_front_giving_up_removes_the_call(cluster: Cluster) -> None:
+    """Past its deadline the front deletes the call's entry: no worker can start it."""
+    front = await cluster.front(max_attempts=1, queue_timeout_s=0.5)
+    async with redis_client(cluster.redis) as r:
+        ghost = {"worker_id": "ghost", "actors": {"ghostly": {
+            "descriptor": {"id": "ghostly", "inports": {}, "limits": {"timeout_s": 0.5}},
+            "max_workers": 1, "max_queue": 1}}}
+        await r.set(f"{PREFIX}:worker:ghost", json.dumps(ghost), px=30000)
+        await r.zadd(f"{PREFIX}:workers", {"ghost": 1})
+        await live_workers(front, 1)
+        async with connected(ws_url(front)) as client:
+            request_id = await client.send("process", {"actor_id": "ghostly", "payload": {}})
+            await wait_for(lambda: r.xlen(f"{PREFIX}:calls:ghostly"), timeout_s=5)
+            reply = await client.response(request_id, timeout_s=30)
+        assert reply["error"]["code"] == -32009
+        assert reply["error"]["data"]["reason"] == "no worker answered in time"
+        assert await r.xlen(f"{PREFIX}:calls:ghostly") == 0
+        control = [json.loads(f["m"]) for _, f in await r.xrange(f"{PREFIX}:control")]
+        assert [c["op"] for c in control] == ["cancel"]
+
+
+async def test_a_stopped_loop_makes_healthz_fail(redis: RedisServer) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from service.cluster.node import open_node
+    from service.settings import ClusterSettings, Settings
+
+    settings = Settings(cluster=ClusterSettings(redis_url=redis.url, heartbeat_s=0.1))
+    async with open_node(settings, None, CollectorRegistry(), role="front") as node:
+        assert node.front is not None
+        await wait_for(lambda: _true(node.health()[0]), timeout_s=10)
+        node.front._loops["view"].cancel()  # as if it had died
+        await asyncio.sleep(0)
+        ok, body = node.health()
+    assert not ok and body["status"] == "unavailable" and body["stopped_loops"] == ["view"]
+
+
+def test_parsers_refuse_what_they_cannot_use() -> None:
+    from service.cluster.messages import (
+        Malformed,
+        parse_call,
+        parse_control,
+        parse_event,
+        parse_registration,
+    )
+
+    good = {"call_id": "c", "front": "f", "attempt": 2, "payload": {}}
+    assert parse_call("a", entry(**good)).attempt == 2
+    for bad, reply_to in (({**good, "attempt": "x"}, ("f", "c")),
+                          ({**good, "attempt": True}, ("f", "c")),
+                          ({**good, "front": 3}, None), ({**good, "quiet": "no"}, ("f", "c"))):
+        with pytest.raises(Malformed) as caught:
+            parse_call("a", entry(**bad))
+        assert caught.value.reply_to == reply_to
+    for fields in ({}, {"m": "[1]"}, {"m": "{"}, {"m": "1" * 5000}):
+        with pytest.raises(Malformed):
+            parse_call("a", fields)
+    for event in ({"kind": "output", "call_id": "c", "params": {"seq": "1"}},
+                  {"kind": "error", "call_id": "c", "error": {"code": "x"}},
+                  {"kind": "result", "call_id": "c", "result": {}},
+                  {"kind": "retry", "call_id": "c", "attempt": None},
+                  {"kind": "load", "token": "t", "worker_id": ["w"], "actor": {}},
+                  {"kind": "boom", "call_id": "c"}):
+        with pytest.raises(Malformed):
+            parse_event(entry(**event))
+    with pytest.raises(Malformed):
+        parse_control(entry(op="cancel", call_id=None))
+    for registration in ({"actors": []}, {"actors": {"a": {"descriptor": {"id": "b"}}}},
+                         {"actors": {"a": {"descriptor": {"id": "a"}, "max_workers": "2",
+                                           "max_queue": 1}}},
+                         {"actors": {"a": {"descriptor": {"id": "a", "limits": []},
+                                           "max_workers": 2, "max_queue": 1}}}):
+        with pytest.raises(Malformed):
+            parse_registration("w", json.dumps(registration))
