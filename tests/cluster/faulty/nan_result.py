@@ -1,4 +1,4 @@
-"""Forges its result frame: {"x": NaN}, which the server cannot send as JSON."""
+"""Forges its result frame: {"x": NaN}, which is no JSON the channel or the wire takes."""
 
 import time
 
