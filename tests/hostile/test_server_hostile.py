@@ -356,7 +356,7 @@ def test_a_client_that_does_not_read_cannot_grow_the_server(tmp_path: Path) -> N
                 while sent < 25_000:  # the answers are never read
                     s.sendall(frame)
                     sent += 1
-            time.sleep(3)  # (the frames fit in the socket buffers: the server reads them)
+            time.sleep(1.5)  # (the frames fit in the socket buffers: the server reads them)
             status, seconds = server.healthz()
             grown_mb = (server.peak_rss_kb() - before) / 1024
         print(f"{sent} frames sent; peak RSS grew {grown_mb:.1f} MiB; healthz {status} in "
