@@ -11,11 +11,13 @@ caller of that call.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from service.cluster.streams import FIELD
 
+_UNDECODED = re.compile("[\udc80-\udcff]")  # surrogateescape's stand-ins for bytes
 EVENT_KINDS = frozenset({"output", "log", "result", "error", "retry", "load"})
 
 
@@ -74,6 +76,8 @@ def _message(fields: Any) -> dict[str, Any]:
 
 
 def _json_object(text: str) -> dict[str, Any]:
+    if _UNDECODED.search(text):  # bytes that were not UTF-8 (streams.connect)
+        raise Malformed("not UTF-8")
     try:
         message = json.loads(text)
     except (ValueError, RecursionError):

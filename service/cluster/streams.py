@@ -105,8 +105,12 @@ def connect(settings: ClusterSettings, blocking: bool = False) -> RedisClient:
     for reads that block up to BLOCK_MS.
     """
     timeout = COMMAND_TIMEOUT_S + (BLOCK_MS / 1000 if blocking else 0)
+    # Bytes that are not UTF-8 (anyone who can write to the keys can write them) are read as
+    # lone surrogates, not raised inside the client's reply: a loop would read the same entry
+    # again forever. The parsers (messages.py) then refuse such text as malformed.
     return Redis.from_url(
-        settings.redis_url, decode_responses=True, socket_timeout=timeout,
+        settings.redis_url, decode_responses=True, encoding_errors="surrogateescape",
+        socket_timeout=timeout,
         socket_connect_timeout=CONNECT_TIMEOUT_S, retry=Retry(NoBackoff(), 1),
         client_name="actor-runtime")
 

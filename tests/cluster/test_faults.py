@@ -86,6 +86,36 @@ async def test_malformed_call_entries_are_dropped_and_answered(cluster: Cluster)
     assert "dropping malformed call entry" in worker.log_tail()
 
 
+async def test_bytes_that_are_not_utf8_are_malformed_entries(cluster: Cluster) -> None:
+    """The Redis client failed to decode its own reply, before any check: the front read
+    the same event again and again and answered no call; a front started meanwhile never
+    became ready; every worker retried the call entry forever."""
+    front = await cluster.front()
+    worker, = await cluster.workers(1)
+    await live_workers(front, 1)
+    async with redis_client(cluster.redis) as r:
+        (events,) = await r.keys(f"{PREFIX}:events:*")
+        calls = f"{PREFIX}:calls:napper"
+        await r.xadd(events, {"m": b"\xff\xfe"})
+        await r.xadd(calls, {"m": b"\xff\xfe"})
+        await r.set(f"{PREFIX}:worker:evil", b"\xff\xfe", px=30000)
+        await r.zadd(f"{PREFIX}:workers", {"evil": 1})
+        late = await cluster.front()
+
+        async def dropped() -> bool:
+            return await r.xlen(calls) == 0
+
+        await wait_for(dropped, timeout_s=10)
+    for service in (front, late):
+        await live_workers(service, 1)
+        async with connected(ws_url(service)) as client:
+            reply = await client.call("process", {"actor_id": "napper", "payload": {"ms": 1}},
+                                      timeout_s=10)
+        assert reply["result"]["return"] == {"slept_ms": 1}
+    assert 'service_cluster_malformed_total{kind="call",role="worker"} 1.0' in \
+        await metrics(worker)
+
+
 async def test_unusable_registration_is_skipped(cluster: Cluster) -> None:
     front = await cluster.front()
     await cluster.workers(1)
