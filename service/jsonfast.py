@@ -34,6 +34,7 @@ back the same number in both, with another exponent form (``1e-7``, ``1e-07``;
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +57,24 @@ def loads(text: str | bytes, reference: Callable[[Any], Any] = json.loads) -> An
         except orjson.JSONDecodeError:
             pass  # the reference decides: it may accept it (NaN, "\ud800") or word the error
     return reference(text)
+
+
+def strict_loads(text: str | bytes) -> Any:
+    """``json.loads`` refusing what the wire cannot carry back: ``NaN``, ``Infinity`` and
+    numbers beyond a double's range (``1e400`` would read as an infinity). The reference
+    for frames and for the harness's lines, whose encoders refuse them too."""
+    return json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is beyond the range of a double")
+    return value
 
 
 def _orjson_reads_alike(text: str | bytes) -> bool:

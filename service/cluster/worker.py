@@ -48,6 +48,7 @@ from service.cluster.streams import (
 )
 from service.errors import InternalError, RpcError, SandboxUnavailable
 from service.manifest.model import ActorDef
+from service.rpc.core import encoded
 from service.runtime import Emit, Runtime
 from service.settings import Settings
 
@@ -569,16 +570,10 @@ def _answer_head(answer: dict[str, Any]) -> dict[str, Any]:
 def encodable(answer: dict[str, Any]) -> dict[str, str]:
     """The fields of ``answer``'s entry; an answer JSON cannot hold (NaN, a value nested
     too deeply) becomes the -32603 the server would send on one machine."""
-    try:
-        return encode(answer)
-    except RecursionError:
-        log.warning("answer of call %s is nested too deeply to encode", answer.get("call_id"))
-        error = InternalError("Internal error: the response is nested too deeply to encode "
-                              "as JSON")
-    except (TypeError, ValueError):
-        log.exception("answer of call %s cannot be encoded as JSON", answer.get("call_id"))
-        error = InternalError()
-    return encode({**_answer_head(answer), "kind": "error", "error": error_message(error)})
+    fields = encoded(answer, encode, "answer of call", answer.get("call_id"))
+    if not isinstance(fields, InternalError):
+        return fields
+    return encode({**_answer_head(answer), "kind": "error", "error": error_message(fields)})
 
 
 def outputs_lost(job: _Job) -> SandboxUnavailable:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -116,9 +115,6 @@ class Dispatcher:
         self._methods: dict[str, _Method] = {}
         self._validate_results = validate_results
         self._limits = limits or ConnectionSettings()
-        # The reference parser of frames (service/jsonfast.py: orjson where it agrees)
-        self._decode = json.JSONDecoder(parse_constant=_reject_constant,
-                                        parse_float=_finite_float).decode
 
     def register(
         self,
@@ -152,7 +148,9 @@ class Dispatcher:
         """Handle one frame (a request, a notification or a batch); the response text or None."""
         try:
             text = frame.decode("utf-8") if isinstance(frame, bytes) else frame
-            message = jsonfast.loads(text, self._decode)
+            # jsonfast: orjson where it agrees with the strict reference. 1e400 would become
+            # inf, which cannot be sent back (not even as the id of an error): refused.
+            message = jsonfast.loads(text, jsonfast.strict_loads)
         except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
             return encode(_error_response(None, ParseError()))
         budget = _ResponseBudget(self._limits.max_response_bytes)
@@ -301,19 +299,6 @@ def _shape_problem(message: Any) -> str | None:
     return None
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    """A JSON number as a float. One beyond a double's range (1e400) would become inf,
-    which cannot be sent back (not even as the id of an error), so the frame is refused."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is beyond the range of a double")
-    return value
-
-
 def _result_response(request_id: Any, result: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "result": result, "id": request_id}
 
@@ -327,17 +312,23 @@ def encode(message: Any) -> str:
     return json.dumps(message, allow_nan=False, separators=(",", ":"))
 
 
-def _encode_response(response: dict[str, Any]) -> str:
+def encoded(message: Any, encoder: Callable[[Any], T], what: str, key: Any) -> T | InternalError:
+    """``encoder(message)``, or the -32603 to send instead when JSON cannot hold it (NaN, a
+    value nested too deeply), logged as ``what`` ``key``."""
     try:
-        return encode(response)
+        return encoder(message)
     except RecursionError:
-        log.warning("response to id %r is nested too deeply to encode", response.get("id"))
-        error = InternalError("Internal error: the response is nested too deeply to encode "
-                              "as JSON")
+        log.warning("%s %r is nested too deeply to encode", what, key)
+        return InternalError("Internal error: the response is nested too deeply to encode "
+                             "as JSON")
     except (TypeError, ValueError):
-        log.exception("response to id %r cannot be encoded as JSON", response.get("id"))
-        error = InternalError()
-    return _error_text(response.get("id"), error)
+        log.exception("%s %r cannot be encoded as JSON", what, key)
+        return InternalError()
+
+
+def _encode_response(response: dict[str, Any]) -> str:
+    text = encoded(response, encode, "response to id", response.get("id"))
+    return _error_text(response.get("id"), text) if isinstance(text, InternalError) else text
 
 
 def _error_text(request_id: Any, error: RpcError) -> str:

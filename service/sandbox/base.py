@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
@@ -149,31 +148,13 @@ def encode_line(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode("ascii") + b"\n"
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:40]} is beyond a double's range")
-    return value
-
-
-def _strict_loads(text: bytes | str) -> Any:
-    """json.loads, refusing NaN, Infinity, -Infinity and numbers that read as an infinity
-    (1e400): no harness writes them (Python's allow_nan=False, JavaScript's null), and the
-    wire cannot carry them (its encoder would fail far from here, as an internal error)."""
-    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
-
-
 def decode_line(line: bytes | str) -> Any:
     """One line from the harness as JSON. ValueError for anything that is not JSON for this
-    protocol: non-finite numbers (see _strict_loads), and a value nested too deeply for
+    protocol: non-finite numbers (jsonfast.strict_loads), and a value nested too deeply for
     this process's stack (the reader must never die of it). orjson refuses non-finite
     numbers itself, so only the lines it cannot read go through the strict reference."""
     try:
-        return jsonfast.loads(line, _strict_loads)
+        return jsonfast.loads(line, jsonfast.strict_loads)
     except RecursionError:
         raise ValueError("a JSON value nested too deeply to decode") from None
 

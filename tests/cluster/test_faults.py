@@ -51,6 +51,15 @@ async def errors_on(r: Redis, stream: str) -> dict[str, dict[str, Any]]:
     return {e["call_id"]: e["error"] for e in events if e.get("kind") == "error"}
 
 
+async def napper_answers(front: Any) -> None:
+    """The front sees its one worker and gets a call of it answered."""
+    await live_workers(front, 1)
+    async with connected(ws_url(front)) as client:
+        reply = await client.call("process", {"actor_id": "napper", "payload": {"ms": 1}},
+                                  timeout_s=10)
+    assert reply["result"]["return"] == {"slept_ms": 1}
+
+
 async def test_malformed_call_entries_are_dropped_and_answered(cluster: Cluster) -> None:
     """Taken or reclaimed, a bad entry is acked, its caller told, the worker unharmed."""
     front = await cluster.front()
@@ -76,11 +85,7 @@ async def test_malformed_call_entries_are_dropped_and_answered(cluster: Cluster)
     assert all(e["code"] == -32603 and "malformed" in e["message"] for e in errors.values())
     await asyncio.sleep(1)  # a dead heartbeat would let the registration expire by now
     assert (await health(worker))[0] == 200
-    await live_workers(front, 1)
-    async with connected(ws_url(front)) as client:
-        reply = await client.call("process", {"actor_id": "napper", "payload": {"ms": 1}},
-                                  timeout_s=10)
-    assert reply["result"]["return"] == {"slept_ms": 1}
+    await napper_answers(front)
     assert 'service_cluster_malformed_total{kind="call",role="worker"} 4.0' in \
         await metrics(worker)
     assert "dropping malformed call entry" in worker.log_tail()
@@ -101,17 +106,9 @@ async def test_bytes_that_are_not_utf8_are_malformed_entries(cluster: Cluster) -
         await r.set(f"{PREFIX}:worker:evil", b"\xff\xfe", px=30000)
         await r.zadd(f"{PREFIX}:workers", {"evil": 1})
         late = await cluster.front()
-
-        async def dropped() -> bool:
-            return await r.xlen(calls) == 0
-
-        await wait_for(dropped, timeout_s=10)
+        await wait_for(lambda: _xlen_is(r, calls, 0), timeout_s=10)
     for service in (front, late):
-        await live_workers(service, 1)
-        async with connected(ws_url(service)) as client:
-            reply = await client.call("process", {"actor_id": "napper", "payload": {"ms": 1}},
-                                      timeout_s=10)
-        assert reply["result"]["return"] == {"slept_ms": 1}
+        await napper_answers(service)
     assert 'service_cluster_malformed_total{kind="call",role="worker"} 1.0' in \
         await metrics(worker)
 
