@@ -35,3 +35,22 @@ def test_scores_a_suite(suite: Path, capsys: pytest.CaptureFixture[str]) -> None
                       "1 wrong like jsonschema, 1 need a remote document (refused at load)")
     assert out[1].startswith("    remote: mini.json: remote ref: ")
     assert "remote documents are never fetched" in out[1]
+
+
+def test_a_refused_group_counts_as_ours_only_where_the_reference_is_right(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Python's re (the reference's) cannot compile \\c1 either: a miss of both, not ours."""
+    tests = tmp_path / "tests" / "draft2020-12"
+    tests.mkdir(parents=True)
+    (tmp_path / "remotes").mkdir()
+    (tests / "mini.json").write_text(json.dumps([
+        {"description": "bad escape", "schema": {"pattern": "^\\c1$"},
+         "tests": [{"description": "a string", "data": "x", "valid": False}]},
+        {"description": "inline flag", "schema": {"pattern": "(?i)^a$"},
+         "tests": [{"description": "upper", "data": "A", "valid": True}]},
+    ]))
+    assert main(["--suite", str(tmp_path / "tests"), "--draft", "draft2020-12"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("draft2020-12: 0/2 right (0.0%), 1 wrong where jsonschema is right, "
+                      "1 wrong like jsonschema, 0 need a remote document (refused at load)")
+    assert out[1] == "    mini.json: inline flag / upper (refused)"

@@ -48,11 +48,13 @@ from referencing.exceptions import (
     Unretrievable,
 )
 
+from service.manifest import ecma
 from service.manifest.files import MAX_SCHEMA_FILE_BYTES, read_text
 from service.manifest.numbers import NumberError, parse_float, parse_int
 from service.manifest.schemawalk import (
     Node,
     nodes,
+    patterns,
     property_dependencies_first,
     ref_keywords,
     specification_of,
@@ -117,10 +119,24 @@ def dialect_of(schema: Any, default: type[Validator] = DEFAULT_DIALECT) -> type[
 
 
 def metaschema_issues(schema: Any, dialect: type[Validator]) -> list[SchemaIssue]:
-    """Every way ``schema`` fails its metaschema."""
-    meta = dialect(dialect.META_SCHEMA, format_checker=dialect.FORMAT_CHECKER)
+    """Every way ``schema`` fails its metaschema, its patterns read as ECMA-262."""
+    meta = dialect(dialect.META_SCHEMA, format_checker=ecma.format_checker(dialect))
     errors = sorted(meta.iter_errors(schema), key=lambda e: [str(p) for p in e.absolute_path])
-    return [SchemaIssue(pointer(*e.absolute_path), _message(e)) for e in errors]
+    if errors:
+        return [SchemaIssue(pointer(*e.absolute_path), _message(e)) for e in errors]
+    return pattern_issues(schema, dialect)
+
+
+def pattern_issues(schema: Any, dialect: type[Validator]) -> list[SchemaIssue]:
+    """Every pattern a validator would compile that is not ECMA-262, and not only where the
+    metaschema looks (draft 4's does not check the names of ``patternProperties``)."""
+    issues = []
+    for where, text in patterns(schema, specification_of(dialect)):
+        try:
+            ecma.check(text)
+        except ecma.PatternError as exc:
+            issues.append(SchemaIssue(where, f"{text!r} is not a 'regex': {exc}"))
+    return issues
 
 
 def unresolvable_refs(schema: Any, dialect: type[Validator]) -> list[str]:
@@ -140,6 +156,8 @@ def unresolvable_refs(schema: Any, dialect: type[Validator]) -> list[str]:
 
 def _message(error: ValidationError) -> str:
     """The error's message; for "not valid under any of the given schemas", the likeliest why."""
+    if error.validator == "format" and isinstance(error.cause, ecma.PatternError):
+        return f"{error.message}: {error.cause}"
     if error.validator in ("anyOf", "oneOf") and error.context:
         best = best_match(error.context)
         if best is not None:

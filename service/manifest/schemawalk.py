@@ -55,6 +55,17 @@ def _walk(resource: Resource[Any], base: str, pointers: dict[int, str]) -> Itera
             yield from _walk(sub, base, pointers)
 
 
+def patterns(document: Any, spec: Specification[Any]) -> Iterator[tuple[str, str]]:
+    """Every regular expression of ``document`` a validator compiles (``pattern``, the names
+    of ``patternProperties``), with the pointer of its keyword."""
+    root = Resource(contents=document, specification=spec)  # type: ignore[call-arg]
+    for node in nodes(document, spec, root.id() or ""):
+        if isinstance(node.contents.get("pattern"), str):
+            yield f"{node.pointer}/pattern", node.contents["pattern"]
+        for name in node.contents.get("patternProperties") or ():
+            yield f"{node.pointer}/patternProperties", name
+
+
 def property_dependencies_first(document: Any) -> Any:
     """``document`` with, in each ``dependencies``, the property lists before the schemas.
 

@@ -40,13 +40,13 @@ from typing import Any
 import jsonschema_rs
 import orjson
 import re2
-import regex
 from jsonschema import validators
 from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 
-from service.manifest.schemawalk import nodes, specification_of
+from service.manifest import ecma
+from service.manifest.schemawalk import nodes, patterns, specification_of
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,6 @@ MAX_MESSAGE_CHARS = 1000
 # all paths and messages of one value (the first error is always kept): 50 errors at the
 # path of one 1 MB object key would make a 50 MB answer too
 MAX_ERRORS_CHARS = 64 << 10
-RE2_MAX_MEM = 32 << 20  # bytes of automaton per pattern
 # Error passes (and costly verdicts) run on threads of their own, never the loop's default
 # executor, which boots sandboxes: a flood of values that are slow to explain must not delay
 # another caller's sandbox. Queued passes whose deadline went by return at once.
@@ -83,7 +82,10 @@ class SchemaValidator:
         self.dialect = dialect
         self.timeout_s = timeout_s
         self._python = _python_validator(schema, dialect, format_assertion)
-        self._fast = _rust_validator(schema, dialect, format_assertion)
+        # jsonschema-rs would accept a value ECMA-262's ASCII word boundaries refuse
+        self._fast = None if any(ecma.asserts_word_boundaries(p) for _, p in
+                                  patterns(schema, specification_of(dialect))) \
+            else _rust_validator(schema, dialect, format_assertion)
         self._calls_python = self._fast is not None and _has_keyword(schema, dialect,
                                                                      "multipleOf")
 
@@ -248,7 +250,7 @@ def _python_validator(schema: Any, dialect: type[Validator], format_assertion: b
     return bounded(
         _without_dollar_schema(schema, dialect),
         registry=Registry(),  # the schema is self-contained: nothing is fetched
-        format_checker=dialect.FORMAT_CHECKER if format_assertion else None,
+        format_checker=ecma.format_checker(dialect) if format_assertion else None,
     )
 
 
@@ -384,7 +386,7 @@ def _json_key(value: Any) -> Any:
 
 def _search(pattern: str, text: str) -> bool:
     """Whether ``pattern`` matches somewhere in ``text``, within the context's deadline."""
-    compiled = _compiled(pattern)
+    compiled = ecma.compiled(pattern)
     if isinstance(compiled, re2._Regexp):
         return compiled.search(text) is not None
     deadline = _DEADLINE.get()
@@ -395,13 +397,3 @@ def _search(pattern: str, text: str) -> bool:
         raise ValidationTimeout from None
 
 
-@functools.lru_cache(maxsize=4096)  # patterns come from loaded schemas: a bounded set
-def _compiled(pattern: str) -> Any:
-    """RE2 (linear time) when it has the pattern's features, else ``regex`` (with a timeout)."""
-    options = re2.Options()
-    options.log_errors = False
-    options.max_mem = RE2_MAX_MEM
-    try:
-        return re2.compile(pattern, options)
-    except re2.error:
-        return regex.compile(pattern)
