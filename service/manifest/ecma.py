@@ -88,6 +88,16 @@ def compiled(pattern: str) -> Any:
     return _compile(pattern)
 
 
+@functools.lru_cache(maxsize=4096)
+def backtracking(pattern: str) -> Any:
+    """``pattern`` compiled for ``regex`` alone: for a text RE2 cannot read (RE2 reads UTF-8,
+    and a JSON string may hold a lone surrogate, which ECMA-262 matches as a code point)."""
+    try:
+        return regex.compile(translate(pattern, backtracking=True))
+    except regex.error as exc:
+        raise PatternError(exc.msg) from None
+
+
 def check(pattern: object) -> bool:
     """Whether ``pattern`` is an ECMA-262 regular expression (PatternError says why not):
     the ``regex`` format, for a FormatChecker. Not cached: values are checked this way too."""
@@ -106,10 +116,7 @@ def _compile(pattern: str) -> Any:
         return re2.compile(translate(pattern, backtracking=False), options)
     except (NeedsBacktracking, re2.error):  # a repetition over 1000 or a huge automaton, too
         pass
-    try:
-        return regex.compile(translate(pattern, backtracking=True))
-    except regex.error as exc:
-        raise PatternError(exc.msg) from None
+    return backtracking.__wrapped__(pattern)
 
 
 @functools.lru_cache(maxsize=4096)

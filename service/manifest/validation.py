@@ -388,7 +388,10 @@ def _search(pattern: str, text: str) -> bool:
     """Whether ``pattern`` matches somewhere in ``text``, within the context's deadline."""
     compiled = ecma.compiled(pattern)
     if isinstance(compiled, re2._Regexp):
-        return compiled.search(text) is not None
+        try:
+            return compiled.search(text) is not None
+        except UnicodeEncodeError:  # a lone surrogate: RE2 reads UTF-8 only
+            compiled = ecma.backtracking(pattern)
     deadline = _DEADLINE.get()
     budget = 1.0 if deadline is None else max(deadline - time.monotonic(), 0.001)
     try:

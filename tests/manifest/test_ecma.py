@@ -176,3 +176,15 @@ def test_a_pattern_is_at_most_64_k_characters() -> None:
     ecma.compiled("a" * ecma.MAX_PATTERN_CHARS)
     with pytest.raises(ecma.PatternError, match="longer than 65536 characters"):
         ecma.check("a" * (ecma.MAX_PATTERN_CHARS + 1))
+
+
+def test_a_lone_surrogate_is_a_code_point_as_any_other() -> None:
+    """A frame may hold "\\ud800" (json reads it); RE2 reads UTF-8 only: such a text was
+    refused with "could not check the value (UnicodeEncodeError)" and a logged traceback."""
+    port = SchemaValidator({"type": "object", "properties": {"s": {"pattern": r"^a\S$"}},
+                            "patternProperties": {"^x": {"type": "integer"}}},
+                           Draft202012Validator)
+    assert port.errors({"s": "a\ud800", "x\udfff": 1}) == []
+    assert port.errors({"s": "b\ud800", "x\udfff": "no"}) == [
+        {"path": "/s", "message": "'b\\ud800' does not match '^a\\\\S$'"},
+        {"path": "/x\udfff", "message": "'no' is not of type 'integer'"}]
