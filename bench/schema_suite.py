@@ -1,6 +1,7 @@
 """The official JSON Schema Test Suite, run through the manifest loader: an outside check.
 
-``python -m bench.schema_suite [--suite DIR] [--draft draft2020-12 ...] [--optional]``
+``python -m bench.schema_suite [--suite DIR] [--draft draft2020-12 ...] [--optional]
+[--format-assertion]``
 
 Each test group becomes a manifest (its schema as the ``input`` port), loaded the
 way the server loads it; each test's data is then checked with the port's
@@ -9,6 +10,8 @@ verdict is the suite's. Groups the loader refuses because they need a remote
 document (``http://localhost:1234/...``: nothing is fetched, by design) are
 counted apart. The reference library (jsonschema, given the suite's remote
 documents) runs beside, so that each miss shows whether it is ours alone.
+``--format-assertion`` runs the ``optional/format`` tests too, with the setting
+``schema_format_assertion`` on (and the reference's format checker).
 
 The suite ships inside the jsonschema source distribution on PyPI; without
 ``--suite``, it is fetched with ``pip download`` into ``.cache/`` once.
@@ -106,7 +109,8 @@ def remotes_registry(suite: Path, draft: str) -> Registry[Any]:
     return registry
 
 
-def run_file(path: Path, draft: str, folder: Path, remotes: Registry[Any], score: Score) -> None:
+def run_file(path: Path, draft: str, folder: Path, remotes: Registry[Any], score: Score,
+             format_assertion: bool = False) -> None:
     for i, group in enumerate(json.loads(path.read_text())):
         schema = group["schema"]
         if isinstance(schema, dict) and "$schema" not in schema:
@@ -118,10 +122,12 @@ def run_file(path: Path, draft: str, folder: Path, remotes: Registry[Any], score
             "id": f"g{i}", "language": "python", "script": "actor.py",
             "inports": {"input": {"schema": schema}}}))
         dialect = validator_for(schema, default=jsonschema.Draft202012Validator)
-        reference = dialect(schema, registry=remotes)
+        checker = dialect.FORMAT_CHECKER if format_assertion else None
+        reference = dialect(schema, registry=remotes, format_checker=checker)
         name = f"{path.name}: {group['description']}"
         try:
-            port = load_manifest(manifest, Settings(schema_roots=())).inports["input"]
+            settings = Settings(schema_roots=(), schema_format_assertion=format_assertion)
+            port = load_manifest(manifest, settings).inports["input"]
         except Exception as exc:  # ManifestError, or a crash of the loader
             if not isinstance(exc, ManifestError):
                 score.wrong += [f"{name} / {t['description']} (load crashed: {exc!r})"
@@ -166,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", type=Path, help="the suite's tests/ folder")
     parser.add_argument("--draft", action="append", choices=DRAFTS)
     parser.add_argument("--optional", action="store_true", help="include tests/*/optional")
+    parser.add_argument("--format-assertion", action="store_true",
+                        help="include tests/*/optional/format, with format assertion on")
     parser.add_argument("-v", "--verbose", action="store_true", help="list every miss")
     args = parser.parse_args(argv)
     suite = args.suite or fetch_suite()
@@ -175,10 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         for draft in args.draft or DRAFTS:
             score, remotes = Score(), remotes_registry(suite, draft)
             pattern = "**/*.json" if args.optional else "*.json"
-            for path in sorted((suite / draft).glob(pattern)):
-                if "format" in path.parts and path.parent.name == "format":
+            paths = sorted((suite / draft).glob(pattern))
+            if args.format_assertion:
+                paths += sorted((suite / draft / "optional" / "format").glob("*.json"))
+            for path in dict.fromkeys(paths):
+                if path.parent.name == "format" and not args.format_assertion:
                     continue  # format assertion is off by default: an annotation
-                run_file(path, draft, folder, remotes, score)
+                run_file(path, draft, folder, remotes, score, args.format_assertion)
             print(score.line(draft))
             for miss in score.wrong if args.verbose else score.wrong[:10]:
                 print("   ", miss)

@@ -54,3 +54,19 @@ def test_a_refused_group_counts_as_ours_only_where_the_reference_is_right(
     assert out[0] == ("draft2020-12: 0/2 right (0.0%), 1 wrong where jsonschema is right, "
                       "1 wrong like jsonschema, 0 need a remote document (refused at load)")
     assert out[1] == "    mini.json: inline flag / upper (refused)"
+
+
+def test_format_tests_run_only_with_format_assertion(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tests = tmp_path / "tests" / "draft2020-12"
+    (tests / "optional" / "format").mkdir(parents=True)
+    (tmp_path / "remotes").mkdir()
+    (tests / "optional" / "format" / "date-time.json").write_text(json.dumps([
+        {"description": "date-time", "schema": {"format": "date-time"},
+         "tests": [{"description": "month 13", "data": "2024-13-01T00:00:00Z", "valid": False}]},
+    ]))
+    suite = str(tmp_path / "tests")
+    assert main(["--suite", suite, "--optional"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("draft2020-12: 0/0 right")
+    assert main(["--suite", suite, "--draft", "draft2020-12", "--format-assertion"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("draft2020-12: 1/1 right")
