@@ -68,5 +68,9 @@ def test_format_tests_run_only_with_format_assertion(
     suite = str(tmp_path / "tests")
     assert main(["--suite", suite, "--optional"]) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith("draft2020-12: 0/0 right")
+    (tests / "mini.json").write_text(json.dumps([
+        {"description": "annotation", "schema": {"format": "date-time"},
+         "tests": [{"description": "by default", "data": "2024-13-01T00:00:00Z", "valid": True}]},
+    ]))
     assert main(["--suite", suite, "--draft", "draft2020-12", "--format-assertion"]) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith("draft2020-12: 1/1 right")
