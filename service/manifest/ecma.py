@@ -19,6 +19,10 @@ here, with the reason, when the manifest loads.
 Of ECMA-262's modifiers (2025), ``(?i:...)`` and ``(?-i:...)`` are taken: case-insensitive
 matching for a group, as both engines do it (Unicode's simple case folding).
 
+One difference is left: a backreference into a repeated group (``(a\\1?){2}``) sees the
+capture of the group's previous iteration, where ECMA-262 clears it at each iteration.
+tests/manifest/test_ecma_node.py holds random patterns against node's RegExp.
+
 Leniencies kept from ECMA-262's Annex B (web browsers): an escaped punctuation
 character is that character, a lone ``]`` or ``}`` is literal, and a ``-`` beside a
 class escape in a class (``[\\d-z]``) is literal.
@@ -163,7 +167,9 @@ class _Target:
 
     def boundary(self, negated: bool) -> str:
         if not self.backtracking:
-            return r"\B" if negated else r"\b"  # RE2's \b is ASCII, like ECMA-262's
+            if negated:  # RE2 matches bytes: its \B holds inside a character's UTF-8 bytes
+                raise NeedsBacktracking
+            return r"\b"  # RE2's \b is ASCII, like ECMA-262's
         word = f"[{self.ranges(WORD)}]"
         at = f"(?<={word})(?!{word})|(?<!{word})(?={word})"
         return f"(?!{at})" if negated else f"(?:{at})"
@@ -234,6 +240,8 @@ class _Translator:
         self.backreferences: list[int] = []
         self.named_references: list[str] = []
         self.boundaries = False
+        self.last = "start"  # what the previous term was: start, atom, assertion, quantifier...
+        self.opened: list[str] = []  # per open group: what it is once closed (atom, assertion)
 
     def run(self) -> str:
         while self.at < len(self.text):
@@ -250,29 +258,54 @@ class _Translator:
     def _term(self) -> None:
         c = self.text[self.at]
         self.at += 1
+        if c in "*+?{":
+            self.out.append(self._repeat(c))
+            return
+        kind = "atom"
         if c == "\\":
+            kind = "assertion" if self.text.startswith(("b", "B"), self.at) else "atom"
             self.out.append(self._escape())
         elif c == "[":
             self.out.append(self._class())
         elif c == ".":
             self.out.append(self._set_text(_Set(list(_complement(LINE_TERMINATOR)), []), False))
-        elif c == "$":
-            self.out.append(self.target.end())
+        elif c in "^$":
+            kind = "assertion"
+            self.out.append("^" if c == "^" else self.target.end())
         elif c == "(":
-            self.out.append(self._group())
-        elif c == "{":
-            self.out.append(self._quantifier())
-        elif c in "^|)*+?":
+            opener = self._group()
+            self.opened.append("assertion" if opener[2:3] in ("=", "!", "<") and
+                               not opener.startswith("(?P") else "atom")
+            kind = "start"
+            self.out.append(opener)
+        elif c == "|":
+            kind = "start"
+            self.out.append(c)
+        elif c == ")":
+            kind = self.opened.pop() if self.opened else "atom"  # unbalanced: the engine says so
             self.out.append(c)
         else:  # a lone ] or }, like any other character, is itself
             self.out.append(self.target.char(ord(c)))
+        self.last = kind
 
-    def _quantifier(self) -> str:
-        match = _QUANTIFIER.match(self.text, self.at - 1)
-        if match is None:
-            raise self._fail("a '{' that starts no {n}, {n,} or {n,m} must be escaped: \\{")
-        self.at = match.end()
-        return match.group()
+    def _repeat(self, c: str) -> str:
+        """A quantifier, or the ``?`` that makes one lazy: only an atom or a group repeats."""
+        text = c
+        if c == "{":
+            match = _QUANTIFIER.match(self.text, self.at - 1)
+            if match is None:
+                raise self._fail("a '{' that starts no {n}, {n,} or {n,m} must be escaped: \\{")
+            self.at = match.end()
+            text = match.group()
+        if c == "?" and self.last == "quantifier":
+            self.last = "lazy"
+            return text
+        if self.last != "atom":
+            why = "an assertion cannot be repeated" if self.last == "assertion" else \
+                "it follows no atom"
+            raise self._fail(f"nothing to repeat: {why}")
+        self.last = "quantifier"
+        return text
 
     def _group(self) -> str:
         if not self.text.startswith("?", self.at):

@@ -35,6 +35,7 @@ MATCHES = [
     # \b and \B: boundaries between ASCII word characters and the rest
     (r"\bfoo", "\u00e9foo", True), (r"x\B\u00e9", "x\u00e9", False),
     (r"x\b\u00e9", "x\u00e9", True), (r"\Bx", "ax", True), (r"\bx\b", "a x b", True),
+    (r"A*\B", "_\u3000_", False), (r"\B", "\u3000\u3000", True),
     # CharacterEscape: control escapes, \c, \0, \x, \u (pairs joined), \u{...}, identity
     (r"^\t\n\v\f\r$", "\t\n\x0b\x0c\r", True), (r"^\cJ$", "\n", True), (r"^\ca$", "\x01", True),
     (r"^\0$", "\x00", True), (r"^\x41$", "A", True), (r"^\u00e9$", "\u00e9", True),
@@ -76,7 +77,9 @@ REFUSED = [
     ("(", "missing )"), ("[a", "not closed"), ("a\\", "lone backslash"),
     (r"\p{gc=Nope}", r"bad property \p{gc=Nope}"), (r"\p{Nope}", "unknown property"),
     (r"\x4", "2 hex digits"), (r"\u12", "4 hex digits"), (r"\u{110000}", "at most 10FFFF"),
-    ("a**", "multiple repeat"),
+    ("a**", "nothing to repeat: it follows no atom"), ("(*a)", "it follows no atom"),
+    ("^*", "an assertion cannot be repeated"), (r"a\b+", "an assertion cannot be repeated"),
+    ("(?=a)*", "an assertion cannot be repeated"), ("(?<!a){2}", "an assertion cannot be"),
 ]
 
 
@@ -110,7 +113,7 @@ def test_both_engines_read_a_pattern_alike(pattern: str, text: str, expected: bo
 def test_linear_time_patterns_stay_on_re2() -> None:
     for pattern in (r"^\S+$", r"^.{1,1000}$", r"^\p{Letter}+$", r"^[\d-z]$", r"(?<y>\d)x"):
         assert isinstance(ecma.compiled(pattern), re2._Regexp), pattern
-    for pattern in (r"(a)\1", "a(?=b)", r"\p{LC}", r"\p{ASCII}"):
+    for pattern in (r"(a)\1", "a(?=b)", r"\p{LC}", r"\p{ASCII}", r"a\B"):
         assert not isinstance(ecma.compiled(pattern), re2._Regexp), pattern
 
 
