@@ -181,11 +181,11 @@ class _Target:
         if not value:
             if name in CATEGORY:
                 return self._category(CATEGORY[name], letter)
-            if self.backtracking and _NAME.match(name):  # a binary property: regex knows them
-                return f"\\{letter}{{{name}}}"
-            if _NAME.match(name):
+            if not _NAME.match(name):
+                raise PatternError(f"bad property \\p{{{body}}}")
+            if not self.backtracking:  # a binary property (ASCII, Alphabetic...): regex's
                 raise NeedsBacktracking
-            raise PatternError(f"bad property \\p{{{body}}}")
+            return f"\\{letter}{{{name}}}"
         if name in ("General_Category", "gc") and value in CATEGORY:
             return self._category(CATEGORY[value], letter)
         if name in ("Script", "sc", "Script_Extensions", "scx") and _NAME.match(value):
@@ -274,8 +274,7 @@ class _Translator:
             self.out.append("^" if c == "^" else self.target.end())
         elif c == "(":
             opener = self._group()
-            self.opened.append("assertion" if opener[2:3] in ("=", "!", "<") and
-                               not opener.startswith("(?P") else "atom")
+            self.opened.append("assertion" if opener[2:3] in ("=", "!", "<") else "atom")
             kind = "start"
             self.out.append(opener)
         elif c == "|":
