@@ -42,6 +42,10 @@ from jsonschema.protocols import Validator
 
 RE2_MAX_MEM = 32 << 20  # bytes of automaton per pattern
 MAX_PATTERN_CHARS = 1 << 16
+# The backtracking engine: at most this many copies of the pattern's parts once its counted
+# repetitions are expanded (~30 MB of compiled pattern), and this much translated text.
+MAX_COPIES = 100_000
+MAX_TRANSLATED_CHARS = 1 << 20
 MAX_CODE_POINT = 0x10FFFF
 
 Ranges = tuple[tuple[int, int], ...]  # sorted, disjoint, inclusive code point ranges
@@ -70,7 +74,7 @@ Sm Math_Symbol; So Other_Symbol; Z Separator; Zl Line_Separator; Zp Paragraph_Se
 Zs Space_Separator"""
 CATEGORY = {alias: names.split()[0] for names in _CATEGORIES.split(";")
             for alias in names.split()}
-_RE2_LACKS = frozenset({"LC", "Cn"})
+_RE2_LACKS = frozenset({"C", "LC", "Cn"})  # RE2's C has no Cn in it
 _NAME = re.compile(r"[A-Za-z0-9_]+\Z")
 _QUANTIFIER = re.compile(r"\{(\d+)(,(\d*))?\}")
 _HEX = re.compile(r"[0-9a-fA-F]+")
@@ -96,10 +100,21 @@ def compiled(pattern: str) -> Any:
 def backtracking(pattern: str) -> Any:
     """``pattern`` compiled for ``regex`` alone: for a text RE2 cannot read (RE2 reads UTF-8,
     and a JSON string may hold a lone surrogate, which ECMA-262 matches as a code point)."""
+    translator = _Translator(pattern, _Target(backtracking=True))
+    text = translator.run()
+    # regex expands counted repetitions: (?:(?:a{1000}){1000}){1000} took 3 GB and more
+    if translator.copies > MAX_COPIES:
+        raise PatternError(f"its counted repetitions make more than {MAX_COPIES} copies of "
+                           "its parts (multiply the nested counts)")
+    if len(text) > MAX_TRANSLATED_CHARS:  # 32 K of \S compile to 7.6 MB: 7 s
+        raise PatternError("too large for the backtracking engine (it needs one for a "
+                           "lookaround, a backreference or \\B)")
     try:
-        return regex.compile(translate(pattern, backtracking=True))
+        return regex.compile(text)
     except regex.error as exc:
         raise PatternError(exc.msg) from None
+    except RecursionError:
+        raise PatternError("groups nested too deeply") from None
 
 
 def check(pattern: object) -> bool:
@@ -242,6 +257,10 @@ class _Translator:
         self.boundaries = False
         self.last = "start"  # what the previous term was: start, atom, assertion, quantifier...
         self.opened: list[str] = []  # per open group: what it is once closed (atom, assertion)
+        # Copies of the pattern's parts once counted repetitions are expanded: per open
+        # group (and the whole pattern, first) the sum so far, and the last term's share.
+        self.sums = [0]
+        self.last_copies = 0
 
     def run(self) -> str:
         while self.at < len(self.text):
@@ -262,6 +281,7 @@ class _Translator:
             self.out.append(self._repeat(c))
             return
         kind = "atom"
+        self.last_copies = 1
         if c == "\\":
             kind = "assertion" if self.text.startswith(("b", "B"), self.at) else "atom"
             self.out.append(self._escape())
@@ -276,16 +296,21 @@ class _Translator:
             opener = self._group()
             self.opened.append("assertion" if opener[2:3] in ("=", "!", "<") else "atom")
             kind = "start"
+            self.sums.append(0)
             self.out.append(opener)
         elif c == "|":
             kind = "start"
             self.out.append(c)
         elif c == ")":
             kind = self.opened.pop() if self.opened else "atom"  # unbalanced: the engine says so
+            self.last_copies = self.sums.pop() if len(self.sums) > 1 else 0
             self.out.append(c)
         else:  # a lone ] or }, like any other character, is itself
             self.out.append(self.target.char(ord(c)))
         self.last = kind
+        if kind == "start":
+            self.last_copies = 0
+        self.sums[-1] += self.last_copies
 
     def _repeat(self, c: str) -> str:
         """A quantifier, or the ``?`` that makes one lazy: only an atom or a group repeats."""
@@ -304,7 +329,16 @@ class _Translator:
                 "it follows no atom"
             raise self._fail(f"nothing to repeat: {why}")
         self.last = "quantifier"
+        if c == "{":
+            count = max(int(n) for n in re.findall(r"\d+", text))
+            self.sums[-1] += self.last_copies * (count - 1)
+            self.last_copies *= count
         return text
+
+    @property
+    def copies(self) -> int:
+        """Copies of the pattern's parts once its counted repetitions are expanded."""
+        return sum(self.sums)
 
     def _group(self) -> str:
         if not self.text.startswith("?", self.at):
@@ -440,25 +474,24 @@ class _Translator:
                 return self._set_text(items, negated)
             low = self._class_atom(items)
             if low is None or not self.text.startswith("-", self.at) \
-                    or self.text.startswith("-]", self.at):
+                    or self.text.startswith("-]", self.at) or self.at + 1 == len(self.text):
+                if low is not None:
+                    items.ranges.append((low, low))
                 continue
             self.at += 1
             high = self._class_atom(items)
-            if high is None:  # [\d-z]: the '-' is itself (Annex B)
-                items.ranges.append((0x2D, 0x2D))
-                continue
-            if low > high:
+            if high is None:  # [a-\d]: the '-' is itself (Annex B)
+                items.ranges += [(low, low), (0x2D, 0x2D)]
+            elif low > high:
                 raise self._fail("a class range is out of order")
-            items.ranges.remove((low, low))
-            items.ranges.remove((high, high))
-            items.ranges.append((low, high))
+            else:
+                items.ranges.append((low, high))
 
     def _class_atom(self, items: _Set) -> int | None:
-        """Adds the next atom to ``items``; its code point, None when it is a set."""
+        """The next atom's code point; None when it is a set (added to ``items`` then)."""
         c = self.text[self.at]
         self.at += 1
         if c != "\\":
-            items.ranges.append((ord(c), ord(c)))
             return ord(c)
         if self.at >= len(self.text):
             raise self._fail("the pattern ends with a lone backslash")
@@ -471,9 +504,7 @@ class _Translator:
             self.at += 1
             items.properties.append(self._property(e == "P"))
             return None
-        code = self._character_escape(in_class=True)
-        items.ranges.append((code, code))
-        return code
+        return self._character_escape(in_class=True)
 
     def _set_text(self, items: _Set, negated: bool) -> str:
         ranges = _merged(items.ranges)
