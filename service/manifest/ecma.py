@@ -46,6 +46,7 @@ MAX_PATTERN_CHARS = 1 << 16
 # repetitions are expanded (~30 MB of compiled pattern), and this much translated text.
 MAX_COPIES = 100_000
 MAX_TRANSLATED_CHARS = 1 << 20
+COST_PER_COPY = 10  # RE2 program steps per part of a pattern (a class: a few UTF-8 ranges)
 MAX_CODE_POINT = 0x10FFFF
 
 Ranges = tuple[tuple[int, int], ...]  # sorted, disjoint, inclusive code point ranges
@@ -136,6 +137,21 @@ def _compile(pattern: str) -> Any:
     except (NeedsBacktracking, re2.error):  # a repetition over 1000 or a huge automaton, too
         pass
     return backtracking.__wrapped__(pattern)
+
+
+@functools.lru_cache(maxsize=4096)
+def cost(pattern: str) -> int:
+    """The steps per character of text a linear-time engine may take on ``pattern`` at worst:
+    the size of its RE2 program (for one RE2 lacks features for, its expanded size)."""
+    try:
+        compiled_pattern = compiled(pattern)
+    except PatternError:  # refused when its schema loads
+        return 0
+    if isinstance(compiled_pattern, re2._Regexp):
+        return int(compiled_pattern.programsize)
+    translator = _Translator(pattern, _Target(backtracking=True))
+    translator.run()
+    return COST_PER_COPY * max(translator.copies, 1)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -37,6 +37,8 @@ from contextvars import ContextVar
 from itertools import islice
 from typing import Any
 
+import jsonschema._legacy_keywords
+import jsonschema._utils
 import jsonschema_rs
 import orjson
 import re2
@@ -63,6 +65,10 @@ _THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="validation")
 # The largest container (as JSON text) whose multipleOf verdict runs on the event loop:
 # ~10 ms at the worst of a few µs per number.
 LOOP_VERDICT_BYTES = 16 << 10
+# The most pattern steps (characters of a value x steps of a pattern's program) a verdict
+# may cost on the event loop: ~7 ms at jsonschema-rs's worst.
+LOOP_PATTERN_STEPS = 5_000_000
+DEADLINE_SLACK_S = 0.5  # past timeout_s, the wait for an error pass that cannot stop itself
 # The deadline of the error pass running in this context (None: none).
 _DEADLINE: ContextVar[float | None] = ContextVar("validation_deadline", default=None)
 
@@ -82,12 +88,13 @@ class SchemaValidator:
         self.dialect = dialect
         self.timeout_s = timeout_s
         self._python = _python_validator(schema, dialect, format_assertion)
+        found = [p for _, p in patterns(schema, specification_of(dialect))]
         # jsonschema-rs would accept a value ECMA-262's ASCII word boundaries refuse
-        self._fast = None if any(ecma.asserts_word_boundaries(p) for _, p in
-                                  patterns(schema, specification_of(dialect))) \
+        self._fast = None if any(map(ecma.asserts_word_boundaries, found)) \
             else _rust_validator(schema, dialect, format_assertion)
         self._calls_python = self._fast is not None and _has_keyword(schema, dialect,
                                                                      "multipleOf")
+        self._steps_per_byte = max(map(ecma.cost, found), default=0)
 
     def is_valid(self, value: Any) -> bool | None:
         """The fast verdict: True, False, or None when jsonschema-rs has none to give."""
@@ -106,16 +113,34 @@ class SchemaValidator:
         return self._errors(value, verdict, time.monotonic() + self.timeout_s)
 
     async def check(self, value: Any) -> Errors:
-        """Like :meth:`errors`, with the error pass (and a costly verdict) off the event loop."""
-        if self._calls_python and isinstance(value, dict | list) \
-                and _encoded_size(value) > LOOP_VERDICT_BYTES:
-            verdict = await _off_loop(self.is_valid, value)
-        else:
-            verdict = self.is_valid(value)
+        """Like :meth:`errors`, with the error pass (and a costly verdict) off the event loop,
+        and refused once ``timeout_s`` has passed."""
+        verdict = await self._verdict(value)
         if verdict:
             return []
         deadline = time.monotonic() + self.timeout_s
-        return await _off_loop(self._errors, value, verdict, deadline)
+        try:
+            return await asyncio.wait_for(_off_loop(self._errors, value, verdict, deadline),
+                                          self.timeout_s + DEADLINE_SLACK_S)
+        except TimeoutError:  # one RE2 search cannot be stopped: its thread finishes alone
+            return [{"path": "", "message": f"validation did not finish within "
+                                            f"{self.timeout_s:g} s; the value is refused"}]
+
+    async def _verdict(self, value: Any) -> bool | None:
+        """jsonschema-rs's verdict, where it costs the event loop little. Its linear-time
+        patterns still take up to ~1.4 ns per character per step of their program (``a[^c]
+        {1000}c`` on 1 MB of text: 13 s), and it holds the GIL: a value that could cost more
+        than LOOP_PATTERN_STEPS gets no verdict, and jsonschema decides off the loop (RE2
+        lets the loop run). A costly ``multipleOf`` runs in a thread (it lets the loop run)."""
+        if self._fast is None or not (self._steps_per_byte or self._calls_python) \
+                or not isinstance(value, str | dict | list):
+            return self.is_valid(value)
+        size = _encoded_size(value)
+        if size * self._steps_per_byte > LOOP_PATTERN_STEPS:
+            return None
+        if self._calls_python and size > LOOP_VERDICT_BYTES:
+            return await _off_loop(self.is_valid, value)
+        return self.is_valid(value)
 
     def _errors(self, value: Any, verdict: bool | None, deadline: float) -> Errors:
         """jsonschema's errors: the reference has the last word on a value refused above.
@@ -410,6 +435,21 @@ def _json_key(value: Any) -> Any:
 
 
 # --- regular expressions ---
+
+
+class _EcmaRe:
+    """What jsonschema's own helpers get for the ``re`` module: they match the names of
+    ``patternProperties`` with it to find what ``unevaluatedProperties`` (2019-09 and
+    later) has left, which must read the patterns as ECMA-262, bounded, like the keywords
+    above (``re`` read ``^\\d$`` as Unicode digits and backtracked under the GIL)."""
+
+    @staticmethod
+    def search(pattern: str, string: str, flags: int = 0) -> bool | None:
+        return _search(pattern, string) or None
+
+
+jsonschema._utils.re = _EcmaRe  # type: ignore[attr-defined]
+jsonschema._legacy_keywords.re = _EcmaRe  # type: ignore[attr-defined]
 
 
 def _search(pattern: str, text: str) -> bool:

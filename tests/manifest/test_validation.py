@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -288,3 +290,58 @@ async def test_check_runs_the_error_pass_off_the_loop() -> None:
     v = validator({"type": "string", "pattern": HOSTILE_PATTERN})
     assert await v.check("ab") == []
     assert [e["path"] for e in await v.check(HOSTILE_TEXT)] == [""]
+
+
+async def _longest_loop_gap_s(work: Any) -> tuple[Any, float]:
+    """``await work`` while a ticker measures the event loop's longest stall."""
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.005)
+            gaps.append(loop.time() - last)
+            last = loop.time()
+
+    ticker = asyncio.create_task(tick())
+    try:
+        return await work, max(gaps, default=0.0)
+    finally:
+        ticker.cancel()
+
+
+async def test_a_verdict_costly_for_its_patterns_is_left_to_jsonschema_off_the_loop() -> None:
+    """jsonschema-rs's linear-time patterns cost up to ~1.4 ns per character per program
+    step, and it holds the GIL: a[^c]{1000}c on 1 MiB held the event loop for 13 s."""
+    v = validator({"type": "string", "pattern": "a[^c]{1000}c"})
+    text = "".join("ab"[bin(i).count("1") & 1] for i in range(1 << 20))
+    assert await v._verdict("ab" * 100) is False  # small: on the loop
+    assert await v._verdict(text) is None
+    errors, gap_s = await _longest_loop_gap_s(v.check(text))
+    assert [e["path"] for e in errors] == [""] and gap_s < 1.0
+
+
+async def test_an_error_pass_past_its_deadline_refuses_the_value(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One RE2 search cannot be stopped: the call does not wait for it past timeout_s."""
+    v = validator({"type": "string", "pattern": "^a$"}, timeout_s=0.1)
+    monkeypatch.setattr(v, "_errors", lambda *args: time.sleep(1.5))
+    monkeypatch.setattr(validation, "DEADLINE_SLACK_S", 0.1)
+    started = time.monotonic()
+    assert await v.check("b") == [
+        {"path": "", "message": "validation did not finish within 0.1 s; the value is refused"}]
+    assert time.monotonic() - started < 1.0
+
+
+def test_unevaluated_properties_read_pattern_properties_as_ecma_262() -> None:
+    """jsonschema's helper that finds what patternProperties evaluated used Python's re:
+    ^\\d$ took an Arabic-Indic digit, (?<n>a)\\k<n> failed every value, ^(a|a)+$ backtracked
+    on the event loop's GIL."""
+    for dialect in (jsonschema.Draft202012Validator, jsonschema.Draft201909Validator):
+        def port(pattern: str, draft: str = dialect.META_SCHEMA["$schema"]) -> SchemaValidator:
+            return validator({"$schema": draft, "type": "object",
+                              "patternProperties": {pattern: {}}, "unevaluatedProperties": False})
+        assert port(r"^\d$").errors({"\u0663": 1}) != []
+        assert port(r"(?<n>a)\k<n>").errors({"aa": 1}) == []
+        assert port("^(a|a)+$").errors({"a" * 40 + "!": 1}) != []
