@@ -103,6 +103,8 @@ def compile_schema(
     issues = bundler.issues or [
         SchemaIssue("", f"the bundled schema does not resolve {ref!r} (please report this)")
         for ref in unresolvable_refs(bundled, dialect)]
+    # each document's patterns were checked; a reference across documents may reach more
+    issues = issues or pattern_issues(bundled, dialect)
     if issues:
         return None, issues
     validator = SchemaValidator(bundled, dialect, format_assertion, timeout_s)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urldefrag, urljoin
 
 import referencing.jsonschema
 from jsonschema.protocols import Validator
-from referencing import Resource, Specification
+from referencing import Registry, Resource, Specification
 
 from service.manifest.yamlnodes import escape_pointer_token
 
@@ -57,13 +57,42 @@ def _walk(resource: Resource[Any], base: str, pointers: dict[int, str]) -> Itera
 
 def patterns(document: Any, spec: Specification[Any]) -> Iterator[tuple[str, str]]:
     """Every regular expression of ``document`` a validator compiles (``pattern``, the names
-    of ``patternProperties``), with the pointer of its keyword."""
-    root = Resource(contents=document, specification=spec)  # type: ignore[call-arg]
-    for node in nodes(document, spec, root.id() or ""):
+    of ``patternProperties``), with the pointer of its keyword; also in what a reference
+    makes a schema of (``{"$ref": "#/$defs/a/const"}`` validates with that const)."""
+    for node in reachable_nodes(document, spec):
         if isinstance(node.contents.get("pattern"), str):
             yield f"{node.pointer}/pattern", node.contents["pattern"]
         for name in node.contents.get("patternProperties") or ():
             yield f"{node.pointer}/patternProperties", name
+
+
+def reachable_nodes(document: Any, spec: Specification[Any]) -> Iterator[Node]:
+    """Every object subschema of ``document`` (:func:`nodes`), and of every part of it that
+    a reference resolves to, once each. Pointers are into ``document``."""
+    root = Resource(contents=document, specification=spec)  # type: ignore[call-arg]
+    base = root.id() or ""
+    registry: Registry[Any] = Registry().with_resource(base, root)
+    pointers = _pointers(document)
+    seen: set[int] = set()
+    pending = [(document, base)]
+    while pending:
+        part, part_base = pending.pop()
+        for node in nodes(part, spec, part_base):
+            if id(node.contents) in seen:
+                continue
+            seen.add(id(node.contents))
+            yield Node(node.contents, node.base, pointers.get(id(node.contents), node.pointer))
+            for keyword in ref_keywords(spec):
+                ref = node.contents.get(keyword)
+                if not isinstance(ref, str):
+                    continue
+                try:  # crawled on the first reference: referencing fails on some schemas
+                    registry = registry.crawl()  # (property_dependencies_first)
+                    target = registry.resolver(node.base).lookup(ref).contents
+                except Exception:  # a metaschema, or checked elsewhere (unresolvable_refs)
+                    continue
+                if isinstance(target, dict) and id(target) not in seen:
+                    pending.append((target, urldefrag(urljoin(node.base, ref))[0]))
 
 
 def property_dependencies_first(document: Any) -> Any:

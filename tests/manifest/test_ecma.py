@@ -214,3 +214,21 @@ def test_a_lone_surrogate_is_a_code_point_as_any_other() -> None:
     assert port.errors({"s": "b\ud800", "x\udfff": "no"}) == [
         {"path": "/s", "message": "'b\\ud800' does not match '^a\\\\S$'"},
         {"path": "/x\udfff", "message": "'no' is not of type 'integer'"}]
+
+
+@pytest.mark.parametrize(("pattern", "problem"), [
+    (r"a\z", r"\z is not an escape"), ("(", "missing )")])
+def test_patterns_a_reference_makes_a_schema_of_are_checked(tmp_path: Path, pattern: str,
+                                                             problem: str) -> None:
+    """{"$ref": "#/$defs/a/const"} validates with the const: its patterns are a schema's."""
+    path = write(tmp_path, BASE + "inports:\n  x:\n    schema:\n"
+                 "      $ref: '#/$defs/a/const'\n"
+                 f"      $defs: {{a: {{const: {{pattern: '{pattern}'}}}}}}\n")
+    [message] = messages(path)
+    assert message.startswith("inports.x.schema.$defs.a.const.pattern: ") and problem in message
+
+
+def test_word_boundaries_a_reference_reaches_leave_the_verdict_to_jsonschema() -> None:
+    port = SchemaValidator({"$ref": "#/$defs/a/const", "$defs": {"a": {"const": {
+        "pattern": r"\Bx"}}}}, Draft202012Validator)
+    assert port._fast is None and port.errors("\u00e9x") != []
