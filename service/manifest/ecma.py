@@ -76,7 +76,21 @@ Zs Space_Separator"""
 CATEGORY = {alias: names.split()[0] for names in _CATEGORIES.split(";")
             for alias in names.split()}
 _RE2_LACKS = frozenset({"C", "LC", "Cn"})  # RE2's C has no Cn in it
-_NAME = re.compile(r"[A-Za-z0-9_]+\Z")
+_SCRIPT = re.compile(r"[A-Z][a-z]+(_[A-Z][a-z]+)*\Z")  # Greek, Old_Italic, Grek: as spelt
+# ECMA-262's binary properties (table "Binary Unicode property aliases"), spelt as it has them
+BINARY_PROPERTIES = frozenset("""ASCII ASCII_Hex_Digit AHex Alphabetic Alpha Any Assigned
+Bidi_Control Bidi_C Bidi_Mirrored Bidi_M Case_Ignorable CI Cased Changes_When_Casefolded CWCF
+Changes_When_Casemapped CWCM Changes_When_Lowercased CWL Changes_When_NFKC_Casefolded CWKCF
+Changes_When_Titlecased CWT Changes_When_Uppercased CWU Dash Default_Ignorable_Code_Point DI
+Deprecated Dep Diacritic Dia Emoji Emoji_Component EComp Emoji_Modifier EMod
+Emoji_Modifier_Base EBase Emoji_Presentation EPres Extended_Pictographic ExtPict Extender Ext
+Grapheme_Base Gr_Base Grapheme_Extend Gr_Ext Hex_Digit Hex IDS_Binary_Operator IDSB
+IDS_Trinary_Operator IDST ID_Continue IDC ID_Start IDS Ideographic Ideo Join_Control Join_C
+Logical_Order_Exception LOE Lowercase Lower Math Noncharacter_Code_Point NChar Pattern_Syntax
+Pat_Syn Pattern_White_Space Pat_WS Quotation_Mark QMark Radical Regional_Indicator RI
+Sentence_Terminal STerm Soft_Dotted SD Terminal_Punctuation Term Unified_Ideograph UIdeo
+Uppercase Upper Variation_Selector VS White_Space space XID_Continue XIDC XID_Start
+XIDS""".split())  # noqa: SIM905 - as the table has them
 _QUANTIFIER = re.compile(r"\{(\d+)(,(\d*))?\}")
 _HEX = re.compile(r"[0-9a-fA-F]+")
 _GROUP_NAME = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
@@ -212,14 +226,14 @@ class _Target:
         if not value:
             if name in CATEGORY:
                 return self._category(CATEGORY[name], letter)
-            if not _NAME.match(name):
-                raise PatternError(f"bad property \\p{{{body}}}")
+            if name not in BINARY_PROPERTIES:
+                raise PatternError(f"unknown property \\p{{{body}}}")
             if not self.backtracking:  # a binary property (ASCII, Alphabetic...): regex's
                 raise NeedsBacktracking
             return f"\\{letter}{{{name}}}"
         if name in ("General_Category", "gc") and value in CATEGORY:
             return self._category(CATEGORY[value], letter)
-        if name in ("Script", "sc", "Script_Extensions", "scx") and _NAME.match(value):
+        if name in ("Script", "sc", "Script_Extensions", "scx") and _SCRIPT.match(value):
             if self.backtracking:
                 return f"\\{letter}{{{name}={value}}}"
             if name in ("Script", "sc") and value not in CATEGORY:
@@ -447,7 +461,7 @@ class _Translator:
             return self._unicode_escape()
         if in_class and c == "b":
             return 0x08
-        if not (c.isascii() and c.isalnum()):
+        if c.isascii() and not c.isalnum() and c.isprintable():
             return ord(c)  # \. \/ \- and the like: the character itself
         raise self._fail(f"\\{c} is not an escape of ECMA-262 regular expressions")
 
@@ -523,11 +537,14 @@ class _Translator:
         return self._character_escape(in_class=True)
 
     def _set_text(self, items: _Set, negated: bool) -> str:
-        ranges = _merged(items.ranges)
-        if not ranges and not items.properties:  # [] matches nothing, [^] anything
+        ranges, properties = _merged(items.ranges), items.properties
+        if any(p.replace("\\p", "\\P", 1) in properties for p in properties
+               if p.startswith("\\p")):
+            ranges, properties = ((0, MAX_CODE_POINT),), []  # regex: [^\p{L}\P{L}] took all
+        elif not ranges and not properties:  # [] matches nothing, [^] anything
             negated = not negated
             ranges = ((0, MAX_CODE_POINT),)
-        body = self.target.ranges(ranges) + "".join(items.properties)
+        body = self.target.ranges(ranges) + "".join(properties)
         return f"[{'^' if negated else ''}{body}]"
 
 

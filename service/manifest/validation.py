@@ -48,7 +48,7 @@ from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 
 from service.manifest import ecma
-from service.manifest.schemawalk import nodes, patterns, specification_of
+from service.manifest.schemawalk import nodes, patterns, reachable_nodes, specification_of
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ LOOP_VERDICT_BYTES = 16 << 10
 # The most pattern steps (characters of a value x steps of a pattern's program) a verdict
 # may cost on the event loop: ~7 ms at jsonschema-rs's worst.
 LOOP_PATTERN_STEPS = 5_000_000
+LAX_RUST_FORMATS = frozenset({"idn-hostname", "idn-email"})  # see _Formats
 DEADLINE_SLACK_S = 0.5  # past timeout_s, the wait for an error pass that cannot stop itself
 # The deadline of the error pass running in this context (None: none).
 _DEADLINE: ContextVar[float | None] = ContextVar("validation_deadline", default=None)
@@ -88,9 +89,13 @@ class SchemaValidator:
         self.dialect = dialect
         self.timeout_s = timeout_s
         self._python = _python_validator(schema, dialect, format_assertion)
-        found = [p for _, p in patterns(schema, specification_of(dialect))]
-        # jsonschema-rs would accept a value ECMA-262's ASCII word boundaries refuse
-        self._fast = None if any(map(ecma.asserts_word_boundaries, found)) \
+        spec = specification_of(dialect)
+        found = [p for _, p in patterns(schema, spec)]
+        # jsonschema-rs would accept a value ECMA-262's ASCII word boundaries refuse, or a
+        # host name IDNA2008 refuses
+        lax = format_assertion and not LAX_RUST_FORMATS.isdisjoint(
+            node.contents.get("format") for node in reachable_nodes(schema, spec))
+        self._fast = None if lax or any(map(ecma.asserts_word_boundaries, found)) \
             else _rust_validator(schema, dialect, format_assertion)
         self._calls_python = self._fast is not None and _has_keyword(schema, dialect,
                                                                      "multipleOf")
@@ -282,8 +287,9 @@ def _python_validator(schema: Any, dialect: type[Validator], format_assertion: b
 class _Formats(FormatChecker):
     """Format assertion for jsonschema: jsonschema-rs's checks, which cover every format of
     the dialect to its RFC (jsonschema's own, without optional packages that cost 20 MB
-    and a second at start, know 8 and pass ``date-time`` or ``uri`` unchecked), and
-    ``regex`` read as ECMA-262."""
+    and a second at start, know 8 and pass ``date-time`` or ``uri`` unchecked), and those
+    8 too where jsonschema has them (its ``idn-hostname`` is IDNA2008's, which refuses the
+    full-width A (U+FF21) jsonschema-rs takes); ``regex`` read as ECMA-262."""
 
     def __init__(self, dialect: type[Validator]) -> None:
         super().__init__(())
@@ -298,8 +304,17 @@ class _Formats(FormatChecker):
                 raise FormatError(f"{instance!r} is not a 'regex'", cause=exc) from exc
         elif self._rust is None:
             self._fallback.check(instance, format)
-        elif not _format_validator(self._rust, format).is_valid(instance):
+        elif not (_format_validator(self._rust, format).is_valid(_case_folded(instance, format))
+                  and self._fallback.conforms(instance, format)):
             raise FormatError(f"{instance!r} is not a {format!r}")
+
+
+def _case_folded(instance: object, format: str) -> object:
+    """A host name as jsonschema-rs can judge it: it refuses an upper-case ACE prefix
+    (XN--ZCKZAH), which RFC 3490 (§5) matches without regard to case."""
+    if format in ("hostname", "idn-hostname") and isinstance(instance, str):
+        return instance.lower()
+    return instance
 
 
 @functools.lru_cache(maxsize=256)  # format names come from loaded schemas

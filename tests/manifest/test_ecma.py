@@ -56,6 +56,7 @@ MATCHES = [
     (r"^\p{digit}+$", "\u09ea\u09e8", True), (r"^\P{L}$", "1", True), (r"^\P{L}$", "a", False),
     (r"^\p{Script=Greek}$", "\u03b1", True), (r"^\p{sc=Grek}$", "\u03b1", True),
     (r"^\p{scx=Greek}$", "\u03b1", True), (r"^\p{ASCII}$", "\u00e9", False),
+    (r"^[^\p{L}\P{L}]$", "a", False), (r"^[\P{L}\p{L}]$", "1", True), (r"^\p{Any}$", "a", True),
     (r"^\p{LC}$", "a", True), (r"^\P{C}$", "\u0378", False), (r"^\p{C}$", "\U0010ffff", True),
     (r"^[\p{Lu}\d]+$", "A1", True), (r"^[^\p{Lu}]$", "A", False),
     # Groups, quantifiers, backreferences and lookarounds
@@ -79,6 +80,10 @@ REFUSED = [
     ("(", "missing )"), ("[a", "not closed"), ("[a-", "not closed"), ("a\\", "lone backslash"),
     (r"\p{gc=Nope}", r"bad property \p{gc=Nope}"), (r"\p{Nope}", "unknown property"),
     (r"\x4", "2 hex digits"), (r"\u12", "4 hex digits"), (r"\u{110000}", "at most 10FFFF"),
+    (r"\p{Greek}", r"unknown property \p{Greek}"), (r"\p{letter}", "unknown property"),
+    (r"\p{lu}", "unknown property"), (r"\p{IsGreek}", "unknown property"),
+    (r"\p{Script=greek}", "bad property"), (r"\p{gc=}", "unknown property"),
+    (r"\p{Script}", "unknown property"), ("\\\u00e9", "is not an escape"),
     ("a**", "nothing to repeat: it follows no atom"), ("(*a)", "it follows no atom"),
     ("^*", "an assertion cannot be repeated"), (r"a\b+", "an assertion cannot be repeated"),
     ("(?=a)*", "an assertion cannot be repeated"), ("(?<!a){2}", "an assertion cannot be"),

@@ -231,6 +231,16 @@ def test_every_format_is_checked_when_asserted(fmt: str, bad: str, good: str) ->
     assert asserted.errors(good) == []
 
 
+def test_host_names_are_judged_as_their_rfcs_say() -> None:
+    """An ACE prefix in capitals is one (RFC 3490 §5); IDNA2008 refuses full-width and
+    upper-case letters (RFC 5892), which jsonschema-rs took."""
+    hostname = validator({"format": "hostname"}, format_assertion=True)
+    assert hostname.errors("XN--ZCKZAH") == [] and hostname.errors("-a.example") != []
+    idn = validator({"format": "idn-hostname"}, format_assertion=True)
+    assert [idn.errors(name) == [] for name in ("\uff21", "\u00c9", "\ufb01", "\u00e9.example",
+                                               "\u00df.de")] == [False, False, False, True, True]
+
+
 def test_at_most_fifty_errors() -> None:
     v = validator({"items": {"type": "string"}})
     assert len(v.errors(list(range(1000)))) == 50
