@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -113,6 +115,8 @@ async def serve_worker(settings: Settings, extra_actors: Sequence[Path | str] = 
                 await _until_signalled()
                 log.info("shutting down: running calls get up to %ss",
                          settings.shutdown_grace_s)
+                asyncio.get_running_loop().call_later(
+                    settings.shutdown_grace_s + STOP_SLACK_S, _exit_stuck)
             finally:
                 await runner.cleanup()
 
@@ -137,6 +141,21 @@ def _health_app(node: ClusterNode, metrics: Metrics,
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
     return app
+
+
+STOP_SLACK_S = 5.0  # past shutdown_grace_s, the longest the worker's cleanup may take
+
+
+def _exit_stuck() -> None:
+    """A worker told to stop stops: if its cleanup hangs, say where, and exit."""
+    for task in asyncio.all_tasks():
+        stack = io.StringIO()
+        task.print_stack(limit=8, file=stack)
+        log.error("shutdown is stuck; a task still waits: %s", stack.getvalue())
+    log.error("forced exit: the shutdown took more than shutdown_grace_s + %ss",
+              STOP_SLACK_S)
+    logging.shutdown()
+    os._exit(1)
 
 
 async def _until_signalled() -> None:
