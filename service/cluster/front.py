@@ -40,6 +40,7 @@ from service.cluster.streams import (
     encode,
     error_message,
     remote_error,
+    stop_if_cancelled,
     supervised,
 )
 from service.cluster.worker import CONTROL_MAXLEN, new_id
@@ -291,6 +292,7 @@ class ClusterFront:
     async def _follow(self, call: _Pending, emit: Emit | None) -> dict[str, Any]:
         """Forward the call's outputs and logs until its answer arrives."""
         while True:
+            stop_if_cancelled()
             event = await call.events.get()
             kind = event.get("kind")
             if kind == "result":
@@ -356,6 +358,7 @@ class ClusterFront:
     async def _read_loop(self) -> None:
         backoff = Backoff(self.cfg.reconnect_max_s)
         while True:
+            stop_if_cancelled()
             try:
                 if not self.broker_up:
                     await self._connect()
@@ -439,6 +442,7 @@ class ClusterFront:
 
     async def _view_loop(self) -> None:
         while True:
+            stop_if_cancelled()
             await asyncio.sleep(self.cfg.heartbeat_s)
             if not self.broker_up:
                 continue

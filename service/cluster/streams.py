@@ -150,6 +150,16 @@ def broker_unavailable() -> SandboxUnavailable:
     return SandboxUnavailable(BACKEND, BROKER_DOWN)
 
 
+def stop_if_cancelled() -> None:
+    """CancelledError if this task was asked to stop. redis-py may answer the cancellation
+    of a command with an error of its own, or finish it: a loop that catches errors and
+    goes on would then run for ever (a worker's heartbeat kept its shutdown waiting until
+    it was killed). Every retrying loop calls this each round."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Backoff:
     """Growing, jittered pauses between attempts to reach Redis; reset once it answers."""
 
@@ -164,6 +174,7 @@ class Backoff:
         self._next_s = self.FIRST_S
 
     async def wait(self) -> None:
+        stop_if_cancelled()
         # Full jitter: many workers reconnecting after an outage do not hit Redis in step.
         await asyncio.sleep(self._random.uniform(self._next_s / 2, self._next_s))
         self._next_s = min(self.max_s, self._next_s * 2)

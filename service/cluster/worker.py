@@ -44,6 +44,7 @@ from service.cluster.streams import (
     encode,
     ensure_group,
     error_message,
+    stop_if_cancelled,
     supervised,
 )
 from service.errors import InternalError, RpcError, SandboxUnavailable
@@ -169,6 +170,7 @@ class ClusterWorker:
     async def _heartbeat_loop(self) -> None:
         backoff = Backoff(self.cfg.reconnect_max_s)
         while True:
+            stop_if_cancelled()
             try:
                 await self._beat()
             except BROKER_ERRORS as exc:
@@ -333,6 +335,7 @@ class ClusterWorker:
         stream = self.keys.calls(actor_id)
         backoff = Backoff(self.cfg.reconnect_max_s)
         while not self._stopping:
+            stop_if_cancelled()
             try:
                 await self._take_some(actor_id, stream, backoff)
             except BROKER_ERRORS as exc:
@@ -436,6 +439,7 @@ class ClusterWorker:
         fails it too if the answer cannot get through either)."""
         backoff = Backoff(self.cfg.reconnect_max_s)
         while True:
+            stop_if_cancelled()
             try:
                 await self.redis.xadd(front, fields, maxlen=self.cfg.stream_maxlen,
                                       approximate=True, nomkstream=True)
@@ -458,6 +462,7 @@ class ClusterWorker:
         deadline = time.monotonic() + self.cfg.worker_timeout_s
         backoff = Backoff(self.cfg.reconnect_max_s)
         while True:
+            stop_if_cancelled()
             try:
                 await self._ack(job.stream, job.entry_id,
                                 None if fields is None else (front, fields))
@@ -481,6 +486,7 @@ class ClusterWorker:
         backoff = Backoff(self.cfg.reconnect_max_s)
         last: str | None = None
         while True:
+            stop_if_cancelled()
             try:
                 if last is None:
                     newest = await self.redis.xrevrange(self.keys.control, count=1)

@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from service.cluster import node
+from service.cluster.streams import Backoff, stop_if_cancelled
 
 
 async def test_a_stuck_shutdown_names_the_waiting_tasks_and_exits(
@@ -28,3 +29,29 @@ async def test_a_stuck_shutdown_names_the_waiting_tasks_and_exits(
     assert any("shutdown is stuck" in r.message and "waits_for_ever" in r.message
                for r in caplog.records)
     assert "forced exit" in caplog.records[-1].message
+
+
+async def test_a_loop_whose_client_swallows_the_cancellation_still_stops() -> None:
+    """redis-py may end a cancelled command with an error of its own: a retrying loop that
+    catches it went on for ever, and the worker's shutdown waited for it."""
+
+    async def command() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise ConnectionError("connection closed by the cancellation") from None
+
+    async def retrying() -> None:
+        backoff = Backoff(0.01)
+        while True:
+            stop_if_cancelled()
+            try:
+                await command()
+            except ConnectionError:
+                await backoff.wait()
+
+    task = asyncio.create_task(retrying())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)
