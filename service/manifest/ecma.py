@@ -93,7 +93,8 @@ Uppercase Upper Variation_Selector VS White_Space space XID_Continue XIDC XID_St
 XIDS""".split())  # noqa: SIM905 - as the table has them
 _QUANTIFIER = re.compile(r"\{(\d+)(,(\d*))?\}")
 _HEX = re.compile(r"[0-9a-fA-F]+")
-_GROUP_NAME = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
+# ECMA-262's IdentifierName, near enough: Unicode letters, digits after the first, _ and $
+_GROUP_NAME = re.compile(r"(?:[^\W\d]|\$)(?:\w|\$)*")
 
 
 class PatternError(ValueError):

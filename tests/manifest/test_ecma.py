@@ -61,6 +61,7 @@ MATCHES = [
     (r"^[\p{Lu}\d]+$", "A1", True), (r"^[^\p{Lu}]$", "A", False),
     # Groups, quantifiers, backreferences and lookarounds
     (r"^(?:ab)+$", "abab", True), (r"^(?<year>\d{4})-\k<year>$", "2024-2024", True),
+    ("^(?<\u00e9t\u00e9>a)\\k<\u00e9t\u00e9>$", "aa", True), (r"^(?<$a_1>a)\k<$a_1>$", "aa", True),
     (r"^(a)\1$", "aa", True), (r"^(a)\1$", "ab", False), (r"(a)|\1b", "b", True),
     (r"^a{2,3}$", "aaaa", False), (r"^a{2,}?$", "aaaa", True), (r"a(?=b)", "ab", True),
     (r"a(?!b)", "ab", False), (r"(?<=a)b", "ab", True), (r"(?<!a)b", "ab", False),
