@@ -12,8 +12,9 @@ U+2029 too), ``$`` matches before a final newline in ``regex``, and ``\\cJ``,
 it: every class escape and ``.`` becomes an explicit set of code points, every
 character an escape, so that the engine's own defaults decide nothing. The
 translation goes to RE2 (linear time), or, for what RE2 lacks (lookarounds,
-backreferences, a few Unicode properties), to ``regex``, which backtracks and so
-runs with a timeout (see validation.py). Text that ECMA-262 refuses is refused
+backreferences, ``\\B``, a few Unicode properties), to ``regex``, which backtracks and
+so runs with a timeout (see validation.py); what that engine cannot hold (expanded
+counted repetitions, deep nesting) is refused. Text that ECMA-262 refuses is refused
 here, with the reason, when the manifest loads.
 
 Of ECMA-262's modifiers (2025), ``(?i:...)`` and ``(?-i:...)`` are taken: case-insensitive
@@ -23,7 +24,7 @@ One difference is left: a backreference into a repeated group (``(a\\1?){2}``) s
 capture of the group's previous iteration, where ECMA-262 clears it at each iteration.
 tests/manifest/test_ecma_node.py holds random patterns against node's RegExp.
 
-Leniencies kept from ECMA-262's Annex B (web browsers): an escaped punctuation
+Leniencies kept from ECMA-262's Annex B (web browsers): an escaped ASCII punctuation
 character is that character, a lone ``]`` or ``}`` is literal, and a ``-`` beside a
 class escape in a class (``[\\d-z]``) is literal.
 """
