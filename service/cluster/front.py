@@ -292,7 +292,6 @@ class ClusterFront:
     async def _follow(self, call: _Pending, emit: Emit | None) -> dict[str, Any]:
         """Forward the call's outputs and logs until its answer arrives."""
         while True:
-            stop_if_cancelled()
             event = await call.events.get()
             kind = event.get("kind")
             if kind == "result":

@@ -155,7 +155,6 @@ def _compile(pattern: str) -> Any:
     return backtracking.__wrapped__(pattern)
 
 
-@functools.lru_cache(maxsize=4096)
 def cost(pattern: str) -> int:
     """The steps per character of text a linear-time engine may take on ``pattern`` at worst:
     the size of its RE2 program (for one RE2 lacks features for, its expanded size)."""
@@ -165,28 +164,41 @@ def cost(pattern: str) -> int:
         return 0
     if isinstance(compiled_pattern, re2._Regexp):
         return int(compiled_pattern.programsize)
-    translator = _Translator(pattern, _Target(backtracking=True))
-    translator.run()
-    return COST_PER_COPY * max(translator.copies, 1)
+    _, copies = _facts(pattern)
+    return COST_PER_COPY * max(copies, 1)
 
 
-@functools.lru_cache(maxsize=4096)
 def asserts_word_boundaries(pattern: str) -> bool:
     """Whether ``pattern`` has ``\\b`` or ``\\B`` (jsonschema-rs reads them with Unicode's
     word characters, ECMA-262 with ASCII's: ``\\bé`` matches ``é`` there, not here)."""
+    return _facts(pattern)[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _facts(pattern: str) -> tuple[bool, int]:
+    """Whether ``pattern`` asserts word boundaries (True when it is no pattern), and how
+    many copies of its parts its counted repetitions make: one reading, once."""
     translator = _Translator(pattern, _Target(backtracking=True))
     try:
         translator.run()
     except PatternError:
-        return True
-    return translator.boundaries
+        return True, 0
+    return translator.boundaries, translator.copies
 
 
 def format_checker(dialect: type[Validator]) -> FormatChecker:
-    """The dialect's format checker, with ``regex`` read as ECMA-262 (not as Python's re)."""
+    """The dialect's format checker, with ``regex`` read as ECMA-262 (not as Python's re):
+    for a schema's own keywords, whose patterns are compiled once (:func:`compiled`)."""
     checker = FormatChecker(())
-    checker.checkers = {**dialect.FORMAT_CHECKER.checkers, "regex": (check, PatternError)}
+    checker.checkers = {**dialect.FORMAT_CHECKER.checkers,
+                        "regex": (_compiles, PatternError)}
     return checker
+
+
+def _compiles(pattern: object) -> bool:
+    if isinstance(pattern, str):
+        compiled(pattern)
+    return True
 
 
 def translate(pattern: str, *, backtracking: bool) -> str:

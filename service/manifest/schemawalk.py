@@ -60,10 +60,15 @@ def patterns(document: Any, spec: Specification[Any]) -> Iterator[tuple[str, str
     of ``patternProperties``), with the pointer of its keyword; also in what a reference
     makes a schema of (``{"$ref": "#/$defs/a/const"}`` validates with that const)."""
     for node in reachable_nodes(document, spec):
-        if isinstance(node.contents.get("pattern"), str):
-            yield f"{node.pointer}/pattern", node.contents["pattern"]
-        for name in node.contents.get("patternProperties") or ():
-            yield f"{node.pointer}/patternProperties", name
+        yield from node_patterns(node)
+
+
+def node_patterns(node: Node) -> Iterator[tuple[str, str]]:
+    """The regular expressions of one subschema (see :func:`patterns`)."""
+    if isinstance(node.contents.get("pattern"), str):
+        yield f"{node.pointer}/pattern", node.contents["pattern"]
+    for name in node.contents.get("patternProperties") or ():
+        yield f"{node.pointer}/patternProperties", name
 
 
 def reachable_nodes(document: Any, spec: Specification[Any]) -> Iterator[Node]:

@@ -48,7 +48,7 @@ from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 
 from service.manifest import ecma
-from service.manifest.schemawalk import nodes, patterns, reachable_nodes, specification_of
+from service.manifest.schemawalk import node_patterns, nodes, reachable_nodes, specification_of
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +89,16 @@ class SchemaValidator:
         self.dialect = dialect
         self.timeout_s = timeout_s
         self._python = _python_validator(schema, dialect, format_assertion)
-        spec = specification_of(dialect)
-        found = [p for _, p in patterns(schema, spec)]
+        reached = list(reachable_nodes(schema, specification_of(dialect)))
+        found = [p for node in reached for _, p in node_patterns(node)]
         # jsonschema-rs would accept a value ECMA-262's ASCII word boundaries refuse, or a
         # host name IDNA2008 refuses
-        lax = format_assertion and not LAX_RUST_FORMATS.isdisjoint(
-            node.contents.get("format") for node in reachable_nodes(schema, spec))
+        lax = format_assertion and any(node.contents.get("format") in LAX_RUST_FORMATS
+                                       for node in reached)
         self._fast = None if lax or any(map(ecma.asserts_word_boundaries, found)) \
             else _rust_validator(schema, dialect, format_assertion)
-        self._calls_python = self._fast is not None and _has_keyword(schema, dialect,
-                                                                     "multipleOf")
+        self._calls_python = self._fast is not None and any("multipleOf" in node.contents
+                                                            for node in reached)
         self._steps_per_byte = max(map(ecma.cost, found), default=0)
 
     def is_valid(self, value: Any) -> bool | None:
@@ -249,12 +249,6 @@ class _RustMultipleOf:
     def validate(self, instance: Any) -> None:
         if type(instance) in (int, float) and not multiple_of(instance, self.divisor):
             raise ValueError(f"{instance!r} is not a multiple of {self.divisor}")
-
-
-def _has_keyword(schema: Any, dialect: type[Validator], keyword: str) -> bool:
-    spec = specification_of(dialect)
-    root = Resource(contents=schema, specification=spec)  # type: ignore[call-arg]
-    return any(keyword in node.contents for node in nodes(schema, spec, root.id() or ""))
 
 
 def _encoded_size(value: Any) -> int:
