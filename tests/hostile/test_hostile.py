@@ -390,6 +390,9 @@ async def test_hostile_case(row: dict[str, Any], corpus_kind: str, backend_name:
         before = host_state(watched_paths)
         async with running(hostile_settings(corpus), backend, [manifest], watch) as runtime:
             observed, problems, measured = await run_steps(case, runtime, watch)
+            # while the worker is still alive: what it holds (an AIO context, a pty) is freed
+            # once it is gone
+            assert host_state(watched_paths) == before, "an idle sandbox holds host state"
         assert_host_untouched(case, listener, bystander)
         assert host_state(watched_paths) == before, "the sandbox changed host files"
     finally:

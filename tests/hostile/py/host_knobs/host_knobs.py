@@ -6,6 +6,8 @@ anything where it succeeds (nothing is written, a node gets the mode it has): th
 proves the power without damaging a host where the sandbox has it.
 arg "inotify": take every inotify instance this uid may have, and keep them: another
 sandbox, or a host process of uid 65534, must still get one.
+arg "pty": take every pseudo-terminal it can (the host has one pool of them,
+kernel.pty.max), and keep them: the host counts them in /proc/sys/kernel/pty/nr.
 """
 
 import ctypes
@@ -45,11 +47,22 @@ def _inotify_all():
     return len(_kept)
 
 
+def _ptys_all():
+    while len(_kept) < 4096:
+        try:
+            _kept.extend(os.openpty())
+        except OSError:
+            break
+    return len(_kept) // 2
+
+
 def process(context):
     if context.get_input("mode") == "benign":
         return {"ok": True}
     if context.get_input("arg") == "inotify":
         return {"made": _inotify_all()}
+    if context.get_input("arg") == "pty":
+        return {"made": _ptys_all()}
     done, errors = [], []
     for name, attempt in _attempts().items():
         try:
