@@ -25,7 +25,7 @@ RESULT = {"outputs": {"output": 42}, "emitted": [{"port": "output", "data": 42, 
 RESULT_TEXT = json.dumps(RESULT, separators=(",", ":"))
 
 
-def _frames(request_id: Any) -> tuple[str, str]:
+def canned_frames(request_id: Any) -> tuple[str, str]:
     """The canned notification and response for ``request_id``."""
     rid = json.dumps(request_id)
     notification = ('{"jsonrpc":"2.0","method":"output","params":{"request_id":' + rid
@@ -42,7 +42,7 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
             break
         message = json.loads(msg.data)
-        notification, response = _frames(message.get("id"))
+        notification, response = canned_frames(message.get("id"))
         await ws.send_str(notification)
         await ws.send_str(response)
     return ws

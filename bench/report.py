@@ -11,6 +11,7 @@ from bench.runner import (
     DEPS_PAIRS,
     GVISOR_LEVEL,
     NO_SCHEMA_ACTOR,
+    PIPE_FLOOR_LEVEL,
     SCHEMA_ACTOR,
     WARM_ACTORS,
 )
@@ -49,8 +50,8 @@ class Row:
 def rows(results: dict[str, Any]) -> list[Row]:
     """Every row of the table, in order."""
     return [*_latency_rows(results), *_state_rows(results), *_cluster_rows(results),
-            *_throughput_rows(results), *_cold_rows(results), *_deps_rows(results),
-            *_memory_rows(results), *_gvisor_rows(results)]
+            *_throughput_rows(results), *_pipe_floor_rows(results), *_cold_rows(results),
+            *_deps_rows(results), *_memory_rows(results), *_gvisor_rows(results)]
 
 
 def _cluster_rows(results: dict[str, Any]) -> list[Row]:
@@ -116,6 +117,25 @@ def _throughput_rows(results: dict[str, Any]) -> list[Row]:
                            stats["server_cpu_us_per_call"], "us", f"echo c={level}",
                            echo[level]["server_cpu_us_per_call"]))
     return out
+
+
+def _pipe_floor_rows(results: dict[str, Any]) -> list[Row]:
+    """The echo plus a pipe round trip to a child (no sandbox, no checks), and the doubler
+    measured right after it: how much of the gap to the echo is the service's own work."""
+    if "pipe_floor" not in results:
+        return []
+    level = str(PIPE_FLOOR_LEVEL)
+    floor = results["pipe_floor"]["throughput"][level]
+    server = results["pipe_floor"]["server_throughput"][level]
+    echo = results["echo"]["throughput"][level]["calls_per_s"]
+    return [
+        Row(f"pipe floor c={level} (echo + a pipe round trip)", floor["calls_per_s"],
+            "calls/s", f"echo c={level}", echo),
+        Row(f"throughput c={level}, doubler (right after it)", server["calls_per_s"],
+            "calls/s", f"pipe floor c={level}", floor["calls_per_s"]),
+        Row(f"  server CPU per call c={level}, doubler", server["server_cpu_us_per_call"],
+            "us", f"pipe floor c={level}", floor["server_cpu_us_per_call"]),
+    ]
 
 
 def _cold_rows(results: dict[str, Any]) -> list[Row]:

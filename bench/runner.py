@@ -28,6 +28,7 @@ NO_SCHEMA_ACTOR = "order_noschema"  # the same payload and script, schema `true`
 DEPS_PAIRS = {"doubler_deps": "doubler", "doubler_deps_cold": "doubler_cold"}
 LEVELS = (1, 8, 32)
 GVISOR_LEVEL = "8"  # the one throughput level measured on gVisor too
+PIPE_FLOOR_LEVEL = 8  # the one throughput level of the pipe floor (bench/pipe_floor.py)
 SAMPLE_EVERY_S = 0.05
 MODE = "closed loop: each connection makes one call at a time, no pipelining"
 
@@ -66,7 +67,10 @@ async def run(plan: Plan, config: Path, backend: str, gvisor: bool = True) -> di
     compare = gvisor and backend == "process"
     # the echo runs on the server's event loop: the same busy polling (see service.eventloop)
     echo_command = servers.echo_command(echo_port, settings.busy_poll_us)
+    floor_port = servers.free_port()
+    floor_command = servers.echo_command(floor_port, settings.busy_poll_us, "bench.pipe_floor")
     async with servers.running(echo_command, echo_port, "echo") as echo, \
+            servers.running(floor_command, floor_port, "pipe-floor") as pipe_floor, \
             servers.running(servers.server_command(server_port, config, backend), server_port,
                             "server") as server, \
             _gvisor_server(config, settings, compare) as (gv, gv_results):
@@ -83,6 +87,7 @@ async def run(plan: Plan, config: Path, backend: str, gvisor: bool = True) -> di
             server, config, backend, plan.latency_calls, plan.latency_warmup_calls)
         log.info("throughput")
         await _throughputs(plan, echo, server, results, gv)
+        results["pipe_floor"] = await _pipe_floor(plan, pipe_floor, server, results)
         results["server"]["workers"] = _workers(server.pid)
         if gv is not None:
             gv_results["workers"] = _gvisor_workers(gv.pid)
@@ -198,6 +203,16 @@ async def _throughputs(plan: Plan, echo: servers.Running, server: servers.Runnin
                 stats, _ = await _throughput(gv, actor_id, level, plan)
                 results["gvisor"]["throughput"][actor_id][str(level)] = stats
     results["server"]["rss_load_peak_mb"] = _mb(peak)
+
+
+async def _pipe_floor(plan: Plan, pipe_floor: servers.Running, server: servers.Running,
+                      results: dict[str, Any]) -> dict[str, Any]:
+    """The echo plus a pipe round trip (bench/pipe_floor.py) at the target level, and the
+    doubler right after it: the service's own work per call is the difference."""
+    stats, _ = await _throughput(pipe_floor, "doubler", PIPE_FLOOR_LEVEL, plan)
+    again, _ = await _throughput(server, "doubler", PIPE_FLOOR_LEVEL, plan)
+    return {"throughput": {str(PIPE_FLOOR_LEVEL): stats},
+            "server_throughput": {str(PIPE_FLOOR_LEVEL): again}}
 
 
 async def _with_and_without_deps(plan: Plan, server: servers.Running) -> dict[str, Any]:

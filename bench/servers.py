@@ -48,8 +48,9 @@ def server_command(port: int, config: Path, backend: str) -> list[str]:
             "--port", str(port), "--backend", backend, "--actors", str(BENCH_ACTORS)]
 
 
-def echo_command(port: int, busy_poll_us: int = 0) -> list[str]:
-    return [sys.executable, "-m", "bench.echo", "--port", str(port),
+def echo_command(port: int, busy_poll_us: int = 0, module: str = "bench.echo") -> list[str]:
+    """The echo (or, with ``module="bench.pipe_floor"``, the echo plus a pipe round trip)."""
+    return [sys.executable, "-m", module, "--port", str(port),
             "--busy-poll-us", str(busy_poll_us)]
 
 

@@ -46,8 +46,8 @@ def check_summary(summary: dict[str, Any]) -> None:
 
 @pytest.mark.timeout(300)
 def test_top_level(results: dict[str, Any]) -> None:
-    assert set(results) - {"gvisor"} == {"machine", "plan", "mode", "echo", "bare_sandbox",
-                                         "server", "cluster", "rows"}
+    assert set(results) - {"gvisor"} == {"machine", "plan", "mode", "echo", "pipe_floor",
+                                         "bare_sandbox", "server", "cluster", "rows"}
     assert results["machine"]["backend"] == "process"
     assert isinstance(results["machine"]["python_shared"], bool)
     assert results["plan"]["latency_calls"] > 0
@@ -61,6 +61,19 @@ def test_echo(results: dict[str, Any]) -> None:
     assert set(echo["throughput"]) == LEVELS
     for summary in echo["throughput"].values():
         check_summary(summary)
+
+
+@pytest.mark.timeout(300)
+def test_pipe_floor(results: dict[str, Any]) -> None:
+    """The echo plus a pipe round trip, and the doubler right after it, at 8 connections."""
+    floor = results["pipe_floor"]
+    assert set(floor) == {"throughput", "server_throughput"}
+    for levels in floor.values():
+        assert set(levels) == {"8"}
+        check_summary(levels["8"])
+    labels = [row["label"] for row in results["rows"]]
+    assert "pipe floor c=8 (echo + a pipe round trip)" in labels
+    assert "throughput c=8, doubler (right after it)" in labels
 
 
 @pytest.mark.timeout(300)

@@ -162,7 +162,11 @@ class ActorPool:
         self._violations = 0
         if self.actor.pool.reuse and not self._closed and worker.alive:
             self._resetting.add(worker)
-            self._spawn(self._recycle(worker))
+            reset_nowait = getattr(worker, "reset_nowait", None)
+            if reset_nowait is None:
+                self._spawn(self._recycle(worker))
+            else:
+                asyncio.get_running_loop().call_soon(self._recycle_soon, worker, reset_nowait)
         else:
             self._spawn(self._retire(worker))
         return outcome
@@ -221,6 +225,20 @@ class ActorPool:
         return True
 
     # --- background work -----------------------------------------------------------------
+
+    def _recycle_soon(self, worker: Worker, reset_nowait: Callable[[], bool]) -> None:
+        """Back to idle right after the call's answer went out, when the worker's reset has nothing
+        to wait for (the common case: no task per call); otherwise in a task of its own."""
+        if self._closed:  # aclose() closes it, with every worker being reset
+            self._resetting.discard(worker)
+            return
+        if not reset_nowait():
+            self._spawn(self._recycle(worker))
+            return
+        self._resetting.discard(worker)
+        self._idle.append(worker)
+        self._notify()
+        self._top_up()
 
     async def _recycle(self, worker: Worker) -> None:
         try:
@@ -344,6 +362,8 @@ class _Leased:
             worker.call
         self.reset: Callable[[], Coroutine[Any, Any, None]] = worker.reset
         self.claim: Callable[[], bool] = worker.claim
+        if hasattr(worker, "reset_nowait"):  # (a backend's worker may not have it)
+            self.reset_nowait: Callable[[], bool] = worker.reset_nowait
 
     @property
     def alive(self) -> bool:

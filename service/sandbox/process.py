@@ -789,8 +789,7 @@ class ProcessWorker:
         if not self.alive:
             return False
         if self._phase == IDLE:
-            self._stop_idle_checks()
-            self._phase = CLAIMED
+            self._phase = CLAIMED  # its idle check, when it comes, finds it busy and waits
         return True
 
     @property
@@ -918,19 +917,25 @@ class ProcessWorker:
         check from the host that it happened: no process but the harness, nothing in /tmp.
         ActorFailed (and the worker is killed) when not; then the worker watches itself
         while idle."""
-        if self._phase == RESETTING and self.alive:
-            tasks = self._cgroups.tasks()
-            extra = self._extra_pids(tasks)
-            if self._settling is None and self._ready_early \
-                    and not (extra or self._threads_left(tasks)):
-                self._finish_reset(tasks, extra)  # the common case: nothing to wait for
-            else:
-                if self._settling is None:
-                    self._settling = asyncio.ensure_future(self._settle())
-                await asyncio.shield(self._settling)
+        if not self.reset_nowait() and self._phase == RESETTING and self.alive:
+            if self._settling is None:
+                self._settling = asyncio.ensure_future(self._settle())
+            await asyncio.shield(self._settling)
         if self._dead or self._process.returncode is not None:  # (just checked if idle)
             raise ActorFailed("SandboxCrashed", self.violation or "the sandbox is no longer "
                               "running")
+
+    def reset_nowait(self) -> bool:
+        """reset() when it has nothing to wait for, the common case (the harness's ready came
+        with the result, nothing is left over): True once the worker is idle again, checked.
+        False when reset() has to run: it waits for the harness, or says what went wrong."""
+        if self._phase == RESETTING and self.alive and self._settling is None \
+                and self._ready_early:
+            tasks = self._cgroups.tasks()
+            extra = self._extra_pids(tasks)
+            if not (extra or self._threads_left(tasks)):
+                self._finish_reset(tasks, extra)
+        return self._phase == IDLE and not self._dead and self._process.returncode is None
 
     async def _settle(self) -> None:
         try:
@@ -1033,8 +1038,12 @@ class ProcessWorker:
         self._schedule_idle_check()
 
     def _schedule_idle_check(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._idle_check = loop.call_later(IDLE_CHECK_S, self._check_idle)
+        """Check the idle worker within IDLE_CHECK_S. The timer outlives the calls in between
+        (one at most per worker, not one per call): a worker busy when it fires is checked
+        from its next idle time on."""
+        if self._idle_check is None:
+            loop = asyncio.get_running_loop()
+            self._idle_check = loop.call_later(IDLE_CHECK_S, self._check_idle)
 
     def _stop_idle_checks(self) -> None:
         if self._idle_check is not None:
@@ -1043,7 +1052,9 @@ class ProcessWorker:
 
     def _check_idle(self) -> None:
         self._idle_check = None
-        if self._phase != IDLE or self._dead:
+        if self._dead or self._closed:
+            return
+        if self._phase != IDLE:  # busy or resetting: _become_idle schedules the next check
             return
         if reason := self._idle_violation():
             self._violate(reason)
