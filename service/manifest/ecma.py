@@ -495,14 +495,12 @@ class _Translator:
             self.at = end + 1
             return int(chunk, 16)
         code = self._hex(4)
-        if 0xD800 <= code < 0xDC00 and self.text.startswith("\\u", self.at):
-            mark = self.at
-            self.at += 2
-            low = self._hex(4) if len(self.text) >= self.at + 4 else -1
-            if 0xDC00 <= low < 0xE000:  # a surrogate pair: one code point
-                return 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
-            self.at = mark
-        return code
+        low_text = self.text[self.at + 2:self.at + 6]
+        if 0xD800 <= code < 0xDC00 and self.text.startswith("\\u", self.at) \
+                and _HEX.fullmatch(low_text) and 0xDC00 <= int(low_text, 16) < 0xE000:
+            self.at += 6  # a surrogate pair, both halves \uXXXX: one code point
+            return 0x10000 + ((code - 0xD800) << 10) + (int(low_text, 16) - 0xDC00)
+        return code  # (a lone surrogate; \u{...} after it is a code point of its own)
 
     # --- character classes ---
 
