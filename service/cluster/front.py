@@ -187,10 +187,12 @@ class ClusterFront:
         call = _Pending(uuid.uuid4().hex, actor.id)
         self._calls[call.call_id] = call
         try:
+            wait_s = self._deadline_s(actor)
             await self._send(actor, call, {
                 "payload": payload, "config": config, "state": state, "quiet": emit is None,
-                "timestamp": int(time.time() * 1000) if timestamp is None else timestamp})
-            result = await asyncio.wait_for(self._follow(call, emit), self._deadline_s(actor))
+                "timestamp": int(time.time() * 1000) if timestamp is None else timestamp,
+                "wait_ms": int(wait_s * 1000)})  # no worker starts it after that
+            result = await asyncio.wait_for(self._follow(call, emit), wait_s)
         except TimeoutError:
             await self._give_up(call)
             raise SandboxUnavailable(BACKEND, "no worker answered in time") from None

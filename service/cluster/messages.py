@@ -43,13 +43,37 @@ class Call:
     state: Any = None
     timestamp: Any = None
     quiet: bool = False
+    # How long its front waits for the answer, from ``origin_ms`` (Redis's clock: the ms of
+    # the first attempt's entry id); None in an entry that does not say (no expiry).
+    wait_ms: int | None = None
+    origin_ms: int | None = None
 
-    def message(self, attempt: int | None = None) -> dict[str, Any]:
-        """The entry's message (with another ``attempt`` when queued again)."""
-        return {"call_id": self.call_id, "front": self.front,
-                "attempt": self.attempt if attempt is None else attempt,
-                "actor_id": self.actor_id, "payload": self.payload, "config": self.config,
-                "state": self.state, "timestamp": self.timestamp, "quiet": self.quiet}
+    def message(self, attempt: int | None = None, origin_ms: int | None = None
+                ) -> dict[str, Any]:
+        """The entry's message (with another ``attempt`` and the first attempt's
+        ``origin_ms`` when queued again)."""
+        message = {"call_id": self.call_id, "front": self.front,
+                   "attempt": self.attempt if attempt is None else attempt,
+                   "actor_id": self.actor_id, "payload": self.payload, "config": self.config,
+                   "state": self.state, "timestamp": self.timestamp, "quiet": self.quiet}
+        if self.wait_ms is not None:
+            message["wait_ms"] = self.wait_ms
+        origin_ms = self.origin_ms if origin_ms is None else origin_ms
+        if origin_ms is not None:
+            message["origin_ms"] = origin_ms
+        return message
+
+    def expires_ms(self, entry_id: str) -> int | None:
+        """When its front stops waiting, in Redis's clock (None: the entry does not say)."""
+        if self.wait_ms is None:
+            return None
+        origin = self.origin_ms if self.origin_ms is not None else entry_ms(entry_id)
+        return origin + self.wait_ms
+
+
+def entry_ms(entry_id: str) -> int:
+    """The Redis time (ms) at which a stream entry was added: its id's first part."""
+    return int(entry_id.partition("-")[0])
 
 
 @dataclass(frozen=True)
@@ -95,6 +119,10 @@ def _int(message: dict[str, Any], key: str, default: int | None = None,
     return value
 
 
+def _optional_int(message: dict[str, Any], key: str) -> int | None:
+    return None if message.get(key) is None else _int(message, key)
+
+
 def _str(message: dict[str, Any], key: str) -> str:
     value = message.get(key)
     if not isinstance(value, str) or not value:
@@ -117,7 +145,7 @@ def parse_call(actor_id: str, fields: Any) -> Call:
         return Call(_str(message, "call_id"), _str(message, "front"),
                     _int(message, "attempt", 1, minimum=1), actor_id, message.get("payload"),
                     message.get("config"), message.get("state"), message.get("timestamp"),
-                    quiet)
+                    quiet, _optional_int(message, "wait_ms"), _optional_int(message, "origin_ms"))
     except Malformed as exc:
         raise Malformed(exc.reason, reply_to) from None
 

@@ -66,6 +66,9 @@ class ClusterMetrics:
         self._exhausted = Counter("service_cluster_exhausted",
                                   "Calls failed with -32009 after max_attempts runs.", labels,
                                   registry=registry)
+        self._expired = Counter("service_cluster_expired",
+                                "Calls a worker did not start (or queue again): their front "
+                                "had stopped waiting.", labels, registry=registry)
         self._malformed = Counter("service_cluster_malformed",
                                   "Entries read from Redis that were malformed and dropped.",
                                   ["role", "kind"], registry=registry)
@@ -88,6 +91,9 @@ class ClusterMetrics:
 
     def exhausted(self, actor: str) -> None:
         self._exhausted.labels(self.role, actor).inc()
+
+    def expired(self, actor: str) -> None:
+        self._expired.labels(self.role, actor).inc()
 
     def malformed(self, kind: str) -> None:
         """``kind``: call, event, control or registration."""

@@ -29,7 +29,7 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
-from service.cluster.messages import Call, Malformed, parse_call, parse_control
+from service.cluster.messages import Call, Malformed, entry_ms, parse_call, parse_control
 from service.cluster.metrics import ClusterGauges, ClusterMetrics
 from service.cluster.streams import (
     BACKEND,
@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 RECLAIM_BATCH = 100
 CANCEL_MEMORY_S = 300.0  # a cancel broadcast is remembered this long (the call may be queued)
+# A call is not started once its front stopped waiting this long ago (clocks read apart)
+EXPIRY_SLACK_MS = 1000
 CONTROL_MAXLEN = 1000
 
 
@@ -106,6 +108,7 @@ class ClusterWorker:
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancelled: dict[str, float] = {}
+        self._redis_ahead_ms: float | None = None  # Redis's clock - ours (each heartbeat)
         self._changed = asyncio.Event()
         self._stopping = False
 
@@ -192,11 +195,28 @@ class ClusterWorker:
     async def _beat(self) -> None:
         actors = self.runtime.actors()
         await self._register(actors)
+        await self._read_clock()
         if not self.broker_up:
             log.info("cluster worker %s connected to Redis", self.id)
         self.broker_up = True
         if not self._stopping:  # a draining worker only keeps its own calls alive
             await self._reclaim(actors)
+
+    async def _read_clock(self) -> None:
+        """How far Redis's clock (which stamps entry ids) is ahead of this machine's."""
+        before = time.time()
+        seconds, micros = await self.redis.time()
+        self._redis_ahead_ms = seconds * 1000 + micros / 1000 - (before + time.time()) * 500
+
+    def _late_ms(self, call: Call, entry_id: str) -> int | None:
+        """How long ago (ms, past EXPIRY_SLACK_MS) the call's front stopped waiting for its
+        answer: given up on while Redis was away, its entry was left (no XDEL, no cancel).
+        None while it may still wait, or when the entry or the clock does not say."""
+        expires = call.expires_ms(entry_id)
+        if expires is None or self._redis_ahead_ms is None:
+            return None
+        late = time.time() * 1000 + self._redis_ahead_ms - expires
+        return int(late) if late > EXPIRY_SLACK_MS else None
 
     async def _register(self, actors: list[ActorDef]) -> None:
         """Registration, idle-time refresh of running calls, backlog sizes: one round trip."""
@@ -250,14 +270,21 @@ class ClusterWorker:
         except Malformed as exc:
             await self._drop_call(stream, entry_id, exc)
             return
+        if (late_ms := self._late_ms(call, entry_id)) is not None:
+            await self._ack(stream, entry_id)  # its front has answered: nobody waits for it
+            log.warning("call %s of %s: its worker stopped; its front stopped waiting %d ms "
+                        "ago: not queued again", call.call_id, actor_id, late_ms)
+            self._count("expired", actor_id)
+            return
         front = self.keys.events(call.front)
         exhausted = call.attempt >= self.cfg.max_attempts
         if not exhausted:
             retry = encode({"entry": "ENTRY", "kind": "retry", "call_id": call.call_id,
                             "attempt": call.attempt + 1})[FIELD]
+            again = call.message(call.attempt + 1, origin_ms=call.origin_ms
+                                 if call.origin_ms is not None else entry_ms(entry_id))
             await self._requeue_script(keys=[stream, front], args=[
-                self.cfg.stream_maxlen, FIELD, encode(call.message(call.attempt + 1))[FIELD],
-                GROUP, retry, entry_id])
+                self.cfg.stream_maxlen, FIELD, encode(again)[FIELD], GROUP, retry, entry_id])
             log.warning("call %s of %s: its worker stopped during attempt %d; queued again",
                         call.call_id, actor_id, call.attempt)
         else:
@@ -371,6 +398,12 @@ class ClusterWorker:
             return
         job = _Job(call, stream, entry_id)
         if job.call_id in self._cancelled:  # cancelled while it was queued
+            self._spawn(self._finish(job, None))
+            return
+        if (late_ms := self._late_ms(call, entry_id)) is not None:
+            log.warning("call %s of %s: its front stopped waiting %d ms ago; not started",
+                        call.call_id, actor_id, late_ms)
+            self._count("expired", actor_id)
             self._spawn(self._finish(job, None))
             return
         self._count("taken", actor_id)

@@ -284,12 +284,56 @@ async def test_front_giving_up_removes_the_call(cluster: Cluster) -> None:
         async with connected(ws_url(front)) as client:
             request_id = await client.send("process", {"actor_id": "ghostly", "payload": {}})
             await wait_for(lambda: r.xlen(f"{PREFIX}:calls:ghostly"), timeout_s=5)
+            [(_, fields)] = await r.xrange(f"{PREFIX}:calls:ghostly")
+            # how long the front waits: each attempt's time limit, the worker timeout and a
+            # heartbeat, after the queue timeout (0.5 + 1.5 + 0.2 + 0.5 s)
+            assert json.loads(fields["m"])["wait_ms"] == 2700
             reply = await client.response(request_id, timeout_s=30)
         assert reply["error"]["code"] == -32009
         assert reply["error"]["data"]["reason"] == "no worker answered in time"
         assert await r.xlen(f"{PREFIX}:calls:ghostly") == 0
         control = [json.loads(f["m"]) for _, f in await r.xrange(f"{PREFIX}:control")]
         assert [c["op"] for c in control] == ["cancel"]
+
+
+async def test_a_call_its_front_gave_up_on_is_never_started(cluster: Cluster) -> None:
+    """A front that gives up while Redis is away cannot delete the entry or broadcast a
+    cancel: the entry carries how long the front waits (``wait_ms``, from the first
+    attempt's entry id, in Redis's clock), and past that no worker starts it, nor queues
+    it again when its worker died; calls still waited for run as before."""
+    front = await cluster.front()
+    worker, = await cluster.workers(1)
+    await live_workers(front, 1)
+    calls = f"{PREFIX}:calls:napper"
+    async with redis_client(cluster.redis) as r:
+        events = await fake_front(r, "gone")
+        seconds, _ = await r.time()
+        long_ago = (seconds - 60) * 1000
+        call = {"front": "gone", "payload": {"ms": 1}, "timestamp": 1}
+        # pending at a worker that died: reclaimed after worker_timeout_s, not queued again
+        # (one transaction: the blocked worker is served only after the ghost took it)
+        async with r.pipeline(transaction=True) as both:
+            both.xadd(calls, entry(call_id="dead", attempt=1, wait_ms=5000,
+                                   origin_ms=long_ago, **call))
+            both.xreadgroup("workers", "ghost", {calls: ">"}, count=1)
+            await both.execute()
+        await r.xadd(calls, entry(call_id="late", attempt=2, wait_ms=5000,
+                                  origin_ms=long_ago, **call))
+        await r.xadd(calls, entry(call_id="waited", attempt=1, wait_ms=60000, **call))
+
+        async def settled() -> list[dict[str, Any]] | None:
+            found = [json.loads(f["m"]) for _, f in await r.xrange(events) if "m" in f]
+            done = await r.xlen(calls) == 0 and any(e["kind"] == "result" for e in found)
+            return found if done and worker.log.read_text().count("stopped waiting") == 2 \
+                else None
+
+        answered = await wait_for(settled, timeout_s=20)
+    assert [(e["kind"], e["call_id"]) for e in answered] == [("result", "waited")]
+    assert 'service_cluster_expired_total{actor="napper",role="worker"} 2.0' in \
+        await metrics(worker)
+    log = worker.log.read_text()
+    assert "call late of napper: its front stopped waiting" in log
+    assert "call dead of napper: its worker stopped; its front stopped waiting" in log
 
 
 async def test_a_stopped_loop_makes_healthz_fail(redis: RedisServer) -> None:
@@ -319,9 +363,17 @@ def test_parsers_refuse_what_they_cannot_use() -> None:
 
     good = {"call_id": "c", "front": "f", "attempt": 2, "payload": {}}
     assert parse_call("a", entry(**good)).attempt == 2
+    # how long the front waits: from the first attempt's entry id unless the entry says
+    timed = parse_call("a", entry(**good, wait_ms=500))
+    assert timed.expires_ms("1000-7") == 1500
+    assert parse_call("a", entry(**good, wait_ms=500, origin_ms=10)).expires_ms("1000-7") == 510
+    assert timed.message(3, origin_ms=1000)["origin_ms"] == 1000
+    assert parse_call("a", entry(**good)).expires_ms("1000-7") is None
     for bad, reply_to in (({**good, "attempt": "x"}, ("f", "c")),
                           ({**good, "attempt": True}, ("f", "c")),
-                          ({**good, "front": 3}, None), ({**good, "quiet": "no"}, ("f", "c"))):
+                          ({**good, "front": 3}, None), ({**good, "quiet": "no"}, ("f", "c")),
+                          ({**good, "wait_ms": "1"}, ("f", "c")),
+                          ({**good, "origin_ms": -1}, ("f", "c"))):
         with pytest.raises(Malformed) as caught:
             parse_call("a", entry(**bad))
         assert caught.value.reply_to == reply_to
