@@ -97,6 +97,7 @@ class _Pending:
     attempt: int = 1
     dispatched: bool = False
     entry_id: str | None = None  # its entry in calls:<actor> (the latest, after a retry)
+    last_events: dict[int, int] = field(default_factory=dict)  # attempt: n last forwarded
 
 
 @dataclass
@@ -317,6 +318,11 @@ class ClusterFront:
     @staticmethod
     async def _forward(call: _Pending, event: dict[str, Any], emit: Emit) -> None:
         params = event["params"]
+        attempt, number = event["attempt"], event.get("n", 0)
+        if number:  # each run numbers its events, in the order it sends them
+            if number <= call.last_events.get(attempt, 0):
+                return  # sent twice by its worker: the reply to the first try was lost
+            call.last_events[attempt] = number
         if event["kind"] == "output":
             seq = params["seq"]
             if seq < call.next_seq:

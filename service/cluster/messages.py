@@ -176,6 +176,7 @@ def parse_event(fields: Any) -> dict[str, Any]:
 def _check_call_event(kind: str, message: dict[str, Any]) -> None:
     _int(message, "attempt", 1, minimum=1)
     if kind in ("output", "log"):
+        _int(message, "n", 0)  # the event's number in its run (0: a worker that does not say)
         params = message.get("params")
         if not isinstance(params, dict):
             raise Malformed("'params' is not an object")

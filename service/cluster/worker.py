@@ -77,6 +77,7 @@ class _Job:
     deadline: float = 0.0  # monotonic: the call's time limit; undelivered outputs fail then
     task: asyncio.Task[None] | None = None
     undelivered: int | None = None  # seq (or -1: a log line) being retried right now
+    sent: int = 0  # events (outputs and logs) of this run so far: each is numbered
 
     @property
     def call_id(self) -> str:
@@ -453,8 +454,9 @@ class ClusterWorker:
 
     def _emitter(self, job: _Job, front: str) -> Emit:
         async def emit(kind: str, params: dict[str, Any]) -> None:
+            job.sent += 1  # its number: the same on every try to send it (see _deliver)
             event = {"kind": kind, "call_id": job.call_id, "attempt": job.attempt,
-                     "params": params}
+                     "n": job.sent, "params": params}
             try:
                 fields = encode(event)
             except RecursionError:  # as ``Connection.notify`` on one machine
@@ -469,7 +471,8 @@ class ClusterWorker:
     async def _deliver(self, job: _Job, front: str, fields: dict[str, str]) -> None:
         """Add one event, retried while Redis is away; an output is never dropped: past
         the call's time limit the call fails instead (and its front, which saw no answer,
-        fails it too if the answer cannot get through either)."""
+        fails it too if the answer cannot get through either). A try whose reply was lost
+        may have added it already: its front forwards an event number once."""
         backoff = Backoff(self.cfg.reconnect_max_s)
         while True:
             stop_if_cancelled()

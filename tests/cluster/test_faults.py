@@ -352,6 +352,34 @@ async def test_a_stopped_loop_makes_healthz_fail(redis: RedisServer) -> None:
     assert not ok and body["status"] == "unavailable" and body["stopped_loops"] == ["view"]
 
 
+async def test_an_event_its_worker_sent_twice_is_forwarded_once() -> None:
+    """A worker whose XADD reply was lost sends the event again: a log line reached the
+    caller twice (outputs were kept apart by their seq). Each run numbers its events."""
+    from service.cluster.front import ClusterFront, _Pending
+
+    call = _Pending("c", "a")
+    sent: list[tuple[str, Any]] = []
+
+    async def emit(kind: str, params: dict[str, Any]) -> None:
+        sent.append((kind, params.get("seq", params.get("message"))))
+
+    def log_line(attempt: int, n: int, message: str) -> dict[str, Any]:
+        return {"kind": "log", "attempt": attempt, "n": n, "params": {"message": message}}
+
+    def output(attempt: int, n: int, seq: int) -> dict[str, Any]:
+        return {"kind": "output", "attempt": attempt, "n": n, "params": {"seq": seq}}
+
+    for event in (log_line(1, 1, "a"), log_line(1, 1, "a"), output(1, 2, 0), output(1, 2, 0),
+                  log_line(1, 3, "b"),
+                  output(2, 1, 0), log_line(2, 2, "c"), log_line(2, 2, "c"),  # a re-run
+                  output(1, 4, 1),  # the first run goes on: its new seq still counts
+                  {"kind": "log", "attempt": 1, "params": {"message": "d"}},  # no number
+                  {"kind": "log", "attempt": 1, "params": {"message": "d"}}):
+        await ClusterFront._forward(call, event, emit)
+    assert sent == [("log", "a"), ("output", 0), ("log", "b"), ("log", "c"), ("output", 1),
+                    ("log", "d"), ("log", "d")]
+
+
 def test_parsers_refuse_what_they_cannot_use() -> None:
     from service.cluster.messages import (
         Malformed,
@@ -381,6 +409,7 @@ def test_parsers_refuse_what_they_cannot_use() -> None:
         with pytest.raises(Malformed):
             parse_call("a", fields)
     for event in ({"kind": "output", "call_id": "c", "params": {"seq": "1"}},
+                  {"kind": "log", "call_id": "c", "n": "2", "params": {}},
                   {"kind": "error", "call_id": "c", "error": {"code": "x"}},
                   {"kind": "result", "call_id": "c", "result": {}},
                   {"kind": "retry", "call_id": "c", "attempt": None},
