@@ -110,6 +110,7 @@ class ClusterWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancelled: dict[str, float] = {}
         self._redis_ahead_ms: float | None = None  # Redis's clock - ours (each heartbeat)
+        self._clock_refused = False
         self._changed = asyncio.Event()
         self._stopping = False
 
@@ -196,17 +197,27 @@ class ClusterWorker:
     async def _beat(self) -> None:
         actors = self.runtime.actors()
         await self._register(actors)
-        await self._read_clock()
         if not self.broker_up:
             log.info("cluster worker %s connected to Redis", self.id)
         self.broker_up = True
+        await self._read_clock()
         if not self._stopping:  # a draining worker only keeps its own calls alive
             await self._reclaim(actors)
 
     async def _read_clock(self) -> None:
-        """How far Redis's clock (which stamps entry ids) is ahead of this machine's."""
+        """How far Redis's clock (which stamps entry ids) is ahead of this machine's. A
+        Redis user that may not run TIME (an ACL) leaves calls without expiry, and says so
+        once: the heartbeat goes on."""
         before = time.time()
-        seconds, micros = await self.redis.time()
+        try:
+            seconds, micros = await self.redis.time()
+        except redis_errors.ResponseError as exc:
+            if not self._clock_refused:
+                log.warning("cluster worker %s cannot read Redis's clock (%s): calls whose "
+                            "front gave up may still run", self.id, exc)
+            self._clock_refused = True
+            self._redis_ahead_ms = None
+            return
         self._redis_ahead_ms = seconds * 1000 + micros / 1000 - (before + time.time()) * 500
 
     def _late_ms(self, call: Call, entry_id: str) -> int | None:

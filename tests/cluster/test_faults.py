@@ -352,6 +352,25 @@ async def test_a_stopped_loop_makes_healthz_fail(redis: RedisServer) -> None:
     assert not ok and body["status"] == "unavailable" and body["stopped_loops"] == ["view"]
 
 
+async def test_a_redis_user_without_time_leaves_the_heartbeat_running(tmp_path: Path) -> None:
+    """An ACL user that may not run TIME: the worker says once that calls have no expiry
+    then, and goes on heartbeating (its registration and reclaims), serving calls."""
+    redis = RedisServer(tmp_path, extra_args=(
+        "--user", "cluster", "on", ">pw", "~*", "&*", "+@all", "-time"))
+    await redis.start()
+    cluster = Cluster(redis, tmp_path)
+    try:
+        cluster.redis_url = f"redis://cluster:pw@127.0.0.1:{redis.port}/0"
+        front = await cluster.front()
+        worker, = await cluster.workers(1)
+        await asyncio.sleep(2)  # past worker_timeout_s: a registration not renewed is gone
+        await napper_answers(front)
+        assert worker.log.read_text().count("cannot read Redis's clock") == 1
+    finally:
+        await cluster.aclose()
+        await redis.stop()
+
+
 async def test_an_event_its_worker_sent_twice_is_forwarded_once() -> None:
     """A worker whose XADD reply was lost sends the event again: a log line reached the
     caller twice (outputs were kept apart by their seq). Each run numbers its events."""
