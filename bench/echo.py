@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from service.eventloop import loop_factory
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ACTOR = "doubler"
 RESULT = {"outputs": {"output": 42}, "emitted": [{"port": "output", "data": 42, "seq": 0}],
           "return": {"status": "completed"}, "state": {}, "duration_ms": 0.5}
@@ -52,24 +53,30 @@ async def healthz_handler(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def create_app() -> web.Application:
+def create_app(handler: Handler = websocket_handler) -> web.Application:
     app = web.Application()
-    app.router.add_get("/", websocket_handler)
+    app.router.add_get("/", handler)
     app.router.add_get("/healthz", healthz_handler)
     return app
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__)
+def serve(argv: Sequence[str] | None, handler: Handler, module: str, description: str) -> int:
+    """Run ``handler`` as the WebSocket server ``python -m module`` (the echo or the pipe
+    floor), on the server's event loop."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--busy-poll-us", type=int, default=0,
                         help="poll this long before the loop sleeps, as the server's busy_poll_us")
     args = parser.parse_args(argv)
     loop = loop_factory(args.busy_poll_us)()
-    web.run_app(create_app(), host=args.host, port=args.port, access_log=None, print=None,
-                loop=loop)
+    web.run_app(create_app(handler), host=args.host, port=args.port, access_log=None,
+                print=None, loop=loop)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return serve(argv, websocket_handler, "bench.echo", __doc__ or "")
 
 
 if __name__ == "__main__":

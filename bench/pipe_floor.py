@@ -14,15 +14,13 @@ service's own work (validation, pools, host checks, budgets, the call log).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 from collections.abc import Sequence
 
 from aiohttp import WSMsgType, web
 
-from bench.echo import canned_frames, healthz_handler
-from service.eventloop import loop_factory
+from bench.echo import canned_frames, serve
 
 PYTHON = "/usr/bin/python3"
 # The child: read a call line, write an output line and a result line, each in a write.
@@ -69,24 +67,8 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-def create_app() -> web.Application:
-    app = web.Application()
-    app.router.add_get("/", websocket_handler)
-    app.router.add_get("/healthz", healthz_handler)
-    return app
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.pipe_floor", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--busy-poll-us", type=int, default=0,
-                        help="poll this long before the loop sleeps, as the server's busy_poll_us")
-    args = parser.parse_args(argv)
-    loop = loop_factory(args.busy_poll_us)()
-    web.run_app(create_app(), host=args.host, port=args.port, access_log=None, print=None,
-                loop=loop)
-    return 0
+    return serve(argv, websocket_handler, "bench.pipe_floor", __doc__ or "")
 
 
 if __name__ == "__main__":

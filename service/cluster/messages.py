@@ -63,12 +63,13 @@ class Call:
             message["origin_ms"] = origin_ms
         return message
 
+    def origin(self, entry_id: str) -> int:
+        """When the first attempt was queued, in Redis's clock (``entry_id``: this one's)."""
+        return self.origin_ms if self.origin_ms is not None else entry_ms(entry_id)
+
     def expires_ms(self, entry_id: str) -> int | None:
         """When its front stops waiting, in Redis's clock (None: the entry does not say)."""
-        if self.wait_ms is None:
-            return None
-        origin = self.origin_ms if self.origin_ms is not None else entry_ms(entry_id)
-        return origin + self.wait_ms
+        return None if self.wait_ms is None else self.origin(entry_id) + self.wait_ms
 
 
 def entry_ms(entry_id: str) -> int:

@@ -29,7 +29,7 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
-from service.cluster.messages import Call, Malformed, entry_ms, parse_call, parse_control
+from service.cluster.messages import Call, Malformed, parse_call, parse_control
 from service.cluster.metrics import ClusterGauges, ClusterMetrics
 from service.cluster.streams import (
     BACKEND,
@@ -293,8 +293,7 @@ class ClusterWorker:
         if not exhausted:
             retry = encode({"entry": "ENTRY", "kind": "retry", "call_id": call.call_id,
                             "attempt": call.attempt + 1})[FIELD]
-            again = call.message(call.attempt + 1, origin_ms=call.origin_ms
-                                 if call.origin_ms is not None else entry_ms(entry_id))
+            again = call.message(call.attempt + 1, origin_ms=call.origin(entry_id))
             await self._requeue_script(keys=[stream, front], args=[
                 self.cfg.stream_maxlen, FIELD, encode(again)[FIELD], GROUP, retry, entry_id])
             log.warning("call %s of %s: its worker stopped during attempt %d; queued again",

@@ -76,7 +76,8 @@ def reachable_nodes(document: Any, spec: Specification[Any]) -> Iterator[Node]:
     a reference resolves to, once each. Pointers are into ``document``."""
     root = Resource(contents=document, specification=spec)  # type: ignore[call-arg]
     base = root.id() or ""
-    registry: Registry[Any] = Registry().with_resource(base, root)
+    uncrawled: Registry[Any] = Registry().with_resource(base, root)
+    registry: Registry[Any] | None = None  # crawled on the first reference, once
     pointers = _pointers(document)
     seen: set[int] = set()
     pending = [(document, base)]
@@ -91,8 +92,9 @@ def reachable_nodes(document: Any, spec: Specification[Any]) -> Iterator[Node]:
                 ref = node.contents.get(keyword)
                 if not isinstance(ref, str):
                     continue
-                try:  # crawled on the first reference: referencing fails on some schemas
-                    registry = registry.crawl()  # (property_dependencies_first)
+                try:  # referencing fails on some schemas (property_dependencies_first)
+                    if registry is None:
+                        registry = uncrawled.crawl()
                     target = registry.resolver(node.base).lookup(ref).contents
                 except Exception:  # a metaschema, or checked elsewhere (unresolvable_refs)
                     continue

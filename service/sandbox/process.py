@@ -1052,9 +1052,7 @@ class ProcessWorker:
 
     def _check_idle(self) -> None:
         self._idle_check = None
-        if self._dead or self._closed:
-            return
-        if self._phase != IDLE:  # busy or resetting: _become_idle schedules the next check
+        if self._phase != IDLE or self._dead:  # busy: _become_idle schedules the next check
             return
         if reason := self._idle_violation():
             self._violate(reason)

@@ -51,6 +51,14 @@ async def errors_on(r: Redis, stream: str) -> dict[str, dict[str, Any]]:
     return {e["call_id"]: e["error"] for e in events if e.get("kind") == "error"}
 
 
+async def front_and_worker(cluster: Cluster) -> tuple[Any, Any]:
+    """A front, and one worker it sees live."""
+    front = await cluster.front()
+    worker, = await cluster.workers(1)
+    await live_workers(front, 1)
+    return front, worker
+
+
 async def napper_answers(front: Any) -> None:
     """The front sees its one worker and gets a call of it answered."""
     await live_workers(front, 1)
@@ -62,9 +70,7 @@ async def napper_answers(front: Any) -> None:
 
 async def test_malformed_call_entries_are_dropped_and_answered(cluster: Cluster) -> None:
     """Taken or reclaimed, a bad entry is acked, its caller told, the worker unharmed."""
-    front = await cluster.front()
-    worker, = await cluster.workers(1)
-    await live_workers(front, 1)
+    front, worker = await front_and_worker(cluster)
     calls = f"{PREFIX}:calls:napper"
     async with redis_client(cluster.redis) as r:
         events = await fake_front(r, "nobody")
@@ -95,9 +101,7 @@ async def test_bytes_that_are_not_utf8_are_malformed_entries(cluster: Cluster) -
     """The Redis client failed to decode its own reply, before any check: the front read
     the same event again and again and answered no call; a front started meanwhile never
     became ready; every worker retried the call entry forever."""
-    front = await cluster.front()
-    worker, = await cluster.workers(1)
-    await live_workers(front, 1)
+    front, worker = await front_and_worker(cluster)
     async with redis_client(cluster.redis) as r:
         (events,) = await r.keys(f"{PREFIX}:events:*")
         calls = f"{PREFIX}:calls:napper"
@@ -205,9 +209,7 @@ async def test_worker_cut_from_redis_mid_call_loses_no_output(cluster: Cluster) 
 async def test_front_never_answers_success_past_a_gap_in_outputs(cluster: Cluster) -> None:
     """A gap in a call's output seqs (or a result emitting more than arrived) fails the
     call with -32009, and the worker is told to stop it."""
-    front = await cluster.front()
-    worker, = await cluster.workers(1)
-    await live_workers(front, 1)
+    front, worker = await front_and_worker(cluster)
     calls = f"{PREFIX}:calls:napper"
     async with redis_client(cluster.redis) as r, connected(ws_url(front)) as client:
         for forged in ({"kind": "output", "params": {"seq": 3, "port": "tick", "data": 3}},
@@ -255,9 +257,7 @@ async def test_unencodable_result_is_answered_once(cluster: Cluster) -> None:
     """A forged NaN result: the error one machine gives (the channel refuses it: -32004),
     after one run, not a re-run and -32009 (the worker could not encode its answer)."""
     cluster.actors = (FAULTY,)
-    front = await cluster.front()
-    worker, = await cluster.workers(1)
-    await live_workers(front, 1)
+    front, worker = await front_and_worker(cluster)
     started = time.monotonic()
     async with connected(ws_url(front)) as client:
         reply = await client.call("process", {"actor_id": "nan_result", "payload": {}},
@@ -301,9 +301,7 @@ async def test_a_call_its_front_gave_up_on_is_never_started(cluster: Cluster) ->
     cancel: the entry carries how long the front waits (``wait_ms``, from the first
     attempt's entry id, in Redis's clock), and past that no worker starts it, nor queues
     it again when its worker died; calls still waited for run as before."""
-    front = await cluster.front()
-    worker, = await cluster.workers(1)
-    await live_workers(front, 1)
+    _, worker = await front_and_worker(cluster)
     calls = f"{PREFIX}:calls:napper"
     async with redis_client(cluster.redis) as r:
         events = await fake_front(r, "gone")
