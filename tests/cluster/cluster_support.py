@@ -17,12 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ACTORS = Path(__file__).parent / "actors"
 READY_TIMEOUT_S = 60.0
 # Fast failure detection, so tests that kill workers take seconds.
 FAST_CLUSTER = {"heartbeat_s": 0.2, "worker_timeout_s": 1.5, "reconnect_max_s": 0.5}
+
+
+def slow(test: Any) -> Any:
+    """A long cluster run, kept out of `make test` (its time budget): ``CLUSTER_SLOW=1`` runs
+    it too, and ``-m slow`` selects only these (CI's "long cluster runs" step)."""
+    skip = pytest.mark.skipif(os.environ.get("CLUSTER_SLOW") != "1",
+                              reason="slow cluster test: set CLUSTER_SLOW=1")
+    return pytest.mark.slow(skip(test))
 
 
 def free_port() -> int:

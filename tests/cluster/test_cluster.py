@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,14 +19,12 @@ from cluster_support import (
     Service,
     connected,
     free_port,
+    slow,
     wait_for,
 )
 
 # Process start-up is most of each test; a busy machine makes it slow, never wrong.
 pytestmark = pytest.mark.timeout(180)
-# Kept out of `make test` (its time budget); CLUSTER_SLOW=1 runs them too.
-SLOW = pytest.mark.skipif(os.environ.get("CLUSTER_SLOW") != "1",
-                          reason="slow cluster test: set CLUSTER_SLOW=1")
 
 
 def ws_url(front: Service) -> str:
@@ -306,7 +303,7 @@ def test_settings_render(tmp_path: Path) -> None:
         load_settings(path)
 
 
-@SLOW  # the same code paths as a front and a worker, in one process
+@slow  # the same code paths as a front and a worker, in one process
 async def test_role_both_serves_alone(cluster: Cluster) -> None:
     cluster.with_examples()
     config = cluster._config("both", "both")
@@ -378,7 +375,7 @@ def make_tls_files(folder: Path) -> tuple[Path, Path, Path]:
     return folder / "ca.crt", folder / "server.crt", folder / "server.key"
 
 
-@SLOW  # three more processes to start; the netns test covers the password already
+@slow  # three more processes to start; the netns test covers the password already
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl for certificates")
 async def test_tls_and_password_from_the_url(tmp_path: Path) -> None:
     ca, cert, key = make_tls_files(tmp_path)

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster_support import ACTORS, REPO, RedisServer, Service, write_config
+from cluster_support import ACTORS, REPO, RedisServer, Service, slow, write_config
 
 CALLS = int(os.environ.get("CLUSTER_NETNS_CALLS", "120"))
 SUBNET = "10.213.0"
@@ -96,6 +96,7 @@ def counter(metrics: str, name: str) -> float:
     return total
 
 
+@slow  # a load run across six network namespaces
 @pytest.mark.timeout(300)
 async def test_worker_host_killed_mid_load(tmp_path: Path) -> None:
     with network(f"i15t{os.getpid() % 100000}") as ns:

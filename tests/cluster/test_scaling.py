@@ -13,7 +13,7 @@ import os
 import time
 
 import pytest
-from cluster_support import Cluster, Service, connected
+from cluster_support import Cluster, Service, connected, slow
 from test_cluster import live_workers, ws_url
 
 WINDOW_S = float(os.environ.get("CLUSTER_SCALE_WINDOW_S", "3"))
@@ -58,6 +58,7 @@ def scales(rates: dict[int, float]) -> bool:
     return rates[2] >= 1.8 * rates[1] and rates[4] >= 3.4 * rates[1]
 
 
+@slow  # a load run: 1, 2 and 4 workers, a measuring window each
 @pytest.mark.timeout(300)
 async def test_throughput_scales_with_workers(cluster: Cluster) -> None:
     front = await cluster.front()
