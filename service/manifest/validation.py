@@ -47,6 +47,7 @@ from jsonschema.exceptions import FormatError, ValidationError
 from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 
+from service.log import RateLimit
 from service.manifest import ecma
 from service.manifest.schemawalk import node_patterns, nodes, reachable_nodes, specification_of
 
@@ -72,6 +73,10 @@ LAX_RUST_FORMATS = frozenset({"idn-hostname", "idn-email"})  # see _Formats
 DEADLINE_SLACK_S = 0.5  # past timeout_s, the wait for an error pass that cannot stop itself
 # The deadline of the error pass running in this context (None: none).
 _DEADLINE: ContextVar[float | None] = ContextVar("validation_deadline", default=None)
+# A jsonschema failure is logged with its traceback once per interval per exception type:
+# every value a client sends can meet it again (jsonschema's draft 2019-09 unevaluatedItems
+# fails on a boolean ``items``).
+_FAILURES = RateLimit(60.0)
 
 Errors = list[dict[str, str]]
 
@@ -163,7 +168,9 @@ class SchemaValidator:
             return self._fallback_errors(value, verdict,
                                          "jsonschema's recursion cannot go this deep")
         except Exception as exc:  # a jsonschema failure must not fail the call (-32603)
-            log.exception("jsonschema failed on a value")
+            if (held := _FAILURES.allow(type(exc).__name__)) is not None:
+                log.exception("jsonschema failed on a value%s",
+                              f" ({held} more since the last line)" if held else "")
             return self._fallback_errors(value, verdict, f"jsonschema could not check the value "
                                                          f"({type(exc).__name__})")
         finally:

@@ -187,6 +187,24 @@ def test_a_jsonschema_failure_refuses_the_value_and_says_why(
     assert v.errors(["x"]) == expected
 
 
+def test_a_jsonschema_failure_is_logged_once_not_for_every_value(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """jsonschema's draft 2019-09 unevaluatedItems fails on a boolean ``items`` (TypeError):
+    the verdict and messages are jsonschema-rs's, and the traceback is logged once, not
+    once for every value a client sends."""
+    monkeypatch.setattr(validation, "_FAILURES", validation.RateLimit(60.0))
+    v = SchemaValidator({"items": False, "unevaluatedItems": False},
+                        jsonschema.Draft201909Validator)
+    with pytest.raises(TypeError):
+        list(jsonschema.Draft201909Validator(v.schema).iter_errors([1]))
+    assert v.errors([]) == []
+    for n in range(1, 4):
+        assert v.errors(list(range(n))) == [
+            {"path": f"/{i}", "message": f"False schema does not allow {i}"} for i in range(n)]
+    failures = [r for r in caplog.records if r.getMessage().startswith("jsonschema failed")]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+
+
 def test_a_value_too_deep_for_jsonschema_is_refused_and_says_why() -> None:
     v = validator({"type": "array", "items": {"$ref": "#"}})
     value: Any = "x"

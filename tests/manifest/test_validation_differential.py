@@ -194,8 +194,11 @@ def test_the_verdict_is_the_reference_s(seed: int) -> None:
         ours, reference = SchemaValidator(schema, dialect), dialect(schema)
         for _ in range(VALUES_PER_SCHEMA):
             value = generator.value()
-            expected = reference.is_valid(value)
-            errors = ours.errors(value)
+            errors = ours.errors(value)  # never raises, even where the reference does
+            try:
+                expected = reference.is_valid(value)
+            except TypeError:  # its draft 2019-09 unevaluatedItems, on a boolean items
+                continue
             checked += 1
             if (not errors) != expected:
                 differences.append(f"draft {draft}: reference says {expected}, errors {errors}"
