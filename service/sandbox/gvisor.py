@@ -73,6 +73,7 @@ from service.sandbox.process import (
     abandon,
     connect_pipes,
     discover_controllers,
+    interpreter_flags,
     output_pipes,
     sweep_stale_groups,
 )
@@ -386,15 +387,12 @@ def harness_args(actor: ActorDef, settings: Settings) -> list[str]:
     except ValueError:
         raise SandboxUnavailable(BACKEND, f"script {actor.script} is outside {actor.root}") \
             from None
-    harness = "harness.py" if actor.language == "python" else "harness.js"
-    if actor.language == "python":
-        interpreter, flags = settings.sandbox.python, ["-I", "-B", "-u"]
-    else:
-        heap_mb = max(16, actor.limits.memory_mb * 3 // 4)  # V8 fails cleanly before the cgroup
-        interpreter, flags = settings.sandbox.node, [f"--max-old-space-size={heap_mb}"]
-    return ["/bin/sh", "-c", OPEN_CHANNEL, "sh", interpreter, *flags, f"/harness/{harness}",
-            str(IN_FD), str(OUT_FD), script, actor.entrypoint, "--own-pidns", "--self-reset",
-            *harness_path_flags(actor)]
+    python = actor.language == "python"
+    harness = "harness.py" if python else "harness.js"
+    interpreter = settings.sandbox.python if python else settings.sandbox.node
+    return ["/bin/sh", "-c", OPEN_CHANNEL, "sh", interpreter, *interpreter_flags(actor),
+            f"/harness/{harness}", str(IN_FD), str(OUT_FD), script, actor.entrypoint,
+            "--own-pidns", "--self-reset", *harness_path_flags(actor)]
 
 
 def oci_config(settings: Settings, rootfs: Path, actor: ActorDef | None, bundle: Path, *,

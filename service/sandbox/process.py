@@ -498,7 +498,7 @@ def make_plan(actor: ActorDef, settings: Settings, mechanisms: dict[str, str],
     if deps is not None:
         options += ["--ro-bind", str(deps_root or deps[0]), deps[1]]
     options += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", ACTOR_DIR]
-    command = [interpreter, *_interpreter_flags(actor), inside, *map(str, channel_fds),
+    command = [interpreter, *interpreter_flags(actor), inside, *map(str, channel_fds),
                script, actor.entrypoint, "--own-pidns", "--self-reset",
                *harness_path_flags(actor)]
     if host_uid is None and os.geteuid() == 0:
@@ -545,7 +545,8 @@ def _filesystem_options(interpreter: str, network: bool, tmp_mb: int) -> list[st
     return [*options, "--perms", "1777", "--size", str(tmp_mb * MIB), "--tmpfs", "/tmp"]
 
 
-def _interpreter_flags(actor: ActorDef) -> list[str]:
+def interpreter_flags(actor: ActorDef) -> list[str]:
+    """The harness interpreter's flags (every backend's)."""
     if actor.language == "python":
         return ["-I", "-B", "-u"]  # isolated: no PYTHON* variables, no user site, no cwd on path
     heap_mb = max(16, actor.limits.memory_mb * 3 // 4)  # V8 fails cleanly before the cgroup
