@@ -77,10 +77,11 @@ def _stat_fields(pid: str) -> tuple[int, int]:
     return int(rest[1]), int(rest[19])
 
 
-def _cgroup_dirs(pid: int | str) -> set[Path]:
-    """The v1/v2 cgroup directories a process is in, as host paths."""
+def _cgroup_dirs(pid: int | str, text: str | None = None) -> set[Path]:
+    """The v1/v2 cgroup directories a process is in, as host paths (``text``: its
+    /proc/PID/cgroup, when already read)."""
     dirs = set()
-    for line in _read(f"/proc/{pid}/cgroup").splitlines():
+    for line in (_read(f"/proc/{pid}/cgroup") if text is None else text).splitlines():
         _, controllers, path = line.split(":", 2)
         mount = controllers.removeprefix("name=") if controllers else "unified"
         dirs.add(CGROUP_ROOT / mount / path.lstrip("/"))
@@ -137,6 +138,10 @@ class SandboxWatch:
     pipes: set[str] = field(default_factory=_pipes)  # the channels to sandboxes are pipes
     # (pid, starttime) of each sandbox process -> (host uid, RLIMIT_NOFILE soft and hard)
     sandboxed: dict[tuple[int, int], tuple[int, tuple[str, str]]] = field(default_factory=dict)
+    # A scan runs every 30 ms on the loop of the server under test: per (pid, starttime), the
+    # pid namespace is read once, and /proc/PID/cgroup turned into groups when it changed.
+    _namespace_of: dict[tuple[int, int], str] = field(default_factory=dict)
+    _cgroup_texts: dict[tuple[int, int], str] = field(default_factory=dict)
 
     def scan(self) -> None:
         """Record the descendants of this process alive right now."""
@@ -153,22 +158,34 @@ class SandboxWatch:
                 todo.append(child)
 
     def _record(self, pid: int, start: int) -> None:
+        key = (pid, start)
         with contextlib.suppress(OSError):
-            # holding the namespace open keeps its inode number from being reused by another
-            # sandbox, so a process found in it later is one of ours
-            fd = os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY)
-            ns = f"pid:[{os.fstat(fd).st_ino}]"
-            if ns == self.own_ns or ns in self.namespaces:
-                os.close(fd)
-            else:
-                self.namespaces[ns] = fd
-            # an exiting process shows the root groups: only groups below ours are sandboxes'
-            self.cgroups |= {d for d in _cgroup_dirs(pid)
-                             if not any(own.is_relative_to(d) for own in self.own_cgroups)}
+            ns = self._namespace_of.get(key) or self._hold_namespace(key)
+            # A process may move to another group (a sandbox is put in its own after it
+            # starts). An exiting process shows the root groups: only groups below ours are
+            # sandboxes'.
+            text = _read(f"/proc/{pid}/cgroup")
+            if self._cgroup_texts.get(key) != text:
+                self._cgroup_texts[key] = text
+                self.cgroups |= {d for d in _cgroup_dirs(pid, text)
+                                 if not any(own.is_relative_to(d) for own in self.own_cgroups)}
             self.procs[pid] = start
-            if (pid, start) not in self.sandboxed and (
+            if key not in self.sandboxed and (
                     ns != self.own_ns or _read(f"/proc/{pid}/comm").strip() == "bwrap"):
-                self.sandboxed[(pid, start)] = (_status_uid(pid), _nofile(pid))
+                self.sandboxed[key] = (_status_uid(pid), _nofile(pid))
+
+    def _hold_namespace(self, key: tuple[int, int]) -> str:
+        """The pid namespace of a process first seen (fixed for its lifetime), held open:
+        its inode number cannot be reused by another sandbox, so a process found in it
+        later is one of ours."""
+        fd = os.open(f"/proc/{key[0]}/ns/pid", os.O_RDONLY)
+        ns = f"pid:[{os.fstat(fd).st_ino}]"
+        if ns == self.own_ns or ns in self.namespaces:
+            os.close(fd)
+        else:
+            self.namespaces[ns] = fd
+        self._namespace_of[key] = ns
+        return ns
 
     async def run(self, interval_s: float = 0.03) -> None:
         while True:
