@@ -279,7 +279,7 @@ def _python_validator(schema: Any, dialect: type[Validator], format_assertion: b
     bounded = validators.extend(dialect, keywords)
     # no $schema inside: jsonschema would switch a subschema that has one to its stock class
     return bounded(
-        _without_dollar_schema(schema, dialect),
+        _jsonschema_copy(schema, dialect),
         registry=Registry(),  # the schema is self-contained: nothing is fetched
         format_checker=_Formats(dialect) if format_assertion else None,
     )
@@ -323,12 +323,23 @@ def _format_validator(rust_class: Any, format: str) -> Any:
     return rust_class({"format": format}, validate_formats=True)
 
 
-def _without_dollar_schema(schema: Any, dialect: type[Validator]) -> Any:
+def _jsonschema_copy(schema: Any, dialect: type[Validator]) -> Any:
+    """``schema`` as jsonschema is given it: without ``$schema`` inside, and, in a draft
+    2019-09 schema with ``unevaluatedItems``, a boolean ``items`` written as the object
+    schema it equals (``{}``, ``{"not": {}}``). jsonschema counts the items that schema
+    evaluated with ``len(items)``, which fails on a boolean (a TypeError on every array),
+    so without this, a value jsonschema-rs has no verdict for would be refused whatever it
+    is. The price: ``items: false`` says "1 should not be valid under {}" there."""
     copied = copy.deepcopy(schema)
     spec = specification_of(dialect)
     root = Resource(contents=copied, specification=spec)  # type: ignore[call-arg]
-    for node in nodes(copied, spec, root.id() or ""):
+    found = list(nodes(copied, spec, root.id() or ""))
+    booleans_counted = spec.name == "draft2019-09" and any(
+        "unevaluatedItems" in node.contents for node in found)
+    for node in found:
         node.contents.pop("$schema", None)
+        if booleans_counted and isinstance(items := node.contents.get("items"), bool):
+            node.contents["items"] = {} if items else {"not": {}}
     return copied
 
 

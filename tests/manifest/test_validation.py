@@ -189,20 +189,53 @@ def test_a_jsonschema_failure_refuses_the_value_and_says_why(
 
 def test_a_jsonschema_failure_is_logged_once_not_for_every_value(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """jsonschema's draft 2019-09 unevaluatedItems fails on a boolean ``items`` (TypeError):
-    the verdict and messages are jsonschema-rs's, and the traceback is logged once, not
-    once for every value a client sends."""
+    """Every value a client sends can meet the same failure: its traceback is logged once,
+    the values still get jsonschema-rs's messages."""
     monkeypatch.setattr(validation, "_FAILURES", validation.RateLimit(60.0))
-    v = SchemaValidator({"items": False, "unevaluatedItems": False},
-                        jsonschema.Draft201909Validator)
-    with pytest.raises(TypeError):
-        list(jsonschema.Draft201909Validator(v.schema).iter_errors([1]))
-    assert v.errors([]) == []
+    v = validator({"type": "array", "items": {"type": "integer"}})
+
+    def broken(value: Any) -> Any:
+        raise TypeError("object of type 'bool' has no len()")
+        yield  # a generator, like iter_errors
+
+    monkeypatch.setattr(v, "_python", SimpleNamespace(iter_errors=broken))
     for n in range(1, 4):
-        assert v.errors(list(range(n))) == [
-            {"path": f"/{i}", "message": f"False schema does not allow {i}"} for i in range(n)]
+        assert v.errors(["x"] * n) == [
+            {"path": f"/{i}", "message": '"x" is not of type "integer"'} for i in range(n)]
     failures = [r for r in caplog.records if r.getMessage().startswith("jsonschema failed")]
     assert len(failures) == 1 and failures[0].exc_info is not None
+
+
+@pytest.mark.parametrize("where", ["here", "allOf", "$ref"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_boolean_items_counts_every_item_as_evaluated_in_draft_2019_09(
+        where: str, fast: bool) -> None:
+    """jsonschema fails (TypeError) on a boolean ``items`` it reaches from unevaluatedItems
+    in draft 2019-09; a schema jsonschema-rs cannot judge (a lookahead) would then refuse
+    every array, valid or not."""
+    def schema(items: bool) -> dict[str, Any]:
+        inner = {"items": items}
+        outer: dict[str, Any] = {"unevaluatedItems": False}
+        if not fast:
+            outer["properties"] = {"a": {"pattern": "(?=a)"}}
+        if where == "here":
+            return {**outer, **inner}
+        if where == "allOf":
+            return {**outer, "allOf": [inner]}
+        return {**outer, "$defs": {"i": inner}, "$ref": "#/$defs/i"}
+
+    with pytest.raises(TypeError):
+        list(jsonschema.Draft201909Validator(schema(True)).iter_errors([1, 2]))
+    every, none = (SchemaValidator(schema(items), jsonschema.Draft201909Validator)
+                   for items in (True, False))
+    assert (every._fast is not None) is fast
+    assert every.errors([]) == every.errors([1, "x"]) == none.errors([]) == []
+    refused = [{"path": "/0", "message": "1 should not be valid under {}"},
+               {"path": "/1", "message": "'x' should not be valid under {}"}]
+    if where == "allOf":  # a failed subschema evaluates nothing
+        refused.insert(0, {"path": "", "message": "Unevaluated items are not allowed "
+                                                  "(1, 'x' were unexpected)"})
+    assert none.errors([1, "x"]) == refused
 
 
 def test_a_value_too_deep_for_jsonschema_is_refused_and_says_why() -> None:
