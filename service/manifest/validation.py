@@ -74,8 +74,7 @@ DEADLINE_SLACK_S = 0.5  # past timeout_s, the wait for an error pass that cannot
 # The deadline of the error pass running in this context (None: none).
 _DEADLINE: ContextVar[float | None] = ContextVar("validation_deadline", default=None)
 # A jsonschema failure is logged with its traceback once per interval per exception type:
-# every value a client sends can meet it again (jsonschema's draft 2019-09 unevaluatedItems
-# fails on a boolean ``items``).
+# every value a client sends can meet the same failure again.
 _FAILURES = RateLimit(60.0)
 
 Errors = list[dict[str, str]]

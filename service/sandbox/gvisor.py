@@ -55,7 +55,7 @@ from typing import Any
 
 from service.errors import ResourceLimitExceeded, SandboxUnavailable
 from service.manifest.model import ActorDef
-from service.sandbox.base import Availability, dependency_mount, harness_path_flags
+from service.sandbox.base import Availability, dependency_mount
 from service.sandbox.process import (
     ACTOR_DIR,
     CHUNK,
@@ -73,7 +73,7 @@ from service.sandbox.process import (
     abandon,
     connect_pipes,
     discover_controllers,
-    interpreter_flags,
+    harness_command,
     output_pipes,
     sweep_stale_groups,
 )
@@ -382,17 +382,8 @@ def make_channel(folder: Path) -> tuple[int, int, tuple[int, int]]:
 
 def harness_args(actor: ActorDef, settings: Settings) -> list[str]:
     """The sandbox's command: dash opens the channel, then becomes the harness."""
-    try:
-        script = Path(ACTOR_DIR, actor.script.relative_to(actor.root)).as_posix()
-    except ValueError:
-        raise SandboxUnavailable(BACKEND, f"script {actor.script} is outside {actor.root}") \
-            from None
-    python = actor.language == "python"
-    harness = "harness.py" if python else "harness.js"
-    interpreter = settings.sandbox.python if python else settings.sandbox.node
-    return ["/bin/sh", "-c", OPEN_CHANNEL, "sh", interpreter, *interpreter_flags(actor),
-            f"/harness/{harness}", str(IN_FD), str(OUT_FD), script, actor.entrypoint,
-            "--own-pidns", "--self-reset", *harness_path_flags(actor)]
+    return ["/bin/sh", "-c", OPEN_CHANNEL, "sh",
+            *harness_command(actor, settings, (IN_FD, OUT_FD), BACKEND)]
 
 
 def oci_config(settings: Settings, rootfs: Path, actor: ActorDef | None, bundle: Path, *,

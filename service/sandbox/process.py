@@ -48,7 +48,7 @@ import struct
 import termios
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -478,15 +478,11 @@ def make_plan(actor: ActorDef, settings: Settings, mechanisms: dict[str, str],
     for Python: a folder mounted at /harness instead, whose harness.py starts the harness
     from its compiled module (``compiled.py``).
     """
-    try:
-        script = Path(ACTOR_DIR, actor.script.relative_to(actor.root)).as_posix()
-    except ValueError:
-        raise SandboxUnavailable(
-            BACKEND, f"script {actor.script} is outside {actor.root}") from None
+    command = harness_command(actor, settings, channel_fds, BACKEND)
     root = root or actor.root
     harness = harness or harness_path(actor)
     inside = f"/harness/{harness_path(actor).name}"
-    interpreter = settings.sandbox.python if actor.language == "python" else settings.sandbox.node
+    interpreter = command[0]  # its own files are mounted too
     options = _namespace_options(actor.limits.network) + _filesystem_options(
         interpreter, actor.limits.network, settings.sandbox.tmp_mb)
     options += ["--ro-bind", str(root), ACTOR_DIR]
@@ -498,9 +494,6 @@ def make_plan(actor: ActorDef, settings: Settings, mechanisms: dict[str, str],
     if deps is not None:
         options += ["--ro-bind", str(deps_root or deps[0]), deps[1]]
     options += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", ACTOR_DIR]
-    command = [interpreter, *interpreter_flags(actor), inside, *map(str, channel_fds),
-               script, actor.entrypoint, "--own-pidns", "--self-reset",
-               *harness_path_flags(actor)]
     if host_uid is None and os.geteuid() == 0:
         host_uid = SANDBOX_UID
     return Plan(options, command, host_uid, _rlimits(actor, settings, mechanisms))
@@ -545,8 +538,23 @@ def _filesystem_options(interpreter: str, network: bool, tmp_mb: int) -> list[st
     return [*options, "--perms", "1777", "--size", str(tmp_mb * MIB), "--tmpfs", "/tmp"]
 
 
-def interpreter_flags(actor: ActorDef) -> list[str]:
-    """The harness interpreter's flags (every backend's)."""
+def harness_command(actor: ActorDef, settings: Settings, channel_fds: Sequence[int | str],
+                    backend: str) -> list[str]:
+    """The harness's command in the sandbox (this backend's and gVisor's): the actor's
+    folder at ACTOR_DIR, the harness at /harness; it kills the script's leftovers in its
+    own pid namespace and resets itself after each call."""
+    try:
+        script = Path(ACTOR_DIR, actor.script.relative_to(actor.root)).as_posix()
+    except ValueError:
+        raise SandboxUnavailable(
+            backend, f"script {actor.script} is outside {actor.root}") from None
+    interpreter = settings.sandbox.python if actor.language == "python" else settings.sandbox.node
+    return [interpreter, *_interpreter_flags(actor), f"/harness/{harness_path(actor).name}",
+            *map(str, channel_fds), script, actor.entrypoint, "--own-pidns", "--self-reset",
+            *harness_path_flags(actor)]
+
+
+def _interpreter_flags(actor: ActorDef) -> list[str]:
     if actor.language == "python":
         return ["-I", "-B", "-u"]  # isolated: no PYTHON* variables, no user site, no cwd on path
     heap_mb = max(16, actor.limits.memory_mb * 3 // 4)  # V8 fails cleanly before the cgroup
