@@ -307,9 +307,14 @@ def _error_response(request_id: Any, error: RpcError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "error": error.to_json(), "id": request_id}
 
 
+# What json.dumps(message, allow_nan=False, separators=(",", ":")) uses, made once: with
+# options, json.dumps builds a new encoder for every message (three per call).
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
+
 def encode(message: Any) -> str:
     """JSON text as sent on the wire: compact, no NaN, ASCII (a lone surrogate stays escaped)."""
-    return json.dumps(message, allow_nan=False, separators=(",", ":"))
+    return _ENCODER.encode(message)
 
 
 def encoded(message: Any, encoder: Callable[[Any], T], what: str, key: Any) -> T | InternalError:
