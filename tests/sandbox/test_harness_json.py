@@ -96,9 +96,28 @@ def test_a_cycle_is_a_value_error_and_the_encoder_stays_usable() -> None:
     assert harness.encode({"a": shared, "b": shared}) == b'{"a":[1],"b":[1]}\n'
 
 
-def test_the_state_check_still_names_the_bad_value() -> None:
-    with pytest.raises(TypeError, match="return value is not JSON-serializable"):
-        harness.result_reply({1, 2}, {}, 1)
+@pytest.mark.parametrize(("value", "state", "message"), [
+    ({1, 2}, {}, "process() return value is not JSON-serializable: Object of type set is "
+                 "not JSON serializable"),
+    (1, {"s": {1}}, "process() state is not JSON-serializable: Object of type set is not "
+                    "JSON serializable"),
+    ({1}, {"s": {1}}, "process() return value is not JSON-serializable"),  # the first one
+    (1, {"x": math.nan}, "process() state is not JSON-serializable: Out of range float values "
+                         "are not JSON compliant"),
+])
+def test_the_result_check_names_the_bad_value(value: Any, state: dict[str, Any],
+                                              message: str) -> None:
+    with pytest.raises(TypeError) as got:
+        harness.result_reply(value, state, 1)
+    assert str(got.value).startswith(message)
+
+
+@pytest.mark.parametrize(("threads", "line"), [  # UTF-8, as every line the harness writes
+    (1, '{"type":"result","return":[1,"é"],"state":{"k":null}}\n'),
+    (3, '{"type":"result","return":[1,"é"],"state":{"k":null},"lingering":true}\n'),
+])
+def test_the_result_line_is_the_reply_encoded_once(threads: int, line: str) -> None:
+    assert harness.result_reply([1, "é"], {"k": None}, threads) == line.encode()
 
 
 LINES = [

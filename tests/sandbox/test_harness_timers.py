@@ -50,9 +50,9 @@ class Harness:
         assert self.next() == {"type": "ready"}
 
     def next(self) -> dict[str, Any]:
-        line = self._lines.readline()
-        assert line, "the harness closed its channel"
-        return json.loads(line)
+        self.line = self._lines.readline()
+        assert self.line, "the harness closed its channel"
+        return json.loads(self.line)
 
     def call(self, linger: str | None) -> dict[str, Any]:
         message = {"type": "call", "actor_id": "counter", "payload": {"linger": linger},
@@ -87,3 +87,11 @@ def test_timers_that_ended_in_their_call_leave_no_trace(harness: Harness) -> Non
     replies = [harness.call(linger) for linger in ENDED]
     assert [(r["type"], r["return"], "lingering" in r) for r in replies] == [
         ("result", {"calls": n}, False) for n in (1, 2, 3)]
+
+
+def test_the_result_line_is_what_json_stringify_writes_for_the_reply(harness: Harness) -> None:
+    harness.call("cleared")
+    assert harness.line == b'{"type":"result","return":{"calls":1},"state":{}}\n'
+    harness.call("timer")
+    assert harness.line == \
+        b'{"type":"result","return":{"calls":2},"state":{},"lingering":true}\n'

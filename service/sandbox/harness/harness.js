@@ -372,20 +372,23 @@ function timersPending() {
   return timersStarted.size > 0;
 }
 
-function resultLine(value, state) {
-  const ret = value === undefined ? null : value;
-  for (const [what, item] of [['return value', ret], ['state', state]]) {
-    let text;
-    try {
-      text = JSON.stringify(item);
-    } catch (err) {
-      throw new TypeError(`process() ${what} is not JSON-serializable: ${err.message}`);
-    }
-    if (text === undefined) throw new TypeError(`process() ${what} is not JSON-serializable`);
+function jsonOf(what, item) {
+  let text;
+  try {
+    text = JSON.stringify(item);
+  } catch (err) {
+    throw new TypeError(`process() ${what} is not JSON-serializable: ${err.message}`);
   }
-  const reply = { type: 'result', return: ret, state };
-  if (timersPending()) reply.lingering = true; // it would run inside a later call
-  return encode(reply);
+  if (text === undefined) throw new TypeError(`process() ${what} is not JSON-serializable`);
+  return text;
+}
+
+function resultLine(value, state) {
+  // What encode({type, return, state[, lingering]}) writes, from the two texts checked: each
+  // value is encoded once.
+  const ret = jsonOf('return value', value === undefined ? null : value);
+  const lingering = timersPending() ? ',"lingering":true' : ''; // it would run in a later call
+  return `{"type":"result","return":${ret},"state":${jsonOf('state', state)}${lingering}}\n`;
 }
 
 function writeFences(fence) {

@@ -509,16 +509,21 @@ def error_reply(exc: BaseException, script: str) -> dict[str, Any]:
 
 
 def result_reply(value: Any, state: dict[str, Any], threads: int) -> bytes:
-    """The encoded ``result`` line; TypeError when the return value or state is not JSON."""
+    """The encoded ``result`` line; TypeError when the return value or state is not JSON
+    (each is encoded again only then, to say which)."""
+    reply = {"type": "result", "return": value, "state": state}
+    if threads > 1:  # the script's threads would run on between calls, with no time limit
+        reply["lingering"] = True
+    try:
+        return encode(reply)
+    except (TypeError, ValueError) as exc:
+        failure = exc
     for what, item in (("return value", value), ("state", state)):
         try:
             encode({"v": item})
         except (TypeError, ValueError) as exc:
             raise TypeError(f"process() {what} is not JSON-serializable: {exc}") from None
-    reply = {"type": "result", "return": value, "state": state}
-    if threads > 1:  # the script's threads would run on between calls, with no time limit
-        reply["lingering"] = True
-    return encode(reply)
+    raise failure
 
 
 class Threads:
