@@ -70,6 +70,11 @@ def _cluster_rows(results: dict[str, Any]) -> list[Row]:
 def _latency_rows(results: dict[str, Any]) -> list[Row]:
     echo = results["echo"]["latency"]
     out = []
+    if "latency" in results.get("pipe_floor", {}):  # runs before it was added have none
+        # what a process per sandbox costs any design, before any work of the service's
+        out.append(Row("warm round trip p50, pipe floor (echo + a pipe round trip)",
+                       results["pipe_floor"]["latency"]["p50_ms"], "ms", "echo p50",
+                       echo["p50_ms"]))
     for language, actor_id in WARM_ACTORS.items():
         stats = results["server"]["latency"][actor_id]
         for p in ("p50", "p90", "p99"):

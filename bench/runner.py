@@ -79,7 +79,7 @@ async def run(plan: Plan, config: Path, backend: str, gvisor: bool = True) -> di
         if compare:
             results["gvisor"] = gv_results
         log.info("warm round trips")
-        await _latencies(plan, echo, server, results, gv)
+        await _latencies(plan, echo, server, results, gv, pipe_floor)
         log.info("round trip through a cluster front and one worker")
         results["cluster"] = await _cluster(plan, config, backend, results["server"])
         log.info("warm calls with one state increment")
@@ -152,11 +152,14 @@ async def _gvisor_server(config: Path, settings: Settings, wanted: bool
 
 
 async def _latencies(plan: Plan, echo: servers.Running, server: servers.Running,
-                     results: dict[str, Any], gv: servers.Running | None) -> None:
-    """The warm round trips of the echo and of each actor (on gVisor too), in interleaved
-    rounds (see run_interleaved): each ratio compares figures taken over the same minutes."""
+                     results: dict[str, Any], gv: servers.Running | None,
+                     pipe_floor: servers.Running) -> None:
+    """The warm round trips of the echo, of the pipe floor and of each actor (on gVisor too),
+    in interleaved rounds (see run_interleaved): each ratio compares figures taken over the
+    same minutes."""
     heavy = heavy_order_call()
-    runs = {("echo", "doubler"): Target(echo.url, "doubler", echo.pid)}
+    runs = {("echo", "doubler"): Target(echo.url, "doubler", echo.pid),
+            ("pipe_floor", "doubler"): Target(pipe_floor.url, "doubler", pipe_floor.pid)}
     for actor_id in WARM_ACTORS.values():
         runs["server", actor_id] = Target(server.url, actor_id, server.pid)
         if gv is not None:
@@ -168,8 +171,8 @@ async def _latencies(plan: Plan, echo: servers.Running, server: servers.Running,
                                      rounds=plan.latency_rounds)
     results["server"]["latency"] = {}
     for (where, actor_id), stats in zip(runs, measured, strict=True):
-        if where == "echo":
-            results["echo"]["latency"] = stats.summary()
+        if where in ("echo", "pipe_floor"):
+            results.setdefault(where, {})["latency"] = stats.summary()
         else:
             results[where]["latency"][actor_id] = stats.summary()
 
@@ -211,7 +214,7 @@ async def _pipe_floor(plan: Plan, pipe_floor: servers.Running, server: servers.R
     doubler right after it: the service's own work per call is the difference."""
     stats, _ = await _throughput(pipe_floor, "doubler", PIPE_FLOOR_LEVEL, plan)
     again, _ = await _throughput(server, "doubler", PIPE_FLOOR_LEVEL, plan)
-    return {"throughput": {str(PIPE_FLOOR_LEVEL): stats},
+    return {**results.get("pipe_floor", {}), "throughput": {str(PIPE_FLOOR_LEVEL): stats},
             "server_throughput": {str(PIPE_FLOOR_LEVEL): again}}
 
 

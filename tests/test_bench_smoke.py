@@ -65,13 +65,16 @@ def test_echo(results: dict[str, Any]) -> None:
 
 @pytest.mark.timeout(300)
 def test_pipe_floor(results: dict[str, Any]) -> None:
-    """The echo plus a pipe round trip, and the doubler right after it, at 8 connections."""
+    """The echo plus a pipe round trip: its warm round trip (in the echo's rounds), and at 8
+    connections with the doubler right after it."""
     floor = results["pipe_floor"]
-    assert set(floor) == {"throughput", "server_throughput"}
-    for levels in floor.values():
+    assert set(floor) == {"latency", "throughput", "server_throughput"}
+    check_summary(floor["latency"])
+    for levels in (floor["throughput"], floor["server_throughput"]):
         assert set(levels) == {"8"}
         check_summary(levels["8"])
     labels = [row["label"] for row in results["rows"]]
+    assert "warm round trip p50, pipe floor (echo + a pipe round trip)" in labels
     assert "pipe floor c=8 (echo + a pipe round trip)" in labels
     assert "throughput c=8, doubler (right after it)" in labels
 
