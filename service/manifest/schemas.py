@@ -217,6 +217,7 @@ class _Bundler:
     refused: set[str] = field(default_factory=set)
     wrapped: set[str] = field(default_factory=set)  # files embedded as {$id, allOf: [file]}
     needs_root_id: bool = False
+    absolute_ids: bool = False  # write every relative $id resolved (see bundle)
     spec: Specification[Any] = field(init=False)
     registry: Registry[Any] = field(init=False)
     id_keyword: str = field(init=False)  # "id" in draft 4
@@ -310,6 +311,12 @@ class _Bundler:
 
     def bundle(self, root: Any) -> Any:
         self.common = _common_folder([_uri_path(u) for u in (self.root_uri, *self.docs)])
+        # Both engines resolve the relative $id of a resource in the dynamic scope against the
+        # wrong base (jsonschema from the second $dynamicRef down, jsonschema-rs when it
+        # compiles), so a valid value was refused: with dynamic references, the published
+        # schema has absolute ids only. Without, it keeps the ids as written.
+        text = json.dumps([root, *self.docs.values()])
+        self.absolute_ids = '"$dynamicRef"' in text or '"$recursiveRef"' in text
         out = copy.deepcopy(root)
         self._rewrite(out, self.root_uri)
         embedded = {_key(doc, i): self._embedded(doc) for i, doc in enumerate(self.docs)}
@@ -337,12 +344,15 @@ class _Bundler:
             else body
 
     def _rewrite(self, document: Any, uri: str) -> None:
-        """Rewrite the file URIs of a copied document in place (ids first seen as they were)."""
+        """Rewrite the file URIs of a copied document in place (ids first seen as they were),
+        and, with ``absolute_ids``, every other relative ``$id`` as the URI it resolves to."""
         for node in nodes(document, self.spec, uri):
             schema = node.contents
             own = Resource(contents=schema, specification=self.spec).id()  # type: ignore[call-arg]
             if own is not None and _is_file(node.base):
                 schema[self.id_keyword] = self._publish(node.base)
+            elif own is not None and own != node.base and self.absolute_ids:
+                schema[self.id_keyword] = node.base
             for keyword in ref_keywords(self.spec):
                 ref = schema.get(keyword)
                 if isinstance(ref, str):

@@ -187,6 +187,26 @@ def test_dynamic_ref_across_files(tmp_path: Path) -> None:
         False, True]
 
 
+def test_the_dynamic_scope_keeps_each_resource_s_own_base(tmp_path: Path) -> None:
+    """§8.2.3.2 and §9.2: the extension's relative $id is resolved against the root's base,
+    where it is embedded, not against the tree's, which the call goes through: the children
+    are checked by the extension, at every depth. (jsonschema 4.26, given this schema as it
+    stands, looks the extension up at https://trees.org/other/ext.json from the
+    grandchildren on, and raises NoSuchResource; the bundled schema has no relative $id.)"""
+    tree = {"$id": "https://trees.org/tree.json", "$dynamicAnchor": "node", "type": "object",
+            "properties": {"data": {"maxLength": 1},
+                           "children": {"type": "array", "items": {"$dynamicRef": "#node"}}}}
+    extension = {"$id": "other/ext.json", "$dynamicAnchor": "node",
+                 "$ref": "https://trees.org/tree.json", "required": ["data"]}
+    p = port(tmp_path, {"$schema": D2020, "$id": "https://example.com/a/root.json",
+                        "$ref": "other/ext.json", "$defs": {"tree": tree, "ext": extension}})
+    deep = {"data": "a", "children": [{"data": "b", "children": [{"data": "c"}, {}]}]}
+    assert verdicts(p, [{"data": "a", "children": [{}]}, {"data": "a", "children": [{"data": "b"}]},
+                        {"data": "ab"}, deep]) == [False, True, False, False]
+    deep["children"][0]["children"].pop()
+    assert verdicts(p, [deep]) == [True]
+
+
 def test_an_unresolvable_dynamic_ref_is_refused_at_load(tmp_path: Path) -> None:
     assert refused(tmp_path, {"$dynamicRef": "#/$defs/none"}) == [
         "inports.input.schema.$dynamicRef: $dynamicRef '#/$defs/none' points to nothing"]
