@@ -355,7 +355,9 @@ class _Bundler:
                 schema[self.id_keyword] = node.base
             for keyword in ref_keywords(self.spec):
                 ref = schema.get(keyword)
-                if isinstance(ref, str):
+                # "$recursiveRef" is defined for "#" alone (2019-09 §8.2.4.2.1): written as
+                # the URI "#" names, the engines took it for a static $ref
+                if isinstance(ref, str) and not (keyword == "$recursiveRef" and ref == "#"):
                     schema[keyword] = self._published_ref(ref, node.base)
 
     def _published_ref(self, ref: str, base: str) -> str:

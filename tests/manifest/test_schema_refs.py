@@ -222,6 +222,23 @@ def test_recursive_ref_2019_09(tmp_path: Path) -> None:
         False, True]
 
 
+def test_recursive_ref_across_files(tmp_path: Path) -> None:
+    """2019-09 §8.2.4.2: "$recursiveRef": "#" in a file is still "#" once the file is
+    embedded: the children go back to the outermost resource with "$recursiveAnchor": true,
+    the manifest's schema, which requires "data". (Written as the file's own URI, it was a
+    plain $ref to the file: the children went unchecked by the root.)"""
+    tree = {"$schema": D2019, "$recursiveAnchor": True, "type": "object",
+            "properties": {"data": {"type": "integer"},
+                           "children": {"type": "array", "items": {"$recursiveRef": "#"}}}}
+    strict = {"$schema": D2019, "$recursiveAnchor": True, "$ref": "sub/tree.json",
+              "required": ["data"]}
+    p = port(tmp_path, strict, {"sub/tree.json": tree})
+    assert p.schema["$defs"]["tree"]["properties"]["children"]["items"] == {
+        "$recursiveRef": "#"}
+    assert verdicts(p, [{"data": 2, "children": [{}]}, {"data": 2, "children": [{"data": 3}]},
+                        {"children": []}]) == [False, True, False]
+
+
 # --- no network: a document that is not embedded and not a local file is refused ---
 
 
