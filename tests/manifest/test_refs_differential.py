@@ -10,7 +10,8 @@ an empty fragment); anchors in the draft's spelling (``$anchor``, ``"$id": "#a"`
 absolute URI, a relative or absolute-path reference, a bare fragment, an anchor, or a
 JSON pointer (escaped keys, and pointers that cross into an embedded resource). A second
 family extends a recursive tree through ``$dynamicRef`` (2020-12) and ``$recursiveRef``
-(2019-09), with the extension behind a relative ``$id``.
+(2019-09), with the extension behind a relative ``$id``; a third puts the tree, and
+sometimes the extension, in files beside the manifest.
 
 The verdict must be jsonschema's on the schema as written (where jsonschema can evaluate
 it) and on the schema as the server publishes it, alone (always); no value may go
@@ -33,6 +34,7 @@ from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 from referencing import Registry
 from referencing.exceptions import NoSuchResource, Unresolvable
+from referencing.jsonschema import specification_with
 
 from service.manifest.schemas import compile_schema
 
@@ -236,14 +238,61 @@ def tree_value(rnd: random.Random, depth: int = 0) -> Any:
     return value
 
 
-def differences(schema: dict[str, Any], draft: str, values: list[Any],
-                manifest: Path) -> list[str]:
-    """Where the loaded schema's verdicts are not the reference's."""
+def tree_in_files(rnd: random.Random, folder: Path) -> tuple[str, dict[str, Any],
+                                                             dict[str, Any]]:
+    """The recursive tree in a file beside the manifest (with or without an $id of its
+    own), the extension in the manifest or in a file of its own: the files are written,
+    the manifest's schema and the files are returned."""
+    draft = rnd.choice(["2020-12", "2019-09"])
+    meta = DRAFTS[draft][1]
+    if draft == "2020-12":
+        anchor, recurse = {"$dynamicAnchor": "node"}, {"$dynamicRef": "#node"}
+        extension_anchor = {"$dynamicAnchor": rnd.choice(["node", "other"])}
+    else:
+        anchor, recurse = {"$recursiveAnchor": True}, {"$recursiveRef": "#"}
+        extension_anchor = {"$recursiveAnchor": rnd.random() < 0.8}
+    data = [{"type": "integer"}, {"type": "string"}, {"minimum": 2}, {"maxLength": 1}]
+    tree = {"$schema": meta, **anchor, "type": "object",
+            "properties": {"data": rnd.choice(data),
+                           "children": {"type": "array", "items": recurse}}}
+    if rnd.random() < 0.4:
+        tree["$id"] = rnd.choice(["https://trees.org/tree.json", "urn:example:tree"])
+    tree_file = rnd.choice(["tree.json", "sub/tree.json", "a b/tree.json"])
+    extension = {"$schema": meta, **extension_anchor, "properties": {"data": rnd.choice(data)},
+                 **rnd.choice([{}, {"required": ["data"]}, {"unevaluatedProperties": False}])}
+    files = {tree_file: tree}
+    if rnd.random() < 0.5:
+        extension_file = rnd.choice(["ext.json", "sub/ext.json"])
+        extension["$ref"] = posixpath.relpath(tree_file, posixpath.dirname(extension_file))
+        files[extension_file] = extension
+        root = {"$schema": meta, "$ref": rnd.choice([extension_file, tree_file])}
+    else:
+        root = {**extension, "$ref": tree_file}
+    for name, contents in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(contents))
+    return draft, root, files
+
+
+def differences(schema: dict[str, Any], draft: str, values: list[Any], manifest: Path,
+                files: dict[str, Any] | None = None) -> list[str]:
+    """Where the loaded schema's verdicts are not the reference's (``files``: the documents
+    beside the manifest it refers to)."""
     compiled, issues = compile_schema(schema, manifest)
     assert compiled is not None, f"refused at load: {issues}\n  {json.dumps(schema)}"
     published = compiled.schema
     alone = validator_for(published)(published, registry=Registry())  # nothing retrievable
     written = DRAFTS[draft][0](schema)
+    if files is not None:  # as written: the manifest's schema at its file's URI, beside the files
+        spec = specification_with(DRAFTS[draft][1])
+        documents = {(manifest.parent / name).as_uri(): contents
+                     for name, contents in files.items()}
+        documents |= {contents["$id"]: contents for contents in files.values()
+                      if "$id" in contents}
+        documents[manifest.as_uri()] = schema
+        registry: Registry[Any] = Registry().with_resources(
+            (uri, spec.create_resource(contents)) for uri, contents in documents.items())
+        written = DRAFTS[draft][0]({"$ref": manifest.as_uri()}, registry=registry)
     found = []
     for value in values:
         errors = compiled.validator.errors(value)
@@ -281,4 +330,16 @@ def test_dynamic_references_through_an_extension(seed: int, tmp_path: Path) -> N
         draft, schema = extended_tree(rnd)
         values = [tree_value(rnd) for _ in range(VALUES_PER_SCHEMA)]
         found += differences(schema, draft, values, manifest)
+    assert not found, f"seed {seed}, {len(found)}:\n" + "\n".join(found[:5])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_dynamic_references_across_files(seed: int, tmp_path: Path) -> None:
+    rnd = random.Random(seed)
+    found = []
+    for index in range(SCHEMAS_PER_SEED // 2):
+        folder = tmp_path / str(index)
+        draft, schema, files = tree_in_files(rnd, folder)
+        values = [tree_value(rnd) for _ in range(VALUES_PER_SCHEMA)]
+        found += differences(schema, draft, values, folder / "actor.yaml", files)
     assert not found, f"seed {seed}, {len(found)}:\n" + "\n".join(found[:5])
