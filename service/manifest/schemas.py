@@ -239,6 +239,9 @@ class _Bundler:
         self.registry = registry.with_resource(self.root_uri, resource).combine(
             SPECIFICATIONS).crawl()
         queue: list[tuple[str, Any, str | None]] = [(self.root_uri, root, None)]
+        # References to an $id not (yet) known: a file read later may have it, whatever the
+        # order of the keywords that name the file and the $id.
+        later: list[tuple[str, str, Node, str, bool]] = []
         while queue:
             uri, contents, origin = queue.pop(0)
             for node in nodes(contents, self.spec, uri):
@@ -247,15 +250,21 @@ class _Bundler:
                     if isinstance(ref, str):
                         where = origin or f"{node.pointer}/{escape_pointer_token(keyword)}"
                         self._check_ref(keyword, ref, node, where, queue,
-                                        in_file=origin is not None)
+                                        in_file=origin is not None, later=later)
+        for keyword, ref, node, where, in_file in later:
+            self._check_ref(keyword, ref, node, where, queue, in_file)
 
     def _check_ref(self, keyword: str, ref: str, node: Node, where: str,
-                   queue: list[tuple[str, Any, str | None]], in_file: bool) -> None:
+                   queue: list[tuple[str, Any, str | None]], in_file: bool,
+                   later: list[tuple[str, str, Node, str, bool]] | None = None) -> None:
         doc, _ = _target(node.base, ref)
         if _is_metaschema(doc) or doc in self.refused:
             return
         shown = f"{_shown(node.base)}: {node.pointer or '/'}: " if in_file else ""
         if doc not in self.registry:
+            if not _is_file(doc) and later is not None:
+                later.append((keyword, ref, node, where, in_file))
+                return
             if not _is_file(doc):
                 self.issues.append(SchemaIssue(where, (
                     f"{shown}{keyword} {ref!r} names {doc}, which is not in this schema; remote "

@@ -130,6 +130,19 @@ def test_a_file_keeps_its_own_id_and_refs_in_it_resolve_against_it(tmp_path: Pat
     assert p.schema["$ref"] == "https://example.com/schemas/order.json"
 
 
+@pytest.mark.parametrize("path_first", [True, False])
+def test_a_file_may_be_named_by_its_id_before_its_path(tmp_path: Path,
+                                                       path_first: bool) -> None:
+    """The order of the keywords does not matter: a reference by a file's $id resolves
+    once any reference by the file's path has read it, before or after. (The $id first
+    was refused as a remote document.)"""
+    files = {"a.json": {"$id": "https://files.org/a.json", "type": "integer"}}
+    refs = [{"properties": {"a": {"$ref": "a.json"}}},
+            {"properties": {"n": {"$ref": "https://files.org/a.json"}}}]
+    p = port(tmp_path, {"allOf": refs if path_first else refs[::-1]}, files)
+    assert verdicts(p, [{"a": 1, "n": 1}, {"a": "1"}, {"n": "1"}]) == [True, False, False]
+
+
 # --- §8.2.2 / §9.2: anchors are plain-name fragments, scoped to their resource ---
 
 
