@@ -58,6 +58,8 @@ ABSOLUTE_IDS = ["http://other.org/x.json", "urn:uuid:deadbeef-1234-5678-9abc-def
 # relative to an http(s) base only: against a URN, resolution is left to each library
 RELATIVE_IDS = ["sub.json", "sub/x.json", "../y.json", "/abs/z.json", "q/", "w.json",
                 "./v.json", "sub/../u.json", "t.json?x=1"]
+FILE_NAMES = ["a.json", "sub/b.json", "sub/deep/c.json", "d e.json"]
+FILE_IDS = ["https://files.org/a.json", "urn:example:file", "http://example.com/x/y.json"]
 KEYS = ["r{}", "r{}/x", "r{}~y", "r{} z", "r{}%"]  # $defs keys: pointers escape them
 NAMES = ["a", "b", "c"]
 SCALARS = [0, 1, 2, 3, 5, 1.5, -1, "", "a", "ab", "abc", None, True, False]
@@ -238,6 +240,76 @@ def tree_value(rnd: random.Random, depth: int = 0) -> Any:
     return value
 
 
+def schemas_in_files(rnd: random.Random, folder: Path) -> tuple[Resources, dict[str, Any],
+                                                                dict[str, Any]]:
+    """Up to three files beside the manifest, some with an $id of their own, referring to
+    one another by path or by $id (into their definitions and anchors too); in drafts 4-7,
+    some made of a $ref (its siblings ignored, an $id included). The manifest's schema
+    refers to them by either, and names each by its path last: where a file is first named
+    must not matter. The files are written; the schema and the files are returned."""
+    generator = Resources(rnd, rnd.choice(list(DRAFTS)))
+    id_keyword, defs = generator.id_keyword, generator.defs
+    files, anchors = _new_files(generator)
+
+    def reference(source: str, target: str) -> str | None:
+        """``target`` as written in ``source`` (None: it has an $id, paths would not be
+        relative to the file)."""
+        body = files[target]
+        fragment = rnd.choice(["", f"#/{defs}/x", f"#/{defs}/y~1z",
+                               *(f"#{a}" for a in anchors[target])])
+        if id_keyword in body and rnd.random() < 0.5:
+            return body[id_keyword] + fragment
+        if source and id_keyword in files[source]:
+            return None
+        return posixpath.relpath(target, posixpath.dirname(source) or ".") + fragment
+
+    names = list(files)
+    for index, source in enumerate(names):  # to later files only: no cycles
+        for target in rnd.sample(names[index + 1:], min(len(names) - index - 1, 2)):
+            ref = reference(source, target)
+            if ref is None:
+                continue
+            if generator.draft not in MODERN and rnd.random() < 0.25:
+                files[source].pop(id_keyword, None)  # beside $ref it would be ignored
+                files[source]["$ref"] = ref.split("#")[0] if ref.startswith("http") else ref
+            else:
+                generator.place({"$ref": ref}, files[source])
+    root: dict[str, Any] = {"$schema": DRAFTS[generator.draft][1], **generator.leaf()}
+    for target in rnd.choices(names, k=rnd.randint(1, 3)):
+        ref = reference("", target)
+        assert ref is not None
+        generator.place({"$ref": ref}, root)
+    root.setdefault("allOf", []).extend({"not": {"not": {"$ref": name}}} for name in names)
+    _write(folder, files)
+    return generator, root, files
+
+
+def _new_files(generator: Resources) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Documents by file name, with definitions and perhaps an $id and an anchor; the
+    anchors of each."""
+    rnd = generator.rnd
+    files: dict[str, Any] = {}
+    anchors: dict[str, list[str]] = {}
+    for name in rnd.sample(FILE_NAMES, rnd.randint(1, 3)):
+        document = Resource(None, {"$schema": DRAFTS[generator.draft][1], **generator.leaf(),
+                                   generator.defs: {"x": generator.leaf(),
+                                                    "y/z": generator.leaf()}})
+        own = rnd.choice(FILE_IDS)
+        if rnd.random() < 0.4 and all(f.get(generator.id_keyword) != own
+                                      for f in files.values()):
+            document.body[generator.id_keyword] = own
+        if rnd.random() < 0.5:
+            generator.anchor(document)
+        files[name], anchors[name] = document.body, document.anchors
+    return files, anchors
+
+
+def _write(folder: Path, files: dict[str, Any]) -> None:
+    for name, contents in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(contents))
+
+
 def tree_in_files(rnd: random.Random, folder: Path) -> tuple[str, dict[str, Any],
                                                              dict[str, Any]]:
     """The recursive tree in a file beside the manifest (with or without an $id of its
@@ -268,9 +340,7 @@ def tree_in_files(rnd: random.Random, folder: Path) -> tuple[str, dict[str, Any]
         root = {"$schema": meta, "$ref": rnd.choice([extension_file, tree_file])}
     else:
         root = {**extension, "$ref": tree_file}
-    for name, contents in files.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(json.dumps(contents))
+    _write(folder, files)
     return draft, root, files
 
 
@@ -330,6 +400,18 @@ def test_dynamic_references_through_an_extension(seed: int, tmp_path: Path) -> N
         draft, schema = extended_tree(rnd)
         values = [tree_value(rnd) for _ in range(VALUES_PER_SCHEMA)]
         found += differences(schema, draft, values, manifest)
+    assert not found, f"seed {seed}, {len(found)}:\n" + "\n".join(found[:5])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_references_across_files(seed: int, tmp_path: Path) -> None:
+    rnd = random.Random(seed)
+    found = []
+    for index in range(SCHEMAS_PER_SEED // 2):
+        folder = tmp_path / str(index)
+        generator, schema, files = schemas_in_files(rnd, folder)
+        values = [generator.value() for _ in range(VALUES_PER_SCHEMA)]
+        found += differences(schema, generator.draft, values, folder / "actor.yaml", files)
     assert not found, f"seed {seed}, {len(found)}:\n" + "\n".join(found[:5])
 
 
