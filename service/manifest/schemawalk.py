@@ -102,6 +102,52 @@ def reachable_nodes(document: Any, spec: Specification[Any]) -> Iterator[Node]:
                     pending.append((target, urldefrag(urljoin(node.base, ref))[0]))
 
 
+UNEVALUATED = ("unevaluatedProperties", "unevaluatedItems")
+# What unevaluated_depth says when the schema is too deep to walk: costly, surely.
+DEEPEST = 64
+
+
+def unevaluated_depth(document: Any, spec: Specification[Any]) -> int:
+    """The most schemas with ``unevaluatedProperties`` or ``unevaluatedItems`` nested in one
+    another along a path of subschemas and references. Each such keyword evaluates the
+    subschemas beside it again to see what they evaluated, so a value's cost can double at
+    each level. A reference back up the path (a recursive schema) counts once: recursion
+    follows the value, and costs what the value's size does."""
+    root = Resource(contents=document, specification=spec)  # type: ignore[call-arg]
+    registry: Registry[Any] = Registry().with_resource(root.id() or "", root)
+    try:
+        resolver = registry.crawl().resolver(root.id() or "")
+    except Exception:  # referencing fails on some schemas (property_dependencies_first)
+        return 0
+    known: dict[int, int] = {}
+    walking: set[int] = set()
+
+    def depth(resource: Resource[Any], resolver: Any) -> int:
+        contents = resource.contents
+        if not isinstance(contents, dict) or id(contents) in walking:
+            return 0
+        if id(contents) in known:
+            return known[id(contents)]
+        walking.add(id(contents))
+        below = [depth(sub, resolver.in_subresource(sub)) for sub in resource.subresources()]
+        for keyword in ref_keywords(spec):
+            if isinstance(ref := contents.get(keyword), str):
+                try:
+                    target = resolver.lookup(ref)
+                except Exception:  # a metaschema, or checked elsewhere (unresolvable_refs)
+                    continue
+                below.append(depth(spec.create_resource(target.contents), target.resolver))
+        walking.discard(id(contents))
+        known[id(contents)] = found = max(below, default=0) + any(
+            keyword in contents for keyword in UNEVALUATED)
+        return found
+
+    try:
+        return depth(root, resolver)
+    except RecursionError:
+        return DEEPEST
+
+
 def property_dependencies_first(document: Any) -> Any:
     """``document`` with, in each ``dependencies``, the property lists before the schemas.
 

@@ -20,7 +20,9 @@ the error pass in a thread, so no value stalls other connections. Every keyword 
 the verdict costs a few tens of nanoseconds per value node, except ``multipleOf``
 (up to a few µs: Python arithmetic, exact past a float's range): the verdict of a
 schema that has it, on a container of more than LOOP_VERDICT_BYTES, runs in a
-thread too (it lets the loop run at each ``multipleOf``).
+thread too (it lets the loop run at each ``multipleOf``). Patterns and nested
+``unevaluated*`` keywords cost more per node: where a value's verdict could cost more
+than LOOP_VERDICT_STEPS, jsonschema-rs gives none and jsonschema decides, off the loop.
 """
 
 from __future__ import annotations
@@ -49,7 +51,13 @@ from referencing import Registry, Resource
 
 from service.log import RateLimit
 from service.manifest import ecma
-from service.manifest.schemawalk import node_patterns, nodes, reachable_nodes, specification_of
+from service.manifest.schemawalk import (
+    node_patterns,
+    nodes,
+    reachable_nodes,
+    specification_of,
+    unevaluated_depth,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +74,18 @@ _THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="validation")
 # The largest container (as JSON text) whose multipleOf verdict runs on the event loop:
 # ~10 ms at the worst of a few µs per number.
 LOOP_VERDICT_BYTES = 16 << 10
-# The most pattern steps (characters of a value x steps of a pattern's program) a verdict
-# may cost on the event loop: ~7 ms at jsonschema-rs's worst.
-LOOP_PATTERN_STEPS = 5_000_000
+# The most steps a verdict may cost on the event loop: ~7 ms at jsonschema-rs's worst. A
+# step: one character of a value through one step of a pattern's program, or one byte of a
+# value through one evaluation (see UNEVALUATED_GROWTH).
+LOOP_VERDICT_STEPS = 5_000_000
+# Nested unevaluatedProperties / unevaluatedItems evaluate what lies below them again, and
+# jsonschema-rs holds the GIL meanwhile: beside an anyOf, a verdict's cost grows ~2-2.7x at
+# each level, for the schema's own work as for the value's (12 levels: 50 ms for a 12-byte
+# value; 16 levels: a minute for 39 KB). Below more than one level, a verdict counts
+# (its value's steps + UNEVALUATED_BASE_STEPS) x UNEVALUATED_GROWTH ** levels: within
+# ~1.5x of what 8 to 12 levels took here, above it for big values.
+UNEVALUATED_GROWTH = 2.7
+UNEVALUATED_BASE_STEPS = 300  # the schema's own work at each evaluation
 LAX_RUST_FORMATS = frozenset({"idn-hostname", "idn-email"})  # see _Formats
 DEADLINE_SLACK_S = 0.5  # past timeout_s, the wait for an error pass that cannot stop itself
 # The deadline of the error pass running in this context (None: none).
@@ -104,6 +121,9 @@ class SchemaValidator:
         self._calls_python = self._fast is not None and any("multipleOf" in node.contents
                                                             for node in reached)
         self._steps_per_byte = max(map(ecma.cost, found), default=0)
+        nesting = unevaluated_depth(schema, specification_of(dialect))
+        # how many times a value may be evaluated, at worst (1: once, in linear time)
+        self._evaluations = UNEVALUATED_GROWTH ** nesting if nesting > 1 else 1
 
     def is_valid(self, value: Any) -> bool | None:
         """The fast verdict: True, False, or None when jsonschema-rs has none to give."""
@@ -138,18 +158,26 @@ class SchemaValidator:
     async def _verdict(self, value: Any) -> bool | None:
         """jsonschema-rs's verdict, where it costs the event loop little. Its linear-time
         patterns still take up to ~1.4 ns per character per step of their program (``a[^c]
-        {1000}c`` on 1 MB of text: 13 s), and it holds the GIL: a value that could cost more
-        than LOOP_PATTERN_STEPS gets no verdict, and jsonschema decides off the loop (RE2
-        lets the loop run). A costly ``multipleOf`` runs in a thread (it lets the loop run)."""
-        if self._fast is None or not (self._steps_per_byte or self._calls_python) \
+        {1000}c`` on 1 MB of text: 13 s), nested ``unevaluated*`` keywords evaluate a value
+        again at each level, and it holds the GIL: a value that could cost more than
+        LOOP_VERDICT_STEPS gets no verdict, and jsonschema decides off the loop (it lets the
+        loop run, and stops at its deadline). A costly ``multipleOf`` runs in a thread."""
+        if self._fast is None or not (self._steps_per_byte or self._calls_python
+                                      or self._evaluations > 1) \
                 or not isinstance(value, str | dict | list):
             return self.is_valid(value)
         size = _encoded_size(value)
-        if size * self._steps_per_byte > LOOP_PATTERN_STEPS:
+        if self._verdict_steps(size) > LOOP_VERDICT_STEPS:
             return None
         if self._calls_python and size > LOOP_VERDICT_BYTES:
             return await _off_loop(self.is_valid, value)
         return self.is_valid(value)
+
+    def _verdict_steps(self, size: int) -> float:
+        """What jsonschema-rs's verdict may cost for a value of ``size`` bytes, in steps."""
+        if self._evaluations == 1:
+            return size * self._steps_per_byte
+        return (size * max(self._steps_per_byte, 1) + UNEVALUATED_BASE_STEPS) * self._evaluations
 
     def _errors(self, value: Any, verdict: bool | None, deadline: float) -> Errors:
         """jsonschema's errors: the reference has the last word on a value refused above.

@@ -14,6 +14,7 @@ import pytest
 
 from service.manifest import validation
 from service.manifest.schemas import compile_schema
+from service.manifest.schemawalk import specification_of, unevaluated_depth
 from service.manifest.validation import SchemaValidator
 
 HOSTILE_PATTERN = r"^(\w+\s?)*$"  # catastrophic backtracking on Python's re
@@ -381,6 +382,46 @@ async def test_a_verdict_costly_for_its_patterns_is_left_to_jsonschema_off_the_l
     assert await v._verdict(text) is None
     errors, gap_s = await _longest_loop_gap_s(v.check(text))
     assert [e["path"] for e in errors] == [""] and gap_s < 1.0
+
+
+def nested_unevaluated(levels: int, applicator: str = "anyOf") -> dict[str, Any]:
+    """``levels`` of unevaluatedProperties, each beside an applicator over the level below."""
+    schema: dict[str, Any] = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    for level in range(levels):
+        schema = {applicator: [schema, {"properties": {f"b{level}": {"type": "string"}}}],
+                  "unevaluatedProperties": False}
+    return schema
+
+
+@pytest.mark.parametrize(("schema", "depth"), [
+    (nested_unevaluated(0), 0), (nested_unevaluated(1), 1), (nested_unevaluated(5), 5),
+    (nested_unevaluated(3, "oneOf"), 3),
+    ({"$ref": "#/$defs/a", "unevaluatedProperties": False,  # through references
+      "$defs": {"a": {"$ref": "#/$defs/b", "unevaluatedItems": False},
+                "b": {"unevaluatedProperties": False}}}, 3),
+    ({"$id": "https://example.com/tree", "$dynamicAnchor": "node",  # recursion: once
+      "unevaluatedProperties": False,
+      "properties": {"children": {"items": {"$dynamicRef": "#node"}}}}, 1),
+])
+def test_nested_unevaluated_keywords_are_counted(schema: dict[str, Any], depth: int) -> None:
+    spec = specification_of(jsonschema.Draft202012Validator)
+    assert unevaluated_depth(schema, spec) == depth
+
+
+async def test_a_verdict_costly_for_nested_unevaluated_keywords_is_left_to_jsonschema() -> None:
+    """Each level of unevaluatedProperties beside an anyOf evaluates the levels below again,
+    and jsonschema-rs holds the GIL: 12 levels held the event loop 50 ms for a 16-byte value,
+    16 levels a minute for 39 KB. A value whose verdict could cost more than the loop's
+    budget gets none there; jsonschema decides off the loop, within its deadline."""
+    v = validator(nested_unevaluated(4), timeout_s=0.5)
+    big = {f"k{i}": [1, 2, 3] for i in range(20_000)}  # ~400 KB
+    assert await v._verdict({"a": 1, "b0": "x"}) is True  # cheap enough: on the loop
+    assert await v._verdict(big) is None
+    deep = validator(nested_unevaluated(16), timeout_s=0.5)
+    assert await deep._verdict({"a": 1}) is None
+    for slow, value in ((v, big), (deep, {"a": 1})):
+        errors, gap_s = await _longest_loop_gap_s(slow.check(value))
+        assert len(errors) == 1 and gap_s < 0.5, (errors, gap_s)
 
 
 async def test_an_error_pass_past_its_deadline_refuses_the_value(

@@ -2,7 +2,8 @@
 
 An inport with ``uniqueItems`` and 8000 mixed items, a 28-character string against a
 catastrophic ``pattern``, an array whose error pass runs past its deadline, 100,000
-numbers against a tiny ``multipleOf`` and 2000 names against a backreference: while
+numbers against a tiny ``multipleOf``, 2000 names against a backreference and 10,000
+keys below 12 levels of ``unevaluatedProperties``: while
 each call is in flight, ``GET /healthz`` answers (the bound here is generous, the
 measured figure is printed), and the same values through an outport fail the call
 with -32003.
@@ -31,6 +32,20 @@ MANY_NUMBERS = [1e308] * 100_000
 KEYS = {"type": "object", "patternProperties": {r"^(a|aa)+\1$": {"type": "string"}}}
 BACKTRACKING_KEYS = {f"{'a' * 24}!{i}": 0 for i in range(2000)}
 
+
+def nested_unevaluated(levels: int) -> dict[str, Any]:
+    """Each level evaluates the ones below it again: a verdict's cost grows ~2.7x per level."""
+    schema: dict[str, Any] = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    for level in range(levels):
+        schema = {"anyOf": [schema, {"properties": {f"b{level}": {"type": "string"}}}],
+                  "unevaluatedProperties": False}
+    return schema
+
+
+# 12 levels: jsonschema-rs held the event loop for seconds on these 10,000 keys
+NESTED = nested_unevaluated(12)
+NESTED_KEYS = {f"k{i}": [1, 2, 3] for i in range(10_000)}
+
 MANIFEST = {
     "id": "hostile_schema", "language": "python", "script": "hostile_schema.py",
     "inports": {
@@ -40,12 +55,14 @@ MANIFEST = {
         "echo": {"required": False, "schema": True},
         "numbers": {"required": False, "schema": NUMBERS},
         "keys": {"required": False, "schema": KEYS},
+        "nested": {"required": False, "schema": NESTED},
     },
     "outports": {
         "items": {"schema": {"type": "array", "uniqueItems": True}},
         "text": {"schema": {"type": "string", "pattern": PATTERN}},
         "numbers": {"schema": NUMBERS},
         "keys": {"schema": KEYS},
+        "nested": {"schema": NESTED},
     },
 }
 SCRIPT = """
@@ -137,8 +154,19 @@ async def test_a_backtracking_pattern_over_many_names(hostile: tuple[TestClient,
         {"path": "", "message": "validation did not finish within 0.5 s; the value is refused"}]}
 
 
+async def test_nested_unevaluated_keywords_over_many_keys(
+        hostile: tuple[TestClient, Rpc]) -> None:
+    server, rpc = hostile
+    response = await call_with_healthz(server, rpc, {"nested": NESTED_KEYS},
+                                       "12 levels of unevaluatedProperties")
+    assert response["error"]["code"] == -32002
+    assert response["error"]["data"] == {"port": "nested", "errors": [
+        {"path": "", "message": "validation did not finish within 0.5 s; the value is refused"}]}
+
+
 @pytest.mark.parametrize(("port", "value"), [
     ("text", HOSTILE_TEXT), ("items", mixed_items(8000)), ("keys", BACKTRACKING_KEYS),
+    ("nested", NESTED_KEYS),
 ])
 async def test_the_same_through_an_outport(hostile: tuple[TestClient, Rpc], port: str,
                                            value: Any) -> None:
