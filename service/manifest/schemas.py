@@ -262,10 +262,10 @@ class _Bundler:
             return
         shown = f"{_shown(node.base)}: {node.pointer or '/'}: " if in_file else ""
         if doc not in self.registry:
-            if not _is_file(doc) and later is not None:
-                later.append((keyword, ref, node, where, in_file))
-                return
             if not _is_file(doc):
+                if later is not None:  # a file read later may have this $id: checked then
+                    later.append((keyword, ref, node, where, in_file))
+                    return
                 self.issues.append(SchemaIssue(where, (
                     f"{shown}{keyword} {ref!r} names {doc}, which is not in this schema; remote "
                     "documents are never fetched: embed it (a subschema with that $id) or "

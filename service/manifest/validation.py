@@ -80,7 +80,7 @@ LOOP_VERDICT_BYTES = 16 << 10
 LOOP_VERDICT_STEPS = 5_000_000
 # Nested unevaluatedProperties / unevaluatedItems evaluate what lies below them again, and
 # jsonschema-rs holds the GIL meanwhile: beside an anyOf, a verdict's cost grows ~2-2.7x at
-# each level, for the schema's own work as for the value's (12 levels: 50 ms for a 12-byte
+# each level, for the schema's own work as for the value's (12 levels: 50 ms for a 16-byte
 # value; 16 levels: a minute for 39 KB). Below more than one level, a verdict counts
 # (its value's steps + UNEVALUATED_BASE_STEPS) x UNEVALUATED_GROWTH ** levels: within
 # ~1.5x of what 8 to 12 levels took here, above it for big values.
