@@ -75,7 +75,8 @@ async def run(plan: Plan, config: Path, backend: str, gvisor: bool = True) -> di
                             "server") as server, \
             _gvisor_server(config, settings, compare) as (gv, gv_results):
         results: dict[str, Any] = {"echo": {"rss_idle_mb": _mb(procs.rss_bytes(echo.pid))},
-                                   "server": {"rss_idle_mb": _mb(procs.rss_bytes(server.pid))}}
+                                   "server": {"rss_idle_mb": _mb(procs.rss_bytes(server.pid))},
+                                   "pipe_floor": {}}
         if compare:
             results["gvisor"] = gv_results
         log.info("warm round trips")
@@ -87,7 +88,7 @@ async def run(plan: Plan, config: Path, backend: str, gvisor: bool = True) -> di
             server, config, backend, plan.latency_calls, plan.latency_warmup_calls)
         log.info("throughput")
         await _throughputs(plan, echo, server, results, gv)
-        results["pipe_floor"] = await _pipe_floor(plan, pipe_floor, server, results)
+        results["pipe_floor"] |= await _pipe_floor(plan, pipe_floor, server)
         results["server"]["workers"] = _workers(server.pid)
         if gv is not None:
             gv_results["workers"] = _gvisor_workers(gv.pid)
@@ -172,7 +173,7 @@ async def _latencies(plan: Plan, echo: servers.Running, server: servers.Running,
     results["server"]["latency"] = {}
     for (where, actor_id), stats in zip(runs, measured, strict=True):
         if where in ("echo", "pipe_floor"):
-            results.setdefault(where, {})["latency"] = stats.summary()
+            results[where]["latency"] = stats.summary()
         else:
             results[where]["latency"][actor_id] = stats.summary()
 
@@ -208,13 +209,13 @@ async def _throughputs(plan: Plan, echo: servers.Running, server: servers.Runnin
     results["server"]["rss_load_peak_mb"] = _mb(peak)
 
 
-async def _pipe_floor(plan: Plan, pipe_floor: servers.Running, server: servers.Running,
-                      results: dict[str, Any]) -> dict[str, Any]:
+async def _pipe_floor(plan: Plan, pipe_floor: servers.Running,
+                      server: servers.Running) -> dict[str, Any]:
     """The echo plus a pipe round trip (bench/pipe_floor.py) at the target level, and the
     doubler right after it: the service's own work per call is the difference."""
     stats, _ = await _throughput(pipe_floor, "doubler", PIPE_FLOOR_LEVEL, plan)
     again, _ = await _throughput(server, "doubler", PIPE_FLOOR_LEVEL, plan)
-    return {**results.get("pipe_floor", {}), "throughput": {str(PIPE_FLOOR_LEVEL): stats},
+    return {"throughput": {str(PIPE_FLOOR_LEVEL): stats},
             "server_throughput": {str(PIPE_FLOOR_LEVEL): again}}
 
 

@@ -324,8 +324,7 @@ class _Bundler:
         # wrong base (jsonschema from the second $dynamicRef down, jsonschema-rs when it
         # compiles), so a valid value was refused: with dynamic references, the published
         # schema has absolute ids only. Without, it keeps the ids as written.
-        text = json.dumps([root, *self.docs.values()])
-        self.absolute_ids = '"$dynamicRef"' in text or '"$recursiveRef"' in text
+        self.absolute_ids = _mentions([root, *self.docs.values()], "$dynamicRef", "$recursiveRef")
         out = copy.deepcopy(root)
         self._rewrite(out, self.root_uri)
         embedded = {_key(doc, i): self._embedded(doc) for i, doc in enumerate(self.docs)}
@@ -340,9 +339,8 @@ class _Bundler:
         return out
 
     def _dynamic_root_without_id(self, root: dict[str, Any]) -> bool:
-        words = ('"$dynamicAnchor"', '"$recursiveAnchor"')
-        text = json.dumps(root)
-        return self.id_keyword not in root and any(word in text for word in words)
+        return self.id_keyword not in root and _mentions(root, "$dynamicAnchor",
+                                                         "$recursiveAnchor")
 
     def _embedded(self, doc: str) -> Any:
         body = copy.deepcopy(self.docs[doc])
@@ -388,6 +386,12 @@ class _Bundler:
             return uri
         relative = Path(os.path.relpath(_uri_path(uri), self.common)).as_posix()
         return BUNDLE_URN + quote(relative, safe="/:@!$&'()*+,;=-._~")
+
+
+def _mentions(document: Any, *keywords: str) -> bool:
+    """Whether ``document`` has any of ``keywords`` as a key (or, harmlessly, as a string)."""
+    text = json.dumps(document)
+    return any(json.dumps(keyword) in text for keyword in keywords)
 
 
 def _common_folder(paths: list[Path]) -> Path:

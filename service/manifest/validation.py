@@ -110,7 +110,8 @@ class SchemaValidator:
         self.dialect = dialect
         self.timeout_s = timeout_s
         self._python = _python_validator(schema, dialect, format_assertion)
-        reached = list(reachable_nodes(schema, specification_of(dialect)))
+        spec = specification_of(dialect)
+        reached = list(reachable_nodes(schema, spec))
         found = [p for node in reached for _, p in node_patterns(node)]
         # jsonschema-rs would accept a value ECMA-262's ASCII word boundaries refuse, or a
         # host name IDNA2008 refuses
@@ -121,7 +122,7 @@ class SchemaValidator:
         self._calls_python = self._fast is not None and any("multipleOf" in node.contents
                                                             for node in reached)
         self._steps_per_byte = max(map(ecma.cost, found), default=0)
-        nesting = unevaluated_depth(schema, specification_of(dialect))
+        nesting = unevaluated_depth(schema, spec)
         # how many times a value may be evaluated, at worst (1: once, in linear time)
         self._evaluations = UNEVALUATED_GROWTH ** nesting if nesting > 1 else 1
 

@@ -378,50 +378,46 @@ def differences(schema: dict[str, Any], draft: str, values: list[Any], manifest:
     return found
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_embedded_resources_and_references(seed: int, tmp_path: Path) -> None:
-    rnd = random.Random(seed)
-    manifest = tmp_path / "actor.yaml"
-    found = []
-    for _ in range(SCHEMAS_PER_SEED):
-        generator = Resources(rnd, rnd.choice(list(DRAFTS)))
-        schema = generator.schema()
-        values = [generator.value() for _ in range(VALUES_PER_SCHEMA)]
-        found += differences(schema, generator.draft, values, manifest)
-    assert not found, f"seed {seed}, {len(found)}:\n" + "\n".join(found[:5])
+Case = tuple[str, dict[str, Any], list[Any], "dict[str, Any] | None"]
+
+
+def embedded_resources(rnd: random.Random, folder: Path) -> Case:
+    generator = Resources(rnd, rnd.choice(list(DRAFTS)))
+    schema = generator.schema()
+    return generator.draft, schema, [generator.value() for _ in range(VALUES_PER_SCHEMA)], None
+
+
+def dynamic_extension(rnd: random.Random, folder: Path) -> Case:
+    draft, schema = extended_tree(rnd)
+    return draft, schema, [tree_value(rnd) for _ in range(VALUES_PER_SCHEMA)], None
+
+
+def references_across_files(rnd: random.Random, folder: Path) -> Case:
+    generator, schema, files = schemas_in_files(rnd, folder)
+    values = [generator.value() for _ in range(VALUES_PER_SCHEMA)]
+    return generator.draft, schema, values, files
+
+
+def dynamic_extension_across_files(rnd: random.Random, folder: Path) -> Case:
+    draft, schema, files = tree_in_files(rnd, folder)
+    return draft, schema, [tree_value(rnd) for _ in range(VALUES_PER_SCHEMA)], files
+
+
+# each family with how many schemas a seed makes of it (files take longer)
+FAMILIES = [(embedded_resources, SCHEMAS_PER_SEED), (dynamic_extension, SCHEMAS_PER_SEED),
+            (references_across_files, SCHEMAS_PER_SEED // 2),
+            (dynamic_extension_across_files, SCHEMAS_PER_SEED // 2)]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_dynamic_references_through_an_extension(seed: int, tmp_path: Path) -> None:
-    rnd = random.Random(seed)
-    manifest = tmp_path / "actor.yaml"
-    found = []
-    for _ in range(SCHEMAS_PER_SEED):
-        draft, schema = extended_tree(rnd)
-        values = [tree_value(rnd) for _ in range(VALUES_PER_SCHEMA)]
-        found += differences(schema, draft, values, manifest)
-    assert not found, f"seed {seed}, {len(found)}:\n" + "\n".join(found[:5])
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_references_across_files(seed: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("family", "count"), FAMILIES, ids=[f.__name__ for f, _ in FAMILIES])
+def test_the_verdict_is_the_reference_s(family: Any, count: int, seed: int,
+                                        tmp_path: Path) -> None:
     rnd = random.Random(seed)
     found = []
-    for index in range(SCHEMAS_PER_SEED // 2):
+    for index in range(count):
         folder = tmp_path / str(index)
-        generator, schema, files = schemas_in_files(rnd, folder)
-        values = [generator.value() for _ in range(VALUES_PER_SCHEMA)]
-        found += differences(schema, generator.draft, values, folder / "actor.yaml", files)
-    assert not found, f"seed {seed}, {len(found)}:\n" + "\n".join(found[:5])
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_dynamic_references_across_files(seed: int, tmp_path: Path) -> None:
-    rnd = random.Random(seed)
-    found = []
-    for index in range(SCHEMAS_PER_SEED // 2):
-        folder = tmp_path / str(index)
-        draft, schema, files = tree_in_files(rnd, folder)
-        values = [tree_value(rnd) for _ in range(VALUES_PER_SCHEMA)]
+        folder.mkdir()
+        draft, schema, values, files = family(rnd, folder)
         found += differences(schema, draft, values, folder / "actor.yaml", files)
     assert not found, f"seed {seed}, {len(found)}:\n" + "\n".join(found[:5])

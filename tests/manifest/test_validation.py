@@ -11,6 +11,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from schema_support import nested_unevaluated
 
 from service.manifest import validation
 from service.manifest.schemas import compile_schema
@@ -382,15 +383,6 @@ async def test_a_verdict_costly_for_its_patterns_is_left_to_jsonschema_off_the_l
     assert await v._verdict(text) is None
     errors, gap_s = await _longest_loop_gap_s(v.check(text))
     assert [e["path"] for e in errors] == [""] and gap_s < 1.0
-
-
-def nested_unevaluated(levels: int, applicator: str = "anyOf") -> dict[str, Any]:
-    """``levels`` of unevaluatedProperties, each beside an applicator over the level below."""
-    schema: dict[str, Any] = {"type": "object", "properties": {"a": {"type": "integer"}}}
-    for level in range(levels):
-        schema = {applicator: [schema, {"properties": {f"b{level}": {"type": "string"}}}],
-                  "unevaluatedProperties": False}
-    return schema
 
 
 @pytest.mark.parametrize(("schema", "depth"), [

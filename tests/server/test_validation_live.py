@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient
+from schema_support import nested_unevaluated
 from server_support import Rpc, ServerFactory
 
 PATTERN = r"^(\w+\s?)*$"
@@ -31,15 +32,6 @@ MANY_NUMBERS = [1e308] * 100_000
 # a backreference: a backtracking engine, ~2.6 ms for each of these names in jsonschema-rs
 KEYS = {"type": "object", "patternProperties": {r"^(a|aa)+\1$": {"type": "string"}}}
 BACKTRACKING_KEYS = {f"{'a' * 24}!{i}": 0 for i in range(2000)}
-
-
-def nested_unevaluated(levels: int) -> dict[str, Any]:
-    """Each level evaluates the ones below it again: a verdict's cost grows ~2.7x per level."""
-    schema: dict[str, Any] = {"type": "object", "properties": {"a": {"type": "integer"}}}
-    for level in range(levels):
-        schema = {"anyOf": [schema, {"properties": {f"b{level}": {"type": "string"}}}],
-                  "unevaluatedProperties": False}
-    return schema
 
 
 # 12 levels: jsonschema-rs held the event loop for seconds on these 10,000 keys
@@ -145,22 +137,16 @@ async def test_multiple_of_over_many_numbers(hostile: tuple[TestClient, Rpc]) ->
     assert "result" in response  # each is a multiple of the smallest double
 
 
-async def test_a_backtracking_pattern_over_many_names(hostile: tuple[TestClient, Rpc]) -> None:
+@pytest.mark.parametrize(("port", "value", "label"), [
+    ("keys", BACKTRACKING_KEYS, "a backreference in patternProperties"),
+    ("nested", NESTED_KEYS, "12 levels of unevaluatedProperties"),
+])
+async def test_a_check_past_its_deadline_refuses_the_value(
+        hostile: tuple[TestClient, Rpc], port: str, value: Any, label: str) -> None:
     server, rpc = hostile
-    response = await call_with_healthz(server, rpc, {"keys": BACKTRACKING_KEYS},
-                                       "a backreference in patternProperties")
+    response = await call_with_healthz(server, rpc, {port: value}, label)
     assert response["error"]["code"] == -32002
-    assert response["error"]["data"] == {"port": "keys", "errors": [
-        {"path": "", "message": "validation did not finish within 0.5 s; the value is refused"}]}
-
-
-async def test_nested_unevaluated_keywords_over_many_keys(
-        hostile: tuple[TestClient, Rpc]) -> None:
-    server, rpc = hostile
-    response = await call_with_healthz(server, rpc, {"nested": NESTED_KEYS},
-                                       "12 levels of unevaluatedProperties")
-    assert response["error"]["code"] == -32002
-    assert response["error"]["data"] == {"port": "nested", "errors": [
+    assert response["error"]["data"] == {"port": port, "errors": [
         {"path": "", "message": "validation did not finish within 0.5 s; the value is refused"}]}
 
 
