@@ -13,3 +13,31 @@ def nested_unevaluated(levels: int, applicator: str = "anyOf") -> dict[str, Any]
         schema = {applicator: [schema, {"properties": {f"b{level}": {"type": "string"}}}],
                   "unevaluatedProperties": False}
     return schema
+
+
+def shared_levels(levels: int, applicator: str = "anyOf", below: str = "") -> dict[str, Any]:
+    """``levels`` definitions, each naming the next one twice under ``applicator`` (in place,
+    or at the items of an array with ``below="items"``): a location is evaluated 2**levels
+    times, so a one-character value costs jsonschema-rs seconds from ~24 levels on."""
+    defs: dict[str, Any] = {f"l{levels}": {"type": "integer"}}
+    for level in range(levels):
+        ref: dict[str, Any] = {"$ref": f"#/$defs/l{level + 1}"}
+        if below:
+            ref = {"type": "array", below: ref}
+        defs[f"l{level}"] = {applicator: [ref, dict(ref)]}
+    return {"$defs": defs, "$ref": "#/$defs/l0"}
+
+
+# A recursion entered twice at each level: jsonschema-rs's error list evaluates both
+# branches at each level of [[...["x"]...]] again (2**16 evaluations for 16 levels: 31 s)
+TWICE_RECURSIVE = {"anyOf": [{"type": "array", "items": {"$ref": "#"}},
+                             {"type": "array", "items": {"$ref": "#"}, "maxItems": 3},
+                             {"type": "integer"}]}
+
+
+def nested(levels: int, leaf: Any = "x") -> Any:
+    """``leaf`` inside ``levels`` arrays of one item."""
+    value = leaf
+    for _ in range(levels):
+        value = [value]
+    return value

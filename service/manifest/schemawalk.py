@@ -148,6 +148,114 @@ def unevaluated_depth(document: Any, spec: Specification[Any]) -> int:
         return DEEPEST
 
 
+# Subschemas by where they apply: at the value's own location (in place), at an item of an
+# array, or at a property of an object (or at its name). In a list of entries by index
+# (prefixItems, items' list form) or a map by name (properties), one entry at most applies
+# to an item or a property; the rest may all apply together.
+IN_PLACE = ("allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas",
+            "dependencies")
+ITEM = ("prefixItems", "items", "additionalItems", "contains", "unevaluatedItems")
+PROPERTY = ("properties", "patternProperties", "additionalProperties",
+            "unevaluatedProperties", "propertyNames")
+ONE_OF_EACH = ("prefixItems", "items", "properties")
+MAPS = ("dependentSchemas", "dependencies", "properties", "patternProperties")
+MOST_EVALUATIONS = 1 << 62  # a count stops growing here (and the schema is costly anyway)
+
+
+def evaluations(document: Any, spec: Specification[Any]) -> tuple[int, int]:
+    """At most how many subschemas evaluate one location of a value, counted with
+    multiplicity; and at most how many times a recursion enters again at one location.
+
+    A schema as written evaluates a location a few times (a ``$ref``, an ``allOf`` of
+    mixins). One that reaches a definition along several paths evaluates it once per path:
+    two references to the next level, at each of k levels, make 2**k evaluations, for a
+    one-character value as for a big one. A reference back up the path counts once here
+    (recursion follows the value), and once in the second count: a recursion entered
+    twice at one location (``anyOf: [{items: {$ref: "#"}}, {items: {$ref: "#"}}]``)
+    doubles at each level of the value, one entered once (a tree) costs what the value's
+    size does. Upper bounds: applicators that may apply together are added up; of the
+    entries of ``properties`` or ``prefixItems``, the worst counts."""
+    root = Resource(contents=document, specification=spec)  # type: ignore[call-arg]
+    registry: Registry[Any] = Registry().with_resource(root.id() or "", root)
+    try:
+        resolver: Any = registry.crawl().resolver(root.id() or "")
+    except Exception:  # referencing fails on some schemas (property_dependencies_first)
+        resolver = None
+    try:
+        found = _Evaluations(spec).count(document, resolver)
+    except RecursionError:
+        return MOST_EVALUATIONS, MOST_EVALUATIONS
+    return max(found[:3]), max(found[3:])
+
+
+class _Evaluations:
+    """The counts of :func:`evaluations` for each subschema, once each. A count is six
+    numbers: evaluations at the location, at the worst item below it and at the worst
+    property below it; then the same three for entries back up the path."""
+
+    def __init__(self, spec: Specification[Any]) -> None:
+        self.spec = spec
+        self.known: dict[int, tuple[int, ...]] = {}
+        self.walking: set[int] = set()  # on the path being counted
+
+    def count(self, contents: Any, resolver: Any) -> tuple[int, ...]:
+        if not isinstance(contents, dict):
+            return (1, 0, 0, 0, 0, 0)
+        if id(contents) in self.walking:
+            return (1, 0, 0, 1, 0, 0)
+        if id(contents) in self.known:
+            return self.known[id(contents)]
+        self.walking.add(id(contents))
+        if resolver is not None:
+            resolver = resolver.in_subresource(self.spec.create_resource(contents))
+        in_place = [self.count(sub, resolver) for keyword in IN_PLACE
+                    for sub in _subschemas(contents, keyword)]
+        in_place += self._references(contents, resolver)
+        own = (1, *self._below(contents, resolver, slice(3)),
+               0, *self._below(contents, resolver, slice(3, 6)))
+        self.walking.discard(id(contents))
+        self.known[id(contents)] = found = tuple(
+            min(mine + sum(c[i] for c in in_place), MOST_EVALUATIONS)
+            for i, mine in enumerate(own))
+        return found
+
+    def _references(self, contents: dict[str, Any], resolver: Any) -> Iterator[tuple[int, ...]]:
+        for keyword in ref_keywords(self.spec) if resolver is not None else ():
+            if isinstance(ref := contents.get(keyword), str):
+                try:
+                    target = resolver.lookup(ref)
+                except Exception:  # a metaschema, or checked elsewhere (unresolvable_refs)
+                    continue
+                yield self.count(target.contents, target.resolver)
+
+    def _below(self, contents: dict[str, Any], resolver: Any, part: slice) -> tuple[int, int]:
+        """The ``part`` of the count at the worst item below, and at the worst property."""
+        return (self._worst(contents, resolver, part, ITEM),
+                self._worst(contents, resolver, part, PROPERTY))
+
+    def _worst(self, contents: dict[str, Any], resolver: Any, part: slice,
+               keywords: tuple[str, ...]) -> int:
+        each, together = 0, 0
+        for keyword in keywords:
+            for sub in _subschemas(contents, keyword):
+                worst = max(self.count(sub, resolver)[part])
+                if keyword in ONE_OF_EACH and isinstance(contents[keyword], list | dict):
+                    each = max(each, worst)
+                else:
+                    together += worst
+        return each + together
+
+def _subschemas(contents: dict[str, Any], keyword: str) -> Iterator[Any]:
+    """The subschemas under ``keyword``: one, a list, or a map of them (the property lists
+    of a ``dependencies`` are not subschemas)."""
+    value = contents.get(keyword)
+    if isinstance(value, dict) and keyword in MAPS:
+        yield from (v for v in value.values() if isinstance(v, dict | bool))
+    elif isinstance(value, list):
+        yield from (v for v in value if isinstance(v, dict | bool))
+    elif isinstance(value, dict | bool):
+        yield value
+
 def property_dependencies_first(document: Any) -> Any:
     """``document`` with, in each ``dependencies``, the property lists before the schemas.
 

@@ -52,6 +52,7 @@ from referencing import Registry, Resource
 from service.log import RateLimit
 from service.manifest import ecma
 from service.manifest.schemawalk import (
+    evaluations,
     node_patterns,
     nodes,
     reachable_nodes,
@@ -86,6 +87,12 @@ LOOP_VERDICT_STEPS = 5_000_000
 # ~1.5x of what 8 to 12 levels took here, above it for big values.
 UNEVALUATED_GROWTH = 2.7
 UNEVALUATED_BASE_STEPS = 300  # the schema's own work at each evaluation
+# A schema that reaches one definition along many paths evaluates a location once per path
+# (schemawalk.evaluations): 2**24 times for 24 levels of two references, 0.4 s for a
+# one-character value, GIL held. Up to this many evaluations of a location, a verdict counts
+# as linear, as written schemas are (the suite's count at most 11, the 2020-12 metaschema
+# 11): ~45 ms at worst for a 1 MB value. Past it, each one counts.
+FREE_EVALUATIONS = 32
 LAX_RUST_FORMATS = frozenset({"idn-hostname", "idn-email"})  # see _Formats
 DEADLINE_SLACK_S = 0.5  # past timeout_s, the wait for an error pass that cannot stop itself
 # The deadline of the error pass running in this context (None: none).
@@ -123,8 +130,15 @@ class SchemaValidator:
                                                             for node in reached)
         self._steps_per_byte = max(map(ecma.cost, found), default=0)
         nesting = unevaluated_depth(schema, spec)
+        paths, reentries = evaluations(schema, spec)
         # how many times a value may be evaluated, at worst (1: once, in linear time)
-        self._evaluations = UNEVALUATED_GROWTH ** nesting if nesting > 1 else 1
+        self._evaluations = (UNEVALUATED_GROWTH ** nesting if nesting > 1 else 1) * (
+            paths if paths > FREE_EVALUATIONS else 1)
+        # jsonschema-rs's error list evaluates every branch of an anyOf or a oneOf, each
+        # level of a recursion again (2**16 times for 16 levels of [[...]] against two
+        # branches that recurse: 31 s, GIL held): it stands in for jsonschema's only where
+        # its cost is linear
+        self._linear_errors = self._evaluations == 1 and reentries < 2
 
     def is_valid(self, value: Any) -> bool | None:
         """The fast verdict: True, False, or None when jsonschema-rs has none to give."""
@@ -208,9 +222,9 @@ class SchemaValidator:
                          for e in found])
 
     def _fallback_errors(self, value: Any, verdict: bool | None, why: str) -> Errors:
-        """jsonschema-rs's own messages where jsonschema gave none (time, stack, a failure);
-        without them, the value is refused, saying ``why``."""
-        if self._fast is not None and verdict is False:
+        """jsonschema-rs's own messages where jsonschema gave none (time, stack, a failure)
+        and they cost linear time; without them, the value is refused, saying ``why``."""
+        if self._fast is not None and verdict is False and self._linear_errors:
             found = islice(self._fast.iter_errors(value), MAX_ERRORS)
             return _bounded([{"path": _path(e.instance_path), "message": _cut(e.message)}
                              for e in found])
@@ -300,7 +314,8 @@ def _encoded_size(value: Any) -> int:
 def _python_validator(schema: Any, dialect: type[Validator], format_assertion: bool) -> Validator:
     keywords = {name: _deadlined(fn) for name, fn in dialect.VALIDATORS.items()}
     keywords |= {"pattern": _deadlined(_pattern), "uniqueItems": _deadlined(_unique_items),
-                 "multipleOf": _deadlined(_multiple_of)}
+                 "multipleOf": _deadlined(_multiple_of), "anyOf": _deadlined(_any_of),
+                 "oneOf": _deadlined(_one_of)}
     if "patternProperties" in keywords:
         keywords |= {"patternProperties": _deadlined(_pattern_properties),
                      "additionalProperties": _deadlined(_additional_properties)}
@@ -408,6 +423,31 @@ def _multiple_of(validator: Any, divisor: Any, instance: Any,
                  schema: Any) -> Iterator[ValidationError]:
     if validator.is_type(instance, "number") and not multiple_of(instance, divisor):
         yield ValidationError(f"{instance!r} is not a multiple of {divisor}")
+
+
+def _any_of(validator: Any, any_of: list[Any], instance: Any,
+            schema: Any) -> Iterator[ValidationError]:
+    """jsonschema's anyOf, without the branches' errors in its error's context (no answer
+    shows them): a branch is given up at its first error. jsonschema kept every error of
+    every branch below, 2**levels of them for a recursion entered twice per level, and
+    their garbage collection held the GIL, so the event loop, for 0.3 s at a time."""
+    if not any(_holds(validator, instance, sub, i) for i, sub in enumerate(any_of)):
+        yield ValidationError(f"{instance!r} is not valid under any of the given schemas")
+
+
+def _one_of(validator: Any, one_of: list[Any], instance: Any,
+            schema: Any) -> Iterator[ValidationError]:
+    """jsonschema's oneOf, its messages, without the branches' errors (see _any_of)."""
+    valid = [sub for i, sub in enumerate(one_of) if _holds(validator, instance, sub, i)]
+    if not valid:
+        yield ValidationError(f"{instance!r} is not valid under any of the given schemas")
+    elif len(valid) > 1:  # jsonschema names the first valid one last
+        reprs = ", ".join(repr(sub) for sub in [*valid[1:], valid[0]])
+        yield ValidationError(f"{instance!r} is valid under each of {reprs}")
+
+
+def _holds(validator: Any, instance: Any, subschema: Any, index: int) -> bool:
+    return next(validator.descend(instance, subschema, schema_path=index), None) is None
 
 
 def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:

@@ -11,11 +11,16 @@ from typing import Any
 
 import jsonschema
 import pytest
-from schema_support import nested_unevaluated
+from schema_support import TWICE_RECURSIVE, nested, nested_unevaluated, shared_levels
 
 from service.manifest import validation
 from service.manifest.schemas import compile_schema
-from service.manifest.schemawalk import specification_of, unevaluated_depth
+from service.manifest.schemawalk import (
+    MOST_EVALUATIONS,
+    evaluations,
+    specification_of,
+    unevaluated_depth,
+)
 from service.manifest.validation import SchemaValidator
 
 HOSTILE_PATTERN = r"^(\w+\s?)*$"  # catastrophic backtracking on Python's re
@@ -415,6 +420,60 @@ async def test_a_verdict_costly_for_nested_unevaluated_keywords_is_left_to_jsons
         errors, gap_s = await _longest_loop_gap_s(slow.check(value))
         assert len(errors) == 1 and gap_s < 0.5, (errors, gap_s)
 
+
+
+X = {"allOf": [{"type": "string"}, {"minLength": 1}]}
+
+
+@pytest.mark.parametrize(("schema", "counts"), [
+    ({"type": "integer"}, (1, 0)),
+    (shared_levels(10), (2 ** 12 - 2, 0)),  # each level twice, in place
+    (shared_levels(10, "oneOf", below="items"), (2 ** 11, 0)),  # twice, at the items below
+    ({"properties": {"a": {"$ref": "#/$defs/x"}, "b": {"$ref": "#/$defs/x"}},
+      "$defs": {"x": X}}, (4, 0)),  # two names: never at the same location
+    ({"properties": {"a": {"$ref": "#/$defs/x"}},
+      "patternProperties": {"^a": {"$ref": "#/$defs/x"}},
+      "$defs": {"x": X}}, (8, 0)),  # a name and a pattern: both may apply to "a"
+    ({"type": "array", "items": {"$ref": "#"}}, (2, 1)),  # a tree: entered once per level
+    ({"properties": {"left": {"$ref": "#"}, "right": {"$ref": "#"}}}, (2, 1)),
+    (TWICE_RECURSIVE, (4, 2)),  # entered twice per level
+    (shared_levels(70), (MOST_EVALUATIONS, 0)),  # counted up to a cap
+])
+def test_evaluations_of_one_location_are_counted(schema: dict[str, Any],
+                                                  counts: tuple[int, int]) -> None:
+    assert evaluations(schema, specification_of(jsonschema.Draft202012Validator)) == counts
+
+
+@pytest.mark.parametrize(("schema", "value"), [
+    (shared_levels(24), "x"), (shared_levels(24, below="items"), nested(24)),
+])
+async def test_a_verdict_costly_for_shared_definitions_is_left_to_jsonschema(
+        schema: dict[str, Any], value: Any) -> None:
+    """A definition reached along 2**24 paths: jsonschema-rs held the event loop 0.4-0.9 s
+    for a one-character value. It gets no verdict there; jsonschema's error pass runs out
+    of time off the loop, and jsonschema-rs's error list (2**24 evaluations again) is not
+    asked for."""
+    cheap = validator(shared_levels(4, below="items"))
+    assert await cheap._verdict(nested(4)) is False
+    v = validator(schema, timeout_s=0.2)
+    assert await v._verdict(value) is None
+    errors, gap_s = await _longest_loop_gap_s(v.check(value))
+    assert errors == [{"path": "", "message": "validation did not finish within 0.2 s; "
+                                              "the value is refused"}]
+    assert gap_s < 0.5, gap_s
+
+
+async def test_jsonschema_rs_errors_stand_in_only_where_they_cost_linear_time() -> None:
+    """Past jsonschema's deadline, jsonschema-rs's error list stood in: for a recursion
+    entered twice at each level, it evaluated both branches at each level of 18 nested
+    arrays again, minutes with the GIL held. It stands in where a recursion is entered once
+    (the value too deep for jsonschema above), not here."""
+    v = validator(TWICE_RECURSIVE, timeout_s=0.2)
+    assert await v._verdict(nested(18)) is False  # jsonschema-rs's verdict: cheap
+    errors, gap_s = await _longest_loop_gap_s(v.check(nested(18)))
+    assert errors == [{"path": "", "message": "validation did not finish within 0.2 s; "
+                                              "the value is refused"}]
+    assert gap_s < 0.5, gap_s
 
 async def test_an_error_pass_past_its_deadline_refuses_the_value(
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,8 +2,10 @@
 
 An inport with ``uniqueItems`` and 8000 mixed items, a 28-character string against a
 catastrophic ``pattern``, an array whose error pass runs past its deadline, 100,000
-numbers against a tiny ``multipleOf``, 2000 names against a backreference and 10,000
-keys below 12 levels of ``unevaluatedProperties``: while
+numbers against a tiny ``multipleOf``, 2000 names against a backreference, 10,000
+keys below 12 levels of ``unevaluatedProperties``, one character against a definition
+reached along 2**24 paths and 18 nested arrays against a recursion entered twice at each
+level: while
 each call is in flight, ``GET /healthz`` answers (the bound here is generous, the
 measured figure is printed), and the same values through an outport fail the call
 with -32003.
@@ -20,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient
-from schema_support import nested_unevaluated
+from schema_support import TWICE_RECURSIVE, nested, nested_unevaluated, shared_levels
 from server_support import Rpc, ServerFactory
 
 PATTERN = r"^(\w+\s?)*$"
@@ -37,6 +39,8 @@ BACKTRACKING_KEYS = {f"{'a' * 24}!{i}": 0 for i in range(2000)}
 # 12 levels: jsonschema-rs held the event loop for seconds on these 10,000 keys
 NESTED = nested_unevaluated(12)
 NESTED_KEYS = {f"k{i}": [1, 2, 3] for i in range(10_000)}
+# jsonschema-rs: 0.4 s for the verdict on "x", then minutes for its error list on either
+SHARED = shared_levels(24)
 
 MANIFEST = {
     "id": "hostile_schema", "language": "python", "script": "hostile_schema.py",
@@ -48,6 +52,8 @@ MANIFEST = {
         "numbers": {"required": False, "schema": NUMBERS},
         "keys": {"required": False, "schema": KEYS},
         "nested": {"required": False, "schema": NESTED},
+        "shared": {"required": False, "schema": SHARED},
+        "tree": {"required": False, "schema": TWICE_RECURSIVE},
     },
     "outports": {
         "items": {"schema": {"type": "array", "uniqueItems": True}},
@@ -55,6 +61,8 @@ MANIFEST = {
         "numbers": {"schema": NUMBERS},
         "keys": {"schema": KEYS},
         "nested": {"schema": NESTED},
+        "shared": {"schema": SHARED},
+        "tree": {"schema": TWICE_RECURSIVE},
     },
 }
 SCRIPT = """
@@ -140,6 +148,8 @@ async def test_multiple_of_over_many_numbers(hostile: tuple[TestClient, Rpc]) ->
 @pytest.mark.parametrize(("port", "value", "label"), [
     ("keys", BACKTRACKING_KEYS, "a backreference in patternProperties"),
     ("nested", NESTED_KEYS, "12 levels of unevaluatedProperties"),
+    ("shared", "x", "a definition reached along 2**24 paths"),
+    ("tree", nested(18), "a recursion entered twice at each level"),
 ])
 async def test_a_check_past_its_deadline_refuses_the_value(
         hostile: tuple[TestClient, Rpc], port: str, value: Any, label: str) -> None:
@@ -152,7 +162,7 @@ async def test_a_check_past_its_deadline_refuses_the_value(
 
 @pytest.mark.parametrize(("port", "value"), [
     ("text", HOSTILE_TEXT), ("items", mixed_items(8000)), ("keys", BACKTRACKING_KEYS),
-    ("nested", NESTED_KEYS),
+    ("nested", NESTED_KEYS), ("shared", "x"), ("tree", nested(18)),
 ])
 async def test_the_same_through_an_outport(hostile: tuple[TestClient, Rpc], port: str,
                                            value: Any) -> None:
