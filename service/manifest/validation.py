@@ -150,8 +150,11 @@ class SchemaValidator:
             return None
 
     def errors(self, value: Any) -> Errors:
-        """Every way ``value`` fails (at most MAX_ERRORS), computed here and now."""
-        verdict = self.is_valid(value)
+        """Every way ``value`` fails (at most MAX_ERRORS), computed here and now (by
+        jsonschema alone where jsonschema-rs's verdict could be costly, see _verdict)."""
+        size = self._size_if_costly(value)
+        verdict = None if size is not None and self._verdict_steps(size) > LOOP_VERDICT_STEPS \
+            else self.is_valid(value)
         if verdict:
             return []
         return self._errors(value, verdict, time.monotonic() + self.timeout_s)
@@ -177,16 +180,25 @@ class SchemaValidator:
         again at each level, and it holds the GIL: a value that could cost more than
         LOOP_VERDICT_STEPS gets no verdict, and jsonschema decides off the loop (it lets the
         loop run, and stops at its deadline). A costly ``multipleOf`` runs in a thread."""
-        if self._fast is None or not (self._steps_per_byte or self._calls_python
-                                      or self._evaluations > 1) \
-                or not isinstance(value, str | dict | list):
+        size = self._size_if_costly(value)
+        if size is None:
             return self.is_valid(value)
-        size = _encoded_size(value)
         if self._verdict_steps(size) > LOOP_VERDICT_STEPS:
             return None
         if self._calls_python and size > LOOP_VERDICT_BYTES:
             return await _off_loop(self.is_valid, value)
         return self.is_valid(value)
+
+    def _size_if_costly(self, value: Any) -> int | None:
+        """The size of ``value`` as JSON where jsonschema-rs's verdict on it may be costly
+        (None: cheap). Repeated evaluations cost even a number."""
+        if self._fast is None:
+            return None
+        if self._evaluations > 1 or (
+                (self._steps_per_byte or self._calls_python)
+                and isinstance(value, str | dict | list)):
+            return _encoded_size(value)
+        return None
 
     def _verdict_steps(self, size: int) -> float:
         """What jsonschema-rs's verdict may cost for a value of ``size`` bytes, in steps."""
