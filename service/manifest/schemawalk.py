@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -157,7 +158,6 @@ IN_PLACE = ("allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSc
 ITEM = ("prefixItems", "items", "additionalItems", "contains", "unevaluatedItems")
 PROPERTY = ("properties", "patternProperties", "additionalProperties",
             "unevaluatedProperties", "propertyNames")
-ONE_OF_EACH = ("prefixItems", "items", "properties")
 MAPS = ("dependentSchemas", "dependencies", "properties", "patternProperties")
 MOST_EVALUATIONS = 1 << 62  # a count stops growing here (and the schema is costly anyway)
 
@@ -175,9 +175,11 @@ def evaluations(document: Any, spec: Specification[Any]) -> tuple[int, int]:
     doubles at each level of the value, one entered once (a tree) costs what the value's
     size does. Upper bounds: applicators that may apply together are added up; of the
     entries of ``properties`` or ``prefixItems``, the worst counts."""
-    root = Resource(contents=document, specification=spec)  # type: ignore[call-arg]
-    registry: Registry[Any] = Registry().with_resource(root.id() or "", root)
+    if not isinstance(document, dict):
+        return 1, 0
     try:
+        root = Resource(contents=document, specification=spec)  # type: ignore[call-arg]
+        registry: Registry[Any] = Registry().with_resource(root.id() or "", root)
         resolver: Any = registry.crawl().resolver(root.id() or "")
     except Exception:  # referencing fails on some schemas (property_dependencies_first)
         resolver = None
@@ -206,8 +208,8 @@ class _Evaluations:
         if id(contents) in self.known:
             return self.known[id(contents)]
         self.walking.add(id(contents))
-        if resolver is not None:
-            resolver = resolver.in_subresource(self.spec.create_resource(contents))
+        with contextlib.suppress(Exception):  # an id referencing cannot read: checked elsewhere
+            resolver = resolver and resolver.in_subresource(self.spec.create_resource(contents))
         in_place = [self.count(sub, resolver) for keyword in IN_PLACE
                     for sub in _subschemas(contents, keyword)]
         in_place += self._references(contents, resolver)
@@ -239,11 +241,12 @@ class _Evaluations:
         for keyword in keywords:
             for sub in _subschemas(contents, keyword):
                 worst = max(self.count(sub, resolver)[part])
-                if keyword in ONE_OF_EACH and isinstance(contents[keyword], list | dict):
+                if keyword == "properties" or isinstance(contents[keyword], list):
                     each = max(each, worst)
                 else:
                     together += worst
         return each + together
+
 
 def _subschemas(contents: dict[str, Any], keyword: str) -> Iterator[Any]:
     """The subschemas under ``keyword``: one, a list, or a map of them (the property lists
@@ -255,6 +258,7 @@ def _subschemas(contents: dict[str, Any], keyword: str) -> Iterator[Any]:
         yield from (v for v in value if isinstance(v, dict | bool))
     elif isinstance(value, dict | bool):
         yield value
+
 
 def property_dependencies_first(document: Any) -> Any:
     """``document`` with, in each ``dependencies``, the property lists before the schemas.

@@ -434,6 +434,9 @@ X = {"allOf": [{"type": "string"}, {"minLength": 1}]}
     ({"properties": {"a": {"$ref": "#/$defs/x"}},
       "patternProperties": {"^a": {"$ref": "#/$defs/x"}},
       "$defs": {"x": X}}, (8, 0)),  # a name and a pattern: both may apply to "a"
+    ({"items": {"$ref": "#/$defs/x"}, "contains": {"$ref": "#/$defs/x"},
+      "$defs": {"x": X}}, (8, 0)),  # both apply to every item
+    ({"$id": 5, "items": {"$id": []}}, (1, 0)),  # ids referencing cannot read: no failure
     ({"type": "array", "items": {"$ref": "#"}}, (2, 1)),  # a tree: entered once per level
     ({"properties": {"left": {"$ref": "#"}, "right": {"$ref": "#"}}}, (2, 1)),
     (TWICE_RECURSIVE, (4, 2)),  # entered twice per level
