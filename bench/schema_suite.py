@@ -1,12 +1,16 @@
-"""The official JSON Schema Test Suite, run through the manifest loader: an outside check.
+"""The official JSON Schema Test Suite, run through the manifest loader or a live server:
+an outside check.
 
 ``python -m bench.schema_suite [--suite DIR] [--draft draft2020-12 ...] [--optional]
-[--format-assertion]``
+[--format-assertion] [--live]``
 
-Each test group becomes a manifest (its schema as the ``input`` port), loaded the
-way the server loads it; each test's data is then checked with the port's
-validator, the code a ``process`` call runs. A test counts as right when the
-verdict is the suite's. Groups the loader refuses because they need a remote
+Each test group becomes a manifest (its schema as the ``input`` inport and the
+``output`` outport), loaded the way the server loads it; each test's data is then
+checked with the inport's validator, the code a ``process`` call runs. With ``--live``,
+a server runs (``python -m service``, process backend): each manifest is loaded with
+``load``, each test's data is sent with ``process`` on the inport, and again for the
+script to send to the outport; the two verdicts must agree. A test counts as right
+when the verdict is the suite's. Groups the loader refuses because they need a remote
 document (``http://localhost:1234/...``: nothing is fetched, by design) are
 counted apart. The reference library (jsonschema, given the suite's remote
 documents) runs beside, so that each miss shows whether it is ours alone.
@@ -20,22 +24,28 @@ The suite ships inside the jsonschema source distribution on PyPI; without
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import itertools
 import json
 import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jsonschema
 import referencing.jsonschema
 import yaml
 from jsonschema.validators import validator_for
 from referencing import Registry, Resource
 
+from bench import servers
 from service.errors import ManifestError
 from service.manifest.loader import load_manifest
 from service.settings import Settings
@@ -109,8 +119,22 @@ def remotes_registry(suite: Path, draft: str) -> Registry[Any]:
     return registry
 
 
-def run_file(path: Path, draft: str, folder: Path, remotes: Registry[Any], score: Score,
-             format_assertion: bool = False) -> None:
+# The actor of every group: the `output` outport checks what the `raw` inport carries.
+SCRIPT = """async def process(context):
+    raw = context.get_input("raw")
+    if raw is not None:
+        await context.send_output("output", raw["value"])
+    return None
+"""
+
+# What a judge gives for one group: the loader's refusal (its messages), or a verdict per
+# test (None: the call could not judge, e.g. an internal error).
+Verdicts = str | list[bool | None]
+Judge = Callable[[Path, list[dict[str, Any]]], Awaitable[Verdicts]]
+
+
+async def run_file(path: Path, draft: str, folder: Path, remotes: Registry[Any], score: Score,
+                   judge: Judge, format_assertion: bool = False) -> None:
     for i, group in enumerate(json.loads(path.read_text())):
         schema = group["schema"]
         if isinstance(schema, dict) and "$schema" not in schema:
@@ -120,38 +144,115 @@ def run_file(path: Path, draft: str, folder: Path, remotes: Registry[Any], score
         manifest = folder / f"g{i}.yaml"
         manifest.write_text(yaml.safe_dump({  # YAML, not JSON: PyYAML reads 1e-08 as a string
             "id": f"g{i}", "language": "python", "script": "actor.py",
-            "inports": {"input": {"schema": schema}}}))
+            "inports": {"input": {"required": False, "schema": schema},
+                        "raw": {"required": False, "schema": True}},
+            "outports": {"output": {"schema": schema}}}))
         dialect = validator_for(schema, default=jsonschema.Draft202012Validator)
         checker = dialect.FORMAT_CHECKER if format_assertion else None
         reference = dialect(schema, registry=remotes, format_checker=checker)
         name = f"{path.name}: {group['description']}"
         try:
-            settings = Settings(schema_roots=(), schema_format_assertion=format_assertion)
-            port = load_manifest(manifest, settings).inports["input"]
-        except Exception as exc:  # ManifestError, or a crash of the loader
-            if not isinstance(exc, ManifestError):
-                score.wrong += [f"{name} / {t['description']} (load crashed: {exc!r})"
-                                for t in group["tests"]]
-                continue
-            text = "; ".join(str(p) for p in exc.problems)
-            if REMOTE_WORDS in text or UNKNOWN_DIALECT in text:
+            verdicts = await judge(manifest, group["tests"])
+        except Exception as exc:  # a crash of the loader
+            score.wrong += [f"{name} / {t['description']} (load crashed: {exc!r})"
+                            for t in group["tests"]]
+            continue
+        if isinstance(verdicts, str):
+            if REMOTE_WORDS in verdicts or UNKNOWN_DIALECT in verdicts:
                 score.remote += len(group["tests"])
-                score.remote_groups.append(f"{name}: {text}")
+                score.remote_groups.append(f"{name}: {verdicts}")
             else:
-                score.refused.append(f"{name}: {text}")
+                score.refused.append(f"{name}: {verdicts}")
                 for test in group["tests"]:
                     _miss(score, reference, test, f"{name} / {test['description']} (refused)")
             continue
-        for test in group["tests"]:
-            try:
-                ours = port.errors(test["data"]) == []
-            except Exception:  # a call would answer -32603: wrong whatever the test says
+        for test, ours in zip(group["tests"], verdicts, strict=True):
+            if ours is None:  # a call would answer -32603: wrong whatever the test says
                 score.wrong.append(f"{name} / {test['description']} (internal error)")
-                continue
-            if ours == test["valid"]:
+            elif ours == test["valid"]:
                 score.right += 1
             else:
                 _miss(score, reference, test, f"{name} / {test['description']}")
+
+
+def loader_judge(format_assertion: bool) -> Judge:
+    """Each manifest loaded as the server loads it; each test's data checked with the
+    ``input`` port's validator, the code a ``process`` call runs."""
+    settings = Settings(schema_roots=(), schema_format_assertion=format_assertion)
+
+    async def judge(manifest: Path, tests: list[dict[str, Any]]) -> Verdicts:
+        try:
+            port = load_manifest(manifest, settings).inports["input"]
+        except ManifestError as exc:
+            return "; ".join(str(p) for p in exc.problems)
+        verdicts: list[bool | None] = []
+        for test in tests:
+            try:
+                verdicts.append(await port.check(test["data"]) == [])
+            except Exception:
+                verdicts.append(None)
+        return verdicts
+
+    return judge
+
+
+class LiveJudge:
+    """The suite through a running server: ``load`` for each manifest, then ``process``
+    for each test twice, its data on the ``input`` inport (refused: -32002) and sent by
+    the script to the ``output`` outport (refused: -32003). A test is judged when both
+    agree; any other answer is an internal error."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+
+    async def __call__(self, manifest: Path, tests: list[dict[str, Any]]) -> Verdicts:
+        loaded = await self.call("load", {"file_path": str(manifest)})
+        if "error" in loaded:
+            problems = loaded["error"].get("data", {}).get("errors", [])
+            return "; ".join(p["message"] for p in problems) or loaded["error"]["message"]
+        actor = loaded["result"]["actor"]["id"]
+        verdicts: list[bool | None] = []
+        for test in tests:
+            inport = await self.call("process", {"actor_id": actor,
+                                                 "payload": {"input": test["data"]}})
+            outport = await self.call("process", {"actor_id": actor,
+                                                  "payload": {"raw": {"value": test["data"]}}})
+            got = {_verdict(inport, -32002), _verdict(outport, -32003)}
+            verdicts.append(got.pop() if len(got) == 1 else None)
+        return verdicts
+
+    async def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        request_id = next(self.ids)
+        await self.ws.send_str(json.dumps({"jsonrpc": "2.0", "id": request_id,
+                                           "method": method, "params": params}))
+        while True:  # notifications (the outputs) come first
+            message: dict[str, Any] = json.loads(await self.ws.receive_str())
+            if message.get("id") == request_id:
+                return message
+
+
+def _verdict(response: dict[str, Any], refused: int) -> bool | None:
+    if "result" in response:
+        return True
+    return False if response["error"]["code"] == refused else None
+
+
+@contextlib.asynccontextmanager
+async def live_judge(folder: Path, format_assertion: bool) -> AsyncIterator[Judge]:
+    """A server (``python -m service``, process backend) that may load from ``folder``."""
+    port = servers.free_port()
+    empty = folder / "no-actors"
+    empty.mkdir()
+    command = [sys.executable, "-m", "service", "--config",
+               str(servers.ROOT / "config" / "settings.toml"), "--host", "127.0.0.1",
+               "--port", str(port), "--backend", "process", "--actors", str(empty)]
+    env = {"SERVICE_ALLOWED_ROOTS": json.dumps([str(folder)]),
+           "SERVICE_SCHEMA_FORMAT_ASSERTION": json.dumps(format_assertion)}
+    async with servers.running(command, port, "schema-suite", env=env) as server, \
+            aiohttp.ClientSession() as session, \
+            session.ws_connect(server.url, max_msg_size=0) as ws:
+        yield LiveJudge(ws)
 
 
 def _miss(score: Score, reference: Any, test: dict[str, Any], what: str) -> None:
@@ -174,30 +275,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--optional", action="store_true", help="include tests/*/optional")
     parser.add_argument("--format-assertion", action="store_true",
                         help="run tests/*/optional/format alone, with format assertion on")
+    parser.add_argument("--live", action="store_true",
+                        help="through a running server: load, then process on an inport "
+                             "and through an outport")
     parser.add_argument("-v", "--verbose", action="store_true", help="list every miss")
     args = parser.parse_args(argv)
-    suite = args.suite or fetch_suite()
+    asyncio.run(_run(args, args.suite or fetch_suite()))
+    return 0
+
+
+async def _run(args: argparse.Namespace, suite: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "actor.py").write_text("async def process(context):\n    return None\n")
-        for draft in args.draft or DRAFTS:
-            score, remotes = Score(), remotes_registry(suite, draft)
-            pattern = "**/*.json" if args.optional else "*.json"
-            paths = sorted((suite / draft).glob(pattern))
-            if args.format_assertion:  # the other tests expect format to be an annotation
-                paths = sorted((suite / draft / "optional" / "format").glob("*.json"))
-            for path in paths:
-                if path.parent.name == "format" and not args.format_assertion:
-                    continue  # format assertion is off by default: an annotation
-                run_file(path, draft, folder, remotes, score, args.format_assertion)
-            print(score.line(draft))
-            for miss in score.wrong if args.verbose else score.wrong[:10]:
-                print("   ", miss)
-            for refusal in score.refused[:10]:
-                print("    refused:", refusal)
-            for refusal in score.remote_groups if args.verbose else ():
-                print("    remote:", refusal)
-    return 0
+        (folder / "actor.py").write_text(SCRIPT)
+        async with contextlib.AsyncExitStack() as stack:
+            judge = await stack.enter_async_context(
+                live_judge(folder, args.format_assertion)) if args.live \
+                else loader_judge(args.format_assertion)
+            for draft in args.draft or DRAFTS:
+                score, remotes = Score(), remotes_registry(suite, draft)
+                pattern = "**/*.json" if args.optional else "*.json"
+                paths = sorted((suite / draft).glob(pattern))
+                if args.format_assertion:  # the other tests expect format to be an annotation
+                    paths = sorted((suite / draft / "optional" / "format").glob("*.json"))
+                for path in paths:
+                    if path.parent.name == "format" and not args.format_assertion:
+                        continue  # format assertion is off by default: an annotation
+                    await run_file(path, draft, folder, remotes, score, judge,
+                                   args.format_assertion)
+                _report(draft, score, args.verbose)
+
+
+def _report(draft: str, score: Score, verbose: bool) -> None:
+    print(score.line(draft), flush=True)
+    for miss in score.wrong if verbose else score.wrong[:10]:
+        print("   ", miss)
+    for refusal in score.refused[:10]:
+        print("    refused:", refusal)
+    for refusal in score.remote_groups if verbose else ():
+        print("    remote:", refusal)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""bench/schema_suite.py on a miniature suite: scoring, remote refusals, the reference beside."""
+"""bench/schema_suite.py on a miniature suite: scoring, remote refusals, the reference
+beside, through the loader and through a live server."""
 
 from __future__ import annotations
 
@@ -28,8 +29,12 @@ def suite(tmp_path: Path) -> Path:
     return tmp_path / "tests"
 
 
-def test_scores_a_suite(suite: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--suite", str(suite), "--draft", "draft2020-12", "-v"]) == 0
+@pytest.mark.parametrize("through", [[], ["--live"]], ids=["loader", "live server"])
+def test_scores_a_suite(suite: Path, through: list[str],
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The same score through the loader and through a running server (each test on an
+    inport and through an outport there)."""
+    assert main(["--suite", str(suite), "--draft", "draft2020-12", "-v", *through]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == ("draft2020-12: 2/3 right (66.7%), 0 wrong where jsonschema is right, "
                       "1 wrong like jsonschema, 1 need a remote document (refused at load)")
