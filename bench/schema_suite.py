@@ -167,7 +167,7 @@ async def run_file(path: Path, draft: str, folder: Path, remotes: Registry[Any],
                     _miss(score, reference, test, f"{name} / {test['description']} (refused)")
             continue
         for test, ours in zip(group["tests"], verdicts, strict=True):
-            if ours is None:  # a call would answer -32603: wrong whatever the test says
+            if ours is None:  # -32603 (or ports that disagree): wrong whatever the test says
                 score.wrong.append(f"{name} / {test['description']} (internal error)")
             elif ours == test["valid"]:
                 score.right += 1
