@@ -18,7 +18,7 @@ def nested_unevaluated(levels: int, applicator: str = "anyOf") -> dict[str, Any]
 def shared_levels(levels: int, applicator: str = "anyOf", below: str = "") -> dict[str, Any]:
     """``levels`` definitions, each naming the next one twice under ``applicator`` (in place,
     or at the items of an array with ``below="items"``): a location is evaluated 2**levels
-    times, so a one-character value costs jsonschema-rs seconds from ~24 levels on."""
+    times; a one-character value cost jsonschema-rs 0.4 s at 24 levels, twice that at 25."""
     defs: dict[str, Any] = {f"l{levels}": {"type": "integer"}}
     for level in range(levels):
         ref: dict[str, Any] = {"$ref": f"#/$defs/l{level + 1}"}

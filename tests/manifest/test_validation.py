@@ -421,7 +421,6 @@ async def test_a_verdict_costly_for_nested_unevaluated_keywords_is_left_to_jsons
         assert len(errors) == 1 and gap_s < 0.5, (errors, gap_s)
 
 
-
 X = {"allOf": [{"type": "string"}, {"minLength": 1}]}
 
 
@@ -468,7 +467,6 @@ async def test_a_verdict_costly_for_shared_definitions_is_left_to_jsonschema(
     assert v.errors(value) == refused  # the loader's check of an example: the same
 
 
-
 async def test_a_schema_evaluated_as_written_is_linear_however_many_its_branches() -> None:
     """A oneOf of 40 event types evaluates each item 41 times, each type's own parts: what
     the schema as written costs, as many subschemas as it has. A 300 KB batch keeps its
@@ -482,6 +480,7 @@ async def test_a_schema_evaluated_as_written_is_linear_however_many_its_branches
     assert await v._verdict(batch) is True
     assert await v._verdict([*batch, {"kind": "e40"}]) is False
 
+
 async def test_jsonschema_rs_errors_stand_in_only_where_they_cost_linear_time() -> None:
     """Past jsonschema's deadline, jsonschema-rs's error list stood in: for a recursion
     entered twice at each level, it evaluated both branches at each level of 18 nested
@@ -493,6 +492,7 @@ async def test_jsonschema_rs_errors_stand_in_only_where_they_cost_linear_time() 
     assert errors == [{"path": "", "message": "validation did not finish within 0.2 s; "
                                               "the value is refused"}]
     assert gap_s < 0.5, gap_s
+
 
 async def test_an_error_pass_past_its_deadline_refuses_the_value(
         monkeypatch: pytest.MonkeyPatch) -> None:
