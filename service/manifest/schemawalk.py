@@ -114,11 +114,8 @@ def unevaluated_depth(document: Any, spec: Specification[Any]) -> int:
     subschemas beside it again to see what they evaluated, so a value's cost can double at
     each level. A reference back up the path (a recursive schema) counts once: recursion
     follows the value, and costs what the value's size does."""
-    root = Resource(contents=document, specification=spec)  # type: ignore[call-arg]
-    registry: Registry[Any] = Registry().with_resource(root.id() or "", root)
-    try:
-        resolver = registry.crawl().resolver(root.id() or "")
-    except Exception:  # referencing fails on some schemas (property_dependencies_first)
+    resolver = _root_resolver(document, spec)
+    if resolver is None:
         return 0
     known: dict[int, int] = {}
     walking: set[int] = set()
@@ -131,20 +128,15 @@ def unevaluated_depth(document: Any, spec: Specification[Any]) -> int:
             return known[id(contents)]
         walking.add(id(contents))
         below = [depth(sub, resolver.in_subresource(sub)) for sub in resource.subresources()]
-        for keyword in ref_keywords(spec):
-            if isinstance(ref := contents.get(keyword), str):
-                try:
-                    target = resolver.lookup(ref)
-                except Exception:  # a metaschema, or checked elsewhere (unresolvable_refs)
-                    continue
-                below.append(depth(spec.create_resource(target.contents), target.resolver))
+        below += [depth(spec.create_resource(target.contents), target.resolver)
+                  for target in _targets(contents, resolver, spec)]
         walking.discard(id(contents))
         known[id(contents)] = found = max(below, default=0) + any(
             keyword in contents for keyword in UNEVALUATED)
         return found
 
     try:
-        return depth(root, resolver)
+        return depth(spec.create_resource(document), resolver)
     except RecursionError:
         return DEEPEST
 
@@ -178,13 +170,7 @@ def evaluations(document: Any, spec: Specification[Any]) -> tuple[int, int]:
     if not isinstance(document, dict):
         return 1, 0
     try:
-        root = Resource(contents=document, specification=spec)  # type: ignore[call-arg]
-        registry: Registry[Any] = Registry().with_resource(root.id() or "", root)
-        resolver: Any = registry.crawl().resolver(root.id() or "")
-    except Exception:  # referencing fails on some schemas (property_dependencies_first)
-        resolver = None
-    try:
-        found = _Evaluations(spec).count(document, resolver)
+        found = _Evaluations(spec).count(document, _root_resolver(document, spec))
     except RecursionError:
         return MOST_EVALUATIONS, MOST_EVALUATIONS
     return max(found[:3]), max(found[3:])
@@ -212,7 +198,9 @@ class _Evaluations:
             resolver = resolver and resolver.in_subresource(self.spec.create_resource(contents))
         in_place = [self.count(sub, resolver) for keyword in IN_PLACE
                     for sub in _subschemas(contents, keyword)]
-        in_place += self._references(contents, resolver)
+        if resolver is not None:
+            in_place += [self.count(target.contents, target.resolver)
+                         for target in _targets(contents, resolver, self.spec)]
         own = (1, *self._below(contents, resolver, slice(3)),
                0, *self._below(contents, resolver, slice(3, 6)))
         self.walking.discard(id(contents))
@@ -220,15 +208,6 @@ class _Evaluations:
             min(mine + sum(c[i] for c in in_place), MOST_EVALUATIONS)
             for i, mine in enumerate(own))
         return found
-
-    def _references(self, contents: dict[str, Any], resolver: Any) -> Iterator[tuple[int, ...]]:
-        for keyword in ref_keywords(self.spec) if resolver is not None else ():
-            if isinstance(ref := contents.get(keyword), str):
-                try:
-                    target = resolver.lookup(ref)
-                except Exception:  # a metaschema, or checked elsewhere (unresolvable_refs)
-                    continue
-                yield self.count(target.contents, target.resolver)
 
     def _below(self, contents: dict[str, Any], resolver: Any, part: slice) -> tuple[int, int]:
         """The ``part`` of the count at the worst item below, and at the worst property."""
@@ -246,6 +225,29 @@ class _Evaluations:
                 else:
                     together += worst
         return each + together
+
+
+def _root_resolver(document: Any, spec: Specification[Any]) -> Any:
+    """A resolver at ``document``'s root, every resource in it known; None where
+    ``referencing`` cannot read it (it fails on some schemas: property_dependencies_first)."""
+    try:
+        root = Resource(contents=document, specification=spec)  # type: ignore[call-arg]
+        registry: Registry[Any] = Registry().with_resource(root.id() or "", root)
+        return registry.crawl().resolver(root.id() or "")
+    except Exception:
+        return None
+
+
+def _targets(contents: dict[str, Any], resolver: Any, spec: Specification[Any]) -> Iterator[Any]:
+    """What the references of ``contents`` resolve to (``referencing``'s Resolved); one that
+    does not resolve (a metaschema, or checked elsewhere: unresolvable_refs) is skipped."""
+    for keyword in ref_keywords(spec):
+        if isinstance(ref := contents.get(keyword), str):
+            try:
+                target = resolver.lookup(ref)
+            except Exception:
+                continue
+            yield target
 
 
 def _subschemas(contents: dict[str, Any], keyword: str) -> Iterator[Any]:
