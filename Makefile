@@ -9,6 +9,7 @@ PY          := $(VENV)/bin/python
 CONFIG      ?= config/settings.toml
 SERVE_ARGS  ?=
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 BENCH_ARGS  ?=
 
 .DEFAULT_GOAL := help
@@ -16,7 +17,7 @@ BENCH_ARGS  ?=
 
 help:
 	@echo "make serve   run the server with $(CONFIG) (extra flags: SERVE_ARGS='--port 6000 --debug')"
-	@echo "make test    run the tests (extra pytest flags: PYTEST_ARGS='-k lint -x')"
+	@echo "make test    run the tests (extra pytest flags: PYTEST_ARGS='-k lint -x'; TEST_WORKERS=0: one process)"
 	@echo "make lint    lint manifests/, then ruff and mypy"
 	@echo "make bench   run the benchmarks (BENCH_ARGS=--quick for a smoke run, --json PATH)"
 	@echo "make setup   only create $(VENV) and install system packages (done by serve/test)"
@@ -28,9 +29,12 @@ setup:
 serve: setup
 	exec $(PY) -m service --config $(CONFIG) $(SERVE_ARGS)
 
+# The tests run in TEST_WORKERS processes (pytest-xdist; 0: in pytest's own): most of
+# their time is spent waiting for sandboxes, so two of them keep 2 CPUs busier. Tests
+# marked xdist_group share an expensive module fixture and run in one worker.
 # pytest exits 5 when it collected no tests; that is a failure here, never a pass.
 test: setup
-	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; fi; \
 	exit $$rc
 

@@ -23,7 +23,10 @@ TARGETS = 11  # warm p50 x2, schema-heavy p50, throughput c=8 x2, cold x2, with 
 #               (warm, cold), server idle RSS, python worker RSS
 GVISOR_TARGETS = 2  # gvisor warm p50 x2, beside the process backend's
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed"),
+    pytest.mark.xdist_group("bench"),  # one worker runs the bench (the module fixture) once
+]
 
 
 @pytest.fixture(scope="module")

@@ -266,9 +266,10 @@ async def watching(watch: SandboxWatch) -> AsyncIterator[SandboxWatch]:
 async def running(settings: Settings, backend: Backend, manifests: list[Path],
                   watch: SandboxWatch) -> AsyncIterator[Runtime]:
     """A started Runtime, watched; closed on exit, then checked for leftovers."""
-    runtime = Runtime(settings, backend)
+    gc.freeze()  # the collection at the end looks at this case's objects only (~60 ms less)
     try:
         async with watching(watch):
+            runtime = Runtime(settings, backend)
             try:
                 await runtime.start(manifests)
                 yield runtime
@@ -282,6 +283,7 @@ async def running(settings: Settings, backend: Backend, manifests: list[Path],
         watch.release()
         # an unclosed transport warns when collected: here, in the case that leaked it
         gc.collect()
+        gc.unfreeze()
     assert left == [], f"sandbox leftovers on the host: {left}"
     if backend.name == "process":
         assert_unprivileged(watch, settings)

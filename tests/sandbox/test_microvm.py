@@ -48,6 +48,8 @@ from service.settings import Limits, SandboxSettings, Settings
 
 # --------------------------------------------------------------------------- fixtures
 
+pytestmark = pytest.mark.xdist_group("microvm")  # one worker probes the machine (detected)
+
 
 @pytest.fixture(scope="module")
 def detected() -> Availability:
