@@ -183,7 +183,7 @@ class Settings:
     allowed_roots: tuple[Path, ...] = (Path("manifests"),)
     schema_roots: tuple[Path, ...] = (Path("schemas"),)  # where manifests may $ref shared schemas
     schema_format_assertion: bool = False  # `format` fails values (else an annotation only)
-    validation_timeout_s: float = 1  # most time the error pass of one schema check may take
+    validation_timeout_s: float = 1  # most time one schema check may take (costly verdict, errors)
     deps_dir: Path = Path(".cache/deps")  # built dependency sets, one folder per set
     backend: str = "auto"
     max_message_bytes: int = 1_048_576

@@ -22,7 +22,8 @@ the verdict costs a few tens of nanoseconds per value node, except ``multipleOf`
 schema that has it, on a container of more than LOOP_VERDICT_BYTES, runs in a
 thread too (it lets the loop run at each ``multipleOf``). Patterns and nested
 ``unevaluated*`` keywords cost more per node: where a value's verdict could cost more
-than LOOP_VERDICT_STEPS, jsonschema-rs gives none and jsonschema decides, off the loop.
+than LOOP_VERDICT_STEPS, jsonschema-rs gives it in a process of its own (verdicts.py),
+within the check's deadline, and the loop goes on meanwhile.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import asyncio
 import copy
 import functools
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +41,6 @@ from typing import Any
 
 import jsonschema._legacy_keywords
 import jsonschema._utils
-import jsonschema_rs
 import orjson
 import re2
 from jsonschema import FormatChecker, validators
@@ -50,7 +49,7 @@ from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 
 from service.log import RateLimit
-from service.manifest import ecma
+from service.manifest import ecma, verdicts
 from service.manifest.schemawalk import (
     evaluations,
     node_patterns,
@@ -59,6 +58,7 @@ from service.manifest.schemawalk import (
     specification_of,
     unevaluated_depth,
 )
+from service.manifest.verdicts import RUST_CLASSES, multiple_of, rust_validator
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ class SchemaValidator:
         self.schema = schema
         self.dialect = dialect
         self.timeout_s = timeout_s
+        self._format_assertion = format_assertion
         self._python = _python_validator(schema, dialect, format_assertion)
         spec = specification_of(dialect)
         reached = list(reachable_nodes(schema, spec))
@@ -126,7 +127,7 @@ class SchemaValidator:
         lax = format_assertion and any(node.contents.get("format") in LAX_RUST_FORMATS
                                        for node in reached)
         self._fast = None if lax or any(map(ecma.asserts_word_boundaries, found)) \
-            else _rust_validator(schema, dialect, format_assertion)
+            else rust_validator(schema, spec.name, format_assertion)
         self._calls_python = self._fast is not None and any("multipleOf" in node.contents
                                                             for node in reached)
         self._steps_per_byte = max(map(ecma.cost, found), default=0)
@@ -140,6 +141,8 @@ class SchemaValidator:
         # branches that recurse: 31 s, GIL held): it stands in for jsonschema's only where
         # its cost is linear
         self._linear_errors = self._evaluations == 1 and reentries < 2
+        # the verdict process's name for this schema, made when first needed (_verdict)
+        self._key: bytes | None = None
 
     def is_valid(self, value: Any) -> bool | None:
         """The fast verdict: True, False, or None when jsonschema-rs has none to give."""
@@ -163,29 +166,30 @@ class SchemaValidator:
     async def check(self, value: Any) -> Errors:
         """Like :meth:`errors`, with the error pass (and a costly verdict) off the event loop,
         and refused once ``timeout_s`` has passed."""
-        verdict = await self._verdict(value)
+        deadline = time.monotonic() + self.timeout_s
+        verdict = await self._verdict(value, deadline)
         if verdict:
             return []
-        deadline = time.monotonic() + self.timeout_s
         try:
             return await asyncio.wait_for(_off_loop(self._errors, value, verdict, deadline),
-                                          self.timeout_s + DEADLINE_SLACK_S)
+                                          deadline - time.monotonic() + DEADLINE_SLACK_S)
         except TimeoutError:  # one RE2 search cannot be stopped: its thread finishes alone
             return [{"path": "", "message": f"validation did not finish within "
                                             f"{self.timeout_s:g} s; the value is refused"}]
 
-    async def _verdict(self, value: Any) -> bool | None:
+    async def _verdict(self, value: Any, deadline: float) -> bool | None:
         """jsonschema-rs's verdict, where it costs the event loop little. Its linear-time
         patterns still take up to ~1.4 ns per character per step of their program (``a[^c]
         {1000}c`` on 1 MB of text: 13 s), nested ``unevaluated*`` keywords evaluate a value
-        again at each level, and it holds the GIL: a value that could cost more than
-        LOOP_VERDICT_STEPS gets no verdict, and jsonschema decides off the loop (it lets the
-        loop run, and stops at its deadline). A costly ``multipleOf`` runs in a thread."""
+        again at each level, and it holds the GIL: for a value that could cost more than
+        LOOP_VERDICT_STEPS, the verdict process gives it by ``deadline``, or none comes and
+        jsonschema decides (off the loop, by the same deadline). A costly ``multipleOf``
+        runs in a thread."""
         size = self._size_if_costly(value)
         if size is None:
             return self.is_valid(value)
         if self._verdict_steps(size) > LOOP_VERDICT_STEPS:
-            return None
+            return await _off_loop(self._verdict_elsewhere, value, deadline)
         if self._calls_python and size > LOOP_VERDICT_BYTES:
             return await _off_loop(self.is_valid, value)
         return self.is_valid(value)
@@ -200,6 +204,17 @@ class SchemaValidator:
                 and isinstance(value, str | dict | list)):
             return _encoded_size(value)
         return None
+
+    def _verdict_elsewhere(self, value: Any, deadline: float) -> bool | None:
+        """The verdict process's verdict (None: none by ``deadline``, or a value or schema
+        that has no JSON text the process would read back the same)."""
+        if self._key is None:
+            self._key = verdicts.schema_key(self.schema, specification_of(self.dialect).name,
+                                            self._format_assertion) or b""
+        text = verdicts.encoded(value)
+        if not self._key or text is None:
+            return None
+        return verdicts.VERDICTS.verdict(self._key, text, deadline)
 
     def _verdict_steps(self, size: int) -> float:
         """What jsonschema-rs's verdict may cost for a value of ``size`` bytes, in steps."""
@@ -268,51 +283,6 @@ def _cut(message: str) -> str:
     return f"{message[:MAX_MESSAGE_CHARS - 50]}... ({len(message)} characters in all)"
 
 
-# --- jsonschema-rs ---
-
-
-def _refuse_retrieval(uri: str) -> Any:
-    raise ValueError(f"{uri} is not in the schema (nothing is fetched)")
-
-
-_RUST_CLASSES: dict[str, Any] = {
-    "draft2020-12": jsonschema_rs.Draft202012Validator,
-    "draft2019-09": jsonschema_rs.Draft201909Validator,
-    "draft-07": jsonschema_rs.Draft7Validator,
-    "draft-06": jsonschema_rs.Draft6Validator,
-    "draft-04": jsonschema_rs.Draft4Validator,
-}
-
-
-def _rust_validator(schema: Any, dialect: type[Validator], format_assertion: bool) -> Any:
-    """The jsonschema-rs validator of ``schema``, or None when it cannot compile it."""
-    cls = _RUST_CLASSES.get(specification_of(dialect).name)
-    if cls is None:
-        return None
-    try:
-        # the linear-time engine only: a backtracking one (lookarounds, backreferences)
-        # costs milliseconds per string within its step limit, on the event loop
-        return cls(schema, validate_formats=format_assertion, retriever=_refuse_retrieval,
-                   pattern_options=jsonschema_rs.RegexOptions(),
-                   keywords={"multipleOf": _RustMultipleOf})
-    except Exception as exc:  # e.g. such a pattern: jsonschema decides, in a thread
-        log.debug("jsonschema-rs cannot compile a schema (%s); jsonschema alone validates", exc)
-        return None
-
-
-class _RustMultipleOf:
-    """``multipleOf`` for jsonschema-rs: :func:`multiple_of`. Its own is exact in decimal
-    (1e300 is a multiple of 1e-300, which jsonschema denies) and costs up to ~1 ms for a
-    number of thousands of digits."""
-
-    def __init__(self, parent_schema: Any, divisor: Any, schema_path: Any) -> None:
-        self.divisor = divisor
-
-    def validate(self, instance: Any) -> None:
-        if type(instance) in (int, float) and not multiple_of(instance, self.divisor):
-            raise ValueError(f"{instance!r} is not a multiple of {self.divisor}")
-
-
 def _encoded_size(value: Any) -> int:
     """The length of ``value`` as compact JSON (an integer beyond 64 bits: taken as huge)."""
     try:
@@ -350,7 +320,7 @@ class _Formats(FormatChecker):
 
     def __init__(self, dialect: type[Validator]) -> None:
         super().__init__(())
-        self._rust = _RUST_CLASSES.get(specification_of(dialect).name)
+        self._rust = RUST_CLASSES.get(specification_of(dialect).name)
         self._fallback = dialect.FORMAT_CHECKER
 
     def check(self, instance: object, format: str) -> None:
@@ -413,23 +383,6 @@ def _deadlined(keyword: Keyword) -> Keyword:
         return keyword(validator, value, instance, schema)
 
     return bounded
-
-
-def multiple_of(instance: int | float, divisor: int | float) -> bool:
-    """jsonschema's verdict: a float quotient where it is finite (so 0.0075 is a multiple
-    of 0.0001), exact where that overflows. jsonschema itself raises OverflowError for an
-    integer beyond a float's range; here it is exact too. Not finite: not a multiple."""
-    if isinstance(instance, float) and not math.isfinite(instance):
-        return False
-    try:
-        if isinstance(divisor, float):
-            quotient = instance / divisor
-            return int(quotient) == quotient
-        return instance % divisor == 0
-    except OverflowError:  # a float and an integer beyond its range
-        num, den = instance.as_integer_ratio()
-        divisor_num, divisor_den = divisor.as_integer_ratio()
-        return (num * divisor_den) % (den * divisor_num) == 0
 
 
 def _multiple_of(validator: Any, divisor: Any, instance: Any,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.manifest.verdicts import VERDICTS
 from service.runtime import Runtime
 from service.sandbox.base import Backend
 from service.settings import SandboxSettings, Settings
@@ -153,6 +154,8 @@ class SandboxWatch:
         todo = [os.getpid()]
         while todo:
             for child, start in parents.get(todo.pop(), []):
+                if child == VERDICTS.pid:  # the server's own, outlives the case
+                    continue
                 if child not in self.ignore:
                     self._record(child, start)
                 todo.append(child)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import math
 import random
 import time
 from pathlib import Path
@@ -10,10 +12,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import jsonschema
+import orjson
 import pytest
 from schema_support import TWICE_RECURSIVE, nested, nested_unevaluated, shared_levels
 
-from service.manifest import validation
+from service.manifest import validation, verdicts
 from service.manifest.schemas import compile_schema
 from service.manifest.schemawalk import (
     MOST_EVALUATIONS,
@@ -360,6 +363,11 @@ async def test_check_runs_the_error_pass_off_the_loop() -> None:
     assert [e["path"] for e in await v.check(HOSTILE_TEXT)] == [""]
 
 
+def deadline(v: SchemaValidator) -> float:
+    """The deadline a check by ``v`` starting now has."""
+    return time.monotonic() + v.timeout_s
+
+
 async def _longest_loop_gap_s(work: Any) -> tuple[Any, float]:
     """``await work`` while a ticker measures the event loop's longest stall."""
     loop = asyncio.get_running_loop()
@@ -379,15 +387,81 @@ async def _longest_loop_gap_s(work: Any) -> tuple[Any, float]:
         ticker.cancel()
 
 
-async def test_a_verdict_costly_for_its_patterns_is_left_to_jsonschema_off_the_loop() -> None:
+async def test_a_verdict_costly_for_its_patterns_is_given_in_the_verdict_process() -> None:
     """jsonschema-rs's linear-time patterns cost up to ~1.4 ns per character per program
-    step, and it holds the GIL: a[^c]{1000}c on 1 MiB held the event loop for 13 s."""
-    v = validator({"type": "string", "pattern": "a[^c]{1000}c"})
+    step, and it holds the GIL: a[^c]{1000}c on 1 MiB held the event loop for 13 s. Such a
+    verdict runs in the verdict process; one still running at its deadline has the process
+    killed, and the value is refused; the next verdict starts another process."""
+    v = validator({"type": "string", "pattern": "a[^c]{1000}c"}, timeout_s=0.5)
     text = "".join("ab"[bin(i).count("1") & 1] for i in range(1 << 20))
-    assert await v._verdict("ab" * 100) is False  # small: on the loop
-    assert await v._verdict(text) is None
+    assert await v._verdict("ab" * 100, deadline(v)) is False  # small: on the loop
+    verdicts.VERDICTS.stop()
+    started = verdicts.VERDICTS.started
     errors, gap_s = await _longest_loop_gap_s(v.check(text))
-    assert [e["path"] for e in errors] == [""] and gap_s < 1.0
+    assert errors == [{"path": "", "message": "validation did not finish within 0.5 s; the "
+                                              "value is refused"}] and gap_s < 0.5, gap_s
+    assert verdicts.VERDICTS.pid is None  # killed at the deadline
+    assert await v._verdict("a" + "b" * 1000 + "c" + "b" * 6000, deadline(v)) is True
+    assert verdicts.VERDICTS.started == started + 2  # one killed, one new
+
+
+def sku_lines(count: int) -> list[dict[str, Any]]:
+    return [{"sku": f"sku-{i}", "note": "a line of an order, " * 4} for i in range(count)]
+
+
+SKUS = {"type": "array", "items": {"type": "object", "required": ["sku"],
+                                   "properties": {"sku": {"type": "string",
+                                                          "pattern": "^sku-[0-9]+$"}}}}
+
+
+async def test_a_valid_value_too_costly_for_the_loop_is_accepted() -> None:
+    """A 900 KB array against a pattern is over the loop's budget for jsonschema-rs. It used
+    to go to jsonschema, which takes ~1 s per MB: the valid value was refused for time.
+    The verdict process accepts it; a wrong line is refused with its path."""
+    v = validator(SKUS)
+    lines = sku_lines(9000)
+    assert v._verdict_steps(len(orjson.dumps(lines))) > validation.LOOP_VERDICT_STEPS
+    errors, gap_s = await _longest_loop_gap_s(v.check(lines))
+    assert errors == [] and gap_s < 0.5, gap_s
+    lines[8000]["sku"] = "SKU-8000"
+    # jsonschema's message, or jsonschema-rs's when jsonschema's pass runs out of time
+    [error] = await v.check(lines)
+    assert error["path"] == "/8000/sku" and "SKU-8000" in error["message"], error
+
+
+@pytest.mark.parametrize("value", [[math.nan, "x"], [2**64, "x"], ["\ud800"]])
+def test_the_verdict_process_gets_only_values_it_reads_back_the_same(value: Any) -> None:
+    assert verdicts.encoded(value) is None  # NaN would be read as null; the others fail
+    assert verdicts.encoded([None, 1.5, "é"]) == '[null,1.5,"é"]'.encode()
+
+
+@pytest.mark.parametrize(("schema", "format_assertion", "values"), [
+    ({"multipleOf": 0.0001}, False, [0.0075, 0.00751, 2**62]),  # Python's, called from Rust
+    ({"$schema": "http://json-schema.org/draft-04/schema#", "maximum": 1,
+      "exclusiveMaximum": True}, False, [1, 0.5]),
+    ({"format": "email"}, True, ["a@example.com", "nope"]),
+    ({"format": "email"}, False, ["nope"]),
+    (SKUS, False, [[{"sku": "sku-1"}], [{"sku": "SKU-1"}], [{}]]),
+])
+def test_the_verdict_process_judges_as_the_server_does(schema: dict[str, Any],
+                                                       format_assertion: bool,
+                                                       values: list[Any]) -> None:
+    v = validator(schema, format_assertion=format_assertion)
+    for value in values:
+        assert v._verdict_elsewhere(value, deadline(v)) is v.is_valid(value), value
+
+
+def test_the_verdict_process_answers_each_value() -> None:
+    """``ready``, then one answer line for each two lines of a value; no verdict for what it
+    cannot compile or read, and it goes on."""
+    key = verdicts.schema_key(SKUS, "draft2020-12", False)
+    bad_key = verdicts.schema_key({"pattern": "(?<=a)b"}, "draft2020-12", False)
+    assert key is not None and bad_key is not None
+    requests = b"".join([key, b"\n[]\n", key, b'\n[{"sku":"x"}]\n', bad_key, b"\n\"b\"\n",
+                         key, b"\n[\n", b'["nonsense"]\n1\n', key, b"\n[]\n"])
+    answers = io.BytesIO()
+    verdicts.serve(io.BytesIO(requests), answers)
+    assert answers.getvalue() == b"ready\n1\n0\n-\n-\n-\n1\n"
 
 
 @pytest.mark.parametrize(("schema", "depth"), [
@@ -405,17 +479,18 @@ def test_nested_unevaluated_keywords_are_counted(schema: dict[str, Any], depth: 
     assert unevaluated_depth(schema, spec) == depth
 
 
-async def test_a_verdict_costly_for_nested_unevaluated_keywords_is_left_to_jsonschema() -> None:
+async def test_a_verdict_costly_for_nested_unevaluated_keywords_is_given_elsewhere() -> None:
     """Each level of unevaluatedProperties beside an anyOf evaluates the levels below again,
     and jsonschema-rs holds the GIL: 12 levels held the event loop 50 ms for a 16-byte value,
     16 levels a minute for 39 KB. A value whose verdict could cost more than the loop's
-    budget gets none there; jsonschema decides off the loop, within its deadline."""
+    budget gets it from the verdict process, or none by its deadline; jsonschema explains
+    a refusal off the loop, within the same deadline."""
     v = validator(nested_unevaluated(4), timeout_s=0.5)
     big = {f"k{i}": [1, 2, 3] for i in range(20_000)}  # ~400 KB
-    assert await v._verdict({"a": 1, "b0": "x"}) is True  # cheap enough: on the loop
-    assert await v._verdict(big) is None
+    assert await v._verdict({"a": 1, "b0": "x"}, deadline(v)) is True  # cheap: on the loop
+    assert await v._verdict(big, deadline(v)) is False  # in the verdict process
     deep = validator(nested_unevaluated(16), timeout_s=0.5)
-    assert await deep._verdict({"a": 1}) is None
+    assert await deep._verdict({"a": 1}, deadline(deep)) is None  # seconds: none in time
     for slow, value in ((v, big), (deep, {"a": 1})):
         errors, gap_s = await _longest_loop_gap_s(slow.check(value))
         assert len(errors) == 1 and gap_s < 0.5, (errors, gap_s)
@@ -447,19 +522,19 @@ def test_evaluations_of_one_location_are_counted(schema: dict[str, Any],
 
 
 @pytest.mark.parametrize(("schema", "value"), [
-    (shared_levels(24), "x"), (shared_levels(24, below="items"), nested(24)),
-    (shared_levels(24, "allOf"), 1),  # valid, a number: every path is evaluated
+    (shared_levels(28), "x"), (shared_levels(24, below="items"), nested(24)),
+    (shared_levels(28, "allOf"), 1),  # valid, a number: every path is evaluated
 ])
-async def test_a_verdict_costly_for_shared_definitions_is_left_to_jsonschema(
+async def test_a_verdict_costly_for_shared_definitions_is_given_elsewhere(
         schema: dict[str, Any], value: Any) -> None:
-    """A definition reached along 2**24 paths: jsonschema-rs held the event loop 0.4-0.9 s
-    for a one-character value. It gets no verdict there; jsonschema's error pass runs out
-    of time off the loop, and jsonschema-rs's error list (2**24 evaluations again) is not
-    asked for."""
+    """A definition reached along 2**24 paths: jsonschema-rs held the event loop 0.2-0.9 s
+    for a one-character value (2**28: 3 s). It gets no verdict there, nor one in the verdict
+    process by its deadline; jsonschema's error pass runs out of time off the loop, and
+    jsonschema-rs's error list (as many evaluations again) is not asked for."""
     cheap = validator(shared_levels(4, below="items"))
-    assert await cheap._verdict(nested(4)) is False
+    assert await cheap._verdict(nested(4), deadline(cheap)) is False
     v = validator(schema, timeout_s=0.2)
-    assert await v._verdict(value) is None
+    assert await v._verdict(value, deadline(v)) is None
     errors, gap_s = await _longest_loop_gap_s(v.check(value))
     refused = [{"path": "", "message": "validation did not finish within 0.2 s; the value is "
                                        "refused"}]
@@ -477,8 +552,8 @@ async def test_a_schema_evaluated_as_written_is_linear_however_many_its_branches
               for i in range(40)]
     v = validator({"type": "array", "items": {"oneOf": events}})
     batch = [{"kind": "e39", "data": {"x": 1}}] * 10_000
-    assert await v._verdict(batch) is True
-    assert await v._verdict([*batch, {"kind": "e40"}]) is False
+    assert await v._verdict(batch, deadline(v)) is True
+    assert await v._verdict([*batch, {"kind": "e40"}], deadline(v)) is False
 
 
 async def test_jsonschema_rs_errors_stand_in_only_where_they_cost_linear_time() -> None:
@@ -487,7 +562,7 @@ async def test_jsonschema_rs_errors_stand_in_only_where_they_cost_linear_time() 
     arrays again, minutes with the GIL held. It stands in where a recursion is entered once
     (the value too deep for jsonschema above), not here."""
     v = validator(TWICE_RECURSIVE, timeout_s=0.2)
-    assert await v._verdict(nested(18)) is False  # jsonschema-rs's verdict: cheap
+    assert await v._verdict(nested(18), deadline(v)) is False  # jsonschema-rs's verdict: cheap
     errors, gap_s = await _longest_loop_gap_s(v.check(nested(18)))
     assert errors == [{"path": "", "message": "validation did not finish within 0.2 s; "
                                               "the value is refused"}]

@@ -41,6 +41,9 @@ NESTED = nested_unevaluated(12)
 NESTED_KEYS = {f"k{i}": [1, 2, 3] for i in range(10_000)}
 # jsonschema-rs: 0.4 s for the verdict on "x", then minutes for its error list on either
 SHARED = shared_levels(24)
+# a valid 900 KB value over the event loop's budget for a pattern: it was refused for time
+SKUS = {"type": "array", "items": {"properties": {"sku": {"pattern": "^sku-[0-9]+$"}}}}
+MANY_SKUS = [{"sku": f"sku-{i}", "note": "a line of an order, " * 4} for i in range(9000)]
 
 MANIFEST = {
     "id": "hostile_schema", "language": "python", "script": "hostile_schema.py",
@@ -54,6 +57,7 @@ MANIFEST = {
         "nested": {"required": False, "schema": NESTED},
         "shared": {"required": False, "schema": SHARED},
         "tree": {"required": False, "schema": TWICE_RECURSIVE},
+        "skus": {"required": False, "schema": SKUS},
     },
     "outports": {
         "items": {"schema": {"type": "array", "uniqueItems": True}},
@@ -63,6 +67,7 @@ MANIFEST = {
         "nested": {"schema": NESTED},
         "shared": {"schema": SHARED},
         "tree": {"schema": TWICE_RECURSIVE},
+        "skus": {"schema": SKUS},
     },
 }
 SCRIPT = """
@@ -172,3 +177,20 @@ async def test_the_same_through_an_outport(hostile: tuple[TestClient, Rpc], port
     assert response["error"]["code"] == -32003
     assert response["error"]["data"]["port"] == port
     assert len(response["error"]["data"]["errors"]) == 1
+
+
+async def test_a_valid_value_over_the_loops_budget_is_accepted(
+        hostile: tuple[TestClient, Rpc]) -> None:
+    """Its verdict comes from the verdict process: in, and out through an outport."""
+    server, rpc = hostile
+    response = await call_with_healthz(server, rpc, {"skus": MANY_SKUS}, "900 KB of skus")
+    assert "result" in response, response.get("error")
+    response = await call_with_healthz(server, rpc, {"echo": {"port": "skus", "value": MANY_SKUS}},
+                                       "900 KB of skus, out")
+    assert response["result"]["outputs"] == {"skus": MANY_SKUS}
+    wrong = [*MANY_SKUS[:-1], {"sku": "SKU-1"}]
+    response = await call_with_healthz(server, rpc, {"skus": wrong}, "a wrong sku")
+    assert response["error"]["code"] == -32002
+    # jsonschema's message, or jsonschema-rs's when jsonschema's pass runs out of time
+    [error] = response["error"]["data"]["errors"]
+    assert error["path"] == "/8999/sku" and "SKU-1" in error["message"], error

@@ -1,0 +1,251 @@
+"""jsonschema-rs's verdicts: its validators, and a process of their own for costly ones.
+
+jsonschema-rs gives the verdict on every value (validation.py). It holds the interpreter
+while it checks, and some values cost it milliseconds to seconds: a pattern's linear-time
+engine takes a step per character per instruction of its program, nested ``unevaluated*``
+keywords evaluate a value again at each level (validation.py counts both). Such a verdict
+used to go to jsonschema, off the loop, at ~1 s per MB: a valid 900 KB order was refused
+for time. It is given here instead, in a child process (``python -m
+service.manifest.verdicts``, which imports this module and jsonschema-rs only) started on
+first use: it compiles each schema once and checks one value at a time, while the
+server's loop goes on. A verdict still running at its deadline has the child killed (the
+next verdict starts another): a hostile value costs one CPU for ``validation_timeout_s``
+at most.
+
+Over the child's stdin and stdout: two lines per value, the schema's key (compact JSON:
+``[dialect, format assertion, schema]``, the dialect as ``referencing`` names it) and the
+value (compact JSON); the answer is one line, ``1`` (valid), ``0`` (invalid) or ``-`` (no
+verdict: the schema did not compile, or the value could not be read).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import math
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict
+from typing import IO, Any
+
+import jsonschema_rs
+import orjson
+
+log = logging.getLogger(__name__)
+
+RUST_CLASSES: dict[str, Any] = {  # by the dialect's name in ``referencing``
+    "draft2020-12": jsonschema_rs.Draft202012Validator,
+    "draft2019-09": jsonschema_rs.Draft201909Validator,
+    "draft-07": jsonschema_rs.Draft7Validator,
+    "draft-06": jsonschema_rs.Draft6Validator,
+    "draft-04": jsonschema_rs.Draft4Validator,
+}
+ANSWERS = {b"1": True, b"0": False}
+READY = b"ready"  # the child's first line, once it can take values
+START_TIMEOUT_S = 10.0
+MOST_SCHEMAS = 64  # compiled schemas the child keeps (least recently used go first)
+
+
+def rust_validator(schema: Any, dialect: str, format_assertion: bool) -> Any:
+    """The jsonschema-rs validator of ``schema`` in ``dialect`` (its name in
+    ``referencing``), or None when it cannot compile it."""
+    cls = RUST_CLASSES.get(dialect)
+    if cls is None:
+        return None
+    try:
+        # the linear-time engine only: a backtracking one (lookarounds, backreferences)
+        # costs milliseconds per string within its step limit, on the event loop
+        return cls(schema, validate_formats=format_assertion, retriever=_refuse_retrieval,
+                   pattern_options=jsonschema_rs.RegexOptions(),
+                   keywords={"multipleOf": _RustMultipleOf})
+    except Exception as exc:  # e.g. such a pattern: jsonschema decides, in a thread
+        log.debug("jsonschema-rs cannot compile a schema (%s); jsonschema alone validates", exc)
+        return None
+
+
+def _refuse_retrieval(uri: str) -> Any:
+    raise ValueError(f"{uri} is not in the schema (nothing is fetched)")
+
+
+class _RustMultipleOf:
+    """``multipleOf`` for jsonschema-rs: :func:`multiple_of`. Its own is exact in decimal
+    (1e300 is a multiple of 1e-300, which jsonschema denies) and costs up to ~1 ms for a
+    number of thousands of digits."""
+
+    def __init__(self, parent_schema: Any, divisor: Any, schema_path: Any) -> None:
+        self.divisor = divisor
+
+    def validate(self, instance: Any) -> None:
+        if type(instance) in (int, float) and not multiple_of(instance, self.divisor):
+            raise ValueError(f"{instance!r} is not a multiple of {self.divisor}")
+
+
+def multiple_of(instance: int | float, divisor: int | float) -> bool:
+    """jsonschema's verdict: a float quotient where it is finite (so 0.0075 is a multiple
+    of 0.0001), exact where that overflows. jsonschema itself raises OverflowError for an
+    integer beyond a float's range; here it is exact too. Not finite: not a multiple."""
+    if isinstance(instance, float) and not math.isfinite(instance):
+        return False
+    try:
+        if isinstance(divisor, float):
+            quotient = instance / divisor
+            return int(quotient) == quotient
+        return instance % divisor == 0
+    except OverflowError:  # a float and an integer beyond its range
+        num, den = instance.as_integer_ratio()
+        divisor_num, divisor_den = divisor.as_integer_ratio()
+        return (num * divisor_den) % (den * divisor_num) == 0
+
+
+# --- the verdict process -----------------------------------------------------------------
+
+
+def encoded(value: Any) -> bytes | None:
+    """``value`` as compact JSON that reads back as the same value, or None: orjson refuses
+    integers beyond 64 bits and lone surrogates, and writes NaN and the infinities as
+    ``null`` (so text holding ``null`` is checked for them)."""
+    try:
+        text = orjson.dumps(value)
+    except TypeError:
+        return None
+    if b"null" in text:
+        try:
+            json.dumps(value, allow_nan=False)
+        except ValueError:
+            return None
+    return text
+
+
+def schema_key(schema: Any, dialect: str, format_assertion: bool) -> bytes | None:
+    """The first line of a request for ``schema``; None when it has no JSON text."""
+    return encoded([dialect, format_assertion, schema])
+
+
+class VerdictProcess:
+    """The child, used by one thread at a time; started when first needed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._child: subprocess.Popen[bytes] | None = None
+        self.started = 0  # children started so far
+
+    def verdict(self, key: bytes, value: bytes, deadline: float) -> bool | None:
+        """The child's verdict on ``value`` (compact JSON); None when it has none, or none
+        before ``deadline`` (``time.monotonic()``): the child is then killed."""
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return None  # earlier values hold the child until their deadline
+        try:
+            # The child's start is the server's cost, not the value's: not counted.
+            deadline += self._start_if_needed()
+            child = self._child
+            assert child is not None and child.stdin is not None and child.stdout is not None
+            _write_until(child.stdin, key + b"\n" + value + b"\n", deadline)
+            return ANSWERS.get(_line_until(child.stdout, deadline))
+        except (OSError, EOFError):  # the deadline passed (TimeoutError), or it died
+            self.stop()
+            return None
+        finally:
+            self._lock.release()
+
+    def _start_if_needed(self) -> float:
+        """Start the child unless it runs, and wait for its ``ready``: the seconds that took."""
+        if self._child is not None and self._child.poll() is None:
+            return 0.0
+        begun = time.monotonic()
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "service.manifest.verdicts"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0)
+        self.started += 1
+        assert self._child.stdin is not None and self._child.stdout is not None
+        os.set_blocking(self._child.stdin.fileno(), False)  # writes stop at the deadline
+        if _line_until(self._child.stdout, begun + START_TIMEOUT_S) != READY:
+            raise EOFError("the verdict process did not start")
+        return time.monotonic() - begun
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child is not None else None
+
+    def stop(self) -> None:
+        """Kill the child (a new one starts with the next verdict)."""
+        child, self._child = self._child, None
+        if child is not None:
+            child.kill()
+            child.wait()
+            for pipe in (child.stdin, child.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
+
+
+def _write_until(pipe: IO[bytes], data: bytes, deadline: float) -> None:
+    """Write all of ``data``; OSError (TimeoutError) once ``deadline`` has passed."""
+    fd = pipe.fileno()
+    view = memoryview(data)
+    while view:
+        _wait(fd, deadline, select.POLLOUT)
+        view = view[os.write(fd, view):]
+
+
+def _line_until(pipe: IO[bytes], deadline: float) -> bytes:
+    """The child's one-line answer, without its newline; EOFError when the child ended,
+    TimeoutError once ``deadline`` has passed."""
+    fd = pipe.fileno()
+    answer = b""
+    while not answer.endswith(b"\n"):
+        _wait(fd, deadline, select.POLLIN)
+        chunk = os.read(fd, 16)
+        if not chunk:
+            raise EOFError("the verdict process ended")
+        answer += chunk
+    return answer[:-1]
+
+
+def _wait(fd: int, deadline: float, event: int) -> None:
+    """Until ``fd`` is ready for ``event`` (or closed); TimeoutError at ``deadline``. (poll:
+    the server's descriptors may be numbered past select's 1024.)"""
+    poller = select.poll()
+    poller.register(fd, event)
+    left_ms = (deadline - time.monotonic()) * 1000
+    if left_ms <= 0 or not poller.poll(math.ceil(left_ms)):
+        raise TimeoutError
+
+
+VERDICTS = VerdictProcess()
+atexit.register(VERDICTS.stop)
+
+
+# --- the child ---------------------------------------------------------------------------
+
+
+def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
+    """Say ``ready``, then answer each request on ``requests`` until it ends."""
+    answers.write(READY + b"\n")
+    answers.flush()
+    compiled: OrderedDict[bytes, Any] = OrderedDict()
+    while (key := requests.readline()) and (value := requests.readline()):
+        answer = b"-"
+        try:
+            if key not in compiled:
+                dialect, format_assertion, schema = orjson.loads(key)
+                compiled[key] = rust_validator(schema, dialect, format_assertion)
+                if len(compiled) > MOST_SCHEMAS:
+                    compiled.popitem(last=False)
+            compiled.move_to_end(key)
+            validator = compiled[key]
+            if validator is not None:
+                answer = b"1" if validator.is_valid(orjson.loads(value)) else b"0"
+        except Exception:  # no verdict: the server's jsonschema decides
+            pass
+        answers.write(answer + b"\n")
+        answers.flush()
+
+
+if __name__ == "__main__":
+    serve(sys.stdin.buffer, sys.stdout.buffer)
