@@ -154,14 +154,15 @@ class SchemaValidator:
             return None
 
     def errors(self, value: Any) -> Errors:
-        """Every way ``value`` fails (at most MAX_ERRORS), computed here and now (by
-        jsonschema alone where jsonschema-rs's verdict could be costly, see _verdict)."""
+        """Every way ``value`` fails (at most MAX_ERRORS), computed here and now: the same
+        as :meth:`check`, in the calling thread (the loader's, for a manifest's examples)."""
+        deadline = time.monotonic() + self.timeout_s
         size = self._size_if_costly(value)
-        verdict = None if size is not None and self._verdict_steps(size) > LOOP_VERDICT_STEPS \
-            else self.is_valid(value)
+        verdict = self._verdict_elsewhere(value, deadline) if size is not None \
+            and self._verdict_steps(size) > LOOP_VERDICT_STEPS else self.is_valid(value)
         if verdict:
             return []
-        return self._errors(value, verdict, time.monotonic() + self.timeout_s)
+        return self._errors(value, verdict, deadline)
 
     async def check(self, value: Any) -> Errors:
         """Like :meth:`errors`, with the error pass (and a costly verdict) off the event loop,

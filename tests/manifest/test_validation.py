@@ -423,6 +423,7 @@ async def test_a_valid_value_too_costly_for_the_loop_is_accepted() -> None:
     assert v._verdict_steps(len(orjson.dumps(lines))) > validation.LOOP_VERDICT_STEPS
     errors, gap_s = await _longest_loop_gap_s(v.check(lines))
     assert errors == [] and gap_s < 0.5, gap_s
+    assert v.errors(lines) == []  # the loader's check of an example: the same
     lines[8000]["sku"] = "SKU-8000"
     # jsonschema's message, or jsonschema-rs's when jsonschema's pass runs out of time
     [error] = await v.check(lines)
