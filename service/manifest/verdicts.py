@@ -8,9 +8,11 @@ used to go to jsonschema, off the loop, at ~1 s per MB: a valid 900 KB order was
 for time. It is given here instead, in a child process (``python -m
 service.manifest.verdicts``, which imports this module and jsonschema-rs only) started on
 first use: it compiles each schema once and checks one value at a time, while the
-server's loop goes on. A verdict still running at its deadline has the child killed (the
-next verdict starts another): a hostile value costs one CPU for ``validation_timeout_s``
-at most.
+server's loop goes on. There are as many children as CPUs (at most MOST_PROCESSES), each
+started when values first wait for it. A verdict still running at its deadline has its
+child killed (the next verdict starts another): a hostile value costs one CPU for
+``validation_timeout_s`` at most, and values that find every child busy until their
+deadline get no verdict.
 
 Over the child's stdin and stdout: two lines per value, the schema's key (compact JSON:
 ``[dialect, format assertion, schema]``, the dialect as ``referencing`` names it) and the
@@ -26,10 +28,10 @@ import json
 import logging
 import math
 import os
+import queue
 import select
 import subprocess
 import sys
-import threading
 import time
 from collections import OrderedDict
 from typing import IO, Any
@@ -50,6 +52,7 @@ ANSWERS = {b"1": True, b"0": False}
 READY = b"ready"  # the child's first line, once it can take values
 START_TIMEOUT_S = 10.0
 MOST_SCHEMAS = 64  # compiled schemas the child keeps (least recently used go first)
+MOST_PROCESSES = 4
 
 
 def rust_validator(schema: Any, dialect: str, format_assertion: bool) -> Any:
@@ -128,18 +131,15 @@ def schema_key(schema: Any, dialect: str, format_assertion: bool) -> bytes | Non
 
 
 class VerdictProcess:
-    """The child, used by one thread at a time; started when first needed."""
+    """One child, used by one thread at a time (VerdictPool); started when first needed."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
         self.started = 0  # children started so far
 
     def verdict(self, key: bytes, value: bytes, deadline: float) -> bool | None:
         """The child's verdict on ``value`` (compact JSON); None when it has none, or none
         before ``deadline`` (``time.monotonic()``): the child is then killed."""
-        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            return None  # earlier values hold the child until their deadline
         try:
             # The child's start is the server's cost, not the value's: not counted.
             deadline += self._start_if_needed()
@@ -150,8 +150,6 @@ class VerdictProcess:
         except (OSError, EOFError):  # the deadline passed (TimeoutError), or it died
             self.stop()
             return None
-        finally:
-            self._lock.release()
 
     def _start_if_needed(self) -> float:
         """Start the child unless it runs, and wait for its ``ready``: the seconds that took."""
@@ -217,7 +215,41 @@ def _wait(fd: int, deadline: float, event: int) -> None:
         raise TimeoutError
 
 
-VERDICTS = VerdictProcess()
+class VerdictPool:
+    """The verdict processes: each value goes to one that is free."""
+
+    def __init__(self, size: int) -> None:
+        self.processes = [VerdictProcess() for _ in range(size)]
+        self._free: queue.SimpleQueue[VerdictProcess] = queue.SimpleQueue()
+        for process in self.processes:
+            self._free.put(process)
+
+    def verdict(self, key: bytes, value: bytes, deadline: float) -> bool | None:
+        """A free process's verdict on ``value``; None when none is free by ``deadline``,
+        or it has no verdict by then (see VerdictProcess.verdict)."""
+        try:
+            process = self._free.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return None
+        try:
+            return process.verdict(key, value, deadline)
+        finally:
+            self._free.put(process)
+
+    @property
+    def pids(self) -> set[int]:
+        return {pid for process in self.processes if (pid := process.pid) is not None}
+
+    @property
+    def started(self) -> int:
+        return sum(process.started for process in self.processes)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
+
+
+VERDICTS = VerdictPool(max(1, min(MOST_PROCESSES, os.cpu_count() or 1)))
 atexit.register(VERDICTS.stop)
 
 

@@ -152,9 +152,10 @@ class SandboxWatch:
                 ppid, start = _stat_fields(name)
                 parents.setdefault(ppid, []).append((int(name), start))
         todo = [os.getpid()]
+        verdicts = VERDICTS.pids  # the server's own processes, outlive the case
         while todo:
             for child, start in parents.get(todo.pop(), []):
-                if child == VERDICTS.pid:  # the server's own, outlives the case
+                if child in verdicts:
                     continue
                 if child not in self.ignore:
                     self._record(child, start)

@@ -400,7 +400,7 @@ async def test_a_verdict_costly_for_its_patterns_is_given_in_the_verdict_process
     errors, gap_s = await _longest_loop_gap_s(v.check(text))
     assert errors == [{"path": "", "message": "validation did not finish within 0.5 s; the "
                                               "value is refused"}] and gap_s < 0.5, gap_s
-    assert verdicts.VERDICTS.pid is None  # killed at the deadline
+    assert verdicts.VERDICTS.pids == set()  # killed at the deadline
     assert await v._verdict("a" + "b" * 1000 + "c" + "b" * 6000, deadline(v)) is True
     assert verdicts.VERDICTS.started == started + 2  # one killed, one new
 
@@ -428,6 +428,25 @@ async def test_a_valid_value_too_costly_for_the_loop_is_accepted() -> None:
     # jsonschema's message, or jsonschema-rs's when jsonschema's pass runs out of time
     [error] = await v.check(lines)
     assert error["path"] == "/8000/sku" and "SKU-8000" in error["message"], error
+
+
+async def test_a_hostile_value_holds_one_verdict_process_only(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While one process runs a value to its deadline, the other takes the next value (with
+    one process, the valid value would wait for it past its own deadline)."""
+    pool = verdicts.VerdictPool(2)
+    monkeypatch.setattr(verdicts, "VERDICTS", pool)
+    hostile = validator({"type": "string", "pattern": "a[^c]{1000}c"}, timeout_s=0.5)
+    text = "".join("ab"[bin(i).count("1") & 1] for i in range(1 << 20))
+    try:
+        refused, accepted = await asyncio.gather(hostile.check(text),
+                                                 validator(SKUS, timeout_s=0.5).check(
+                                                     sku_lines(9000)))
+    finally:
+        pool.stop()
+    assert refused == [{"path": "", "message": "validation did not finish within 0.5 s; the "
+                                               "value is refused"}]
+    assert accepted == []
 
 
 @pytest.mark.parametrize("value", [[math.nan, "x"], [2**64, "x"], ["\ud800"]])
