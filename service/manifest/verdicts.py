@@ -14,10 +14,11 @@ child killed (the next verdict starts another): a hostile value costs one CPU fo
 ``validation_timeout_s`` at most, and values that find every child busy until their
 deadline get no verdict.
 
-Over the child's stdin and stdout: two lines per value, the schema's key (compact JSON:
-``[dialect, format assertion, schema]``, the dialect as ``referencing`` names it) and the
-value (compact JSON); the answer is one line, ``1`` (valid), ``0`` (invalid) or ``-`` (no
-verdict: the schema did not compile, or the value could not be read).
+Over the child's stdin and stdout: the child says ``ready`` once it can take values; then
+two lines per value, the schema's key (compact JSON: ``[dialect, format assertion,
+schema]``, the dialect as ``referencing`` names it) and the value (compact JSON); the
+answer is one line, ``1`` (valid), ``0`` (invalid) or ``-`` (no verdict: the schema did not
+compile, or the value could not be read).
 """
 
 from __future__ import annotations
