@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import math
+import os
 import random
+import resource
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -469,6 +471,28 @@ def test_the_verdict_process_judges_as_the_server_does(schema: dict[str, Any],
     v = validator(schema, format_assertion=format_assertion)
     for value in values:
         assert v._verdict_elsewhere(value, deadline(v)) is v.is_valid(value), value
+
+
+def test_the_verdict_process_is_reached_past_select_s_descriptors() -> None:
+    """A busy server's descriptors are numbered past 1024, which select() cannot wait on."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE's hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    taken = [os.dup(2)]
+    while taken[-1] < 1100:
+        taken.append(os.dup(2))
+    pool = verdicts.VerdictPool(1)
+    try:
+        key = verdicts.schema_key(SKUS, "draft2020-12", False)
+        assert key is not None
+        assert pool.verdict(key, b'[{"sku":"sku-1"}]', time.monotonic() + 5) is True
+        assert pool.verdict(key, b'[{"sku":"SKU-1"}]', time.monotonic() + 5) is False
+    finally:
+        pool.stop()
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_the_verdict_process_answers_each_value() -> None:
