@@ -11,6 +11,8 @@
 // sandbox's pid namespace) and answers "ready". With --self-reset it does the same by itself
 // after each call, before its reply, and sends "ready" unasked in the same write as the
 // reply: a round trip saved. The host checks from outside that the reset really happened.
+// Never run it outside a sandbox: a reset wipes whatever /tmp it sees, and with
+// --own-pidns it kills every process it may signal.
 //
 // The script may declare a top-level `async function process(context)` with no exports
 // (as in the origin README), or export it with `module.exports = { process }`,

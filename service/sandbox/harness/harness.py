@@ -14,6 +14,10 @@ as the reply: the host saves a round trip. The host checks from outside that the
 really happened. Each ``--path=DIR`` (the actor's dependencies, mounted read-only) goes on
 sys.path ahead of site-packages, so the actor's pinned versions win over the system's.
 
+Never run it outside a sandbox: a reset wipes whatever /tmp it sees (a developer's
+benchmark of it on the host once emptied the host's /tmp), and with ``--own-pidns`` it
+kills every process it may signal.
+
 Stdlib only, and as few imports as possible so an idle worker stays small: asyncio is
 imported only when the script uses it, traceback only when something failed.
 """
