@@ -41,3 +41,14 @@ def nested(levels: int, leaf: Any = "x") -> Any:
     for _ in range(levels):
         value = [value]
     return value
+
+
+# Order lines against a pattern: 9000 of them (900 KB) are over the event loop's budget for
+# jsonschema-rs, and valid; jsonschema took ~1 s for them.
+SKUS = {"type": "array", "items": {"type": "object", "required": ["sku"],
+                                   "properties": {"sku": {"type": "string",
+                                                          "pattern": "^sku-[0-9]+$"}}}}
+
+
+def sku_lines(count: int) -> list[dict[str, Any]]:
+    return [{"sku": f"sku-{i}", "note": "a line of an order, " * 4} for i in range(count)]

@@ -117,7 +117,6 @@ class SchemaValidator:
         self.schema = schema
         self.dialect = dialect
         self.timeout_s = timeout_s
-        self._format_assertion = format_assertion
         self._python = _python_validator(schema, dialect, format_assertion)
         spec = specification_of(dialect)
         reached = list(reachable_nodes(schema, spec))
@@ -141,8 +140,9 @@ class SchemaValidator:
         # branches that recurse: 31 s, GIL held): it stands in for jsonschema's only where
         # its cost is linear
         self._linear_errors = self._evaluations == 1 and reentries < 2
-        # the verdict process's name for this schema, made when first needed (_verdict)
-        self._key: bytes | None = None
+        # what names this schema to the verdict processes (verdicts.py)
+        self._key = None if self._fast is None \
+            else verdicts.schema_key(schema, spec.name, format_assertion)
 
     def is_valid(self, value: Any) -> bool | None:
         """The fast verdict: True, False, or None when jsonschema-rs has none to give."""
@@ -157,9 +157,9 @@ class SchemaValidator:
         """Every way ``value`` fails (at most MAX_ERRORS), computed here and now: the same
         as :meth:`check`, in the calling thread (the loader's, for a manifest's examples)."""
         deadline = time.monotonic() + self.timeout_s
-        size = self._size_if_costly(value)
-        verdict = self._verdict_elsewhere(value, deadline) if size is not None \
-            and self._verdict_steps(size) > LOOP_VERDICT_STEPS else self.is_valid(value)
+        costly = self._json_if_costly(value)
+        verdict = self._verdict_elsewhere(value, deadline, costly[1]) if costly is not None \
+            and self._verdict_steps(costly[0]) > LOOP_VERDICT_STEPS else self.is_valid(value)
         if verdict:
             return []
         return self._errors(value, verdict, deadline)
@@ -186,34 +186,34 @@ class SchemaValidator:
         LOOP_VERDICT_STEPS, the verdict process gives it by ``deadline``, or none comes and
         jsonschema decides (off the loop, by the same deadline). A costly ``multipleOf``
         runs in a thread."""
-        size = self._size_if_costly(value)
-        if size is None:
+        costly = self._json_if_costly(value)
+        if costly is None:
             return self.is_valid(value)
+        size, text = costly
         if self._verdict_steps(size) > LOOP_VERDICT_STEPS:
-            return await _off_loop(self._verdict_elsewhere, value, deadline)
+            return await _off_loop(self._verdict_elsewhere, value, deadline, text)
         if self._calls_python and size > LOOP_VERDICT_BYTES:
             return await _off_loop(self.is_valid, value)
         return self.is_valid(value)
 
-    def _size_if_costly(self, value: Any) -> int | None:
-        """The size of ``value`` as JSON where jsonschema-rs's verdict on it may be costly
-        (None: cheap). Repeated evaluations cost even a number."""
+    def _json_if_costly(self, value: Any) -> tuple[int, bytes | None] | None:
+        """``value``'s size and text as compact JSON (see _json) where jsonschema-rs's
+        verdict on it may be costly; None: cheap. Repeated evaluations cost even a number."""
         if self._fast is None:
             return None
         if self._evaluations > 1 or (
                 (self._steps_per_byte or self._calls_python)
                 and isinstance(value, str | dict | list)):
-            return _encoded_size(value)
+            return _json(value)
         return None
 
-    def _verdict_elsewhere(self, value: Any, deadline: float) -> bool | None:
-        """The verdict process's verdict (None: none by ``deadline``, or a value or schema
-        that has no JSON text the process would read back the same)."""
-        if self._key is None:
-            self._key = verdicts.schema_key(self.schema, specification_of(self.dialect).name,
-                                            self._format_assertion) or b""
-        text = verdicts.encoded(value)
-        if not self._key or text is None:
+    def _verdict_elsewhere(self, value: Any, deadline: float,
+                           text: bytes | None = None) -> bool | None:
+        """A verdict process's verdict on ``value`` (``text``: its orjson text, when made
+        already); None: none by ``deadline``, or a value or schema that has no JSON text
+        the process would read back the same."""
+        text = verdicts.encoded(value, text)
+        if self._key is None or text is None:
             return None
         return verdicts.VERDICTS.verdict(self._key, text, deadline)
 
@@ -284,12 +284,14 @@ def _cut(message: str) -> str:
     return f"{message[:MAX_MESSAGE_CHARS - 50]}... ({len(message)} characters in all)"
 
 
-def _encoded_size(value: Any) -> int:
-    """The length of ``value`` as compact JSON (an integer beyond 64 bits: taken as huge)."""
+def _json(value: Any) -> tuple[int, bytes | None]:
+    """The length of ``value`` as compact JSON, and the text (orjson's). None where orjson
+    cannot write it (an integer beyond 64 bits): its length is then taken as huge."""
     try:
-        return len(orjson.dumps(value))
+        text = orjson.dumps(value)
     except TypeError:
-        return LOOP_VERDICT_BYTES + 1
+        return LOOP_VERDICT_BYTES + 1, None
+    return len(text), text
 
 
 # --- jsonschema, with bounded keywords and a deadline ---

@@ -110,12 +110,13 @@ def multiple_of(instance: int | float, divisor: int | float) -> bool:
 # --- the verdict process -----------------------------------------------------------------
 
 
-def encoded(value: Any) -> bytes | None:
+def encoded(value: Any, text: bytes | None = None) -> bytes | None:
     """``value`` as compact JSON that reads back as the same value, or None: orjson refuses
     integers beyond 64 bits and lone surrogates, and writes NaN and the infinities as
-    ``null`` (so text holding ``null`` is checked for them)."""
+    ``null`` (so text holding ``null`` is checked for them). ``text``: ``orjson.dumps(value)``,
+    when the caller has it already."""
     try:
-        text = orjson.dumps(value)
+        text = orjson.dumps(value) if text is None else text
     except TypeError:
         return None
     if b"null" in text:

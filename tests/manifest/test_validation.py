@@ -16,7 +16,14 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
-from schema_support import TWICE_RECURSIVE, nested, nested_unevaluated, shared_levels
+from schema_support import (
+    SKUS,
+    TWICE_RECURSIVE,
+    nested,
+    nested_unevaluated,
+    shared_levels,
+    sku_lines,
+)
 
 from service.manifest import validation, verdicts
 from service.manifest.schemas import compile_schema
@@ -365,6 +372,10 @@ async def test_check_runs_the_error_pass_off_the_loop() -> None:
     assert [e["path"] for e in await v.check(HOSTILE_TEXT)] == [""]
 
 
+# 1 MiB with no c: a[^c]{1000}c took jsonschema-rs 13 s on it, GIL held
+SLOW_TEXT = "".join("ab"[bin(i).count("1") & 1] for i in range(1 << 20))
+
+
 def deadline(v: SchemaValidator) -> float:
     """The deadline a check by ``v`` starting now has."""
     return time.monotonic() + v.timeout_s
@@ -395,25 +406,15 @@ async def test_a_verdict_costly_for_its_patterns_is_given_in_the_verdict_process
     verdict runs in the verdict process; one still running at its deadline has the process
     killed, and the value is refused; the next verdict starts another process."""
     v = validator({"type": "string", "pattern": "a[^c]{1000}c"}, timeout_s=0.5)
-    text = "".join("ab"[bin(i).count("1") & 1] for i in range(1 << 20))
     assert await v._verdict("ab" * 100, deadline(v)) is False  # small: on the loop
     verdicts.VERDICTS.stop()
     started = verdicts.VERDICTS.started
-    errors, gap_s = await _longest_loop_gap_s(v.check(text))
+    errors, gap_s = await _longest_loop_gap_s(v.check(SLOW_TEXT))
     assert errors == [{"path": "", "message": "validation did not finish within 0.5 s; the "
                                               "value is refused"}] and gap_s < 0.5, gap_s
     assert verdicts.VERDICTS.pids == set()  # killed at the deadline
     assert await v._verdict("a" + "b" * 1000 + "c" + "b" * 6000, deadline(v)) is True
     assert verdicts.VERDICTS.started == started + 2  # one killed, one new
-
-
-def sku_lines(count: int) -> list[dict[str, Any]]:
-    return [{"sku": f"sku-{i}", "note": "a line of an order, " * 4} for i in range(count)]
-
-
-SKUS = {"type": "array", "items": {"type": "object", "required": ["sku"],
-                                   "properties": {"sku": {"type": "string",
-                                                          "pattern": "^sku-[0-9]+$"}}}}
 
 
 async def test_a_valid_value_too_costly_for_the_loop_is_accepted() -> None:
@@ -439,9 +440,8 @@ async def test_a_hostile_value_holds_one_verdict_process_only(
     pool = verdicts.VerdictPool(2)
     monkeypatch.setattr(verdicts, "VERDICTS", pool)
     hostile = validator({"type": "string", "pattern": "a[^c]{1000}c"}, timeout_s=0.5)
-    text = "".join("ab"[bin(i).count("1") & 1] for i in range(1 << 20))
     try:
-        refused, accepted = await asyncio.gather(hostile.check(text),
+        refused, accepted = await asyncio.gather(hostile.check(SLOW_TEXT),
                                                  validator(SKUS, timeout_s=0.5).check(
                                                      sku_lines(9000)))
     finally:

@@ -22,7 +22,14 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient
-from schema_support import TWICE_RECURSIVE, nested, nested_unevaluated, shared_levels
+from schema_support import (
+    SKUS,
+    TWICE_RECURSIVE,
+    nested,
+    nested_unevaluated,
+    shared_levels,
+    sku_lines,
+)
 from server_support import Rpc, ServerFactory
 
 PATTERN = r"^(\w+\s?)*$"
@@ -42,8 +49,7 @@ NESTED_KEYS = {f"k{i}": [1, 2, 3] for i in range(10_000)}
 # jsonschema-rs: 0.4 s for the verdict on "x", then minutes for its error list on either
 SHARED = shared_levels(24)
 # a valid 900 KB value over the event loop's budget for a pattern: it was refused for time
-SKUS = {"type": "array", "items": {"properties": {"sku": {"pattern": "^sku-[0-9]+$"}}}}
-MANY_SKUS = [{"sku": f"sku-{i}", "note": "a line of an order, " * 4} for i in range(9000)]
+MANY_SKUS = sku_lines(9000)
 
 MANIFEST = {
     "id": "hostile_schema", "language": "python", "script": "hostile_schema.py",
