@@ -170,7 +170,9 @@ class VerdictProcess:
 
     @property
     def pid(self) -> int | None:
-        return self._child.pid if self._child is not None else None
+        """The running child's host pid (None once it has ended: its pid may be reused)."""
+        child = self._child
+        return child.pid if child is not None and child.poll() is None else None
 
     def stop(self) -> None:
         """Kill the child (a new one starts with the next verdict)."""
