@@ -49,9 +49,12 @@ _DIGITS = bytes.maketrans(b"123456789", b"000000000")
 _RUN = b"0" * _LONG_RUN
 
 
-def loads(text: str | bytes, reference: Callable[[Any], Any] = json.loads) -> Any:
-    """``reference(text)``, computed by orjson when that gives the same value."""
-    if _orjson_reads_alike(text):
+def loads(text: str | bytes, reference: Callable[[Any], Any] = json.loads, *,
+          same_depth: bool = True) -> Any:
+    """``reference(text)``, computed by orjson when that gives the same value.
+    ``same_depth=False``: orjson also reads what nests deeper than ``json`` could follow
+    here (up to its own 1024 levels), where only the value matters, not the refusal."""
+    if _orjson_reads_alike(text, same_depth):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
@@ -77,13 +80,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _orjson_reads_alike(text: str | bytes) -> bool:
-    """No run of _LONG_RUN digits, and at most MAX_FAST_BRACKETS opening brackets: one
-    pass over the bytes (digits become 0, brackets go; a run a bracket joins is refused,
-    which only costs speed)."""
+def _orjson_reads_alike(text: str | bytes, same_depth: bool = True) -> bool:
+    """No run of _LONG_RUN digits, and (``same_depth``) at most MAX_FAST_BRACKETS opening
+    brackets: one pass over the bytes (digits become 0, brackets go; a run a bracket joins
+    is refused, which only costs speed)."""
     data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
     scanned = data.translate(_DIGITS, b"[{")
-    return len(data) - len(scanned) <= MAX_FAST_BRACKETS and _RUN not in scanned
+    if same_depth and len(data) - len(scanned) > MAX_FAST_BRACKETS:
+        return False
+    return _RUN not in scanned
 
 
 def dumps_ascii(value: Any) -> bytes | None:

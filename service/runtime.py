@@ -114,8 +114,11 @@ class Runtime:
     async def load(self, file_path: Any) -> tuple[ActorDef, bool]:
         """Load (or replace) the actor of a manifest, of a script with a manifest beside it,
         or of a script-only actor (its metadata in the script)."""
-        if not isinstance(file_path, str) or not file_path:
-            raise InvalidParams("file_path must be a non-empty string")
+        if not isinstance(file_path, str):
+            raise InvalidParams("file_path must be a string", {"errors": [
+                {"path": "/file_path", "message": "must be a string"}]})
+        if not file_path:  # a string, as the protocol asks: a path that names no file
+            raise PathNotAllowed(file_path, "file_path is empty")
         manifest = self._allowed_manifest(file_path)
         try:
             actor = await asyncio.to_thread(self._load_file, manifest)

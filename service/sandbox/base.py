@@ -148,15 +148,21 @@ def encode_line(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode("ascii") + b"\n"
 
 
+class NestedTooDeeply(ValueError):
+    """A line holding JSON nested deeper than this process can decode."""
+
+
 def decode_line(line: bytes | str) -> Any:
     """One line from the harness as JSON. ValueError for anything that is not JSON for this
-    protocol: non-finite numbers (jsonfast.strict_loads), and a value nested too deeply for
-    this process's stack (the reader must never die of it). orjson refuses non-finite
-    numbers itself, so only the lines it cannot read go through the strict reference."""
+    protocol: non-finite numbers (jsonfast.strict_loads); NestedTooDeeply for a value nested
+    deeper than orjson's 1024 levels and this process's stack (the reader must never die of
+    it). A harness writes what its own stack allows, deeper than ``json`` could follow here:
+    orjson reads it (same_depth=False) and refuses non-finite numbers itself, so only the
+    lines it cannot read go through the strict reference."""
     try:
-        return jsonfast.loads(line, jsonfast.strict_loads)
+        return jsonfast.loads(line, jsonfast.strict_loads, same_depth=False)
     except RecursionError:
-        raise ValueError("a JSON value nested too deeply to decode") from None
+        raise NestedTooDeeply("a JSON value nested too deeply to decode") from None
 
 
 def call_line(request: CallRequest, fence: str) -> bytes:

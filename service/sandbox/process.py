@@ -67,6 +67,7 @@ from service.sandbox.base import (
     CallRequest,
     EventSink,
     LogEvent,
+    NestedTooDeeply,
     OutputBudget,
     OutputEvent,
     StateRequests,
@@ -112,6 +113,8 @@ IDLE_CHECK_S = 0.1  # how often an idle worker's counters are read (two preads)
 IDLE_CPU_NS = 50_000_000  # CPU an idle worker may use in all (V8 finishing its GC work)
 STAMP_SETTLE_NS = 50_000_000  # older than a jiffy of any kernel (HZ >= 100): see settled_stamp
 RESET_TIMEOUT_S = 5.0  # for the harness's "ready" after its own reset
+TOO_DEEP = "the sandbox sent a value nested more than 1024 levels deep: too deep to read"
+RESET_CPU_NS = 250_000_000  # CPU that reset may take (killing strays, wiping a full /tmp)
 EXIT_WAIT_S = 0.2  # for what the harness just SIGKILLed to leave (node does not wait for it)
 BOOTING, BUSY, RESETTING, IDLE, CLAIMED = "booting", "busy", "resetting", "idle", "claimed"
 SANDBOX_ENV = {
@@ -947,12 +950,21 @@ class ProcessWorker:
         return self._phase == IDLE and not self._dead and self._process.returncode is None
 
     async def _settle(self) -> None:
+        # The call's clock stopped at its result: the CPU its harness uses before its ready
+        # (a script that patched the harness to answer first and compute on) is held to
+        # what a reset needs, else the worker is not reused.
+        cpu_before = self._cgroups.cpu_ns()
         try:
             async with asyncio.timeout(RESET_TIMEOUT_S):
                 if not self._ready_early:
                     await self._until_ready()
         except (TimeoutError, ActorFailed) as exc:
             self._violate(f"no ready after its reset ({exc or 'timeout'})")
+            return
+        cpu_after = self._cgroups.cpu_ns()
+        if cpu_before is not None and cpu_after is not None \
+                and cpu_after - cpu_before > RESET_CPU_NS:
+            self._violate(f"used {(cpu_after - cpu_before) / 1e6:.0f} ms of CPU for its reset")
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + EXIT_WAIT_S
@@ -1173,7 +1185,7 @@ class ProcessWorker:
             return await self._message(item, on_event, budget, baseline)
         elif item.kind == "overflow":
             raise ResourceLimitExceeded("output", self.actor.limits.output_bytes)
-        elif item.kind == "refused":  # its decoded values would be more than the server holds
+        elif item.kind == "refused":  # values past what the server holds, or too deep to decode
             raise item.value
         elif item.kind == "garbage":
             raise ActorFailed("ProtocolError", f"the harness sent garbage: {item.value!r}")
@@ -1294,13 +1306,19 @@ class ProcessWorker:
 
     async def _until_ready(self, loading: Callable[[], None] | None = None) -> None:
         """Consume items until the harness's ``ready``. ``loading``: called on the boot's
-        ``loading`` message, once (any later one is the script's)."""
+        ``loading`` message, once (any later one is the script's).
+
+        What the script's load writes meanwhile goes nowhere, but each line costs the
+        server's loop as much as a call's: it is held to what one call may send (its
+        output_bytes and max_notifications), else the boot fails with -32006 output."""
+        budget = OutputBudget(self.actor.limits.output_bytes, self._max_notifications)
         while True:
             item = await self._get()
             if self._closed:
                 raise ActorFailed("SandboxCrashed", "the worker was closed")
             if item.kind == "message" and item.value.get("type") == "ready":
                 return
+            budget.notify(item.size)
             if item.kind == "message" and item.value.get("type") == "loading" \
                     and loading is not None and not self._loading:
                 self._loading = True
@@ -1482,9 +1500,12 @@ class ProcessWorker:
 
 
 def _message_item(line: bytes) -> _Item:
-    """What one line from the harness is: a message, or garbage."""
+    """What one line from the harness is: a message, a value too deep to decode (the
+    actor's failure, -32004, saying so: it is JSON, not garbage), or garbage."""
     try:
         message = decode_line(line)
+    except NestedTooDeeply:
+        return _Item("refused", value=ActorFailed("ValueError", TOO_DEEP), size=len(line))
     except ValueError:
         message = None
     if isinstance(message, dict):

@@ -46,6 +46,10 @@ DENIED = (
     # Linux AIO: its contexts come from one host-wide pool (fs.aio-max-nr), which a single
     # sandbox could take for itself and keep through its idle time (io_uring is above)
     "io_setup", "io_destroy", "io_submit", "io_cancel", "io_getevents", "io_pgetevents",
+    # file watches: every sandbox mounts the same /usr and harness files, so a watch on
+    # them sees other actors' sandboxes start and import (a side channel between actors);
+    # each instance is also taken from its host uid's few (fs.inotify.max_user_instances)
+    "inotify_init", "inotify_init1", "fanotify_init",
 )
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
 FAMILY_MAX = 63  # every family above is refused by one comparison (64-bit: high bits too)

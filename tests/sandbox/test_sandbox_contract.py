@@ -209,6 +209,53 @@ async def test_script_that_cannot_load_fails_the_call(
     assert name in caught.value.data["traceback"] + caught.value.data["message"]
 
 
+@pytest.mark.parametrize(("name", "source"), [
+    ("loud_load.py", "for _ in range(5000):\n    print('x' * 99)\n"
+                     "def process(context):\n    return 1\n"),
+    ("loud_load.js", "for (let i = 0; i < 5000; i++) console.log('x'.repeat(99));\n"
+                     "async function process(context) { return 1; }\n"),
+])
+async def test_a_load_that_writes_more_than_a_call_may_fails_the_boot(
+        start: Start, scratch_dir: Path, name: str, source: str) -> None:
+    """What the load writes goes nowhere, but each line costs the server: at most what one
+    call may send (here 5000 lines of 100 bytes against output_bytes 65,536)."""
+    (scratch_dir / name).write_text(source)
+    with pytest.raises(ResourceLimitExceeded) as caught:
+        await start(actor_def(scratch_dir / name))
+    assert caught.value.data == {"resource": "output", "limit": 65_536}
+    quiet = scratch_dir / f"quiet_{name}"  # the same load, a little quieter, boots
+    quiet.write_text(source.replace("5000", "200"))
+    worker = await start(actor_def(quiet))
+    outcome, _ = await call(worker)
+    assert outcome.return_value == 1
+
+
+DEEP_JS = """async function process(context) {
+  let value = 0;
+  for (let i = 0; i < context.getInput('depth'); i++) value = [value];
+  return value;
+}
+"""
+
+
+async def test_a_deep_value_is_read_as_deep_as_json_allows(start: Start,
+                                                          scratch_dir: Path) -> None:
+    """node writes deeper than Python's json could read back: orjson reads up to 1024
+    levels; deeper fails the call (-32004) saying so, never as "garbage"."""
+    (scratch_dir / "deep.js").write_text(DEEP_JS)
+    worker = await start(actor_def(scratch_dir / "deep.js"))
+    outcome, _ = await call(worker, {"depth": 1000})
+    value, depth = outcome.return_value, 0
+    while isinstance(value, list):
+        value, depth = value[0], depth + 1
+    assert (depth, value) == (1000, 0)
+    with pytest.raises(ActorFailed) as caught:
+        await call(worker, {"depth": 1100})
+    assert caught.value.data["type"] == "ValueError"
+    assert caught.value.data["message"] == ("the sandbox sent a value nested more than 1024 "
+                                            "levels deep: too deep to read")
+
+
 async def test_pool_aclose_cancels_a_running_call(backend: Backend,
                                                   actor: Callable[..., ActorDef]) -> None:
     pool = ActorPool(actor("hostile.py", timeout_s=30), backend)

@@ -443,3 +443,11 @@ async def test_load_outside_the_allowed_roots(rpc: Rpc, tmp_path: Path) -> None:
     response = await rpc.call("load", {"file_path": str(outside)})
     assert response == _error(1, -32011, f"Path not allowed or not found: {outside}",
                               {"path": str(outside)})
+
+
+async def test_load_of_an_empty_path_names_no_file(rpc: Rpc) -> None:
+    response = await rpc.call("load", {"file_path": ""})  # a string: -32011, not -32602
+    assert response == _error(1, -32011, "Path not allowed: file_path is empty", {"path": ""})
+    response = await rpc.call("load", {"file_path": 7})
+    assert response["error"]["code"] == -32602
+    assert [e["path"] for e in response["error"]["data"]["errors"]] == ["/file_path"]

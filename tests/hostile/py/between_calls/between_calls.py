@@ -9,6 +9,8 @@ child and a /tmp file for the next caller.
 arg "flood": patch, then a thread floods the channel and raw stderr once the call is over.
 arg "sleeper": patch, then leave a thread that only sleeps (no CPU, no byte): it would
 wake up inside a later call, with that caller's data.
+arg "late_ready": patch the harness to answer first, then compute for 1.5 s of CPU (past
+its timeout_s, out of the call's clock) before its ready.
 arg "look": what this call finds of earlier ones.
 """
 
@@ -50,6 +52,18 @@ def _flood(channel_send):
             return
 
 
+def _answer_then_compute(self, request):
+    reply = self.run(request)
+    for stream in self.streams:
+        stream.end()
+    self.channel.send_bytes(reply)
+    end = time.process_time() + 1.5
+    while time.process_time() < end:
+        pass
+    self.clean()
+    self.channel.send_bytes(sys.modules["__main__"].READY)
+
+
 def process(context):
     if context.get_input("mode") == "benign":
         return {"ok": True}
@@ -60,6 +74,9 @@ def process(context):
     if arg == "itimer":
         signal.signal(signal.SIGALRM, _burn)
         signal.setitimer(signal.ITIMER_REAL, 0.005, 0.005)
+        return {"armed": True}
+    if arg == "late_ready":
+        sys.modules["__main__"].Harness.call = _answer_then_compute
         return {"armed": True}
     _patch_harness()
     if arg == "sleeper":
