@@ -9,6 +9,7 @@ child and a /tmp file for the next caller.
 arg "flood": patch, then a thread floods the channel and raw stderr once the call is over.
 arg "sleeper": patch, then leave a thread that only sleeps (no CPU, no byte): it would
 wake up inside a later call, with that caller's data.
+arg "quiet": patch, then leave only a sleeping child and a /tmp file (no CPU, no byte).
 arg "late_ready": patch the harness to answer first, then compute for 1.5 s of CPU (past
 its timeout_s, out of the call's clock) before its ready.
 arg "look": what this call finds of earlier ones.
@@ -82,8 +83,9 @@ def process(context):
     if arg == "sleeper":
         threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
         return {"armed": True}
-    if arg == "patch":
-        threading.Thread(target=_spin, daemon=True).start()
+    if arg in ("patch", "quiet"):
+        if arg == "patch":
+            threading.Thread(target=_spin, daemon=True).start()
         if os.fork() == 0:
             os.setsid()
             time.sleep(3600)
