@@ -32,10 +32,87 @@ const TMP = '/tmp';
 const READY = '{"type":"ready"}\n';
 const LOADING = '{"type":"loading"}\n';
 const IDENTIFIER = /^[A-Za-z_$][\w$]*$/;
+// The persistent store's rules (service/state/session.py, base.py), with its words, for the
+// inline handle to apply the same ones.
+const KEY_MAX_BYTES = 1024;
+const KEY_CONTROL = /[\x00-\x1f\x7f-\x9f]/;
+const KEY_SURROGATE = /[\ud800-\udfff]/u; // with /u a pair is one character: only lone ones match
+const INT64_MIN = -(2 ** 63); // both bounds are exact as numbers (2 ** 63 - 1 is not one)
+const INT64_END = 2 ** 63;
+const NOT_AN_INTEGER = 'value is not an integer or out of range';
+const WOULD_OVERFLOW = 'increment or decrement would overflow';
+const NOT_A_LIST = 'the value under this key is not a list';
+// JSON.stringify writes these as {} whatever they hold.
+const COLLECTIONS = [Map, Set, WeakMap, WeakSet];
+const KINDS = { function: 'a function', symbol: 'a symbol', bigint: 'a BigInt' };
 
 function encode(message) {
-  // JSON.stringify throws a TypeError for BigInt and cycles: the script sees it.
+  // The harness's own messages; a value of the script goes through strictJson.
   return JSON.stringify(message) + '\n';
+}
+
+function strictJson(value, what) {
+  // JSON.stringify, refusing what it would change without a word (NaN and Infinity -> null,
+  // undefined or a function in an array -> null, a function in an object -> dropped, a Map
+  // -> {}), as the Python harness refuses them: TypeError "<what>: NaN at /a/0". An
+  // object's property that is undefined is dropped, as JSON.stringify drops it. One walk:
+  // the replacer sees each value (after its toJSON) and keeps the holders above it, whose
+  // keys make the path.
+  const holders = [];
+  const keys = [];
+  let problem = null;
+  function check(key, item) {
+    while (holders.length > 0 && holders[holders.length - 1] !== this) {
+      holders.pop();
+      keys.pop();
+    }
+    switch (typeof item) {
+      case 'string':
+      case 'boolean':
+        return item;
+      case 'number':
+        if (Number.isFinite(item)) return item;
+        problem = String(item);
+        break;
+      case 'object':
+        if (item === null) return item;
+        problem = collectionOf(item);
+        if (problem) break;
+        holders.push(item);
+        keys.push(key);
+        return item;
+      case 'undefined':
+        if (!Array.isArray(this)) return item;
+        problem = 'undefined';
+        break;
+      default:
+        problem = KINDS[typeof item];
+    }
+    const at = holders.length > 0 ? ` at ${pointer(keys.slice(1).concat(key))}` : '';
+    throw new TypeError(`${what}: ${problem}${at}`);
+  }
+  let text;
+  try {
+    text = JSON.stringify(value, check);
+  } catch (err) {
+    // JSON.stringify's own (a cycle); the script's (a throwing toJSON or getter) stay its own
+    if (problem === null && err instanceof TypeError) throw new TypeError(`${what}: ${err.message}`);
+    throw err;
+  }
+  if (text === undefined) throw new TypeError(`${what}: undefined`);
+  return text;
+}
+
+function collectionOf(item) {
+  for (const type of COLLECTIONS) {
+    if (item instanceof type) return `a ${type.name}`;
+  }
+  return null;
+}
+
+function pointer(keys) {
+  // A JSON pointer (RFC 6901): "/" between keys, "~" and "/" in a key escaped.
+  return keys.map((key) => `/${key.replace(/~/g, '~0').replace(/\//g, '~1')}`).join('');
 }
 
 class Channel {
@@ -93,10 +170,12 @@ class StateRequests {
     this.nextId = 0;
   }
 
-  request(op, key, args) {
+  request(op, key, fields) {
+    // fields: the rest of the message, already JSON (',"value":...'), each value encoded once
+    // and strictly by its operation: one that is not JSON throws there, in the script.
     const id = ++this.nextId;
-    const message = { type: 'state', id, op, key, ...args };
-    this.channel.sendLine(encode(message)); // a value that is not JSON throws here, in the script
+    const head = JSON.stringify({ type: 'state', id, op, key }); // an object: ends with }
+    this.channel.sendLine(`${head.slice(0, -1)}${fields}}\n`);
     const line = this.channel.readLine();
     if (line === null) process.exit(0); // the host closed the channel
     const reply = JSON.parse(line);
@@ -110,12 +189,16 @@ class StateRequests {
 
 class StoreState {
   // context.getState() on persistent state: every method returns a promise from the host.
+  // What the host checks again is checked here too where JSON would hide it (a function as
+  // the amount would be dropped and count as 1), so both handles refuse alike. An amount
+  // goes as its exact digits (BigInt): JSON.stringify writes a number beyond 2 ** 53 in its
+  // shortest form (-(2 ** 63) as -9223372036854776000, out of the 64-bit range).
   constructor(requests) {
     Object.defineProperty(this, 'requests', { value: requests, enumerable: false });
   }
 
-  async op(op, key, args) {
-    return this.requests.request(op, key, args || {});
+  async op(op, key, fields = '') {
+    return this.requests.request(op, key, fields);
   }
 
   async get(key, fallback = null) {
@@ -123,56 +206,141 @@ class StoreState {
     return reply.found ? reply.value : fallback;
   }
 
-  async set(key, value) { await this.op('set', key, { value: value === undefined ? null : value }); }
+  async set(key, value) { await this.op('set', key, `,"value":${valueJson('set', value)}`); }
   async delete(key) { return (await this.op('delete', key)).value; }
-  async increment(key, amount = 1) { return (await this.op('increment', key, { amount })).value; }
-  async decrement(key, amount = 1) { return (await this.op('decrement', key, { amount })).value; }
-  async push(key, value) { return (await this.op('push', key, { value })).value; }
+
+  async increment(key, amount = 1) {
+    amountOf(amount, 1);
+    return (await this.op('increment', key, `,"amount":${BigInt(amount)}`)).value;
+  }
+
+  async decrement(key, amount = 1) {
+    amountOf(amount, -1);
+    return (await this.op('decrement', key, `,"amount":${BigInt(amount)}`)).value;
+  }
+
+  async push(key, value) { return (await this.op('push', key, `,"value":${valueJson('push', value)}`)).value; }
   async pop(key) { return (await this.op('pop', key)).value; }
-  async extend(key, values) { return (await this.op('extend', key, { values: Array.from(values) })).value; }
+
+  async extend(key, values) {
+    const text = strictJson(listOf(values), 'extend: values is not JSON');
+    return (await this.op('extend', key, `,"values":${text}`)).value;
+  }
 }
 
 class InlineState {
-  // context.getState() on inline state: the same methods over the call's state object.
+  // context.getState() on inline state: the same methods over the call's state object, with
+  // the store's rules and errors, so one script works both ways. Each value is kept as the
+  // store would give it back (a copy, as its JSON reads), and an operation that fails
+  // changes nothing: every check comes before the write.
   constructor(state) {
     Object.defineProperty(this, 'state', { value: state, enumerable: false });
   }
 
-  async get(key, fallback = null) { return has(this.state, key) ? this.state[key] : fallback; }
-  async set(key, value) { this.state[key] = value; }
+  async get(key, fallback = null) {
+    const name = stateKey(key);
+    return has(this.state, name) ? this.state[name] : fallback;
+  }
+
+  async set(key, value) {
+    const copy = JSON.parse(valueJson('set', value));
+    put(this.state, stateKey(key), copy);
+  }
 
   async delete(key) {
-    const existed = has(this.state, key);
-    delete this.state[key];
-    return existed;
+    const name = stateKey(key);
+    if (!has(this.state, name)) return false;
+    delete this.state[name];
+    return true;
   }
 
-  async increment(key, amount = 1) {
-    const current = has(this.state, key) ? this.state[key] : 0;
-    if (!Number.isInteger(current)) throw new TypeError('value is not an integer');
-    this.state[key] = current + amount;
-    return this.state[key];
-  }
+  async increment(key, amount = 1) { return this.add(key, amountOf(amount, 1)); }
+  async decrement(key, amount = 1) { return this.add(key, amountOf(amount, -1)); }
+  async push(key, value) { return this.append(key, [JSON.parse(valueJson('push', value))]); }
 
-  async decrement(key, amount = 1) { return this.increment(key, -amount); }
-  async push(key, value) { return this.extend(key, [value]); }
+  async extend(key, values) {
+    return this.append(key, JSON.parse(strictJson(listOf(values), 'extend: values is not JSON')));
+  }
 
   async pop(key) {
-    const items = this.list(key);
+    const name = stateKey(key);
+    if (!has(this.state, name)) return null;
+    const items = this.state[name];
+    if (!Array.isArray(items)) throw new TypeError(NOT_A_LIST);
     return items.length ? items.shift() : null;
   }
 
-  async extend(key, values) {
-    const items = this.list(key);
-    items.push(...values);
-    return items.length;
+  add(key, amount) {
+    const name = stateKey(key);
+    const current = has(this.state, name) ? this.state[name] : 0;
+    if (!isInt64(current)) throw new TypeError(NOT_AN_INTEGER);
+    const total = addIntegers(current, amount);
+    put(this.state, name, total);
+    return total;
   }
 
-  list(key) {
-    if (!has(this.state, key)) this.state[key] = [];
-    if (!Array.isArray(this.state[key])) throw new TypeError('the value under this key is not a list');
-    return this.state[key];
+  append(key, values) {
+    const name = stateKey(key);
+    const items = has(this.state, name) ? this.state[name] : [];
+    if (!Array.isArray(items)) throw new TypeError(NOT_A_LIST);
+    for (const value of values) items.push(value); // no spread: a long list would overflow the stack
+    put(this.state, name, items);
+    return items.length;
   }
+}
+
+function put(object, key, value) {
+  // An own data property: an assignment to "__proto__" would set the prototype instead.
+  Object.defineProperty(object, key, { value, writable: true, enumerable: true, configurable: true });
+}
+
+function valueJson(op, value) {
+  return strictJson(value === undefined ? null : value, `${op}: value is not JSON`);
+}
+
+function stateKey(key) {
+  // session.py _key, with its words; its ValueErrors are TypeErrors here (STATE_ERRORS).
+  if (typeof key !== 'string' || key === '') throw new TypeError('a state key must be a non-empty string');
+  if (Buffer.byteLength(key, 'utf8') > KEY_MAX_BYTES) {
+    throw new TypeError(`a state key is at most ${KEY_MAX_BYTES} bytes`);
+  }
+  if (KEY_CONTROL.test(key)) throw new TypeError('a state key must not contain control characters');
+  if (KEY_SURROGATE.test(key)) {
+    throw new TypeError('a state key must not contain lone surrogates (text that has no UTF-8 form)');
+  }
+  return key;
+}
+
+function amountOf(amount, sign) {
+  // session.py _amount: what increment adds, an integer whose signed value is a 64-bit one.
+  if (typeof amount !== 'number' || !Number.isInteger(amount)) throw new TypeError('amount must be an integer');
+  const signed = sign * amount;
+  if (!isInt64(signed)) throw new RangeError('amount is out of the 64-bit range');
+  return signed;
+}
+
+function isInt64(value) {
+  // The bounds are exact numbers, so the range check is exact even where the integer is not.
+  return typeof value === 'number' && Number.isInteger(value) && value >= INT64_MIN && value < INT64_END;
+}
+
+function addIntegers(current, amount) {
+  // base.py add_integers. A sum that is a safe integer is exact; beyond 2 ** 53 numbers are
+  // not, so the range is checked on the exact sum (BigInt) and the nearest number is kept.
+  const total = current + amount;
+  if (Number.isSafeInteger(total)) return total;
+  const exact = BigInt(current) + BigInt(amount);
+  if (exact < BigInt(INT64_MIN) || exact >= BigInt(INT64_END)) throw new RangeError(WOULD_OVERFLOW);
+  return Number(exact);
+}
+
+function listOf(values) {
+  // What extend takes: an array, or an iterable object (a Set...) as Python's list() does.
+  if (Array.isArray(values)) return values;
+  if (values !== null && typeof values === 'object' && typeof values[Symbol.iterator] === 'function') {
+    return Array.from(values);
+  }
+  throw new TypeError('extend takes a list of values');
 }
 
 class LogSink {
@@ -243,14 +411,15 @@ class Context {
 
   setState(key, value) {
     if (this.store instanceof StoreState) return this.store.set(key, value);
-    this.state[key] = value;
+    put(this.state, key, value); // its value is checked with the whole state, at the end
     return undefined;
   }
 
   sendOutput(port, data) {
-    // Sent now; the promise is for scripts that await it.
+    // Sent now; the promise is for scripts that await it. Data that is not JSON throws here.
     if (typeof port !== 'string') throw new TypeError('sendOutput: port must be a string');
-    this.channel.send({ type: 'output', port, data: data === undefined ? null : data });
+    const text = strictJson(data === undefined ? null : data, 'sendOutput: data is not JSON');
+    this.channel.sendLine(`{"type":"output","port":${JSON.stringify(port)},"data":${text}}\n`);
     return Promise.resolve();
   }
 }
@@ -375,14 +544,7 @@ function timersPending() {
 }
 
 function jsonOf(what, item) {
-  let text;
-  try {
-    text = JSON.stringify(item);
-  } catch (err) {
-    throw new TypeError(`process() ${what} is not JSON-serializable: ${err.message}`);
-  }
-  if (text === undefined) throw new TypeError(`process() ${what} is not JSON-serializable`);
-  return text;
+  return strictJson(item, `process() ${what} is not JSON-serializable`);
 }
 
 function resultLine(value, state) {

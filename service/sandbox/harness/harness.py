@@ -41,6 +41,16 @@ PARTIAL_LINE_MAX = 65_536  # an unterminated print longer than this is sent as i
 TMP = "/tmp"
 READY = b'{"type":"ready"}\n'
 LOADING = b'{"type":"loading"}\n'
+# The reply when even a short one could not be built (a huge message, no memory left).
+NO_MEMORY = (b'{"type":"error","error_type":"MemoryError","message":"no memory left to report '
+             b'the error","traceback":"","resource":"memory"}\n')
+# The persistent store's rules (service/state/session.py, base.py), copied because nothing
+# of the service is importable here: the inline handle refuses what the store refuses, with
+# the same words (a unit test keeps the copies equal to the originals).
+KEY_MAX_BYTES = 1024
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+NOT_AN_INTEGER = "value is not an integer or out of range"
+WOULD_OVERFLOW = "increment or decrement would overflow"
 
 
 # JSON through the C accelerator the json package itself uses: `import json` pulls in re,
@@ -113,6 +123,24 @@ def encode(message: dict[str, Any]) -> bytes:
         return dumps(message, ensure_ascii=True).encode("ascii") + b"\n"
 
 
+def json_line(message: dict[str, Any], what: str) -> bytes:
+    """encode(message), else the script's TypeError saying that ``what`` is not JSON: one
+    exception type for NaN, a cycle (json's ValueError) or too deep a value (RecursionError),
+    raised from None so that json's internals stay out of the script's traceback."""
+    try:
+        return encode(message)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise TypeError(f"{what} is not JSON: {exception_text(exc)}") from None
+
+
+def exception_text(exc: BaseException) -> str:
+    """str(exc), or what traceback shows when the exception's own __str__ raises."""
+    try:
+        return str(exc)
+    except BaseException:  # a script's __str__ may raise anything, SystemExit included
+        return "<exception str() failed>"
+
+
 class Channel:
     """The private line channel to the host; safe to use from the script's threads."""
 
@@ -152,9 +180,11 @@ class Channel:
         if os.getpid() != self.pid:  # a forked child would steal the harness's replies
             raise RuntimeError("state operations only from the actor's own process")
         with self._state_lock:
+            message["type"], message["id"] = "state", self._state_id + 1
+            # values were checked already: what fails here is a key or amount (NaN, 10**5000)
+            line = json_line(message, f"{message['op']}: the key or amount")
             self._state_id += 1
-            message["type"], message["id"] = "state", self._state_id
-            self.send(message)
+            self.send_bytes(line)
             reply = self.receive()
         if not isinstance(reply, dict) or reply.get("type") != "state_reply":
             os._exit(71)  # the host went away or broke the protocol: nothing sane to do
@@ -281,8 +311,8 @@ class StoreState:
         reply = self._op("get", key)
         return reply.get("value") if reply.get("found") else default
 
-    def write(self, key: Any, value: Any) -> None:
-        encode({"v": value})  # TypeError here, in the script, for a value that is not JSON
+    def write(self, key: Any, value: Any, what: str = "set") -> None:
+        check_json(value, f"{what}: value")  # TypeError here, in the script, before sending
         self._op("set", key, value=value)
 
     def get(self, key: Any, default: Any = None) -> Done:
@@ -302,7 +332,7 @@ class StoreState:
         return Done(self._op("decrement", key, amount=amount).get("value"))
 
     def push(self, key: Any, value: Any) -> Done:
-        encode({"v": value})
+        check_json(value, "push: value")
         return Done(self._op("push", key, value=value).get("value"))
 
     def pop(self, key: Any) -> Done:
@@ -310,53 +340,113 @@ class StoreState:
 
     def extend(self, key: Any, values: Any) -> Done:
         values = list(values)
-        encode({"v": values})
+        check_json(values, "extend: values")
         return Done(self._op("extend", key, values=values).get("value"))
 
 
 class InlineState:
-    """``context.get_state()`` on inline state: the same methods over the call's state dict."""
+    """``context.get_state()`` on inline state: the same methods over the call's state dict,
+    refusing what the store refuses (the same checks in the same order, the same exception
+    types and words), so one script works both ways. A refused operation changes nothing."""
 
     def __init__(self, state: dict[str, Any]) -> None:
         self._state = state
 
-    def get(self, key: str, default: Any = None) -> Done:
-        return Done(self._state.get(key, default))
+    def get(self, key: Any, default: Any = None) -> Done:
+        return Done(self._state.get(state_key(key), default))
 
-    def set(self, key: str, value: Any) -> Done:
-        self._state[key] = value
+    def set(self, key: Any, value: Any) -> Done:
+        check_json(value, "set: value")
+        self._state[state_key(key)] = value
         return Done(None)
 
-    def delete(self, key: str) -> Done:
-        return Done(self._state.pop(key, MISSING) is not MISSING)
+    def delete(self, key: Any) -> Done:
+        return Done(self._state.pop(state_key(key), MISSING) is not MISSING)
 
-    def increment(self, key: str, amount: int = 1) -> Done:
-        current = self._state.get(key, 0)
-        if not isinstance(current, int) or isinstance(current, bool):
-            raise TypeError("value is not an integer")
-        self._state[key] = current + amount
-        return Done(self._state[key])
+    def increment(self, key: Any, amount: int = 1) -> Done:
+        return Done(self._add(state_key(key), state_amount(amount, 1)))
 
-    def decrement(self, key: str, amount: int = 1) -> Done:
-        return self.increment(key, -amount)
+    def decrement(self, key: Any, amount: int = 1) -> Done:
+        return Done(self._add(state_key(key), state_amount(amount, -1)))
 
-    def push(self, key: str, value: Any) -> Done:
-        return self.extend(key, [value])
+    def push(self, key: Any, value: Any) -> Done:
+        check_json(value, "push: value")
+        return Done(self._append(state_key(key), [value]))
 
-    def pop(self, key: str) -> Done:
+    def pop(self, key: Any) -> Done:
+        key = state_key(key)
+        if key not in self._state:  # as in the store: nothing is written for a missing key
+            return Done(None)
         items = self._list(key)
-        return Done(items.pop(0) if items else None)
+        first = items.pop(0) if items else None
+        self._state[key] = items
+        return Done(first)
 
-    def extend(self, key: str, values: Any) -> Done:
+    def extend(self, key: Any, values: Any) -> Done:
+        values = list(values)  # any iterable, as the persistent handle takes
+        check_json(values, "extend: values")
+        return Done(self._append(state_key(key), values))
+
+    def _add(self, key: str, amount: int) -> int:
+        current = self._state.get(key, 0)
+        if not is_int64(current):
+            raise TypeError(NOT_AN_INTEGER)
+        total = current + amount
+        if not INT64_MIN <= total <= INT64_MAX:
+            raise OverflowError(WOULD_OVERFLOW)
+        self._state[key] = total
+        return total
+
+    def _append(self, key: str, values: list[Any]) -> int:
         items = self._list(key)
         items.extend(values)
-        return Done(len(items))
+        self._state[key] = items
+        return len(items)
 
     def _list(self, key: str) -> list[Any]:
-        items = self._state.setdefault(key, [])
+        """The list under ``key`` (a new one when there is none), as the store reads it: a
+        tuple is a JSON array too."""
+        items = self._state.get(key, [])
+        if isinstance(items, tuple):
+            items = list(items)
         if not isinstance(items, list):
             raise TypeError("the value under this key is not a list")
         return items
+
+
+def check_json(value: Any, what: str) -> None:
+    """The script's TypeError when ``value`` is not JSON (the store could not hold it)."""
+    json_line({"v": value}, what)
+
+
+def state_key(key: Any) -> str:
+    """``key`` when the store would take it, else the store's error (session.py ``_key``)."""
+    if not isinstance(key, str) or not key:
+        raise TypeError("a state key must be a non-empty string")
+    if len(key.encode("utf-8", "surrogatepass")) > KEY_MAX_BYTES:
+        raise ValueError(f"a state key is at most {KEY_MAX_BYTES} bytes")
+    if any(char < " " or "\x7f" <= char <= "\x9f" for char in key):  # Unicode's Cc
+        raise ValueError("a state key must not contain control characters")
+    if any("\ud800" <= char <= "\udfff" for char in key):  # no UTF-8 form: no Redis key
+        raise ValueError("a state key must not contain lone surrogates (text that has no "
+                         "UTF-8 form)")
+    return key
+
+
+def state_amount(amount: Any, sign: int) -> int:
+    """``sign * amount`` when it is a 64-bit integer, else the store's error (session.py
+    ``_amount``: so ``decrement(k, -2**63)``, whose negation is not, is refused)."""
+    if not isinstance(amount, int) or isinstance(amount, bool):
+        raise TypeError("amount must be an integer")
+    if not INT64_MIN <= sign * amount <= INT64_MAX:
+        raise OverflowError("amount is out of the 64-bit range")
+    return sign * amount
+
+
+def is_int64(value: Any) -> bool:
+    """What the store can increment: an integer (not a bool) of 64 bits."""
+    return isinstance(value, int) and not isinstance(value, bool) and \
+        INT64_MIN <= value <= INT64_MAX
 
 
 class Timestamp(int):
@@ -401,9 +491,9 @@ class Context:
 
     def set_state(self, key: str, value: Any) -> None:
         if isinstance(self._store, StoreState):
-            self._store.write(key, value)
-        else:
-            self.state[key] = value
+            self._store.write(key, value, "set_state")
+        else:  # the value is checked with the whole state, when the call returns
+            self.state[state_key(key)] = value
 
     def get_payload(self) -> dict[str, Any]:
         return self.payload
@@ -415,7 +505,8 @@ class Context:
         """Send now (awaiting the result is optional); raises TypeError for non-JSON data."""
         if not isinstance(port, str):
             raise TypeError(f"send_output: port must be a string, not {type(port).__name__}")
-        self._channel.send({"type": "output", "port": port, "data": data})
+        line = json_line({"type": "output", "port": port, "data": data}, "send_output: data")
+        self._channel.send_bytes(line)
         return SENT
 
 
@@ -493,23 +584,56 @@ def resource_of(exc: BaseException | None) -> str | None:
     return None
 
 
+# The class's own name: a metaclass may make ``__name__`` a property that raises, not this.
+TYPE_NAME = type.__dict__["__name__"]
+
+
 def error_reply(exc: BaseException, script: str) -> dict[str, Any]:
-    """An ``error`` message whose traceback starts at the script's first frame."""
-    reply: dict[str, Any] = {"type": "error", "error_type": type(exc).__name__,
-                             "message": str(exc), "traceback": ""}
-    resource = resource_of(exc)
+    """The ``error`` message for what the script raised. Never raises itself, whatever the
+    exception does (its __str__ may raise, its class may fake its name)."""
+    reply: dict[str, Any] = {"type": "error", "error_type": TYPE_NAME.__get__(type(exc)),
+                             "message": exception_text(exc), "traceback": ""}
+    try:
+        resource = resource_of(exc)
+    except BaseException:  # its errno, __class__ or __cause__ may be the script's code
+        resource = None
     if resource:
         reply["resource"] = resource
-    try:
-        import traceback
-
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename != script:
-            tb = tb.tb_next  # the harness's and asyncio's frames say nothing to the author
-        reply["traceback"] = "".join(traceback.format_exception(type(exc), exc, tb))
-    except Exception:  # e.g. no memory left to format it: the type and message still go
+    try:  # noqa: SIM105 (contextlib is one import more in every worker)
+        reply["traceback"] = script_traceback(exc, script)
+    except BaseException:  # e.g. no memory left to format it: the type and message still go
         pass
     return reply
+
+
+def error_line(exc: BaseException, script: str) -> bytes:
+    """error_reply(...) encoded; a huge message may leave no memory to encode it."""
+    try:
+        return encode(error_reply(exc, script))
+    except MemoryError:
+        return NO_MEMORY
+
+
+def script_traceback(exc: BaseException, script: str) -> str:
+    """The traceback of ``exc`` from the script's first frame on, without the harness's own
+    frames, in chained exceptions too (send_output's, a state handle's): actor-api.md
+    promises only the script's, and of what it calls (its modules, the standard library)."""
+    import traceback
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != script:
+        tb = tb.tb_next  # the harness's and asyncio's frames say nothing to the author
+    shown = traceback.TracebackException(type(exc), exc, tb)
+    # This file as the sandbox has it: /harness/harness.py, or the compiled copy's source.
+    harness = script_traceback.__code__.co_filename
+    pending = [shown]
+    while pending:  # a tree: TracebackException has cut the cycles of the chain
+        item = pending.pop()
+        item.stack = traceback.StackSummary.from_list(
+            [frame for frame in item.stack if frame.filename != harness])
+        pending += [e for e in (item.__cause__, item.__context__, *(item.exceptions or ()))
+                    if e is not None]
+    return "".join(shown.format())
 
 
 def result_reply(value: Any, state: dict[str, Any], threads: int) -> bytes:
@@ -520,13 +644,14 @@ def result_reply(value: Any, state: dict[str, Any], threads: int) -> bytes:
         reply["lingering"] = True
     try:
         return encode(reply)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         failure = exc
     for what, item in (("return value", value), ("state", state)):
         try:
             encode({"v": item})
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"process() {what} is not JSON-serializable: {exc}") from None
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise TypeError(f"process() {what} is not JSON-serializable: "
+                            f"{exception_text(exc)}") from None
     raise failure
 
 
@@ -608,12 +733,12 @@ class Harness:
         sys.stdout, sys.stderr = self.streams
         builtins.actor = actor  # type: ignore[attr-defined]
         self.entry: Callable[..., Any] | None = None
-        self.load_error: dict[str, Any] | None = None
+        self.load_error: bytes | None = None
         channel.send_bytes(LOADING)  # what runs from here on is the script's: its time limit
         try:
             self.entry = load_entry(script, entrypoint)
         except BaseException as exc:  # reported to every call instead of killing the worker
-            self.load_error = error_reply(exc, script)
+            self.load_error = error_line(exc, script)
 
     def serve(self) -> None:
         self.channel.send({"type": "ready"})
@@ -652,7 +777,7 @@ class Harness:
 
     def run(self, request: dict[str, Any]) -> bytes:
         if self.load_error is not None:
-            return encode(self.load_error)
+            return self.load_error
         assert self.entry is not None
         context = Context(self.channel, request)
         try:
@@ -663,7 +788,7 @@ class Harness:
         except BaseException as exc:
             if os.getpid() != self.channel.pid:
                 os._exit(1)
-            return encode(error_reply(exc, self.script))
+            return error_line(exc, self.script)
 
     def reset(self) -> None:
         try:
