@@ -277,6 +277,12 @@ def _limit_memory(path: Path, version: int, limits: Limits) -> None:
     size = limits.memory_mb * MIB
     if version == 1:
         _write(path / "memory.limit_in_bytes", size)
+        # v1 charges socket buffers to a group only once its TCP limit is set (v2 always,
+        # within memory.max): without it, unread loopback connections held host memory
+        # many times memory_mb. Kept apart from memory.limit_in_bytes, so as large again.
+        tcp = path / "memory.kmem.tcp.limit_in_bytes"
+        if tcp.exists():
+            _write(tcp, size)
         swap = path / "memory.memsw.limit_in_bytes"  # memory + swap: no escape into swap
     else:
         _write(path / "memory.max", size)
