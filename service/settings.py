@@ -66,6 +66,10 @@ class LimitsMax:
         return self.network or actor_id in self.network_actors
 
 
+# A manifest's `pool` when it says nothing (manifest.model.PoolSpec's defaults).
+POOL_DEFAULTS = {"min_warm": 0, "max_workers": 4, "max_queue": 64}
+
+
 @dataclass(frozen=True)
 class PoolMax:
     """The most a manifest's ``pool`` may ask for."""
@@ -389,6 +393,10 @@ def _check(s: Settings) -> None:
         problems.append("limits.network: a default of true needs limits_max.network = true")
     if s.limits.memory_mb > s.capacity.memory_mb:
         problems.append("limits.memory_mb: default is over capacity.memory_mb")
+    for key, default in POOL_DEFAULTS.items():  # what a manifest without `pool` asks for
+        if default > getattr(s.pool_max, key):
+            problems.append(f"pool_max.{key}: under the default pool's {key} ({default}), "
+                            "which every manifest without it asks for")
     one_answer = 2 * s.limits_max.output_bytes + s.max_message_bytes  # outputs twice, state
     if s.connections.max_response_bytes < one_answer:
         problems.append(f"connections.max_response_bytes: under what one `process` answer may "

@@ -106,6 +106,8 @@ def test_every_problem_is_listed_on_one_line() -> None:
      "connections: allowed_origins: expected a list of strings"),
     ({"capacity": {"memory_mb": 64}}, "limits.memory_mb: default is over capacity.memory_mb"),
     ({"pool_max": {"min_warm": "8"}}, "pool_max: min_warm: expected a number, got '8'"),
+    ({"pool_max": {"max_queue": 10}}, "pool_max.max_queue: under the default pool's max_queue "
+     "(64), which every manifest without it asks for"),
     ({"limits_max": {"cpus": float("nan")}}, "limits_max: cpus: expected a finite number, got nan"),
     ({"limits_max": {"timeout_s": float("inf")}},
      "limits_max: timeout_s: expected a finite number, got inf"),

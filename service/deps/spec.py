@@ -17,14 +17,16 @@ from packaging.version import Version
 
 LANGUAGES = ("python", "javascript")
 # npm's rules for a package name (validate-npm-package-name): lower case, URL-safe,
-# no leading dot or underscore, an optional @scope/, 214 characters at most.
-NPM_NAME = re.compile(r"^(?:@[a-z0-9-~][a-z0-9-._~]*/)?[a-z0-9-~][a-z0-9-._~]*$")
+# starting with a letter or digit, an optional @scope/, 214 characters at most, and not
+# one of the names npm reserves.
+NPM_NAME = re.compile(r"(?:@[a-z0-9-~][a-z0-9-._~]*/)?[a-z0-9][a-z0-9-._~]*")
+NPM_RESERVED = frozenset({"node_modules", "favicon.ico"})
 NPM_NAME_MAX = 214
 # Semantic Versioning 2.0.0, the exact form only (semver.org's regular expression).
 SEMVER = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$")
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?")
 
 
 class SpecError(ValueError):
@@ -95,9 +97,9 @@ def python_package(text: str) -> Package:
 
 def npm_package(name: str, version: object) -> Package:
     """Check one npm dependency: a valid package name and one exact semver version."""
-    if len(name) > NPM_NAME_MAX or not NPM_NAME.match(name):
+    if len(name) > NPM_NAME_MAX or not NPM_NAME.fullmatch(name) or name in NPM_RESERVED:
         raise SpecError(f"{name!r} is not a valid npm package name", in_name=True)
-    if not isinstance(version, str) or not SEMVER.match(version):
+    if not isinstance(version, str) or not SEMVER.fullmatch(version):
         raise SpecError(f"{name}: {version!r} is not an exact version; write X.Y.Z "
                         "(no range, tag, URL, path or git reference)")
     return Package(name, version)

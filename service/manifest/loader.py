@@ -26,7 +26,7 @@ from typing import Any
 
 from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
-from jsonschema.validators import Draft202012Validator
+from jsonschema.validators import Draft202012Validator, extend
 
 from service.deps.spec import LANGUAGES as DEP_LANGUAGES
 from service.deps.spec import Dependencies, Package, SpecError, npm_package, python_package
@@ -40,6 +40,7 @@ from service.manifest.scripts import (
     extension_issue,
     resolve_script,
 )
+from service.manifest.validation import ecma_pattern
 from service.manifest.yamlnodes import (
     MAX_SOURCE_CHARS,
     Position,
@@ -74,7 +75,10 @@ def manifest_schema() -> dict[str, Any]:
 
 @functools.cache
 def _manifest_validator() -> Validator:
-    return Draft202012Validator(manifest_schema())
+    # Its patterns read as ECMA-262 reads them (the YAML language server's reading): with
+    # Python's, `$` matched before a final newline, and "doubler\n" passed as an id.
+    dialect = extend(Draft202012Validator, {"pattern": ecma_pattern})
+    return dialect(manifest_schema())
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,9 @@ from service.manifest.numbers import (
 )
 from service.manifest.scripts import module_level
 
-PYTHON_HINT = "@actor"
+# A decorator that may be @actor (spaces after @, a module's actor: @rt.actor): the
+# script is parsed only then. A false hint costs a parse, never metadata.
+PYTHON_HINT = re.compile(r"@[\w.\s\\]*\bactor\b")
 JS_DECLARATION = re.compile(r"^[ \t]*(?:export\s+)?(?:const|let|var)\s+metadata\s*=\s*", re.M)
 JSDOC = re.compile(r"/\*\*(.*?)\*/", re.S)
 MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
@@ -74,7 +76,7 @@ def read_metadata(path: Path, language: str) -> ScriptMetadata | None:
     except (OSError, UnicodeDecodeError) as exc:
         raise MetadataError(f"cannot read the script: {exc}") from None
     if language == "python":
-        return _python_metadata(source, path) if PYTHON_HINT in source else None
+        return _python_metadata(source, path) if PYTHON_HINT.search(source) else None
     return _js_metadata(source)
 
 
@@ -397,4 +399,4 @@ def memory_mb(value: Any) -> Any:
     size = parse_float(match.group(1)) * UNIT_MB[unit]  # float() of any digits: no limit
     if not math.isfinite(size):
         raise NumberError(too_large(value))
-    return max(1, math.ceil(size))
+    return math.ceil(size)  # "0MB" stays 0, for the format check to refuse (minimum 1)

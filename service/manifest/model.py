@@ -11,7 +11,7 @@ from jsonschema.protocols import Validator
 
 from service.deps.spec import Dependencies
 from service.manifest.validation import SchemaValidator
-from service.settings import Limits
+from service.settings import POOL_DEFAULTS, Limits
 
 Language = Literal["python", "javascript"]
 
@@ -53,9 +53,9 @@ class Port:
 
 @dataclass(frozen=True)
 class PoolSpec:
-    min_warm: int = 0
-    max_workers: int = 4
-    max_queue: int = 64
+    min_warm: int = POOL_DEFAULTS["min_warm"]
+    max_workers: int = POOL_DEFAULTS["max_workers"]
+    max_queue: int = POOL_DEFAULTS["max_queue"]
     reuse: bool = True
 
 

@@ -299,7 +299,7 @@ def _json(value: Any) -> tuple[int, bytes | None]:
 
 def _python_validator(schema: Any, dialect: type[Validator], format_assertion: bool) -> Validator:
     keywords = {name: _deadlined(fn) for name, fn in dialect.VALIDATORS.items()}
-    keywords |= {"pattern": _deadlined(_pattern), "uniqueItems": _deadlined(_unique_items),
+    keywords |= {"pattern": _deadlined(ecma_pattern), "uniqueItems": _deadlined(_unique_items),
                  "multipleOf": _deadlined(_multiple_of), "anyOf": _deadlined(_any_of),
                  "oneOf": _deadlined(_one_of)}
     if "patternProperties" in keywords:
@@ -419,7 +419,9 @@ def _holds(validator: Any, instance: Any, subschema: Any, index: int) -> bool:
     return next(validator.descend(instance, subschema, schema_path=index), None) is None
 
 
-def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+def ecma_pattern(validator: Any, pattern: str, instance: Any,
+                 schema: Any) -> Iterator[ValidationError]:
+    """``pattern`` as ECMA-262 reads it (Python's ``$`` also matches before a final newline)."""
     if validator.is_type(instance, "string") and not _search(pattern, instance):
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 

@@ -42,15 +42,20 @@ _HEX = re.compile(r"0x[0-9a-fA-F]+")
 _FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?")
 _SPECIAL_FLOAT = re.compile(r"[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
 _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_BOOL_RESOLVER = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")  # not 1.1's yes/no/on/off
 _INT_RESOLVER = re.compile(f"^(?:{_INT.pattern}|{_OCTAL.pattern}|{_HEX.pattern})$")
 _FLOAT_RESOLVER = re.compile(f"^(?:{_FLOAT.pattern}|{_SPECIAL_FLOAT.pattern})$")
 
 
 def _resolvers() -> dict[str, list[tuple[str, re.Pattern[str]]]]:
-    """SafeLoader's implicit resolvers without timestamps and with YAML 1.2 numbers."""
+    """SafeLoader's implicit resolvers without timestamps, with YAML 1.2 numbers and
+    booleans (``yes``, ``no``, ``on`` and ``off`` are strings, as YAML 1.2 reads them)."""
     out = {first: [(tag, regexp) for tag, regexp in resolvers
-                   if tag != "tag:yaml.org,2002:timestamp" and tag not in _NUMBER_TAGS]
+                   if tag not in ("tag:yaml.org,2002:timestamp", _BOOL_TAG, *_NUMBER_TAGS)]
            for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    for first in "tTfF":
+        out.setdefault(first, []).append((_BOOL_TAG, _BOOL_RESOLVER))
     for tag, regexp, firsts in (("tag:yaml.org,2002:float", _FLOAT_RESOLVER, "-+0123456789."),
                                 ("tag:yaml.org,2002:int", _INT_RESOLVER, "-+0123456789")):
         for first in firsts:  # int before float: "12" matches both
@@ -59,7 +64,8 @@ def _resolvers() -> dict[str, list[tuple[str, re.Pattern[str]]]]:
 
 
 class _JsonLoader(yaml.SafeLoader):
-    """SafeLoader reading JSON's values: ``2024-01-01`` stays a string, numbers are YAML 1.2's."""
+    """SafeLoader reading JSON's values: ``2024-01-01`` stays a string, numbers and booleans
+    are YAML 1.2's."""
 
     yaml_implicit_resolvers = _resolvers()
 

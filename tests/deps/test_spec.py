@@ -52,13 +52,16 @@ def test_npm_exact_versions() -> None:
 
 @pytest.mark.parametrize("version", ["^7.0.0", "~7.0.0", "7.x", "7", "latest", ">=7.0.0",
                                      "v7.0.0", "file:../is-number", "npm:other@1.0.0",
-                                     "git+https://github.com/jonschlinkert/is-number", 7])
+                                     "git+https://github.com/jonschlinkert/is-number", 7,
+                                     "7.0.0\n"])
 def test_npm_ranges_tags_and_urls_are_refused(version: object) -> None:
     with pytest.raises(SpecError, match="is not an exact version"):
         npm_package("is-number", version)
 
 
-@pytest.mark.parametrize("name", ["Is-Number", "_private", ".hidden", "a b", "x" * 215])
+@pytest.mark.parametrize("name", ["Is-Number", "_private", ".hidden", "a b", "x" * 215,
+                                  "is-number\n", "-lead", "~tilde", "node_modules",
+                                  "favicon.ico"])
 def test_invalid_npm_names_are_refused(name: str) -> None:
     with pytest.raises(SpecError, match="is not a valid npm package name"):
         npm_package(name, "1.0.0")

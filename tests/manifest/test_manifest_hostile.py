@@ -312,6 +312,17 @@ def test_numbers_are_read_as_json_and_yaml_1_2_read_them(text: str, value: objec
     assert type(doc.value["n"]) is type(value)
 
 
+@pytest.mark.parametrize("text, value", [
+    ("true", True), ("False", False), ("TRUE", True), ("yes", "yes"), ("No", "No"),
+    ("on", "on"), ("OFF", "OFF"), ("y", "y"), ("~", None), ("null", None),
+])
+def test_booleans_are_read_as_yaml_1_2_reads_them(text: str, value: object) -> None:
+    """yes/no/on/off are YAML 1.1's booleans, strings in 1.2 (and to the language server)."""
+    doc = parse_manifest_yaml(f"b: {text}\n", "f.yaml")
+    assert doc.problems == () and doc.value["b"] == value
+    assert type(doc.value["b"]) is type(value)
+
+
 def test_a_timeout_of_1e300_is_a_number(here: Path) -> None:
     (here / "actor.yaml").write_text(BASE + "limits: {timeout_s: 1e300, cpus: 1:30}\n")
     assert lint("actor.yaml") == [

@@ -158,6 +158,20 @@ def test_every_problem_is_reported_not_only_the_first(tmp_path: Path) -> None:
         f"{display_path(path)}:1:5: id: 'Actor' does not match '^[a-z][a-z0-9_-]{{0,63}}$'")
 
 
+def test_a_final_newline_does_not_pass_a_pattern(tmp_path: Path) -> None:
+    """The manifest's patterns read as ECMA-262 reads them: Python's `$` alone would also
+    match before a final newline, and "actor\\n" would load beside "actor"."""
+    path = write(tmp_path, 'id: "actor\\n"\nlanguage: python\nscript: actor.py\n'
+                           'entrypoint: "process\\n"\ninports:\n  "input\\n": {schema: true}\n')
+    assert messages(path) == [
+        "id: 'actor\\n' does not match '^[a-z][a-z0-9_-]{0,63}$'",
+        "entrypoint: 'process\\n' does not match '^[A-Za-z_$][A-Za-z0-9_$]*$'",
+        "entrypoint: actor.py defines no top-level function 'process\\n'",
+        "inports: invalid port name 'input\\n': 'input\\n' does not match "
+        "'^[a-zA-Z_][a-zA-Z0-9_]{0,63}$'",
+    ]
+
+
 # --- $ref bundling ---
 
 

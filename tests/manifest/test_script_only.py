@@ -146,9 +146,19 @@ def test_a_bad_component_name_is_reported(tmp_path: Path) -> None:
     assert "names no component" in check_script_only(nameless, SETTINGS).problems[0].message
 
 
+@pytest.mark.parametrize("decorator", ["@ actor", "@rt.actor", "@rt . actor"])
+def test_every_decorator_form_is_found(tmp_path: Path, decorator: str) -> None:
+    """Not only the text "@actor": the decorator may be spaced, or a module's."""
+    script = _write(tmp_path, "spaced.py", "import types\n"
+                    "rt = types.SimpleNamespace(actor=lambda meta: lambda f: f)\n"
+                    f'{decorator}({{"component": "spaced"}})\ndef process(c): pass\n')
+    check = check_script_only(script, SETTINGS)
+    assert check.problems == [] and check.actor is not None and check.actor.id == "spaced"
+
+
 @pytest.mark.parametrize(("given", "expected"), [
     ("256MB", 256), ("256MiB", 256), ("256M", 256), ("1GB", 1024), ("1GiB", 1024),
-    ("1.5G", 1536), ("512KB", 1), ("2048kb", 2), (300, 300), ("lots", "lots")])
+    ("1.5G", 1536), ("512KB", 1), ("2048kb", 2), (300, 300), ("lots", "lots"), ("0MB", 0)])
 def test_memory_sizes(given: object, expected: object) -> None:
     assert memory_mb(given) == expected
 
