@@ -172,6 +172,16 @@ def test_a_final_newline_does_not_pass_a_pattern(tmp_path: Path) -> None:
     ]
 
 
+def test_at_most_256_ports_of_each_kind(tmp_path: Path) -> None:
+    many = "".join(f"  p{i}: {{schema: {{type: number}}}}\n" for i in range(257))
+    path = write(tmp_path, BASE + "inports:\n" + many + "outports:\n" + many)
+    assert messages(path) == ["inports: 257 ports; an actor has at most 256 of each kind",
+                              "outports: 257 ports; an actor has at most 256 of each kind"]
+    fewer = many.replace("  p256: {schema: {type: number}}\n", "")
+    path = write(tmp_path, BASE + "inports:\n" + fewer)
+    assert len(load_manifest(path, Settings()).inports) == 256
+
+
 # --- $ref bundling ---
 
 
