@@ -28,7 +28,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 GVISOR_PLATFORMS = ("ptrace", "kvm")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-ZERO_ALLOWED = frozenset({"ttl_s", "busy_poll_us"})  # keys where 0 means "none", not a mistake
+# keys where 0 means "none", not a mistake (pool_max.min_warm = 0: no sandbox kept warm)
+ZERO_ALLOWED = frozenset({"ttl_s", "busy_poll_us", "min_warm"})
 MIN_TOKEN_CHARS = 16  # a shorter token can be guessed; refused at settings load
 CLUSTER_ROLES = ("front", "worker", "both")
 
@@ -304,6 +305,8 @@ def settings_from_mapping(raw: dict[str, Any]) -> Settings:
             continue
         try:
             values[f.name] = _convert(f.name, raw[f.name])
+        except TableProblems as exc:
+            problems += [f"{f.name}: {problem}" for problem in exc.problems]
         except (TypeError, ValueError) as exc:
             problems.append(f"{f.name}: {exc}")
     if problems:
@@ -338,12 +341,12 @@ def _nested(cls: type, value: Any, name: str) -> Any:
         raise TypeError(f"expected a table, got {type(value).__name__}")
     value = {k.lower(): v for k, v in value.items()}
     known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - set(known))
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r}")
+    problems = [f"unknown key {key!r}" for key in sorted(set(value) - set(known))]
     base = cls()
     converted: dict[str, Any] = {}
     for key, item in value.items():
+        if key not in known:
+            continue
         try:
             if isinstance(getattr(base, key), tuple):  # tokens, actor ids, origins, hosts
                 if not isinstance(item, list | tuple) or not all(isinstance(t, str) for t in item):
@@ -353,8 +356,18 @@ def _nested(cls: type, value: Any, name: str) -> Any:
                 converted[key] = _scalar(getattr(base, key), item, known[key].type == "float",
                                          key in ZERO_ALLOWED)
         except (TypeError, ValueError) as exc:
-            raise type(exc)(f"{key}: {exc}") from exc
+            problems.append(f"{key}: {exc}")
+    if problems:
+        raise TableProblems(problems)
     return cls(**converted)
+
+
+class TableProblems(ValueError):
+    """Every problem of one settings table (each is reported, not only the first)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 def _scalar(default: Any, value: Any, is_float: bool, zero_allowed: bool) -> Any:
@@ -368,7 +381,8 @@ def _scalar(default: Any, value: Any, is_float: bool, zero_allowed: bool) -> Any
         if isinstance(value, float) and not math.isfinite(value):  # TOML reads nan and inf
             raise ValueError(f"expected a finite number, got {value!r}")
         if value < 0 or (value == 0 and not zero_allowed):
-            raise ValueError(f"must be positive, got {value!r}")
+            raise ValueError(f"must be {'0 or more' if zero_allowed else 'positive'}, "
+                             f"got {value!r}")
         if is_float:
             return value  # an int stays an int, so 5 is shown as 5, not 5.0
         if isinstance(value, float) and not value.is_integer():

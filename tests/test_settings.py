@@ -106,6 +106,11 @@ def test_every_problem_is_listed_on_one_line() -> None:
      "connections: allowed_origins: expected a list of strings"),
     ({"capacity": {"memory_mb": 64}}, "limits.memory_mb: default is over capacity.memory_mb"),
     ({"pool_max": {"min_warm": "8"}}, "pool_max: min_warm: expected a number, got '8'"),
+    ({"limits": {"cpus": -1, "memory_mb": "lots", "pids": 0}},
+     "limits: cpus: must be positive, got -1; limits: memory_mb: expected a number, got "
+     "'lots'; limits: pids: must be positive, got 0"),
+    ({"pool_max": {"min_warm": -1, "colour": 1}},
+     "pool_max: unknown key 'colour'; pool_max: min_warm: must be 0 or more, got -1"),
     ({"pool_max": {"max_queue": 10}}, "pool_max.max_queue: under the default pool's max_queue "
      "(64), which every manifest without it asks for"),
     ({"limits_max": {"cpus": float("nan")}}, "limits_max: cpus: expected a finite number, got nan"),
@@ -303,7 +308,7 @@ def test_state_redis_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
 def test_busy_polling_is_on_by_default_and_zero_turns_it_off() -> None:
     assert Settings().busy_poll_us == 50
     assert settings_from_mapping({"busy_poll_us": 0}).busy_poll_us == 0
-    for bad, problem in ((-1, "must be positive"), (1001, "must be 0-1000"),
+    for bad, problem in ((-1, "must be 0 or more"), (1001, "must be 0-1000"),
                          (True, "expected a number")):
         with pytest.raises(SettingsError, match=f"busy_poll_us: {problem}"):
             settings_from_mapping({"busy_poll_us": bad})
