@@ -513,14 +513,17 @@ def _example_values(ctx: _Context, values: Any, ptr: str, kind: str,
 
 
 def _example_config(ctx: _Context, given: Any, ptr: str, config: CompiledSchema | None) -> None:
-    """The example's config merged over the defaults must pass the config schema."""
+    """The example's config merged over the defaults must pass the config schema. A
+    default the example leaves as it is was reported at config.defaults already."""
     if config is None or not isinstance(given, dict):
         return
     section = ctx.raw.get("config", {})
     defaults = section.get("defaults", {}) if isinstance(section, dict) else {}
     merged = {**(defaults if isinstance(defaults, dict) else {}), **given}
     for error in schema_errors(config.validator, merged):
-        ctx.add(ptr + error["path"], error["message"])
+        key = error["path"].split("/")[1] if error["path"] else None
+        if key is None or key.replace("~1", "/").replace("~0", "~") in given:
+            ctx.add(ptr + error["path"], error["message"])
 
 
 def _dict(value: Any) -> dict[str, Any]:
