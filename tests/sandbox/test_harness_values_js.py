@@ -119,6 +119,19 @@ NOT_JSON = [
     ("{n: [1, 2n]}", "a BigInt at /n/1"),
     ("{'a/b': {'~': NaN}}", "NaN at /a~1b/~0"),
     ("{ok: [1, {}], x: {toJSON() { return {y: [0, NaN]}; }}}", "NaN at /x/y/1"),
+    # JSON.stringify unboxes a boxed number after the replacer saw the object
+    ("{n: new Number(NaN)}", "NaN at /n"),
+    ("[1, Object(Infinity)]", "Infinity at /1"),
+    ("new Number(-Infinity)", "-Infinity"),
+    # built-in objects it writes as {} whatever they hold
+    ("{w: new WeakRef({})}", "a WeakRef at /w"),
+    ("{p: Promise.resolve(1)}", "a Promise at /p"),
+    ("{r: /x/g}", "a RegExp at /r"),
+    ("{e: new Error('x')}", "an Error at /e"),
+    ("[Object.assign(new RangeError('x'), {code: 'E'})]", "an Error at /0"),
+    ("{b: new ArrayBuffer(8)}", "an ArrayBuffer at /b"),
+    ("{b: new SharedArrayBuffer(8)}", "a SharedArrayBuffer at /b"),
+    ("{v: new DataView(new ArrayBuffer(8))}", "a DataView at /v"),
 ]
 NOT_JSON_IDS = [expression for expression, _ in NOT_JSON]
 
@@ -164,13 +177,28 @@ async def test_a_cycle_stays_a_type_error(runner: Runner) -> None:
 
 async def test_what_json_stringify_does_that_scripts_rely_on_is_kept(runner: Runner) -> None:
     """An undefined property is dropped, a Date (toJSON) is its string, a top-level
-    undefined is null: sendOutput(port) with no data, and a function returning nothing."""
+    undefined is null: sendOutput(port) with no data, and a function returning nothing.
+    A class instance is its own enumerable properties, a Buffer its toJSON, an invalid Date
+    null (its toJSON's own answer), a boxed finite number, string or boolean its value, a
+    typed array an object of its indices (lossy, but its data)."""
     outcome, recorder = await runner.inline("""
         await context.sendOutput("a", {gone: undefined, when: new Date(0), n: [1, 2.5]});
         await context.sendOutput("b");
+        class Point { constructor() { this.x = 1; this.y = 2; } norm() { return 3; } }
+        await context.sendOutput("c", {
+          point: new Point(), buffer: Buffer.from("hi"), invalid: new Date(NaN),
+          boxed: [new Number(2.5), Object(-1), new String("s"), new Boolean(false)],
+          typed: new Uint16Array([7, 8]),
+        });
         return {gone: undefined, when: new Date(0)};
     """)
-    assert recorder.outputs == [("a", {"when": DATE_0, "n": [1, 2.5]}), ("b", None)]
+    kept: list[tuple[str, Any]] = [
+        ("a", {"when": DATE_0, "n": [1, 2.5]}),
+        ("b", None),
+        ("c", {"point": {"x": 1, "y": 2}, "buffer": {"type": "Buffer", "data": [104, 105]},
+               "invalid": None, "boxed": [2.5, -1, "s", False], "typed": {"0": 7, "1": 8}}),
+    ]
+    assert recorder.outputs == kept
     assert outcome.return_value == {"when": DATE_0}
     nothing, _ = await runner.inline("context.setState('k', {u: undefined, d: new Date(0)});")
     assert (nothing.return_value, nothing.state) == (None, {"k": {"d": DATE_0}})

@@ -42,8 +42,10 @@ const INT64_END = 2 ** 63;
 const NOT_AN_INTEGER = 'value is not an integer or out of range';
 const WOULD_OVERFLOW = 'increment or decrement would overflow';
 const NOT_A_LIST = 'the value under this key is not a list';
-// JSON.stringify writes these as {} whatever they hold.
-const COLLECTIONS = [Map, Set, WeakMap, WeakSet];
+// JSON.stringify writes these as {} whatever they hold (an Error's message and stack are not
+// enumerable). A typed array is written as an object of its indices: lossy, but its data.
+const OPAQUE = [Map, Set, WeakMap, WeakSet, WeakRef, Promise, RegExp, Error, ArrayBuffer,
+  SharedArrayBuffer, DataView];
 const KINDS = { function: 'a function', symbol: 'a symbol', bigint: 'a BigInt' };
 
 function encode(message) {
@@ -53,11 +55,11 @@ function encode(message) {
 
 function strictJson(value, what) {
   // JSON.stringify, refusing what it would change without a word (NaN and Infinity -> null,
-  // undefined or a function in an array -> null, a function in an object -> dropped, a Map
-  // -> {}), as the Python harness refuses them: TypeError "<what>: NaN at /a/0". An
-  // object's property that is undefined is dropped, as JSON.stringify drops it. One walk:
-  // the replacer sees each value (after its toJSON) and keeps the holders above it, whose
-  // keys make the path.
+  // boxed ones too, undefined or a function in an array -> null, a function in an object ->
+  // dropped, a Map or a RegExp -> {}), as the Python harness refuses them: TypeError
+  // "<what>: NaN at /a/0". An object's property that is undefined is dropped, as
+  // JSON.stringify drops it. One walk: the replacer sees each value (after its toJSON) and
+  // keeps the holders above it, whose keys make the path.
   const holders = [];
   const keys = [];
   let problem = null;
@@ -76,8 +78,13 @@ function strictJson(value, what) {
         break;
       case 'object':
         if (item === null) return item;
-        problem = collectionOf(item);
-        if (problem) break;
+        // Plain objects and arrays, most values, need no other test
+        if (!Array.isArray(item) && Object.getPrototypeOf(item) !== Object.prototype) {
+          // JSON.stringify would unbox it after this: the number it writes is what is checked
+          if (util.types.isNumberObject(item)) return check.call(this, key, Number(item));
+          problem = opaqueKind(item);
+          if (problem) break;
+        }
         holders.push(item);
         keys.push(key);
         return item;
@@ -103,9 +110,9 @@ function strictJson(value, what) {
   return text;
 }
 
-function collectionOf(item) {
-  for (const type of COLLECTIONS) {
-    if (item instanceof type) return `a ${type.name}`;
+function opaqueKind(item) {
+  for (const type of OPAQUE) {
+    if (item instanceof type) return `${/^[AEIOU]/.test(type.name) ? 'an' : 'a'} ${type.name}`;
   }
   return null;
 }
@@ -543,6 +550,24 @@ function timersPending() {
   return timersStarted.size > 0;
 }
 
+// Every worker thread this thread starts, by any path (require or import of worker_threads,
+// a subclass of Worker), until its 'exit': one alive when its call returns goes on between
+// calls, unref'd or not, asleep or not. Seen through the diagnostics channel that Worker's
+// constructor publishes to, at once: the process 'worker' event comes a tick later, which
+// may be after the result of a call that returns right away. A worker's own workers are
+// not seen here, but node stops them when it ends: while one runs, its parent (or the
+// parent's parent...) is still counted here. A worker told to stop (terminate() not
+// awaited) counts until its 'exit' arrives: the sandbox is then replaced for nothing. As
+// with timers, a hostile script can defeat this (unsubscribing); see docs/backends.md.
+const workersAlive = new Set();
+
+function trackWorkers() {
+  require('diagnostics_channel').subscribe('worker_threads', ({ worker }) => {
+    workersAlive.add(worker);
+    worker.once('exit', () => workersAlive.delete(worker));
+  });
+}
+
 function jsonOf(what, item) {
   return strictJson(item, `process() ${what} is not JSON-serializable`);
 }
@@ -551,7 +576,8 @@ function resultLine(value, state) {
   // What encode({type, return, state[, lingering]}) writes, from the two texts checked: each
   // value is encoded once.
   const ret = jsonOf('return value', value === undefined ? null : value);
-  const lingering = timersPending() ? ',"lingering":true' : ''; // it would run in a later call
+  const goesOn = timersPending() || workersAlive.size > 0; // it would run in a later call
+  const lingering = goesOn ? ',"lingering":true' : '';
   return `{"type":"result","return":${ret},"state":${jsonOf('state', state)}${lingering}}\n`;
 }
 
@@ -595,6 +621,7 @@ class Harness {
     this.tmpClean = null; // /tmp's stamp when it was last left empty
     process.on('uncaughtException', (err) => this.uncaught(err));
     trackTimers();
+    trackWorkers();
   }
 
   async load(entrypoint) {
