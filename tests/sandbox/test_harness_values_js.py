@@ -441,6 +441,23 @@ async def test_set_state_proto_stores_an_own_key(runner: Runner) -> None:
     assert outcome.state == {"__proto__": {"a": 1}}
 
 
+async def test_inline_set_state_refuses_at_once(runner: Runner) -> None:
+    """As on persistent state: a bad key or a value that is not JSON throws in the script."""
+    outcome, _ = await runner.inline("""
+        const refused = [];
+        for (const [key, value] of [['', 1], ['a\\nb', 1], ['k', NaN], ['k', new Map()]]) {
+          try { context.setState(key, value); } catch (err) { refused.push(err.message); }
+        }
+        context.setState('k', 2);
+        return refused;
+    """)
+    assert outcome.return_value == [
+        "a state key must be a non-empty string",
+        "a state key must not contain control characters",
+        "setState: value is not JSON: NaN", "setState: value is not JSON: a Map"]
+    assert outcome.state == {"k": 2}
+
+
 @pytest.mark.parametrize(("code", "value"), [
     ("await state.set('__proto__', [1]); return state.push('__proto__', 2);", [1, 2]),
     ("return state.extend('__proto__', [1, 2]);", [1, 2]),

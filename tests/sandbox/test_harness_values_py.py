@@ -495,6 +495,9 @@ def test_set_state_takes_the_key_rule_on_inline_state() -> None:
     with pytest.raises(ValueError) as control:
         context.set_state("a\nb", 1)
     assert str(control.value) == "a state key must not contain control characters"
+    with pytest.raises(TypeError) as not_json:
+        context.set_state("k", float("nan"))
+    assert str(not_json.value).startswith("set_state: value is not JSON")
     context.set_state("k", 2)
     assert context.state == {"k": 2}
     assert context.get_state("a\nb", "default") == "default"

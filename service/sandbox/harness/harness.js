@@ -418,7 +418,8 @@ class Context {
 
   setState(key, value) {
     if (this.store instanceof StoreState) return this.store.set(key, value);
-    put(this.state, key, value); // its value is checked with the whole state, at the end
+    valueJson('setState', value); // refused at once, as the store refuses it (kept as given)
+    put(this.state, stateKey(key), value);
     return undefined;
   }
 

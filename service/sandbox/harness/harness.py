@@ -492,7 +492,8 @@ class Context:
     def set_state(self, key: str, value: Any) -> None:
         if isinstance(self._store, StoreState):
             self._store.write(key, value, "set_state")
-        else:  # the value is checked with the whole state, when the call returns
+        else:  # refused at once, as the store refuses it (kept as given)
+            check_json(value, "set_state: value")
             self.state[state_key(key)] = value
 
     def get_payload(self) -> dict[str, Any]:
