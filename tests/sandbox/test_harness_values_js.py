@@ -157,9 +157,9 @@ async def test_a_return_value_that_is_not_json_fails_the_call(
 
 @pytest.mark.parametrize(("code", "message"), [
     ("return () => 42;", "process() return value is not JSON-serializable: a function"),
-    ("context.setState('k', {a: [1, NaN]}); return 1;",
+    ("context.state.k = {a: [1, NaN]}; return 1;",
      "process() state is not JSON-serializable: NaN at /k/a/1"),
-    ("context.setState('k', new Set([1])); return 1;",
+    ("context.state.k = new Set([1]); return 1;",
      "process() state is not JSON-serializable: a Set at /k"),
 ])
 async def test_a_return_value_or_state_that_is_not_json_fails_the_call(
