@@ -10,10 +10,12 @@ Every problem is reported, one line each, in a single :class:`SettingsError`.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -442,11 +444,39 @@ def _state_problems(s: Settings) -> list[str]:
         return []
     if not url.startswith(REDIS_SCHEMES):
         return [f"state.redis_url: must start with {', '.join(REDIS_SCHEMES)}"]
-    if url == s.cluster.redis_url:
+    if s.cluster.redis_url and same_redis_database(url, s.cluster.redis_url):
         # a state key {namespace}:{actor_id}:{key} could then overwrite the cluster's own keys
         return ["state.redis_url: must not be the cluster's Redis database "
                 "(use another database number, e.g. /1)"]
     return []
+
+
+def same_redis_database(first: str, second: str) -> bool:
+    """Do two Redis URLs name the same database of the same server, however written
+    (``localhost`` or ``127.0.0.1``, ``/0`` or no database, credentials or none)?"""
+    from redis.connection import parse_url  # only with both URLs set: redis-py is big
+
+    try:
+        a, b = parse_url(first), parse_url(second)
+    except ValueError:
+        return first == second
+    if a.get("db", 0) != b.get("db", 0):
+        return False
+    if "path" in a or "path" in b:  # unix sockets
+        return os.path.realpath(a.get("path", "")) == os.path.realpath(b.get("path", ""))
+    return a.get("port", 6379) == b.get("port", 6379) and bool(
+        _addresses(a.get("host", "")) & _addresses(b.get("host", "")))
+
+
+def _addresses(host: str) -> set[str]:
+    """The addresses ``host`` names (every loopback address counts as one: "loopback")."""
+    try:
+        found = {str(info[4][0])
+                 for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    except OSError:
+        return {host.lower()}
+    return {"loopback" if ipaddress.ip_address(a.split("%")[0]).is_loopback else a
+            for a in found}
 
 
 def _cluster_problems(cluster: ClusterSettings) -> list[str]:

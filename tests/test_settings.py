@@ -300,6 +300,21 @@ def test_state_settings() -> None:
                                "cluster": {"redis_url": "redis://r:6379/0"}})
 
 
+@pytest.mark.parametrize(("state", "cluster", "other"), [
+    ("redis://localhost:16392", "redis://127.0.0.1:16392/0", "redis://localhost:16392/1"),
+    ("redis://user:pw@127.0.0.1/0", "redis://127.0.0.1:6379?db=0", "redis://127.0.0.1/1"),
+    ("unix:///tmp/../tmp/r.sock", "unix:///tmp/r.sock?db=0", "unix:///tmp/r.sock?db=1"),
+])
+def test_the_clusters_database_written_another_way_is_refused_for_state(
+        state: str, cluster: str, other: str) -> None:
+    """The same database under another name: a state key could overwrite a cluster key."""
+    with pytest.raises(SettingsError, match="must not be the cluster's Redis database"):
+        settings_from_mapping({"state": {"redis_url": state}, "cluster": {"redis_url": cluster}})
+    allowed = settings_from_mapping({"state": {"redis_url": other},
+                                     "cluster": {"redis_url": cluster}})
+    assert allowed.state.redis_url == other
+
+
 def test_state_redis_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SERVICE_STATE__REDIS_URL", "redis://redis:6379/0")
     assert load_settings(CONFIG).state.redis_url == "redis://redis:6379/0"

@@ -285,7 +285,7 @@ class ClusterFront:
         call.dispatched = True  # from here a cancel is broadcast: the add may have landed
         added = await self._guard(self._dispatch(
             keys=[self.keys.calls(actor.id)],
-            args=[actor.limit, self.cfg.stream_maxlen, FIELD, entry]))
+            args=[actor.limit, FIELD, entry]))
         if added is None:
             self._count("refused", actor.id)
             raise Busy(self._retry_after_ms(actor))

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -41,7 +41,14 @@ GROUP = "workers"
 FIELD = "m"
 BACKEND = "cluster"  # data.backend of the -32009 errors the cluster itself raises
 BROKER_DOWN = "broker unavailable"
-COMMAND_TIMEOUT_S = 5.0
+# A command Redis does not answer in this long (a silent network, a stopped server) counts
+# as Redis gone: the front answers -32009 and /healthz says 503, rather than every call
+# hanging. Not tried again: a second wait would only double the hang.
+COMMAND_TIMEOUT_S = 2.0
+# Commands in flight at once per client: past it a command waits for a free connection
+# (up to COMMAND_TIMEOUT_S), as a burst of calls must not read as Redis gone. A blocking
+# client holds one per blocking read (a reader per actor): that pool is not capped.
+POOL_CONNECTIONS = 100
 CONNECT_TIMEOUT_S = 2.0
 BLOCK_MS = 1000  # longest wait of a blocking read: loops notice shutdown this often
 # Redis failures a loop survives by reconnecting (ConnectionError covers refused/reset).
@@ -52,17 +59,20 @@ RedisClient = Any
 
 # Add a call unless the actor's stream already holds ``limit`` calls (queued or running):
 # the check and the add are one atomic step, so fronts never overshoot the limit together.
+# No MAXLEN: the limit bounds a calls stream (each entry is deleted when its call ends),
+# and trimming to stream_maxlen dropped accepted calls once the limit was larger.
 DISPATCH_LUA = """
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', ARGV[3], ARGV[4])
+return redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3])
 """
 
 # Queue an abandoned call again and tell its front the new entry's id (so that the front
 # can still delete it when it gives up), acking and deleting the old entry: one atomic
-# step. ARGV[4] is the retry event, whose first "ENTRY" placeholder becomes the new id;
-# a front stream gone or of another type must not stop the rest (pcall).
+# step (the calls stream untrimmed, as above). ARGV[5] is the retry event, whose first
+# "ENTRY" placeholder becomes the new id; a front stream gone or of another type must not
+# stop the rest (pcall).
 REQUEUE_LUA = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', ARGV[2], ARGV[3])
+local id = redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3])
 local event = string.gsub(ARGV[5], 'ENTRY', id, 1)
 redis.pcall('XADD', KEYS[2], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[1], '*', ARGV[2], event)
 redis.call('XACK', KEYS[1], ARGV[4], ARGV[6])
@@ -108,11 +118,18 @@ def connect(settings: ClusterSettings, blocking: bool = False) -> RedisClient:
     # Bytes that are not UTF-8 (anyone who can write to the keys can write them) are read as
     # lone surrogates, not raised inside the client's reply: a loop would read the same entry
     # again forever. The parsers (messages.py) then refuse such text as malformed.
-    return Redis.from_url(
-        settings.redis_url, decode_responses=True, encoding_errors="surrogateescape",
-        socket_timeout=timeout,
-        socket_connect_timeout=CONNECT_TIMEOUT_S, retry=Retry(NoBackoff(), 1),
-        client_name="actor-runtime")
+    options: dict[str, Any] = {
+        "decode_responses": True, "encoding_errors": "surrogateescape",
+        "socket_timeout": timeout, "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(redis_errors.ConnectionError,)),
+        "client_name": "actor-runtime"}
+    if blocking:
+        pool = ConnectionPool.from_url(settings.redis_url, max_connections=2**31, **options)
+    else:
+        pool = BlockingConnectionPool.from_url(settings.redis_url, **options,
+                                               max_connections=POOL_CONNECTIONS,
+                                               timeout=COMMAND_TIMEOUT_S)
+    return Redis.from_pool(pool)
 
 
 def encode(message: dict[str, Any]) -> dict[str, str]:

@@ -20,6 +20,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from service.state.base import (
@@ -77,10 +80,14 @@ class RedisStore:
     def __init__(self, url: str, ttl_s: int, timeout_s: float) -> None:
         self.url = url
         self.ttl_s = ttl_s
-        # Blocking: a burst of calls waits for a connection instead of failing the call.
+        # Blocking: a burst of calls waits for a connection instead of failing the call. A
+        # pooled connection to a Redis that restarted fails once: tried again once, on a fresh
+        # one (as the cluster's client does), it must not fail an operation of a Redis that
+        # answers; a Redis that is gone refuses the second try at once too.
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=MAX_CONNECTIONS, timeout=timeout_s, socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s, decode_responses=True, health_check_interval=30)
+            socket_connect_timeout=timeout_s, decode_responses=True, health_check_interval=30,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
         self._redis = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
 
     async def get(self, key: str, max_bytes: int | None = None) -> str | None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,15 @@ from cluster_support import (
     slow,
     wait_for,
 )
+
+from service.cluster.streams import (
+    COMMAND_TIMEOUT_S,
+    DISPATCH_LUA,
+    FIELD,
+    POOL_CONNECTIONS,
+    connect,
+)
+from service.settings import ClusterSettings
 
 # Process start-up is most of each test; a busy machine makes it slow, never wrong.
 pytestmark = pytest.mark.timeout(180)
@@ -254,6 +265,74 @@ async def test_redis_down_fails_fast_and_service_resumes(cluster: Cluster) -> No
     assert {"ok", "broker unavailable"} <= set(outcomes)
     assert front.proc is not None and front.proc.returncode is None
     assert worker.proc is not None and worker.proc.returncode is None
+
+
+async def test_a_silent_redis_fails_calls_within_the_command_timeout(cluster: Cluster) -> None:
+    """A stopped (SIGSTOP) Redis answers nothing, as behind a dropped link: calls fail
+    -32009 after one COMMAND_TIMEOUT_S, not twice that, and /healthz says 503."""
+    front = await cluster.front()
+    await cluster.workers(1)
+    await live_workers(front, 1)
+    assert cluster.redis.proc is not None
+    async with connected(ws_url(front)) as client:
+        cluster.redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            reply = await client.call("process", {"actor_id": "napper", "payload": {"ms": 1}},
+                                      timeout_s=15)
+            waited = time.monotonic() - started
+            assert reply["error"]["code"] == -32009, reply
+            assert waited < COMMAND_TIMEOUT_S + 1.5, waited
+            status, body = await health(front)
+            assert status == 503 and body["broker"] == "unavailable"
+        finally:
+            cluster.redis.proc.send_signal(signal.SIGCONT)
+
+        async def served() -> bool:
+            reply = await client.call("process", {"actor_id": "napper",
+                                                  "payload": {"ms": 5}}, timeout_s=5)
+            return reply.get("result", {}).get("return") == {"slept_ms": 5}
+
+        await wait_for(served, timeout_s=30, every_s=0.2)
+
+
+async def test_a_burst_past_the_connection_pool_is_served_not_refused(cluster: Cluster) -> None:
+    """More calls at once than the front's Redis connections: they wait for a connection.
+    Before, the 101st failed every call in flight with -32009 "broker unavailable"."""
+    front = await cluster.front()
+    await cluster.workers(1)
+    await live_workers(front, 1)
+    calls = POOL_CONNECTIONS + 100
+
+    async def share(count: int) -> list[dict[str, Any]]:
+        async with connected(ws_url(front)) as client:
+            return list(await asyncio.gather(*(client.call(
+                "process", {"actor_id": "napper", "payload": {"ms": 1}}, timeout_s=60)
+                for _ in range(count))))
+
+    answers = [a for part in await asyncio.gather(*(share(calls // 10) for _ in range(10)))
+               for a in part]
+    codes = sorted({a["error"]["code"] for a in answers if "error" in a})
+    assert set(codes) <= {-32008}, codes  # busy past the backlog limit, never -32009
+    assert sum("result" in a for a in answers) >= 60
+
+
+async def test_an_accepted_call_is_never_trimmed_from_its_stream(redis: RedisServer) -> None:
+    """A calls stream is bounded by the backlog limit, not by stream_maxlen: with a limit
+    above stream_maxlen, trimming used to drop queued calls that then never ran."""
+    client = connect(ClusterSettings(redis_url=redis.url))
+    try:
+        await client.config_set("stream-node-max-entries", 10)  # trims in small steps
+        dispatch = client.register_script(DISPATCH_LUA)
+        for i in range(80):
+            assert await dispatch(keys=["t:calls:a"], args=[100, FIELD, f"call {i}"]) is not None
+        assert await client.xlen("t:calls:a") == 80
+        assert await dispatch(keys=["t:calls:b"], args=[3, FIELD, "x"]) is not None
+        await dispatch(keys=["t:calls:b"], args=[3, FIELD, "x"])
+        await dispatch(keys=["t:calls:b"], args=[3, FIELD, "x"])
+        assert await dispatch(keys=["t:calls:b"], args=[3, FIELD, "x"]) is None  # the limit
+    finally:
+        await client.aclose()
 
 
 async def load_until(url: str, stop: asyncio.Event) -> list[str]:

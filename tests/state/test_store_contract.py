@@ -177,6 +177,20 @@ async def test_redis_that_is_down_raises_store_down(redis_process: RedisProcess)
         await store.aclose()
 
 
+async def test_a_restarted_redis_fails_no_operation(redis_process: RedisProcess) -> None:
+    """Pooled connections to the Redis that went away fail once each: tried again on a
+    fresh connection, no operation of a Redis that answers fails."""
+    store = RedisStore(redis_process.url, 0, 2)
+    try:
+        await asyncio.gather(*(store.increment("ns:a:n", 1) for _ in range(12)))  # 12 pooled
+        redis_process.stop()
+        redis_process.start()
+        totals = [await store.increment("ns:a:n", 1) for _ in range(30)]
+        assert totals == list(range(1, 31))  # a new, empty Redis: counted from 0, none lost
+    finally:
+        await store.aclose()
+
+
 def test_redacted_hides_the_password() -> None:
     assert redacted("redis://user:secret@host:6379/0") == "redis://user:***@host:6379/0"
     assert redacted("redis://:secret@host/0") == "redis://:***@host/0"
