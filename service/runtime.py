@@ -114,12 +114,7 @@ class Runtime:
     async def load(self, file_path: Any) -> tuple[ActorDef, bool]:
         """Load (or replace) the actor of a manifest, of a script with a manifest beside it,
         or of a script-only actor (its metadata in the script)."""
-        if not isinstance(file_path, str):
-            raise InvalidParams("file_path must be a string", {"errors": [
-                {"path": "/file_path", "message": "must be a string"}]})
-        if not file_path:  # a string, as the protocol asks: a path that names no file
-            raise PathNotAllowed(file_path, "file_path is empty")
-        manifest = self._allowed_manifest(file_path)
+        manifest = self._allowed_manifest(check_file_path(file_path))
         try:
             actor = await asyncio.to_thread(self._load_file, manifest)
         except ManifestError as exc:
@@ -302,6 +297,16 @@ class HasInports(Protocol):
 
     @property
     def inports(self) -> Mapping[str, Port]: ...
+
+
+def check_file_path(file_path: Any) -> str:
+    """`load`'s path: -32602 when it is not a string; an empty one names no file (-32011)."""
+    if not isinstance(file_path, str):
+        raise InvalidParams("file_path must be a string", {"errors": [
+            {"path": "/file_path", "message": "must be a string"}]})
+    if not file_path:
+        raise PathNotAllowed(file_path, "file_path is empty")
+    return file_path
 
 
 async def check_payload(actor: HasInports, payload: dict[str, Any]) -> None:

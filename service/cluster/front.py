@@ -14,6 +14,7 @@ and follows the call's events on its own stream:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -48,13 +49,12 @@ from service.errors import (
     ActorNotFound,
     Busy,
     InternalError,
-    InvalidParams,
     SandboxUnavailable,
 )
 from service.manifest.model import Port
 from service.manifest.schemas import dialect_of
 from service.manifest.validation import SchemaValidator
-from service.runtime import Emit, check_payload
+from service.runtime import Emit, check_file_path, check_payload
 from service.runtime import _objects as objects_of
 from service.settings import Settings
 
@@ -216,8 +216,7 @@ class ClusterFront:
         It succeeds when at least one worker loaded it; when none did, the error of one
         of them (e.g. -32011 or -32007) is the answer.
         """
-        if not isinstance(file_path, str) or not file_path:
-            raise InvalidParams("file_path must be a non-empty string")
+        file_path = check_file_path(file_path)
         self._require_broker()
         workers = await self._guard(self._live_registrations())
         if not workers:
@@ -228,13 +227,31 @@ class ClusterFront:
         try:
             await self._broadcast({"op": "load", "file_path": file_path, "token": token},
                                   strict=True)
-            await asyncio.wait_for(wait.done.wait(), LOAD_TIMEOUT_S)
+            await self._replies(wait)
         except TimeoutError:
             log.warning("load %s: no reply from %s", file_path,
                         sorted(wait.expected - {r.get("worker_id") for r in wait.replies}))
         finally:
             del self._loads[token]
         return await self._loaded(file_path, wait.replies)
+
+    async def _replies(self, wait: _LoadWait) -> None:
+        """Until every expected worker replied (TimeoutError after LOAD_TIMEOUT_S). A worker
+        whose registration expired meanwhile (it died) is no longer waited for: checked at
+        every heartbeat_s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LOAD_TIMEOUT_S
+        while not wait.done.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(self.cfg.heartbeat_s, deadline - loop.time())):
+                    await wait.done.wait()
+            if wait.done.is_set():
+                return
+            if loop.time() >= deadline:
+                raise TimeoutError
+            wait.expected &= set(await self._guard(self._live_registrations()))
+            if wait.expected <= {r.get("worker_id") for r in wait.replies}:
+                wait.done.set()
 
     async def _loaded(self, file_path: str,
                       replies: list[dict[str, Any]]) -> tuple[RemoteActor, bool]:

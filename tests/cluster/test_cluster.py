@@ -25,6 +25,7 @@ from cluster_support import (
     wait_for,
 )
 
+from service.cluster.front import LOAD_TIMEOUT_S
 from service.cluster.streams import (
     COMMAND_TIMEOUT_S,
     DISPATCH_LUA,
@@ -149,6 +150,32 @@ async def test_cancel_reaches_the_worker_and_load_is_broadcast(cluster: Cluster,
         refused = await client.call("load", {"file_path": "/etc/passwd"})
         assert refused["error"]["code"] == -32011
         assert refused["error"]["data"] == {"path": "/etc/passwd"}
+
+
+async def test_load_does_not_wait_for_a_worker_that_died(cluster: Cluster,
+                                                        tmp_path: Path) -> None:
+    """A worker killed just before a `load` never replies: the front stops waiting for it
+    once its registration expires (worker_timeout_s), not after LOAD_TIMEOUT_S (30 s)."""
+    front = await cluster.front()
+    alive, dead = await cluster.workers(2)
+    await live_workers(front, 2)
+    await dead.kill()
+    folder = tmp_path / "extra"
+    folder.mkdir()
+    for name in ("napper.py", "napper.yaml"):
+        (folder / name).write_text((ACTORS / name).read_text().replace("id: napper",
+                                                                       "id: napper3"))
+    async with connected(ws_url(front)) as client:
+        started = time.monotonic()
+        loaded = await client.call("load", {"file_path": str(folder / "napper.yaml")},
+                                   timeout_s=40)
+        waited = time.monotonic() - started
+        assert loaded["result"]["success"] is True, loaded
+        assert waited < LOAD_TIMEOUT_S / 2, waited
+        empty = await client.call("load", {"file_path": ""})
+        assert empty["error"] == {"code": -32011, "message": "Path not allowed: file_path is "
+                                  "empty", "data": {"path": ""}}
+    assert alive.proc is not None and alive.proc.returncode is None
 
 
 async def running_first(workers: list[Service]) -> list[Service]:
