@@ -10,7 +10,7 @@ from typing import Any, Literal
 from jsonschema.protocols import Validator
 
 from service.deps.spec import Dependencies
-from service.manifest.validation import SchemaValidator
+from service.manifest.validation import SchemaValidator, json_pointer
 from service.settings import POOL_DEFAULTS, Limits
 
 Language = Literal["python", "javascript"]
@@ -22,7 +22,7 @@ def schema_errors(validator: Validator | SchemaValidator, value: Any) -> list[di
         return validator.errors(value)
     errors = sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path)))
     return [
-        {"path": "".join(f"/{p}" for p in e.absolute_path), "message": e.message}
+        {"path": json_pointer(e.absolute_path), "message": e.message}
         for e in errors
     ]
 

@@ -94,7 +94,8 @@ UNEVALUATED_BASE_STEPS = 300  # the schema's own work at each evaluation
 # costs (a oneOf of 40 event types, each with its own parts; no schema of the JSON Schema
 # Test Suite counts more than 11, the 2020-12 metaschema 8). Past it, each one counts.
 FREE_EVALUATIONS = 32
-LAX_RUST_FORMATS = frozenset({"idn-hostname", "idn-email"})  # see _Formats
+# see _Formats; jsonschema-rs's `regex` takes any \p{...} name, ECMA-262 refuses unknown ones
+LAX_RUST_FORMATS = frozenset({"idn-hostname", "idn-email", "regex"})
 DEADLINE_SLACK_S = 0.5  # past timeout_s, the wait for an error pass that cannot stop itself
 # The deadline of the error pass running in this context (None: none).
 _DEADLINE: ContextVar[float | None] = ContextVar("validation_deadline", default=None)
@@ -129,7 +130,12 @@ class SchemaValidator:
             else rust_validator(schema, spec.name, format_assertion)
         self._calls_python = self._fast is not None and any("multipleOf" in node.contents
                                                             for node in reached)
-        self._steps_per_byte = max(map(ecma.cost, found), default=0)
+        # Every pattern may read each character once: patternProperties tries each key
+        # against all of its patterns (1,000 of them, a 539 KB object: 6 s, GIL held)
+        self._steps_per_byte = sum(map(ecma.cost, found))
+        # Past FREE_EVALUATIONS subschemas, each may evaluate every location once (an allOf
+        # of 1,000 contains, each over every item of a 100,000-item array: 2 s, GIL held)
+        self._breadth = len(reached) if len(reached) > FREE_EVALUATIONS else 1
         nesting = unevaluated_depth(schema, spec)
         paths, reentries = evaluations(schema, spec)
         # how many times a value may be evaluated, at worst (1: once, in linear time)
@@ -202,7 +208,7 @@ class SchemaValidator:
         if self._fast is None:
             return None
         if self._evaluations > 1 or (
-                (self._steps_per_byte or self._calls_python)
+                (self._steps_per_byte or self._calls_python or self._breadth > 1)
                 and isinstance(value, str | dict | list)):
             return _json(value)
         return None
@@ -217,11 +223,17 @@ class SchemaValidator:
             return None
         return verdicts.VERDICTS.verdict(self._key, text, deadline)
 
+    def _cheap(self, value: Any) -> bool:
+        """Would jsonschema-rs's work on ``value`` cost the loop no more than its verdict may?"""
+        costly = self._json_if_costly(value)
+        return costly is None or self._verdict_steps(costly[0]) <= LOOP_VERDICT_STEPS
+
     def _verdict_steps(self, size: int) -> float:
         """What jsonschema-rs's verdict may cost for a value of ``size`` bytes, in steps."""
-        if self._evaluations == 1:
+        if self._evaluations == 1 and self._breadth == 1:
             return size * self._steps_per_byte
-        return (size * max(self._steps_per_byte, 1) + UNEVALUATED_BASE_STEPS) * self._evaluations
+        return (size * max(self._steps_per_byte, 1) * self._breadth
+                + UNEVALUATED_BASE_STEPS) * self._evaluations
 
     def _errors(self, value: Any, verdict: bool | None, deadline: float) -> Errors:
         """jsonschema's errors: the reference has the last word on a value refused above.
@@ -247,15 +259,17 @@ class SchemaValidator:
         finally:
             _DEADLINE.reset(token)
         found.sort(key=lambda e: list(map(str, e.absolute_path)))
-        return _bounded([{"path": _path(e.absolute_path), "message": _cut(e.message)}
+        return _bounded([{"path": json_pointer(e.absolute_path), "message": _cut(e.message)}
                          for e in found])
 
     def _fallback_errors(self, value: Any, verdict: bool | None, why: str) -> Errors:
         """jsonschema-rs's own messages where jsonschema gave none (time, stack, a failure)
-        and they cost linear time; without them, the value is refused, saying ``why``."""
-        if self._fast is not None and verdict is False and self._linear_errors:
+        and they cost linear time, and little (they hold the GIL: the loop waits); without
+        them, the value is refused, saying ``why``."""
+        if self._fast is not None and verdict is False and self._linear_errors \
+                and self._cheap(value):
             found = islice(self._fast.iter_errors(value), MAX_ERRORS)
-            return _bounded([{"path": _path(e.instance_path), "message": _cut(e.message)}
+            return _bounded([{"path": json_pointer(e.instance_path), "message": _cut(e.message)}
                              for e in found])
         return [{"path": "", "message": f"{why}; the value is refused"}]
 
@@ -264,8 +278,9 @@ async def _off_loop(function: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(_THREADS, function, *args)
 
 
-def _path(parts: Any) -> str:
-    return "".join(f"/{p}" for p in parts)
+def json_pointer(parts: Any) -> str:
+    """A JSON Pointer (RFC 6901): "~" and "/" in a key escaped, so "a/b" is not a in b."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
 def _bounded(errors: Errors) -> Errors:
@@ -380,12 +395,19 @@ def _deadlined(keyword: Keyword) -> Keyword:
 
     @functools.wraps(keyword)
     def bounded(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
-        deadline = _DEADLINE.get()
-        if deadline is not None and time.monotonic() > deadline:
-            raise ValidationTimeout
+        _check_deadline()
         return keyword(validator, value, instance, schema)
 
     return bounded
+
+
+def _check_deadline() -> None:
+    """ValidationTimeout once the context's deadline has passed: at each keyword, and at
+    each key of the keywords that try every key against every pattern (20,000 keys by 1,000
+    patterns are minutes of searches inside one keyword)."""
+    deadline = _DEADLINE.get()
+    if deadline is not None and time.monotonic() > deadline:
+        raise ValidationTimeout
 
 
 def _multiple_of(validator: Any, divisor: Any, instance: Any,
@@ -432,6 +454,7 @@ def _pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any,
         return
     for pattern, subschema in patterns.items():
         for name, value in instance.items():
+            _check_deadline()
             if _search(pattern, name):
                 yield from validator.descend(value, subschema, path=name, schema_path=pattern)
 
@@ -443,12 +466,17 @@ def _additional_properties(validator: Any, additional: Any, instance: Any,
     declared = schema.get("properties", {})
     patterns = list(schema.get("patternProperties", {}))
     extras = [name for name in instance if name not in declared
-              and not any(_search(p, name) for p in patterns)]
+              and not _matches_any(patterns, name)]
     if validator.is_type(additional, "object"):
         for name in extras:
             yield from validator.descend(instance[name], additional, path=name)
     elif additional is False and extras:
         yield ValidationError(_extras_message(sorted(extras, key=str), patterns))
+
+
+def _matches_any(patterns: list[str], name: str) -> bool:
+    _check_deadline()
+    return any(_search(p, name) for p in patterns)
 
 
 def _extras_message(extras: list[str], patterns: list[str]) -> str:

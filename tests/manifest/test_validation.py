@@ -636,3 +636,58 @@ def test_unevaluated_properties_read_pattern_properties_as_ecma_262() -> None:
         assert port(r"^\d$").errors({"\u0663": 1}) != []
         assert port(r"(?<n>a)\k<n>").errors({"aa": 1}) == []
         assert port("^(a|a)+$").errors({"a" * 40 + "!": 1}) != []
+
+
+MANY_PATTERNS = {f"^p{i}x$": {} for i in range(1000)}
+
+
+async def test_every_pattern_of_patternproperties_counts_in_the_cost() -> None:
+    """Each key is tried against every pattern: 1,000 patterns by 50,000 keys held the loop
+    for 2.6 s when only the costliest pattern was counted. The verdict is given elsewhere,
+    within the deadline, and the loop runs on."""
+    v = validator({"type": "object", "patternProperties": MANY_PATTERNS}, timeout_s=0.5)
+    keys = {f"k{i}": 0 for i in range(50_000)}
+    assert v._verdict_steps(len(orjson.dumps(keys))) > validation.LOOP_VERDICT_STEPS
+    errors, gap_s = await _longest_loop_gap_s(v.check(keys))
+    assert gap_s < 0.25, gap_s
+    assert errors in ([], [{"path": "", "message": "validation did not finish within 0.5 s; "
+                                                   "the value is refused"}])
+
+
+async def test_a_thousand_branches_over_one_array_count_in_the_cost() -> None:
+    """Each subschema may evaluate every item: an allOf of 1,000 contains over 100,000 items
+    held the loop for 2.2 s when a schema of distinct subschemas counted as linear."""
+    v = validator({"allOf": [{"contains": {"const": -i}} for i in range(1000)]}, timeout_s=0.5)
+    items = [*range(100_000), *(-i for i in range(1000))]
+    assert v._verdict_steps(len(orjson.dumps(items))) > validation.LOOP_VERDICT_STEPS
+    errors, gap_s = await _longest_loop_gap_s(v.check(items))
+    assert gap_s < 0.25, gap_s
+    assert errors in ([], [{"path": "", "message": "validation did not finish within 0.5 s; "
+                                                   "the value is refused"}])
+    assert await v.check([-i for i in range(1000)]) == []  # small: still a verdict
+
+
+def test_an_error_pass_stops_at_its_deadline_inside_one_keyword() -> None:
+    """20,000 keys by 1,000 patterns in one patternProperties keyword: the deadline was
+    checked only when a keyword began, and the pass ran on in its thread for 26 s of CPU."""
+    v = validator({"type": "object", "patternProperties": MANY_PATTERNS,
+                   "additionalProperties": {"type": "string"}}, timeout_s=0.3)
+    keys = {f"k{i}": 0 for i in range(20_000)}
+    started = time.process_time()
+    assert v._errors(keys, False, time.monotonic() + 0.3) == [
+        {"path": "", "message": "validation did not finish within 0.3 s; the value is refused"}]
+    assert time.process_time() - started < 1.5
+
+
+def test_error_paths_are_json_pointers() -> None:
+    v = validator({"type": "object", "additionalProperties": {"type": "integer"}})
+    errors = v.errors({"a/b": "x", "m~n": "y", "c": "z"})
+    assert [e["path"] for e in errors] == ["/a~1b", "/c", "/m~0n"]
+
+
+def test_format_regex_is_read_as_ecma_262_when_asserted() -> None:
+    """jsonschema-rs takes any \\p{...} name; ECMA-262 (and jsonschema) refuse unknown ones."""
+    v = validator({"type": "string", "format": "regex"}, format_assertion=True)
+    for pattern in ("\\p{Greek}", "\\p{Script=Foo}", "[\\p{Hira}]", "(?P<n>a)"):
+        assert v.errors(pattern) != [], pattern
+    assert v.errors("\\p{Script=Greek}") == [] and v.errors("^a+$") == []
