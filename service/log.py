@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 FIELDS_ATTR = "service_fields"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Per connection, not per process: a ContextVar is copied into every task the handler starts.
@@ -178,6 +180,29 @@ class _ServiceHandler(logging.StreamHandler):
         super().emit(record)
 
 
+class _BadRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse with the offending line quoted: a token in its
+    query or its Authorization header would land in the log, at a client's will. Such a
+    record says only what kind of request it was, once per 10 s at most."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._limit = RateLimit()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        held = self._limit.allow(type(exc).__name__)
+        if held is None:
+            return False
+        record.msg, record.args = "refused a request it cannot parse (%s)%s", (
+            type(exc).__name__, f" ({held} more since the last line)" if held else "")
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
     """Send every log record at ``level`` or above to ``stream`` (stderr) as text or JSON."""
     root = logging.getLogger()
@@ -195,3 +220,6 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # aiohttp's access log says nothing the per-call log line does not.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _BadRequests) for f in server_log.filters):
+        server_log.addFilter(_BadRequests())

@@ -283,7 +283,9 @@ def _carries_token(request: web.Request, tokens: Sequence[str]) -> bool:
     if offered is None:
         return False
     # Compare against every token, always, so timing says nothing about which one matched.
-    matches = [hmac.compare_digest(offered.encode(), token.encode()) for token in tokens]
+    # Header bytes that are not UTF-8 arrive as lone surrogates: kept, they match no token.
+    given = offered.encode("utf-8", "surrogateescape")
+    matches = [hmac.compare_digest(given, token.encode()) for token in tokens]
     return any(matches)
 
 

@@ -444,11 +444,24 @@ def _state_problems(s: Settings) -> list[str]:
         return []
     if not url.startswith(REDIS_SCHEMES):
         return [f"state.redis_url: must start with {', '.join(REDIS_SCHEMES)}"]
+    if not _parses(url):  # never shown: it may hold a password
+        return ["state.redis_url: not a Redis URL redis-py can read (percent-encode a "
+                "password's / ? # @ characters)"]
     if s.cluster.redis_url and same_redis_database(url, s.cluster.redis_url):
         # a state key {namespace}:{actor_id}:{key} could then overwrite the cluster's own keys
         return ["state.redis_url: must not be the cluster's Redis database "
                 "(use another database number, e.g. /1)"]
     return []
+
+
+def _parses(url: str) -> bool:
+    from redis.connection import parse_url  # only with a URL set: redis-py is big
+
+    try:
+        parse_url(url)
+    except ValueError:
+        return False
+    return True
 
 
 def same_redis_database(first: str, second: str) -> bool:
@@ -486,6 +499,9 @@ def _cluster_problems(cluster: ClusterSettings) -> list[str]:
                         f"got {cluster.role!r}")
     if cluster.worker_timeout_s <= cluster.heartbeat_s:
         problems.append("cluster.worker_timeout_s: must be longer than cluster.heartbeat_s")
+    if cluster.redis_url and not _parses(cluster.redis_url):  # never shown: a password
+        problems.append("cluster.redis_url: not a Redis URL redis-py can read (percent-encode "
+                        "a password's / ? # @ characters)")
     return problems
 
 
@@ -497,6 +513,10 @@ def _token_problems(auth: AuthSettings) -> list[str]:
             if len(token.strip()) < MIN_TOKEN_CHARS:
                 problems.append(f"auth.{key}[{i}]: a token must have at least "
                                 f"{MIN_TOKEN_CHARS} characters (use a long random string)")
+            elif token != token.strip() or not token.isprintable() or not token.isascii():
+                # a call token plus a space would otherwise pass as an admin token
+                problems.append(f"auth.{key}[{i}]: a token must be printable ASCII, with no "
+                                "space at either end")
     if set(auth.tokens) & set(auth.admin_tokens):
         problems.append("auth.admin_tokens: an admin token must differ from every call token")
     return problems

@@ -97,6 +97,11 @@ def test_every_problem_is_listed_on_one_line() -> None:
      "auth.admin_tokens[0]: a token must have at least 16 characters (use a long random string)"),
     ({"auth": {"tokens": ["a" * 16], "admin_tokens": ["a" * 16]}},
      "auth.admin_tokens: an admin token must differ from every call token"),
+    ({"auth": {"tokens": ["a" * 16], "admin_tokens": ["a" * 16 + " "]}},
+     "auth.admin_tokens[0]: a token must be printable ASCII, with no space at either end"),
+    ({"state": {"redis_url": "redis://:s3cret/pass@127.0.0.1:1/1"}},
+     "state.redis_url: not a Redis URL redis-py can read (percent-encode a password's "
+     "/ ? # @ characters)"),
     ({"limits": {"network": True}},
      "limits.network: a default of true needs limits_max.network = true"),
     ({"limits_max": {"network_actors": "doubler"}},

@@ -15,9 +15,9 @@ store's words: never Redis's command text, which names the internal key.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -63,13 +63,14 @@ ANY_SIZE = 2**62  # READ's limit when the caller sets none
 
 
 def redacted(url: str) -> str:
-    """The URL without its password (for logs and ``service doctor``)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
+    """The URL without its password (for logs and ``service doctor``): the one before the
+    last @, even one holding a / a parser would stop at, and a ``password=`` parameter."""
+    url = _USERINFO_PASSWORD.sub(r"\1\2:***@", url)
+    return _QUERY_PASSWORD.sub(r"\1***", url)
+
+
+_USERINFO_PASSWORD = re.compile(r"^([a-z+]+://)([^:@/]*):[^@]*@", re.I)
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.I)
 
 
 class RedisStore:

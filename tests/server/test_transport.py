@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import platform
 from importlib.metadata import version
 from typing import Any
@@ -13,6 +15,7 @@ from aiohttp import WSCloseCode, WSMsgType
 from aiohttp.test_utils import TestClient
 from server_support import Rpc, ServerFactory
 
+from service.log import setup_logging
 from service.settings import AuthSettings
 
 INVALID_REQUEST = {"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"},
@@ -152,6 +155,34 @@ async def test_token_in_header_or_query(guarded: TestClient, path: str,
     ws = await guarded.ws_connect(path, headers=headers)
     assert (await Rpc(ws).call("cancel", [1]))["result"] == {"cancelled": False}
     await ws.close()
+
+
+async def _raw_status(server: TestClient, head: bytes) -> bytes:
+    """The status line the server answers to ``head`` (a raw request, any bytes)."""
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(head)
+    await writer.drain()
+    line = await reader.readline()
+    writer.close()
+    return line.rstrip()
+
+
+async def test_a_token_that_is_not_utf8_is_401_not_500(guarded: TestClient) -> None:
+    head = (b"GET /metrics HTTP/1.1\r\nHost: " + f"{guarded.host}:{guarded.port}".encode()
+            + b"\r\nAuthorization: Bearer \xff\xfes3cret\r\n\r\n")
+    assert (await _raw_status(guarded, head)).endswith(b"401 Unauthorized")
+
+
+async def test_a_request_that_cannot_be_parsed_logs_no_token(
+        guarded: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    """aiohttp quotes the line it cannot parse: the token in it must not reach the log."""
+    setup_logging("info")
+    caplog.set_level(logging.INFO)
+    head = b"GET /?token=s3cret&v=1\x7f HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert (await _raw_status(guarded, head)).endswith(b"400 Bad Request")
+    await asyncio.sleep(0.1)
+    assert "s3cret" not in caplog.text
+    assert "refused a request it cannot parse" in caplog.text
 
 
 async def test_healthz_needs_no_token(guarded: TestClient) -> None:

@@ -195,6 +195,8 @@ def test_redacted_hides_the_password() -> None:
     assert redacted("redis://user:secret@host:6379/0") == "redis://user:***@host:6379/0"
     assert redacted("redis://:secret@host/0") == "redis://:***@host/0"
     assert redacted("unix:///run/redis.sock") == "unix:///run/redis.sock"
+    assert redacted("redis://h:1/1?password=s3cret&x=1") == "redis://h:1/1?password=***&x=1"
+    assert redacted("redis://:s3cret/pass@h:1/1") == "redis://:***@h:1/1"  # a / in it
 
 
 async def test_redis_bytes_that_are_not_utf8_are_refused_to_the_script(
