@@ -454,24 +454,26 @@ def _state_problems(s: Settings) -> list[str]:
     return []
 
 
-def _parses(url: str) -> bool:
+def _parsed(url: str) -> dict[str, Any] | None:
+    """redis-py's reading of a Redis URL; None when it cannot read it."""
     from redis.connection import parse_url  # only with a URL set: redis-py is big
 
     try:
-        parse_url(url)
+        parts: dict[str, Any] = parse_url(url)
     except ValueError:
-        return False
-    return True
+        return None
+    return parts
+
+
+def _parses(url: str) -> bool:
+    return _parsed(url) is not None
 
 
 def same_redis_database(first: str, second: str) -> bool:
     """Do two Redis URLs name the same database of the same server, however written
     (``localhost`` or ``127.0.0.1``, ``/0`` or no database, credentials or none)?"""
-    from redis.connection import parse_url  # only with both URLs set: redis-py is big
-
-    try:
-        a, b = parse_url(first), parse_url(second)
-    except ValueError:
+    a, b = _parsed(first), _parsed(second)
+    if a is None or b is None:
         return first == second
     if a.get("db", 0) != b.get("db", 0):
         return False

@@ -297,6 +297,7 @@ def test_older_draft_port_schema(tmp_path: Path) -> None:
 
 # --- config, pool, examples ---
 
+
 def test_a_bad_default_is_reported_once_not_for_every_example(tmp_path: Path) -> None:
     path = write(tmp_path, BASE + "config:\n"
                  "  schema: {type: object, properties: {f: {type: number}, m: {type: string}}}\n"
@@ -305,7 +306,6 @@ def test_a_bad_default_is_reported_once_not_for_every_example(tmp_path: Path) ->
                  "  - {name: b, payload: {}, outputs: {}, config: {m: 3}}\n")
     assert messages(path) == ["config.defaults.f: 'x' is not of type 'number'",
                               "examples[1].config.m: 3 is not of type 'string'"]
-
 
 
 def test_counter_config_state_and_examples(in_repo: Path) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import Any
 
 from service.manifest.model import ActorDef, PoolSpec
 from service.sandbox.base import CallOutcome, CallRequest, Event, Worker
+from service.sandbox.process import HARNESS_DIR
 from service.settings import Limits
 
 ACTORS = Path(__file__).resolve().parent / "actors"
@@ -64,3 +66,13 @@ async def call(worker: Worker, payload: dict[str, Any] | None = None,
     recorder = Recorder()
     outcome = await worker.call(request(payload, **kwargs), recorder)
     return outcome, recorder
+
+
+def load_python_harness(name: str) -> ModuleType:
+    """The Python harness imported as module ``name`` (its functions only: importing it
+    runs nothing; never run it as a program outside a sandbox)."""
+    spec = importlib.util.spec_from_file_location(name, HARNESS_DIR / "harness.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,27 +4,17 @@ exactly what json.dumps/json.loads say, errors included."""
 from __future__ import annotations
 
 import enum
-import importlib.util
 import json
 import math
 from collections import OrderedDict
-from types import ModuleType
 from typing import Any
 
 import pytest
+from sandbox_helpers import load_python_harness
 
 from service.sandbox.process import HARNESS_DIR
 
-
-def _load_harness() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("harness_under_test", HARNESS_DIR / "harness.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load_harness()
+harness = load_python_harness("harness_under_test")
 
 
 class Color(enum.IntEnum):

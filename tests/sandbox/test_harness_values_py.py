@@ -10,17 +10,15 @@ backend for what the caller sees.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import math
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-from sandbox_helpers import Recorder, actor_def, request
+from sandbox_helpers import Recorder, actor_def, load_python_harness, request
 
 from service.errors import ActorFailed, ResourceLimitExceeded
 from service.sandbox.base import CallRequest, OutputEvent
@@ -32,16 +30,7 @@ from service.state.context import StateContext
 from service.state.embedded import EmbeddedStore
 from service.state.session import StateBudget, StateSession
 
-
-def _load_harness() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("harness_values", HARNESS_DIR / "harness.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load_harness()
+harness = load_python_harness("harness_values")
 SCRIPT = "/actor/values.py"  # where a sandbox shows the script
 HARNESS_FILE = str(HARNESS_DIR / "harness.py")
 NAN_TEXT = "Out of range float values are not JSON compliant"
