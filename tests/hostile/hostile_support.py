@@ -17,7 +17,7 @@ import hashlib
 import os
 import re
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -401,6 +401,27 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def host_tcp_mem_mb() -> float:
+    """The kernel's TCP buffer memory, every network namespace together (/proc/net/sockstat
+    counts pages of one global pool): what a sandbox's unread connections hold on the host."""
+    for line in _read("/proc/net/sockstat").splitlines():
+        if line.startswith("TCP:"):
+            fields = line.split()
+            return int(fields[fields.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return 0.0
+
+
+def inotify_fds(pids: Iterable[int]) -> int:
+    """inotify instances the given host processes hold, read from /proc/PID/fd."""
+    count = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    count += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify"
+    return count
 
 
 def host_state(paths: list[str]) -> dict[str, Any]:

@@ -26,8 +26,10 @@ from hostile_support import (
     SandboxWatch,
     Substitute,
     host_state,
+    host_tcp_mem_mb,
     hostile_settings,
     idle_use,
+    inotify_fds,
     nobody_gets_inotify,
     rss_mb,
     running,
@@ -66,7 +68,9 @@ def test_cases_are_well_formed() -> None:
                                    "max_notifications", "idle_cpu_ms_below",
                                    "rss_growth_mb_below", "host_unchanged", "nobody_inotify",
                                    "wire_bytes_below", "idle_written_mb_below",
-                                   "sandbox_tmp_empty", "sandbox_replaced"}, case["case"]
+                                   "sandbox_tmp_empty", "sandbox_replaced",
+                                   "host_tcp_mem_growth_mb_below",
+                                   "no_sandbox_inotify"}, case["case"]
         assert set(case.get("known_issue", {})) <= set(BACKENDS)
         assert case.get("also_private", False) in (True, False)
 
@@ -209,6 +213,9 @@ class Measured:
     idle_cpu_ms: float = 0.0  # the most CPU sandboxes used in one idle window
     idle_written_mb: float = 0.0  # the most sandboxes wrote (to the server) in one window
     rss_growth_mb: float = 0.0  # the server's resident memory, after the steps less before
+    # the host's TCP buffer memory after the steps less before (sockets still held)
+    tcp_mem_growth_mb: float = 0.0
+    sandbox_inotify_fds: int = 0  # inotify instances the sandboxes' processes hold after
     nobody_inotify: bool = True
     # entries seen from the host in a live sandbox's /tmp after a call; None: no sandbox /tmp
     # was visible (gVisor's is inside the Sentry)
@@ -229,7 +236,7 @@ async def run_steps(case: Case, runtime: Runtime,
     """
     actor_id = runtime.actors()[0].id
     observed, problems, measured = [], [], Measured()
-    rss_before = rss_mb()
+    rss_before, tcp_before = rss_mb(), host_tcp_mem_mb()
     for step in case.steps:
         if "idle_s" in step:
             used = await idle_use(watch, step["idle_s"])
@@ -254,6 +261,10 @@ async def run_steps(case: Case, runtime: Runtime,
             if left is not None:
                 measured.sandbox_tmp = (measured.sandbox_tmp or []) + left
     measured.rss_growth_mb = rss_mb() - rss_before
+    measured.tcp_mem_growth_mb = host_tcp_mem_mb() - tcp_before
+    if case.checks.get("no_sandbox_inotify"):
+        watch.scan()
+        measured.sandbox_inotify_fds = inotify_fds(watch.procs)
     if case.checks.get("nobody_inotify"):
         measured.nobody_inotify = await asyncio.to_thread(nobody_gets_inotify)
     benign = await call(runtime, actor_id, {"mode": "benign"})
@@ -313,6 +324,10 @@ def measured_problems(case: Case, measured: Measured) -> list[str]:
         problems.append(f"the server grew by {measured.rss_growth_mb:.0f} MiB")
     if not measured.nobody_inotify:
         problems.append("host uid 65534 can no longer create an inotify instance")
+    if measured.tcp_mem_growth_mb >= checks.get("host_tcp_mem_growth_mb_below", float("inf")):
+        problems.append(f"the host's TCP buffers grew by {measured.tcp_mem_growth_mb:.0f} MiB")
+    if measured.sandbox_inotify_fds:
+        problems.append(f"the sandboxes hold {measured.sandbox_inotify_fds} inotify instances")
     if checks.get("sandbox_tmp_empty"):
         problems += sandbox_tmp_problems(case, measured)
     if checks.get("sandbox_replaced"):
