@@ -101,14 +101,18 @@ class TimeLimitExceeded(RpcError):
 
 
 class ResourceLimitExceeded(RpcError):
-    """``resource`` is one of memory, pids, output, cpu, disk."""
+    """``resource`` is one of memory, pids, output, cpu, disk, state. ``limit`` is the
+    number the resource is counted in (MiB, bytes, ...), or ``{unit: number}`` where the
+    resource has more than one limit (output's notification count, state's ops/bytes)."""
 
     CODE = -32006
     MESSAGE = "Resource limit exceeded"
 
     def __init__(self, resource: str, limit: Any) -> None:
+        shown = (", ".join(f"{number} {unit}" for unit, number in limit.items())
+                 if isinstance(limit, dict) else limit)
         super().__init__(
-            f"Resource limit exceeded: {resource} (limit {limit})",
+            f"Resource limit exceeded: {resource} (limit {shown})",
             {"resource": resource, "limit": limit},
         )
 

@@ -309,7 +309,7 @@ class OutputBudget:
         """Charge one notification of ``size`` bytes on the wire."""
         self.notifications += 1
         if self.max_notifications is not None and self.notifications > self.max_notifications:
-            raise ResourceLimitExceeded("output", self.limit)
+            raise ResourceLimitExceeded("output", {"notifications": self.max_notifications})
         self.spend(size)
 
 

@@ -162,6 +162,50 @@ async def test_output_bypassing_the_harness_still_comes_back(
         recorder.logs)
 
 
+LONG_LINES = {
+    "long_lines.py": """
+import os, sys
+async def process(context):
+    sys.stdout.write("x" * 100000)
+    sys.stdout.write("\\n")
+    print("after")
+    for data in (b"y" * 100000, b"\\n", b"raw after\\n"):
+        while data:  # a pipe may take less than a whole write (gVisor's does)
+            data = data[os.write(1, data):]
+""",
+    "long_lines.js": """
+const fs = require("fs");
+async function process(context) {
+  console.log("x".repeat(100000));
+  console.log("after");
+  for (const text of ["y".repeat(100000), "\\n", "raw after\\n"]) {
+    const data = Buffer.from(text);
+    for (let done = 0; done < data.length;) done += fs.writeSync(1, data, done);
+  }
+}
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(LONG_LINES))
+async def test_a_long_line_goes_in_pieces_and_its_newline_adds_no_empty_line(
+        start: Start, scratch_dir: Path, name: str) -> None:
+    """A line longer than 64 KiB is sent in pieces (what waits for a newline is bounded);
+    the newline that ends it is no line of its own."""
+    script = scratch_dir / name
+    script.write_text(LONG_LINES[name])
+    script.chmod(0o644)
+    worker = await start(actor_def(script, output_bytes=1 << 20))
+    _, recorder = await call(worker, {})
+    harness = [text for stream, text in recorder.logs if not text.startswith("y")
+               and text != "raw after"]
+    raw = [text for stream, text in recorder.logs if text.startswith("y")]
+    assert harness == ["x" * 100000, "after"]
+    assert "".join(raw) == "y" * 100000 and all(raw)
+    assert recorder.logs[-1] == ("stdout", "raw after")
+    assert all(text for _, text in recorder.logs)
+
+
 # --- failures of the script --------------------------------------------------------------
 
 

@@ -64,8 +64,9 @@ JAVASCRIPT = """
       const pushed = await state.push("items", "x");
       const down = await state.decrement("count", 3);
       const gone = await state.delete("doc");
-      const legacy = await context.getState("count", 0);
-      await context.setState("legacy", legacy + 1);
+      // the origin's form, unawaited: answered at once on persistent state too
+      const legacy = context.getState("count", 0);
+      context.setState("legacy", legacy + 1);
       let refused = null;
       try {
         await state.increment("legacy_text_key_missing_is_zero");
@@ -178,3 +179,27 @@ async def test_a_store_that_is_down_fails_the_call_with_32009(start: Start,
         await worker.call(_request(actor, _session(Down(0), actor.id)), Recorder())
     assert caught.value.data == {"backend": "state:redis", "reason": "connection refused"}
     assert not worker.alive
+
+
+async def test_the_origins_javascript_example_counts_on_persistent_state(
+        start: Start, scratch_dir: Path) -> None:
+    """protocol.md's JavaScript actor, as written: getState(key, fallback) and setState,
+    unawaited, read and write the store at once (a promise there stored "[object Promise]1");
+    a refused setState throws where it is called."""
+    actor = _script(scratch_dir, "origin_js.js", """
+        async function process(context) {
+            const value = context.getInput("input", 0);
+            await context.sendOutput("output", value * 2);
+            context.setState("count", context.getState("count", 0) + 1);
+            console.log("hello");
+            let refused = null;
+            try { context.setState("", 1); } catch (err) { refused = err.name; }
+            return { status: "completed", refused };
+        }
+    """)
+    store = EmbeddedStore(0)
+    worker = await start(actor)
+    for count in (1, 2):
+        outcome = await worker.call(_request(actor, _session(store, actor.id)), Recorder())
+        assert outcome.return_value == {"status": "completed", "refused": "TypeError"}
+        assert await store.get(f"default:{actor.id}:count") == str(count)

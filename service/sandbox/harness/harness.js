@@ -27,7 +27,7 @@ const Module = require('module');
 const { pathToFileURL } = require('url');
 
 const ERRNO_DISK = new Set(['ENOSPC', 'EFBIG', 'EDQUOT']);
-const PARTIAL_LINE_MAX = 65536; // an unterminated write longer than this is sent as it stands
+const PARTIAL_LINE_MAX = 65536; // an unterminated write longer than this is sent as it stands (a piece)
 const TMP = '/tmp';
 const READY = '{"type":"ready"}\n';
 const LOADING = '{"type":"loading"}\n';
@@ -178,8 +178,9 @@ class StateRequests {
   }
 
   request(op, key, fields) {
-    // fields: the rest of the message, already JSON (',"value":...'), each value encoded once
-    // and strictly by its operation: one that is not JSON throws there, in the script.
+    // The reply, or the error the store refused with, thrown. fields: the rest of the
+    // message, already JSON (',"value":...'), each value encoded once and strictly by its
+    // operation: one that is not JSON throws there, in the script.
     const id = ++this.nextId;
     const head = JSON.stringify({ type: 'state', id, op, key }); // an object: ends with }
     this.channel.sendLine(`${head.slice(0, -1)}${fields}}\n`);
@@ -187,10 +188,10 @@ class StateRequests {
     if (line === null) process.exit(0); // the host closed the channel
     const reply = JSON.parse(line);
     if (reply.type !== 'state_reply' || reply.id !== id) {
-      return Promise.reject(new Error(`state: the host answered ${line.slice(0, 200)}`));
+      throw new Error(`state: the host answered ${line.slice(0, 200)}`);
     }
-    if (reply.ok) return Promise.resolve(reply);
-    return Promise.reject(new (STATE_ERRORS[reply.error_type] || Error)(String(reply.message)));
+    if (reply.ok) return reply;
+    throw new (STATE_ERRORS[reply.error_type] || Error)(String(reply.message));
   }
 }
 
@@ -208,12 +209,18 @@ class StoreState {
     return this.requests.request(op, key, fields);
   }
 
-  async get(key, fallback = null) {
-    const reply = await this.op('get', key);
+  read(key, fallback = null) {
+    // getState(key, fallback): answered at once (the channel is read synchronously).
+    const reply = this.requests.request('get', key, '');
     return reply.found ? reply.value : fallback;
   }
 
-  async set(key, value) { await this.op('set', key, `,"value":${valueJson('set', value)}`); }
+  write(key, value, what) {
+    this.requests.request('set', key, `,"value":${valueJson(what, value)}`);
+  }
+
+  async get(key, fallback = null) { return this.read(key, fallback); }
+  async set(key, value) { this.write(key, value, 'set'); }
   async delete(key) { return (await this.op('delete', key)).value; }
 
   async increment(key, amount = 1) {
@@ -356,14 +363,21 @@ class LogSink {
     this.channel = channel;
     this.stream = stream;
     this.buffer = '';
+    this.split = false; // the last line went out in pieces: its newline is no empty line
   }
 
   write(chunk) {
-    const lines = (this.buffer + String(chunk)).split('\n');
+    let text = String(chunk);
+    if (this.split && text) {
+      this.split = false;
+      if (text[0] === '\n') text = text.slice(1);
+    }
+    const lines = (this.buffer + text).split('\n');
     this.buffer = lines.pop();
     if (this.buffer.length > PARTIAL_LINE_MAX) {
       lines.push(this.buffer);
       this.buffer = '';
+      this.split = true;
     }
     for (const line of lines) this.emit(line);
     return true;
@@ -372,6 +386,7 @@ class LogSink {
   end() {
     if (this.buffer) this.emit(this.buffer);
     this.buffer = '';
+    this.split = false;
   }
 
   emit(line) {
@@ -409,15 +424,20 @@ class Context {
   }
 
   getState(key, fallback) {
-    // getState(): the state store handle. On persistent state getState(key)/setState return
-    // promises (the value is in the host's store; a synchronous read would block the loop).
+    // getState(): the state store handle. getState(key, fallback) and setState(key, value)
+    // answer at once on persistent state too, as in Python: the origin's
+    // `context.setState("count", context.getState("count", 0) + 1)` works unawaited (and
+    // awaiting a value is harmless). A refused operation throws where it is called.
     if (arguments.length === 0) return this.store;
-    if (this.store instanceof StoreState) return this.store.get(key, fallback === undefined ? null : fallback);
+    if (this.store instanceof StoreState) return this.store.read(key, fallback === undefined ? null : fallback);
     return has(this.state, key) ? this.state[key] : fallback;
   }
 
   setState(key, value) {
-    if (this.store instanceof StoreState) return this.store.set(key, value);
+    if (this.store instanceof StoreState) {
+      this.store.write(key, value, 'setState');
+      return undefined;
+    }
     valueJson('setState', value); // refused at once, as the store refuses it (kept as given)
     put(this.state, stateKey(key), value);
     return undefined;

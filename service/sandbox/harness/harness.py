@@ -223,6 +223,7 @@ class LogStream:
         self._stream = stream
         self._fd = fd
         self._buffer = ""
+        self._split = False  # the last line went out in pieces: its newline is no empty line
         self._lock = _thread.allocate_lock()
         self.buffer = BinaryLog(self)
 
@@ -230,11 +231,17 @@ class LogStream:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         with self._lock:
-            lines = (self._buffer + text).split("\n")
+            rest = text
+            if self._split and rest:
+                self._split = False
+                if rest[0] == "\n":
+                    rest = rest[1:]
+            lines = (self._buffer + rest).split("\n")
             self._buffer = lines.pop()
             if len(self._buffer) > PARTIAL_LINE_MAX:
                 lines.append(self._buffer)
                 self._buffer = ""
+                self._split = True
             for line in lines:
                 self._emit(line)
         return len(text)
@@ -249,6 +256,7 @@ class LogStream:
             if self._buffer:
                 self._emit(self._buffer)
             self._buffer = ""
+            self._split = False
 
     def _emit(self, line: str) -> None:
         self._channel.send({"type": "log", "stream": self._stream, "message": line})
