@@ -7,6 +7,8 @@ connections, which this module adds around its protocol: a connection over
 WebSocket session and has no request being answered (an idle keep-alive, a request head still
 coming), or is closed as soon as it is accepted when there is none: clients that never open a
 session (no token, health checks kept alive) cannot hold every slot and lock the sessions out.
+Nor can sessions lock out the probes: a few connections (``session_reserve``) are never
+upgraded, so /healthz answers while idle sessions hold every other one.
 One that has not sent a complete request head within ``connections.header_timeout_s`` (of
 being accepted, or of its previous request) is closed. A WebSocket connection is left alone
 once upgraded. A closed connection's unsent bytes are dropped (a peer that does not read must
@@ -63,12 +65,22 @@ class RateLimitedLog:
             log.warning(message + suffix, *args)
 
 
+def session_reserve(max_connections: int) -> int:
+    """Connections kept from WebSocket sessions for plain HTTP (/healthz, /metrics): an
+    eighth of them, 1 to 16 (none when only one connection is allowed at all)."""
+    return min(16, max(1, max_connections // 8)) if max_connections > 1 else 0
+
+
 class ConnectionGate:
     """Open connections of one server, and the protocol wrapper that enforces the caps."""
 
     def __init__(self, limits: ConnectionSettings) -> None:
         self.limits = limits
         self.open = 0
+        self.sessions = 0  # open connections upgraded to a WebSocket session
+        # sessions that never close (idle clients) would otherwise take every slot, and a
+        # probe of /healthz would find none
+        self.max_sessions = limits.max_connections - session_reserve(limits.max_connections)
         self.refused = 0
         self.timed_out = 0
         self.evicted = 0
@@ -103,6 +115,7 @@ class GuardedProtocol(asyncio.Protocol):
         self._transport: asyncio.BaseTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._active = 0  # requests of this connection being handled (see the middleware)
+        self._session = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
@@ -123,9 +136,16 @@ class GuardedProtocol(asyncio.Protocol):
     def idle(self) -> bool:
         return self._active == 0
 
+    def session_room(self) -> bool:
+        """May this connection become a session? Not when ``max_sessions`` are open."""
+        return self._session or self._gate.sessions < self._gate.max_sessions
+
     def became_session(self) -> None:
         """The connection is a WebSocket session now (its token, if any, checked)."""
         self._gate.unvetted.pop(self, None)
+        if not self._session:
+            self._session = True
+            self._gate.sessions += 1
 
     def close(self) -> None:
         self._disarm()
@@ -138,6 +158,9 @@ class GuardedProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._gate.unvetted.pop(self, None)
+        if self._session:
+            self._session = False
+            self._gate.sessions -= 1
         if self._inner is not None:
             self._gate.open -= 1
             self._inner.connection_lost(exc)

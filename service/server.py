@@ -27,6 +27,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from service.guard import (
     ConnectionGate,
     GuardedSite,
+    RateLimitedLog,
     ensure_fd_headroom,
     guarded_protocol,
     loopback_dev_mode,
@@ -44,16 +45,25 @@ from service.settings import Settings, check_exposure
 log = logging.getLogger(__name__)
 
 CORK_S = 0.001  # how long a notification may wait for the response to leave with it
+WRITE_CHECK_S = 1.0  # how often sessions are checked for a write that does not finish
+CLOSE_S = 2.0  # for a session's close frame to leave at shutdown; then it is cut
 # Frames of one connection being answered, beyond max_in_flight (answers refused -32008, or
 # waiting to be written): past that its frames are not read until some answer has gone out.
 FRAME_SLACK = 16
+
+
+def _cancelled() -> bool:
+    """Is the running task being cancelled (rather than handed another's CancelledError)?"""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 class Session:
     """One WebSocket connection: its frame tasks and its serialized writer."""
 
     def __init__(self, ws: web.WebSocketResponse, dispatcher: Dispatcher,
-                 admin: bool = False, sock: Any = None, max_frames: int = 80) -> None:
+                 admin: bool = False, sock: Any = None, max_frames: int = 80,
+                 transport: asyncio.BaseTransport | None = None) -> None:
         self.ws = ws
         self.dispatcher = dispatcher
         self.connection = Connection(self.send, admin=admin, notify_send=self.send_more)
@@ -64,22 +74,61 @@ class Session:
         self._write_lock = asyncio.Lock()
         self._sock = sock  # the TCP socket, to cork (None: not TCP, or corking failed)
         self._uncork_timer: asyncio.TimerHandle | None = None  # set while corked
+        self._transport = transport  # to cut the connection (None: aiohttp closes it)
+        self.writing_since: float | None = None  # loop time the write under way began
 
     async def send(self, text: str, *, more: bool = False) -> None:
         """Write one frame; dropped (not raised) once the socket is closing. ``more``: the
-        caller expects to write again soon (a call's response follows its notifications)."""
+        caller expects to write again soon (a call's response follows its notifications).
+        A write that waits for a client that does not read is watched (``writing_since``)."""
         async with self._write_lock:
             if self.ws.closed:
                 log.debug("connection closed; dropping a %d-byte message", len(text))
                 return
             if more:
                 self._cork()
+            self.writing_since = asyncio.get_running_loop().time()
             try:
                 await self.ws.send_str(text)
             except ConnectionError as exc:
                 log.debug("connection lost while sending: %s", exc)
+            except asyncio.CancelledError:
+                # aiohttp's writes wait on one shared future, which a cancelled write
+                # cancels: the next write gets a CancelledError of its own. The client takes
+                # nothing; it is cut.
+                if _cancelled():
+                    raise
+                log.debug("connection cut: a write waiting for the client was cancelled")
+                self.cut()
+            finally:
+                self.writing_since = None
             if not more:  # a response: what was corked before it leaves with it, now
                 self._uncork()
+
+    def cut(self) -> None:
+        """Drop the connection now, unsent bytes and all: its reader ends, its calls are
+        cancelled, a write waiting on it fails."""
+        if self._transport is not None and not self._transport.is_closing():
+            if isinstance(self._transport, asyncio.Transport):
+                self._transport.abort()
+            else:
+                self._transport.close()
+
+    async def close(self, code: int, message: bytes) -> None:
+        """Cancel the calls in flight, then send the close frame; a client that does not
+        read has CLOSE_S to take it before the connection is cut."""
+        await self.cancel_all()
+        try:
+            async with asyncio.timeout(CLOSE_S):
+                await self.ws.close(code=code, message=message)
+        except TimeoutError:
+            log.info("cutting a connection that did not take its close frame in %g s",
+                     CLOSE_S)
+            self.cut()
+        except asyncio.CancelledError:
+            if _cancelled():
+                raise
+            self.cut()  # (a write the client did not take was cancelled: see send)
 
     async def send_more(self, text: str) -> None:
         await self.send(text, more=True)
@@ -160,6 +209,7 @@ class AppState:
     methods: Methods | None = None
     connection_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     auth_failures: RateLimit = field(default_factory=RateLimit)
+    write_timeouts: RateLimitedLog = field(default_factory=RateLimitedLog)
     cluster: Any = None  # the ClusterNode in cluster mode (service.cluster.node)
     gate: ConnectionGate = field(init=False)  # the connection caps of serve()'s site
 
@@ -200,9 +250,25 @@ class AppState:
         await self.close_sessions()
 
     async def close_sessions(self) -> None:
-        for session in list(self.sessions):
-            await session.cancel_all()
-            await session.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        """Close every session at once (one that does not read delays none of the others)."""
+        await asyncio.gather(*(session.close(WSCloseCode.GOING_AWAY, b"server shutting down")
+                               for session in list(self.sessions)))
+
+    async def watch_writes(self) -> None:
+        """Cut a connection whose client has not taken one answer within
+        ``connections.write_timeout_s``: it would hold its answers (and their calls' place
+        in ``max_in_flight``) for as long as it stays connected."""
+        limit = self.settings.connections.write_timeout_s
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(WRITE_CHECK_S)
+            now = loop.time()
+            for session in list(self.sessions):
+                if session.writing_since is not None and now - session.writing_since > limit:
+                    self.write_timeouts.warning(
+                        "write", "cutting a connection whose client did not take an answer "
+                        "in %g s (connections.write_timeout_s)", limit)
+                    session.cut()
 
 
 STATE = web.AppKey("state", AppState)
@@ -244,7 +310,11 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
                                       limits=state.settings.connections)
         state.methods = register_methods(
             state.dispatcher, host or state.runtime, state.metrics)  # type: ignore[arg-type]
-        yield
+        watcher = asyncio.ensure_future(state.watch_writes())
+        try:
+            yield
+        finally:
+            watcher.cancel()
         await state.close_sessions()
 
 
@@ -347,12 +417,17 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         return web.Response(status=426, text="JSON-RPC 2.0 over WebSocket: upgrade required\n",
                             headers={"Upgrade": "websocket", "Connection": "Upgrade"})
+    protocol = guarded_protocol(request)
+    if protocol is not None and not protocol.session_room():
+        return web.Response(status=503, text="503: every session slot is taken "
+                            "(connections.max_connections)\n", headers={"Retry-After": "1"})
     await ws.prepare(request)
-    if (protocol := guarded_protocol(request)) is not None:
+    if protocol is not None:
         protocol.became_session()
     session = Session(ws, state.dispatcher, admin=is_admin(request, state.settings),
                       sock=tcp_socket(request),
-                      max_frames=state.settings.connections.max_in_flight + FRAME_SLACK)
+                      max_frames=state.settings.connections.max_in_flight + FRAME_SLACK,
+                      transport=request.transport)
     state.sessions.add(session)
     # Every line logged while serving this connection carries these (JSON log fields).
     CONNECTION.set({"connection": next(state.connection_ids), "peer": request.remote})

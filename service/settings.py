@@ -113,6 +113,7 @@ class ConnectionSettings:
     max_batch: int = 100  # requests in one batch
     max_response_bytes: int = 67_108_864  # the answer to one frame (a batch: all of it)
     max_id_chars: int = 256  # a longer string id is an Invalid Request
+    write_timeout_s: float = 30  # for one answer to be taken by a client that reads
     allowed_origins: tuple[str, ...] = ()  # browser Origins allowed to upgrade; none by default
     allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides the bind address
 

@@ -40,7 +40,7 @@ DOCUMENTED_SETTINGS: dict[str, Any] = {
     "capacity": {"max_sandboxes": 256},  # memory_mb: from the machine, left out
     "connections": {"max_connections": 512, "header_timeout_s": 10, "max_in_flight": 64,
                     "max_batch": 100, "max_response_bytes": 67108864, "max_id_chars": 256,
-                    "allowed_origins": [], "allowed_hosts": []},
+                    "write_timeout_s": 30, "allowed_origins": [], "allowed_hosts": []},
 }
 RUNTIME_DEPENDENCIES = {"aiohttp", "pyyaml", "jsonschema", "referencing",
                         "dynaconf", "prometheus-client"}

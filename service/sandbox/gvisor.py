@@ -76,6 +76,7 @@ from service.sandbox.process import (
     harness_command,
     output_pipes,
     sweep_stale_groups,
+    to_the_end,
 )
 from service.sandbox.seccomp import DENIED, FAMILY_MAX, SOCKET_CALLS, refused_families
 from service.settings import Settings
@@ -248,17 +249,16 @@ class GVisorBackend:
         try:
             worker = await asyncio.shield(spawning)  # see ProcessBackend.start_worker
         except asyncio.CancelledError:
-            await abandon(spawning, cgroups)
+            await to_the_end(abandon(spawning, cgroups, self._adopt))
             raise
         except BaseException:
-            await cgroups.remove()
+            await to_the_end(cgroups.remove())
             raise
-        self._workers.add(worker)
-        worker.on_closed = self._workers.discard
+        self._adopt(worker)
         try:
             await worker.wait_ready()
         except BaseException:
-            await worker.close()
+            await to_the_end(worker.close())
             raise
         return worker
 
@@ -317,6 +317,10 @@ class GVisorBackend:
         bundle = self.home / f"w-{secrets.token_hex(8)}"
         bundle.mkdir(mode=0o700)
         return bundle
+
+    def _adopt(self, worker: ProcessWorker) -> None:
+        self._workers.add(worker)
+        worker.on_closed = self._workers.discard
 
     async def aclose(self) -> None:
         """Close any worker its pool left open, and remove the backend's folder."""

@@ -48,7 +48,7 @@ import struct
 import termios
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -1679,19 +1679,22 @@ class ProcessBackend:
         try:
             worker = await asyncio.shield(spawning)
         except asyncio.CancelledError:
-            await abandon(spawning, cgroups)
+            await to_the_end(abandon(spawning, cgroups, self._adopt))
             raise
         except BaseException:
-            await cgroups.remove()
+            await to_the_end(cgroups.remove())
             raise
-        self._workers.add(worker)
-        worker.on_closed = self._forget
+        self._adopt(worker)
         try:
             await worker.wait_ready()
         except BaseException:
-            await worker.close()
+            await to_the_end(worker.close())
             raise
         return worker
+
+    def _adopt(self, worker: ProcessWorker) -> None:
+        self._workers.add(worker)
+        worker.on_closed = self._forget
 
     def _forget(self, worker: ProcessWorker) -> None:
         """A closed worker: its uid is free again once no process of it can be left."""
@@ -1796,14 +1799,36 @@ class ProcessBackend:
         self._stager.close()
 
 
-async def abandon(spawning: asyncio.Future[Any], cgroups: WorkerCgroups) -> None:
-    """Let a spawn that was cancelled finish, then close what it made."""
+async def abandon(spawning: asyncio.Future[Any], cgroups: WorkerCgroups,
+                  adopt: Callable[[Any], None]) -> None:
+    """Let a spawn that was cancelled finish, then close what it made: ``adopt`` (the
+    backend's) first, so that its close frees its uid as any worker's does."""
     try:
         worker = await spawning
     except Exception:
         await cgroups.remove()
     else:
+        adopt(worker)
         await worker.close()
+
+
+async def to_the_end(work: Coroutine[Any, Any, None]) -> None:
+    """Await ``work`` to its end even when the caller is cancelled meanwhile, once or again
+    (a second `cancel` of a call whose sandbox is booting, or its connection closing after
+    one): what frees a sandbox finishes before its capacity and its uid count as free. A
+    cancellation that came meanwhile is raised once the work is done."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():  # the work itself was cancelled: the loop is closing
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 class _Pipe(asyncio.Protocol):

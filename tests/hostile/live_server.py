@@ -32,12 +32,14 @@ def _toml(value: Any) -> str:
     return json.dumps(value)  # strings, numbers, booleans and lists are the same in TOML
 
 
-def settings_toml(port: int, connections: dict[str, Any]) -> str:
+def settings_toml(port: int, connections: dict[str, Any],
+                  top: dict[str, Any] | None = None) -> str:
     lines = ["[default]", 'host = "127.0.0.1"', f"port = {port}", 'backend = "process"',
              f"manifest_paths = {_toml([str(REPO / 'manifests')])}",
              f"allowed_roots = {_toml([str(REPO / 'manifests')])}",
-             f"schema_roots = {_toml([str(REPO / 'schemas')])}",
-             "[default.connections]"]
+             f"schema_roots = {_toml([str(REPO / 'schemas')])}"]
+    lines += [f"{key} = {_toml(value)}" for key, value in (top or {}).items()]
+    lines += ["[default.connections]"]
     lines += [f"{key} = {_toml(value)}" for key, value in connections.items()]
     return "\n".join(lines) + "\n"
 
@@ -71,12 +73,13 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def live_server(tmp: Path, connections: dict[str, Any],
-                nofile: int | None = None) -> Iterator[LiveServer]:
-    """Serve the example actors on a free port; ``nofile`` caps its file descriptors."""
+def live_server(tmp: Path, connections: dict[str, Any], nofile: int | None = None,
+                top: dict[str, Any] | None = None) -> Iterator[LiveServer]:
+    """Serve the example actors on a free port; ``nofile`` caps its file descriptors;
+    ``top``: settings besides the connections' (``shutdown_grace_s``, ...)."""
     port = free_port()
     config = tmp / "settings.toml"
-    config.write_text(settings_toml(port, connections))
+    config.write_text(settings_toml(port, connections, top))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVICE_")}
     log = tmp / "server.log"
 

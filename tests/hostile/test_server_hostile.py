@@ -16,7 +16,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -342,26 +342,79 @@ async def test_one_frame_of_discover_requests_costs_little(tmp_path: Path) -> No
 def test_a_client_that_does_not_read_cannot_grow_the_server(tmp_path: Path) -> None:
     """25,000 small rpc.discover frames, never reading the answers (~12 KB each), took the
     server from 69 to 315 MB: every frame was read, and its answer waited to be written."""
-    frame = ws_frame(json.dumps(request("rpc.discover")).encode())
     with live_server(tmp_path, {}) as server:
         before = server.peak_rss_kb()
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                      b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                      b"Sec-WebSocket-Version: 13\r\n\r\n")
-            assert s.recv(4096).startswith(b"HTTP/1.1 101")
-            s.settimeout(2)
-            sent = 0
-            with contextlib.suppress(TimeoutError):
-                while sent < 25_000:  # the answers are never read
-                    s.sendall(frame)
-                    sent += 1
+        with stuck_client(server.port) as sent:
             time.sleep(1.5)  # (the frames fit in the socket buffers: the server reads them)
             status, seconds = server.healthz()
             grown_mb = (server.peak_rss_kb() - before) / 1024
         print(f"{sent} frames sent; peak RSS grew {grown_mb:.1f} MiB; healthz {status} in "
               f"{seconds * 1000:.0f} ms")
         assert grown_mb < 40 and status == 200
+
+
+@contextlib.contextmanager
+def stuck_client(port: int) -> Iterator[socket.socket]:
+    """A session that sends rpc.discover frames (~12 KB answers) until the server stops
+    reading them, and never reads an answer."""
+    frame = ws_frame(json.dumps(request("rpc.discover")).encode())
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  b"Sec-WebSocket-Version: 13\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 101")
+        s.settimeout(2)
+        sent = 0
+        with contextlib.suppress(TimeoutError):
+            while sent < 25_000:  # the answers are never read
+                s.sendall(frame)
+                sent += 1
+        yield s
+
+
+def read_to_the_end(s: socket.socket, timeout_s: float) -> bool:
+    """Read what ``s`` holds: did the server close it (EOF or reset) within ``timeout_s``?"""
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        s.settimeout(left)
+        try:
+            if not s.recv(1 << 20):
+                return True
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+    return False
+
+
+def test_a_client_that_takes_no_answer_is_cut_off(tmp_path: Path) -> None:
+    """A client that never read held its answers, and their calls' places, for as long as
+    it stayed connected (an hour, a day): now for connections.write_timeout_s."""
+    with live_server(tmp_path, {"write_timeout_s": 1}) as server, \
+            stuck_client(server.port) as s:
+        time.sleep(3.5)  # the timeout, and the once-a-second check, with room
+        assert "did not take an answer in 1 s" in server.log_text()
+        assert read_to_the_end(s, 10)  # what was sent already, then the end
+
+
+def test_a_client_that_does_not_read_cannot_hold_up_a_shutdown(tmp_path: Path) -> None:
+    """SIGTERM drained, then closed the sessions one after the other, each waiting for its
+    close frame to be written: a client that did not read kept the server up (40 s+) until
+    a second signal."""
+    with live_server(tmp_path, {"write_timeout_s": 600}, top={"shutdown_grace_s": 1}) as server:
+        with stuck_client(server.port):
+            started = time.monotonic()
+            server.process.terminate()
+            server.process.wait(timeout=20)
+            took = time.monotonic() - started
+        print(f"stopped in {took:.1f} s")
+        assert server.process.returncode == 0 and took < 8  # grace 1 s + close frame 2 s
+
+
+def test_idle_sessions_cannot_lock_out_the_health_probe(tmp_path: Path) -> None:
+    """Sessions that never close took every connection slot, and /healthz got none."""
+    with live_server(tmp_path, {"max_connections": 8, "header_timeout_s": 30}) as server:
+        assert asyncio.run(_sessions(server.url, 7, healthz=server.healthz)) == 7
 
 
 def ws_frame(payload: bytes) -> bytes:
@@ -399,26 +452,32 @@ def test_connections_that_open_no_session_cannot_lock_sessions_out(tmp_path: Pat
             for s in held:
                 s.settimeout(10)
                 assert s.recv(65536).startswith(b"HTTP/1.1 200")
-            assert asyncio.run(_sessions(server.url, 6)) == 6
+            assert asyncio.run(_sessions(server.url, 5)) == 5  # one slot is kept from them
             assert all(closed_by_server(s, 10) for s in held)
         finally:
             for s in held:
                 s.close()
         log = server.log_text()
-    assert "closing the oldest idle connection" in log and "connection refused" in log
+    assert "closing the oldest idle connection" in log
 
 
-async def _sessions(url: str, count: int) -> int:
+async def _sessions(url: str, count: int,
+                    healthz: Callable[[], tuple[int, float]] | None = None) -> int:
     """Open ``count`` sessions, each answering a `list`; with all of them open, one more
-    connection is refused (every slot is a session). How many answered."""
+    session is refused (HTTP 503: every session slot is taken) and ``healthz`` (run in a
+    thread, it blocks) answers 200. How many answered."""
     answered = 0
     async with aiohttp.ClientSession() as session:
         sockets = [await session.ws_connect(url) for _ in range(count)]
         for ws in sockets:
             await ws.send_str(json.dumps(request("list")))
             answered += "result" in json.loads((await ws.receive(timeout=10)).data)
-        with pytest.raises(aiohttp.ClientError):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await session.ws_connect(url)
+        assert refused.value.status == 503
+        if healthz is not None:
+            for _ in range(3):
+                assert (await asyncio.to_thread(healthz))[0] == 200
         for ws in sockets:
             await ws.close()
     return answered

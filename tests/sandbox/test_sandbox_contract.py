@@ -8,6 +8,7 @@ same actor's pool must succeed.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shutil
 import time
@@ -340,6 +341,48 @@ async def test_cancelling_the_call_kills_the_sandbox(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not worker.alive
+
+
+def _living_descendants() -> set[tuple[int, str]]:
+    """(pid, start time) of every living process below this one."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if fields and fields[0] not in ("Z", "X"):
+            children.setdefault(int(fields[1]), []).append((int(entry.name), fields[19]))
+    found: set[tuple[int, str]] = set()
+    todo = [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child[0])
+    return found
+
+
+async def test_a_boot_cancelled_twice_leaves_no_sandbox(
+        backend: Backend, actor: Callable[..., ActorDef]) -> None:
+    """A call cancelled while its sandbox boots, then cancelled again (a second `cancel`, or
+    its connection closing): once the cancellation comes out, nothing of that sandbox runs
+    (the second one used to cancel the clean-up itself, leaving the sandbox running outside
+    the pool's count, its uid given back to the next one)."""
+    before = _living_descendants()
+    for step in range(16):
+        task = asyncio.ensure_future(backend.start_worker(actor("origin.py")))
+        await asyncio.sleep(step * 0.003)
+        task.cancel()
+        await asyncio.sleep(0)
+        task.cancel()
+        try:
+            worker = await task
+        except asyncio.CancelledError:
+            pass
+        else:  # booted before the first cancel came
+            await worker.close()
+        assert _living_descendants() <= before, f"a sandbox runs on after step {step}"
 
 
 # --- limits: each breach has its own error, and the pool carries on ----------------------
