@@ -1,8 +1,10 @@
 """Build dependency sets into the cache, once each: for the runtime and ``service build``.
 
-``DepsBuilder.ensure`` is the one path: probe the sandbox interpreter (once), name the
-entry, take its lock, use it when it verifies, else install into a fresh build folder,
-seal it and rename it into place. Blocking; the runtime calls it in a thread.
+``DepsBuilder.ensure`` is the one path (the server's start and ``load``, ``service run``,
+``service build``): probe the sandbox interpreter (once), name the entry, refuse it if
+another user could have changed it, use it when it verifies, else take its lock, install
+into a fresh build folder, seal it and rename it into place. Blocking; the runtime calls
+it in a thread.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ class DepsBuilder:
             interpreter = self.interpreter(deps.language)
             root = self.settings.deps_dir.resolve()
             name = cache.entry_name(deps, interpreter.abi)
+            # Trusted first (entry.json tells damage, not tampering: the trust is in owners
+            # and modes), whether found or about to be replaced; never rebuilt over when not.
+            cache.check_root(root)
+            cache.check_entry(root / name)
             # Sealed entries never change in place, so an intact one needs no lock (nor
             # write access: a complete cache may be read-only to the server).
             cached = cache.verify(root / name, name) is None
@@ -104,6 +110,7 @@ class DepsBuilder:
                                     lambda line: log.info("dependencies %s: %s", name, line))
             cache.seal(build, {"name": name, **deps.to_json(), "interpreter": interpreter.abi,
                                "installer": installer})
+            cache.check_entry(build)  # what the installer left passes what a cached entry must
             cache.install(build, root / name)
         finally:
             if build.exists():

@@ -14,6 +14,11 @@ decides binary compatibility. An entry is *sealed* once built: owned by the buil
 executable), so that every sandbox uid can read it and none can change it. ``verify``
 compares the entry with its ``entry.json``: a missing, changed or extra file is a
 corrupted entry, which the builder removes and builds again.
+
+``entry.json`` tells accidental damage, not tampering: whoever can rewrite the files can
+rewrite it too. The trust comes from ownership and modes, checked by ``check_root`` and
+``check_entry`` each time an entry is used: deps_dir, the folders above it and every
+file of the entry owned by this user or root and writable by no one else.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import secrets
@@ -62,19 +68,74 @@ def payload_dir(entry: Path, language: str) -> Path:
 def prepare_root(root: Path) -> None:
     """Create the cache folder (0755) and refuse one that others could write into."""
     root.mkdir(mode=0o755, parents=True, exist_ok=True)
-    (root / ".locks").mkdir(mode=0o700, exist_ok=True)
-    info = root.stat()
+    locks = root / ".locks"
+    locks.mkdir(mode=0o700, exist_ok=True)
+    check_root(root)
+    _refuse(f"deps_dir lock folder {locks}", _untrusted(locks.lstat()))
+
+
+def check_root(root: Path) -> None:
+    """Refuse a deps_dir that another user could write into, or swap through a folder above
+    it (a sticky folder such as /tmp may be shared: others cannot rename what is ours)."""
+    for folder in (root, *root.parents):
+        try:
+            info = folder.stat()
+        except FileNotFoundError:
+            continue  # not created yet: prepare_root checks it once it is
+        if folder == root:
+            _refuse(f"deps_dir {root}", _untrusted(info))
+        else:
+            _refuse(f"deps_dir {root}: the folder above it, {folder},",
+                    _untrusted(info, shared=bool(info.st_mode & stat.S_ISVTX)))
+
+
+def check_entry(entry: Path) -> None:
+    """Refuse an entry (or a build) that anyone but this user or root could have changed:
+    every file and folder theirs and writable by no one else, no symlink leading out."""
+    if not entry.exists() and not entry.is_symlink():
+        return
+    inside = Path(os.path.realpath(entry))
+    for path in itertools.chain([entry], _walk(entry)):
+        info = path.lstat()
+        problem = _untrusted(info)
+        if problem is None and stat.S_ISLNK(info.st_mode):
+            problem = _leaves(path, entry, inside)
+        where = "" if path == entry else f": {path.relative_to(entry).as_posix()}"
+        _refuse(f"cache entry {entry}{where}", problem)
+
+
+def _untrusted(info: os.stat_result, shared: bool = False) -> str | None:
+    """Why another user could change this file (``shared``: a sticky folder may be 1777)."""
     if info.st_uid not in (os.geteuid(), 0):
-        raise CacheError(f"deps_dir {root} belongs to uid {info.st_uid}, not to this user")
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise CacheError(f"deps_dir {root} is writable by other users "
-                         f"(mode {stat.S_IMODE(info.st_mode):o}); chmod 755 it")
+        return f"belongs to uid {info.st_uid}, not to this user (uid {os.geteuid()}) or root"
+    writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if writable and not shared and not stat.S_ISLNK(info.st_mode):  # a link's mode is moot
+        return f"is writable by other users (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
+
+
+def _leaves(link: Path, entry: Path, inside: Path) -> str | None:
+    """Why the symlink ``link`` may lead out of ``entry`` (None when it stays inside)."""
+    target = os.readlink(link)
+    # Inside both as written (what a sandbox sees of its mount) and as resolved here.
+    written = Path(os.path.normpath(link.parent / target))
+    if link == entry or os.path.isabs(target) or not written.is_relative_to(entry) \
+            or not Path(os.path.realpath(link)).is_relative_to(inside):
+        return f"is a symlink to {target}, outside its entry"
+    return None
+
+
+def _refuse(subject: str, problem: str | None) -> None:
+    if problem is not None:
+        raise CacheError(f"{subject} {problem}: refused, since whoever can change it can plant "
+                         "code in the sandboxes (fix its owner and mode, or remove it)")
 
 
 @contextlib.contextmanager
 def locked(root: Path, name: str) -> Iterator[None]:
     """Hold the entry's build lock (blocks while another process builds the same entry)."""
-    fd = os.open(root / ".locks" / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(root / ".locks" / f"{name}.lock",
+                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

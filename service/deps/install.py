@@ -74,6 +74,11 @@ print(json.dumps({
     "python_version": ".".join(platform.python_version_tuple()[:2]),
     "sys_platform": sys.platform, "libc": " ".join(platform.libc_ver())}))
 """
+NPM_REGISTRY = "https://registry.npmjs.org/"
+NPM_REGISTRY_ENV = ("npm_config_registry", "NPM_CONFIG_REGISTRY")
+# npm's options refusing dependencies that are not registry packages, where it has them.
+NPM_SOURCE_OPTIONS = ("allow-git", "allow-remote", "allow-file", "allow-directory")
+NPM_DEFINITIONS = "node_modules/@npmcli/config/lib/definitions/definitions.js"
 NODE_PROBE = ("console.log(JSON.stringify({version: process.version, arch: process.arch, "
               "platform: process.platform, modules: process.versions.modules}))")
 
@@ -132,12 +137,14 @@ def install_set(deps: Dependencies, interpreter: Interpreter, build: Path, setti
         check_python_set(build / "lib", deps, interpreter.environment)
         return f"pip {_pip_version(pip)}"
     npm = _npm_cli(settings)
+    registry = npm_registry()
     _write_package_json(build, deps)
     argv = [interpreter.program, str(npm), "install", "--prefix", GUEST_ENTRY,
             "--ignore-scripts", "--no-audit", "--no-fund", "--no-update-notifier",
-            "--omit=dev", "--no-progress"]
+            "--omit=dev", "--no-progress", *_npm_source_options(npm)]
     _run(argv, build, [(npm.parents[1], str(npm.parents[1]))], progress, "npm")
     check_npm_set(build / "node_modules", deps)
+    check_npm_lock(build / "package-lock.json", registry)
     return f"npm {_npm_version(npm)}"
 
 
@@ -349,6 +356,27 @@ def _npm_version(npm: Path) -> str:
         return "?"
 
 
+def _npm_source_options(npm: Path) -> list[str]:
+    """``--allow-git=none`` and its siblings, those this npm knows (npm 11.10 and later
+    have some or all; older ones would warn about, or one day refuse, an unknown option)."""
+    definitions = npm.parents[1] / NPM_DEFINITIONS
+    try:
+        text = definitions.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    return [f"--{option}=none" for option in NPM_SOURCE_OPTIONS if f"'{option}'" in text]
+
+
+def npm_registry() -> str:
+    """The registry npm installs from: the one of the environment (a mirror), else npm's;
+    InstallError when it is not https (whoever is on the way could change the packages)."""
+    registry = next((os.environ[k] for k in NPM_REGISTRY_ENV if os.environ.get(k)),
+                    NPM_REGISTRY)
+    if not registry.startswith("https://"):
+        raise InstallError(f"the npm registry {registry} is not an https URL")
+    return registry if registry.endswith("/") else registry + "/"
+
+
 def _write_package_json(build: Path, deps: Dependencies) -> None:
     package = {"name": "actor-dependencies", "version": "0.0.0", "private": True,
                "license": "UNLICENSED",
@@ -369,3 +397,35 @@ def check_npm_set(modules: Path, deps: Dependencies) -> None:
             problems.append(f"{package.npm_spec()} was not installed (found {version})")
     if problems:
         raise InstallError("; ".join(problems))
+
+
+def check_npm_lock(lock: Path, registry: str) -> None:
+    """Every package of the lock downloaded over https from ``registry``, with an integrity
+    hash: never a git repository, another host, a local file or folder (npm resolves the
+    indirect dependencies, which may name any of those)."""
+    try:
+        packages = json.loads(lock.read_text(encoding="utf-8")).get("packages")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise InstallError(f"npm's {lock.name} is unreadable: {exc}") from None
+    if not isinstance(packages, dict):
+        raise InstallError(f"npm's {lock.name} lists no packages")
+    problems = [problem for key, meta in packages.items() if key
+                if (problem := _npm_source_problem(key, meta, registry))]
+    if problems:
+        raise InstallError("npm resolved packages from outside the registry (only registry "
+                           "packages are installed): " + "; ".join(problems))
+
+
+def _npm_source_problem(key: str, meta: Any, registry: str) -> str | None:
+    """What is wrong with where one package of the lock (at ``key``) came from."""
+    name = key.rpartition("node_modules/")[2] or key
+    if not isinstance(meta, dict):
+        return f"{name} ({key}) has no lock record"
+    if meta.get("inBundle") is True and "resolved" not in meta:
+        return None  # inside its parent's tarball, which the integrity of that one covers
+    resolved = meta.get("resolved")
+    if meta.get("link") or not isinstance(resolved, str) or not resolved.startswith(registry):
+        return f"{name} comes from {resolved!r}, not from the registry {registry}"
+    if not meta.get("integrity"):
+        return f"{name} ({resolved}) has no integrity hash"
+    return None

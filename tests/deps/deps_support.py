@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -10,6 +13,7 @@ from service.runtime import Runtime
 from service.settings import Settings
 
 RuntimeFactory = Callable[[Settings], Awaitable[Runtime]]
+REPO = Path(__file__).resolve().parents[2]
 
 PY_VERSION_ACTOR = """\
 import os
@@ -40,3 +44,11 @@ def write_actor(folder: Path, actor_id: str, dependencies: str, source: str = PY
         "  out:\n"
         "    schema: true\n")
     return manifest
+
+
+def service(*args: str, deps_dir: Path, prefix: tuple[str, ...] = (),
+            **env_vars: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI, as a subprocess, on the cache ``deps_dir``."""
+    env = {**os.environ, "SERVICE_DEPS_DIR": str(deps_dir), **env_vars}
+    return subprocess.run([*prefix, sys.executable, "-m", "service", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)

@@ -6,13 +6,11 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from deps_support import RuntimeFactory, write_actor
+from deps_support import RuntimeFactory, service, write_actor
 
 from service.deps.build import DepsBuilder, DepsError
 from service.deps.cache import MARKER, files_of
@@ -24,7 +22,6 @@ from service.settings import Settings
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None or shutil.which("npm") is None,
                                 reason="bubblewrap or npm not installed")
-REPO = Path(__file__).resolve().parents[2]
 SIX_16 = Dependencies("python", (Package("six", "1.16.0"),))
 PROBE_SANDBOX = """\
 import os
@@ -54,13 +51,6 @@ def sources(entry: Path) -> dict[str, str]:
 def settings_for(deps_dir: Path, *paths: Path) -> Settings:
     return Settings(manifest_paths=paths, allowed_roots=paths, deps_dir=deps_dir,
                     backend="process")
-
-
-def service(*args: str, deps_dir: Path, prefix: tuple[str, ...] = (),
-            **env_vars: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SERVICE_DEPS_DIR": str(deps_dir), **env_vars}
-    return subprocess.run([*prefix, sys.executable, "-m", "service", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
 
 
 async def test_two_versions_of_one_package_side_by_side(
@@ -198,7 +188,9 @@ def test_a_corrupted_entry_is_detected_and_rebuilt(
     damages = {
         "changed file lib/six.py": lambda e: (e / "lib" / "six.py").write_text("evil = 1\n"),
         "unexpected file lib/evil.pth": lambda e: (e / "lib" / "evil.pth").write_text("x\n"),
-        "changed file lib/six.py ": lambda e: (e / "lib" / "six.py").chmod(0o666),
+        # a mode only this user could have set: damage (a mode others could write through
+        # is refused instead, in test_trust.py)
+        "changed file lib/six.py ": lambda e: (e / "lib" / "six.py").chmod(0o600),
         f"{MARKER} is missing": lambda e: (e / MARKER).unlink(),
     }
     for reason, damage in damages.items():
