@@ -63,6 +63,7 @@ class Runtime:
         self._pools: dict[str, ActorPool] = {}
         self._retired: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # serializes load/replace
+        self._reading = asyncio.Lock()  # serializes reading manifests (in a thread)
         self.deps = DepsBuilder(settings)
         self.unavailable: dict[str, str] = {}  # actor id -> why start could not load it
         self.capacity = SandboxCapacity(settings.capacity.max_sandboxes,
@@ -116,7 +117,8 @@ class Runtime:
         or of a script-only actor (its metadata in the script)."""
         manifest = self._allowed_manifest(check_file_path(file_path))
         try:
-            actor = await asyncio.to_thread(self._load_file, manifest)
+            async with self._reading:  # one at a time: each holds the GIL most of its time
+                actor = await asyncio.to_thread(self._load_file, manifest)
         except ManifestError as exc:
             raise ManifestInvalid(exc.problems) from exc
         actor = await self._with_dependencies(actor)

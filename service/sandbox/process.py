@@ -1104,6 +1104,10 @@ class ProcessWorker:
         tasks = self._cgroups.tasks()
         if tasks is not None and self._idle_tasks is not None and tasks > self._idle_tasks:
             return f"started {tasks - self._idle_tasks} threads or processes while idle"
+        if tasks is not None and self._idle_tasks is not None and tasks < self._idle_tasks:
+            # killed from outside: asyncio may not have seen the exit yet, and a call sent
+            # now would fail although it never ran; the pool takes another worker instead
+            return f"lost {self._idle_tasks - tasks} threads or processes while idle"
         if tasks is None and self._sandbox_pids() - {self._process.pid, self._harness_pid}:
             return "started a process while idle"
         return None

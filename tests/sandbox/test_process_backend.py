@@ -8,6 +8,7 @@ import dataclasses
 import os
 import re
 import shutil
+import signal
 import stat
 import tempfile
 import time
@@ -277,6 +278,22 @@ async def test_harness_resets_itself_after_each_call(boot: Boot) -> None:
     assert traces.return_value == ["dir"]
     assert outcome.return_value["pids"] == [outcome.return_value["me"]] == [1]
     assert outcome.return_value["tmp"] == []
+
+
+@pytest.mark.parametrize("script", ["probe.py", "exported.js"])
+async def test_an_idle_sandbox_killed_from_outside_is_not_handed_out(boot: Boot,
+                                                                     script: str) -> None:
+    """Its harness killed (kill -9 from the host), an idle worker still looked alive until
+    asyncio saw the exit: a call sent at once failed -32004 SandboxCrashed although it never
+    ran. Its task count, read as it is claimed, has dropped: the pool takes another."""
+    worker = await boot(actor_def(ACTORS / script))
+    harness = worker._harness_pid
+    assert harness is not None and worker.alive
+    os.kill(harness, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{harness}").exists() and time.monotonic() < deadline:
+        time.sleep(0.001)  # gone from the host's view, still unseen by the (blocked) loop
+    assert not worker.claim()
 
 
 async def test_the_host_finds_a_file_the_harness_left_in_tmp(boot: Boot) -> None:
