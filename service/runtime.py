@@ -192,16 +192,24 @@ class Runtime:
         actor = self.get(actor_id)
         payload, config, state = _objects(payload=payload, config=config, state=state)
         session = self._state_session(state, actor.id)
-        await check_payload(actor, payload)
+        while True:
+            await check_payload(actor, payload)
+            merged = await merged_config(actor, config)
+            latest = self.get(actor_id)
+            if latest is actor:
+                break
+            actor = latest  # replaced (`load`) while it was checked: checked again, for the new one
         request = CallRequest(
             actor_id=actor.id,
             payload=payload,
-            config=await merged_config(actor, config),
+            config=merged,
             state={} if session is not None else state,
             timestamp=int(time.time() * 1000) if timestamp is None else timestamp,
             state_ops=session,
         )
         call = _Call(actor, emit)
+        # The actor's pool with no await in between: the definition just checked is the one
+        # that runs (pool.run admits the call before its first await).
         outcome = await self._pools[actor.id].run(request, call.on_event)
         return {
             "outputs": call.outputs,

@@ -75,35 +75,47 @@ class Session:
         self._sock = sock  # the TCP socket, to cork (None: not TCP, or corking failed)
         self._uncork_timer: asyncio.TimerHandle | None = None  # set while corked
         self._transport = transport  # to cut the connection (None: aiohttp closes it)
-        self.writing_since: float | None = None  # loop time the write under way began
+        self._waiting: dict[int, float] = {}  # loop time each message to write began to wait
+        self._tickets = itertools.count()
+
+    @property
+    def oldest_wait(self) -> float | None:
+        """Loop time the longest-waiting message (queued or being written) began to wait."""
+        return next(iter(self._waiting.values()), None)
 
     async def send(self, text: str, *, more: bool = False) -> None:
         """Write one frame; dropped (not raised) once the socket is closing. ``more``: the
         caller expects to write again soon (a call's response follows its notifications).
-        A write that waits for a client that does not read is watched (``writing_since``)."""
-        async with self._write_lock:
-            if self.ws.closed:
-                log.debug("connection closed; dropping a %d-byte message", len(text))
-                return
-            if more:
-                self._cork()
-            self.writing_since = asyncio.get_running_loop().time()
-            try:
-                await self.ws.send_str(text)
-            except ConnectionError as exc:
-                log.debug("connection lost while sending: %s", exc)
-            except asyncio.CancelledError:
-                # aiohttp's writes wait on one shared future, which a cancelled write
-                # cancels: the next write gets a CancelledError of its own. The client takes
-                # nothing; it is cut.
-                if _cancelled():
-                    raise
-                log.debug("connection cut: a write waiting for the client was cancelled")
-                self.cut()
-            finally:
-                self.writing_since = None
-            if not more:  # a response: what was corked before it leaves with it, now
-                self._uncork()
+        How long it waits, for the writes before it and for its own, is watched: a client
+        that takes its answers more slowly than they come is cut (AppState.watch_writes)."""
+        ticket = next(self._tickets)
+        self._waiting[ticket] = asyncio.get_running_loop().time()
+        try:
+            async with self._write_lock:
+                if self.ws.closed:
+                    log.debug("connection closed; dropping a %d-byte message", len(text))
+                    return
+                if more:
+                    self._cork()
+                await self._write(text)
+                if not more:  # a response: what was corked before it leaves with it, now
+                    self._uncork()
+        finally:
+            del self._waiting[ticket]
+
+    async def _write(self, text: str) -> None:
+        try:
+            await self.ws.send_str(text)
+        except ConnectionError as exc:
+            log.debug("connection lost while sending: %s", exc)
+        except asyncio.CancelledError:
+            # aiohttp's writes wait on one shared future, which a cancelled write cancels:
+            # the next write gets a CancelledError of its own. The client takes nothing; it
+            # is cut.
+            if _cancelled():
+                raise
+            log.debug("connection cut: a write waiting for the client was cancelled")
+            self.cut()
 
     def cut(self) -> None:
         """Drop the connection now, unsent bytes and all: its reader ends, its calls are
@@ -255,16 +267,18 @@ class AppState:
                                for session in list(self.sessions)))
 
     async def watch_writes(self) -> None:
-        """Cut a connection whose client has not taken one answer within
-        ``connections.write_timeout_s``: it would hold its answers (and their calls' place
-        in ``max_in_flight``) for as long as it stays connected."""
+        """Cut a connection with an answer or notification that has waited more than
+        ``connections.write_timeout_s`` to be written: its client does not read, or reads
+        more slowly than its calls write. It would hold its answers, their calls' places in
+        ``max_in_flight`` and the sandboxes of calls blocked on their notifications, for as
+        long as it stays connected."""
         limit = self.settings.connections.write_timeout_s
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(WRITE_CHECK_S)
             now = loop.time()
             for session in list(self.sessions):
-                if session.writing_since is not None and now - session.writing_since > limit:
+                if (since := session.oldest_wait) is not None and now - since > limit:
                     self.write_timeouts.warning(
                         "write", "cutting a connection whose client did not take an answer "
                         "in %g s (connections.write_timeout_s)", limit)

@@ -397,6 +397,27 @@ def test_a_client_that_takes_no_answer_is_cut_off(tmp_path: Path) -> None:
         assert read_to_the_end(s, 10)  # what was sent already, then the end
 
 
+def test_a_client_that_reads_more_slowly_than_its_answers_come_is_cut_off(
+        tmp_path: Path) -> None:
+    """A client that took 64 KiB every half second was never cut: each write finished (its
+    drain) within the timeout, while the answers queued behind it waited ever longer, and
+    calls blocked on their notifications held the actor's sandboxes."""
+    with live_server(tmp_path, {"write_timeout_s": 2}) as server, \
+            stuck_client(server.port) as s:
+        deadline = time.monotonic() + 20
+        cut = False
+        while not cut and time.monotonic() < deadline:
+            s.settimeout(1)
+            try:
+                cut = not s.recv(65536)
+            except ConnectionResetError:
+                cut = True
+            except TimeoutError:
+                pass
+            time.sleep(0.5)
+        assert cut and "did not take an answer in 2 s" in server.log_text()
+
+
 def test_a_client_that_does_not_read_cannot_hold_up_a_shutdown(tmp_path: Path) -> None:
     """SIGTERM drained, then closed the sessions one after the other, each waiting for its
     close frame to be written: a client that did not read kept the server up (40 s+) until

@@ -64,3 +64,43 @@ async def test_a_response_alone_is_never_corked() -> None:
 
 def test_cork_s_is_far_below_the_kernels_own_limit() -> None:
     assert 0 < CORK_S <= 0.005  # Linux sends a corked segment after 200 ms anyway
+
+
+class SlowWebSocket(FakeWebSocket):
+    """Each write waits until the test lets it through (a client taking its bytes)."""
+
+    def __init__(self, sock: FakeSocket) -> None:
+        super().__init__(sock)
+        self.gates: list[asyncio.Event] = []
+
+    async def send_str(self, text: str) -> None:
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+        await super().send_str(text)
+
+
+async def test_the_wait_watched_is_the_oldest_messages_not_the_write_under_way() -> None:
+    """A client that takes each write in time but falls behind: what the write timeout
+    watches is how long the oldest message has waited, queued behind the others; each write
+    on its own was short, and a slow reader was never cut."""
+    sock = FakeSocket()
+    ws = SlowWebSocket(sock)
+    s = Session(ws, Dispatcher(), sock=sock)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    assert s.oldest_wait is None
+    queued_at = loop.time()
+    sends = [asyncio.ensure_future(s.send(f"answer {n}")) for n in range(3)]
+    await asyncio.sleep(0.05)
+    first_wait = s.oldest_wait
+    assert first_wait is not None and first_wait <= queued_at + 0.01
+    ws.gates[0].set()  # the first write is taken; the next begins only now
+    await asyncio.sleep(0.05)
+    second_wait = s.oldest_wait  # the second has waited since it was queued, not since
+    assert second_wait is not None and second_wait - first_wait < 0.01  # its write began
+    for n in (1, 2):
+        ws.gates[n].set()
+        await asyncio.sleep(0.01)
+    await asyncio.gather(*sends)
+    assert s.oldest_wait is None
+    assert [text for text, _ in ws.frames] == ["answer 0", "answer 1", "answer 2"]

@@ -12,6 +12,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from server_support import ACTORS, MANIFESTS, Rpc, ServerFactory
 
+from service import runtime as runtime_module
+from service.errors import PayloadInvalid
 from service.manifest.loader import display_path
 from service.rpc.openrpc import load_openrpc
 from service.runtime import Runtime
@@ -85,6 +87,38 @@ async def test_manifests_are_read_one_at_a_time(runtime: Runtime,
     path = str(MANIFESTS / "doubler" / "doubler.yaml")
     await asyncio.gather(*(runtime.load(path) for _ in range(8)))
     assert most == 1
+
+
+async def test_a_call_replaced_while_its_payload_is_checked_runs_on_what_it_was_checked_for(
+        runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `load` that replaced the actor while a call's payload was being checked (off the
+    loop, a costly pattern) ran the new script on a payload only the old schema accepts."""
+    script = ("async def process(context):\n"
+              "    return {'version': VERSION, 'x': context.get_input('x')}\n")
+    for version, schema in ((1, "{type: string}"), (2, "{type: integer}")):
+        (tmp_path / f"v{version}.py").write_text(script.replace("VERSION", str(version)))
+        (tmp_path / f"v{version}.yaml").write_text(
+            f"id: racer\nlanguage: python\nscript: v{version}.py\n"
+            f"inports: {{x: {{schema: {schema}}}}}\noutports: {{}}\n")
+    await runtime.load(str(tmp_path / "v1.yaml"))
+    checking, release = asyncio.Event(), asyncio.Event()
+    check = runtime_module.check_payload
+
+    async def slow_check(actor: Any, payload: dict[str, Any]) -> None:
+        await check(actor, payload)
+        if not release.is_set():
+            checking.set()
+            await release.wait()
+
+    monkeypatch.setattr(runtime_module, "check_payload", slow_check)
+    call = asyncio.ensure_future(runtime.process("racer", {"x": "text"}))
+    await checking.wait()
+    await runtime.load(str(tmp_path / "v2.yaml"))
+    release.set()
+    with pytest.raises(PayloadInvalid):  # checked again, for the definition that runs it
+        await call
+    result = await runtime.process("racer", {"x": 7})
+    assert result["return"] == {"version": 2, "x": 7}
 
 
 async def test_load_a_new_actor_from_its_script(rpc: Rpc, tmp_path: Path) -> None:
