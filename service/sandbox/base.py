@@ -61,9 +61,10 @@ for whatever reason, the worker is dead and must not be reused.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
@@ -364,3 +365,22 @@ class Backend(Protocol):
     async def aclose(self) -> None:
         """Release whatever the backend holds (every worker is closed by its pool)."""
         ...
+
+
+async def to_the_end(work: Coroutine[Any, Any, None]) -> None:
+    """Await ``work`` to its end even when the caller is cancelled meanwhile, once or again
+    (a second `cancel` of a call whose sandbox is booting, or its connection closing after
+    one): what frees a sandbox finishes before its capacity and its uid count as free. A
+    cancellation that came meanwhile is raised once the work is done."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():  # the work itself was cancelled: the loop is closing
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError

@@ -29,7 +29,14 @@ from typing import Any, NamedTuple
 
 from service.errors import Busy, Cancelled, SandboxUnavailable
 from service.manifest.model import ActorDef
-from service.sandbox.base import Backend, CallOutcome, CallRequest, EventSink, Worker
+from service.sandbox.base import (
+    Backend,
+    CallOutcome,
+    CallRequest,
+    EventSink,
+    Worker,
+    to_the_end,
+)
 from service.sandbox.capacity import Lease, SandboxCapacity
 
 logger = logging.getLogger(__name__)
@@ -375,8 +382,10 @@ class _Leased:
         return self._worker.alive
 
     async def close(self) -> None:
+        """The lease goes back once the sandbox is gone, even when the caller is cancelled
+        meanwhile (a call's task closing another actor's idle sandbox to take its place)."""
         try:
-            await self._worker.close()
+            await to_the_end(self._worker.close())
         finally:
             self._lease.release()
 

@@ -48,7 +48,7 @@ import struct
 import termios
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +79,7 @@ from service.sandbox.base import (
     harness_path_flags,
     log_size,
     notification_size,
+    to_the_end,
 )
 from service.sandbox.compiled import CompiledHarness
 from service.sandbox.seccomp import DENIED, denylist_program
@@ -1815,24 +1816,6 @@ async def abandon(spawning: asyncio.Future[Any], cgroups: WorkerCgroups,
         adopt(worker)
         await worker.close()
 
-
-async def to_the_end(work: Coroutine[Any, Any, None]) -> None:
-    """Await ``work`` to its end even when the caller is cancelled meanwhile, once or again
-    (a second `cancel` of a call whose sandbox is booting, or its connection closing after
-    one): what frees a sandbox finishes before its capacity and its uid count as free. A
-    cancellation that came meanwhile is raised once the work is done."""
-    task = asyncio.ensure_future(work)
-    cancelled = False
-    while True:
-        try:
-            await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.done():  # the work itself was cancelled: the loop is closing
-                raise
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
 
 
 class _Pipe(asyncio.Protocol):

@@ -56,6 +56,8 @@ class FakeWorker:
 
     async def close(self) -> None:
         self.alive = False
+        if self.backend.close_gate is not None:  # a sandbox that takes a while to go
+            await asyncio.shield(self.backend.close_gate.wait())
         if self.number not in self.backend.closed:  # idempotent, as Worker.close must be
             self.backend.closed.append(self.number)
 
@@ -68,6 +70,7 @@ class FakeBackend:
         self.closed: list[int] = []
         self.gate = asyncio.Event()
         self.boot_gate: asyncio.Event | None = None  # set: boots wait for it
+        self.close_gate: asyncio.Event | None = None  # set: closes wait for it
         self.fail_boot = False
         self.running = 0
         self.peak = 0
@@ -501,3 +504,28 @@ async def test_warm_boots_take_turns_across_actors(fake: FakeBackend) -> None:
     await until(lambda: len(fake.workers) == 3 * len(pools))
     for pool in pools:
         await pool.aclose()
+
+
+async def test_a_closed_sandbox_gives_its_capacity_back_only_once_gone(
+        fake: FakeBackend) -> None:
+    """A call's task closing another actor's idle sandbox to take its place, cancelled
+    (twice) meanwhile, gave the capacity back while that sandbox was still being closed."""
+    capacity = SandboxCapacity(max_sandboxes=1)
+    warm = capped_pool(fake, capacity, min_warm=1, max_workers=1)
+    await warm.start()
+    await until(lambda: warm.stats.idle == 1)
+    fake.close_gate = asyncio.Event()
+    other = capped_pool(fake, capacity, "origin.js")
+    await other.start()
+    call = asyncio.ensure_future(other.run(request({}), Recorder()))
+    await asyncio.sleep(0.01)  # it is closing the idle sandbox of `warm`
+    call.cancel()
+    await asyncio.sleep(0)
+    call.cancel()
+    await asyncio.sleep(0.01)
+    assert capacity.sandboxes == 1 and not call.done()  # still there: still counted
+    fake.close_gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert capacity.sandboxes == 0 and fake.closed == [0]
+    await asyncio.gather(warm.aclose(), other.aclose())
