@@ -76,6 +76,7 @@ from service.manifest.model import ActorDef
 from service.settings import StateSettings
 
 MIB = 1 << 20
+CHUNK = 1 << 16  # raw output read at once; a longer unfinished line goes out in pieces
 DEPS_MOUNTS = {"python": ("lib", "/deps"), "javascript": ("node_modules", "/node_modules")}
 
 

@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,7 @@ from service.errors import (
 )
 from service.manifest.model import ActorDef
 from service.sandbox.base import (
+    CHUNK,
     MIB,
     Availability,
     CallOutcome,
@@ -67,8 +69,11 @@ from service.sandbox.base import (
     encode_line,
     harness_failure,
     harness_path_flags,
+    log_size,
+    notification_size,
+    to_the_end,
 )
-from service.sandbox.staging import Staged, stage
+from service.sandbox.staging import PREFIX, Staged, copy_readable, sweep_stale_dirs
 from service.settings import Limits, Settings, StateSettings
 
 if TYPE_CHECKING:
@@ -99,9 +104,12 @@ _GUEST_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
 }
 _STDERR_TAIL_LINES = 40
-_QUEUE_CHUNKS = 256  # session events buffered ahead of the call (backpressure beyond)
 _FENCE_GRACE_S = 0.5  # how long a reply waits for the fences of fds 1 and 2
 _PROBE_TIMEOUT_S = 5  # guest-side checks after the harness died (OOM counter)
+_SDK_STEP_TIMEOUT_S = 15  # one SDK step of tearing a VM down (a kill waits up to 5 s itself)
+# Every VM is labelled with its server: what a server that died left is found and removed.
+OWNER = "actor-sandbox"
+_OVERFLOW = object()  # queued by the session reader when too much waits undelivered
 
 
 # --------------------------------------------------------------------------- availability
@@ -117,6 +125,7 @@ class MicroVMBackend:
         self._cached = cached  # False: always boot the canary (``service doctor``)
         self._availability: Availability | None = None
         self._lock = asyncio.Lock()
+        self._started = False  # a worker was booted: leftovers were swept, and are at aclose
 
     async def availability(self) -> Availability:
         """SDK + runtime, /dev/kvm, then a canary boot; the first failure is the reason."""
@@ -132,10 +141,17 @@ class MicroVMBackend:
         available = await self.availability()
         if not available.ok:
             raise SandboxUnavailable(NAME, available.reason)
+        if not self._started:
+            self._started = True
+            await asyncio.to_thread(sweep_stale_dirs)  # staged copies of servers that died
+            await _sweep(lambda name: not _server_alive(name))
         return await boot_worker(actor, self.settings)
 
     async def aclose(self) -> None:
-        """Nothing to release: every VM belongs to a worker, closed by its pool."""
+        """Remove every VM of this server's still there: its pools closed their workers, so
+        these are VMs whose removal failed (or a boot's that the loop's end cut short)."""
+        if self._started:
+            await _sweep(lambda name: True, _labels())
 
     async def _detect(self) -> Availability:
         """Certain answers first (no SDK, no usable /dev/kvm, a CPU that cannot run guests);
@@ -351,7 +367,7 @@ async def _boot_check(ref: str, timeout_s: float, *,
     except Exception as exc:  # every SDK failure becomes a reason, never a crash
         return await _classify_boot_failure(name, ref, exc, "canary microVM")
     finally:
-        await _discard(name)
+        await to_the_end(_discard(name))
 
 
 async def _python_check(vm: Sandbox, ref: str) -> _BootFailure | None:
@@ -447,31 +463,87 @@ def _image_source(ref: str) -> str | ImageSource:
 
 
 def _vm_name(label: str) -> str:
-    """A unique sandbox name (the SDK allows 128 bytes; ids are kept short and tame)."""
+    """A unique sandbox name carrying this server's pid (the SDK allows 128 bytes; ids are
+    kept short and tame): ``svc-PID-LABEL-RANDOM``."""
     tame = re.sub(r"[^a-zA-Z0-9-]", "-", label)[:48].strip("-") or "actor"
-    return f"svc-{tame}-{secrets.token_hex(6)}"
+    return f"svc-{os.getpid()}-{tame}-{secrets.token_hex(6)}"
+
+
+def _labels() -> dict[str, str]:
+    """The labels of this server's VMs."""
+    return {"owner": OWNER, "server_pid": str(os.getpid())}
+
+
+def _server_alive(name: str) -> bool:
+    """Does the server whose pid the VM's name carries still run? (The name, not the
+    ``server_pid`` label: a listed handle always has its name.)"""
+    pid = name.split("-")[1] if name.startswith("svc-") and name.count("-") >= 3 else ""
+    if not pid.isdigit():
+        return True  # not named by a server: left alone
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 async def _create_vm(name: str, image: str | ImageSource, **options: Any) -> Sandbox:
     from microsandbox import Sandbox
 
-    return await Sandbox.create(name, image=image, hostname="sandbox", **options)
+    return await Sandbox.create(name, image=image, hostname="sandbox", labels=_labels(),
+                                **options)
+
+
+async def _sdk_step(step: Awaitable[Any]) -> Any:
+    async with asyncio.timeout(_SDK_STEP_TIMEOUT_S):
+        return await step
 
 
 async def _discard(name: str) -> None:
-    """Kill the VM called ``name`` if it runs and remove its persisted state; never raises."""
+    """Kill the VM called ``name`` if it runs and remove its persisted state; never raises.
+
+    Each SDK step is bounded. A kill may give up after its own wait (the VM still runs,
+    so the removal fails): tried once more; what is left then is swept when the backend
+    closes, or by the next server."""
+    from microsandbox import Sandbox, SandboxNotFoundError, SandboxNotRunningError
+
+    failure: Exception | None = None
+    for _ in range(2):
+        try:
+            handle = await _sdk_step(Sandbox.get(name))
+            with contextlib.suppress(SandboxNotRunningError):
+                await _sdk_step(handle.kill())
+            await _sdk_step(Sandbox.remove(name))
+            return
+        except SandboxNotFoundError:  # never created, or already removed
+            return
+        except Exception as exc:
+            failure = exc
+    log.warning("could not remove microVM %s: %s", name, _first_line(failure))
+
+
+async def _sweep(doomed: Callable[[str], bool], labels: dict[str, str] | None = None) -> None:
+    """Discard the VMs labelled ``labels`` (default: any server's of this service) whose
+    name ``doomed`` says must go."""
     from microsandbox import Sandbox
 
+    names: list[str] = []
+    cursor = None
     try:
-        handle = await Sandbox.get(name)
-    except Exception:  # never created, or already removed
-        return
-    with contextlib.suppress(Exception):  # already stopped is fine
-        await handle.kill()
-    try:
-        await Sandbox.remove(name)
-    except Exception as exc:  # leave a trace: a leaked VM record is an operator's concern
-        log.warning("could not remove microVM %s: %s", name, _first_line(exc))
+        while True:
+            page = await _sdk_step(Sandbox.list_with(cursor=cursor,
+                                                     labels=labels or {"owner": OWNER}))
+            names += [handle.name for handle in page.sandboxes]
+            if (cursor := page.next_cursor) is None:
+                break
+    except Exception as exc:
+        log.warning("could not list leftover microVMs: %s", _first_line(exc))
+    names = [name for name in names if doomed(name)]
+    if names:
+        log.info("removing %d leftover microVM(s)", len(names))
+    await asyncio.gather(*(_discard(name) for name in names))
 
 
 def _vm_options(actor: ActorDef, settings: Settings, staged: Staged) -> dict[str, Any]:
@@ -538,32 +610,82 @@ def _image_ref(actor: ActorDef, settings: Settings) -> str:
 
 async def boot_worker(actor: ActorDef, settings: Settings) -> MicroVMWorker:
     """Boot a VM, start the harness in it and wait for its ``ready`` line (the VM's boot and
-    the interpreter's start within ``sandbox.canary_timeout_s``, the script's load within
-    its ``timeout_s``: see MicroVMWorker.wait_ready)."""
+    the interpreter's start within ``sandbox.canary_timeout_s`` in all, the script's load
+    within its ``timeout_s``: see MicroVMWorker.wait_ready)."""
+    loop = asyncio.get_running_loop()
     timeout_s = settings.sandbox.canary_timeout_s
-    guest = await _boot_guest(actor, settings, timeout_s)
-    worker = MicroVMWorker(actor, guest, tmp_mb=settings.sandbox.tmp_mb,
-                           state_limits=settings.state)
+    deadline = loop.time() + timeout_s
+    # Shielded, staging included: a cancelled Sandbox.create may make its VM all the same,
+    # and a cancelled to_thread its copy. A boot that is cancelled (once or again) is let
+    # finish, and what it made is destroyed.
+    spawning = asyncio.ensure_future(_boot_guest(actor, settings, timeout_s))
     try:
-        await worker.wait_ready(timeout_s)
-    except TimeoutError:
-        await worker.close()
-        raise SandboxUnavailable(NAME, f"the harness for {actor.id} sent no ready line "
-                                 f"within {timeout_s:g} s") from None
-    except BaseException:
-        await worker.close()
+        guest = await asyncio.shield(spawning)
+    except asyncio.CancelledError:
+        await to_the_end(_abandon(spawning))
+        raise
+    worker = MicroVMWorker(actor, guest, tmp_mb=settings.sandbox.tmp_mb,
+                           state_limits=settings.state,
+                           max_notifications=settings.sandbox.max_notifications,
+                           max_message_bytes=settings.max_message_bytes)
+    try:
+        await worker.wait_ready(max(0.0, deadline - loop.time()))
+    except BaseException as exc:
+        await to_the_end(worker.close())
+        if isinstance(exc, TimeoutError):
+            raise SandboxUnavailable(NAME, f"the harness for {actor.id} sent no ready line "
+                                     f"within {timeout_s:g} s") from None
         raise
     log.debug("microVM %s ready for %s", guest.name, actor.id)
     return worker
 
 
+async def _abandon(spawning: asyncio.Future[_Guest]) -> None:
+    """Let a boot that was cancelled finish, then destroy the VM it made (a boot that
+    failed has removed what it made)."""
+    with contextlib.suppress(Exception):
+        guest = await spawning
+        await guest.destroy()
+
+
+def _stage(actor: ActorDef) -> Staged:
+    """Readable copies of the actor's folder and the harness (see staging.py), in a folder
+    named as a Stager's runtime directory is (PREFIX, this server's pid): so
+    sweep_stale_dirs removes the copies a server that died left."""
+    staged = Staged(Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-vm-")))
+    try:
+        staged.root.chmod(0o755)
+        for name, source in {"actor": actor.root, "harness": HARNESS_DIR}.items():
+            copy_readable(source, staged / name)
+    except BaseException:
+        staged.remove()
+        raise
+    return staged
+
+
 async def _boot_guest(actor: ActorDef, settings: Settings, timeout_s: float) -> _Guest:
+    """Stage, boot and start the harness session; on any failure, remove what was made."""
+    name = _vm_name(actor.id)
+    dependency_mount(actor, NAME)  # unbuilt dependencies: refused before anything is staged
+    staged = await asyncio.to_thread(_stage, actor)
+    try:
+        sandbox, handle = await _start_harness(actor, settings, name, staged, timeout_s)
+        stdin = handle.take_stdin()
+        if stdin is None:  # the SDK hands the sink out once; a fresh handle always has it
+            raise SandboxUnavailable(NAME, "the SDK gave no stdin for the harness session")
+    except BaseException:
+        await _discard(name)
+        staged.remove()
+        raise
+    return _Guest(name, sandbox, handle, stdin, staged)
+
+
+async def _start_harness(actor: ActorDef, settings: Settings, name: str, staged: Staged,
+                         timeout_s: float) -> tuple[Sandbox, ExecHandle]:
+    """Boot the VM called ``name`` and start the harness; SandboxUnavailable if not."""
     from microsandbox import Rlimit, Stdin
 
     ref = _image_ref(actor, settings)
-    name = _vm_name(actor.id)
-    dependency_mount(actor, NAME)  # unbuilt dependencies: refused before anything is staged
-    staged = await asyncio.to_thread(stage, {"actor": actor.root, "harness": HARNESS_DIR})
     try:
         async with asyncio.timeout(timeout_s):
             options = _vm_options(actor, settings, staged)
@@ -573,25 +695,12 @@ async def _boot_guest(actor: ActorDef, settings: Settings, timeout_s: float) -> 
                 command, args, cwd=GUEST_ACTOR_DIR, user=GUEST_USER, env=_GUEST_ENV,
                 stdin=Stdin.pipe(), rlimits=[Rlimit.nproc(actor.limits.pids)])
     except TimeoutError:
-        await _discard(name)
-        staged.remove()
         raise SandboxUnavailable(NAME, f"microVM from {ref} did not boot within "
                                  f"{timeout_s:g} s") from None
-    except BaseException as exc:  # every SDK failure to boot is a SandboxUnavailable
-        if not isinstance(exc, Exception):
-            await _discard(name)
-            staged.remove()
-            raise
+    except Exception as exc:  # every SDK failure to boot is a SandboxUnavailable
         failure = await _classify_boot_failure(name, ref, exc, "microVM")
-        await _discard(name)
-        staged.remove()
         raise SandboxUnavailable(NAME, failure.reason) from exc
-    stdin = handle.take_stdin()
-    if stdin is None:  # the SDK hands the sink out once; a fresh handle always has it
-        await _discard(name)
-        staged.remove()
-        raise SandboxUnavailable(NAME, "the SDK gave no stdin for the harness session")
-    return _Guest(name, sandbox, handle, stdin, staged)
+    return sandbox, handle
 
 
 class _Guest:
@@ -626,26 +735,66 @@ class _Guest:
         return 0
 
     async def destroy(self) -> None:
-        with contextlib.suppress(Exception):  # the session may already be over
-            await self._handle.kill()
-        with contextlib.suppress(Exception):
-            await self._sandbox.kill()
-        await _discard(self.name)
-        self._staged.remove()
+        """Kill the session and the VM, remove its record and the copies; never raises.
+        Each SDK step is bounded: a VM that outlives them is swept later (see _discard)."""
+        try:
+            for kill in (self._handle.kill, self._sandbox.kill):
+                with contextlib.suppress(Exception):  # the session or the VM may be gone
+                    await _sdk_step(kill())
+            await _discard(self.name)
+        finally:
+            self._staged.remove()
 
 
 # --------------------------------------------------------------------------- the worker
 
 
 class _Lines:
-    """Splits a byte stream into text lines (UTF-8, invalid bytes replaced)."""
+    """Splits a byte stream into text lines (UTF-8, invalid bytes replaced).
 
-    def __init__(self) -> None:
-        self._pending = b""
+    Each chunk is searched once for newlines: what waits is a partial line with none, so
+    a long line is not scanned again as it grows. With ``piece`` (raw output), a line
+    longer than that goes out in pieces, bounding what waits, and the newline that ends
+    it is no line of its own (as on the process backend).
+    """
+
+    def __init__(self, piece: int | None = None) -> None:
+        self._pending = bytearray()
+        self._piece = piece
+        self._split = False  # the last line went out in pieces
+
+    @property
+    def pending(self) -> int:
+        """The bytes of the partial line that waits for its newline."""
+        return len(self._pending)
 
     def feed(self, data: bytes) -> list[str]:
-        *lines, self._pending = (self._pending + data).split(b"\n")
-        return [line.decode("utf-8", errors="replace").rstrip("\r") for line in lines]
+        if self._split and data:  # the rest of a line sent in pieces
+            self._split = False
+            if data[:1] == b"\n":  # its end: no empty line
+                data = data[1:]
+        buffer = self._pending
+        unscanned = len(buffer)
+        buffer += data
+        lines, start = [], 0
+        while (end := buffer.find(b"\n", max(start, unscanned))) >= 0:
+            lines.append(_text(buffer[start:end]))
+            start = end + 1
+        del buffer[:start]
+        if self._piece is not None and len(buffer) > self._piece:
+            lines.append(_text(buffer))
+            buffer.clear()
+            self._split = True
+        return lines
+
+
+def _text(line: bytes | bytearray) -> str:
+    return line.decode("utf-8", errors="replace").rstrip("\r")
+
+
+def _size(event: Any) -> int:
+    """The bytes a session event holds."""
+    return len(event.data or b"") if event is not None else 0
 
 
 async def _drop(event: Event) -> None:
@@ -657,19 +806,31 @@ class MicroVMWorker:
     """One booted microVM holding one actor's harness; runs calls one after another.
 
     A reader task moves the session's events into a queue, so a timeout only ever
-    cancels a queue wait, never an SDK read halfway through an event.
+    cancels a queue wait, never an SDK read halfway through an event. The SDK buffers a
+    session's events without bound, so the reader takes them as they come (the queue
+    applies no backpressure to the guest) and bounds what waits in bytes instead: past
+    a call's output_bytes, one message (max_message_bytes) and one CHUNK, the VM is
+    destroyed and the call fails -32006 output.
     """
 
     def __init__(self, actor: ActorDef, guest: Any, tmp_mb: int,
-                 state_limits: StateSettings | None = None) -> None:
+                 state_limits: StateSettings | None = None, max_notifications: int | None = None,
+                 max_message_bytes: int = 1 << 20) -> None:
         self.actor = actor
         self._guest = guest  # a _Guest (tests pass a stand-in with the same methods)
         self._tmp_mb = tmp_mb
         self._state_limits = state_limits or StateSettings()
+        self._max_notifications = max_notifications
+        # Nothing legitimate waits beyond this: a call's whole output, one message (a state
+        # request, the result) and one raw piece; also the longest protocol line accepted.
+        self._backlog_limit = actor.limits.output_bytes + max_message_bytes + CHUNK
+        self._backlog = 0  # bytes received from the session and not yet taken from the queue
         self._alive = True
-        self._events: asyncio.Queue[Any] = asyncio.Queue(maxsize=_QUEUE_CHUNKS)
+        self._closing: asyncio.Future[None] | None = None
+        self._session_over = False  # the reader saw the harness's end (or overflowed)
+        self._events: asyncio.Queue[Any] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
-        self._splitters = {"stdout": _Lines(), "stderr": _Lines()}
+        self._splitters = {"stdout": _Lines(), "stderr": _Lines(piece=CHUNK)}
         self._lines: deque[tuple[str, str]] = deque()
         self._stderr_tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
         self._fence = ""
@@ -681,14 +842,18 @@ class MicroVMWorker:
         return self._alive
 
     def claim(self) -> bool:
-        return self._alive
+        """Alive, and its harness not gone while it was idle (an exit waits in the queue):
+        else the pool takes another worker."""
+        return self._alive and not self._session_over
 
     async def wait_ready(self, boot_timeout_s: float | None = None) -> None:
         """Consume boot output until the harness says ``ready``: within ``boot_timeout_s``
         (None: no limit; TimeoutError) until it says it is loading the script, then within
         the actor's timeout_s, as a call (TimeLimitExceeded: the script's top-level code
-        ran too long). Only the first ``loading`` counts: the script runs after it."""
-        budget = OutputBudget(self.actor.limits.output_bytes)
+        ran too long). Only the first ``loading`` counts: the script runs after it. What the
+        load writes goes nowhere, but is held to what one call may send (output_bytes and
+        sandbox.max_notifications), else the boot fails with -32006 output."""
+        budget = OutputBudget(self.actor.limits.output_bytes, self._max_notifications)
         async with asyncio.timeout(boot_timeout_s):
             reply = await self._read_reply(budget, _drop)
         if reply["type"] == "loading":
@@ -713,15 +878,15 @@ class MicroVMWorker:
             async with timer:
                 outcome, lingering = await self._exchange(request, on_event)
         except TimeoutError:
-            await self._close_quietly()
+            await to_the_end(self.close())
             if timer.expired():
                 raise TimeLimitExceeded(limit_s) from None
             raise
         except BaseException:
-            await self._close_quietly()
+            await to_the_end(self.close())
             raise
         if lingering:  # threads or timers would run on between calls: not reused
-            await self._close_quietly()
+            await to_the_end(self.close())
         return outcome
 
     async def reset(self) -> None:
@@ -729,28 +894,28 @@ class MicroVMWorker:
         try:
             async with asyncio.timeout(self.actor.limits.timeout_s):
                 await self._guest.send(encode_line({"type": "reset"}))
-                reply = await self._read_reply(OutputBudget(self.actor.limits.output_bytes), _drop)
+                budget = OutputBudget(self.actor.limits.output_bytes, self._max_notifications)
+                reply = await self._read_reply(budget, _drop)
             if reply["type"] != "ready":
                 raise self._error(reply)
         except BaseException as exc:
-            await self._close_quietly()
+            await to_the_end(self.close())
             if isinstance(exc, Exception):
                 raise SandboxUnavailable(NAME, f"could not reset a worker: {exc}") from exc
             raise
 
     async def close(self) -> None:
-        """Kill the VM and remove its state; idempotent."""
-        if not self._alive:
-            return
-        self._alive = False
-        if self._reader is not None:
-            self._reader.cancel()
-        await self._guest.destroy()
+        """Kill the VM and remove its state; idempotent. The close finishes even when its
+        caller is cancelled: a later close waits for the same one."""
+        await asyncio.shield(self._start_close())
 
-    async def _close_quietly(self) -> None:
-        # Shielded: the VM must go even when the caller is being cancelled again.
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(self.close())
+    def _start_close(self) -> asyncio.Future[None]:
+        if self._closing is None:
+            self._alive = False
+            if self._reader is not None and self._reader is not asyncio.current_task():
+                self._reader.cancel()
+            self._closing = asyncio.ensure_future(self._guest.destroy())
+        return self._closing
 
     async def _exchange(
         self, request: CallRequest, on_event: EventSink
@@ -759,7 +924,7 @@ class MicroVMWorker:
         self._fence, self._fences_seen = secrets.token_hex(16), 0
         self._state_requests = StateRequests(request, self._state_limits)
         await self._guest.send(call_line(request, self._fence))
-        budget = OutputBudget(self.actor.limits.output_bytes,
+        budget = OutputBudget(self.actor.limits.output_bytes, self._max_notifications,
                               hold_limit=self.actor.limits.memory_mb * MIB)
         reply = await self._read_reply(budget, on_event)
         await self._drain_fences(budget, on_event)
@@ -781,7 +946,7 @@ class MicroVMWorker:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_FENCE_GRACE_S):
                 while self._fences_seen < 2:
-                    stream, line = await self._next_line(budget)
+                    stream, line = await self._next_line()
                     stray = await self._route(stream, line, on_event, budget)
                     if stray is not None:
                         log.warning("microVM %s: protocol line after the reply: %s",
@@ -790,44 +955,60 @@ class MicroVMWorker:
     async def _read_reply(self, budget: OutputBudget, on_event: EventSink) -> dict[str, Any]:
         """Forward outputs and logs until a result, error or ready message; return it."""
         while True:
-            stream, line = await self._next_line(budget)
+            stream, line = await self._next_line()
             reply = await self._route(stream, line, on_event, budget)
             if reply is not None:
                 return reply
 
     async def _route(self, stream: str, line: str, on_event: EventSink,
                      budget: OutputBudget) -> dict[str, Any] | None:
-        """Forward one line as an event; a reply (result, error, ready, loading) is returned
-        instead. A line whose decoded values would be more than the call may have the server
-        hold is refused before it is decoded (OutputBudget.fits)."""
+        """Forward one line as an event, charged what its notification takes on the wire
+        (as on the process backend: a flood of tiny lines breaches the limit as fast as a
+        flood of big ones); a reply (result, error, ready, loading) is returned instead. A
+        line whose decoded values would be more than the call may have the server hold is
+        refused before it is decoded (OutputBudget.fits)."""
         if stream == "stderr":
-            if self._fence and line == self._fence:
+            if self._fence and line.endswith(self._fence):  # what precedes it: a partial line
                 self._fences_seen += 1
-                return None
+                line = line[:-len(self._fence)]
+                if not line:
+                    return None
             self._stderr_tail.append(line)
+            budget.notify(log_size(self.actor.id, "stderr", line))
             await on_event(LogEvent("stderr", line))
             return None
-        size = budget.fits(line.encode("utf-8", "surrogatepass"))
+        raw = line.encode("utf-8", "surrogatepass")
+        size = budget.fits(raw)
         message = _protocol_message(line)
-        if message is not None and message["type"] in ("output", "result"):
-            budget.hold(size)
         if message is None:  # only the harness writes fd 3: anything else is an attack
             raise ActorFailed("ProtocolError", f"the harness sent garbage: {line[:200]!r}")
-        if message["type"] in ("result", "error", "ready", "loading"):
+        kind = message["type"]
+        if kind in ("output", "result"):
+            budget.hold(size)
+        if kind == "result" or (kind == "error" and "resource" not in message):
+            budget.spend(len(raw))  # the return value and state, or the traceback: all go back
+        if kind in ("result", "error", "ready", "loading"):
             return message
-        if message["type"] == "state" and self._state_requests is not None:
-            size = len(line.encode("utf-8", "surrogatepass"))
-            await self._guest.send(await self._state_requests.reply(message, size))
+        if kind == "state" and self._state_requests is not None:
+            await self._guest.send(await self._state_requests.reply(message, len(raw)))
             return None
-        await on_event(_event_of(message))
+        event = _event_of(message)
+        if isinstance(event, OutputEvent):
+            budget.notify(notification_size("output", self.actor.id, len(raw)))
+        else:
+            budget.notify(log_size(self.actor.id, event.stream, event.message))
+        await on_event(event)
         return None
 
-    async def _next_line(self, budget: OutputBudget) -> tuple[str, str]:
+    async def _next_line(self) -> tuple[str, str]:
         """The next complete line of either stream; the harness' exit raises what it means."""
         if self._reader is None:
             self._reader = asyncio.create_task(self._read_session())
         while not self._lines:
             event = await self._events.get()
+            if event is _OVERFLOW:
+                raise ResourceLimitExceeded("output", self.actor.limits.output_bytes)
+            self._backlog -= _size(event)
             if event is None:
                 raise await self._death(None)
             kind = str(event.event_type)
@@ -836,18 +1017,37 @@ class MicroVMWorker:
             if kind == "exited":
                 raise await self._death(event.code)
             if kind in ("stdout", "stderr"):
-                data = event.data or b""
-                budget.spend(len(data))
-                self._lines.extend((kind, line) for line in self._splitters[kind].feed(data))
+                self._lines.extend((kind, line) for line in self._splitters[kind].feed(
+                    event.data or b""))
+                if self._splitters["stdout"].pending > self._backlog_limit:
+                    raise ResourceLimitExceeded("output", self.actor.limits.output_bytes)
         return self._lines.popleft()
 
     async def _read_session(self) -> None:
-        """Move the session's events into the queue until it ends (None marks the end)."""
+        """Move the session's events into the queue until it ends (None marks the end), or
+        until more bytes wait in it than any call may leave waiting: the VM is then
+        destroyed at once, since the guest would go on filling the SDK's buffer."""
         while True:
             event = await self._guest.recv()
-            await self._events.put(event)
-            if event is None or str(event.event_type) in ("exited", "failed"):
+            self._backlog += _size(event)
+            if self._backlog > self._backlog_limit:
+                log.warning("microVM %s: more than %d bytes of output wait undelivered; "
+                            "destroying it", self._guest.name, self._backlog_limit)
+                self._overflow()
                 return
+            self._events.put_nowait(event)
+            if event is None or str(event.event_type) in ("exited", "failed"):
+                self._session_over = True
+                return
+
+    def _overflow(self) -> None:
+        """Drop what waits, tell the reading call, and destroy the VM."""
+        self._session_over = True
+        while not self._events.empty():
+            self._events.get_nowait()
+        self._backlog = 0
+        self._events.put_nowait(_OVERFLOW)
+        self._start_close()
 
     def _error(self, message: dict[str, Any]) -> RpcError:
         resource = message.get("resource")

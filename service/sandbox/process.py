@@ -62,6 +62,7 @@ from service.errors import (
 )
 from service.manifest.model import ActorDef
 from service.sandbox.base import (
+    CHUNK,
     Availability,
     CallOutcome,
     CallRequest,
@@ -104,7 +105,6 @@ BOOT_ERROR_CHARS = 1000  # of a harness's error before its ready, in SandboxUnav
 _ADMISSION_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="admission")
 OUTER_EXIT_GRACE_S = 1.0  # after the outer bwrap ends during a boot, for the harness's last words
 KILL_WAIT_S = 3.0
-CHUNK = 1 << 16
 STDERR_TAIL = 4096
 # Read ahead from one sandbox, and written to it unread: past either the pipes out of the
 # sandbox are not read, and it waits on its own writes.

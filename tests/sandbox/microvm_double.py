@@ -6,6 +6,13 @@ SDK's own type stubs, serialises mounts and the network policy the way the SDK d
 (``_to_dict``, which raises on a bad combination), records the calls, and then runs the
 exec session's command under bubblewrap, as strict as the real guest is:
 
+- ``Sandbox.create`` and a kill may take time (``create_delay_s``, ``kill_delay_s``), and a
+  create that is cancelled still makes its VM (the SDK's native task runs on);
+- ``Sandbox.get`` returns a handle whose ``kill`` waits, then may give up with the VM still
+  running (``kill_timeouts``), and raises SandboxNotRunningError on a stopped VM;
+  ``Sandbox.remove`` raises while the VM runs, or when there is none;
+- ``Sandbox.list_with`` filters by labels, as the SDK does;
+
 - the session's user (``user="nobody"``) is a host uid of its own, that owns none of
   the mounted files: virtio-fs shows the guest the host's owner and mode bits, so a
   folder that uid cannot read on the host is unreadable in the guest too;
@@ -65,8 +72,11 @@ class LocalSDK:
     creates: list[dict[str, Any]] = field(default_factory=list)
     execs: list[dict[str, Any]] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
-    sandboxes: dict[str, LocalSandbox] = field(default_factory=dict)
+    sandboxes: dict[str, LocalSandbox | LeftVM] = field(default_factory=dict)
     fail_spawn: tuple[bytes, int] | None = None  # (reason, errno) of a FAILED exec event
+    create_delay_s: float = 0
+    kill_delay_s: float = 0
+    kill_timeouts: int = 0  # kills (of either kind) that wait, then give up, VM running
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         sdk = self
@@ -74,22 +84,38 @@ class LocalSDK:
         class Sandbox:
             @staticmethod
             async def create(name: str, **options: Any) -> LocalSandbox:
-                return await sdk.create(name, **options)
+                # Cancelling the caller does not stop the SDK's native task.
+                return await asyncio.shield(sdk.create(name, **options))
 
             @staticmethod
-            async def get(name: str) -> LocalSandbox:
+            async def get(name: str) -> LocalHandle:
                 if name not in sdk.sandboxes:
                     raise microsandbox.SandboxNotFoundError(name)
-                return sdk.sandboxes[name]
+                return LocalHandle(sdk, name)
 
             @staticmethod
             async def remove(name: str) -> None:
+                vm = sdk.sandboxes.get(name)
+                if vm is None:
+                    raise microsandbox.SandboxNotFoundError(name)
+                if not vm.killed:
+                    raise microsandbox.SandboxStillRunningError(name)
                 sdk.removed.append(name)
-                sdk.sandboxes.pop(name, None)
+                del sdk.sandboxes[name]
+
+            @staticmethod
+            async def list_with(*, cursor: str | None = None, limit: int | None = None,
+                                labels: dict[str, str] | None = None) -> Any:
+                wanted = (labels or {}).items()
+                names = [name for name, vm in sdk.sandboxes.items()
+                         if wanted <= (vm.options.get("labels") or {}).items()]
+                return SimpleNamespace(sandboxes=[LocalHandle(sdk, n) for n in names],
+                                       next_cursor=None)
 
         monkeypatch.setattr(microsandbox, "Sandbox", Sandbox)
 
     async def create(self, name: str, **options: Any) -> LocalSandbox:
+        await asyncio.sleep(self.create_delay_s)
         unknown = set(options) - _stub_params("Sandbox", "create")
         assert not unknown, f"Sandbox.create has no keyword {sorted(unknown)}"
         for mount in options.get("volumes", {}).values():
@@ -102,6 +128,46 @@ class LocalSDK:
         sandbox = LocalSandbox(self, name, options)
         self.sandboxes[name] = sandbox
         return sandbox
+
+    async def stop(self, vm: LocalSandbox | LeftVM) -> None:
+        """A kill as the SDK does it: it takes time, and may give up with the VM running."""
+        await asyncio.sleep(self.kill_delay_s)
+        if self.kill_timeouts > 0:
+            self.kill_timeouts -= 1
+            raise microsandbox.SandboxStopTimedOutError(vm.name)
+        await vm.halt()
+
+    def leave(self, name: str, labels: dict[str, str]) -> LeftVM:
+        """A running VM that another (or an earlier) server left behind."""
+        vm = LeftVM(name, {"labels": labels})
+        self.sandboxes[name] = vm
+        return vm
+
+
+@dataclass
+class LeftVM:
+    """A VM booted by someone else: its name, labels, and whether it still runs."""
+
+    name: str
+    options: dict[str, Any]
+    killed: bool = False
+
+    async def halt(self) -> None:
+        self.killed = True
+
+
+class LocalHandle:
+    """What ``Sandbox.get`` returns: a handle by name, whose kill waits for the VM to stop."""
+
+    def __init__(self, sdk: LocalSDK, name: str) -> None:
+        self.sdk = sdk
+        self.name = name
+
+    async def kill(self, timeout: float | None = None) -> None:
+        vm = self.sdk.sandboxes[self.name]
+        if vm.killed:
+            raise microsandbox.SandboxNotRunningError(self.name)
+        await self.sdk.stop(vm)
 
 
 class LocalSandbox:
@@ -137,7 +203,11 @@ class LocalSandbox:
             self._oom_kills = self.cgroups.counters()[0]
         return self._oom_kills
 
-    async def kill(self) -> None:
+    async def kill(self, timeout: float | None = None) -> None:
+        if not self.killed:
+            await self.sdk.stop(self)
+
+    async def halt(self) -> None:
         if self.killed:
             return
         self.oom_kills()  # the count stays readable once the VM is gone
@@ -174,8 +244,10 @@ class LocalSandbox:
 class LocalSession:
     """An exec session: SDK-shaped events from the guest command run under bubblewrap."""
 
-    def __init__(self, proc: asyncio.subprocess.Process | None) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process | None,
+                 cgroups: WorkerCgroups | None = None) -> None:
         self.proc = proc
+        self.cgroups = cgroups  # the VM's: everything the session started is in them
         self.events: asyncio.Queue[Any] = asyncio.Queue()
         self._stdin_taken = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -208,7 +280,7 @@ class LocalSession:
             *argv, env=dict(options["env"]), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             preexec_fn=enter_cgroup)
-        session = cls(proc)
+        session = cls(proc, vm.cgroups)
         session._tasks = [asyncio.create_task(session._pump())]
         return session
 
@@ -242,9 +314,13 @@ class LocalSession:
         return await self.events.get()
 
     async def kill(self) -> None:
+        """End everything the session started, as the guest's end does: bwrap killed right
+        after its start may not have tied its sandbox's life to its own yet."""
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
+            if self.cgroups is not None:
+                self.cgroups.kill_all()
             await self.proc.wait()
         for task in self._tasks:
             task.cancel()

@@ -13,10 +13,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import textwrap
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import MappingProxyType, SimpleNamespace
 from typing import Any
@@ -86,11 +90,15 @@ needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewr
 
 
 @pytest.fixture
-def sdk(monkeypatch: pytest.MonkeyPatch) -> LocalSDK:
-    """The SDK replaced by a recording double that runs the guest command for real."""
+async def sdk(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[LocalSDK]:
+    """The SDK replaced by a recording double that runs the guest command for real; what
+    a test leaked is stopped after it."""
     double = LocalSDK()
     double.install(monkeypatch)
-    return double
+    yield double
+    double.kill_delay_s = double.kill_timeouts = 0
+    for vm in list(double.sandboxes.values()):
+        await vm.halt()
 
 
 @pytest.fixture
@@ -617,6 +625,9 @@ class ScriptedGuest:
     async def recv(self) -> Any:
         return await self._events.get()
 
+    def exit(self, code: int) -> None:
+        self._events.put_nowait(SimpleNamespace(event_type="exited", data=None, code=code))
+
     async def oom_kills(self) -> int:
         return 0
 
@@ -669,6 +680,49 @@ async def test_garbage_on_the_protocol_stream_is_a_protocol_error(tmp_path: Path
     assert not worker.alive
 
 
+async def test_a_partial_line_on_stderr_does_not_swallow_the_fence(tmp_path: Path) -> None:
+    worker = await scripted(tmp_path, lambda fence: [
+        ("stdout", RESULT), ("stderr", b"abc" + f"{fence}\n{fence}\n".encode())])
+    sink = Recorder()
+    started = time.monotonic()
+    assert (await worker.call(request(), sink)).return_value == 1
+    assert time.monotonic() - started < microvm._FENCE_GRACE_S  # no grace waited
+    assert sink.events == [LogEvent("stderr", "abc")]
+
+
+async def test_a_harness_that_died_while_idle_is_not_claimed(tmp_path: Path) -> None:
+    worker = await scripted(tmp_path, lambda fence: [])
+    assert worker.claim()
+    worker._guest.exit(1)
+    await asyncio.sleep(0.01)
+    assert not worker.claim()  # the pool takes another worker, the call does not fail
+
+
+async def test_output_waiting_undelivered_past_its_bound_destroys_the_vm(tmp_path: Path) -> None:
+    # The SDK buffers without bound: the reader must stop the guest itself, even while
+    # the call waits on a client that reads nothing.
+    guest = ScriptedGuest(lambda fence: [("stderr", b"y" * 999 + b"\n")] * 1500)
+    actor = make_actor(tmp_path, "def process(context):\n    return 1\n", output_bytes=10_000)
+    worker = MicroVMWorker(actor, guest, tmp_mb=64)  # the bound: 10 kB + 1 MiB + 64 KiB
+    await worker.wait_ready()
+    release = asyncio.Event()
+
+    async def stuck(event: Event) -> None:
+        await release.wait()
+
+    call = asyncio.create_task(worker.call(request(), stuck))
+    for _ in range(200):
+        if guest.destroyed:
+            break
+        await asyncio.sleep(0.01)
+    assert guest.destroyed and not worker.alive
+    assert guest._events.qsize() > 300  # the rest was never read
+    release.set()
+    with pytest.raises(ResourceLimitExceeded) as caught:
+        await call
+    assert caught.value.data == {"resource": "output", "limit": 10_000}
+
+
 # --------------------------------------------------------------------------- the line channel
 
 
@@ -677,6 +731,22 @@ def test_lines_split_across_chunks() -> None:
     assert lines.feed(b'{"type": "re') == []
     assert lines.feed(b'ady"}\r\nhalf') == ['{"type": "ready"}']
     assert lines.feed(b" \xff\n") == ["half \ufffd"]
+
+
+def test_a_long_raw_line_goes_in_pieces_and_its_newline_adds_no_empty_line() -> None:
+    lines = microvm._Lines(piece=microvm.CHUNK)
+    pieces = lines.feed(b"y" * 100_000) + lines.feed(b"\nafter\n")
+    assert "".join(pieces[:-1]) == "y" * 100_000 and all(pieces)
+    assert pieces[-1] == "after"
+
+
+def test_a_long_line_is_not_rescanned_as_it_grows() -> None:
+    lines = microvm._Lines()
+    started = time.process_time()
+    for _ in range(2048):  # 8 MiB in 4 KiB chunks
+        assert lines.feed(b"x" * 4096) == []
+    assert lines.feed(b"\n") == ["x" * (8 << 20)]
+    assert time.process_time() - started < 2  # rescanned, it took ~10 s
 
 
 @pytest.mark.parametrize(("line", "expected"), [
@@ -689,6 +759,136 @@ def test_lines_split_across_chunks() -> None:
 ])
 def test_only_typed_objects_are_protocol(line: str, expected: Any) -> None:
     assert microvm._protocol_message(line) == expected
+
+
+# ------------------------------------------------------------------ budgets, cancels, leftovers
+
+
+@needs_bwrap
+@pytest.mark.parametrize("when", ["call", "boot"])
+async def test_a_flood_of_empty_lines_is_held_to_max_notifications(
+        tmp_path: Path, sdk: LocalSDK, when: str) -> None:
+    flood = "os.write(2, b'\\n' * 1000)"
+    actor = make_actor(tmp_path, f"import os\n{flood if when == 'boot' else ''}\n"
+                                 f"def process(context):\n    {flood}\n    return 1\n",
+                       output_bytes=10_000_000)
+    settings = Settings(sandbox=SandboxSettings(tmp_mb=64, max_notifications=100))
+    with pytest.raises(ResourceLimitExceeded) as caught:
+        worker = await microvm.boot_worker(actor, settings)
+        try:
+            await worker.call(request(), Recorder())
+        finally:
+            await worker.close()
+    assert caught.value.to_json()["code"] == -32006
+    assert caught.value.data == {"resource": "output", "limit": {"notifications": 100}}
+    assert sdk.sandboxes == {}  # the VM is gone
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own temporary directory: where the backend stages (and sweeps)."""
+    where = tmp_path / "tmp"
+    where.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(where))
+    return where
+
+
+def actor_in(tmp_path: Path) -> ActorDef:
+    (tmp_path / "actor").mkdir()
+    return make_actor(tmp_path / "actor", "def process(context):\n    return 1\n")
+
+
+@needs_bwrap
+@pytest.mark.parametrize("during", ["staging", "create"])
+async def test_boot_cancelled_twice_leaves_no_vm_and_no_staged_dir(
+        tmp_path: Path, sdk: LocalSDK, private_tmp: Path, monkeypatch: pytest.MonkeyPatch,
+        during: str) -> None:
+    if during == "staging":
+        copytree = shutil.copytree
+
+        def slow_copytree(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.3)
+            return copytree(*args, **kwargs)
+
+        monkeypatch.setattr(shutil, "copytree", slow_copytree)
+    sdk.create_delay_s = sdk.kill_delay_s = 0.3
+    boot = asyncio.create_task(microvm.boot_worker(actor_in(tmp_path),
+                                                   Settings(sandbox=SandboxSettings(tmp_mb=64))))
+    for _ in range(2):
+        await asyncio.sleep(0.1)
+        boot.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await boot
+    await asyncio.sleep(1)  # what a boot left running would have made by now
+    assert sdk.sandboxes == {}
+    assert list(private_tmp.iterdir()) == []
+
+
+@needs_bwrap
+async def test_close_cancelled_still_destroys_the_vm(boot: Any, sdk: LocalSDK) -> None:
+    worker, vm = await boot("def process(context):\n    return 1\n")
+    sdk.kill_delay_s = 0.3
+    closing = asyncio.create_task(worker.close())
+    await asyncio.sleep(0.1)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await worker.close()  # waits for the close that went on
+    assert vm.killed and sdk.removed == [vm.name]
+    assert not Path(vm.options["volumes"]["/actor"].bind).exists()
+
+
+@needs_bwrap
+async def test_a_kill_that_gives_up_is_tried_again(boot: Any, sdk: LocalSDK) -> None:
+    worker, vm = await boot("def process(context):\n    return 1\n")
+    sdk.kill_timeouts = 2  # the VM's own kill, then its handle's: each waits and gives up
+    await worker.close()
+    assert vm.killed and sdk.removed == [vm.name]
+
+
+@needs_bwrap
+async def test_start_sweeps_what_dead_servers_left_and_aclose_what_is_ours(
+        tmp_path: Path, sdk: LocalSDK, private_tmp: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    owner = {"owner": "actor-sandbox"}
+    gone = sdk.leave(f"svc-{dead.pid}-t-0", {**owner, "server_pid": str(dead.pid)})
+    mine = sdk.leave(f"svc-{os.getpid()}-t-1", {**owner, "server_pid": str(os.getpid())})
+    foreign = sdk.leave(f"svc-{dead.pid}-t-2", {})  # not labelled ours: never touched
+    stale = private_tmp / f"actor-sandbox-{dead.pid}-vm-x"
+    stale.mkdir()
+    backend = MicroVMBackend(Settings(sandbox=SandboxSettings(tmp_mb=64)))
+
+    async def ok() -> Availability:
+        return Availability("microvm", True)
+
+    backend.availability = ok  # type: ignore[method-assign]
+    worker = await backend.start_worker(actor_in(tmp_path))
+    try:
+        assert gone.killed and sdk.removed == [gone.name] and not stale.exists()
+        assert not mine.killed and not foreign.killed
+    finally:
+        await worker.close()
+    await backend.aclose()
+    assert mine.name in sdk.removed and not foreign.killed
+
+
+@needs_bwrap
+async def test_the_boot_and_the_harness_start_share_one_deadline(
+        tmp_path: Path, sdk: LocalSDK, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[float | None] = []
+    wait_ready = MicroVMWorker.wait_ready
+
+    async def recording(self: MicroVMWorker, boot_timeout_s: float | None = None) -> None:
+        seen.append(boot_timeout_s)
+        await wait_ready(self, boot_timeout_s)
+
+    monkeypatch.setattr(MicroVMWorker, "wait_ready", recording)
+    sdk.create_delay_s = 0.5
+    settings = Settings(sandbox=SandboxSettings(tmp_mb=64, canary_timeout_s=10))
+    worker = await microvm.boot_worker(actor_in(tmp_path), settings)
+    await worker.close()
+    assert seen and seen[0] is not None and seen[0] <= 9.5
 
 
 # --------------------------------------------------------------------------- real microVMs
@@ -755,7 +955,8 @@ async def test_create_gets_the_real_option_types(boot: Any, sdk: LocalSDK) -> No
 
     worker, vm = await boot(ECHO, cpus=1.5, memory_mb=200)
     created = sdk.creates[0]
-    assert created["name"] == vm.name and created["name"].startswith("svc-t-")
+    assert created["name"] == vm.name and created["name"].startswith(f"svc-{os.getpid()}-t-")
+    assert created["labels"] == {"owner": "actor-sandbox", "server_pid": str(os.getpid())}
     assert created["image"] == "python:3.11-slim" and created["hostname"] == "sandbox"
     assert created["cpus"] == 2 and created["memory"] == 200 + microvm.GUEST_OVERHEAD_MB
     assert created["security"] == SecurityProfile.RESTRICTED
@@ -787,7 +988,7 @@ async def test_exec_stream_gets_user_rlimits_and_the_harness(boot: Any, sdk: Loc
 
 def test_network_true_allows_the_public_internet_and_dns_to_the_gateway(tmp_path: Path) -> None:
     actor = make_actor(tmp_path, "def process(context):\n    return 1\n", network=True)
-    staged = microvm.stage({"actor": tmp_path, "harness": microvm.HARNESS_DIR})
+    staged = microvm._stage(actor)
     try:
         policy = microvm._vm_options(actor, Settings(), staged)["network"].policy._to_dict()
     finally:
