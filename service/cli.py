@@ -138,10 +138,12 @@ def _settings(args: argparse.Namespace) -> Settings:
     path = args.config
     if path is not None and str(path).lstrip().startswith("{"):
         raise SettingsError("--config is the settings file; the call's config is --call-config")
-    if path is None:
-        path = find_default_config(Path.cwd())
+    base = None  # relative paths: from the working directory (manifest.md)
+    if path is None and (path := find_default_config(Path.cwd())) is not None:
+        base = path.parents[1]  # found from a folder below: its project's root, as if run there
     return load_settings(
         path,
+        base=base,
         isolated=args.subcommand in ("serve", "worker"),  # long-running: no dynaconf kept
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),

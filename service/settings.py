@@ -14,6 +14,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -214,14 +215,16 @@ class Settings:
 
 
 def load_settings(path: str | Path | None = None, *, isolated: bool = False,
-                  **overrides: Any) -> Settings:
+                  base: Path | None = None, **overrides: Any) -> Settings:
     """Read settings from ``path`` (TOML) and the environment, then apply ``overrides``.
 
     ``overrides`` are top-level keys (``host``, ``port``, ``backend``, ``log_level``,
     ``manifest_paths``...); None values are ignored. Unknown tables, keys and ``SERVICE_*``
     variables are errors, reported together with every invalid value. Relative paths
-    resolve against :func:`settings_base_dir`. ``isolated``: dynaconf runs in a child
-    process, so that a long-running server never holds it (see :func:`_read_in_child`).
+    resolve against the working directory (manifest.md), or against ``base`` when given
+    (the project root of a settings file found from a folder below it, see
+    ``cli.find_default_config``). ``isolated``: dynaconf runs in a child process, so that
+    a long-running server never holds it (see :func:`_read_in_child`).
     """
     problems = _file_problems(path) + _env_problems(os.environ)
     raw = _read_in_child(path) if isolated else _read_dynaconf(path)
@@ -232,7 +235,7 @@ def load_settings(path: str | Path | None = None, *, isolated: bool = False,
         problems.append(str(exc))
     if problems:
         raise SettingsError("; ".join(problems))
-    return _resolve_paths(settings, settings_base_dir(path))
+    return _resolve_paths(settings, base)
 
 
 def _read_dynaconf(path: str | Path | None) -> dict[str, Any]:
@@ -587,10 +590,12 @@ def _file_problems(path: str | Path | None) -> list[str]:
 
     if path is None or not Path(path).is_file():
         return []  # a missing file is reported by _read_dynaconf
+    text = ""
     try:
-        doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
+        doc = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"cannot read settings {path}: {exc}") from exc
+        raise SettingsError(f"cannot read settings {path}: {exc}{_key_at(text, exc)}") from exc
     problems: list[str] = []
     for env, table in doc.items():
         if not isinstance(table, dict):
@@ -602,6 +607,17 @@ def _file_problems(path: str | Path | None) -> list[str]:
         else:
             problems += _table_problems(env, table)
     return problems + _env_switch_problem(doc)
+
+
+def _key_at(text: str, exc: Exception) -> str:
+    """`` (key 'port')``: the key the line of a TOML error sets, when that line sets one.
+    Only its name: the value may be a secret (a token)."""
+    match = re.search(r"at line (\d+)", str(exc))
+    lines = text.splitlines()
+    if match is None or not 0 < int(match.group(1)) <= len(lines):
+        return ""
+    key = re.match(r"\s*([A-Za-z0-9_.-]+)\s*=", lines[int(match.group(1)) - 1])
+    return f" (key {key.group(1)!r})" if key else ""
 
 
 def _table_problems(env: str, table: dict[str, Any]) -> list[str]:
@@ -641,24 +657,14 @@ def _env_problems(environ: Any) -> list[str]:
     return problems
 
 
-def settings_base_dir(path: str | Path | None) -> Path | None:
-    """Where relative paths in the settings resolve: the project root.
-
-    That is the settings file's folder, or its parent when the folder is named ``config``
-    (``<root>/config/settings.toml``); with no settings file, the working directory (None).
-    """
-    if path is None:
-        return None
-    folder = Path(path).resolve().parent
-    return folder.parent if folder.name == "config" else folder
-
-
 def _resolve_paths(settings: Settings, base: Path | None) -> Settings:
     if base is None:
         return settings
-    changes = {}
+    changes: dict[str, Any] = {}
     for f in dataclasses.fields(Settings):
         value = getattr(settings, f.name)
-        if isinstance(value, tuple) and value and all(isinstance(p, Path) for p in value):
+        if isinstance(value, Path):
+            changes[f.name] = value if value.is_absolute() else base / value
+        elif isinstance(value, tuple) and value and all(isinstance(p, Path) for p in value):
             changes[f.name] = tuple(p if p.is_absolute() else base / p for p in value)
     return settings.replace(**changes)

@@ -30,12 +30,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_shipped_file_equals_the_documented_defaults() -> None:
-    root = CONFIG.parents[1]  # relative paths resolve against the project root
-    defaults = Settings()
-    assert load_settings(CONFIG) == defaults.replace(
-        manifest_paths=tuple(root / p for p in defaults.manifest_paths),
-        allowed_roots=tuple(root / p for p in defaults.allowed_roots),
-        schema_roots=tuple(root / p for p in defaults.schema_roots))
+    assert load_settings(CONFIG) == Settings()
 
 
 def test_production_environment_replaces_lists(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -250,6 +245,19 @@ def test_service_env_must_name_a_table(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings(CONFIG)
 
 
+@pytest.mark.parametrize(("text", "said"), [
+    ('[default]\nport = 5556\nport = 5557\n', "(at line 3, column 12) (key 'port')"),
+    ('[default]\nhost = "x"\nport = \n', "(at line 3, column 8) (key 'port')"),
+    ('[default.auth]\ntokens = secret-token-of-32-chars-long-aaaa\n', "(key 'tokens')")])
+def test_a_toml_error_names_its_key_never_its_value(tmp_path: Path, text: str,
+                                                    said: str) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text(text)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path)
+    assert str(caught.value).endswith(said) and "secret" not in str(caught.value)
+
+
 def test_a_broken_toml_file_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "settings.toml"
     path.write_text("[default\n")
@@ -257,23 +265,28 @@ def test_a_broken_toml_file_is_one_line(tmp_path: Path) -> None:
         load_settings(path)
 
 
-# --- where relative paths resolve: never the working folder when there is a file ---
+# --- where relative paths resolve: the working folder (manifest.md) ---
 
 
-@pytest.mark.parametrize(("layout", "root"), [("config/settings.toml", "."),
-                                              ("settings.toml", "."),
-                                              ("deploy/conf.toml", "deploy")])
-def test_relative_paths_resolve_against_the_project_root(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str, root: str) -> None:
+@pytest.mark.parametrize("layout", ["config/settings.toml", "settings.toml", "deploy/conf.toml"])
+def test_relative_paths_resolve_against_the_working_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
+    """manifest.md: "Relative paths resolve against the current working directory", wherever
+    the settings file is (they resolved against its folder: a settings file kept elsewhere
+    read another project's manifests)."""
     path = tmp_path / layout
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text('[default]\nschema_roots = ["schemas", "/abs"]\n')
+    path.write_text('[default]\nschema_roots = ["schemas", "/abs"]\ndeps_dir = "cache"\n')
     monkeypatch.setenv("SERVICE_MANIFEST_PATHS", '["actors"]')
     monkeypatch.chdir("/")
     s = load_settings(path)
-    base = (tmp_path / root).resolve()
-    assert s.schema_roots == (base / "schemas", Path("/abs"))
-    assert s.manifest_paths == (base / "actors",)
+    assert s.schema_roots == (Path("schemas"), Path("/abs"))
+    assert s.manifest_paths == (Path("actors"),)
+    assert s.deps_dir == Path("cache")
+    rooted = load_settings(path, base=tmp_path)  # a file found from a folder below its root
+    assert rooted.schema_roots == (tmp_path / "schemas", Path("/abs"))
+    assert rooted.manifest_paths == (tmp_path / "actors",)
+    assert rooted.deps_dir == tmp_path / "cache"
 
 
 def test_without_a_file_relative_paths_stay_relative_to_the_working_folder() -> None:

@@ -115,8 +115,9 @@ def format_problems(problems: Sequence[Problem], fmt: str) -> str:
     """``text``: ``FILE:LINE:COL: message`` lines; ``json``: a list; ``github``: annotations."""
     if fmt == "text":
         return "\n".join(str(p) for p in problems)
-    if fmt == "json":
-        return json.dumps([p.to_json() for p in problems], indent=2)
+    if fmt == "json":  # every problem says its severity here (a tool filters on it)
+        return json.dumps([{**p.to_json(), "severity": p.severity} for p in problems],
+                          indent=2)
     if fmt == "github":
         return "\n".join(_github(p) for p in problems)
     raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")

@@ -226,6 +226,7 @@ class _Context:
     doc: YamlDoc
     settings: Settings
     problems: list[Problem] = field(default_factory=list)
+    _seen: set[Problem] = field(default_factory=set)
 
     @property
     def raw(self) -> dict[str, Any]:
@@ -236,7 +237,10 @@ class _Context:
         line, column = self.doc.position(ptr if at is None else at, key=key)
         label = _label(ptr)
         text = f"{label}: {message}" if label else message
-        self.problems.append(Problem(self.file, line, column, text, at or ptr))
+        problem = Problem(self.file, line, column, text, at or ptr)
+        if problem not in self._seen:  # (a metaschema can say one thing through many branches)
+            self._seen.add(problem)
+            self.problems.append(problem)
 
 
 def _label(ptr: str) -> str:
@@ -399,8 +403,8 @@ def _limits(ctx: _Context) -> Limits:
     given = section if isinstance(section, dict) else {}
     maxima = ctx.settings.limits_max
     for key, value in given.items():
-        most = getattr(maxima, key, None)
-        if most is not None and _is_number(value) and value > most:
+        most = getattr(maxima, key, None)  # (network is granted, not a number: _check_grants)
+        if most is not None and _is_number(most) and _is_number(value) and value > most:
             ctx.add(pointer("limits", key), f"{_num(value)} is over the maximum {_num(most)}")
     defaults = ctx.settings.limits.to_json()
     known = {k: v for k, v in given.items() if k in defaults}

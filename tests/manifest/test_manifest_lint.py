@@ -26,11 +26,14 @@ def test_text_format() -> None:
 
 
 def test_json_format() -> None:
-    assert json.loads(format_problems(PROBLEMS, "json")) == [
+    warning = Problem("s.py", 1, 1, "script-only actor", "", severity="warning")
+    assert json.loads(format_problems([*PROBLEMS, warning], "json")) == [
         {"file": "manifests/a.yaml", "line": 3, "column": 5, "path": "/limits/timeout",
-         "message": "limits: unknown key 'timeout'"},
+         "message": "limits: unknown key 'timeout'", "severity": "error"},
         {"file": "manifests/b,c.yaml", "line": None, "column": None, "path": "",
-         "message": "100% wrong:\nsecond line"},
+         "message": "100% wrong:\nsecond line", "severity": "error"},
+        {"file": "s.py", "line": 1, "column": 1, "path": "", "message": "script-only actor",
+         "severity": "warning"},
     ]
     assert format_problems([], "json") == "[]"
 
@@ -66,7 +69,8 @@ def test_missing_path_is_a_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     out = io.StringIO()
     assert lint_main(["nowhere"], Settings(), "json", out) == 1
     assert json.loads(out.getvalue()) == [{"file": "nowhere", "line": None, "column": None,
-                                          "path": "", "message": "no such file or folder"}]
+                                          "path": "", "message": "no such file or folder",
+                                          "severity": "error"}]
 
 
 def test_invalid_id_is_not_compared_across_files(tmp_path: Path) -> None:

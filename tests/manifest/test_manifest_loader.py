@@ -142,6 +142,15 @@ def test_limits_over_the_settings_maximum(tmp_path: Path) -> None:
     ]
 
 
+def test_each_problem_is_reported_once(tmp_path: Path) -> None:
+    """`items: 5` failed the metaschema through eight branches: eight identical lines; a
+    `network: 1` was also "over the maximum 0" (the grant is no number)."""
+    path = write(tmp_path, BASE + "inports: {x: {schema: {items: 5}}}\nlimits: {network: 1}\n")
+    assert messages(path) == [
+        "inports.x.schema.items: 5 is not of type 'object', 'boolean'",
+        "limits.network: 1 is not of type 'boolean'"]
+
+
 def test_every_problem_is_reported_not_only_the_first(tmp_path: Path) -> None:
     path = write(tmp_path, "id: Actor\nlanguage: python\nscript: missing.py\n"
                            "limits: {timeout: 5, memory_mb: 99999}\nexamples: {}\n")

@@ -369,6 +369,24 @@ def test_lint_finds_the_project_settings_from_a_subfolder(
     assert main(["lint", "."]) == 0, capsys.readouterr().out
 
 
+def test_an_explicit_settings_files_relative_paths_are_the_working_folders(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """manifest.md: "Relative paths resolve against the current working directory": with
+    --config ../conf/s.toml, manifest_paths ["m"] is ./m, not ../conf/m."""
+    (tmp_path / "conf").mkdir()
+    config = tmp_path / "conf" / "s.toml"
+    config.write_text('[default]\nmanifest_paths = ["m"]\n')
+    for where, name in ((tmp_path / "work" / "m", "from-cwd"), (tmp_path / "conf" / "m", "BAD")):
+        where.mkdir(parents=True)
+        (where / "a.py").write_text("async def process(context):\n    return None\n")
+        (where / "a.yaml").write_text(f"id: {name}\nlanguage: python\nscript: a.py\n")
+    monkeypatch.chdir(tmp_path / "work")
+    assert main(["lint", "--config", str(config)]) == 0, capsys.readouterr().out
+    monkeypatch.chdir(tmp_path / "conf")  # from there, ./m is the invalid one
+    assert main(["lint", "--config", str(config)]) == 1
+
+
 def test_run_error_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["run", "--backend", "process", str(ACTORS / "failing.yaml"),
                  "--payload", '{"input": 1}'])
