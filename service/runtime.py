@@ -31,6 +31,7 @@ from service.manifest.lint import check_paths
 from service.manifest.loader import load_manifest
 from service.manifest.model import ActorDef, Port
 from service.manifest.script_only import check_script_only, is_script, manifest_beside
+from service.manifest.validation import LoopBudget
 from service.sandbox.base import Backend, CallRequest, Event, OutputEvent
 from service.sandbox.capacity import SandboxCapacity
 from service.sandbox.pool import ActorPool
@@ -324,13 +325,14 @@ async def check_payload(actor: HasInports, payload: dict[str, Any]) -> None:
     for name in payload:
         if name not in actor.inports:
             raise PayloadInvalid(name, [{"path": "", "message": f"unknown inport {name!r}"}])
+    budget = LoopBudget()  # the verdicts of all its values, together
     for name, port in actor.inports.items():
         if name not in payload:
             if port.required:
                 raise PayloadInvalid(name, [{"path": "",
                                              "message": f"required inport {name!r} is missing"}])
             continue
-        errors = await port.check(payload[name])
+        errors = await port.check(payload[name], budget)
         if errors:
             raise PayloadInvalid(name, errors)
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from jsonschema.protocols import Validator
 
 from service.deps.spec import Dependencies
-from service.manifest.validation import SchemaValidator, json_pointer
+from service.manifest.validation import LoopBudget, SchemaValidator, json_pointer, path_order
 from service.settings import POOL_DEFAULTS, Limits
 
 Language = Literal["python", "javascript"]
@@ -20,7 +20,7 @@ def schema_errors(validator: Validator | SchemaValidator, value: Any) -> list[di
     """Every way ``value`` fails ``validator``, as ``[{"path": "/a/0", "message": ...}]``."""
     if isinstance(validator, SchemaValidator):
         return validator.errors(value)
-    errors = sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path)))
+    errors = sorted(validator.iter_errors(value), key=lambda e: path_order(e.absolute_path))
     return [
         {"path": json_pointer(e.absolute_path), "message": e.message}
         for e in errors
@@ -40,9 +40,10 @@ class Port:
     def errors(self, value: Any) -> list[dict[str, str]]:
         return self.validator.errors(value)
 
-    async def check(self, value: Any) -> list[dict[str, str]]:
-        """Like ``errors``, without stalling the event loop on a costly value."""
-        return await self.validator.check(value)
+    async def check(self, value: Any, budget: LoopBudget | None = None) -> list[dict[str, str]]:
+        """Like ``errors``, without stalling the event loop on a costly value (``budget``: see
+        SchemaValidator.check)."""
+        return await self.validator.check(value, budget)
 
     def describe(self, inport: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"schema": self.schema, "description": self.description}

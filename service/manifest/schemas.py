@@ -126,7 +126,18 @@ def metaschema_issues(schema: Any, dialect: type[Validator]) -> list[SchemaIssue
     errors = sorted(meta.iter_errors(schema), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         return [SchemaIssue(pointer(*e.absolute_path), _message(e)) for e in errors]
-    return pattern_issues(schema, dialect)
+    return embedded_dialect_issues(schema, dialect) or pattern_issues(schema, dialect)
+
+
+def embedded_dialect_issues(schema: Any, dialect: type[Validator]) -> list[SchemaIssue]:
+    """Subschemas whose ``$schema`` names another dialect than the document's: jsonschema
+    reads such a part in its own dialect, jsonschema-rs in the root's (refused, as a
+    referenced file of another dialect is)."""
+    return [SchemaIssue(node.pointer + "/$schema", "a subschema's $schema other than the "
+                        "schema's own is not supported: keep one dialect per schema")
+            for node in nodes(schema, specification_of(dialect), "")
+            if node.pointer and "$schema" in node.contents
+            and dialect_of(node.contents, dialect) is not dialect]
 
 
 def pattern_issues(schema: Any, dialect: type[Validator]) -> list[SchemaIssue]:

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
@@ -75,10 +76,16 @@ _THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="validation")
 # The largest container (as JSON text) whose multipleOf verdict runs on the event loop:
 # ~10 ms at the worst of a few µs per number.
 LOOP_VERDICT_BYTES = 16 << 10
-# The most steps a verdict may cost on the event loop: ~7 ms at jsonschema-rs's worst. A
-# step: one character of a value through one step of a pattern's program, or one byte of a
-# value through one evaluation (see UNEVALUATED_GROWTH).
-LOOP_VERDICT_STEPS = 5_000_000
+# The most steps the verdicts of one call's values may cost on the event loop, together
+# (LoopBudget): ~7 ms at jsonschema-rs's worst measured, ~7 ns a step (``a[ab]{20}c``). A
+# step: one character of a value through one step of a pattern's program, one byte of a
+# value through one evaluation (see UNEVALUATED_GROWTH), or through one entry of an enum
+# holding arrays or objects.
+LOOP_VERDICT_STEPS = 1_000_000
+# With format assertion on, a `format: regex` value is compiled by RE2, which holds the GIL
+# (~30 µs per class like . or \S, ~0.5 ms per \p{...}): longer ones are refused
+MAX_FORMAT_REGEX_CHARS = 256
+MAX_FORMAT_REGEX_PROPERTIES = 8  # \p{...} and \P{...} classes in one such value
 # Nested unevaluatedProperties / unevaluatedItems evaluate what lies below them again, and
 # jsonschema-rs holds the GIL meanwhile: beside an anyOf, a verdict's cost grows ~2-2.7x at
 # each level, for the schema's own work as for the value's (12 levels: 50 ms for a 16-byte
@@ -96,6 +103,16 @@ UNEVALUATED_BASE_STEPS = 300  # the schema's own work at each evaluation
 FREE_EVALUATIONS = 32
 # see _Formats; jsonschema-rs's `regex` takes any \p{...} name, ECMA-262 refuses unknown ones
 LAX_RUST_FORMATS = frozenset({"idn-hostname", "idn-email", "regex"})
+# The formats each dialect defines: only those are asserted (jsonschema-rs asserts `date` in
+# a draft 4 schema, which has none; jsonschema leaves it an annotation there)
+_DRAFT4_FORMATS = frozenset({"date-time", "email", "hostname", "ipv4", "ipv6", "uri"})
+_DRAFT6_FORMATS = _DRAFT4_FORMATS | {"uri-reference", "uri-template", "json-pointer"}
+_DRAFT7_FORMATS = _DRAFT6_FORMATS | {"date", "time", "idn-email", "idn-hostname", "iri",
+                                     "iri-reference", "relative-json-pointer", "regex"}
+DIALECT_FORMATS = {"draft-04": _DRAFT4_FORMATS, "draft-06": _DRAFT6_FORMATS,
+                   "draft-07": _DRAFT7_FORMATS,
+                   "draft2019-09": _DRAFT7_FORMATS | {"duration", "uuid"},
+                   "draft2020-12": _DRAFT7_FORMATS | {"duration", "uuid"}}
 DEADLINE_SLACK_S = 0.5  # past timeout_s, the wait for an error pass that cannot stop itself
 # The deadline of the error pass running in this context (None: none).
 _DEADLINE: ContextVar[float | None] = ContextVar("validation_deadline", default=None)
@@ -108,6 +125,14 @@ Errors = list[dict[str, str]]
 
 class ValidationTimeout(Exception):
     """The error pass of one value ran past its deadline."""
+
+
+@dataclass
+class LoopBudget:
+    """What the verdicts of one call's values may still cost on the event loop, in steps:
+    six inports each just under the budget took the loop for 0.2-0.6 s in one go."""
+
+    left: float = LOOP_VERDICT_STEPS
 
 
 class SchemaValidator:
@@ -123,16 +148,23 @@ class SchemaValidator:
         reached = list(reachable_nodes(schema, spec))
         found = [p for node in reached for _, p in node_patterns(node)]
         # jsonschema-rs would accept a value ECMA-262's ASCII word boundaries refuse, or a
-        # host name IDNA2008 refuses
-        lax = format_assertion and any(node.contents.get("format") in LAX_RUST_FORMATS
+        # host name IDNA2008 refuses; with format assertion, a format jsonschema checks too
+        # is asserted only where both accept (_Formats), one the dialect does not define not
+        # at all: jsonschema-rs's verdict alone would say otherwise
+        lax = format_assertion and any(_lax_format(node.contents.get("format"), dialect)
                                        for node in reached)
         self._fast = None if lax or any(map(ecma.asserts_word_boundaries, found)) \
             else rust_validator(schema, spec.name, format_assertion)
         self._calls_python = self._fast is not None and any("multipleOf" in node.contents
                                                             for node in reached)
         # Every pattern may read each character once: patternProperties tries each key
-        # against all of its patterns (1,000 of them, a 539 KB object: 6 s, GIL held)
-        self._steps_per_byte = sum(map(ecma.cost, found))
+        # against all of its patterns (1,000 of them, a 539 KB object: 6 s, GIL held).
+        # jsonschema-rs compares a value with every entry of an enum that holds an array or
+        # an object (50,001 entries, 20,000 items: 9 s, GIL held).
+        self._steps_per_byte = sum(map(ecma.cost, found)) + sum(
+            len(entries) for node in reached
+            if isinstance(entries := node.contents.get("enum"), list)
+            and any(isinstance(entry, list | dict) for entry in entries))
         # Past FREE_EVALUATIONS subschemas, each may evaluate every location once (an allOf
         # of 1,000 contains, each over every item of a 100,000-item array: 2 s, GIL held)
         self._breadth = len(reached) if len(reached) > FREE_EVALUATIONS else 1
@@ -170,11 +202,12 @@ class SchemaValidator:
             return []
         return self._errors(value, verdict, deadline)
 
-    async def check(self, value: Any) -> Errors:
+    async def check(self, value: Any, budget: LoopBudget | None = None) -> Errors:
         """Like :meth:`errors`, with the error pass (and a costly verdict) off the event loop,
-        and refused once ``timeout_s`` has passed."""
+        and refused once ``timeout_s`` has passed. ``budget``: what the call's verdicts may
+        still cost the loop (shared by its values); a fresh one when None."""
         deadline = time.monotonic() + self.timeout_s
-        verdict = await self._verdict(value, deadline)
+        verdict = await self._verdict(value, deadline, budget)
         if verdict:
             return []
         try:
@@ -184,20 +217,25 @@ class SchemaValidator:
             return [{"path": "", "message": f"validation did not finish within "
                                             f"{self.timeout_s:g} s; the value is refused"}]
 
-    async def _verdict(self, value: Any, deadline: float) -> bool | None:
+    async def _verdict(self, value: Any, deadline: float,
+                       budget: LoopBudget | None = None) -> bool | None:
         """jsonschema-rs's verdict, where it costs the event loop little. Its linear-time
-        patterns still take up to ~1.4 ns per character per step of their program (``a[^c]
-        {1000}c`` on 1 MB of text: 13 s), nested ``unevaluated*`` keywords evaluate a value
-        again at each level, and it holds the GIL: for a value that could cost more than
-        LOOP_VERDICT_STEPS, the verdict process gives it by ``deadline``, or none comes and
+        patterns still take up to ~1.4-7 ns per character per step of their program
+        (``a[^c]{1000}c`` on 1 MB of text: 13 s), nested ``unevaluated*`` keywords evaluate a
+        value again at each level, and it holds the GIL: for a value that could cost more
+        than what ``budget`` (the call's) has left of LOOP_VERDICT_STEPS, the verdict process
+        gives it by ``deadline``, or none comes and
         jsonschema decides (off the loop, by the same deadline). A costly ``multipleOf``
         runs in a thread."""
         costly = self._json_if_costly(value)
         if costly is None:
             return self.is_valid(value)
         size, text = costly
-        if self._verdict_steps(size) > LOOP_VERDICT_STEPS:
+        steps = self._verdict_steps(size)
+        budget = budget or LoopBudget()
+        if steps > budget.left:
             return await _off_loop(self._verdict_elsewhere, value, deadline, text)
+        budget.left -= steps
         if self._calls_python and size > LOOP_VERDICT_BYTES:
             return await _off_loop(self.is_valid, value)
         return self.is_valid(value)
@@ -258,7 +296,7 @@ class SchemaValidator:
                                                          f"({type(exc).__name__})")
         finally:
             _DEADLINE.reset(token)
-        found.sort(key=lambda e: list(map(str, e.absolute_path)))
+        found.sort(key=lambda e: path_order(e.absolute_path))
         return _bounded([{"path": json_pointer(e.absolute_path), "message": _cut(e.message)}
                          for e in found])
 
@@ -276,6 +314,11 @@ class SchemaValidator:
 
 async def _off_loop(function: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(_THREADS, function, *args)
+
+
+def path_order(parts: Any) -> list[tuple[int, int, str]]:
+    """A sort key for error paths: items by index (/2 before /10), then keys by name."""
+    return [(0, part, "") if isinstance(part, int) else (1, 0, str(part)) for part in parts]
 
 
 def json_pointer(parts: Any) -> str:
@@ -340,9 +383,19 @@ class _Formats(FormatChecker):
         super().__init__(())
         self._rust = RUST_CLASSES.get(specification_of(dialect).name)
         self._fallback = dialect.FORMAT_CHECKER
+        self._defined = DIALECT_FORMATS.get(specification_of(dialect).name, frozenset())
 
     def check(self, instance: object, format: str) -> None:
+        if format not in self._defined:
+            return  # an annotation in this dialect
         if format == "regex":
+            if isinstance(instance, str) and (
+                    len(instance) > MAX_FORMAT_REGEX_CHARS
+                    or instance.count("\\p") + instance.count("\\P")
+                    > MAX_FORMAT_REGEX_PROPERTIES):
+                raise FormatError(f"{_short_repr(instance)} is too large a 'regex' to check: "
+                                  f"at most {MAX_FORMAT_REGEX_CHARS} characters and "
+                                  f"{MAX_FORMAT_REGEX_PROPERTIES} \\p{{...}} classes")
             try:
                 ecma.check(instance)
             except ecma.PatternError as exc:
@@ -352,6 +405,15 @@ class _Formats(FormatChecker):
         elif not (_format_validator(self._rust, format).is_valid(_case_folded(instance, format))
                   and self._fallback.conforms(instance, format)):
             raise FormatError(f"{instance!r} is not a {format!r}")
+
+
+def _lax_format(format: Any, dialect: type[Validator]) -> bool:
+    """May jsonschema-rs's verdict on ``format`` differ from _Formats's? (See LAX_RUST_FORMATS,
+    DIALECT_FORMATS.)"""
+    if not isinstance(format, str):
+        return False
+    return format in LAX_RUST_FORMATS or format in dialect.FORMAT_CHECKER.checkers \
+        or format not in DIALECT_FORMATS.get(specification_of(dialect).name, frozenset())
 
 
 def _case_folded(instance: object, format: str) -> object:
