@@ -432,12 +432,12 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return web.Response(status=426, text="JSON-RPC 2.0 over WebSocket: upgrade required\n",
                             headers={"Upgrade": "websocket", "Connection": "Upgrade"})
     protocol = guarded_protocol(request)
-    if protocol is not None and not protocol.session_room():
-        return web.Response(status=503, text="503: every session slot is taken "
-                            "(connections.max_connections)\n", headers={"Retry-After": "1"})
-    await ws.prepare(request)
     if protocol is not None:
-        protocol.became_session()
+        if not protocol.session_room():
+            return web.Response(status=503, text="503: every session slot is taken "
+                                "(connections.max_connections)\n", headers={"Retry-After": "1"})
+        protocol.became_session()  # before prepare, which may wait: the slot is taken now
+    await ws.prepare(request)
     session = Session(ws, state.dispatcher, admin=is_admin(request, state.settings),
                       sock=tcp_socket(request),
                       max_frames=state.settings.connections.max_in_flight + FRAME_SLACK,

@@ -6,17 +6,12 @@ sum of ``limits.memory_mb`` over the live sandboxes never passes ``capacity.memo
 their number never passes ``capacity.max_sandboxes``, whatever the manifests ask for. A call
 that finds the budget used first takes it back from idle sandboxes of other actors; when
 nothing is idle, it fails with Busy (-32008) rather than wait for a sandbox that may never
-free up. Warm boots (``pool.min_warm``) take turns, WARM_BOOTS at a time (one per CPU, 4 at
-least), every actor together: a storm of `load`s (each replacing a pool that boots its warm
-sandboxes) would otherwise start them all in one turn of the event loop, and stall every
-other client.
+free up.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,8 +20,6 @@ logger = logging.getLogger(__name__)
 
 # An idle-sandbox reclaimer of a pool: closes one idle sandbox, True when it did.
 Shed = Callable[[], Awaitable[bool]]
-WARM_BOOTS = max(4, os.cpu_count() or 1)  # warm boots under way at once, server-wide (a
-# call's own boot never waits for them)
 
 
 @dataclass
@@ -52,7 +45,6 @@ class SandboxCapacity:
         self.sandboxes = 0
         self.committed_mb: float = 0
         self._shedders: dict[object, Shed] = {}
-        self.warm_turns = asyncio.Semaphore(WARM_BOOTS)
 
     def try_lease(self, memory_mb: float) -> Lease | None:
         """A lease for one sandbox of ``memory_mb``, or None when it does not fit now."""

@@ -302,12 +302,7 @@ class ActorPool:
 
     async def _warm_one(self) -> None:
         try:
-            async with self._capacity.warm_turns:
-                if self._closed:
-                    raise Cancelled()  # replaced while it waited its turn
-                worker = await self._start_worker(warm=True)
-        except Cancelled:
-            return
+            worker = await self._start_worker(warm=True)
         except Busy as exc:  # the server is at capacity: warm sandboxes are a nicety
             logger.debug("%s: warm boot skipped: %s", self.actor.id, exc)
             return

@@ -1106,9 +1106,11 @@ class ProcessWorker:
         if tasks is not None and self._idle_tasks is not None and tasks > self._idle_tasks:
             return f"started {tasks - self._idle_tasks} threads or processes while idle"
         if tasks is not None and self._idle_tasks is not None and tasks < self._idle_tasks:
-            # killed from outside: asyncio may not have seen the exit yet, and a call sent
-            # now would fail although it never ran; the pool takes another worker instead
-            return f"lost {self._idle_tasks - tasks} threads or processes while idle"
+            if self._harness_pid is not None and not os.path.exists(f"/proc/{self._harness_pid}"):
+                # killed from outside: asyncio may not have seen the exit yet, and a call
+                # sent now would fail although it never ran; the pool takes another worker
+                return "its harness ended while idle"
+            self._idle_tasks = tasks  # a thread of the runtime's own ended: fewer to allow
         if tasks is None and self._sandbox_pids() - {self._process.pid, self._harness_pid}:
             return "started a process while idle"
         return None

@@ -16,7 +16,7 @@ from sandbox_helpers import ACTORS, Recorder, actor_def, request
 from service.errors import ActorFailed, Busy, Cancelled, SandboxUnavailable
 from service.manifest.model import ActorDef, PoolSpec
 from service.sandbox.base import Availability, Backend, CallOutcome, CallRequest, EventSink
-from service.sandbox.capacity import WARM_BOOTS, SandboxCapacity
+from service.sandbox.capacity import SandboxCapacity
 from service.sandbox.pool import ActorPool, PoolStats
 
 
@@ -74,18 +74,13 @@ class FakeBackend:
         self.fail_boot = False
         self.running = 0
         self.peak = 0
-        self.booting = 0  # start_worker calls under way
 
     async def availability(self) -> Availability:
         return Availability(self.name, True)
 
     async def start_worker(self, actor: ActorDef) -> FakeWorker:
         if self.boot_gate is not None:
-            self.booting += 1
-            try:
-                await self.boot_gate.wait()
-            finally:
-                self.booting -= 1
+            await self.boot_gate.wait()
         if self.fail_boot:
             raise SandboxUnavailable(self.name, "no sandbox today")
         worker = FakeWorker(len(self.workers), self)
@@ -487,23 +482,6 @@ async def test_a_failed_boot_gives_its_lease_back(fake: FakeBackend) -> None:
         await pool.run(request({"do": "fail"}), Recorder())
     await until(lambda: capacity.sandboxes == 0)  # the dead worker was closed: lease back
     await pool.aclose()
-
-
-async def test_warm_boots_take_turns_across_actors(fake: FakeBackend) -> None:
-    """A storm of `load`s replaced pools that each booted their warm sandboxes at once, in
-    one turn of the event loop: every other client waited behind them."""
-    fake.boot_gate = asyncio.Event()
-    capacity = SandboxCapacity()
-    pools = [ActorPool(actor_def(ACTORS / "origin.py", pool=PoolSpec(min_warm=3, max_workers=3)),
-                       fake, capacity) for _ in range(2 * WARM_BOOTS)]
-    for pool in pools:
-        await pool.start()
-    await asyncio.sleep(0.05)
-    assert fake.booting == WARM_BOOTS
-    fake.boot_gate.set()
-    await until(lambda: len(fake.workers) == 3 * len(pools))
-    for pool in pools:
-        await pool.aclose()
 
 
 async def test_a_closed_sandbox_gives_its_capacity_back_only_once_gone(
