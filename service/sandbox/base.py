@@ -368,6 +368,59 @@ class Backend(Protocol):
         ...
 
 
+class LineSplitter:
+    """Splits a sandbox's raw output into text lines (UTF-8, invalid bytes replaced).
+
+    Each chunk is searched once for newlines: what waits is a partial line with none, so a
+    long line is not scanned again as it grows. With ``piece``, a line longer than that
+    goes out in pieces, bounding what waits, and the newline that ends it is no line of its
+    own. ``strip_cr``: a final ``\r`` is dropped.
+    """
+
+    def __init__(self, piece: int | None = None, *, strip_cr: bool = False) -> None:
+        self._pending = bytearray()
+        self._piece = piece
+        self._strip_cr = strip_cr
+        self._split = False  # the last line went out in pieces
+
+    @property
+    def pending(self) -> int:
+        """The bytes of the partial line that waits for its newline."""
+        return len(self._pending)
+
+    def feed(self, data: bytes) -> list[str]:
+        if self._split and data:  # the rest of a line sent in pieces
+            self._split = False
+            if data[:1] == b"\n":  # its end: no empty line
+                data = data[1:]
+        buffer = self._pending
+        unscanned = len(buffer)
+        buffer += data
+        lines, start = [], 0
+        while (end := buffer.find(b"\n", max(start, unscanned))) >= 0:
+            lines.append(self._text(buffer[start:end]))
+            start = end + 1
+        del buffer[:start]
+        if self._piece is not None and len(buffer) > self._piece:
+            lines.append(self._text(buffer))
+            buffer.clear()
+            self._split = True
+        return lines
+
+    def flush(self) -> str | None:
+        """The unterminated last line, if any (the output is complete)."""
+        self._split = False
+        if not self._pending:
+            return None
+        text = self._text(self._pending)
+        self._pending.clear()
+        return text
+
+    def _text(self, line: bytes | bytearray) -> str:
+        text = line.decode("utf-8", errors="replace")
+        return text.rstrip("\r") if self._strip_cr else text
+
+
 async def to_the_end(work: Coroutine[Any, Any, None]) -> None:
     """Await ``work`` to its end even when the caller is cancelled meanwhile, once or again
     (a second `cancel` of a call whose sandbox is booting, or its connection closing after

@@ -59,6 +59,7 @@ from service.sandbox.base import (
     CallRequest,
     Event,
     EventSink,
+    LineSplitter,
     LogEvent,
     OutputBudget,
     OutputEvent,
@@ -749,47 +750,11 @@ class _Guest:
 # --------------------------------------------------------------------------- the worker
 
 
-class _Lines:
-    """Splits a byte stream into text lines (UTF-8, invalid bytes replaced).
-
-    Each chunk is searched once for newlines: what waits is a partial line with none, so
-    a long line is not scanned again as it grows. With ``piece`` (raw output), a line
-    longer than that goes out in pieces, bounding what waits, and the newline that ends
-    it is no line of its own (as on the process backend).
-    """
+class _Lines(LineSplitter):
+    """Text lines of a session stream, a final ``\r`` dropped."""
 
     def __init__(self, piece: int | None = None) -> None:
-        self._pending = bytearray()
-        self._piece = piece
-        self._split = False  # the last line went out in pieces
-
-    @property
-    def pending(self) -> int:
-        """The bytes of the partial line that waits for its newline."""
-        return len(self._pending)
-
-    def feed(self, data: bytes) -> list[str]:
-        if self._split and data:  # the rest of a line sent in pieces
-            self._split = False
-            if data[:1] == b"\n":  # its end: no empty line
-                data = data[1:]
-        buffer = self._pending
-        unscanned = len(buffer)
-        buffer += data
-        lines, start = [], 0
-        while (end := buffer.find(b"\n", max(start, unscanned))) >= 0:
-            lines.append(_text(buffer[start:end]))
-            start = end + 1
-        del buffer[:start]
-        if self._piece is not None and len(buffer) > self._piece:
-            lines.append(_text(buffer))
-            buffer.clear()
-            self._split = True
-        return lines
-
-
-def _text(line: bytes | bytearray) -> str:
-    return line.decode("utf-8", errors="replace").rstrip("\r")
+        super().__init__(piece, strip_cr=True)
 
 
 def _size(event: Any) -> int:

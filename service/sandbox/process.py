@@ -67,6 +67,7 @@ from service.sandbox.base import (
     CallOutcome,
     CallRequest,
     EventSink,
+    LineSplitter,
     LogEvent,
     NestedTooDeeply,
     OutputBudget,
@@ -766,8 +767,8 @@ class ProcessWorker:
         self._line_limit = pipes.line_limit
         self._channel_buffer = bytearray()  # a line from the harness, until its newline
         self._channel_ended = False
-        self._partial = {"stdout": b"", "stderr": b""}  # raw output, until its newline
-        self._split: set[str] = set()  # streams whose last line went out in pieces
+        # raw output, in lines; one longer than CHUNK in pieces (what is held is bounded)
+        self._raw = {"stdout": LineSplitter(CHUNK), "stderr": LineSplitter(CHUNK)}
         self._stderr_tail: deque[str] = deque(maxlen=64)
         self._closed_streams: set[str] = set()
         self._dead = False
@@ -1439,29 +1440,16 @@ class ProcessWorker:
         return item
 
     def _stream_data(self, stream: str, data: bytes) -> None:
-        if stream in self._split and data:  # the rest of a line sent in pieces
-            self._split.discard(stream)
-            if data[:1] == b"\n":  # its end: no empty line
-                data = data[1:]
-        lines = (self._partial[stream] + data).split(b"\n")
-        pending = lines.pop()
-        if len(pending) > CHUNK:  # a line this long goes in pieces, bounding what is held
-            lines.append(pending)
-            pending = b""
-            self._split.add(stream)
-        self._partial[stream] = pending
-        for line in lines:
-            self._stream_line(stream, line.decode("utf-8", "replace"))
+        for text in self._raw[stream].feed(data):
+            self._stream_line(stream, text)
 
     def _stream_end(self, stream: str) -> None:
         self._flush_partial(stream)
         self._enqueue(_Item("closed", stream))
 
     def _flush_partial(self, stream: str) -> None:
-        self._split.discard(stream)
-        if pending := self._partial[stream]:
-            self._partial[stream] = b""
-            self._stream_line(stream, pending.decode("utf-8", "replace"))
+        if (text := self._raw[stream].flush()) is not None:
+            self._stream_line(stream, text)
 
     def _stream_line(self, stream: str, text: str) -> None:
         if stream == "stderr":
