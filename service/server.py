@@ -490,7 +490,7 @@ async def serve(settings: Settings, extra_actors: Sequence[Path | str] = ()) -> 
         site = GuardedSite(runner, settings.host, settings.port, app[STATE].gate)
         await site.start()
         log.info("serving JSON-RPC on ws://%s:%d/", settings.host, settings.port)
-        return_free_memory()
+        settle_heap()
         await stop.wait()
         log.info("shutting down: draining calls for up to %ss (signal again to stop now)",
                  settings.shutdown_grace_s)
@@ -506,10 +506,18 @@ async def serve(settings: Settings, extra_actors: Sequence[Path | str] = ()) -> 
         log.info("stopped")
 
 
-def return_free_memory() -> None:
-    """Give the heap's free memory back to the system (glibc's malloc_trim; elsewhere,
-    nothing): what loading manifests and compiling schemas freed, ~3 MB of the idle RSS."""
+def settle_heap() -> None:
+    """Once started: collect the start's garbage, then freeze what is left (modules, settings,
+    compiled schemas: ~50,000 objects) out of the collector's reach, and give the heap's free
+    memory back to the system (glibc's malloc_trim; elsewhere, nothing): ~3 MB of idle RSS.
+
+    Frozen, those objects are never scanned again: a full collection, which allocations set
+    off at any time (a frame of 330,000 small lists: several), looks only at what serving
+    made. A full collection took ~10 ms with the loop waiting, and parsing that frame 101 ms
+    (33 ms frozen). What the start made and a later ``load`` replaces is freed as usual
+    unless it sits in a reference cycle: at most one copy of each actor loaded at start."""
     gc.collect()
+    gc.freeze()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)
 

@@ -14,8 +14,10 @@ with -32003.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +94,19 @@ def mixed_items(n: int) -> list[Any]:
 
 
 @pytest.fixture
-async def hostile(make_server: ServerFactory, tmp_path: Path) -> tuple[TestClient, Rpc]:
+def settled() -> Iterator[None]:
+    """The served heap as a started server has it (server.settle_heap): frozen, the test
+    run's objects are not scanned by each full collection with the loop waiting (~50 ms
+    here, up to a second on a loaded CI machine), which /healthz would count."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
+@pytest.fixture
+async def hostile(make_server: ServerFactory, tmp_path: Path,
+                  settled: None) -> tuple[TestClient, Rpc]:
     (tmp_path / "hostile_schema.yaml").write_text(yaml.safe_dump(MANIFEST))
     (tmp_path / "hostile_schema.py").write_text(SCRIPT)
     server = await make_server(validation_timeout_s=0.5)
