@@ -297,7 +297,7 @@ class SchemaValidator:
         finally:
             _DEADLINE.reset(token)
         found.sort(key=lambda e: path_order(e.absolute_path))
-        return _bounded([{"path": json_pointer(e.absolute_path), "message": _cut(e.message)}
+        return _bounded([{"path": _cut(json_pointer(e.absolute_path)), "message": _cut(e.message)}
                          for e in found])
 
     def _fallback_errors(self, value: Any, verdict: bool | None, why: str) -> Errors:
@@ -307,8 +307,8 @@ class SchemaValidator:
         if self._fast is not None and verdict is False and self._linear_errors \
                 and self._cheap(value):
             found = islice(self._fast.iter_errors(value), MAX_ERRORS)
-            return _bounded([{"path": json_pointer(e.instance_path), "message": _cut(e.message)}
-                             for e in found])
+            return _bounded([{"path": _cut(json_pointer(e.instance_path)),
+                              "message": _cut(e.message)} for e in found])
         return [{"path": "", "message": f"{why}; the value is refused"}]
 
 
@@ -337,6 +337,8 @@ def _bounded(errors: Errors) -> Errors:
 
 
 def _cut(message: str) -> str:
+    """A message, or a path (its keys are the client's: one of 400 KB of "/" made a path of
+    800 KB), cut to MAX_MESSAGE_CHARS."""
     if len(message) <= MAX_MESSAGE_CHARS:
         return message
     return f"{message[:MAX_MESSAGE_CHARS - 50]}... ({len(message)} characters in all)"

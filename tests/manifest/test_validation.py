@@ -331,6 +331,17 @@ def test_a_message_quoting_a_large_value_is_cut() -> None:
     assert len(error["message"]) < 1000
 
 
+def test_a_path_through_a_long_key_is_cut() -> None:
+    """A path is made of the value's keys: the first error's is bounded too (the first
+    error is always kept, whatever its size)."""
+    key = "/" * 400_000
+    pointer = "~1" * 400_000
+    for timeout_s in (30, 1e-9):  # jsonschema's errors, then jsonschema-rs's past the deadline
+        v = validator({"additionalProperties": {"type": "integer"}}, timeout_s=timeout_s)
+        [error] = v.errors({key: "x"})
+        assert error["path"] == f"/{pointer[:949]}... ({len(pointer) + 1} characters in all)"
+
+
 async def test_check_runs_a_costly_verdict_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     """The multipleOf verdict of a container past LOOP_VERDICT_BYTES runs in a thread."""
     threads: list[Any] = []
