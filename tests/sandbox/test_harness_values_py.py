@@ -618,6 +618,23 @@ async def test_a_repr_that_raises_inside_asyncio_fails_the_call_with_its_error(
     assert outcome.return_value == "served"
 
 
+async def test_what_the_scripts_load_made_is_out_of_the_collectors_reach(boot: Boot) -> None:
+    """The worker freezes its heap once the script is loaded: its modules (and what they
+    made) are not scanned by the full collections a call's allocations set off."""
+    pool = await boot("frozen.py", """
+        import gc
+        import decimal
+        import email.message
+        TABLE = [{"row": i} for i in range(5000)]
+
+        def process(context):
+            return {"frozen": gc.get_freeze_count(), "scanned": len(gc.get_objects())}
+    """)
+    outcome, _ = await run(pool, {"input": 1})
+    assert outcome.return_value["frozen"] > 5000
+    assert outcome.return_value["scanned"] < 2000
+
+
 async def test_an_exception_with_a_huge_message_is_held_to_output_bytes(boot: Boot) -> None:
     pool = await boot("huge_message.py", """
         def process(context):

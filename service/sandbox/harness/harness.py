@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import _thread
 import builtins
+import gc
 import os
 import sys
 import time
@@ -748,6 +749,11 @@ class Harness:
             self.entry = load_entry(script, entrypoint)
         except BaseException as exc:  # reported to every call instead of killing the worker
             self.load_error = error_line(exc, script)
+        # What the load made (the script's modules and libraries: ~20,000 objects for a few
+        # of the standard library's, hundreds of thousands for a data library) is kept for
+        # the worker's life: frozen, no full collection during a call scans it again (a call
+        # on 1.3 MB of JSON took 36 ms, 24 ms frozen). Its garbage cycles, if any, stay.
+        gc.freeze()
 
     def serve(self) -> None:
         self.channel.send({"type": "ready"})
