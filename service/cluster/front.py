@@ -51,6 +51,7 @@ from service.errors import (
     InternalError,
     SandboxUnavailable,
 )
+from service.log import RateLimit
 from service.manifest.model import Port
 from service.manifest.schemas import dialect_of
 from service.manifest.validation import SchemaValidator
@@ -131,6 +132,7 @@ class ClusterFront:
         self._durations_ms: dict[str, deque[float]] = {}
         self._random = random.Random()
         self._last_read = "0-0"
+        self._losses = RateLimit()  # per actor: a lost output is logged, not every one
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._skipped: dict[str, str] = {}  # worker id -> why its registration is not used
 
@@ -197,7 +199,13 @@ class ClusterFront:
         except TimeoutError:
             await self._give_up(call)
             raise SandboxUnavailable(BACKEND, "no worker answered in time") from None
-        except OutputsLost:
+        except OutputsLost as exc:
+            # Redis trouble, or an event written into the stream by someone else: either
+            # way the operator must hear of it, not only the caller.
+            if (held := self._losses.allow(actor.id)) is not None:
+                more = f" ({held} more since the last line)" if held else ""
+                log.warning("call %s of %s failed: %s%s", call.call_id, actor.id,
+                            exc.data["reason"], more)
             await self._give_up(call)
             raise
         except asyncio.CancelledError:

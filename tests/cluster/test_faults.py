@@ -225,6 +225,8 @@ async def test_front_never_answers_success_past_a_gap_in_outputs(cluster: Cluste
             assert answer["error"]["data"]["reason"].startswith("outputs were lost")
             await wait_for(lambda: _xlen_is(r, calls, 0), timeout_s=10)
     assert "cancelling call" in worker.log_tail()
+    # the operator hears of it too (once: a second one within 10 s is counted in the next)
+    assert front.log_tail().count("of napper failed: outputs were lost: seq 3 came after -1") == 1
 
 
 async def _xlen_is(r: Redis, stream: str, length: int) -> bool:
