@@ -6,12 +6,16 @@ on the SDK double), a comma-separated list, or all (default: process,gvisor; a b
 that cannot run here is skipped, saying why). It is defined here, at the root, so that it
 exists whichever folder pytest is pointed at.
 
+Every test gets the logging set-up it started with back (main() and setup_logging()
+configure the root logger and aiohttp's), so no test depends on which ran before it.
+
 A real Redis for any test that needs one: ``redis_server`` (its URL), ``redis_process``
 (``.url``, ``.cli(...)``, ``.stop()``) and ``redis_factory`` (start several).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +29,18 @@ from redis_support import REDIS_CLI, REDIS_SERVER, RedisProcess
 settings.register_profile("service", deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("service")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The root logger's handlers and level, and the filters of aiohttp's server logger
+    (setup_logging adds one that rate-limits its lines per process), as they were."""
+    root, server = logging.getLogger(), logging.getLogger("aiohttp.server")
+    handlers, level, filters = list(root.handlers), root.level, list(server.filters)
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    server.filters[:] = filters
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

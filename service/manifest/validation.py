@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 MAX_ERRORS = 50  # per value: a 10,000-item array of wrong types is not 10,000 messages
 # per message: one that quotes a 1 MB value is cut (50 of them would make a 50 MB answer)
 MAX_MESSAGE_CHARS = 1000
+MAX_PATH_CHARS = 4096  # a path 2,000 levels deep fits
 # all paths and messages of one value (the first error is always kept): 50 errors at the
 # path of one 1 MB object key would make a 50 MB answer too
 MAX_ERRORS_CHARS = 64 << 10
@@ -297,7 +298,8 @@ class SchemaValidator:
         finally:
             _DEADLINE.reset(token)
         found.sort(key=lambda e: path_order(e.absolute_path))
-        return _bounded([{"path": _cut(json_pointer(e.absolute_path)), "message": _cut(e.message)}
+        return _bounded([{"path": _cut_path(json_pointer(e.absolute_path)),
+                          "message": _cut(e.message)}
                          for e in found])
 
     def _fallback_errors(self, value: Any, verdict: bool | None, why: str) -> Errors:
@@ -307,7 +309,7 @@ class SchemaValidator:
         if self._fast is not None and verdict is False and self._linear_errors \
                 and self._cheap(value):
             found = islice(self._fast.iter_errors(value), MAX_ERRORS)
-            return _bounded([{"path": _cut(json_pointer(e.instance_path)),
+            return _bounded([{"path": _cut_path(json_pointer(e.instance_path)),
                               "message": _cut(e.message)} for e in found])
         return [{"path": "", "message": f"{why}; the value is refused"}]
 
@@ -336,12 +338,16 @@ def _bounded(errors: Errors) -> Errors:
     return errors
 
 
-def _cut(message: str) -> str:
-    """A message, or a path (its keys are the client's: one of 400 KB of "/" made a path of
-    800 KB), cut to MAX_MESSAGE_CHARS."""
-    if len(message) <= MAX_MESSAGE_CHARS:
+def _cut(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    if len(message) <= limit:
         return message
-    return f"{message[:MAX_MESSAGE_CHARS - 50]}... ({len(message)} characters in all)"
+    return f"{message[:limit - 50]}... ({len(message)} characters in all)"
+
+
+def _cut_path(path: str) -> str:
+    """Its keys are the client's: one key of 400 KB of "/" made a path of 800 KB (and the
+    first error is always kept, whatever its size)."""
+    return _cut(path, MAX_PATH_CHARS)
 
 
 def _json(value: Any) -> tuple[int, bytes | None]:

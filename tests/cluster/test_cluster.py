@@ -309,7 +309,7 @@ async def test_a_silent_redis_fails_calls_within_the_command_timeout(cluster: Cl
                                       timeout_s=15)
             waited = time.monotonic() - started
             assert reply["error"]["code"] == -32009, reply
-            assert waited < COMMAND_TIMEOUT_S + 1.5, waited
+            assert waited < 2 * COMMAND_TIMEOUT_S, waited
             status, body = await health(front)
             assert status == 503 and body["broker"] == "unavailable"
         finally:

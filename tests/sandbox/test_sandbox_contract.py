@@ -394,7 +394,7 @@ BREACHES: list[tuple[str, str, dict[str, Any], type[RpcError], dict[str, Any]]] 
     # Sentry host memory, charged to the actor's cgroup)
     ("hostile.py", "fork", {"memory_mb": 256}, ResourceLimitExceeded,
      {"resource": "pids", "limit": 16}),
-    ("hostile.py", "fork_quiet", {"timeout_s": 1, "memory_mb": 256}, ResourceLimitExceeded,
+    ("hostile.py", "fork_quiet", {"timeout_s": 3, "memory_mb": 256}, ResourceLimitExceeded,
      {"resource": "pids", "limit": 16}),
     ("hostile.py", "threads", {}, ResourceLimitExceeded, {"resource": "pids", "limit": 16}),
     ("hostile.py", "flood_output", {}, ResourceLimitExceeded,
@@ -414,7 +414,7 @@ BREACHES: list[tuple[str, str, dict[str, Any], type[RpcError], dict[str, Any]]] 
     ("hostile.js", "loop", {"timeout_s": 1}, TimeLimitExceeded, {"limit_s": 1}),
     ("hostile.js", "memory", {}, ResourceLimitExceeded, {"resource": "memory", "limit": 160}),
     ("hostile.js", "fork", {}, ResourceLimitExceeded, {"resource": "pids", "limit": 32}),
-    ("hostile.js", "fork_quiet", {"timeout_s": 1}, ResourceLimitExceeded,
+    ("hostile.js", "fork_quiet", {"timeout_s": 3}, ResourceLimitExceeded,
      {"resource": "pids", "limit": 32}),
     ("hostile.js", "flood_output", {}, ResourceLimitExceeded,
      {"resource": "output", "limit": 65_536}),

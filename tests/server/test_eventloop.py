@@ -47,13 +47,13 @@ def test_a_wait_longer_than_the_spin_still_sleeps_until_it_ends() -> None:
 
 
 def test_a_timeout_shorter_than_the_spin_is_kept() -> None:
-    selector = BusyPollSelector(1.0)  # a spin far longer than the timer
+    selector = BusyPollSelector(60.0)  # a spin far longer than the timer
     reader, writer = socket.socketpair()
     try:
         selector.register(reader, 1)
         started = time.monotonic()
         assert selector.select(0.01) == []
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 10
     finally:
         selector.close()
         reader.close()
