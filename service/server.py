@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from service.eventloop import Turns
 from service.guard import (
     ConnectionGate,
     GuardedSite,
@@ -50,6 +51,10 @@ CLOSE_S = 2.0  # for a session's close frame to leave at shutdown; then it is cu
 # Frames of one connection being answered, beyond max_in_flight (answers refused -32008, or
 # waiting to be written): past that its frames are not read until some answer has gone out.
 FRAME_SLACK = 16
+# Frames a session reads before the loop's other work runs (each frame's task parses it in
+# the loop's next turn: 20 frames of 1 MiB, or 100,000 pings, were one turn of seconds).
+TURN_FRAMES = 8
+TURN_BYTES = 256 << 10
 
 
 def _cancelled() -> bool:
@@ -173,6 +178,7 @@ class Session:
         A client that does not read its answers would have every further frame wait behind
         them, each holding its frame and its answer: once ``max_frames`` are being answered,
         the next frame is read only when one is done, and the client's writes block."""
+        turns = Turns(TURN_FRAMES, TURN_BYTES)
         async for msg in self.ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 task = asyncio.create_task(self._answer(msg.data))
@@ -181,9 +187,13 @@ class Session:
                 if len(self.tasks) >= self.max_frames:
                     self._room.clear()
                     await self._room.wait()
+            elif msg.type == WSMsgType.PING:  # answered here, in turn with the other frames
+                with contextlib.suppress(ConnectionError):  # closing: no pong needed
+                    await self.ws.pong(msg.data)
             elif msg.type == WSMsgType.ERROR:
                 log.info("closing connection: %s (close code %s)", msg.data, self.ws.close_code)
                 break
+            await turns.took(len(msg.data) if isinstance(msg.data, str | bytes) else 0)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -427,7 +437,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if state.draining:  # the listener stays open during the drain so /healthz can say 503
         return web.Response(status=503, text="503: shutting down\n", headers={"Retry-After": "1"})
     # aiohttp refuses a frame of max_msg_size bytes itself; the limit is what may be sent
-    ws = web.WebSocketResponse(max_msg_size=state.settings.max_message_bytes + 1)
+    # No permessage-deflate (1 KB inflated to a 1 MiB frame to parse: 80 of them held the
+    # loop 6 s); pings are answered by Session.run, which takes turns (aiohttp answers a
+    # whole burst of them, 100,000 in one read, before anything else runs).
+    ws = web.WebSocketResponse(max_msg_size=state.settings.max_message_bytes + 1,
+                               compress=False, autoping=False)
     if not ws.can_prepare(request).ok:
         return web.Response(status=426, text="JSON-RPC 2.0 over WebSocket: upgrade required\n",
                             headers={"Upgrade": "websocket", "Connection": "Upgrade"})

@@ -50,6 +50,7 @@ from service.errors import (
     SandboxUnavailable,
     TimeLimitExceeded,
 )
+from service.eventloop import Turns
 from service.manifest.model import ActorDef
 from service.sandbox.base import (
     CHUNK,
@@ -919,11 +920,13 @@ class MicroVMWorker:
 
     async def _read_reply(self, budget: OutputBudget, on_event: EventSink) -> dict[str, Any]:
         """Forward outputs and logs until a result, error or ready message; return it."""
+        turns = Turns()  # what the guest wrote at once is queued: none of it waits
         while True:
             stream, line = await self._next_line()
             reply = await self._route(stream, line, on_event, budget)
             if reply is not None:
                 return reply
+            await turns.took(len(line))
 
     async def _route(self, stream: str, line: str, on_event: EventSink,
                      budget: OutputBudget) -> dict[str, Any] | None:

@@ -60,6 +60,7 @@ from service.errors import (
     SandboxUnavailable,
     TimeLimitExceeded,
 )
+from service.eventloop import Turns
 from service.manifest.model import ActorDef
 from service.sandbox.base import (
     CHUNK,
@@ -1159,6 +1160,7 @@ class ProcessWorker:
         budget = OutputBudget(self.actor.limits.output_bytes, self._max_notifications,
                               hold_limit=self.actor.limits.memory_mb * MIB)
         self._budget = budget  # lines are held to it as they are read (_line_item)
+        turns = Turns()  # what the sandbox wrote at once is queued: none of it waits
         try:
             outcome: CallOutcome | None = None
             while outcome is None:
@@ -1166,13 +1168,14 @@ class ProcessWorker:
                 if self._closed:
                     raise ActorFailed("SandboxCrashed", "the worker was closed during the call")
                 outcome = await self._handle(item, on_event, budget, baseline)
-            await self._forward_raw_output(on_event, budget, baseline)
+                await turns.took(item.size)
+            await self._forward_raw_output(on_event, budget, baseline, turns)
         finally:
             self._budget = None
         return outcome
 
     async def _forward_raw_output(self, on_event: EventSink, budget: OutputBudget,
-                                  baseline: tuple[int, int]) -> None:
+                                  baseline: tuple[int, int], turns: Turns) -> None:
         """Forward, before the result, what the script wrote to its real stdout/stderr (os.write,
         subprocesses) during the call. The harness wrote its result after all of it, so those
         bytes are in the pipes or read already; read what is left now (the pipes are read in
@@ -1190,6 +1193,7 @@ class ProcessWorker:
                 return
             else:
                 await self._handle(item, on_event, budget, baseline)
+                await turns.took(item.size)
 
     async def _handle(self, item: _Item, on_event: EventSink, budget: OutputBudget,
                       baseline: tuple[int, int]) -> CallOutcome | None:

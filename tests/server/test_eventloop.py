@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 
-from service.eventloop import BusyPollSelector, loop_factory, run
+from service.eventloop import BusyPollSelector, Turns, loop_factory, run
 
 
 def test_zero_is_asyncios_own_loop() -> None:
@@ -88,3 +88,17 @@ def test_the_servers_loop_runs_coroutines_timers_and_signals() -> None:
 
     line, slept, signalled = run(main(), 50)
     assert line == "ping\n" and slept >= 0.015 and signalled
+
+
+async def test_turns_let_the_loop_run_after_so_many_items_or_bytes() -> None:
+    ran: list[int] = []
+    turns = Turns(items=3, size=100)
+    asyncio.get_running_loop().call_soon(ran.append, 1)
+    await turns.took()
+    await turns.took()
+    assert ran == []  # nothing yielded yet
+    await turns.took()
+    assert ran == [1]  # the third item's turn is up
+    asyncio.get_running_loop().call_soon(ran.append, 2)
+    await turns.took(100)  # or a turn's bytes
+    assert ran == [1, 2]

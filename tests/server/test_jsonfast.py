@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
+import gc
 import json
 import math
 from typing import Any
@@ -188,3 +190,25 @@ def test_harness_lines_are_read_as_the_strict_reference_reads_them(pieces: list[
     text = "".join(pieces)
     reference = functools.partial(json.loads, parse_constant=refuse, parse_float=finite)
     assert outcome(decode_line, text) == outcome(reference, text)
+
+
+@pytest.mark.parametrize("text", [
+    "[" + ",".join(["[[]]"] * 60_000) + "]",  # orjson's
+    "[" + ",".join(["[[]]"] * 60_000) + ",1e400]",  # the reference's, which refuses it
+])
+def test_a_long_text_is_decoded_with_no_collection(text: str) -> None:
+    """Its 120,000 new containers would set off collections (a JSON value has no cycle for
+    them to find); the collector is on again afterwards, whatever the outcome."""
+    collections: list[str] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(phase)
+
+    gc.callbacks.append(count)
+    try:
+        with contextlib.suppress(ValueError):
+            jsonfast.loads(text, jsonfast.strict_loads)
+    finally:
+        gc.callbacks.remove(count)
+    assert collections == [] and gc.isenabled()

@@ -15,6 +15,7 @@ from aiohttp import WSCloseCode, WSMsgType
 from aiohttp.test_utils import TestClient
 from server_support import Rpc, ServerFactory
 
+from service.eventloop import Turns
 from service.log import setup_logging
 from service.settings import AuthSettings
 
@@ -120,6 +121,43 @@ async def test_oversized_frame_closes_1009_and_spares_other_connections(
     await other.send(fits[:-3] + 'a"]}')  # one byte more
     msg = await other.ws.receive(timeout=10)
     assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1009)
+
+
+async def test_compression_is_not_negotiated(server: TestClient) -> None:
+    """permessage-deflate would let 1 KB on the wire become a 1 MiB frame to parse."""
+    ws = await server.ws_connect("/", compress=15)
+    assert ws.compress == 0
+    await ws.close()
+
+
+async def test_a_ping_gets_its_pong(server: TestClient) -> None:
+    ws = await server.ws_connect("/", autoping=False)
+    await ws.ping(b"are you there")
+    msg = await ws.receive(timeout=10)
+    assert (msg.type, msg.data) == (WSMsgType.PONG, b"are you there")
+    await ws.close()
+
+
+async def test_a_burst_of_pings_is_answered_in_turns(
+        server: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """20,000 pings in one write (the server reads them at once) go through the session's
+    turns like frames (aiohttp answered them all in one turn of the loop: 100,000 held it
+    0.5 s), and each gets its pong."""
+    taken: list[int] = []
+    took = Turns.took
+
+    async def counted(self: Turns, size: int = 0) -> None:
+        taken.append(size)
+        await took(self, size)
+
+    monkeypatch.setattr(Turns, "took", counted)
+    flood = await server.ws_connect("/", autoping=False)
+    ping = bytes([0x89, 0x80, 0, 0, 0, 0])  # FIN + ping, masked (key 0), no payload
+    flood._writer.transport.write(ping * 20_000)
+    for _ in range(20_000):
+        assert (await flood.receive(timeout=30)).type == WSMsgType.PONG
+    assert len(taken) >= 20_000
+    await flood.close()
 
 
 # --- authentication ---
