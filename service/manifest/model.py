@@ -10,7 +10,7 @@ from typing import Any, Literal
 from jsonschema.protocols import Validator
 
 from service.deps.spec import Dependencies
-from service.manifest.validation import LoopBudget, SchemaValidator, json_pointer, path_order
+from service.manifest.validation import LoopBudget, SchemaValidator, bounded_errors
 from service.settings import POOL_DEFAULTS, Limits
 
 Language = Literal["python", "javascript"]
@@ -20,11 +20,7 @@ def schema_errors(validator: Validator | SchemaValidator, value: Any) -> list[di
     """Every way ``value`` fails ``validator``, as ``[{"path": "/a/0", "message": ...}]``."""
     if isinstance(validator, SchemaValidator):
         return validator.errors(value)
-    errors = sorted(validator.iter_errors(value), key=lambda e: path_order(e.absolute_path))
-    return [
-        {"path": json_pointer(e.absolute_path), "message": e.message}
-        for e in errors
-    ]
+    return bounded_errors(validator.iter_errors(value))
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import copy
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -67,6 +67,7 @@ MAX_ERRORS = 50  # per value: a 10,000-item array of wrong types is not 10,000 m
 # per message: one that quotes a 1 MB value is cut (50 of them would make a 50 MB answer)
 MAX_MESSAGE_CHARS = 1000
 MAX_PATH_CHARS = 4096  # a path 2,000 levels deep fits
+QUOTE_CHARS = 900  # of a value quoted in a type or enum message: the message fits in 1000
 # all paths and messages of one value (the first error is always kept): 50 errors at the
 # path of one 1 MB object key would make a 50 MB answer too
 MAX_ERRORS_CHARS = 64 << 10
@@ -297,10 +298,7 @@ class SchemaValidator:
                                                          f"({type(exc).__name__})")
         finally:
             _DEADLINE.reset(token)
-        found.sort(key=lambda e: path_order(e.absolute_path))
-        return _bounded([{"path": _cut_path(json_pointer(e.absolute_path)),
-                          "message": _cut(e.message)}
-                         for e in found])
+        return bounded_errors(found)
 
     def _fallback_errors(self, value: Any, verdict: bool | None, why: str) -> Errors:
         """jsonschema-rs's own messages where jsonschema gave none (time, stack, a failure)
@@ -316,6 +314,14 @@ class SchemaValidator:
 
 async def _off_loop(function: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(_THREADS, function, *args)
+
+
+def bounded_errors(found: Iterable[ValidationError]) -> Errors:
+    """The first MAX_ERRORS of jsonschema's errors, in item order, as ``{path, message}``,
+    each cut and all of them held to MAX_ERRORS_CHARS."""
+    errors = sorted(islice(found, MAX_ERRORS), key=lambda e: path_order(e.absolute_path))
+    return _bounded([{"path": _cut_path(json_pointer(e.absolute_path)),
+                      "message": _cut(e.message)} for e in errors])
 
 
 def path_order(parts: Any) -> list[tuple[int, int, str]]:
@@ -367,7 +373,8 @@ def _python_validator(schema: Any, dialect: type[Validator], format_assertion: b
     keywords = {name: _deadlined(fn) for name, fn in dialect.VALIDATORS.items()}
     keywords |= {"pattern": _deadlined(ecma_pattern), "uniqueItems": _deadlined(_unique_items),
                  "multipleOf": _deadlined(_multiple_of), "anyOf": _deadlined(_any_of),
-                 "oneOf": _deadlined(_one_of)}
+                 "oneOf": _deadlined(_one_of), "type": _deadlined(_type),
+                 "enum": _deadlined(_enum)}
     if "patternProperties" in keywords:
         keywords |= {"patternProperties": _deadlined(_pattern_properties),
                      "additionalProperties": _deadlined(_additional_properties)}
@@ -558,6 +565,71 @@ def _extras_message(extras: list[str], patterns: list[str]) -> str:
                 f"{', '.join(repr(p) for p in sorted(patterns))}")
     verb = "was" if len(extras) == 1 else "were"
     return f"Additional properties are not allowed ({names} {verb} unexpected)"
+
+
+def quoting_class(dialect: type[Validator]) -> type[Validator]:
+    """``dialect`` whose ``type`` and ``enum`` errors quote at most QUOTE_CHARS of a value
+    (for validators of the server's own params, which run on the event loop)."""
+    return validators.extend(dialect, {"type": _type, "enum": _enum})
+
+
+def _type(validator: Any, types: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    """jsonschema's ``type``, quoting the value with _quoted."""
+    types = jsonschema._utils.ensure_list(types)
+    if not any(validator.is_type(instance, type_) for type_ in types):
+        reprs = ", ".join(repr(type_) for type_ in types)
+        yield ValidationError(f"{_quoted(instance)} is not of type {reprs}")
+
+
+def _enum(validator: Any, enums: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    """jsonschema's ``enum``, quoting the value with _quoted."""
+    if all(not jsonschema._utils.equal(each, instance) for each in enums):
+        yield ValidationError(f"{_quoted(instance)} is not one of {enums!r}")
+
+
+def _quoted(value: Any) -> str:
+    """``repr(value)``, as jsonschema quotes a value in a message; past QUOTE_CHARS, its
+    beginning and "...". A message is cut past MAX_MESSAGE_CHARS anyway, and writing out all
+    of a large value held the GIL (the event loop waiting) in one call: ~50 ms for 1 MiB of
+    floats, in a thread that no deadline could stop."""
+    parts: list[str] = []
+    try:
+        if _repr_into(value, parts, [QUOTE_CHARS]):
+            return "".join(parts)
+    except RecursionError:
+        pass
+    return "".join(parts)[:QUOTE_CHARS] + "..."
+
+
+def _repr_into(value: Any, parts: list[str], room: list[int]) -> bool:
+    """Append repr(value) to ``parts`` while ``room`` (characters) lasts; False once it
+    ran out (what was appended is then its beginning). Containers of JSON values are walked
+    here; anything else is repr()'s (a long string: its beginning's)."""
+    if type(value) is list:
+        if not _put("[", parts, room):
+            return False
+        for index, item in enumerate(value):
+            if (index and not _put(", ", parts, room)) or not _repr_into(item, parts, room):
+                return False
+        return _put("]", parts, room)
+    if type(value) is dict:
+        if not _put("{", parts, room):
+            return False
+        for index, (key, item) in enumerate(value.items()):
+            if (index and not _put(", ", parts, room)) or not _repr_into(key, parts, room) \
+                    or not _put(": ", parts, room) or not _repr_into(item, parts, room):
+                return False
+        return _put("}", parts, room)
+    if type(value) is str and len(value) > room[0]:
+        _put(repr(value[:room[0]]), parts, room)
+        return False
+    return _put(repr(value), parts, room)
+
+
+def _put(text: str, parts: list[str], room: list[int]) -> bool:
+    parts.append(text)
+    room[0] -= len(text)
+    return room[0] >= 0
 
 
 def _unique_items(validator: Any, unique: bool, instance: Any,

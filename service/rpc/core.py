@@ -30,6 +30,7 @@ from service.errors import (
     RpcError,
 )
 from service.manifest.model import schema_errors
+from service.manifest.validation import quoting_class
 from service.settings import ConnectionSettings
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class Dispatcher:
         self._methods[name] = _Method(
             handler=handler,
             param_names=tuple(params_schema.get("properties", {})),
-            params_validator=Draft202012Validator(params_schema),
+            params_validator=quoting_class(Draft202012Validator)(params_schema),
             result_validator=result_validator,
             params_check=flat_params_check(params_schema),
         )

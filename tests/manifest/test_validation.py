@@ -334,6 +334,35 @@ def test_a_message_quoting_a_large_value_is_cut() -> None:
     assert len(error["message"]) < 1000
 
 
+@pytest.mark.parametrize("value", [
+    1, -2.5, 1e-07, 10**30, "it's", 'say "hi"', "\n\u2028\ud800", None, True, [], {},
+    [1, [2.5, {"k": "v", "n": None}]], {"a": [1.5, "s"], "b": {}}, list(range(150)),
+])
+def test_a_type_or_enum_message_quotes_a_value_as_jsonschema_does(value: Any) -> None:
+    for schema, words in (({"type": "object", "minProperties": 9}, "is not of type 'object'"),
+                          ({"enum": [0]}, "is not one of [0]")):
+        if isinstance(value, dict) and "type" in schema:
+            schema = {"type": "array"}
+            words = "is not of type 'array'"
+        [error] = validator(schema).errors(value)
+        assert error["message"] == f"{value!r} {words}"
+
+
+@pytest.mark.parametrize("value", [
+    [1e-300] * 100_000, {f"k{i}": [i] for i in range(100_000)}, "x" * 1_000_000,
+    [[[0] * 1000] * 100] * 10,
+])
+def test_a_large_value_is_quoted_by_its_beginning(value: Any) -> None:
+    """The message was cut from a repr of all of it: 50 ms for 1 MiB of floats, in one
+    call that held the GIL (the event loop waiting) and that no deadline could stop."""
+    for schema, words in (({"type": "number"}, "is not of type 'number'"),
+                          ({"enum": [0]}, "is not one of [0]")):
+        [error] = validator(schema).errors(value)
+        quoted = error["message"][:-len(words) - 1]
+        assert quoted.endswith("...") and len(quoted) == 903
+        assert repr(value).startswith(quoted[:-3])
+
+
 def test_a_path_through_a_long_key_is_cut() -> None:
     """A path is made of the value's keys: the first error's is bounded too (the first
     error is always kept, whatever its size)."""

@@ -248,6 +248,16 @@ async def test_invalid_params(dispatcher: Dispatcher, params: Any,
         "code": -32602, "message": "Invalid params", "data": {"errors": errors}}}
 
 
+async def test_a_large_wrong_param_is_quoted_by_its_beginning(dispatcher: Dispatcher) -> None:
+    """Params are checked on the event loop: a message quoting all of a 1 MiB value (and
+    writing it out first) held every other caller."""
+    frame = json.dumps({"jsonrpc": "2.0", "method": "subtract", "id": 9,
+                        "params": {"minuend": [[]] * 250_000, "subtrahend": 1}})
+    [error] = (await _send(dispatcher, frame))["error"]["data"]["errors"]
+    assert error == {"path": "/minuend",
+                     "message": f"{repr([[]] * 250_000)[:900]}... is not of type 'number'"}
+
+
 async def test_omitted_params_are_an_empty_object(dispatcher: Dispatcher) -> None:
     frame = '{"jsonrpc": "2.0", "method": "subtract", "id": 1}'
     response = await _send(dispatcher, frame)
