@@ -258,6 +258,15 @@ async def test_a_large_wrong_param_is_quoted_by_its_beginning(dispatcher: Dispat
                      "message": f"{repr([[]] * 250_000)[:900]}... is not of type 'number'"}
 
 
+async def test_many_unknown_params_are_counted_not_listed(dispatcher: Dispatcher) -> None:
+    """100,000 unknown params: jsonschema found, sorted and quoted each on the event loop."""
+    params = {"minuend": 1, "subtrahend": 2, **{f"k{i}": 0 for i in range(100_000)}}
+    frame = json.dumps({"jsonrpc": "2.0", "method": "subtract", "params": params, "id": 9})
+    [error] = (await _send(dispatcher, frame))["error"]["data"]["errors"]
+    assert error == {"path": "", "message": "Additional properties are not allowed (100000 "
+                                            "were unexpected, 'k0', 'k1', 'k2' among them)"}
+
+
 async def test_omitted_params_are_an_empty_object(dispatcher: Dispatcher) -> None:
     frame = '{"jsonrpc": "2.0", "method": "subtract", "id": 1}'
     response = await _send(dispatcher, frame)
