@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from service.errors import Cancelled, PathNotAllowed, RpcError, SandboxUnavailable
 from service.log import FIELDS_ATTR, RateLimit, fields, log_fast
 from service.metrics import Metrics
-from service.rpc.core import Call, Dispatcher, Handler, encode
+from service.rpc.core import Call, Dispatcher, Encoded, Handler, encode
 from service.rpc.openrpc import load_openrpc, params_schema, result_schema
 
 if TYPE_CHECKING:
@@ -24,6 +25,10 @@ UNKNOWN_ACTOR = "_unknown"  # metrics label for ids no actor has: keeps label ca
 SHUTTING_DOWN = "shutting down"
 # Outcomes a flood of callers causes at will: logged at most once per interval per actor.
 RATE_LIMITED_OUTCOMES = frozenset({"busy", "shutting_down"})
+# An output value is written once for its notification and its response (see _large) from
+# this many values in a container, or characters in a string.
+MANY_VALUES = 64
+LONG_STRING = 1024
 REFUSAL_LOG_INTERVAL_S = 10.0  # -32009 data.reason while the server drains
 
 
@@ -125,11 +130,13 @@ class Methods:
             assert task is not None  # handlers run in the task serving their request
             in_flight = call.connection.slot(InFlight)
             running = in_flight.add(call.id, task)
+        encoded: dict[int, Encoded] = {}  # the outputs written once, by id of their value
         try:
-            return await self.runtime.process(
+            result = await self.runtime.process(
                 params["actor_id"], params["payload"], params.get("config"),
                 params.get("state"), params.get("timestamp"),
-                emit=None if call.is_notification else _emitter(call))
+                emit=None if call.is_notification else _emitter(call, encoded))
+            return _with_encoded(result, encoded) if encoded else result
         except asyncio.CancelledError:
             if running is not None and _withdraw_cancels(running):
                 outcome = "cancelled"  # only `cancel` asked: the connection is still there
@@ -198,11 +205,41 @@ def id_text(request_id: Any) -> str:
     return str(request_id) if type(request_id) is int else encode(request_id)
 
 
-def _emitter(call: Call) -> Emit:
+def _emitter(call: Call, encoded: dict[int, Encoded]) -> Emit:
+    """Sends the call's notifications. A large output's value is written once, here, and
+    its text kept in ``encoded`` for the response, which holds it twice more."""
     async def emit(kind: str, params: dict[str, Any]) -> None:
+        data = params.get("data")
+        if kind == "output" and type(data) in (str, list, dict) and _large(data):
+            # one JSON cannot hold: the notification says why, as for a small one
+            with contextlib.suppress(RecursionError, ValueError, TypeError):
+                params = {**params, "data": encoded.setdefault(id(data), Encoded(data))}
         await call.notify(kind, {"request_id": call.id, **params})
 
     return emit
+
+
+def _large(value: Any) -> bool:
+    """Worth writing once (rather than three times, as small ones are: splicing costs a few
+    µs): a long string, or many values, in the value or one level down."""
+    if type(value) is str:
+        return len(value) >= LONG_STRING
+    items = value.values() if type(value) is dict else value
+    return len(value) >= MANY_VALUES or any(
+        (type(item) in (list, dict) and len(item) >= MANY_VALUES)
+        or (type(item) is str and len(item) >= LONG_STRING) for item in items)
+
+
+def _with_encoded(result: dict[str, Any], encoded: dict[int, Encoded]) -> dict[str, Any]:
+    """The result, each output in ``outputs`` and ``emitted`` that was written for its
+    notification standing for itself (the same value: the same text)."""
+    def written(value: Any) -> Any:
+        return encoded.get(id(value), value) if type(value) in (str, list, dict) else value
+
+    return {**result,
+            "outputs": {port: written(value) for port, value in result["outputs"].items()},
+            "emitted": [{**entry, "data": written(entry["data"])}
+                        for entry in result["emitted"]]}
 
 
 def _snake(name: str) -> str:

@@ -8,9 +8,11 @@ import logging
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.errors import ActorNotFound
-from service.rpc.core import Call, Connection, Dispatcher
+from service.rpc.core import Call, Connection, Dispatcher, Encoded, encode, plain
 
 
 def _schema(*names: str, required: int | None = None, types: str = "number") -> dict[str, Any]:
@@ -265,6 +267,35 @@ async def test_many_unknown_params_are_counted_not_listed(dispatcher: Dispatcher
     [error] = (await _send(dispatcher, frame))["error"]["data"]["errors"]
     assert error == {"path": "", "message": "Additional properties are not allowed (100000 "
                                             "were unexpected, 'k0', 'k1', 'k2' among them)"}
+
+
+def test_an_encoded_value_is_written_as_its_text() -> None:
+    """Spliced, not written again: its text stands wherever the value appears."""
+    written = Encoded([1, "x"])
+    assert written.text == '[1,"x"]'
+    written.text = "[2]"  # what encode() must now write for it, to show it did not re-encode
+    lookalike = "\x00" + "0" * 17 + "\x00"  # a placeholder's shape, with no call's nonce
+    message = {"a": written, "b": [written, lookalike], "c": 1.5}
+    assert encode(message) == '{"a":[2],"b":[[2],' + json.dumps(lookalike) + '],"c":1.5}'
+    with pytest.raises(TypeError, match="Object of type set is not JSON serializable"):
+        encode({"a": written, "b": {1}})
+
+
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(), lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=30), st.randoms())
+def test_encoded_values_give_the_text_of_the_plain_message(value: Any, rng: Any) -> None:
+    def wrap(item: Any) -> Any:
+        if isinstance(item, dict):
+            item = {key: wrap(inner) for key, inner in item.items()}
+        elif isinstance(item, list):
+            item = [wrap(inner) for inner in item]
+        return Encoded(item) if rng.random() < 0.3 else item
+
+    wrapped = wrap(value)
+    assert encode({"result": wrapped}) == json.dumps(
+        {"result": plain(wrapped)}, separators=(",", ":"), allow_nan=False)
 
 
 async def test_omitted_params_are_an_empty_object(dispatcher: Dispatcher) -> None:
