@@ -788,6 +788,7 @@ class ProcessWorker:
         self._lingering = False  # the last result said threads or timers still run
         self._state_requests: StateRequests | None = None  # the running call's state operations
         self._budget: OutputBudget | None = None  # the running call's
+        self._over_budget = False  # a raw line went past it: the rest are dropped
         self._loading = False  # the harness said it is loading the script (boot only)
         self._pidfd = _pidfd(process.pid)
         self.on_closed: Callable[[ProcessWorker], None] = lambda worker: None
@@ -1159,7 +1160,8 @@ class ProcessWorker:
         self._to_harness.write(call_line(request, ""))  # no fences: see _forward_raw_output
         budget = OutputBudget(self.actor.limits.output_bytes, self._max_notifications,
                               hold_limit=self.actor.limits.memory_mb * MIB)
-        self._budget = budget  # lines are held to it as they are read (_line_item)
+        self._budget = budget  # lines are held to it as they are read (_line_item, _stream_line)
+        self._over_budget = False
         turns = Turns()  # what the sandbox wrote at once is queued: none of it waits
         try:
             outcome: CallOutcome | None = None
@@ -1197,8 +1199,7 @@ class ProcessWorker:
 
     async def _handle(self, item: _Item, on_event: EventSink, budget: OutputBudget,
                       baseline: tuple[int, int]) -> CallOutcome | None:
-        if item.kind == "line":  # charged as the notification it becomes, envelope and all
-            budget.notify(log_size(self.actor.id, item.stream, item.value))
+        if item.kind == "line":  # charged when it was read (_stream_line)
             await on_event(LogEvent(item.stream, item.value))
         elif item.kind == "message":
             return await self._message(item, on_event, budget, baseline)
@@ -1458,6 +1459,18 @@ class ProcessWorker:
     def _stream_line(self, stream: str, text: str) -> None:
         if stream == "stderr":
             self._stderr_tail.append(text + "\n")
+        if (budget := self._budget) is not None:
+            # A call's line is charged as it is read, as the notification it becomes: a flood
+            # (64 KiB of newlines is 65,536 lines) is not split and queued past the limit.
+            if self._over_budget:
+                return
+            try:
+                budget.notify(log_size(self.actor.id, stream, text))
+            except ResourceLimitExceeded as exc:
+                self._over_budget = True
+                self._pipes.stream(stream).stop()  # the call fails: read no more of it
+                self._enqueue(_Item("refused", value=exc))
+                return
         self._enqueue(_Item("line", stream, text, len(text)))
 
     def _read_now(self, stream: str) -> None:

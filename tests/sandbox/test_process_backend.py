@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sandbox_helpers import ACTORS, Recorder, actor_def, call, request
@@ -294,6 +295,26 @@ async def test_an_idle_sandbox_killed_from_outside_is_not_handed_out(boot: Boot,
     while Path(f"/proc/{harness}").exists() and time.monotonic() < deadline:
         time.sleep(0.001)  # gone from the host's view, still unseen by the (blocked) loop
     assert not worker.claim()
+
+
+async def test_a_flood_of_raw_lines_is_not_queued_past_the_calls_budget(
+        boot: Boot, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raw output is charged as it is read: 64 KiB of newlines (65,536 lines, a turn of
+    the event loop each time they are split and queued) stop at the limit, and the pipe is
+    read no more."""
+    queued: list[str] = []
+    enqueue = ProcessWorker._enqueue
+
+    def counted(self: ProcessWorker, item: Any) -> None:
+        queued.append(item.kind)
+        enqueue(self, item)
+
+    monkeypatch.setattr(ProcessWorker, "_enqueue", counted)
+    worker = await boot(actor_def(ACTORS / "hostile.py", output_bytes=8192))
+    with pytest.raises(ResourceLimitExceeded) as caught:
+        await call(worker, {"mode": "flood_empty_raw"})
+    assert caught.value.data == {"resource": "output", "limit": 8192}
+    assert 0 < queued.count("line") < 200 and queued.count("refused") == 1
 
 
 async def test_the_host_finds_a_file_the_harness_left_in_tmp(boot: Boot) -> None:

@@ -9,6 +9,7 @@
     flood_output  -> ResourceLimitExceeded output (send_output)
     flood_print   -> ResourceLimitExceeded output (print)
     flood_raw     -> ResourceLimitExceeded output (os.write on fd 1, bypassing sys.stdout)
+    flood_empty_raw -> the same, 64 KiB of newlines at a time
     flood_tiny    -> ResourceLimitExceeded output (send_output(0): each costs its envelope)
     flood_empty   -> ResourceLimitExceeded output (print(): empty lines are not free)
     disk          -> ResourceLimitExceeded disk (/tmp full)
@@ -91,6 +92,11 @@ def flood_raw():
         os.write(1, b"r" * 1000 + b"\n")
 
 
+def flood_empty_raw():
+    while True:
+        os.write(1, b"\n" * 65536)
+
+
 def garbage():
     os.write(sys_channel_fd(), b"this is not a protocol message\n")
     time.sleep(5)
@@ -111,6 +117,7 @@ BEHAVIOURS = {
     "flood_output": flood_output,
     "flood_print": lambda context: flood_print(),
     "flood_raw": lambda context: flood_raw(),
+    "flood_empty_raw": lambda context: flood_empty_raw(),
     "flood_tiny": flood_tiny,
     "flood_empty": lambda context: flood_empty(),
     "disk": lambda context: fill_tmp(),
