@@ -6,6 +6,7 @@ only a separate kernel passes, and read every limit back from the OS.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -29,6 +30,7 @@ from service.sandbox.gvisor import (
     GVisorWorker,
     oci_config,
 )
+from service.sandbox.process import WorkerCgroups
 from service.sandbox.seccomp import DENIED
 from service.settings import SandboxSettings, Settings
 
@@ -250,6 +252,30 @@ async def test_a_worker_that_cannot_start_is_unavailable(
     with pytest.raises(SandboxUnavailable) as caught:
         await gvisor.start_worker(outside)
     assert caught.value.data["backend"] == "gvisor"
+
+
+async def test_runsc_never_runs_outside_the_workers_cgroups(
+        gvisor: GVisorBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """runsc starts behind a gate the host opens once it is in the worker's groups (off the
+    event loop: a fork that moved itself held the loop 10-28 ms a boot). Groups it cannot
+    enter: the gate closes, and runsc never runs."""
+    def refuse(self: Any, pid: int) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(WorkerCgroups, "enter", refuse)
+    before = gvisor_processes()
+    with pytest.raises(SandboxUnavailable) as caught:
+        await gvisor.start_worker(actor_def(ACTORS / "origin.py"))
+    assert caught.value.data["reason"] == "cannot limit runsc: [Errno 13] Permission denied"
+    await asyncio.sleep(0.2)
+    assert gvisor_processes() <= before
+    assert not list(gvisor.home.glob("w-*"))
+
+
+def gvisor_processes() -> set[str]:
+    """Host pids running runsc (its gofer and Sentry included)."""
+    return {pid for pid in filter(str.isdigit, os.listdir("/proc"))
+            if "runsc" in command(pid)}
 
 
 # --- cleanup -----------------------------------------------------------------------------
