@@ -422,14 +422,15 @@ class WorkerCgroups:
             return set()
         return {int(pid) for pid in text.split() if pid.isdigit()}
 
-    def kill_all(self, spare: int | None = None) -> None:
-        """SIGKILL every process in the worker's groups but ``spare``."""
+    def kill_all(self, spare: int | None = None, members: set[int] | None = None) -> None:
+        """SIGKILL every process in the worker's groups but ``spare`` (``members``: read by
+        the caller just now; each read of every group's list is a few ms on the loop)."""
         if spare is None:
             for controller, path in self._groups.values():
                 if controller.version == 2 and (path / "cgroup.kill").exists():
                     with contextlib.suppress(OSError):
                         _write(path / "cgroup.kill", 1)
-        for pid in self.members() - {spare}:
+        for pid in (self.members() if members is None else members) - {spare}:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -1365,12 +1366,13 @@ class ProcessWorker:
         Killing the outer one first would orphan the harness (a zombie where pid 1 does not
         reap)."""
         self._dead = True
-        inner = self._cgroups.members() - {self._process.pid}
+        members = self._cgroups.members()
+        inner = members - {self._process.pid}
         if not inner and self.outer_running():  # no cgroups: bwrap's child is the harness
             inner = _children(self._process.pid)
         if not inner:
             self._kill_outer()
-        self._cgroups.kill_all(spare=self._process.pid)
+        self._cgroups.kill_all(spare=self._process.pid, members=members)
         for pid in inner:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
