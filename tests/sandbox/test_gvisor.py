@@ -262,20 +262,23 @@ async def test_runsc_never_runs_outside_the_workers_cgroups(
     def refuse(self: Any, pid: int) -> None:
         raise PermissionError(13, "Permission denied")
 
+    bundles: list[Path] = []
+    new_bundle = GVisorBackend._new_bundle
+
+    def recorded(self: GVisorBackend) -> Path:
+        bundles.append(new_bundle(self))
+        return bundles[-1]
+
     monkeypatch.setattr(WorkerCgroups, "enter", refuse)
-    before = gvisor_processes()
+    monkeypatch.setattr(GVisorBackend, "_new_bundle", recorded)
     with pytest.raises(SandboxUnavailable) as caught:
         await gvisor.start_worker(actor_def(ACTORS / "origin.py"))
     assert caught.value.data["reason"] == "cannot limit runsc: [Errno 13] Permission denied"
     await asyncio.sleep(0.2)
-    assert gvisor_processes() <= before
-    assert not list(gvisor.home.glob("w-*"))
-
-
-def gvisor_processes() -> set[str]:
-    """Host pids running runsc (its gofer and Sentry included)."""
-    return {pid for pid in filter(str.isdigit, os.listdir("/proc"))
-            if "runsc" in command(pid)}
+    [bundle] = bundles
+    assert not bundle.exists()
+    assert not [pid for pid in filter(str.isdigit, os.listdir("/proc"))
+                if str(bundle) in command(pid)]  # nothing ran with it: no runsc, no shell
 
 
 # --- cleanup -----------------------------------------------------------------------------
