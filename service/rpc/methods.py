@@ -29,6 +29,8 @@ RATE_LIMITED_OUTCOMES = frozenset({"busy", "shutting_down"})
 # this many values in a container, or characters in a string.
 MANY_VALUES = 64
 LONG_STRING = 1024
+LARGE_DESCRIPTOR = 64 << 10  # characters: a descriptor this long is kept written
+MAX_DESCRIPTORS = 1024  # kept at most (each with its actor)
 REFUSAL_LOG_INTERVAL_S = 10.0  # -32009 data.reason while the server drains
 
 
@@ -80,6 +82,9 @@ class Methods:
         self.draining = False
         self.stopping = False
         self._refusals = RateLimit(REFUSAL_LOG_INTERVAL_S)
+        # the served actors' descriptors by id (with the actor, which keeps the id its own):
+        # those `list` found last, and any described since
+        self._descriptors: dict[int, tuple[Any, Any]] = {}
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -92,10 +97,27 @@ class Methods:
         }
 
     async def list(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
-        return {"actors": [actor.descriptor() for actor in self.runtime.actors()]}
+        actors = self.runtime.actors()
+        self._descriptors = {id(actor): self._descriptor(actor) for actor in actors}
+        return {"actors": [self._descriptors[id(actor)][1] for actor in actors]}
 
-    async def describe(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
-        return self.runtime.get(params["actor_id"]).descriptor()
+    async def describe(self, params: dict[str, Any], call: Call) -> Any:
+        actor = self.runtime.get(params["actor_id"])
+        return self._descriptor(actor)[1]
+
+    def _descriptor(self, actor: Any) -> tuple[Any, Any]:
+        """(actor, its descriptor): written once when large (ports with schemas of
+        megabytes took ~1 s of the event loop to write out for every `list`)."""
+        cached = self._descriptors.get(id(actor))
+        if cached is not None and cached[0] is actor:
+            return cached
+        descriptor = actor.descriptor()
+        written = Encoded(descriptor)
+        entry = (actor, written if len(written.text) >= LARGE_DESCRIPTOR else descriptor)
+        if len(self._descriptors) >= MAX_DESCRIPTORS:  # replaced actors described meanwhile
+            self._descriptors.clear()
+        self._descriptors[id(actor)] = entry
+        return entry
 
     async def load(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
         if not call.connection.admin:
@@ -103,7 +125,7 @@ class Methods:
             raise PathNotAllowed(params["file_path"], "load is an admin operation: connect "
                                  "with a token from auth.admin_tokens")
         actor, replaced = await self.runtime.load(params["file_path"])
-        return {"success": True, "actor": actor.descriptor(), "replaced": replaced}
+        return {"success": True, "actor": self._descriptor(actor)[1], "replaced": replaced}
 
     async def cancel(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
         cancelled = call.connection.slot(InFlight).cancel(params["request_id"])

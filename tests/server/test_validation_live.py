@@ -222,6 +222,35 @@ async def test_a_large_output_is_written_once(hostile: tuple[TestClient, Rpc],
     assert response["result"]["emitted"] == [{"port": "skus", "data": MANY_SKUS, "seq": 0}]
 
 
+async def test_a_large_descriptor_is_written_once(
+        make_server: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`load`, `list` and `describe` of an actor whose ports hold megabytes of schema:
+    written once, then spliced in (every `list` took ~1 s of the event loop to write it)."""
+    written: list[Any] = []
+
+    class Counted(methods.Encoded):
+        def __init__(self, value: Any) -> None:
+            written.append(value)
+            super().__init__(value)
+
+    monkeypatch.setattr(methods, "Encoded", Counted)
+    manifest = {"id": "big_schema", "language": "python", "script": "big.py",
+                "inports": {"code": {"schema": {"enum": [f"code-{i}" for i in range(20_000)]}}},
+                "outports": {"output": {"schema": {}}}}
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump(manifest))
+    (tmp_path / "big.py").write_text("def process(context):\n    return None\n")
+    server = await make_server()
+    rpc = Rpc(await server.ws_connect("/"))
+    loaded = await rpc.call("load", {"file_path": str(tmp_path / "big.yaml")})
+    descriptor = loaded["result"]["actor"]
+    assert [d["id"] for d in written] == ["big_schema"]  # by the load, for its answer
+    for _ in range(2):
+        listed = (await rpc.call("list"))["result"]["actors"]
+        assert [a for a in listed if a["id"] == "big_schema"] == [descriptor]
+    assert (await rpc.call("describe", {"actor_id": "big_schema"}))["result"] == descriptor
+    assert [d["id"] for d in written if d["id"] == "big_schema"] == ["big_schema"]
+
+
 async def test_a_valid_value_over_the_loops_budget_is_accepted(
         hostile: tuple[TestClient, Rpc]) -> None:
     """Its verdict comes from the verdict process: in, and out through an outport."""
