@@ -51,6 +51,10 @@ SCRIPT_SUFFIXES = (".py", ".js", ".mjs", ".cjs")
 class Runtime:
     """Loaded actors by id, each with its warm pool."""
 
+    # The values in a process result's outputs and emitted are the objects its output
+    # events carried (a cluster front decodes them apart): rpc.methods writes them once.
+    results_hold_emitted_values = True
+
     def __init__(self, settings: Settings, backend: Backend,
                  store: StateStore | None = None) -> None:
         self.settings = settings

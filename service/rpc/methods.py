@@ -30,7 +30,6 @@ RATE_LIMITED_OUTCOMES = frozenset({"busy", "shutting_down"})
 MANY_VALUES = 64
 LONG_STRING = 1024
 LARGE_DESCRIPTOR = 64 << 10  # characters: a descriptor this long is kept written
-MAX_DESCRIPTORS = 1024  # kept at most (each with its actor)
 REFUSAL_LOG_INTERVAL_S = 10.0  # -32009 data.reason while the server drains
 
 
@@ -82,9 +81,9 @@ class Methods:
         self.draining = False
         self.stopping = False
         self._refusals = RateLimit(REFUSAL_LOG_INTERVAL_S)
-        # the served actors' descriptors by id (with the actor, which keeps the id its own):
-        # those `list` found last, and any described since
-        self._descriptors: dict[int, tuple[Any, Any]] = {}
+        # (actor, its descriptor) by actor id: those `list` found last, and any described or
+        # loaded since (one entry per id: a replaced actor's is overwritten)
+        self._descriptors: dict[str, tuple[Any, Any]] = {}
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -98,8 +97,8 @@ class Methods:
 
     async def list(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
         actors = self.runtime.actors()
-        self._descriptors = {id(actor): self._descriptor(actor) for actor in actors}
-        return {"actors": [self._descriptors[id(actor)][1] for actor in actors]}
+        self._descriptors = {actor.id: self._descriptor(actor) for actor in actors}
+        return {"actors": [self._descriptors[actor.id][1] for actor in actors]}
 
     async def describe(self, params: dict[str, Any], call: Call) -> Any:
         actor = self.runtime.get(params["actor_id"])
@@ -108,15 +107,13 @@ class Methods:
     def _descriptor(self, actor: Any) -> tuple[Any, Any]:
         """(actor, its descriptor): written once when large (ports with schemas of
         megabytes took ~1 s of the event loop to write out for every `list`)."""
-        cached = self._descriptors.get(id(actor))
+        cached = self._descriptors.get(actor.id)
         if cached is not None and cached[0] is actor:
             return cached
         descriptor = actor.descriptor()
         written = Encoded(descriptor)
         entry = (actor, written if len(written.text) >= LARGE_DESCRIPTOR else descriptor)
-        if len(self._descriptors) >= MAX_DESCRIPTORS:  # replaced actors described meanwhile
-            self._descriptors.clear()
-        self._descriptors[id(actor)] = entry
+        self._descriptors[actor.id] = entry  # a replaced actor's entry goes with it
         return entry
 
     async def load(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
@@ -152,7 +149,9 @@ class Methods:
             assert task is not None  # handlers run in the task serving their request
             in_flight = call.connection.slot(InFlight)
             running = in_flight.add(call.id, task)
-        encoded: dict[int, Encoded] = {}  # the outputs written once, by id of their value
+        # the outputs written once, by id of their value (where the result holds them)
+        encoded: dict[int, Encoded] | None = \
+            {} if getattr(self.runtime, "results_hold_emitted_values", False) else None
         try:
             result = await self.runtime.process(
                 params["actor_id"], params["payload"], params.get("config"),
@@ -227,12 +226,13 @@ def id_text(request_id: Any) -> str:
     return str(request_id) if type(request_id) is int else encode(request_id)
 
 
-def _emitter(call: Call, encoded: dict[int, Encoded]) -> Emit:
+def _emitter(call: Call, encoded: dict[int, Encoded] | None) -> Emit:
     """Sends the call's notifications. A large output's value is written once, here, and
-    its text kept in ``encoded`` for the response, which holds it twice more."""
+    its text kept in ``encoded`` (when given) for the response, which holds it twice more."""
     async def emit(kind: str, params: dict[str, Any]) -> None:
         data = params.get("data")
-        if kind == "output" and type(data) in (str, list, dict) and _large(data):
+        if encoded is not None and kind == "output" and type(data) in (str, list, dict) \
+                and _large(data):
             # one JSON cannot hold: the notification says why, as for a small one
             with contextlib.suppress(RecursionError, ValueError, TypeError):
                 params = {**params, "data": encoded.setdefault(id(data), Encoded(data))}

@@ -294,13 +294,15 @@ class GVisorBackend:
             # (~10 ms on cgroup v1), and a fork waiting for it held the loop 10-28 ms a boot.
             await to_the_end(asyncio.to_thread(cgroups.enter, process.pid))
             os.write(gate_w, b"\n")  # in its groups: runsc may start
-        except OSError as exc:
+        except BaseException as exc:  # OSError, or cancelled (the move is done by then)
             with contextlib.suppress(ProcessLookupError):
                 process.kill()  # still at the gate: runsc never ran
             for fd in (channel[0], channel[1], *channel[2], out_r, err_r):
                 os.close(fd)
             shutil.rmtree(bundle, ignore_errors=True)
-            raise SandboxUnavailable(BACKEND, f"cannot limit runsc: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise SandboxUnavailable(BACKEND, f"cannot limit runsc: {exc}") from exc
+            raise
         finally:
             os.close(gate_w)
         return await self._connect(actor, process, cgroups, channel, (out_r, err_r), bundle)
