@@ -201,18 +201,24 @@ async def test_the_same_through_an_outport(hostile: tuple[TestClient, Rpc], port
     assert len(response["error"]["data"]["errors"]) == 1
 
 
-async def test_a_large_output_is_written_once(hostile: tuple[TestClient, Rpc],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """Its notification, then the response's outputs and emitted: one encoding on the event
-    loop for the three (900 KB of floats took ~50 ms each time), the same text in each."""
-    written: list[Any] = []
+@pytest.fixture
+def written(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every value the server's methods write once for their answers (methods.Encoded)."""
+    values: list[Any] = []
 
     class Counted(methods.Encoded):
         def __init__(self, value: Any) -> None:
-            written.append(value)
+            values.append(value)
             super().__init__(value)
 
     monkeypatch.setattr(methods, "Encoded", Counted)
+    return values
+
+
+async def test_a_large_output_is_written_once(hostile: tuple[TestClient, Rpc],
+                                             written: list[Any]) -> None:
+    """Its notification, then the response's outputs and emitted: one encoding on the event
+    loop for the three (900 KB of floats took ~50 ms each time), the same text in each."""
     _, rpc = hostile
     notes, response = await rpc.request("process", {
         "actor_id": "hostile_schema", "payload": {"echo": {"port": "skus", "value": MANY_SKUS}}})
@@ -223,17 +229,9 @@ async def test_a_large_output_is_written_once(hostile: tuple[TestClient, Rpc],
 
 
 async def test_a_large_descriptor_is_written_once(
-        make_server: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        make_server: ServerFactory, tmp_path: Path, written: list[Any]) -> None:
     """`load`, `list` and `describe` of an actor whose ports hold megabytes of schema:
     written once, then spliced in (every `list` took ~1 s of the event loop to write it)."""
-    written: list[Any] = []
-
-    class Counted(methods.Encoded):
-        def __init__(self, value: Any) -> None:
-            written.append(value)
-            super().__init__(value)
-
-    monkeypatch.setattr(methods, "Encoded", Counted)
     manifest = {"id": "big_schema", "language": "python", "script": "big.py",
                 "inports": {"code": {"schema": {"enum": [f"code-{i}" for i in range(20_000)]}}},
                 "outports": {"output": {"schema": {}}}}
