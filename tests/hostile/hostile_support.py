@@ -276,9 +276,12 @@ async def running(settings: Settings, backend: Backend, manifests: list[Path],
 
     async def start_seen(actor: ActorDef) -> Worker:
         """Scans sample every 30 ms, and a sandbox that serves one call and is replaced may
-        live less than that on a busy host: each is also seen as soon as it is ready."""
+        live less than that on a busy host: each is also seen once its call has begun (in
+        the loop's next turn: a scan right here, tens of ms on a busy host, delayed the
+        call's claim of a fresh worker, and a script spinning since its load was then
+        over its idle allowance)."""
         worker = await start_worker(actor)
-        watch.scan()
+        asyncio.get_running_loop().call_soon(watch.scan)
         return worker
 
     backend.start_worker = start_seen  # type: ignore[method-assign]
