@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -55,6 +54,7 @@ from service.log import RateLimit
 from service.manifest.model import Port
 from service.manifest.schemas import dialect_of
 from service.manifest.validation import SchemaValidator
+from service.rpc.core import encode_in_pieces
 from service.runtime import Emit, check_file_path, check_payload
 from service.runtime import _objects as objects_of
 from service.settings import Settings
@@ -135,6 +135,9 @@ class ClusterFront:
         self._losses = RateLimit()  # per actor: a lost output is logged, not every one
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._skipped: dict[str, str] = {}  # worker id -> why its registration is not used
+        # worker id -> its registration's text, and what _usable made of it
+        self._registrations: dict[str, tuple[str, dict[str, tuple[RemoteActor, Offer]] | None]] \
+            = {}
 
     def gauges(self) -> ClusterGauges:
         return ClusterGauges(self.broker_up, self.live_workers, dict(self._backlog))
@@ -507,13 +510,14 @@ class ClusterFront:
         actors: dict[str, RemoteActor] = {}
         used = 0
         for worker_id in sorted(workers):
-            served = self._usable(worker_id, workers[worker_id])
+            served = await self._served(worker_id, workers[worker_id])
             if served is None:
                 continue
             used += 1
             for actor_id, (remote, offer) in served.items():
                 actors[actor_id] = _serving(actors.get(actor_id) or remote, offer)
         self._skipped = {k: v for k, v in self._skipped.items() if k in workers}
+        self._registrations = {k: v for k, v in self._registrations.items() if k in workers}
         pipe = self.redis.pipeline(transaction=False)
         for actor_id in actors:
             pipe.xlen(self.keys.calls(actor_id))
@@ -521,6 +525,18 @@ class ClusterFront:
         self._actors = actors
         self._backlog = dict(zip(actors, lengths, strict=True))
         self.live_workers = used
+
+    async def _served(self, worker_id: str,
+                      value: str) -> dict[str, tuple[RemoteActor, Offer]] | None:
+        """_usable's answer for a worker's registration, worked out in a thread once per text
+        (a worker sends the same one every heartbeat): with megabytes of schemas, parsing
+        and compiling it on the event loop held it for seconds, every heartbeat."""
+        known = self._registrations.get(worker_id)
+        if known is not None and known[0] == value:
+            return known[1]
+        served = await asyncio.to_thread(self._usable, worker_id, value)
+        self._registrations[worker_id] = (value, served)
+        return served
 
     def _usable(self, worker_id: str,
                 value: str) -> dict[str, tuple[RemoteActor, Offer]] | None:
@@ -541,7 +557,7 @@ class ClusterFront:
 
     def _remote_actor(self, descriptor: dict[str, Any]) -> RemoteActor:
         inports = descriptor.get("inports", {})
-        key = json.dumps(inports, sort_keys=True)
+        key = encode_in_pieces(inports)  # in pieces: see _served
         if key not in self._ports:  # compiled once per distinct definition
             self._ports[key] = MappingProxyType({
                 name: _port(name, spec, self._settings) for name, spec in inports.items()})

@@ -17,7 +17,6 @@ Loops, each surviving a Redis outage by reconnecting with backoff:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -49,7 +48,9 @@ from service.cluster.streams import (
 )
 from service.errors import InternalError, RpcError, SandboxUnavailable
 from service.manifest.model import ActorDef
+from service.rpc.core import encode as wire_text
 from service.rpc.core import encoded
+from service.rpc.methods import WrittenDescriptors
 from service.runtime import Emit, Runtime
 from service.settings import Settings
 
@@ -113,6 +114,7 @@ class ClusterWorker:
         self._clock_refused = False
         self._changed = asyncio.Event()
         self._stopping = False
+        self._descriptors = WrittenDescriptors()  # for the registration
 
     def gauges(self) -> ClusterGauges:
         return ClusterGauges(broker_up=self.broker_up, backlog=dict(self.backlog))
@@ -233,13 +235,17 @@ class ClusterWorker:
     async def _register(self, actors: list[ActorDef]) -> None:
         """Registration, idle-time refresh of running calls, backlog sizes: one round trip."""
         self._sync_readers(actors)
+        # written once per actor: with megabytes of schemas, writing them out on every
+        # heartbeat held the event loop for as long (~1 s for 16 MB)
+        descriptors = await self._descriptors.of(actors, keep_only=True)
         registration = {
             "worker_id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
-            "actors": {a.id: {"descriptor": a.descriptor(), "max_workers": a.pool.max_workers,
-                              "max_queue": a.pool.max_queue} for a in actors},
+            "actors": {a.id: {"descriptor": d, "max_workers": a.pool.max_workers,
+                              "max_queue": a.pool.max_queue}
+                       for a, d in zip(actors, descriptors, strict=True)},
         }
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.keys.worker(self.id), json.dumps(registration),
+        pipe.set(self.keys.worker(self.id), wire_text(registration),
                  px=int(self.cfg.worker_timeout_s * 1000))
         pipe.zadd(self.keys.workers, {self.id: time.time()})
         for job in list(self._jobs.values()):

@@ -400,9 +400,23 @@ class _Bundler:
 
 
 def _mentions(document: Any, *keywords: str) -> bool:
-    """Whether ``document`` has any of ``keywords`` as a key (or, harmlessly, as a string)."""
-    text = json.dumps(document)
-    return any(json.dumps(keyword) in text for keyword in keywords)
+    """Whether ``document`` has any of ``keywords`` as a key, anywhere. Walked, not written
+    out and searched: ``json.dumps`` of a schema of megabytes is one call that holds the
+    GIL, the event loop waiting, for as long (in the loader's thread)."""
+    seen: set[int] = set()  # a YAML alias can make the same node appear twice
+    waiting = [document]
+    while waiting:
+        node = waiting.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, dict):
+            if any(keyword in node for keyword in keywords):
+                return True
+            waiting.extend(v for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            waiting.extend(v for v in node if isinstance(v, dict | list))
+    return False
 
 
 def _common_folder(paths: list[Path]) -> Path:

@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -49,6 +49,10 @@ _ABSENT = object()
 # Requests that never count against a connection's in-flight cap: `cancel` must get through
 # to a connection whose every slot is taken by a running call.
 UNCOUNTED_METHODS = frozenset({"cancel"})
+# encode_in_pieces: the values one call of the C encoder writes at most (a string counts
+# one more for every CHARS_PER_VALUE characters)
+PIECE_VALUES = 1024
+CHARS_PER_VALUE = 256
 BUSY_RETRY_MS = 100  # a connection at its in-flight cap: its own calls free slots, soon
 # "integer" stays int only: jsonschema also takes 1.0, and the fast check may only be stricter.
 _JSON_TYPES = MappingProxyType({
@@ -328,9 +332,15 @@ class Encoded:
 
     __slots__ = ("text", "value")
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, text: str | None = None) -> None:
         self.value = value
-        self.text = encode(value)
+        self.text = encode(value) if text is None else text
+
+    @classmethod
+    async def off_loop(cls, value: Any) -> Encoded:
+        """``Encoded(value)``, written in a thread and in pieces (encode_in_pieces), while the
+        event loop runs on."""
+        return cls(value, await asyncio.to_thread(encode_in_pieces, value))
 
 
 class _HoldsEncoded(Exception):
@@ -372,6 +382,94 @@ def _encode_spliced(message: Any) -> str:
                             default=placeholder).encode(message)
     return re.sub(f'"\\\\u0000{nonce}(\\d+)\\\\u0000"',
                   lambda found: texts[int(found.group(1))], text)
+
+
+def encode_in_pieces(value: Any) -> str:
+    """``encode(value)``, byte for byte, written a piece at a time: no call of the C encoder
+    writes more than PIECE_VALUES values (see _weight). Each call holds the GIL until it
+    returns: in a thread, a large value written in one call kept the event loop waiting as
+    long (a descriptor with 16 MB of schemas: ~1 s); in pieces, the loop gets its turn
+    between any two."""
+    parts: list[str] = []
+    _write_pieces(value, parts)
+    return "".join(parts)
+
+
+def _write_pieces(value: Any, parts: list[str]) -> None:
+    if isinstance(value, Encoded):
+        parts.append(value.text)
+    elif isinstance(value, dict):
+        parts.append("{")
+        _Runs(parts, lambda items: encode(dict(items))[1:-1]).write(
+            (item, item[1], _weight(item[0], PIECE_VALUES)) for item in value.items())
+        parts.append("}")
+    elif isinstance(value, list | tuple):
+        parts.append("[")
+        _Runs(parts, lambda items: encode(items)[1:-1]).write((v, v, 0) for v in value)
+        parts.append("]")
+    else:
+        parts.append(encode(value))
+
+
+def _weight(value: Any, most: int) -> int:
+    """How many values ``value`` holds, itself included, counted up to ``most``; a string
+    weighs one more for every CHARS_PER_VALUE characters."""
+    if isinstance(value, str):
+        return 1 + len(value) // CHARS_PER_VALUE
+    if isinstance(value, dict):
+        items: Iterable[Any] = (part for item in value.items() for part in item)
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        return 1
+    total = 1
+    for item in items:
+        total += _weight(item, most - total)
+        if total >= most:
+            break
+    return total
+
+
+class _Runs:
+    """The items of one list, or the (key, value) items of one dict, written comma-separated:
+    runs of them that weigh less than PIECE_VALUES together in one call (``write_run``), a
+    heavier one piece by piece."""
+
+    def __init__(self, parts: list[str], write_run: Callable[[list[Any]], str]) -> None:
+        self.parts = parts
+        self.write_run = write_run
+        self.run: list[Any] = []
+        self.weight = 0
+        self.first = True
+
+    def write(self, items: Iterable[tuple[Any, Any, int]]) -> None:
+        """``items``: (item, its value, what else it weighs); a dict's item is its (key,
+        value), and its key weighs too."""
+        for item, value, extra in items:
+            weight = extra + _weight(value, PIECE_VALUES)
+            if self.weight + weight > PIECE_VALUES:
+                self._flush()
+            if weight >= PIECE_VALUES and isinstance(value, dict | list | tuple):
+                self._comma()
+                if item is not value:  # its key, as the encoder writes it
+                    self.parts.append(encode({item[0]: 0})[1:-2])
+                _write_pieces(value, self.parts)
+            else:
+                self.run.append(item)
+                self.weight += weight
+        self._flush()
+
+    def _comma(self) -> None:
+        if not self.first:
+            self.parts.append(",")
+        self.first = False
+
+    def _flush(self) -> None:
+        if self.run:
+            self._comma()
+            self.parts.append(self.write_run(self.run))
+            self.run = []
+            self.weight = 0
 
 
 def plain(value: Any) -> Any:

@@ -7,13 +7,23 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from service.errors import Cancelled, PathNotAllowed, RpcError, SandboxUnavailable
 from service.log import FIELDS_ATTR, RateLimit, fields, log_fast
 from service.metrics import Metrics
-from service.rpc.core import Call, Dispatcher, Encoded, Handler, encode
+from service.rpc.core import (
+    CHARS_PER_VALUE,
+    PIECE_VALUES,
+    Call,
+    Dispatcher,
+    Encoded,
+    Handler,
+    encode,
+    encode_in_pieces,
+)
 from service.rpc.openrpc import load_openrpc, params_schema, result_schema
 
 if TYPE_CHECKING:
@@ -81,9 +91,8 @@ class Methods:
         self.draining = False
         self.stopping = False
         self._refusals = RateLimit(REFUSAL_LOG_INTERVAL_S)
-        # (actor, its descriptor) by actor id: those `list` found last, and any described or
-        # loaded since (one entry per id: a replaced actor's is overwritten)
-        self._descriptors: dict[str, tuple[Any, Any]] = {}
+        # those `list` found last, and any described or loaded since
+        self._descriptors = WrittenDescriptors()
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -97,24 +106,12 @@ class Methods:
 
     async def list(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
         actors = self.runtime.actors()
-        self._descriptors = {actor.id: self._descriptor(actor) for actor in actors}
-        return {"actors": [self._descriptors[actor.id][1] for actor in actors]}
+        written = await self._descriptors.of(actors, keep_only=True)
+        return {"actors": [_as_sent(descriptor) for descriptor in written]}
 
     async def describe(self, params: dict[str, Any], call: Call) -> Any:
         actor = self.runtime.get(params["actor_id"])
-        return self._descriptor(actor)[1]
-
-    def _descriptor(self, actor: Any) -> tuple[Any, Any]:
-        """(actor, its descriptor): written once when large (ports with schemas of
-        megabytes took ~1 s of the event loop to write out for every `list`)."""
-        cached = self._descriptors.get(actor.id)
-        if cached is not None and cached[0] is actor:
-            return cached
-        descriptor = actor.descriptor()
-        written = Encoded(descriptor)
-        entry = (actor, written if len(written.text) >= LARGE_DESCRIPTOR else descriptor)
-        self._descriptors[actor.id] = entry  # a replaced actor's entry goes with it
-        return entry
+        return _as_sent((await self._descriptors.of([actor]))[0])
 
     async def load(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
         if not call.connection.admin:
@@ -122,7 +119,8 @@ class Methods:
             raise PathNotAllowed(params["file_path"], "load is an admin operation: connect "
                                  "with a token from auth.admin_tokens")
         actor, replaced = await self.runtime.load(params["file_path"])
-        return {"success": True, "actor": self._descriptor(actor)[1], "replaced": replaced}
+        return {"success": True, "actor": _as_sent((await self._descriptors.of([actor]))[0]),
+                "replaced": replaced}
 
     async def cancel(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
         cancelled = call.connection.slot(InFlight).cancel(params["request_id"])
@@ -210,6 +208,42 @@ class Methods:
             return UNKNOWN_ACTOR
 
 
+class WrittenDescriptors:
+    """Actors' descriptors, each written once, in a thread and in pieces (encode_in_pieces),
+    and kept by actor id (a replaced actor's goes with it). Ports with schemas of megabytes
+    took ~1 s of the event loop to write out, on every `list`."""
+
+    def __init__(self) -> None:
+        self._written: dict[str, tuple[Any, Encoded]] = {}  # id -> (_source(actor), written)
+
+    async def of(self, actors: Sequence[Any], keep_only: bool = False) -> list[Encoded]:
+        """The descriptors of ``actors`` (objects with ``id`` and ``descriptor()``), written;
+        ``keep_only``: forget any other actor's."""
+        known = {actor.id: self._written.get(actor.id) for actor in actors}
+        new = [actor for actor in actors
+               if (known[actor.id] or (None,))[0] is not _source(actor)]
+        if new:
+            written = await asyncio.to_thread(
+                lambda: [Encoded(d, encode_in_pieces(d)) for d in (a.descriptor() for a in new)])
+            for actor, descriptor in zip(new, written, strict=True):
+                known[actor.id] = self._written[actor.id] = (_source(actor), descriptor)
+        if keep_only:
+            self._written = {actor.id: entry for actor in actors
+                             if (entry := known[actor.id]) is not None}
+        return [entry[1] for actor in actors if (entry := known[actor.id]) is not None]
+
+
+def _source(actor: Any) -> Any:
+    """What an actor's descriptor is made of: the actor, or on a cluster front, which makes
+    its actors anew every heartbeat, the descriptor its workers registered."""
+    return getattr(actor, "descriptor_json", actor)
+
+
+def _as_sent(descriptor: Encoded) -> Any:
+    """Its text where long (spliced into the answer), else the value (written with it)."""
+    return descriptor if len(descriptor.text) >= LARGE_DESCRIPTOR else descriptor.value
+
+
 def _withdraw_cancels(running: _Running) -> bool:
     """Take back the cancellations `cancel` requested of the call's task; True when it had
     some and nothing else (a closing connection, the shutdown) cancels the task too."""
@@ -235,21 +269,26 @@ def _emitter(call: Call, encoded: dict[int, Encoded] | None) -> Emit:
                 and _large(data):
             # one JSON cannot hold: the notification says why, as for a small one
             with contextlib.suppress(RecursionError, ValueError, TypeError):
-                params = {**params, "data": encoded.setdefault(id(data), Encoded(data))}
+                if (written := encoded.get(id(data))) is None:
+                    written = encoded[id(data)] = await Encoded.off_loop(data) \
+                        if _large(data, PIECE_VALUES, PIECE_VALUES * CHARS_PER_VALUE) \
+                        else Encoded(data)
+                params = {**params, "data": written}
         await call.notify(kind, {"request_id": call.id, **params})
 
     return emit
 
 
-def _large(value: Any) -> bool:
+def _large(value: Any, values: int = MANY_VALUES, chars: int = LONG_STRING) -> bool:
     """Worth writing once (rather than three times, as small ones are: splicing costs a few
-    µs): a long string, or many values, in the value or one level down."""
+    µs): a long string, or many values, in the value or one level down (with ``values`` and
+    ``chars`` of a piece of encode_in_pieces: worth writing in a thread, in pieces)."""
     if type(value) is str:
-        return len(value) >= LONG_STRING
+        return len(value) >= chars
     items = value.values() if type(value) is dict else value
-    return len(value) >= MANY_VALUES or any(
-        (type(item) in (list, dict) and len(item) >= MANY_VALUES)
-        or (type(item) is str and len(item) >= LONG_STRING) for item in items)
+    return len(value) >= values or any(
+        (type(item) in (list, dict) and len(item) >= values)
+        or (type(item) is str and len(item) >= chars) for item in items)
 
 
 def _with_encoded(result: dict[str, Any], encoded: dict[int, Encoded]) -> dict[str, Any]:

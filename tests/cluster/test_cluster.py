@@ -7,6 +7,7 @@ import json
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -464,6 +465,35 @@ async def test_front_validates_payloads_as_the_runtime_does() -> None:
             except PayloadInvalid as exc:
                 errors.append(exc.to_json())
         assert errors[0] == errors[1], payload
+
+
+async def test_a_registration_is_read_once_per_text_off_the_event_loop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker sends the same registration every heartbeat: with megabytes of schemas,
+    parsing and compiling it on the front's event loop held the loop for seconds, each time."""
+    from service.cluster.front import ClusterFront
+    from service.manifest.loader import load_manifest
+    from service.settings import ClusterSettings, Settings
+
+    settings = Settings(cluster=ClusterSettings(redis_url="redis://127.0.0.1:1/0"))
+    actor = load_manifest(REPO / "manifests/order_total/order_total.yaml", settings)
+    front = ClusterFront(settings)
+    threads: list[str] = []
+    usable = front._usable
+
+    def recorded(worker_id: str, value: str) -> Any:
+        threads.append(threading.current_thread().name)
+        return usable(worker_id, value)
+
+    monkeypatch.setattr(front, "_usable", recorded)
+    text = json.dumps({"worker_id": "w", "actors": {"order_total": {
+        "descriptor": actor.descriptor(), "max_workers": 1, "max_queue": 0}}})
+    served = await front._served("w", text)
+    assert served is not None and served["order_total"][0].id == "order_total"
+    assert await front._served("w", text) is served  # the next heartbeat's
+    changed = await front._served("w", text.replace('"max_queue": 0', '"max_queue": 2'))
+    assert changed is not None and changed["order_total"][1].max_queue == 2
+    assert len(threads) == 2 and threading.main_thread().name not in threads
 
 
 def make_tls_files(folder: Path) -> tuple[Path, Path, Path]:

@@ -6,12 +6,14 @@ import asyncio
 import json
 import logging
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from service.errors import ActorNotFound
+from service.rpc import core
 from service.rpc.core import Call, Connection, Dispatcher, Encoded, encode, plain
 
 
@@ -296,6 +298,52 @@ def test_encoded_values_give_the_text_of_the_plain_message(value: Any, rng: Any)
     wrapped = wrap(value)
     assert encode({"result": wrapped}) == json.dumps(
         {"result": plain(wrapped)}, separators=(",", ":"), allow_nan=False)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=9) | st.dictionaries(
+        st.text(max_size=4) | st.integers() | st.floats() | st.booleans() | st.none(), inner,
+        max_size=9), max_leaves=60)
+
+
+def _written_or_refused(encoder: Any, value: Any) -> Any:
+    try:
+        return encoder(value)
+    except (TypeError, ValueError) as exc:  # NaN, say: refused alike
+        return type(exc)
+
+
+@given(JSON_VALUES)
+def test_a_value_written_in_pieces_is_the_text_encode_writes(value: Any) -> None:
+    """Byte for byte, refusals included (NaN), with keys of every type JSON turns into text,
+    in pieces of 3 values (a string: one more per 4 characters) so that every path is taken."""
+    with mock.patch.multiple(core, PIECE_VALUES=3, CHARS_PER_VALUE=4):
+        assert _written_or_refused(core.encode_in_pieces, value) \
+            == _written_or_refused(encode, value)
+
+
+def test_no_call_of_the_encoder_writes_more_than_a_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each call holds the GIL till it returns: 16 MB of schemas in one took ~1 s."""
+    sizes: list[int] = []
+
+    def counted(value: Any) -> str:
+        sizes.append(_values_in(value))
+        return encode(value)
+
+    def _values_in(value: Any) -> int:  # a string: one more per 256 characters
+        if isinstance(value, dict):
+            return 1 + sum(_values_in(item) for pair in value.items() for item in pair)
+        if isinstance(value, list):
+            return 1 + sum(_values_in(item) for item in value)
+        return 1 + len(value) // 256 if isinstance(value, str) else 1
+
+    monkeypatch.setattr(core, "encode", counted)
+    schema = {"enum": [i + 0.5 for i in range(5000)],
+              "$defs": {f"d{i}": {"enum": [[j, str(j)] for j in range(300)]} for i in range(30)},
+              "long": ["x" * 100_000] * 8}
+    assert core.encode_in_pieces(schema) == encode(schema)
+    assert max(sizes) <= core.PIECE_VALUES + 1  # a run's values, and the list that holds them
 
 
 async def test_omitted_params_are_an_empty_object(dispatcher: Dispatcher) -> None:

@@ -11,7 +11,8 @@ import pytest
 
 from service.errors import ActorFailed, ActorNotFound, Busy
 from service.metrics import Metrics
-from service.rpc.core import Connection, Dispatcher
+from service.rpc import methods
+from service.rpc.core import Connection, Dispatcher, encode_in_pieces
 from service.rpc.methods import register_methods
 from service.rpc.openrpc import load_openrpc
 
@@ -301,3 +302,44 @@ async def test_the_call_line_has_structured_fields(dispatcher: Dispatcher,
     assert set(fields) == {"actor", "id", "outcome", "duration_ms"}
     assert (fields["actor"], fields["id"], fields["outcome"]) == ("fake", '"a"', "ok")
     assert isinstance(fields["duration_ms"], float)
+
+
+class Described:
+    """An actor of a runtime (``descriptor_json``: of a cluster front, made anew every
+    heartbeat around the descriptor its workers registered)."""
+
+    def __init__(self, actor_id: str, size: int = 1, descriptor_json: Any = None) -> None:
+        self.id = actor_id
+        self.size = size
+        if descriptor_json is not None:
+            self.descriptor_json = descriptor_json
+
+    def descriptor(self) -> dict[str, Any]:
+        return {"id": self.id, "enum": list(range(self.size))}
+
+
+async def test_each_descriptor_is_written_once_per_actor(monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[str] = []
+
+    def recorded(value: Any) -> str:
+        written.append(value["id"])
+        return encode_in_pieces(value)
+
+    monkeypatch.setattr(methods, "encode_in_pieces", recorded)
+    descriptors = methods.WrittenDescriptors()
+    a, b, big = Described("a"), Described("b"), Described("big", 20_000)
+    first = await descriptors.of([a, b, big])
+    assert [d.value["id"] for d in first] == ["a", "b", "big"]
+    assert await descriptors.of([b, big, a]) == [first[1], first[2], first[0]]
+    assert written == ["a", "b", "big"]
+    replaced = Described("a")
+    assert (await descriptors.of([replaced]))[0] is not first[0] and written[-1] == "a"
+    await descriptors.of([b], keep_only=True)  # `list` found b only
+    await descriptors.of([replaced, big])
+    assert written == ["a", "b", "big", "a", "a", "big"]
+    registered = {"id": "r"}
+    await descriptors.of([Described("r", descriptor_json=registered)])
+    await descriptors.of([Described("r", descriptor_json=registered)])  # the next heartbeat
+    assert written.count("r") == 1
+    # sent as its text when long, else as the value
+    assert methods._as_sent(first[2]) is first[2] and methods._as_sent(first[1]) == first[1].value

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,7 @@ from schema_support import (
 from server_support import Rpc, ServerFactory
 
 from service.rpc import methods
+from service.rpc.core import encode_in_pieces
 
 PATTERN = r"^(\w+\s?)*$"
 HOSTILE_TEXT = "a" * 27 + "!"
@@ -207,9 +209,9 @@ def written(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     values: list[Any] = []
 
     class Counted(methods.Encoded):
-        def __init__(self, value: Any) -> None:
+        def __init__(self, value: Any, text: str | None = None) -> None:
             values.append(value)
-            super().__init__(value)
+            super().__init__(value, text)
 
     monkeypatch.setattr(methods, "Encoded", Counted)
     return values
@@ -247,6 +249,25 @@ async def test_a_large_descriptor_is_written_once(
         assert [a for a in listed if a["id"] == "big_schema"] == [descriptor]
     assert (await rpc.call("describe", {"actor_id": "big_schema"}))["result"] == descriptor
     assert [d["id"] for d in written if d["id"] == "big_schema"] == ["big_schema"]
+
+
+async def test_descriptors_are_written_off_the_event_loop(
+        make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a thread, in pieces (rpc.core.encode_in_pieces): a descriptor with 16 MB of
+    schemas, written on the loop in one call of the C encoder, held it for ~1 s."""
+    threads: list[str] = []
+
+    def recorded(value: Any) -> str:
+        threads.append(threading.current_thread().name)
+        return encode_in_pieces(value)
+
+    monkeypatch.setattr(methods, "encode_in_pieces", recorded)
+    server = await make_server()
+    rpc = Rpc(await server.ws_connect("/"))
+    listed = (await rpc.call("list"))["result"]["actors"]
+    described = (await rpc.call("describe", {"actor_id": "doubler"}))["result"]
+    assert described in listed and len(threads) == len(listed)  # described: written already
+    assert threading.main_thread().name not in threads
 
 
 async def test_a_valid_value_over_the_loops_budget_is_accepted(
