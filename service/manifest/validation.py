@@ -67,7 +67,9 @@ MAX_ERRORS = 50  # per value: a 10,000-item array of wrong types is not 10,000 m
 # per message: one that quotes a 1 MB value is cut (50 of them would make a 50 MB answer)
 MAX_MESSAGE_CHARS = 1000
 MAX_PATH_CHARS = 4096  # a path 2,000 levels deep fits
-QUOTE_CHARS = 900  # of a value quoted in a type or enum message: the message fits in 1000
+QUOTE_CHARS = 900  # of a value quoted in a message: the message fits in 1000
+# A value whose JSON is longer has its large parts quoted by their beginning (_quotable)
+QUOTING_VALUE_CHARS = 16 << 10
 # all paths and messages of one value (the first error is always kept): 50 errors at the
 # path of one 1 MB object key would make a 50 MB answer too
 MAX_ERRORS_CHARS = 64 << 10
@@ -118,6 +120,9 @@ DIALECT_FORMATS = {"draft-04": _DRAFT4_FORMATS, "draft-06": _DRAFT6_FORMATS,
 DEADLINE_SLACK_S = 0.5  # past timeout_s, the wait for an error pass that cannot stop itself
 # The deadline of the error pass running in this context (None: none).
 _DEADLINE: ContextVar[float | None] = ContextVar("validation_deadline", default=None)
+# id -> (value, what keywords get instead) in one error pass over a large value; None: none
+_STAND_INS: ContextVar[dict[int, tuple[Any, Any]] | None] = ContextVar("stand_ins",
+                                                                       default=None)
 # A jsonschema failure is logged with its traceback once per interval per exception type:
 # every value a client sends can meet the same failure again.
 _FAILURES = RateLimit(60.0)
@@ -282,8 +287,9 @@ class SchemaValidator:
         Python's json reads; it sees them as null), so none of its refusals stands alone.
         """
         token = _DEADLINE.set(deadline)
+        quoting = _STAND_INS.set({} if _json(value)[0] > QUOTING_VALUE_CHARS else None)
         try:
-            found = list(islice(self._python.iter_errors(value), MAX_ERRORS))
+            found = list(islice(self._python.iter_errors(_quotable(value)), MAX_ERRORS))
         except ValidationTimeout:
             return self._fallback_errors(value, verdict, f"validation did not finish within "
                                                          f"{self.timeout_s:g} s")
@@ -297,6 +303,7 @@ class SchemaValidator:
             return self._fallback_errors(value, verdict, f"jsonschema could not check the value "
                                                          f"({type(exc).__name__})")
         finally:
+            _STAND_INS.reset(quoting)
             _DEADLINE.reset(token)
         return bounded_errors(found)
 
@@ -401,8 +408,8 @@ class _Formats(FormatChecker):
         self._defined = DIALECT_FORMATS.get(specification_of(dialect).name, frozenset())
 
     def check(self, instance: object, format: str) -> None:
-        if format not in self._defined:
-            return  # an annotation in this dialect
+        if format not in self._defined or not isinstance(instance, str):
+            return  # an annotation in this dialect; every format is one of strings
         if format == "regex":
             if isinstance(instance, str) and (
                     len(instance) > MAX_FORMAT_REGEX_CHARS
@@ -473,7 +480,7 @@ def _deadlined(keyword: Keyword) -> Keyword:
     @functools.wraps(keyword)
     def bounded(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
         _check_deadline()
-        return keyword(validator, value, instance, schema)
+        return keyword(validator, value, _quotable(instance), schema)
 
     return bounded
 
@@ -530,10 +537,11 @@ def _pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any,
     if not validator.is_type(instance, "object"):
         return
     for pattern, subschema in patterns.items():
-        for name, value in instance.items():
+        for name in instance:
             _check_deadline()
             if _search(pattern, name):
-                yield from validator.descend(value, subschema, path=name, schema_path=pattern)
+                yield from validator.descend(instance[name], subschema, path=name,
+                                             schema_path=pattern)
 
 
 def _additional_properties(validator: Any, additional: Any, instance: Any,
@@ -605,14 +613,14 @@ def _repr_into(value: Any, parts: list[str], room: list[int]) -> bool:
     """Append repr(value) to ``parts`` while ``room`` (characters) lasts; False once it
     ran out (what was appended is then its beginning). Containers of JSON values are walked
     here; anything else is repr()'s (a long string: its beginning's)."""
-    if type(value) is list:
+    if isinstance(value, list):  # a stand-in too (_QuotedList)
         if not _put("[", parts, room):
             return False
         for index, item in enumerate(value):
             if (index and not _put(", ", parts, room)) or not _repr_into(item, parts, room):
                 return False
         return _put("]", parts, room)
-    if type(value) is dict:
+    if isinstance(value, dict):
         if not _put("{", parts, room):
             return False
         for index, (key, item) in enumerate(value.items()):
@@ -632,10 +640,66 @@ def _put(text: str, parts: list[str], room: list[int]) -> bool:
     return room[0] >= 0
 
 
+def _quotable(instance: Any) -> Any:
+    """``instance``, or, in an error pass over a large value, where its repr would be long, a
+    stand-in: a copy of its top level whose repr is _quoted's, and whose items are read as
+    stand-ins too. jsonschema writes a value out whole into a message (and into the first
+    error of every ``is_valid``), in one call that holds the GIL: ~60 ms for 1 MB of floats,
+    the event loop waiting, and 120-140 ms for a schema with four such messages."""
+    stand_ins = _STAND_INS.get()
+    if stand_ins is None or type(instance) not in (list, dict) or _short(instance):
+        return instance
+    known = stand_ins.get(id(instance))
+    if known is None:
+        try:
+            long = not _repr_into(instance, [], [QUOTE_CHARS])
+        except RecursionError:
+            long = True
+        stand_in = (_QuotedList if type(instance) is list else _QuotedDict)(instance) \
+            if long else instance
+        known = stand_ins[id(instance)] = (instance, stand_in)  # holds it: its id stays its
+    return known[1]
+
+
+def _short(value: list[Any] | dict[str, Any]) -> bool:
+    """A few values that hold no container and no long string: a short repr, for sure."""
+    return len(value) <= 8 and not any(
+        type(item) in (list, dict) or (type(item) is str and len(item) > 64)
+        for item in (value.values() if type(value) is dict else value))
+
+
+class _QuotedList(list):
+    """A stand-in for a long list (_quotable)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return _quoted(self)
+
+    def __getitem__(self, index: Any) -> Any:
+        item = super().__getitem__(index)
+        return _QuotedList(item) if isinstance(index, slice) else _quotable(item)
+
+    def __iter__(self) -> Iterator[Any]:
+        return map(_quotable, super().__iter__())
+
+
+class _QuotedDict(dict):
+    """A stand-in for a long object (_quotable)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return _quoted(self)
+
+    def __getitem__(self, key: Any) -> Any:
+        return _quotable(super().__getitem__(key))
+
+
 def _unique_items(validator: Any, unique: bool, instance: Any,
                   schema: Any) -> Iterator[ValidationError]:
     if unique and validator.is_type(instance, "array") and not _all_distinct(instance):
-        yield ValidationError(f"{_short_repr(instance)} has non-unique elements")
+        yield ValidationError(f"{instance!r} has non-unique elements")
 
 
 def _short_repr(value: Any, most: int = 200) -> str:
