@@ -135,7 +135,7 @@ async def test_cgroup_limits_hold_runsc_and_everything_it_starts(
     worker = await boot(actor_def(ACTORS / "kernel.py", memory_mb=48, pids=10, cpus=0.5))
     values = {}
     for path in worker.cgroup_dirs:
-        for name in ("memory.limit_in_bytes", "pids.max", "cpu.cfs_quota_us"):
+        for name in ("memory.limit_in_bytes", "pids.max", "cpu.cfs_quota_us", "cpu.shares"):
             if (path / name).exists():
                 values[name] = int((path / name).read_text())
         procs = (path / "cgroup.procs").read_text().split()
@@ -143,7 +143,7 @@ async def test_cgroup_limits_hold_runsc_and_everything_it_starts(
         assert {command(p).split(" ")[0] for p in procs} >= {"runsc-gofer", "runsc-sandbox"}
     assert values == {"memory.limit_in_bytes": (48 + OVERHEAD_MB) * MIB,
                       "pids.max": 10 * PIDS_PER_TASK + OVERHEAD_TASKS + 1,  # + unshare
-                      "cpu.cfs_quota_us": 50_000}
+                      "cpu.cfs_quota_us": 50_000, "cpu.shares": 128}  # below the server's 1024
     outcome, _ = await call(worker, {})
     assert (outcome.return_value["nproc"], outcome.return_value["fsize"]) == (10, 8 * MIB)
 

@@ -173,13 +173,13 @@ async def test_cgroup_limits_are_written(process_backend: ProcessBackend, boot: 
     worker = await boot(actor_def(ACTORS / "origin.py", memory_mb=48, pids=10, cpus=0.5))
     values = {}
     for path in worker.cgroup_dirs:
-        for name in ("memory.limit_in_bytes", "pids.max", "cpu.cfs_quota_us"):
+        for name in ("memory.limit_in_bytes", "pids.max", "cpu.cfs_quota_us", "cpu.shares"):
             if (path / name).exists():
                 values[name] = int((path / name).read_text())
         members = (path / "cgroup.procs").read_text().split()
         assert str(worker.pid) in members  # bwrap itself, and so everything below it
     assert values == {"memory.limit_in_bytes": 48 * MIB, "pids.max": 11,
-                      "cpu.cfs_quota_us": 50_000}
+                      "cpu.cfs_quota_us": 50_000, "cpu.shares": 128}  # below the server's 1024
 
 
 def open_cgroup_files(dirs: tuple[Path, ...]) -> set[str]:
