@@ -114,6 +114,9 @@ _DRAFT4_FORMATS = frozenset({"date-time", "email", "hostname", "ipv4", "ipv6", "
 _DRAFT6_FORMATS = _DRAFT4_FORMATS | {"uri-reference", "uri-template", "json-pointer"}
 _DRAFT7_FORMATS = _DRAFT6_FORMATS | {"date", "time", "idn-email", "idn-hostname", "iri",
                                      "iri-reference", "relative-json-pointer", "regex"}
+_DIALECTS = {specification_of(cls).name: cls for cls in (
+    jsonschema.Draft4Validator, jsonschema.Draft6Validator, jsonschema.Draft7Validator,
+    jsonschema.Draft201909Validator, jsonschema.Draft202012Validator)}
 DIALECT_FORMATS = {"draft-04": _DRAFT4_FORMATS, "draft-06": _DRAFT6_FORMATS,
                    "draft-07": _DRAFT7_FORMATS,
                    "draft2019-09": _DRAFT7_FORMATS | {"duration", "uuid"},
@@ -155,16 +158,17 @@ class SchemaValidator:
         spec = specification_of(dialect)
         reached = list(reachable_nodes(schema, spec))
         found = [p for node in reached for _, p in node_patterns(node)]
-        # jsonschema-rs would accept a value ECMA-262's ASCII word boundaries refuse, or a
-        # host name IDNA2008 refuses; with format assertion, a format jsonschema checks too
+        # jsonschema-rs would accept a value ECMA-262's ASCII word boundaries refuse; with
+        # format assertion, a host name IDNA2008 refuses, and a format jsonschema checks too
         # is asserted only where both accept (_Formats), one the dialect does not define not
-        # at all: jsonschema-rs's verdict alone would say otherwise
-        lax = format_assertion and any(_lax_format(node.contents.get("format"), dialect)
-                                       for node in reached)
-        self._fast = None if lax or any(map(ecma.asserts_word_boundaries, found)) \
+        # at all: jsonschema-rs calls back _Formats for those (format_checks; such schemas
+        # were left to jsonschema alone, which ran out of time on values of megabytes)
+        self._fast = None if any(map(ecma.asserts_word_boundaries, found)) \
             else rust_validator(schema, spec.name, format_assertion)
-        self._calls_python = self._fast is not None and any("multipleOf" in node.contents
-                                                            for node in reached)
+        self._calls_python = self._fast is not None and any(
+            "multipleOf" in node.contents
+            or (format_assertion and _lax_format(node.contents.get("format"), dialect))
+            for node in reached)
         # Every pattern may read each character once: patternProperties tries each key
         # against all of its patterns (1,000 of them, a 539 KB object: 6 s, GIL held).
         # jsonschema-rs compares a value with every entry of an enum that holds an array or
@@ -428,6 +432,29 @@ class _Formats(FormatChecker):
         elif not (_format_validator(self._rust, format).is_valid(_case_folded(instance, format))
                   and self._fallback.conforms(instance, format)):
             raise FormatError(f"{instance!r} is not a {format!r}")
+
+
+def format_checks(schema: Any, dialect: str) -> dict[str, Callable[[str], bool]]:
+    """jsonschema-rs's ``formats`` for ``schema`` in ``dialect`` (its name in
+    ``referencing``), with format assertion: the formats its own checks would judge
+    otherwise than _Formats (see _lax_format), each checked by _Formats, string by string.
+    verdicts.rust_validator asks for them, in the server and in the verdict processes."""
+    cls = _DIALECTS.get(dialect)
+    if cls is None:
+        return {}
+    formats = _Formats(cls)
+    names = {name for node in reachable_nodes(schema, specification_of(cls))
+             if isinstance(name := node.contents.get("format"), str)
+             and _lax_format(name, cls)}
+    return {name: functools.partial(_conforms, formats, name) for name in names}
+
+
+def _conforms(formats: _Formats, format: str, instance: str) -> bool:
+    try:
+        formats.check(instance, format)
+    except FormatError:
+        return False
+    return True
 
 
 def _lax_format(format: Any, dialect: type[Validator]) -> bool:

@@ -58,14 +58,20 @@ MOST_PROCESSES = 4
 
 def rust_validator(schema: Any, dialect: str, format_assertion: bool) -> Any:
     """The jsonschema-rs validator of ``schema`` in ``dialect`` (its name in
-    ``referencing``), or None when it cannot compile it."""
+    ``referencing``), or None when it cannot compile it. With format assertion, it calls
+    back validation.format_checks's checks for the formats its own would judge otherwise."""
+    formats = None
+    if format_assertion:
+        from service.manifest.validation import format_checks  # it imports this module
+        formats = format_checks(schema, dialect) or None
     cls = RUST_CLASSES.get(dialect)
     if cls is None:
         return None
     try:
         # the linear-time engine only: a backtracking one (lookarounds, backreferences)
         # costs milliseconds per string within its step limit, on the event loop
-        return cls(schema, validate_formats=format_assertion, retriever=_refuse_retrieval,
+        return cls(schema, validate_formats=format_assertion, formats=formats,
+                   retriever=_refuse_retrieval,
                    pattern_options=jsonschema_rs.RegexOptions(),
                    keywords={"multipleOf": _RustMultipleOf})
     except Exception as exc:  # e.g. such a pattern: jsonschema decides, in a thread

@@ -314,6 +314,24 @@ def test_host_names_are_judged_as_their_rfcs_say() -> None:
                                                "\u00df.de")] == [False, False, False, True, True]
 
 
+async def test_format_assertion_keeps_the_fast_verdict() -> None:
+    """jsonschema-rs judges the value and calls back _Formats for the formats it would judge
+    otherwise (email: jsonschema checks it too, idn-hostname: IDNA2008). Such a schema went
+    to jsonschema alone: 40,000 addresses took 155 ms, against 26 ms; at ~1 s per MB for a
+    richer schema, a large valid value ran out of time and was refused."""
+    v = validator({"type": "array", "items": {"format": "email", "maxLength": 40}},
+                  format_assertion=True, timeout_s=1)
+    emails = [f"user{i}@example.com" for i in range(60_000)]
+    assert v.is_valid(emails) is True and await v.check(emails) == []
+    emails[40_000] = "user40000.example.com"
+    assert v.is_valid(emails) is False
+    [error] = await v.check(emails)
+    assert error == {"path": "/40000", "message": "'user40000.example.com' is not a 'email'"}
+    hosts = validator({"items": {"format": "idn-hostname"}}, format_assertion=True)
+    assert hosts.is_valid(["\u00e9.example", "xn--zckzah"]) is True
+    assert hosts.is_valid(["\uff21"]) is False  # full-width A: jsonschema-rs alone took it
+
+
 def test_at_most_fifty_errors() -> None:
     v = validator({"items": {"type": "string"}})
     assert len(v.errors(list(range(1000)))) == 50
