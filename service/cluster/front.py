@@ -54,7 +54,7 @@ from service.log import RateLimit
 from service.manifest.model import Port
 from service.manifest.schemas import dialect_of
 from service.manifest.validation import SchemaValidator
-from service.rpc.core import encode_in_pieces
+from service.rpc.core import encode_in_pieces, off_loop
 from service.runtime import Emit, check_file_path, check_payload
 from service.runtime import _objects as objects_of
 from service.settings import Settings
@@ -136,8 +136,8 @@ class ClusterFront:
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._skipped: dict[str, str] = {}  # worker id -> why its registration is not used
         # worker id -> its registration's text, and what _usable made of it
-        self._registrations: dict[str, tuple[str, dict[str, tuple[RemoteActor, Offer]] | None]] \
-            = {}
+        self._registrations: dict[str, tuple[str, dict[str, tuple[RemoteActor, Offer]]]] = {}
+        self._refreshing = asyncio.Lock()
 
     def gauges(self) -> ClusterGauges:
         return ClusterGauges(self.broker_up, self.live_workers, dict(self._backlog))
@@ -501,6 +501,12 @@ class ClusterFront:
         return {i: v for i, v in zip(ids, values, strict=True) if isinstance(v, str)}
 
     async def _refresh_view(self) -> None:
+        """One at a time: one that read older registrations, and compiled them for longer,
+        must not end after a newer one (a `load`'s) and put its older view back."""
+        async with self._refreshing:
+            await self._refresh_view_now()
+
+    async def _refresh_view_now(self) -> None:
         workers = await self._live_registrations()
         if not workers and self._actors and self._in_reconnect_grace():
             # A Redis that restarted empty has lost the workers' registrations until their
@@ -534,8 +540,9 @@ class ClusterFront:
         known = self._registrations.get(worker_id)
         if known is not None and known[0] == value:
             return known[1]
-        served = await asyncio.to_thread(self._usable, worker_id, value)
-        self._registrations[worker_id] = (value, served)
+        served = await off_loop(self._usable, worker_id, value)
+        if served is not None:  # one that failed is tried again: it may not fail again
+            self._registrations[worker_id] = (value, served)
         return served
 
     def _usable(self, worker_id: str,

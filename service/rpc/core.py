@@ -14,6 +14,7 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -50,6 +51,9 @@ UNCOUNTED_METHODS = frozenset({"cancel"})
 PIECE_VALUES = 1024
 CHARS_PER_VALUE = 256
 BUSY_RETRY_MS = 100  # a connection at its in-flight cap: its own calls free slots, soon
+# Threads that write (and read) large JSON off the event loop: their own, not the loop's
+# default executor, where dependency builds and loads can take every thread for minutes.
+WRITERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="writer")
 # "integer" stays int only: jsonschema also takes 1.0, and the fast check may only be stricter.
 _JSON_TYPES = MappingProxyType({
     "string": (str,), "number": (int, float), "integer": (int,), "object": (dict,),
@@ -330,7 +334,12 @@ class Encoded:
     async def off_loop(cls, value: Any) -> Encoded:
         """``Encoded(value)``, written in a thread and in pieces (encode_in_pieces), while the
         event loop runs on."""
-        return cls(value, await asyncio.to_thread(encode_in_pieces, value))
+        return cls(value, await off_loop(encode_in_pieces, value))
+
+
+async def off_loop(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` in a thread of WRITERS."""
+    return await asyncio.get_running_loop().run_in_executor(WRITERS, function, *args)
 
 
 class _HoldsEncoded(Exception):
@@ -376,12 +385,15 @@ def _encode_spliced(message: Any) -> str:
 
 def encode_in_pieces(value: Any) -> str:
     """``encode(value)``, byte for byte, written a piece at a time: no call of the C encoder
-    writes more than PIECE_VALUES values (see _weight). Each call holds the GIL until it
+    writes more than PIECE_VALUES values (see weight). Each call holds the GIL until it
     returns: in a thread, a large value written in one call kept the event loop waiting as
     long (a descriptor with 16 MB of schemas: ~1 s); in pieces, the loop gets its turn
     between any two."""
     parts: list[str] = []
-    _write_pieces(value, parts)
+    try:
+        _write_pieces(value, parts)
+    except RecursionError:  # a piece takes more frames than encode's level: its own error
+        return encode(value)
     return "".join(parts)
 
 
@@ -391,7 +403,7 @@ def _write_pieces(value: Any, parts: list[str]) -> None:
     elif isinstance(value, dict):
         parts.append("{")
         _Runs(parts, lambda items: encode(dict(items))[1:-1]).write(
-            (item, item[1], _weight(item[0], PIECE_VALUES)) for item in value.items())
+            (item, item[1], weight(item[0], PIECE_VALUES)) for item in value.items())
         parts.append("}")
     elif isinstance(value, list | tuple):
         parts.append("[")
@@ -401,7 +413,7 @@ def _write_pieces(value: Any, parts: list[str]) -> None:
         parts.append(encode(value))
 
 
-def _weight(value: Any, most: int) -> int:
+def weight(value: Any, most: int) -> int:
     """How many values ``value`` holds, itself included, counted up to ``most``; a string
     weighs one more for every CHARS_PER_VALUE characters."""
     if isinstance(value, str):
@@ -414,9 +426,9 @@ def _weight(value: Any, most: int) -> int:
         return 1
     total = 1
     for item in items:
-        total += _weight(item, most - total)
         if total >= most:
             break
+        total += weight(item, most - total)
     return total
 
 
@@ -436,17 +448,17 @@ class _Runs:
         """``items``: (item, its value, what else it weighs); a dict's item is its (key,
         value), and its key weighs too."""
         for item, value, extra in items:
-            weight = extra + _weight(value, PIECE_VALUES)
-            if self.weight + weight > PIECE_VALUES:
+            heavy = extra + weight(value, PIECE_VALUES)
+            if self.weight + heavy > PIECE_VALUES:
                 self._flush()
-            if weight >= PIECE_VALUES and isinstance(value, dict | list | tuple):
+            if heavy >= PIECE_VALUES and isinstance(value, dict | list | tuple):
                 self._comma()
                 if item is not value:  # its key, as the encoder writes it
                     self.parts.append(encode({item[0]: 0})[1:-2])
                 _write_pieces(value, self.parts)
             else:
                 self.run.append(item)
-                self.weight += weight
+                self.weight += heavy
         self._flush()
 
     def _comma(self) -> None:

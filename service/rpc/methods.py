@@ -15,7 +15,6 @@ from service.errors import Cancelled, PathNotAllowed, RpcError, SandboxUnavailab
 from service.log import FIELDS_ATTR, RateLimit, fields, log_fast
 from service.metrics import Metrics
 from service.rpc.core import (
-    CHARS_PER_VALUE,
     PIECE_VALUES,
     Call,
     Dispatcher,
@@ -23,6 +22,8 @@ from service.rpc.core import (
     Handler,
     encode,
     encode_in_pieces,
+    off_loop,
+    weight,
 )
 from service.rpc.openrpc import load_openrpc, params_schema, result_schema
 
@@ -35,10 +36,10 @@ UNKNOWN_ACTOR = "_unknown"  # metrics label for ids no actor has: keeps label ca
 SHUTTING_DOWN = "shutting down"
 # Outcomes a flood of callers causes at will: logged at most once per interval per actor.
 RATE_LIMITED_OUTCOMES = frozenset({"busy", "shutting_down"})
-# An output value is written once for its notification and its response (see _large) from
-# this many values in a container, or characters in a string.
+# An output value is written once for its notification and its response (rather than three
+# times: splicing costs a few µs) from this many values (rpc.core.weight): past PIECE_VALUES,
+# in a thread and in pieces.
 MANY_VALUES = 64
-LONG_STRING = 1024
 LARGE_DESCRIPTOR = 64 << 10  # characters: a descriptor this long is kept written
 REFUSAL_LOG_INTERVAL_S = 10.0  # -32009 data.reason while the server drains
 
@@ -223,7 +224,7 @@ class WrittenDescriptors:
         new = [actor for actor in actors
                if (known[actor.id] or (None,))[0] is not _source(actor)]
         if new:
-            written = await asyncio.to_thread(
+            written = await off_loop(
                 lambda: [Encoded(d, encode_in_pieces(d)) for d in (a.descriptor() for a in new)])
             for actor, descriptor in zip(new, written, strict=True):
                 known[actor.id] = self._written[actor.id] = (_source(actor), descriptor)
@@ -266,29 +267,16 @@ def _emitter(call: Call, encoded: dict[int, Encoded] | None) -> Emit:
     async def emit(kind: str, params: dict[str, Any]) -> None:
         data = params.get("data")
         if encoded is not None and kind == "output" and type(data) in (str, list, dict) \
-                and _large(data):
+                and weight(data, MANY_VALUES) >= MANY_VALUES:
             # one JSON cannot hold: the notification says why, as for a small one
             with contextlib.suppress(RecursionError, ValueError, TypeError):
                 if (written := encoded.get(id(data))) is None:
                     written = encoded[id(data)] = await Encoded.off_loop(data) \
-                        if _large(data, PIECE_VALUES, PIECE_VALUES * CHARS_PER_VALUE) \
-                        else Encoded(data)
+                        if weight(data, PIECE_VALUES) >= PIECE_VALUES else Encoded(data)
                 params = {**params, "data": written}
         await call.notify(kind, {"request_id": call.id, **params})
 
     return emit
-
-
-def _large(value: Any, values: int = MANY_VALUES, chars: int = LONG_STRING) -> bool:
-    """Worth writing once (rather than three times, as small ones are: splicing costs a few
-    µs): a long string, or many values, in the value or one level down (with ``values`` and
-    ``chars`` of a piece of encode_in_pieces: worth writing in a thread, in pieces)."""
-    if type(value) is str:
-        return len(value) >= chars
-    items = value.values() if type(value) is dict else value
-    return len(value) >= values or any(
-        (type(item) in (list, dict) and len(item) >= values)
-        or (type(item) is str and len(item) >= chars) for item in items)
 
 
 def _with_encoded(result: dict[str, Any], encoded: dict[int, Encoded]) -> dict[str, Any]:

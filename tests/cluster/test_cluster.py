@@ -496,6 +496,80 @@ async def test_a_registration_is_read_once_per_text_off_the_event_loop(
     assert len(threads) == 2 and threading.main_thread().name not in threads
 
 
+def _registration(description: str, inports: dict[str, Any] | None = None) -> str:
+    descriptor = {"id": "a", "language": "python", "description": description,
+                  "inports": inports or {}, "outports": {}, "limits": {"timeout_s": 10}}
+    return json.dumps({"worker_id": "w", "actors": {"a": {
+        "descriptor": descriptor, "max_workers": 1, "max_queue": 0}}})
+
+
+class _NoRedisPipeline:
+    def __init__(self) -> None:
+        self.lengths = 0
+
+    def xlen(self, key: str) -> None:
+        self.lengths += 1
+
+    async def execute(self) -> list[int]:
+        return [0] * self.lengths
+
+
+def _front_on(registrations: dict[str, str]) -> Any:
+    """A front whose view comes from ``registrations`` (worker id -> text), not Redis."""
+    from service.cluster.front import ClusterFront
+    from service.settings import ClusterSettings, Settings
+
+    front = ClusterFront(Settings(cluster=ClusterSettings(redis_url="redis://127.0.0.1:1/0")))
+    front.redis.pipeline = lambda transaction=False: _NoRedisPipeline()
+
+    async def live() -> dict[str, str]:
+        return dict(registrations)
+
+    front._live_registrations = live
+    return front
+
+
+async def test_an_older_view_never_replaces_a_newer_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refresh that read the registrations before a `load`, and compiles them for longer,
+    used to end after the `load`'s own refresh and put the older actors back."""
+    old, new = _registration("old"), _registration("new")
+    registrations = {"w": old}
+    front = _front_on(registrations)
+    usable = front._usable
+
+    def slow_for_the_old(worker_id: str, value: str) -> Any:
+        time.sleep(0.3 if value == old else 0.01)
+        return usable(worker_id, value)
+
+    monkeypatch.setattr(front, "_usable", slow_for_the_old)
+    heartbeat = asyncio.create_task(front._refresh_view())
+    await asyncio.sleep(0.05)
+    registrations["w"] = new  # the worker loaded something
+    await front._refresh_view()  # the load's
+    await heartbeat
+    assert front._actors["a"].descriptor()["description"] == "new"
+
+
+async def test_a_registration_that_failed_is_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only what was read is kept: a failure (memory, say) may not happen again."""
+    from service.cluster import front as front_module
+
+    text = _registration("", {"in": {"schema": {"type": "integer"}}})
+    front = _front_on({"w": text})
+    port = front_module._port
+    failures = iter([MemoryError()])
+
+    def failing_once(*args: Any) -> Any:
+        if (failure := next(failures, None)) is not None:
+            raise failure
+        return port(*args)
+
+    monkeypatch.setattr(front_module, "_port", failing_once)
+    assert await front._served("w", text) is None
+    served = await front._served("w", text)
+    assert served is not None and served["a"][0].id == "a"
+
+
 def make_tls_files(folder: Path) -> tuple[Path, Path, Path]:
     """A throwaway CA and a server certificate for 127.0.0.1: (ca, cert, key)."""
     def openssl(*args: str) -> None:

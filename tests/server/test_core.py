@@ -310,7 +310,7 @@ JSON_VALUES = st.recursive(
 def _written_or_refused(encoder: Any, value: Any) -> Any:
     try:
         return encoder(value)
-    except (TypeError, ValueError) as exc:  # NaN, say: refused alike
+    except (TypeError, ValueError, RecursionError) as exc:  # NaN, say: refused alike
         return type(exc)
 
 
@@ -321,6 +321,20 @@ def test_a_value_written_in_pieces_is_the_text_encode_writes(value: Any) -> None
     with mock.patch.multiple(core, PIECE_VALUES=3, CHARS_PER_VALUE=4):
         assert _written_or_refused(core.encode_in_pieces, value) \
             == _written_or_refused(encode, value)
+
+
+def test_a_value_in_pieces_fails_as_encode_fails() -> None:
+    """A cycle, or nesting that a piece's frames run out on: encode's own answer."""
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    deep: Any = list(range(5000))  # heavy: written in pieces, level by level
+    for _ in range(900):
+        deep = [deep]
+    for value in (cycle, deep):
+        assert _written_or_refused(core.encode_in_pieces, value) \
+            == _written_or_refused(encode, value)
+    with pytest.raises(ValueError, match="Circular reference detected"):
+        core.encode_in_pieces(cycle)
 
 
 def test_no_call_of_the_encoder_writes_more_than_a_piece(monkeypatch: pytest.MonkeyPatch) -> None:
