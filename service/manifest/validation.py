@@ -5,8 +5,9 @@ Two engines compile the same (bundled, self-contained) schema once, at load:
 - jsonschema-rs gives the verdict. It is fast (a number in well under a
   microsecond, a 50-item order in microseconds) and bounded: ``pattern`` runs on
   its linear-time engine (a schema with a lookaround or a backreference has no
-  verdict here: jsonschema decides, in a thread), ``uniqueItems`` hashes, and
-  ``multipleOf`` is :func:`multiple_of`, called from Rust.
+  verdict here: jsonschema decides, in a thread), and ``uniqueItems`` and
+  ``multipleOf`` are the server's (verdicts.all_distinct, :func:`multiple_of`),
+  called from Rust.
 - jsonschema, the reference implementation, writes the error messages and paths
   (docs/protocol.md) for a value the first one refused, and has the last word:
   a value it accepts is accepted. Its costly keywords are replaced by bounded
@@ -59,7 +60,7 @@ from service.manifest.schemawalk import (
     specification_of,
     unevaluated_depth,
 )
-from service.manifest.verdicts import RUST_CLASSES, multiple_of, rust_validator
+from service.manifest.verdicts import RUST_CLASSES, all_distinct, multiple_of, rust_validator
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,11 @@ UNEVALUATED_BASE_STEPS = 300  # the schema's own work at each evaluation
 # costs (a oneOf of 40 event types, each with its own parts; no schema of the JSON Schema
 # Test Suite counts more than 11, the 2020-12 metaschema 8). Past it, each one counts.
 FREE_EVALUATIONS = 32
+# Tried on every object, each entry: they cost the verdict as many steps per byte
+DEPENDENCY_KEYWORDS = ("dependentRequired", "dependentSchemas", "dependencies")
+# uniqueItems's steps per byte (verdicts._RustUniqueItems: Python objects made of the array,
+# then hashed): a value past ~30 KB is judged in the verdict process
+UNIQUE_ITEMS_STEPS = 32
 # see _Formats; jsonschema-rs's `regex` takes any \p{...} name, ECMA-262 refuses unknown ones
 LAX_RUST_FORMATS = frozenset({"idn-hostname", "idn-email", "regex"})
 # The formats each dialect defines: only those are asserted (jsonschema-rs asserts `date` in
@@ -165,18 +171,27 @@ class SchemaValidator:
         # were left to jsonschema alone, which ran out of time on values of megabytes)
         self._fast = None if any(map(ecma.asserts_word_boundaries, found)) \
             else rust_validator(schema, spec.name, format_assertion)
+        # keywords jsonschema-rs calls back in Python (multipleOf, uniqueItems, formats)
         self._calls_python = self._fast is not None and any(
-            "multipleOf" in node.contents
+            "multipleOf" in node.contents or node.contents.get("uniqueItems") is True
             or (format_assertion and _lax_format(node.contents.get("format"), dialect))
             for node in reached)
         # Every pattern may read each character once: patternProperties tries each key
         # against all of its patterns (1,000 of them, a 539 KB object: 6 s, GIL held).
         # jsonschema-rs compares a value with every entry of an enum that holds an array or
         # an object (50,001 entries, 20,000 items: 9 s, GIL held).
+        # So does it try every entry of dependentRequired, dependencies and dependentSchemas
+        # on every object (300 entries, 330,000 empty objects: 0.5 s). uniqueItems, called
+        # back in Python, gets the array written out as Python objects, in one call that holds
+        # the GIL: UNIQUE_ITEMS_STEPS per byte sends a large one to the verdict process.
         self._steps_per_byte = sum(map(ecma.cost, found)) + sum(
             len(entries) for node in reached
             if isinstance(entries := node.contents.get("enum"), list)
-            and any(isinstance(entry, list | dict) for entry in entries))
+            and any(isinstance(entry, list | dict) for entry in entries)) + sum(
+            len(entries) for node in reached for keyword in DEPENDENCY_KEYWORDS
+            if isinstance(entries := node.contents.get(keyword), dict)) + (
+            UNIQUE_ITEMS_STEPS if any(node.contents.get("uniqueItems") is True
+                                      for node in reached) else 0)
         # Past FREE_EVALUATIONS subschemas, each may evaluate every location once (an allOf
         # of 1,000 contains, each over every item of a 100,000-item array: 2 s, GIL held)
         self._breadth = len(reached) if len(reached) > FREE_EVALUATIONS else 1
@@ -738,7 +753,7 @@ class _QuotedDict(dict):
 
 def _unique_items(validator: Any, unique: bool, instance: Any,
                   schema: Any) -> Iterator[ValidationError]:
-    if unique and validator.is_type(instance, "array") and not _all_distinct(instance):
+    if unique and validator.is_type(instance, "array") and not all_distinct(instance):
         yield ValidationError(f"{instance!r} has non-unique elements")
 
 
@@ -746,32 +761,6 @@ def _short_repr(value: Any, most: int = 200) -> str:
     """repr(value), cut to about ``most`` characters (a 50 KB array makes no message)."""
     text = repr(value)
     return text if len(text) <= most else f"{text[:most]}...{text[-1]}"
-
-
-def _all_distinct(items: list[Any]) -> bool:
-    """No two items are equal as JSON values (1 == 1.0, true != 1), in linear time."""
-    seen: set[Any] = set()
-    for item in items:
-        key = _json_key(item)
-        if key in seen:
-            return False
-        seen.add(key)
-    return True
-
-
-def _json_key(value: Any) -> Any:
-    """A hashable key equal for two values exactly when JSON Schema calls them equal."""
-    if isinstance(value, bool) or value is None:
-        return ("literal", value)
-    if isinstance(value, int | float):
-        return ("number", value)
-    if isinstance(value, str):
-        return ("string", value)
-    if isinstance(value, list):
-        return ("array", tuple(_json_key(v) for v in value))
-    if isinstance(value, dict):
-        return ("object", frozenset((k, _json_key(v)) for k, v in value.items()))
-    return ("other", id(value))
 
 
 # --- regular expressions ---

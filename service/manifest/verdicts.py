@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import IO, Any
 
 import jsonschema_rs
@@ -73,7 +74,7 @@ def rust_validator(schema: Any, dialect: str, format_assertion: bool) -> Any:
         return cls(schema, validate_formats=format_assertion, formats=formats,
                    retriever=_refuse_retrieval,
                    pattern_options=jsonschema_rs.RegexOptions(),
-                   keywords={"multipleOf": _RustMultipleOf})
+                   keywords={"multipleOf": _RustMultipleOf, "uniqueItems": _RustUniqueItems})
     except Exception as exc:  # e.g. such a pattern: jsonschema decides, in a thread
         log.debug("jsonschema-rs cannot compile a schema (%s); jsonschema alone validates", exc)
         return None
@@ -94,6 +95,50 @@ class _RustMultipleOf:
     def validate(self, instance: Any) -> None:
         if type(instance) in (int, float) and not multiple_of(instance, self.divisor):
             raise ValueError(f"{instance!r} is not a multiple of {self.divisor}")
+
+
+class _RustUniqueItems:
+    """``uniqueItems`` for jsonschema-rs: :func:`all_distinct`, in linear time. Its own
+    compared every pair of arrays that hash alike, and ``[]``, ``[[]]``, ``[[], []]``...
+    do: 16,384 arrays of empty arrays (0.95 MB) took 29 s, the GIL held."""
+
+    def __init__(self, parent_schema: Any, unique: Any, schema_path: Any) -> None:
+        self.unique = unique is True
+
+    def validate(self, instance: Any) -> None:
+        if self.unique and type(instance) is list and not all_distinct(instance):
+            raise ValueError("has non-unique elements")
+
+
+def all_distinct(items: Sequence[Any]) -> bool:
+    """No two items are equal as JSON values (1 == 1.0, true != 1), in linear time."""
+    try:
+        if len(set(items)) == len(items):
+            return True  # distinct in Python (where true == 1), so in JSON
+    except TypeError:  # a list or an object among them: by their keys
+        pass
+    seen: set[Any] = set()
+    for item in items:
+        key = _json_key(item)
+        if key in seen:
+            return False
+        seen.add(key)
+    return True
+
+
+def _json_key(value: Any) -> Any:
+    """A hashable key equal for two values exactly when JSON Schema calls them equal."""
+    if isinstance(value, bool) or value is None:
+        return ("literal", value)
+    if isinstance(value, int | float):
+        return ("number", value)
+    if isinstance(value, str):
+        return ("string", value)
+    if isinstance(value, list):
+        return ("array", tuple(_json_key(v) for v in value))
+    if isinstance(value, dict):
+        return ("object", frozenset((k, _json_key(v)) for k, v in value.items()))
+    return ("other", id(value))
 
 
 def multiple_of(instance: int | float, divisor: int | float) -> bool:
