@@ -100,7 +100,7 @@ class _RustMultipleOf:
 class _RustUniqueItems:
     """``uniqueItems`` for jsonschema-rs: :func:`all_distinct`, in linear time. Its own
     compared every pair of arrays that hash alike, and ``[]``, ``[[]]``, ``[[], []]``...
-    do: 16,384 arrays of empty arrays (0.95 MB) took 29 s, the GIL held."""
+    do: 16,384 arrays of such arrays (0.95 MB) took 29 s, the GIL held."""
 
     def __init__(self, parent_schema: Any, unique: Any, schema_path: Any) -> None:
         self.unique = unique is True
