@@ -36,11 +36,12 @@ from __future__ import annotations
 import gc
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 
+CHARS_PER_VALUE = 256  # weight: a string weighs one more value for every so many characters
 GC_PAUSE_CHARS = 64 << 10  # a text this long is decoded with the collector paused
 # More opening brackets than this cannot nest deeper than json's recursion allows.
 MAX_FAST_BRACKETS = 512
@@ -117,3 +118,22 @@ def dumps_ascii(value: Any) -> bytes | None:
     if b"null" in text or not text.isascii():
         return None
     return text
+
+
+def weight(value: Any, most: int) -> int:
+    """How many values ``value`` holds, itself included, counted up to ``most``; a string
+    weighs one more for every CHARS_PER_VALUE characters."""
+    if isinstance(value, str):
+        return 1 + len(value) // CHARS_PER_VALUE
+    if isinstance(value, dict):
+        items: Iterable[Any] = (part for item in value.items() for part in item)
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        return 1
+    total = 1
+    for item in items:
+        if total >= most:
+            break
+        total += weight(item, most - total)
+    return total

@@ -32,6 +32,8 @@ from service.errors import (
     ParseError,
     RpcError,
 )
+from service.eventloop import heavy_turn
+from service.jsonfast import weight
 from service.manifest.model import schema_errors
 from service.manifest.validation import quoting_class
 from service.settings import ConnectionSettings
@@ -46,10 +48,9 @@ _ABSENT = object()
 # Requests that never count against a connection's in-flight cap: `cancel` must get through
 # to a connection whose every slot is taken by a running call.
 UNCOUNTED_METHODS = frozenset({"cancel"})
-# encode_in_pieces: the values one call of the C encoder writes at most (a string counts
-# one more for every CHARS_PER_VALUE characters)
+# encode_in_pieces: the values one call of the C encoder writes at most (jsonfast.weight)
 PIECE_VALUES = 1024
-CHARS_PER_VALUE = 256
+HEAVY_FRAME_CHARS = 64 << 10  # a frame this long is decoded in a turn of its own (heavy_turn)
 BUSY_RETRY_MS = 100  # a connection at its in-flight cap: its own calls free slots, soon
 # Threads that write (and read) large JSON off the event loop: their own, not the loop's
 # default executor, where dependency builds and loads can take every thread for minutes.
@@ -157,6 +158,8 @@ class Dispatcher:
 
     async def handle_frame(self, frame: str | bytes, connection: Connection) -> str | None:
         """Handle one frame (a request, a notification or a batch); the response text or None."""
+        if len(frame) > HEAVY_FRAME_CHARS:
+            await heavy_turn()  # decoding it may take tens of ms: one such a turn
         try:
             text = frame.decode("utf-8") if isinstance(frame, bytes) else frame
             # jsonfast: orjson where it agrees with the strict reference. 1e400 would become
@@ -179,12 +182,17 @@ class Dispatcher:
                 f"got {len(batch)}")))
         # The elements run concurrently, as separate requests would; each answer is encoded
         # (and charged to the frame's budget) as soon as it is ready, so results do not pile up.
-        answers = await asyncio.gather(*(self._answer(m, connection, budget) for m in batch))
+        # Each starts in a turn of the loop of its own (heavy_turn): a hundred that each fail
+        # validation with fifty errors, on a few connections at once, ran back to back.
+        answers = await asyncio.gather(*(self._answer(m, connection, budget, turn=True)
+                                         for m in batch))
         parts = [a for a in answers if a is not None]
         return f"[{','.join(parts)}]" if parts else None
 
     async def _answer(self, message: Any, connection: Connection,
-                      budget: _ResponseBudget) -> str | None:
+                      budget: _ResponseBudget, turn: bool = False) -> str | None:
+        if turn:
+            await heavy_turn()
         response = await self.handle_message(message, connection)
         return None if response is None else budget.charge(response)
 
@@ -411,25 +419,6 @@ def _write_pieces(value: Any, parts: list[str]) -> None:
         parts.append("]")
     else:
         parts.append(encode(value))
-
-
-def weight(value: Any, most: int) -> int:
-    """How many values ``value`` holds, itself included, counted up to ``most``; a string
-    weighs one more for every CHARS_PER_VALUE characters."""
-    if isinstance(value, str):
-        return 1 + len(value) // CHARS_PER_VALUE
-    if isinstance(value, dict):
-        items: Iterable[Any] = (part for item in value.items() for part in item)
-    elif isinstance(value, list | tuple):
-        items = value
-    else:
-        return 1
-    total = 1
-    for item in items:
-        if total >= most:
-            break
-        total += weight(item, most - total)
-    return total
 
 
 class _Runs:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from service.errors import Cancelled, PathNotAllowed, RpcError, SandboxUnavailable
+from service.jsonfast import weight
 from service.log import FIELDS_ATTR, RateLimit, fields, log_fast
 from service.metrics import Metrics
 from service.rpc.core import (
@@ -23,7 +24,6 @@ from service.rpc.core import (
     encode,
     encode_in_pieces,
     off_loop,
-    weight,
 )
 from service.rpc.openrpc import load_openrpc, params_schema, result_schema
 

@@ -65,7 +65,7 @@ from service.sandbox.base import (
     OutputBudget,
     OutputEvent,
     StateRequests,
-    call_line,
+    call_line_in_turn,
     decode_line,
     dependency_mount,
     encode_line,
@@ -889,7 +889,7 @@ class MicroVMWorker:
         """The call's outcome, and whether the script left work running after it."""
         self._fence, self._fences_seen = secrets.token_hex(16), 0
         self._state_requests = StateRequests(request, self._state_limits)
-        await self._guest.send(call_line(request, self._fence))
+        await self._guest.send(await call_line_in_turn(request, self._fence))
         budget = OutputBudget(self.actor.limits.output_bytes, self._max_notifications,
                               hold_limit=self.actor.limits.memory_mb * MIB)
         reply = await self._read_reply(budget, on_event)

@@ -74,7 +74,7 @@ from service.sandbox.base import (
     OutputBudget,
     OutputEvent,
     StateRequests,
-    call_line,
+    call_line_in_turn,
     decode_line,
     dependency_mount,
     encode_line,
@@ -1166,7 +1166,8 @@ class ProcessWorker:
         self._state_requests = StateRequests(request, self._state_limits)  # answered while it runs
         # Up to max_message_bytes: what the pipe does not take waits in the transport, and
         # past BUFFER_BYTES the pipes out are not read until the harness has read it (_flow).
-        self._to_harness.write(call_line(request, ""))  # no fences: see _forward_raw_output
+        # no fences: see _forward_raw_output
+        self._to_harness.write(await call_line_in_turn(request, ""))
         budget = OutputBudget(self.actor.limits.output_bytes, self._max_notifications,
                               hold_limit=self.actor.limits.memory_mb * MIB)
         self._budget = budget  # lines are held to it as they are read (_line_item, _stream_line)

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from service import jsonfast
 from service.errors import ActorNotFound
 from service.rpc import core
 from service.rpc.core import Call, Connection, Dispatcher, Encoded, encode, plain
@@ -318,7 +319,8 @@ def _written_or_refused(encoder: Any, value: Any) -> Any:
 def test_a_value_written_in_pieces_is_the_text_encode_writes(value: Any) -> None:
     """Byte for byte, refusals included (NaN), with keys of every type JSON turns into text,
     in pieces of 3 values (a string: one more per 4 characters) so that every path is taken."""
-    with mock.patch.multiple(core, PIECE_VALUES=3, CHARS_PER_VALUE=4):
+    with mock.patch.object(core, "PIECE_VALUES", 3), \
+            mock.patch.object(jsonfast, "CHARS_PER_VALUE", 4):
         assert _written_or_refused(core.encode_in_pieces, value) \
             == _written_or_refused(encode, value)
 
@@ -358,6 +360,29 @@ def test_no_call_of_the_encoder_writes_more_than_a_piece(monkeypatch: pytest.Mon
               "long": ["x" * 100_000] * 8}
     assert core.encode_in_pieces(schema) == encode(schema)
     assert max(sizes) <= core.PIECE_VALUES + 1  # a run's values, and the list that holds them
+
+
+async def test_large_frames_and_batch_elements_take_turns_of_their_own(
+        dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each waits for a turn of the loop with no other heavy step in it (eventloop.heavy_turn):
+    many that were ready at once ran back to back, /healthz waiting seconds."""
+    turns: list[str] = []
+
+    async def turn() -> None:
+        turns.append("turn")
+
+    monkeypatch.setattr(core, "heavy_turn", turn)
+    small = '{"jsonrpc":"2.0","method":"subtract","params":[42,23],"id":1}'
+    assert (await _send(dispatcher, small))["result"] == 19 and turns == []
+    padded = small[:-1] + ',"pad":"' + "x" * core.HEAVY_FRAME_CHARS + '"}'
+    await dispatcher.handle_frame(padded, Connection(_discard_text))
+    assert turns == ["turn"]
+    answers = await _send(dispatcher, "[" + ",".join([small] * 5) + "]")
+    assert [a["result"] for a in answers] == [19] * 5 and len(turns) == 6
+
+
+async def _discard_text(text: str) -> None:
+    return None
 
 
 async def test_omitted_params_are_an_empty_object(dispatcher: Dispatcher) -> None:
