@@ -20,6 +20,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 
@@ -59,6 +60,9 @@ class BusyPollSelector(selectors.DefaultSelector):
         return ready
 
 
+# Set in a task serving a frame heavy enough to decode in a turn of its own: what it does
+# with that frame's values later (write them to a sandbox) is heavy too (heavy_turn).
+HEAVY_FRAME: ContextVar[bool] = ContextVar("heavy_frame", default=False)
 # the selector of each loop loop_factory made
 _SELECTORS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BusyPollSelector] = \
     weakref.WeakKeyDictionary()

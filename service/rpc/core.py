@@ -32,7 +32,7 @@ from service.errors import (
     ParseError,
     RpcError,
 )
-from service.eventloop import heavy_turn
+from service.eventloop import HEAVY_FRAME, heavy_turn
 from service.jsonfast import weight
 from service.manifest.model import schema_errors
 from service.manifest.validation import quoting_class
@@ -160,6 +160,7 @@ class Dispatcher:
         """Handle one frame (a request, a notification or a batch); the response text or None."""
         if len(frame) > HEAVY_FRAME_CHARS:
             await heavy_turn()  # decoding it may take tens of ms: one such a turn
+            HEAVY_FRAME.set(True)  # this task's: the frame's calls, and its batch's
         try:
             text = frame.decode("utf-8") if isinstance(frame, bytes) else frame
             # jsonfast: orjson where it agrees with the strict reference. 1e400 would become

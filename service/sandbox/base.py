@@ -72,7 +72,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from service import jsonfast
 from service.errors import ActorFailed, ResourceLimitExceeded, SandboxUnavailable
-from service.eventloop import heavy_turn
+from service.eventloop import HEAVY_FRAME, heavy_turn
 from service.manifest.model import ActorDef
 from service.settings import StateSettings
 
@@ -169,11 +169,10 @@ def decode_line(line: bytes | str) -> Any:
 
 
 async def call_line_in_turn(request: CallRequest, fence: str) -> bytes:
-    """call_line; in a turn of the loop of its own (heavy_turn) when the request holds
-    HEAVY_VALUES or more: many large calls that were ready together wrote theirs back to
-    back (forty of 1 MiB: 1.5 s)."""
-    if jsonfast.weight([request.payload, request.config, request.state],
-                       HEAVY_VALUES) >= HEAVY_VALUES:
+    """call_line; in a turn of the loop of its own (heavy_turn) for a call that came in a
+    heavy frame (HEAVY_FRAME): many large calls that were ready together wrote theirs back
+    to back (forty of 1 MiB: 1.5 s)."""
+    if HEAVY_FRAME.get():
         await heavy_turn()
     return call_line(request, fence)
 
@@ -188,7 +187,6 @@ def call_line(request: CallRequest, fence: str) -> bytes:
     return encode_line(message)
 
 
-HEAVY_VALUES = 1024  # call_line_in_turn
 STATE_ID_MAX = 1 << 53  # ids count up from 1 per worker (both harnesses): a safe JS integer
 # What a state message of a harness holds besides its key and value(s): {"type":"state",
 # "id":N,"op":"increment","key":"","amount":} and the like. The session charges the key

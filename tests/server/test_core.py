@@ -14,8 +14,11 @@ from hypothesis import strategies as st
 
 from service import jsonfast
 from service.errors import ActorNotFound
+from service.eventloop import HEAVY_FRAME
 from service.rpc import core
 from service.rpc.core import Call, Connection, Dispatcher, Encoded, encode, plain
+from service.sandbox import base
+from service.sandbox.base import CallRequest
 
 
 def _schema(*names: str, required: int | None = None, types: str = "number") -> dict[str, Any]:
@@ -375,10 +378,16 @@ async def test_large_frames_and_batch_elements_take_turns_of_their_own(
     small = '{"jsonrpc":"2.0","method":"subtract","params":[42,23],"id":1}'
     assert (await _send(dispatcher, small))["result"] == 19 and turns == []
     padded = small[:-1] + ',"pad":"' + "x" * core.HEAVY_FRAME_CHARS + '"}'
+    assert not HEAVY_FRAME.get()
     await dispatcher.handle_frame(padded, Connection(_discard_text))
     assert turns == ["turn"]
+    assert HEAVY_FRAME.get()  # its call's line is written in a turn of its own too
+    monkeypatch.setattr(base, "heavy_turn", turn)
+    request = CallRequest("a", {"x": 1}, {}, {}, 0)
+    assert await base.call_line_in_turn(request, "") == base.call_line(request, "")
+    assert len(turns) == 2
     answers = await _send(dispatcher, "[" + ",".join([small] * 5) + "]")
-    assert [a["result"] for a in answers] == [19] * 5 and len(turns) == 6
+    assert [a["result"] for a in answers] == [19] * 5 and len(turns) == 7
 
 
 async def _discard_text(text: str) -> None:
