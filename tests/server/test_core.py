@@ -388,6 +388,10 @@ async def test_large_frames_and_batch_elements_take_turns_of_their_own(
     assert len(turns) == 2
     answers = await _send(dispatcher, "[" + ",".join([small] * 5) + "]")
     assert [a["result"] for a in answers] == [19] * 5 and len(turns) == 7
+    # short, but with more brackets than orjson reads: the slower decoder's
+    bracketed = small[:-1] + ',"pad":[' + ",".join(["[]"] * jsonfast.MAX_FAST_BRACKETS) + "]}"
+    await dispatcher.handle_frame(bracketed, Connection(_discard_text))
+    assert len(bracketed) < core.HEAVY_FRAME_CHARS and len(turns) == 8
 
 
 async def _discard_text(text: str) -> None:

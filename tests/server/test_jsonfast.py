@@ -212,3 +212,13 @@ def test_a_long_text_is_decoded_with_no_collection(text: str) -> None:
     finally:
         gc.callbacks.remove(count)
     assert collections == [] and gc.isenabled()
+
+
+def test_weight_counts_values_long_strings_and_big_integers() -> None:
+    """What writing a value costs, roughly, counted no further than asked."""
+    assert jsonfast.weight([1, True, None, 2.5, "ab"], 100) == 6
+    assert jsonfast.weight({"k": [1, 2]}, 100) == 5  # the object, its key, the list, 2 items
+    assert jsonfast.weight("x" * 1024, 100) == 1 + 1024 // jsonfast.CHARS_PER_VALUE
+    big = int("7" * 4000)  # ~0.2 ms to write out: as much as ~200 small values
+    assert jsonfast.weight(big, 10**6) == 1 + big.bit_length() // jsonfast.BITS_PER_VALUE
+    assert jsonfast.weight([[0] * 10_000] * 10_000, 50) == 50  # stops at its bound
