@@ -431,8 +431,7 @@ class _Formats(FormatChecker):
         if format not in self._defined or not isinstance(instance, str):
             return  # an annotation in this dialect; every format is one of strings
         if format == "regex":
-            if isinstance(instance, str) and (
-                    len(instance) > MAX_FORMAT_REGEX_CHARS
+            if (len(instance) > MAX_FORMAT_REGEX_CHARS
                     or instance.count("\\p") + instance.count("\\P")
                     > MAX_FORMAT_REGEX_PROPERTIES):
                 raise FormatError(f"{_short_repr(instance)} is too large a 'regex' to check: "

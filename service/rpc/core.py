@@ -310,6 +310,8 @@ def _heavy(frame: str | bytes) -> bool:
     lists, decoded back to back, held the loop for 0.5-1.2 s."""
     if len(frame) > HEAVY_FRAME_CHARS:
         return True
+    if len(frame) <= jsonfast.MAX_FAST_BRACKETS:  # the common case: too short to count
+        return False
     if isinstance(frame, str):
         return frame.count("[") + frame.count("{") > jsonfast.MAX_FAST_BRACKETS
     return frame.count(b"[") + frame.count(b"{") > jsonfast.MAX_FAST_BRACKETS

@@ -37,7 +37,7 @@ SHUTTING_DOWN = "shutting down"
 # Outcomes a flood of callers causes at will: logged at most once per interval per actor.
 RATE_LIMITED_OUTCOMES = frozenset({"busy", "shutting_down"})
 # An output value is written once for its notification and its response (rather than three
-# times: splicing costs a few µs) from this many values (rpc.core.weight): past PIECE_VALUES,
+# times: splicing costs a few µs) from this many values (jsonfast.weight): past PIECE_VALUES,
 # in a thread and in pieces.
 MANY_VALUES = 64
 LARGE_DESCRIPTOR = 64 << 10  # characters: a descriptor this long is kept written
@@ -267,12 +267,12 @@ def _emitter(call: Call, encoded: dict[int, Encoded] | None) -> Emit:
     async def emit(kind: str, params: dict[str, Any]) -> None:
         data = params.get("data")
         if encoded is not None and kind == "output" and type(data) in (str, list, dict) \
-                and weight(data, MANY_VALUES) >= MANY_VALUES:
+                and (heavy := weight(data, PIECE_VALUES)) >= MANY_VALUES:
             # one JSON cannot hold: the notification says why, as for a small one
             with contextlib.suppress(RecursionError, ValueError, TypeError):
                 if (written := encoded.get(id(data))) is None:
                     written = encoded[id(data)] = await Encoded.off_loop(data) \
-                        if weight(data, PIECE_VALUES) >= PIECE_VALUES else Encoded(data)
+                        if heavy >= PIECE_VALUES else Encoded(data)
                 params = {**params, "data": written}
         await call.notify(kind, {"request_id": call.id, **params})
 
