@@ -41,6 +41,8 @@ from typing import Any
 
 import orjson
 
+from service.heap import HEAP, PARK_CONTAINERS
+
 CHARS_PER_VALUE = 256  # weight: a string weighs one more value for every so many characters
 BITS_PER_VALUE = 64  # weight: and an integer for every so many bits
 GC_PAUSE_CHARS = 64 << 10  # a text this long is decoded with the collector paused
@@ -61,14 +63,26 @@ def loads(text: str | bytes, reference: Callable[[Any], Any] = json.loads, *,
 
     Past GC_PAUSE_CHARS of text, with the garbage collector paused: a JSON value holds no
     reference cycle for it to find, and the collections that its many new containers set
-    off took most of the time (a frame of 1 MiB of small lists: 61 ms, 16 ms paused)."""
+    off took most of the time (a frame of 1 MiB of small lists: 61 ms, 16 ms paused). A
+    value of more than heap.PARK_CONTAINERS containers is then parked out of its reach
+    (service/heap.py): collections set off later scanned it again while its call ran."""
     if len(text) < GC_PAUSE_CHARS or not gc.isenabled():
         return _loads(text, reference, same_depth)
     gc.disable()
     try:
-        return _loads(text, reference, same_depth)
+        value = _loads(text, reference, same_depth)
+        if _opening_brackets(text) > PARK_CONTAINERS:
+            HEAP.park()
+        return value
     finally:
         gc.enable()
+
+
+def _opening_brackets(text: str | bytes) -> int:
+    """At least as many as the containers a JSON text decodes to (strings may hold some)."""
+    if isinstance(text, str):
+        return text.count("[") + text.count("{")
+    return text.count(b"[") + text.count(b"{")
 
 
 def _loads(text: str | bytes, reference: Callable[[Any], Any], same_depth: bool) -> Any:

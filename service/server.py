@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import gc
 import hmac
 import itertools
 import logging
@@ -36,6 +34,7 @@ from service.guard import (
     rate_limited_exception_handler,
     request_middleware,
 )
+from service.heap import settled
 from service.log import CONNECTION, RateLimit, fields
 from service.metrics import Metrics
 from service.rpc.core import Connection, Dispatcher
@@ -504,13 +503,13 @@ async def serve(settings: Settings, extra_actors: Sequence[Path | str] = ()) -> 
         site = GuardedSite(runner, settings.host, settings.port, app[STATE].gate)
         await site.start()
         log.info("serving JSON-RPC on ws://%s:%d/", settings.host, settings.port)
-        settle_heap()
-        await stop.wait()
-        log.info("shutting down: draining calls for up to %ss (signal again to stop now)",
-                 settings.shutdown_grace_s)
-        # The listener stays open during the drain: /healthz answers 503 so a load balancer
-        # stops routing here, and new connections and calls get a clear refusal.
-        await app[STATE].drain(settings.shutdown_grace_s, force)
+        async with settled():
+            await stop.wait()
+            log.info("shutting down: draining calls for up to %ss (signal again to stop now)",
+                     settings.shutdown_grace_s)
+            # The listener stays open during the drain: /healthz answers 503 so a load
+            # balancer stops routing here, and new connections and calls get a clear refusal.
+            await app[STATE].drain(settings.shutdown_grace_s, force)
         await site.stop()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -518,22 +517,6 @@ async def serve(settings: Settings, extra_actors: Sequence[Path | str] = ()) -> 
                 loop.remove_signal_handler(signum)
         await runner.cleanup()
         log.info("stopped")
-
-
-def settle_heap() -> None:
-    """Once started: collect the start's garbage, then freeze what is left (modules, settings,
-    compiled schemas: ~50,000 objects) out of the collector's reach, and give the heap's free
-    memory back to the system (glibc's malloc_trim; elsewhere, nothing): ~3 MB of idle RSS.
-
-    Frozen, those objects are never scanned again: a full collection, which allocations set
-    off at any time (a frame of 330,000 small lists: several), looks only at what serving
-    made. A full collection took ~10 ms with the loop waiting, and parsing that frame 101 ms
-    (33 ms frozen). What the start made and a later ``load`` replaces is freed as usual
-    unless it sits in a reference cycle: at most one copy of each actor loaded at start."""
-    gc.collect()
-    gc.freeze()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
 
 
 FORCED_EXIT_S = 5  # after a second signal, the most cleanup may take before a hard exit

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from service.cluster.front import ClusterFront
 from service.cluster.metrics import ClusterGauges, ClusterMetrics
 from service.cluster.worker import ClusterWorker
+from service.heap import settled
 from service.metrics import Metrics
 from service.runtime import Runtime, open_runtime
 from service.settings import Settings, check_exposure
@@ -100,7 +101,6 @@ async def open_node(settings: Settings, runtime: Runtime | None,
 
 async def serve_worker(settings: Settings, extra_actors: Sequence[Path | str] = ()) -> None:
     """Run a worker until SIGINT/SIGTERM; /healthz and /metrics on settings.host:port."""
-    from service.server import settle_heap
     check_exposure(settings)
     async with open_runtime(settings, extra_actors) as runtime:
         metrics = Metrics(runtime.pool_stats)
@@ -113,8 +113,8 @@ async def serve_worker(settings: Settings, extra_actors: Sequence[Path | str] = 
             try:
                 await web.TCPSite(runner, settings.host, settings.port).start()
                 log.info("worker health on http://%s:%d/healthz", settings.host, settings.port)
-                settle_heap()
-                await _until_signalled()
+                async with settled():
+                    await _until_signalled()
                 log.info("shutting down: running calls get up to %ss",
                          settings.shutdown_grace_s)
                 asyncio.get_running_loop().call_later(

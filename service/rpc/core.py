@@ -33,6 +33,7 @@ from service.errors import (
     RpcError,
 )
 from service.eventloop import HEAVY_FRAME, heavy_turn
+from service.heap import HEAP
 from service.jsonfast import weight
 from service.manifest.model import schema_errors
 from service.manifest.validation import quoting_class
@@ -161,6 +162,7 @@ class Dispatcher:
         if _heavy(frame):
             await heavy_turn()  # decoding it may take tens of ms: one such a turn
             HEAVY_FRAME.set(True)  # this task's: the frame's calls, and its batch's
+        parks = HEAP.parks
         try:
             text = frame.decode("utf-8") if isinstance(frame, bytes) else frame
             # jsonfast: orjson where it agrees with the strict reference. 1e400 would become
@@ -168,10 +170,14 @@ class Dispatcher:
             message = jsonfast.loads(text, jsonfast.strict_loads)
         except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
             return encode(_error_response(None, ParseError()))
-        budget = _ResponseBudget(self._limits.max_response_bytes)
-        if isinstance(message, list):
-            return await self._handle_batch(message, connection, budget)
-        return await self._answer(message, connection, budget)
+        held = HEAP.held_since(parks)  # a value parked out of the collector's reach: heap.py
+        try:
+            budget = _ResponseBudget(self._limits.max_response_bytes)
+            if isinstance(message, list):
+                return await self._handle_batch(message, connection, budget)
+            return await self._answer(message, connection, budget)
+        finally:
+            HEAP.release(held)
 
     async def _handle_batch(self, batch: list[Any], connection: Connection,
                             budget: _ResponseBudget) -> str | None:

@@ -299,6 +299,7 @@ class OutputBudget:
         self.notifications = 0
         self.hold_limit = hold_limit
         self.held = 0
+        self.parked = 0  # of the values held, those parked out of the collector's reach
 
     def fits(self, line: bytes) -> int:
         """What decoding ``line`` would take; ResourceLimitExceeded (memory) when that, with

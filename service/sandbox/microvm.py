@@ -889,11 +889,14 @@ class MicroVMWorker:
         """The call's outcome, and whether the script left work running after it."""
         self._fence, self._fences_seen = secrets.token_hex(16), 0
         self._state_requests = StateRequests(request, self._state_limits)
-        await self._guest.send(await call_line_in_turn(request, self._fence))
-        budget = OutputBudget(self.actor.limits.output_bytes, self._max_notifications,
-                              hold_limit=self.actor.limits.memory_mb * MIB)
-        reply = await self._read_reply(budget, on_event)
-        await self._drain_fences(budget, on_event)
+        try:
+            await self._guest.send(await call_line_in_turn(request, self._fence))
+            budget = OutputBudget(self.actor.limits.output_bytes, self._max_notifications,
+                                  hold_limit=self.actor.limits.memory_mb * MIB)
+            reply = await self._read_reply(budget, on_event)
+            await self._drain_fences(budget, on_event)
+        finally:
+            self._state_requests = None  # it holds the call's request: its payload
         if reply["type"] == "result":
             state = reply.get("state")
             outcome = CallOutcome(reply.get("return"), state if isinstance(state, dict) else {})

@@ -61,6 +61,7 @@ from service.errors import (
     TimeLimitExceeded,
 )
 from service.eventloop import Turns
+from service.heap import HEAP
 from service.manifest.model import ActorDef
 from service.sandbox.base import (
     CHUNK,
@@ -1183,7 +1184,8 @@ class ProcessWorker:
                 await turns.took(item.size)
             await self._forward_raw_output(on_event, budget, baseline, turns)
         finally:
-            self._budget = None
+            self._budget = self._state_requests = None  # which hold the call's values
+            HEAP.release(budget.parked)
         return outcome
 
     async def _forward_raw_output(self, on_event: EventSink, budget: OutputBudget,
@@ -1450,9 +1452,11 @@ class ProcessWorker:
             size = budget.fits(line)
         except ResourceLimitExceeded as exc:
             return _Item("refused", value=exc, size=len(line))
+        parks = HEAP.parks
         item = _message_item(line)
         if item.kind == "message" and item.value.get("type") in ("output", "result"):
             budget.hold(size)
+            budget.parked += HEAP.held_since(parks)
         return item
 
     def _stream_data(self, stream: str, data: bytes) -> None:

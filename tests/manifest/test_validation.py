@@ -494,7 +494,7 @@ def deadline(v: SchemaValidator) -> float:
 
 async def _longest_loop_gap_s(work: Any) -> tuple[Any, float]:
     """``await work`` while a ticker measures the event loop's longest stall, with the test
-    run's heap frozen as a started server's is (server.settle_heap): a full collection of
+    run's heap frozen as a started server's is (heap.settle_heap): a full collection of
     pytest's ~250,000 objects, which the work's allocations may set off, took ~115 ms."""
     loop = asyncio.get_running_loop()
     gaps: list[float] = []

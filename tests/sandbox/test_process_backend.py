@@ -12,6 +12,7 @@ import signal
 import stat
 import tempfile
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ from service.errors import (
     SandboxUnavailable,
     TimeLimitExceeded,
 )
+from service.heap import HEAP, PARK_CONTAINERS, settled
 from service.manifest.model import ActorDef
+from service.sandbox.base import CallRequest, OutputEvent
 from service.sandbox.process import (
     HARNESS_DIR,
     PROC_READ_ONLY,
@@ -615,3 +618,29 @@ async def test_state_replies_a_sandbox_does_not_read_are_not_buffered_without_bo
         await worker.close()
         await backend.aclose()
     assert 0 < most <= BUFFER_BYTES + 200_000, most  # one reply past the mark, at most
+
+
+async def test_a_call_holds_its_parked_outputs_and_the_worker_keeps_nothing_after(
+        boot: Boot, tmp_path: Path) -> None:
+    """An output decoded to many containers is parked (service/heap.py) and held until
+    the call ends. Then the worker holds nothing of the call: it kept the last call's
+    request, payload and all, until the next one (memory an idle worker sat on, scanned by
+    every full collection)."""
+    script = tmp_path / "lists.py"
+    script.write_text("async def process(context):\n"
+                      f"    await context.send_output('output', [[]] * {2 * PARK_CONTAINERS})\n"
+                      "    return len(context.get_input('items'))\n")
+    worker = await boot(actor_def(script, output_bytes=MIB))
+    held: list[int] = []
+
+    async def sink(event: Any) -> None:
+        if isinstance(event, OutputEvent):
+            held.append(HEAP.held)
+
+    async with settled():
+        request = CallRequest("lists", {"items": [1, 2]}, {}, {}, 0)
+        called = weakref.ref(request)
+        outcome = await worker.call(request, sink)
+        del request
+        assert outcome.return_value == 2 and held == [1]
+        assert HEAP.held == 0 and called() is None

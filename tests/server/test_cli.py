@@ -21,7 +21,7 @@ from server_support import ACTORS, MANIFESTS, REPO
 
 from service.cli import json_equal, main
 from service.client import RpcCallError, connect
-from service.server import settle_heap
+from service.heap import settle_heap
 from service.settings import Settings, StateSettings
 
 STARTUP_TIMEOUT_S = 30

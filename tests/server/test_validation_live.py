@@ -99,7 +99,7 @@ def mixed_items(n: int) -> list[Any]:
 
 @pytest.fixture
 def settled() -> Iterator[None]:
-    """The served heap as a started server has it (server.settle_heap): frozen, the test
+    """The served heap as a started server has it (heap.settle_heap): frozen, the test
     run's objects are not scanned by each full collection with the loop waiting (~50 ms
     here, up to a second on a loaded CI machine), which /healthz would count."""
     gc.collect()
