@@ -48,7 +48,6 @@ import logging
 import os
 import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +77,7 @@ from service.sandbox.process import (
     to_the_end,
 )
 from service.sandbox.seccomp import DENIED, FAMILY_MAX, SOCKET_CALLS, refused_families
+from service.sandbox.staging import Staged, sweep_abandoned
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ class GVisorBackend:
         self.settings = settings
         self._runsc = shutil.which(settings.sandbox.runsc) or settings.sandbox.runsc
         self._controllers: dict[str, Controller] | None = None
-        self._home: Path | None = None  # runsc's state, the bundles and the shared root
+        self._home: Staged | None = None  # runsc's state, the bundles and the shared root
         self._workers: set[ProcessWorker] = set()
 
     @property
@@ -195,11 +195,11 @@ class GVisorBackend:
     def home(self) -> Path:
         """A private (0700) folder: runsc's --root, one bundle per worker, the shared rootfs."""
         if self._home is None:
-            if swept := sweep_stale_homes(Path(tempfile.gettempdir())):
+            if swept := sweep_stale_homes():
                 logger.info("removed %s gVisor folders left by servers that died", swept)
-            self._home = Path(tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-"))
+            self._home = Staged.owned(HOME_PREFIX)
             make_rootfs(self._home / "rootfs")
-        return self._home
+        return self._home.root
 
     async def availability(self) -> Availability:
         version = await runsc_version(self._runsc)
@@ -341,21 +341,14 @@ class GVisorBackend:
         """Close any worker its pool left open, and remove the backend's folder."""
         await asyncio.gather(*(w.close() for w in list(self._workers)), return_exceptions=True)
         if self._home is not None:
-            await asyncio.to_thread(shutil.rmtree, self._home, True)
+            await asyncio.to_thread(self._home.remove)
             self._home = None
 
 
-def sweep_stale_homes(folder: Path) -> int:
+def sweep_stale_homes() -> int:
     """Remove the folders of servers that died without closing their backend (their
     sandboxes died with them: see REAPER)."""
-    removed = 0
-    for path in folder.glob(f"{HOME_PREFIX}*-*"):
-        creator = path.name.removeprefix(HOME_PREFIX).split("-")[0]
-        if not creator.isdigit() or Path(f"/proc/{creator}").exists():
-            continue  # its server still runs (or the pid was reused: leave it)
-        shutil.rmtree(path, ignore_errors=True)
-        removed += 1
-    return removed
+    return sweep_abandoned(HOME_PREFIX)
 
 
 # --- the bundle --------------------------------------------------------------------------

@@ -652,9 +652,9 @@ async def _abandon(spawning: asyncio.Future[_Guest]) -> None:
 
 def _stage(actor: ActorDef) -> Staged:
     """Readable copies of the actor's folder and the harness (see staging.py), in a folder
-    named as a Stager's runtime directory is (PREFIX, this server's pid): so
+    named and locked as a Stager's runtime directory is (Staged.owned): so
     sweep_stale_dirs removes the copies a server that died left."""
-    staged = Staged(Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-vm-")))
+    staged = Staged.owned(PREFIX, "vm-")
     try:
         staged.root.chmod(0o755)
         for name, source in {"actor": actor.root, "harness": HARNESS_DIR}.items():

@@ -24,25 +24,29 @@ neighbours) until the backend closes.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "actor-sandbox-"
+OWNER_LOCK = ".owner"  # in a folder of Staged.owned: locked by its process while it runs
+UNLOCKED_GRACE_S = 60
 
 
 class Stager:
     """The runtime directory of one backend and the copies staged in it."""
 
     def __init__(self) -> None:
-        self._dir: Path | None = None
+        self._dir: Staged | None = None
         self._immutable: dict[Path, Path] = {}  # verdicts on trees that never change
 
     @property
@@ -50,9 +54,9 @@ class Stager:
         """The runtime directory (made on first use, mode 0711)."""
         if self._dir is None:
             sweep_stale_dirs()
-            self._dir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
-            self._dir.chmod(0o711)
-        return self._dir
+            self._dir = Staged.owned(PREFIX)
+            self._dir.root.chmod(0o711)
+        return self._dir.root
 
     def readable(self, source: Path, immutable: bool = False) -> Path:
         """``source`` itself when any uid can read all of it, else a staged copy.
@@ -83,7 +87,7 @@ class Stager:
 
     def close(self) -> None:
         if self._dir is not None:
-            _remove(self._dir)
+            self._dir.remove()
             self._dir = None
         self._immutable.clear()
 
@@ -140,16 +144,40 @@ def copy_readable(source: Path, target: Path) -> None:
 
 def sweep_stale_dirs() -> int:
     """Remove the runtime directories of servers that died without closing them."""
+    return sweep_abandoned(PREFIX)
+
+
+def sweep_abandoned(prefix: str) -> int:
+    """Remove the folders named ``prefix``... in the temporary folder that this uid's
+    processes made (Staged.owned) and left when they ended."""
     removed = 0
-    for path in Path(tempfile.gettempdir()).glob(f"{PREFIX}*-*"):
-        creator = path.name.removeprefix(PREFIX).split("-")[0]
-        if not creator.isdigit() or Path(f"/proc/{creator}").exists():
-            continue
+    for path in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
         with contextlib.suppress(OSError):
-            if path.is_dir() and not path.is_symlink() and path.stat().st_uid == os.geteuid():
+            if path.is_dir() and not path.is_symlink() \
+                    and path.stat().st_uid == os.geteuid() and _abandoned(path, prefix):
                 _remove(path)
                 removed += 1
     return removed
+
+
+def _abandoned(path: Path, prefix: str) -> bool:
+    """Has the process that made ``path`` ended? Then nobody holds its lock, whatever pid
+    namespace it ran in: a server in a container or under ``unshare --pid`` is pid 1, and
+    "/proc/1 exists" kept every folder such servers left. A folder with no lock file is
+    older than locks or not locked yet: its creator's pid decides, once it is a minute old."""
+    try:
+        fd = os.open(path / OWNER_LOCK, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        creator = path.name.removeprefix(prefix).split("-")[0]
+        return creator.isdigit() and not Path(f"/proc/{creator}").exists() \
+            and time.time() - path.stat().st_mtime > UNLOCKED_GRACE_S
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _remove(path: Path) -> None:
@@ -162,8 +190,19 @@ def _remove(path: Path) -> None:
 class Staged:
     """A staged set of folders under one root; removed with :meth:`remove`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, lock: int | None = None) -> None:
         self.root = root
+        self._lock = lock
+
+    @classmethod
+    def owned(cls, prefix: str, tag: str = "") -> Staged:
+        """A new folder ``prefix<pid>-<tag>...`` in the temporary folder, locked by this
+        process for as long as it runs (flock on OWNER_LOCK, closed on exec): sweepers
+        (sweep_abandoned) leave it alone until it is removed or the process has ended."""
+        root = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-{tag}"))
+        lock = os.open(root / OWNER_LOCK, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return cls(root, lock)
 
     def __truediv__(self, name: str) -> Path:
         return self.root / name
@@ -171,6 +210,9 @@ class Staged:
     def remove(self) -> None:
         """Delete the copies; idempotent, never raises."""
         shutil.rmtree(self.root, ignore_errors=True)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
 
 def stage(sources: Mapping[str, Path], parent: Path | None = None) -> Staged:
