@@ -72,7 +72,9 @@ from service.sandbox.process import (
     connect_pipes,
     discover_controllers,
     harness_command,
+    nest_controllers,
     output_pipes,
+    remove_nests,
     sweep_stale_groups,
     to_the_end,
 )
@@ -182,9 +184,10 @@ class GVisorBackend:
     def controllers(self) -> dict[str, Controller]:
         """The cgroup controllers workers get (discovered once)."""
         if self._controllers is None:
-            self._controllers = discover_controllers()
-            if swept := sweep_stale_groups(self._controllers):
+            found = discover_controllers()
+            if swept := sweep_stale_groups(found):
                 logger.info("removed %s cgroups left by servers that died", swept)
+            self._controllers = nest_controllers(found)
         return self._controllers
 
     def mechanisms(self) -> dict[str, str]:
@@ -343,6 +346,8 @@ class GVisorBackend:
         if self._home is not None:
             await asyncio.to_thread(self._home.remove)
             self._home = None
+        if self._controllers is not None:
+            remove_nests([c.parent for c in self._controllers.values() if c.nest])
 
 
 def sweep_stale_homes() -> int:

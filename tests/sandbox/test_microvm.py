@@ -858,7 +858,8 @@ async def test_start_sweeps_what_dead_servers_left_and_aclose_what_is_ours(
     mine = sdk.leave(f"svc-{os.getpid()}-t-1", {**owner, "server_pid": str(os.getpid())})
     foreign = sdk.leave(f"svc-{dead.pid}-t-2", {})  # not labelled ours: never touched
     stale = private_tmp / f"actor-sandbox-{dead.pid}-vm-x"
-    stale.mkdir()
+    stale.mkdir()  # unlocked (Staged.owned), by a pid that has ended, an hour ago
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
     backend = MicroVMBackend(Settings(sandbox=SandboxSettings(tmp_mb=64)))
 
     async def ok() -> Availability:

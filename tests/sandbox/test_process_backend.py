@@ -188,6 +188,26 @@ async def test_cgroup_limits_are_written(process_backend: ProcessBackend, boot: 
                       "cpu.cfs_quota_us": 50_000, "cpu.shares": 128}  # below the server's 1024
 
 
+async def test_all_sandboxes_together_weigh_an_eighth_of_the_server(
+        process_backend: ProcessBackend, boot: Boot) -> None:
+    """Each worker's group is in one group of the server's (nest_controllers), which
+    weighs an eighth of the server: forty busy sandboxes of an eighth of the server's
+    weight each weighed five times as much as the server."""
+    if process_backend.mechanisms()["cpu"] != "cgroup-v1":
+        pytest.skip("this host has no writable cgroup v1 cpu controller")
+    workers = [await boot(actor_def(ACTORS / "origin.py")) for _ in range(2)]
+    nests = {path.parent for worker in workers for path in worker.cgroup_dirs}
+    cpu = [nest for nest in nests if (nest / "cpu.shares").exists()]
+    assert len(cpu) == 1 and cpu[0].name.startswith(f"sandboxes-{os.getpid()}-")
+    assert int((cpu[0] / "cpu.shares").read_text()) == 128
+    assert {path.name for path in cpu[0].glob("sandbox-*")} == {
+        path.name for worker in workers for path in worker.cgroup_dirs}
+    for worker in workers:
+        await worker.close()
+    await process_backend.aclose()
+    assert not [nest for nest in nests if nest.exists()]
+
+
 def open_cgroup_files(dirs: tuple[Path, ...]) -> set[str]:
     """The files below ``dirs`` that this process holds open."""
     found = set()
@@ -464,7 +484,8 @@ async def test_groups_of_dead_servers_are_swept(process_backend: ProcessBackend)
 def test_no_sandbox_cgroup_is_left_over() -> None:
     """Runs last in this file: every test above removed its worker groups."""
     leftovers = [p for root in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu")
-                 for p in Path(root).glob(f"sandbox-{os.getpid()}-*")]
+                 for pattern in (f"sandbox-{os.getpid()}-*", f"sandboxes-{os.getpid()}-*")
+                 for p in Path(root).glob(pattern)]
     assert leftovers == []
 
 
