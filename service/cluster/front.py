@@ -137,6 +137,7 @@ class ClusterFront:
         self._skipped: dict[str, str] = {}  # worker id -> why its registration is not used
         # worker id -> its registration's text, and what _usable made of it
         self._registrations: dict[str, tuple[str, dict[str, tuple[RemoteActor, Offer]]]] = {}
+        self._fetched: dict[str, tuple[str, str]] = {}  # worker id -> (generation, its text)
         self._refreshing = asyncio.Lock()
 
     def gauges(self) -> ClusterGauges:
@@ -492,13 +493,32 @@ class ClusterFront:
                               self.id)
 
     async def _live_registrations(self) -> dict[str, str]:
-        """worker id -> registration (JSON), for every worker whose heartbeat is current."""
+        """worker id -> registration (JSON), for every worker whose heartbeat is current.
+        A registration is fetched again only when its generation changed (a worker that
+        keeps none, from before generations, is fetched every time)."""
         ids: list[str] = await self.redis.zrange(self.keys.workers, 0, -1)
-        values = await self.redis.mget([self.keys.worker(i) for i in ids]) if ids else []
-        dead = [i for i, v in zip(ids, values, strict=True) if v is None]
-        if dead:
+        if not ids:
+            self._fetched = {}
+            return {}
+        generations = await self.redis.mget([self.keys.generation(i) for i in ids])
+        texts: dict[str, str] = {}
+        fetch: dict[str, str | None] = {}
+        for worker_id, generation in zip(ids, generations, strict=True):
+            held = self._fetched.get(worker_id)
+            if generation is not None and held is not None and held[0] == generation:
+                texts[worker_id] = held[1]
+            else:
+                fetch[worker_id] = generation
+        values = await self.redis.mget([self.keys.worker(i) for i in fetch]) if fetch else []
+        for (worker_id, generation), value in zip(fetch.items(), values, strict=True):
+            if isinstance(value, str):
+                texts[worker_id] = value
+                if generation is not None:
+                    self._fetched[worker_id] = (generation, value)
+        if dead := [i for i in fetch if i not in texts]:
             await self.redis.zrem(self.keys.workers, *dead)
-        return {i: v for i, v in zip(ids, values, strict=True) if isinstance(v, str)}
+        self._fetched = {k: v for k, v in self._fetched.items() if k in texts}
+        return texts
 
     async def _refresh_view(self) -> None:
         """One at a time: one that read older registrations, and compiled them for longer,

@@ -96,6 +96,11 @@ class Keys:
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}"
 
+    def generation(self, worker_id: str) -> str:
+        """Which of its registrations ``worker`` holds: a count the worker raises on each
+        change, so that a front fetches a registration (megabytes of schemas) once."""
+        return f"{self.prefix}:worker:{worker_id}:generation"
+
     @property
     def workers(self) -> str:
         return f"{self.prefix}:workers"

@@ -115,6 +115,8 @@ class ClusterWorker:
         self._changed = asyncio.Event()
         self._stopping = False
         self._descriptors = WrittenDescriptors()  # for the registration
+        self._registered: list[tuple[Any, ...]] | None = None  # what Redis holds (_register)
+        self._generation = 0
 
     def gauges(self) -> ClusterGauges:
         return ClusterGauges(broker_up=self.broker_up, backlog=dict(self.backlog))
@@ -238,15 +240,28 @@ class ClusterWorker:
         # written once per actor: with megabytes of schemas, writing them out on every
         # heartbeat held the event loop for as long (~1 s for 16 MB)
         descriptors = await self._descriptors.of(actors, keep_only=True)
-        registration = {
-            "worker_id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
-            "actors": {a.id: {"descriptor": d, "max_workers": a.pool.max_workers,
-                              "max_queue": a.pool.max_queue}
-                       for a, d in zip(actors, descriptors, strict=True)},
-        }
+        served = [(a.id, d, a.pool.max_workers, a.pool.max_queue)
+                  for a, d in zip(actors, descriptors, strict=True)]
+        # Written again only when it changed (the same descriptors are the same objects):
+        # else its expiry is renewed. A registration of megabytes went to Redis, and back
+        # to every front, at every heartbeat.
+        changed = self._registered is None or not _same(self._registered, served)
+        keys = (self.keys.worker(self.id), self.keys.generation(self.id))
+        ttl_ms = int(self.cfg.worker_timeout_s * 1000)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.keys.worker(self.id), wire_text(registration),
-                 px=int(self.cfg.worker_timeout_s * 1000))
+        if changed:
+            self._generation += 1
+            registration = {
+                "worker_id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
+                "actors": {actor_id: {"descriptor": d, "max_workers": workers,
+                                      "max_queue": queue}
+                           for actor_id, d, workers, queue in served},
+            }
+            pipe.set(keys[0], wire_text(registration), px=ttl_ms)
+            pipe.set(keys[1], str(self._generation), px=ttl_ms)
+        else:
+            pipe.pexpire(keys[0], ttl_ms)
+            pipe.pexpire(keys[1], ttl_ms)
         pipe.zadd(self.keys.workers, {self.id: time.time()})
         for job in list(self._jobs.values()):
             pipe.xclaim(job.stream, GROUP, self.id, 0, [job.entry_id], justid=True)
@@ -256,6 +271,11 @@ class ClusterWorker:
         for reply in replies:  # a lost group (Redis restarted) fails XCLAIM: the readers fix it
             if isinstance(reply, BROKER_ERRORS):
                 raise reply
+        self._registered = served if changed or all(replies[:2]) else None
+        if self._registered is None:  # gone (a Redis that restarted empty): written again
+            log.info("cluster worker %s: registration lost; writing it again", self.id)
+            await self._register(actors)
+            return
         lengths = replies[len(replies) - len(actors):]
         self.backlog = {a.id: n for a, n in zip(actors, lengths, strict=True)
                         if isinstance(n, int)}
@@ -639,3 +659,10 @@ def outputs_lost(job: _Job) -> SandboxUnavailable:
     what = "a log line" if job.undelivered == -1 else f"output seq {job.undelivered}"
     return SandboxUnavailable(BACKEND, f"outputs were lost: {what} could not be sent to the "
                                        "front before the call's time limit")
+
+
+def _same(registered: list[tuple[Any, ...]], served: list[tuple[Any, ...]]) -> bool:
+    """The same actors, pool sizes and written descriptors (the very same objects)?"""
+    return len(registered) == len(served) and all(
+        a[0] == b[0] and a[1] is b[1] and a[2:] == b[2:]
+        for a, b in zip(registered, served, strict=True))

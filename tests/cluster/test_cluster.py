@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from cluster_support import (
     ACTORS,
+    FAST_CLUSTER,
     REPO,
     Cluster,
     RedisServer,
@@ -151,6 +152,78 @@ async def test_cancel_reaches_the_worker_and_load_is_broadcast(cluster: Cluster,
         refused = await client.call("load", {"file_path": "/etc/passwd"})
         assert refused["error"]["code"] == -32011
         assert refused["error"]["data"] == {"path": "/etc/passwd"}
+
+
+async def test_a_registration_is_written_and_fetched_once_per_change(
+        cluster: Cluster, redis: RedisServer, tmp_path: Path) -> None:
+    """Every heartbeat renews a worker's registration; only a change writes it again, as a
+    new generation: with megabytes of schemas, it went to Redis at every heartbeat."""
+    front = await cluster.front()
+    await cluster.workers(1)
+    await live_workers(front, 1)
+    client = connect(ClusterSettings(redis_url=redis.url))
+    try:
+        [generation_key] = await client.keys("*:worker:*:generation")
+        registration_key = generation_key.removesuffix(":generation")
+        text = await client.get(registration_key)
+        assert await client.get(generation_key) == "1"
+        await client.config_resetstat()
+        await asyncio.sleep(5 * FAST_CLUSTER["heartbeat_s"])
+        stats = await client.info("commandstats")
+        assert "cmdstat_set" not in stats  # renewed (PEXPIRE), never written again
+        assert stats["cmdstat_pexpire"]["calls"] >= 2 * 3
+        assert await client.get(generation_key) == "1" and await client.get(
+            registration_key) == text
+        folder = tmp_path / "extra"
+        folder.mkdir()
+        for name in ("napper.py", "napper.yaml"):
+            source = (ACTORS / name).read_text().replace("id: napper", "id: napper3")
+            (folder / name).write_text(source)
+        async with connected(ws_url(front)) as ws:
+            loaded = await ws.call("load", {"file_path": str(folder / "napper.yaml")})
+            assert loaded["result"]["success"] is True
+            assert await client.get(generation_key) == "2"
+            assert "napper3" in (await client.get(registration_key))
+            listed = (await ws.call("list", {}))["result"]["actors"]
+            assert "napper3" in {d["id"] for d in listed}
+    finally:
+        await client.aclose()
+
+
+async def test_a_front_fetches_a_registration_once_per_generation(redis: RedisServer) -> None:
+    """A front reads the workers' generations at each refresh, and a registration only when
+    its generation is new to it; a worker keeping none (an older one) is read every time."""
+    from service.cluster.front import ClusterFront
+    from service.settings import Settings
+
+    front = ClusterFront(Settings(cluster=ClusterSettings(redis_url=redis.url)))
+    keys, redis_client = front.keys, front.redis
+    fetched: list[str] = []
+    mget = redis_client.mget
+
+    async def spied(names: list[str]) -> Any:
+        fetched.extend(name for name in names if not name.endswith(":generation"))
+        return await mget(names)
+
+    redis_client.mget = spied  # type: ignore[method-assign]
+    try:
+        await redis_client.zadd(keys.workers, {"new": 1, "old": 1})
+        await redis_client.set(keys.worker("new"), "text 1")
+        await redis_client.set(keys.generation("new"), "1")
+        await redis_client.set(keys.worker("old"), "old text")
+        for _ in range(3):
+            assert await front._live_registrations() == {"new": "text 1", "old": "old text"}
+        assert fetched == [keys.worker("new"), keys.worker("old"), keys.worker("old"),
+                           keys.worker("old")]
+        fetched.clear()
+        await redis_client.set(keys.worker("new"), "text 2")
+        await redis_client.set(keys.generation("new"), "2")
+        await redis_client.delete(keys.worker("old"))  # expired: a dead worker
+        assert await front._live_registrations() == {"new": "text 2"}
+        assert fetched == [keys.worker("new"), keys.worker("old")]
+        assert await redis_client.zrange(keys.workers, 0, -1) == ["new"]
+    finally:
+        await front.aclose()
 
 
 async def test_load_does_not_wait_for_a_worker_that_died(cluster: Cluster,
