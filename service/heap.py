@@ -35,6 +35,7 @@ import contextlib
 import ctypes
 import gc
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -59,8 +60,9 @@ class Heap:
         self.settles = 0
 
     def park(self) -> None:
-        """Freeze everything alive, with the value just decoded (the collector paused)."""
-        if not self.serving:
+        """Freeze everything alive, with the value just decoded (the collector paused).
+        Only on the event loop's thread, which keeps the counts."""
+        if not self.serving or threading.current_thread() is not threading.main_thread():
             return
         gc.freeze()
         self.parks += 1

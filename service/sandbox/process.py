@@ -100,10 +100,10 @@ SANDBOX_UID = 65534
 BWRAP_PROCESSES = 1  # the outer bwrap counts against pids.max too
 MIB = 1 << 20
 CPU_PERIOD_US = 100_000
-# A sandbox's weight where the CPUs are short, against 1024 for the server (a task of the
-# default weight): eight busy sandboxes weigh as much as the server together.
+# Where the CPUs are short: a sandbox's weight, against 1024 for the server (a task of the
+# default weight), and that of all of a server's sandboxes together (nest_controllers).
 SANDBOX_CPU_SHARES = 128
-SANDBOXES_CPU_SHARES = 128  # all of a server's sandboxes together (v2: cpu.weight 12)
+SANDBOXES_CPU_SHARES = 128
 BOOT_TIMEOUT_S = 15.0  # until the harness says it is loading the script (see wait_ready)
 BOOT_ERROR_CHARS = 1000  # of a harness's error before its ready, in SandboxUnavailable's reason
 # Admission (a blocking read of bwrap's info, then the move into the cgroups) has threads of
