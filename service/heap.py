@@ -88,7 +88,7 @@ class Heap:
         return self.held == 0 or now - self.first_parked >= MOST_PARKED_S
 
     def settle_if_due(self) -> None:
-        if self.due(time.monotonic()):
+        if self.serving and self.due(time.monotonic()):
             took_s = self.settle()
             log.debug("heap settled in %.1f ms", took_s * 1000)
 
@@ -138,6 +138,7 @@ async def settled() -> AsyncIterator[None]:
         yield
     finally:
         HEAP.serving = False
+        HEAP.first_parked = None
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

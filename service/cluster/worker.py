@@ -259,9 +259,12 @@ class ClusterWorker:
             }
             pipe.set(keys[0], wire_text(registration), px=ttl_ms)
             pipe.set(keys[1], str(self._generation), px=ttl_ms)
-        else:
+            expected: list[Any] = [True, True]
+        else:  # a Redis that failed over to a late replica may hold an older one
             pipe.pexpire(keys[0], ttl_ms)
             pipe.pexpire(keys[1], ttl_ms)
+            pipe.get(keys[1])
+            expected = [True, True, str(self._generation)]
         pipe.zadd(self.keys.workers, {self.id: time.time()})
         for job in list(self._jobs.values()):
             pipe.xclaim(job.stream, GROUP, self.id, 0, [job.entry_id], justid=True)
@@ -271,11 +274,16 @@ class ClusterWorker:
         for reply in replies:  # a lost group (Redis restarted) fails XCLAIM: the readers fix it
             if isinstance(reply, BROKER_ERRORS):
                 raise reply
-        self._registered = served if changed or all(replies[:2]) else None
-        if self._registered is None:  # gone (a Redis that restarted empty): written again
-            log.info("cluster worker %s: registration lost; writing it again", self.id)
-            await self._register(actors)
+        held = [r if isinstance(r, str) else r is True or r == 1
+                for r in replies[:len(expected)]]
+        if held != expected:  # gone (Redis restarted empty) or older: written again
+            self._registered = None
+            if not changed:
+                log.info("cluster worker %s: its registration was lost; writing it again",
+                         self.id)
+                await self._register(actors)
             return
+        self._registered = served
         lengths = replies[len(replies) - len(actors):]
         self.backlog = {a.id: n for a, n in zip(actors, lengths, strict=True)
                         if isinstance(n, int)}

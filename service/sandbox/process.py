@@ -210,28 +210,48 @@ def nest_controllers(controllers: dict[str, Controller]) -> dict[str, Controller
     (64 gVisor sandboxes parsing 512 KB each: /healthz 23-112 ms, nested at 1024 shares
     75-212, at 128 21-69). Unnested where the kernel refuses."""
     name = f"sandboxes-{os.getpid()}-{secrets.token_hex(4)}"
-    nests: dict[Path, Path] = {}
+    nested = {key: replace(c, parent=c.parent / name, nest=True)
+              for key, c in controllers.items()}
+    made: list[Path] = []
     try:
-        for controller in controllers.values():
-            if controller.parent not in nests:
-                nest = controller.parent / name
-                nest.mkdir()
-                nests[controller.parent] = nest
-                if controller.version == 2:
-                    wanted = {c.name for c in controllers.values() if c.parent == controller.parent}
-                    _write(nest / "cgroup.subtree_control",
-                           " ".join(f"+{c}" for c in sorted(wanted & set(CONTROLLERS))))
-        for controller in controllers.values():
-            if controller.name == "cpu":
-                weight = "cpu.shares" if controller.version == 1 else "cpu.weight"
-                _write(nests[controller.parent] / weight, SANDBOXES_CPU_SHARES
-                       if controller.version == 1 else SANDBOXES_CPU_SHARES * 100 // 1024)
+        for controller in nested.values():
+            if controller.parent not in made:
+                _make_nest(controller, nested)
+                made.append(controller.parent)
     except OSError as exc:
         logger.warning("sandbox cgroups not nested (each weighs on its own): %s", exc)
-        remove_nests(list(nests.values()))
+        remove_nests(made)
         return controllers
-    return {key: replace(c, parent=nests[c.parent], nest=True)
-            for key, c in controllers.items()}
+    return nested
+
+
+def _make_nest(controller: Controller, controllers: dict[str, Controller]) -> None:
+    """Make ``controller.parent``, the nest, with what it needs for the controllers in it
+    (``controllers`` sharing its folder): v2 hands them down, the cpu one is weighed."""
+    nest = controller.parent
+    sharing = [c for c in controllers.values() if c.parent == nest]
+    nest.mkdir(exist_ok=True)
+    if controller.version == 2:
+        _write(nest / "cgroup.subtree_control",
+               " ".join(f"+{c.name}" for c in sharing if c.name in CONTROLLERS))
+    if any(c.name == "cpu" for c in sharing):
+        if controller.version == 1:
+            _write(nest / "cpu.shares", SANDBOXES_CPU_SHARES)
+        else:
+            _write(nest / "cpu.weight", SANDBOXES_CPU_SHARES * 100 // 1024)
+
+
+def _mkdir_in_nest(path: Path, controller: Controller,
+                   controllers: dict[str, Controller]) -> None:
+    """Make a worker's group; its nest again first if it is gone (a server in another pid
+    namespace cannot tell that this one runs, and may have swept it while it was empty)."""
+    try:
+        path.mkdir()
+    except FileNotFoundError:
+        if not controller.nest:
+            raise
+        _make_nest(controller, controllers)
+        path.mkdir()
 
 
 def remove_nests(nests: list[Path]) -> None:
@@ -388,7 +408,8 @@ class WorkerCgroups:
         try:
             for controller in controllers.values():
                 path = controller.parent / name
-                path.mkdir()
+                if path not in cgroups.dirs:  # v2, or co-mounted v1: one folder for several
+                    _mkdir_in_nest(path, controller, controllers)
                 cgroups._groups[controller.name] = (controller, path)
                 _LIMITERS[controller.name](path, controller.version, limits)
         except OSError as exc:
@@ -435,7 +456,7 @@ class WorkerCgroups:
 
     @property
     def dirs(self) -> tuple[Path, ...]:
-        return tuple(path for _, path in self._groups.values())
+        return tuple(dict.fromkeys(path for _, path in self._groups.values()))
 
     @property
     def procs_files(self) -> tuple[str, ...]:

@@ -200,8 +200,11 @@ class Staged:
         process for as long as it runs (flock on OWNER_LOCK, closed on exec): sweepers
         (sweep_abandoned) leave it alone until it is removed or the process has ended."""
         root = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-{tag}"))
-        lock = os.open(root / OWNER_LOCK, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        # Locked under another name, then named: a sweeper never finds OWNER_LOCK unlocked.
+        pending = root / f"{OWNER_LOCK}.new"
+        lock = os.open(pending, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600)
         fcntl.flock(lock, fcntl.LOCK_EX)
+        pending.rename(root / OWNER_LOCK)
         return cls(root, lock)
 
     def __truediv__(self, name: str) -> Path:

@@ -157,7 +157,8 @@ async def test_cancel_reaches_the_worker_and_load_is_broadcast(cluster: Cluster,
 async def test_a_registration_is_written_and_fetched_once_per_change(
         cluster: Cluster, redis: RedisServer, tmp_path: Path) -> None:
     """Every heartbeat renews a worker's registration; only a change writes it again, as a
-    new generation: with megabytes of schemas, it went to Redis at every heartbeat."""
+    new generation: with megabytes of schemas, it went to Redis at every heartbeat. One
+    that is not the worker's latest (a failover) is written again."""
     front = await cluster.front()
     await cluster.workers(1)
     await live_workers(front, 1)
@@ -174,6 +175,10 @@ async def test_a_registration_is_written_and_fetched_once_per_change(
         assert stats["cmdstat_pexpire"]["calls"] >= 2 * 3
         assert await client.get(generation_key) == "1" and await client.get(
             registration_key) == text
+        # A failover to a replica that lagged: an older registration is back, as it was.
+        await client.set(generation_key, "0")
+        await wait_for(lambda: _equal(client.get(generation_key), "2"), timeout_s=10)
+        assert await client.get(registration_key) == text
         folder = tmp_path / "extra"
         folder.mkdir()
         for name in ("napper.py", "napper.yaml"):
@@ -182,7 +187,7 @@ async def test_a_registration_is_written_and_fetched_once_per_change(
         async with connected(ws_url(front)) as ws:
             loaded = await ws.call("load", {"file_path": str(folder / "napper.yaml")})
             assert loaded["result"]["success"] is True
-            assert await client.get(generation_key) == "2"
+            assert await client.get(generation_key) == "3"
             assert "napper3" in (await client.get(registration_key))
             listed = (await ws.call("list", {}))["result"]["actors"]
             assert "napper3" in {d["id"] for d in listed}
@@ -262,6 +267,10 @@ async def running_first(workers: list[Service]) -> list[Service]:
 
 async def _true(value: Any) -> bool:
     return bool(value)
+
+
+async def _equal(value: Any, expected: Any) -> bool:
+    return await value == expected
 
 
 async def test_backpressure_is_cluster_wide(cluster: Cluster, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_helpers import ACTORS, Recorder, actor_def, call, request
+from sandbox_helpers import ACTORS, PYTHON_LIMITS, Recorder, actor_def, call, request
 
 from service.deps.spec import Dependencies, Package
 from service.errors import (
@@ -36,11 +36,14 @@ from service.sandbox.process import (
     HARNESS_DIR,
     PROC_READ_ONLY,
     STAMP_SETTLE_NS,
+    Controller,
     ProcessBackend,
     ProcessWorker,
+    WorkerCgroups,
     cgroup_mounts,
     discover_controllers,
     make_plan,
+    nest_controllers,
     own_cgroups,
     settled_stamp,
     sweep_stale_groups,
@@ -470,15 +473,51 @@ async def test_backend_aclose_closes_workers_left_open(settings: Settings) -> No
 
 
 async def test_groups_of_dead_servers_are_swept(process_backend: ProcessBackend) -> None:
-    controllers = process_backend.controllers
-    if not controllers:
+    """Worker groups in a dead server's nest, the nest, and groups from before nests."""
+    found = discover_controllers()
+    if not found:
         pytest.skip("no cgroups here")
     dead = 2**22 + 1  # above the default pid_max: never a live process
-    stale = [c.parent / f"sandbox-{dead}-0123456789ab" for c in controllers.values()]
-    for path in stale:
+    nests = [c.parent / f"sandboxes-{dead}-01234567" for c in found.values()]
+    stale = [*(nest / f"sandbox-{dead}-0123456789ab" for nest in nests),
+             *(c.parent / f"sandbox-{dead}-0123456789ab" for c in found.values())]
+    for path in [*nests, *stale]:
         path.mkdir()
-    assert sweep_stale_groups(controllers) >= len(stale)
-    assert not any(path.exists() for path in stale)
+    assert sweep_stale_groups(found) >= len(nests) + len(stale)
+    assert not any(path.exists() for path in [*nests, *stale])
+
+
+def test_a_worker_group_on_cgroup_v2_is_one_folder_for_every_controller(
+        tmp_path: Path) -> None:
+    """On v2 (and v1 with controllers mounted together) the controllers share a folder:
+    it was made once per controller, and the second time failed, refusing every worker."""
+    controllers = {name: Controller(name, tmp_path, 2) for name in ("memory", "pids", "cpu")}
+    nested = nest_controllers(controllers)
+    [nest] = {c.parent for c in nested.values()}
+    assert (nest / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"
+    assert (nest / "cpu.weight").read_text() == "12"
+    cgroups = WorkerCgroups.create(nested, PYTHON_LIMITS)
+    [group] = cgroups.dirs
+    assert group.parent == nest
+    assert (group / "memory.max").read_text() == str(PYTHON_LIMITS.memory_mb * MIB)
+    assert (group / "cpu.max").read_text() == f"100000 {100_000}"
+
+
+async def test_a_nest_swept_while_empty_is_made_again(process_backend: ProcessBackend,
+                                                      boot: Boot) -> None:
+    """A server in another pid namespace cannot tell that this one runs, and may remove its
+    nest while no worker is in it: the next worker makes it again, weighed."""
+    if process_backend.mechanisms()["cpu"] != "cgroup-v1":
+        pytest.skip("this host has no writable cgroup v1 cpu controller")
+    first = await boot(actor_def(ACTORS / "origin.py"))
+    nests = {path.parent for path in first.cgroup_dirs}
+    await first.close()
+    for nest in nests:
+        nest.rmdir()
+    second = await boot(actor_def(ACTORS / "origin.py"))
+    assert {path.parent for path in second.cgroup_dirs} == nests
+    assert [int((n / "cpu.shares").read_text()) for n in nests if (n / "cpu.shares").exists()
+            ] == [128]
 
 
 def test_no_sandbox_cgroup_is_left_over() -> None:
@@ -711,3 +750,23 @@ def test_a_folder_with_no_lock_is_swept_by_its_creators_pid_once_a_minute_old() 
     finally:
         for folder in (young, old, mine):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_new_folder_is_never_seen_unlocked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweeper running between the lock file's creation and its lock found it free, and
+    removed a starting server's folder."""
+    from service.sandbox import staging
+
+    lock = staging.fcntl.flock
+
+    def sweep_first(fd: int, operation: int) -> None:
+        if operation == staging.fcntl.LOCK_EX:  # the owner's (a sweeper's does not wait)
+            sweep_stale_dirs()  # another server starting at that moment
+        lock(fd, operation)
+
+    monkeypatch.setattr(staging.fcntl, "flock", sweep_first)
+    made = staging.Staged.owned(PREFIX)
+    try:
+        assert made.root.is_dir() and (made.root / staging.OWNER_LOCK).exists()
+    finally:
+        made.remove()

@@ -108,3 +108,16 @@ async def test_a_frame_holds_its_parked_value_until_it_is_answered(serving: None
     assert held == [1]
     await asyncio.sleep(0)
     assert HEAP.held == 0 and HEAP.settles == settles + 1
+
+
+async def test_a_release_after_serving_ended_freezes_nothing() -> None:
+    """Calls may end after the server stopped settling (a worker's shutdown grace)."""
+    async with settled():
+        parks = HEAP.parks
+        jsonfast.loads(LARGE)
+        held = HEAP.held_since(parks)
+    assert gc.get_freeze_count() == 0
+    HEAP.next_settle = 0.0
+    HEAP.release(held)
+    await asyncio.sleep(0)
+    assert gc.get_freeze_count() == 0 and HEAP.held == 0
