@@ -51,6 +51,7 @@ from service.errors import (
     TimeLimitExceeded,
 )
 from service.eventloop import Turns
+from service.heap import HEAP
 from service.manifest.model import ActorDef
 from service.sandbox.base import (
     CHUNK,
@@ -889,14 +890,15 @@ class MicroVMWorker:
         """The call's outcome, and whether the script left work running after it."""
         self._fence, self._fences_seen = secrets.token_hex(16), 0
         self._state_requests = StateRequests(request, self._state_limits)
+        budget = OutputBudget(self.actor.limits.output_bytes, self._max_notifications,
+                              hold_limit=self.actor.limits.memory_mb * MIB)
         try:
             await self._guest.send(await call_line_in_turn(request, self._fence))
-            budget = OutputBudget(self.actor.limits.output_bytes, self._max_notifications,
-                                  hold_limit=self.actor.limits.memory_mb * MIB)
             reply = await self._read_reply(budget, on_event)
             await self._drain_fences(budget, on_event)
         finally:
             self._state_requests = None  # it holds the call's request: its payload
+            HEAP.release(budget.parked)
         if reply["type"] == "result":
             state = reply.get("state")
             outcome = CallOutcome(reply.get("return"), state if isinstance(state, dict) else {})
@@ -950,12 +952,14 @@ class MicroVMWorker:
             return None
         raw = line.encode("utf-8", "surrogatepass")
         size = budget.fits(raw)
+        parks = HEAP.parks
         message = _protocol_message(line)
         if message is None:  # only the harness writes fd 3: anything else is an attack
             raise ActorFailed("ProtocolError", f"the harness sent garbage: {line[:200]!r}")
         kind = message["type"]
         if kind in ("output", "result"):
             budget.hold(size)
+            budget.parked += HEAP.held_since(parks)  # released as the call ends (_exchange)
         if kind == "result" or (kind == "error" and "resource" not in message):
             budget.spend(len(raw))  # the return value and state, or the traceback: all go back
         if kind in ("result", "error", "ready", "loading"):

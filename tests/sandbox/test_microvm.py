@@ -20,6 +20,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import MappingProxyType, SimpleNamespace
@@ -361,6 +362,32 @@ ECHO = """
         context.set_state("n", context.get_state("n", 0) + 1)
         return {"status": "completed"}
 """
+
+
+@needs_bwrap
+async def test_a_call_holds_its_parked_outputs_until_it_ends(boot: Any) -> None:
+    """An output decoded to many containers is parked out of the collector's reach
+    (service/heap.py) and held until the call ends; then the worker keeps nothing of it."""
+    from service.heap import HEAP, PARK_CONTAINERS, settled
+
+    worker, _ = await boot(f"""
+    def process(context):
+        context.send_output("out", [[]] * {2 * PARK_CONTAINERS})
+        return 1
+    """, output_bytes=1 << 20)
+    held: list[int] = []
+
+    async def sink(event: Any) -> None:
+        if isinstance(event, OutputEvent):
+            held.append(HEAP.held)
+
+    async with settled():
+        call = request()
+        called = weakref.ref(call)
+        outcome = await worker.call(call, sink)
+        del call
+        assert outcome.return_value == 1 and held == [1]
+        assert HEAP.held == 0 and called() is None
 
 
 @needs_bwrap
