@@ -72,9 +72,7 @@ from service.sandbox.process import (
     connect_pipes,
     discover_controllers,
     harness_command,
-    nest_controllers,
     output_pipes,
-    remove_nests,
     sweep_stale_groups,
     to_the_end,
 )
@@ -184,10 +182,9 @@ class GVisorBackend:
     def controllers(self) -> dict[str, Controller]:
         """The cgroup controllers workers get (discovered once)."""
         if self._controllers is None:
-            found = discover_controllers()
-            if swept := sweep_stale_groups(found):
+            self._controllers = discover_controllers()
+            if swept := sweep_stale_groups(self._controllers):
                 logger.info("removed %s cgroups left by servers that died", swept)
-            self._controllers = nest_controllers(found)
         return self._controllers
 
     def mechanisms(self) -> dict[str, str]:
@@ -346,8 +343,6 @@ class GVisorBackend:
         if self._home is not None:
             await asyncio.to_thread(self._home.remove)
             self._home = None
-        if self._controllers is not None:
-            remove_nests([c.parent for c in self._controllers.values() if c.nest])
 
 
 def sweep_stale_homes() -> int:

@@ -50,7 +50,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +100,9 @@ SANDBOX_UID = 65534
 BWRAP_PROCESSES = 1  # the outer bwrap counts against pids.max too
 MIB = 1 << 20
 CPU_PERIOD_US = 100_000
-# Where the CPUs are short: a sandbox's weight, against 1024 for the server (a task of the
-# default weight), and that of all of a server's sandboxes together (nest_controllers).
+# A sandbox's weight where the CPUs are short, against 1024 for the server (a task of the
+# default weight): eight busy sandboxes weigh as much as the server together.
 SANDBOX_CPU_SHARES = 128
-SANDBOXES_CPU_SHARES = 128
 BOOT_TIMEOUT_S = 15.0  # until the harness says it is loading the script (see wait_ready)
 BOOT_ERROR_CHARS = 1000  # of a harness's error before its ready, in SandboxUnavailable's reason
 # Admission (a blocking read of bwrap's info, then the move into the cgroups) has threads of
@@ -153,7 +152,6 @@ class Controller:
     name: str  # memory | pids | cpu
     parent: Path
     version: int  # 1 or 2
-    nest: bool = False  # parent is this server's own group for its workers (nest_controllers)
 
     @property
     def mechanism(self) -> str:
@@ -184,80 +182,17 @@ def discover_controllers() -> dict[str, Controller]:
 
 
 def sweep_stale_groups(controllers: dict[str, Controller]) -> int:
-    """Remove the empty worker groups, and nests (nest_controllers), of servers that died
-    without closing them."""
+    """Remove the empty worker groups of servers that died without closing them."""
     removed = 0
     for controller in controllers.values():
-        for path in [*controller.parent.glob("sandboxes-*-*/sandbox-*-*"),
-                     *controller.parent.glob("sandbox-*-*"),
-                     *controller.parent.glob("sandboxes-*-*")]:
+        for path in controller.parent.glob("sandbox-*-*"):
             creator = path.name.split("-")[1]
             if not creator.isdigit() or Path(f"/proc/{creator}").exists():
                 continue  # its server still runs (or the pid was reused: leave it)
             with contextlib.suppress(OSError):
-                path.rmdir()  # fails while a process (or a group) is still inside
+                path.rmdir()  # fails while a process is still inside
                 removed += 1
     return removed
-
-
-def nest_controllers(controllers: dict[str, Controller]) -> dict[str, Controller]:
-    """The controllers with, as their parent, a group of this server's that holds all its
-    workers' groups (``sandboxes-<pid>-<random>``), weighing an eighth of the server
-    (SANDBOXES_CPU_SHARES). Each sandbox weighs an eighth of the server too, so forty
-    busy ones weighed five times as much as the server, which got a sixth of a CPU they
-    all wanted. Nested, all of them together weigh what one did, however many they are;
-    as much as the server, the group's slow clock kept it from preempting them at once
-    (64 gVisor sandboxes parsing 512 KB each: /healthz 23-112 ms, nested at 1024 shares
-    75-212, at 128 21-69). Unnested where the kernel refuses."""
-    name = f"sandboxes-{os.getpid()}-{secrets.token_hex(4)}"
-    nested = {key: replace(c, parent=c.parent / name, nest=True)
-              for key, c in controllers.items()}
-    made: list[Path] = []
-    try:
-        for controller in nested.values():
-            if controller.parent not in made:
-                _make_nest(controller, nested)
-                made.append(controller.parent)
-    except OSError as exc:
-        logger.warning("sandbox cgroups not nested (each weighs on its own): %s", exc)
-        remove_nests(made)
-        return controllers
-    return nested
-
-
-def _make_nest(controller: Controller, controllers: dict[str, Controller]) -> None:
-    """Make ``controller.parent``, the nest, with what it needs for the controllers in it
-    (``controllers`` sharing its folder): v2 hands them down, the cpu one is weighed."""
-    nest = controller.parent
-    sharing = [c for c in controllers.values() if c.parent == nest]
-    nest.mkdir(exist_ok=True)
-    if controller.version == 2:
-        _write(nest / "cgroup.subtree_control",
-               " ".join(f"+{c.name}" for c in sharing if c.name in CONTROLLERS))
-    if any(c.name == "cpu" for c in sharing):
-        if controller.version == 1:
-            _write(nest / "cpu.shares", SANDBOXES_CPU_SHARES)
-        else:
-            _write(nest / "cpu.weight", SANDBOXES_CPU_SHARES * 100 // 1024)
-
-
-def _mkdir_in_nest(path: Path, controller: Controller,
-                   controllers: dict[str, Controller]) -> None:
-    """Make a worker's group; its nest again first if it is gone (a server in another pid
-    namespace cannot tell that this one runs, and may have swept it while it was empty)."""
-    try:
-        path.mkdir()
-    except FileNotFoundError:
-        if not controller.nest:
-            raise
-        _make_nest(controller, controllers)
-        path.mkdir()
-
-
-def remove_nests(nests: list[Path]) -> None:
-    for nest in nests:
-        with contextlib.suppress(OSError):
-            nest.rmdir()
 
 
 def own_cgroups(proc_cgroup: str) -> tuple[dict[str, str], str | None]:
@@ -409,7 +344,7 @@ class WorkerCgroups:
             for controller in controllers.values():
                 path = controller.parent / name
                 if path not in cgroups.dirs:  # v2, or co-mounted v1: one folder for several
-                    _mkdir_in_nest(path, controller, controllers)
+                    path.mkdir()
                 cgroups._groups[controller.name] = (controller, path)
                 _LIMITERS[controller.name](path, controller.version, limits)
         except OSError as exc:
@@ -1702,11 +1637,10 @@ class ProcessBackend:
     def controllers(self) -> dict[str, Controller]:
         """The cgroup controllers workers get (discovered once)."""
         if self._controllers is None:
-            found = discover_controllers()
-            if swept := sweep_stale_groups(found):
-                logger.info("removed %s cgroups left by servers that died", swept)
-            self._controllers = nest_controllers(found)
+            self._controllers = discover_controllers()
             logger.info("process sandbox limits: %s", self.mechanisms())
+            if swept := sweep_stale_groups(self._controllers):
+                logger.info("removed %s cgroups left by servers that died", swept)
         return self._controllers
 
     def mechanisms(self) -> dict[str, str]:
@@ -1891,8 +1825,6 @@ class ProcessBackend:
             self._uids.close()
             self._uids = None
         self._stager.close()
-        if self._controllers is not None:
-            remove_nests([c.parent for c in self._controllers.values() if c.nest])
 
 
 async def abandon(spawning: asyncio.Future[Any], cgroups: WorkerCgroups,

@@ -345,7 +345,7 @@ async def test_sandboxes_die_with_their_server(gvisor: GVisorBackend, settings: 
     assert not [p for p in (pid, *procs) if Path(f"/proc/{p}").exists()]
     later = GVisorBackend(settings)
     assert later.home.exists()  # made on first use, sweeping the folders of dead servers
-    groups = {c.parent.parent for c in later.controllers.values()}  # and its cgroups
+    groups = {c.parent for c in later.controllers.values()}  # and its cgroups
     await later.aclose()
     assert not Path(home).exists()
-    assert not [found for parent in groups for found in parent.glob(f"sandbox*-{pid}-*")]
+    assert not [found for parent in groups for found in parent.glob(f"sandbox-{pid}-*")]

@@ -43,7 +43,6 @@ from service.sandbox.process import (
     cgroup_mounts,
     discover_controllers,
     make_plan,
-    nest_controllers,
     own_cgroups,
     settled_stamp,
     sweep_stale_groups,
@@ -189,26 +188,6 @@ async def test_cgroup_limits_are_written(process_backend: ProcessBackend, boot: 
         assert str(worker.pid) in members  # bwrap itself, and so everything below it
     assert values == {"memory.limit_in_bytes": 48 * MIB, "pids.max": 11,
                       "cpu.cfs_quota_us": 50_000, "cpu.shares": 128}  # below the server's 1024
-
-
-async def test_all_sandboxes_together_weigh_an_eighth_of_the_server(
-        process_backend: ProcessBackend, boot: Boot) -> None:
-    """Each worker's group is in one group of the server's (nest_controllers), which
-    weighs an eighth of the server: forty busy sandboxes of an eighth of the server's
-    weight each weighed five times as much as the server."""
-    if process_backend.mechanisms()["cpu"] != "cgroup-v1":
-        pytest.skip("this host has no writable cgroup v1 cpu controller")
-    workers = [await boot(actor_def(ACTORS / "origin.py")) for _ in range(2)]
-    nests = {path.parent for worker in workers for path in worker.cgroup_dirs}
-    cpu = [nest for nest in nests if (nest / "cpu.shares").exists()]
-    assert len(cpu) == 1 and cpu[0].name.startswith(f"sandboxes-{os.getpid()}-")
-    assert int((cpu[0] / "cpu.shares").read_text()) == 128
-    assert {path.name for path in cpu[0].glob("sandbox-*")} == {
-        path.name for worker in workers for path in worker.cgroup_dirs}
-    for worker in workers:
-        await worker.close()
-    await process_backend.aclose()
-    assert not [nest for nest in nests if nest.exists()]
 
 
 def open_cgroup_files(dirs: tuple[Path, ...]) -> set[str]:
@@ -473,18 +452,15 @@ async def test_backend_aclose_closes_workers_left_open(settings: Settings) -> No
 
 
 async def test_groups_of_dead_servers_are_swept(process_backend: ProcessBackend) -> None:
-    """Worker groups in a dead server's nest, the nest, and groups from before nests."""
-    found = discover_controllers()
-    if not found:
+    controllers = process_backend.controllers
+    if not controllers:
         pytest.skip("no cgroups here")
     dead = 2**22 + 1  # above the default pid_max: never a live process
-    nests = [c.parent / f"sandboxes-{dead}-01234567" for c in found.values()]
-    stale = [*(nest / f"sandbox-{dead}-0123456789ab" for nest in nests),
-             *(c.parent / f"sandbox-{dead}-0123456789ab" for c in found.values())]
-    for path in [*nests, *stale]:
+    stale = [c.parent / f"sandbox-{dead}-0123456789ab" for c in controllers.values()]
+    for path in stale:
         path.mkdir()
-    assert sweep_stale_groups(found) >= len(nests) + len(stale)
-    assert not any(path.exists() for path in [*nests, *stale])
+    assert sweep_stale_groups(controllers) >= len(stale)
+    assert not any(path.exists() for path in stale)
 
 
 def test_a_worker_group_on_cgroup_v2_is_one_folder_for_every_controller(
@@ -492,39 +468,18 @@ def test_a_worker_group_on_cgroup_v2_is_one_folder_for_every_controller(
     """On v2 (and v1 with controllers mounted together) the controllers share a folder:
     it was made once per controller, and the second time failed, refusing every worker."""
     controllers = {name: Controller(name, tmp_path, 2) for name in ("memory", "pids", "cpu")}
-    nested = nest_controllers(controllers)
-    [nest] = {c.parent for c in nested.values()}
-    assert (nest / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"
-    assert (nest / "cpu.weight").read_text() == "12"
-    cgroups = WorkerCgroups.create(nested, PYTHON_LIMITS)
+    cgroups = WorkerCgroups.create(controllers, PYTHON_LIMITS)
     [group] = cgroups.dirs
-    assert group.parent == nest
+    assert group.parent == tmp_path
     assert (group / "memory.max").read_text() == str(PYTHON_LIMITS.memory_mb * MIB)
-    assert (group / "cpu.max").read_text() == f"100000 {100_000}"
-
-
-async def test_a_nest_swept_while_empty_is_made_again(process_backend: ProcessBackend,
-                                                      boot: Boot) -> None:
-    """A server in another pid namespace cannot tell that this one runs, and may remove its
-    nest while no worker is in it: the next worker makes it again, weighed."""
-    if process_backend.mechanisms()["cpu"] != "cgroup-v1":
-        pytest.skip("this host has no writable cgroup v1 cpu controller")
-    first = await boot(actor_def(ACTORS / "origin.py"))
-    nests = {path.parent for path in first.cgroup_dirs}
-    await first.close()
-    for nest in nests:
-        nest.rmdir()
-    second = await boot(actor_def(ACTORS / "origin.py"))
-    assert {path.parent for path in second.cgroup_dirs} == nests
-    assert [int((n / "cpu.shares").read_text()) for n in nests if (n / "cpu.shares").exists()
-            ] == [128]
+    assert (group / "pids.max").read_text() == str(PYTHON_LIMITS.pids + 1)
+    assert (group / "cpu.max").read_text() == "100000 100000"
 
 
 def test_no_sandbox_cgroup_is_left_over() -> None:
     """Runs last in this file: every test above removed its worker groups."""
     leftovers = [p for root in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu")
-                 for pattern in (f"sandbox-{os.getpid()}-*", f"sandboxes-{os.getpid()}-*")
-                 for p in Path(root).glob(pattern)]
+                 for p in Path(root).glob(f"sandbox-{os.getpid()}-*")]
     assert leftovers == []
 
 
