@@ -67,31 +67,34 @@ def loads(text: str | bytes, reference: Callable[[Any], Any] = json.loads, *,
     value of more than heap.PARK_CONTAINERS containers is then parked out of its reach
     (service/heap.py): collections set off later scanned it again while its call ran."""
     if len(text) < GC_PAUSE_CHARS or not gc.isenabled():
-        return _loads(text, reference, same_depth)
+        return _loads(text, reference, same_depth)[0]
     gc.disable()
     try:
-        value = _loads(text, reference, same_depth)
-        if _opening_brackets(text) > PARK_CONTAINERS:
+        value, brackets = _loads(text, reference, same_depth)
+        if brackets > PARK_CONTAINERS:
             HEAP.park()
         return value
     finally:
         gc.enable()
 
 
-def _opening_brackets(text: str | bytes) -> int:
+def opening_brackets(text: str | bytes) -> int:
     """At least as many as the containers a JSON text decodes to (strings may hold some)."""
     if isinstance(text, str):
         return text.count("[") + text.count("{")
     return text.count(b"[") + text.count(b"{")
 
 
-def _loads(text: str | bytes, reference: Callable[[Any], Any], same_depth: bool) -> Any:
-    if _orjson_reads_alike(text, same_depth):
+def _loads(text: str | bytes, reference: Callable[[Any], Any],
+           same_depth: bool) -> tuple[Any, int]:
+    """The value, and the text's opening brackets (_scan)."""
+    brackets, long_run = _scan(text)
+    if not long_run and not (same_depth and brackets > MAX_FAST_BRACKETS):
         try:
-            return orjson.loads(text)
+            return orjson.loads(text), brackets
         except orjson.JSONDecodeError:
             pass  # the reference decides: it may accept it (NaN, "\ud800") or word the error
-    return reference(text)
+    return reference(text), brackets
 
 
 def strict_loads(text: str | bytes) -> Any:
@@ -112,15 +115,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _orjson_reads_alike(text: str | bytes, same_depth: bool = True) -> bool:
-    """No run of _LONG_RUN digits, and (``same_depth``) at most MAX_FAST_BRACKETS opening
-    brackets: one pass over the bytes (digits become 0, brackets go; a run a bracket joins
-    is refused, which only costs speed)."""
+def _scan(text: str | bytes) -> tuple[int, bool]:
+    """The opening brackets of ``text``, and whether it holds a run of _LONG_RUN digits (which
+    orjson may read otherwise): one pass over the bytes (digits become 0, brackets go; a run
+    a bracket joins counts too, which only costs speed)."""
     data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
     scanned = data.translate(_DIGITS, b"[{")
-    if same_depth and len(data) - len(scanned) > MAX_FAST_BRACKETS:
-        return False
-    return _RUN not in scanned
+    return len(data) - len(scanned), _RUN in scanned
 
 
 def dumps_ascii(value: Any) -> bytes | None:

@@ -318,9 +318,7 @@ def _heavy(frame: str | bytes) -> bool:
         return True
     if len(frame) <= jsonfast.MAX_FAST_BRACKETS:  # the common case: too short to count
         return False
-    if isinstance(frame, str):
-        return frame.count("[") + frame.count("{") > jsonfast.MAX_FAST_BRACKETS
-    return frame.count(b"[") + frame.count(b"{") > jsonfast.MAX_FAST_BRACKETS
+    return jsonfast.opening_brackets(frame) > jsonfast.MAX_FAST_BRACKETS
 
 
 def _shape_problem(message: Any) -> str | None:

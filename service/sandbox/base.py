@@ -73,6 +73,7 @@ from typing import Any, Protocol, runtime_checkable
 from service import jsonfast
 from service.errors import ActorFailed, ResourceLimitExceeded, SandboxUnavailable
 from service.eventloop import HEAVY_FRAME, heavy_turn
+from service.heap import HEAP
 from service.manifest.model import ActorDef
 from service.settings import StateSettings
 
@@ -309,9 +310,17 @@ class OutputBudget:
             raise ResourceLimitExceeded("memory", self.hold_limit // MIB)
         return size
 
-    def hold(self, size: int) -> None:
-        """Keep ``size`` (from fits) until the call ends: a decoded output or result."""
+    def hold(self, size: int, parks: int) -> None:
+        """Keep ``size`` (from fits) until the call ends: a decoded output or result; and the
+        values parked out of the collector's reach since ``parks`` (HEAP.parks, read before
+        decoding it), until ``release``."""
         self.held += size
+        self.parked += HEAP.held_since(parks)
+
+    def release(self) -> None:
+        """The call ended: the parked values it held may be settled over (service/heap.py)."""
+        HEAP.release(self.parked)
+        self.parked = 0
 
     def spend(self, size: int) -> None:
         self.used += size

@@ -898,7 +898,7 @@ class MicroVMWorker:
             await self._drain_fences(budget, on_event)
         finally:
             self._state_requests = None  # it holds the call's request: its payload
-            HEAP.release(budget.parked)
+            budget.release()
         if reply["type"] == "result":
             state = reply.get("state")
             outcome = CallOutcome(reply.get("return"), state if isinstance(state, dict) else {})
@@ -958,8 +958,7 @@ class MicroVMWorker:
             raise ActorFailed("ProtocolError", f"the harness sent garbage: {line[:200]!r}")
         kind = message["type"]
         if kind in ("output", "result"):
-            budget.hold(size)
-            budget.parked += HEAP.held_since(parks)  # released as the call ends (_exchange)
+            budget.hold(size, parks)  # released as the call ends (_exchange)
         if kind == "result" or (kind == "error" and "resource" not in message):
             budget.spend(len(raw))  # the return value and state, or the traceback: all go back
         if kind in ("result", "error", "ready", "loading"):

@@ -1186,7 +1186,7 @@ class ProcessWorker:
             await self._forward_raw_output(on_event, budget, baseline, turns)
         finally:
             self._budget = self._state_requests = None  # which hold the call's values
-            HEAP.release(budget.parked)
+            budget.release()
         return outcome
 
     async def _forward_raw_output(self, on_event: EventSink, budget: OutputBudget,
@@ -1456,8 +1456,7 @@ class ProcessWorker:
         parks = HEAP.parks
         item = _message_item(line)
         if item.kind == "message" and item.value.get("type") in ("output", "result"):
-            budget.hold(size)
-            budget.parked += HEAP.held_since(parks)
+            budget.hold(size, parks)
         return item
 
     def _stream_data(self, stream: str, data: bytes) -> None:
