@@ -23,10 +23,17 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
+# While heavy steps wait for their turns, they take at most this share of the loop's time: a
+# step that took 25 ms is followed by 25 ms for everything else. A request that needs a few
+# turns (a new connection's /healthz: accept, read, answer) is then never stuck behind a
+# heavy step in each of them.
+HEAVY_SHARE = 0.5
+
 
 class BusyPollSelector(selectors.DefaultSelector):
     """The default selector, polling for up to ``spin_s`` before a wait that could sleep;
-    and, each time it has polled, handing the next turn to a heavy step (heavy_turn)."""
+    and, each time it has polled, handing the next turn to a heavy step (heavy_turn), once
+    the rest of the loop has had its share of the time (HEAVY_SHARE)."""
 
     def __init__(self, spin_s: float) -> None:
         super().__init__()
@@ -34,14 +41,23 @@ class BusyPollSelector(selectors.DefaultSelector):
         self.heavy_ran = False  # a heavy step ran since the last poll
         self.waiting: deque[asyncio.Future[None]] = deque()  # heavy steps, for their turn
         self.released: asyncio.Future[None] | None = None  # the turn given, not yet taken
+        self.quiet_until = 0.0  # no heavy step gets a turn before this (perf_counter)
+        self._turn_began = time.perf_counter()  # when the loop's current turn began
 
     def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
-        if self.waiting:
-            timeout = 0  # no sleep while a heavy step waits for its turn
-        ready = self._select(timeout)
+        now = time.perf_counter()
         ran, self.heavy_ran = self.heavy_ran, False
-        # the next turn, once what the last heavy step made ready has been read
-        while not ran and self.released is None and self.waiting:
+        if ran:  # the turn that just ended ran one: the rest of the loop gets as long again
+            self.quiet_until = now + (now - self._turn_began) * (1 - HEAVY_SHARE) / HEAVY_SHARE
+        if self.waiting:  # no sleep past the time the next heavy step is due
+            due = max(0.0, self.quiet_until - now)
+            timeout = due if timeout is None else min(timeout, due)
+        ready = self._select(timeout)
+        self._turn_began = time.perf_counter()
+        # the next turn, once what the last heavy step made ready has been read, and the
+        # rest of the loop had its share of the time since
+        while not ran and self.released is None and self.waiting \
+                and self._turn_began >= self.quiet_until:
             turn = self.waiting.popleft()
             if not turn.done():  # (cancelled)
                 turn.get_loop().call_soon(_set_done, turn)
@@ -79,26 +95,52 @@ def loop_factory(busy_poll_us: int) -> Callable[[], asyncio.AbstractEventLoop]:
     return make
 
 
-async def heavy_turn() -> None:
+async def heavy_turn(first: bool = False) -> None:
     """Wait, if another heavy step (a large frame to decode, a large value to write) ran
     since the loop last read its sockets, for a turn of the loop of its own: one heavy step
     a turn, in the order they came, the sockets read between any two. Each is bounded, but
     those that were ready together ran back to back (forty connections' 1 MiB frames, 40-60
-    ms each to decode: 1-2 s with /healthz waiting). At once on a loop loop_factory did
-    not make."""
+    ms each to decode: 1-2 s with /healthz waiting). ``first``: before the steps already
+    waiting (freeing memory, before more is taken). At once on a loop loop_factory did not
+    make."""
     loop = asyncio.get_running_loop()
     selector = _SELECTORS.get(loop)
     if selector is None:
         return
-    if selector.heavy_ran or selector.waiting or selector.released is not None:
+    if selector.heavy_ran or selector.waiting or selector.released is not None \
+            or time.perf_counter() < selector.quiet_until:
         turn = loop.create_future()
-        selector.waiting.append(turn)
+        if first:
+            selector.waiting.appendleft(turn)
+        else:
+            selector.waiting.append(turn)
         try:
             await turn
         finally:
             if selector.released is turn:
                 selector.released = None
     selector.heavy_ran = True
+
+
+def drop_in_turn(value: Any, then: Callable[[], None]) -> None:
+    """Drop ``value`` (a large decoded value: freeing 350,000 objects takes ~6 ms) in a heavy
+    step of its own, then call ``then``; the caller holds no other reference to it once it
+    returns. Freed wherever its last reference went, it took the loop in whichever turn
+    that was, on top of the heavy step already in it."""
+    task = asyncio.get_running_loop().create_task(_drop(value, then))
+    _DROPPING.add(task)
+    task.add_done_callback(_DROPPING.discard)
+
+
+async def _drop(value: Any, then: Callable[[], None]) -> None:
+    try:
+        await heavy_turn(first=True)
+        del value
+    finally:
+        then()
+
+
+_DROPPING: set[asyncio.Task[None]] = set()
 
 
 def _set_done(future: asyncio.Future[None]) -> None:

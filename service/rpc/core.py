@@ -9,6 +9,7 @@ the core never answers a notification, not even with an error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -32,7 +33,7 @@ from service.errors import (
     ParseError,
     RpcError,
 )
-from service.eventloop import HEAVY_FRAME, heavy_turn
+from service.eventloop import HEAVY_FRAME, drop_in_turn, heavy_turn
 from service.heap import HEAP
 from service.jsonfast import weight
 from service.manifest.model import schema_errors
@@ -159,7 +160,8 @@ class Dispatcher:
 
     async def handle_frame(self, frame: str | bytes, connection: Connection) -> str | None:
         """Handle one frame (a request, a notification or a batch); the response text or None."""
-        if _heavy(frame):
+        heavy = _heavy(frame)
+        if heavy:
             await heavy_turn()  # decoding it may take tens of ms: one such a turn
             HEAVY_FRAME.set(True)  # this task's: the frame's calls, and its batch's
         parks = HEAP.parks
@@ -177,7 +179,10 @@ class Dispatcher:
                 return await self._handle_batch(message, connection, budget)
             return await self._answer(message, connection, budget)
         finally:
-            HEAP.release(held)
+            if heavy:  # freeing it is heavy too
+                drop_in_turn(message, functools.partial(HEAP.release, held))
+            else:
+                HEAP.release(held)
 
     async def _handle_batch(self, batch: list[Any], connection: Connection,
                             budget: _ResponseBudget) -> str | None:

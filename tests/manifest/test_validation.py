@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import json
 import math
 import os
 import random
@@ -349,6 +350,28 @@ def test_a_message_quoting_a_large_value_is_cut() -> None:
     [error] = v.errors(value)
     assert error["message"].startswith("[0,") and error["message"].endswith(" characters in all)")
     assert len(error["message"]) < 1000
+
+
+LONG = validation.QUOTING_VALUE_CHARS
+
+
+@pytest.mark.parametrize("value", [
+    [0] * (LONG // 2 - 1), [0] * (LONG // 2), [[]] * (LONG // 3), ["a" * (LONG - 2)],
+    ["a" * (LONG - 4)], {"k" * 20: "v" * (LONG - 30)}, [{"": 0}] * (LONG // 6), 7, "a" * LONG,
+    [[0] * 4000] * 3, [10**30] * (LONG // 32), [1.5e-300] * (LONG // 9),
+])
+def test_a_value_is_long_where_its_json_is(value: Any) -> None:
+    assert validation._long(value) is (len(json.dumps(value, separators=(",", ":"))) > LONG)
+
+
+def test_a_large_container_is_long_without_being_written_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writing out 350,000 empty objects to know they are long took ~5 ms, in one call that
+    held the GIL: every turn of the event loop waited for the error pass's thread."""
+    monkeypatch.setattr(validation, "_json", lambda value: pytest.fail("written out"))
+    assert validation._long([{}] * 350_000)
+    assert validation._long({str(i): 0 for i in range(LONG // 2 + 1)})
+    assert validation._long([[[]]] * (LONG // 4))  # counted, not written
 
 
 @pytest.mark.parametrize("value", [
