@@ -23,10 +23,10 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-# While heavy steps wait for their turns, they take at most this share of the loop's time: a
-# step that took 25 ms is followed by 25 ms for everything else. A request that needs a few
-# turns (a new connection's /healthz: accept, read, answer) is then never stuck behind a
-# heavy step in each of them.
+# Heavy steps take at most this share of the loop's time: the turn that ran one (25 ms,
+# say) is followed by as long again for everything else before the next. A request that
+# needs a few turns (a new connection's /healthz: accept, read, answer) is then never stuck
+# behind a heavy step in each of them.
 HEAVY_SHARE = 0.5
 
 
@@ -97,7 +97,8 @@ def loop_factory(busy_poll_us: int) -> Callable[[], asyncio.AbstractEventLoop]:
 
 async def heavy_turn(first: bool = False) -> None:
     """Wait, if another heavy step (a large frame to decode, a large value to write) ran
-    since the loop last read its sockets, for a turn of the loop of its own: one heavy step
+    since the loop last read its sockets, or the rest of the loop has not had its share of
+    the time since one ran (HEAVY_SHARE), for a turn of the loop of its own: one heavy step
     a turn, in the order they came, the sockets read between any two. Each is bounded, but
     those that were ready together ran back to back (forty connections' 1 MiB frames, 40-60
     ms each to decode: 1-2 s with /healthz waiting). ``first``: before the steps already
@@ -122,25 +123,25 @@ async def heavy_turn(first: bool = False) -> None:
     selector.heavy_ran = True
 
 
+# the tasks of drop_in_turn, until they are done
+_DROPPING: set[asyncio.Task[None]] = set()
+
+
 def drop_in_turn(value: Any, then: Callable[[], None]) -> None:
     """Drop ``value`` (a large decoded value: freeing 350,000 objects takes ~6 ms) in a heavy
-    step of its own, then call ``then``; the caller holds no other reference to it once it
-    returns. Freed wherever its last reference went, it took the loop in whichever turn
-    that was, on top of the heavy step already in it."""
-    task = asyncio.get_running_loop().create_task(_drop(value, then))
+    step of its own, then call ``then`` (also when the task is cancelled, even before it
+    began); the caller holds no other reference to it once it returns. Freed wherever its
+    last reference went, it took the loop in whichever turn that was, on top of the heavy
+    step already in it."""
+    task = asyncio.get_running_loop().create_task(_drop(value))
     _DROPPING.add(task)
     task.add_done_callback(_DROPPING.discard)
+    task.add_done_callback(lambda _: then())
 
 
-async def _drop(value: Any, then: Callable[[], None]) -> None:
-    try:
-        await heavy_turn(first=True)
-        del value
-    finally:
-        then()
-
-
-_DROPPING: set[asyncio.Task[None]] = set()
+async def _drop(value: Any) -> None:
+    await heavy_turn(first=True)
+    del value
 
 
 def _set_done(future: asyncio.Future[None]) -> None:

@@ -399,10 +399,14 @@ def _long(value: Any) -> bool:
     first, in bounded time: each takes two characters at least, so past half as many it is.
     Writing it out to know held the GIL in one call, whatever its size (~5 ms for 1 MB of
     empty objects, the event loop waiting)."""
-    most = QUOTING_VALUE_CHARS // 2 + 1
+    most = (QUOTING_VALUE_CHARS + 3) // 2  # 2 * most - 1 characters > QUOTING_VALUE_CHARS
     if type(value) in (list, dict) and len(value) >= most:
         return True
-    return weight(value, most) >= most or _json(value)[0] > QUOTING_VALUE_CHARS
+    try:
+        counted = weight(value, most)
+    except RecursionError:  # an output nested 1,000 deep: orjson refuses it (below) at once
+        counted = 0
+    return counted >= most or _json(value)[0] > QUOTING_VALUE_CHARS
 
 
 # --- jsonschema, with bounded keywords and a deadline ---

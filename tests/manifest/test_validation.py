@@ -374,6 +374,15 @@ def test_a_large_container_is_long_without_being_written_out(
     assert validation._long([[[]]] * (LONG // 4))  # counted, not written
 
 
+def test_a_value_nested_past_the_recursion_limit_is_long_without_an_error() -> None:
+    """An output may nest 1,000 deep (its line was read by the reference decoder): too deep
+    to count, and for orjson to write, which makes it long."""
+    deep: Any = []
+    for _ in range(1000):
+        deep = [deep]
+    assert validation._long(deep)
+
+
 @pytest.mark.parametrize("value", [
     1, -2.5, 1e-07, 10**30, "it's", 'say "hi"', "\n\u2028\ud800", None, True, [], {},
     [1, [2.5, {"k": "v", "n": None}]], {"a": [1.5, "s"], "b": {}}, list(range(150)),

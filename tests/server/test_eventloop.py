@@ -101,14 +101,17 @@ def test_a_dropped_value_is_freed_in_a_heavy_turn_before_the_steps_waiting() -> 
     class Value:
         def __del__(self) -> None:
             events.append("freed")
+            times.append(time.perf_counter())
 
     events: list[str] = []
+    times: list[float] = []
 
     async def main() -> None:
         async def heavy(name: str) -> None:
             await heavy_turn()
             events.append(name)
             time.sleep(0.02)  # the others wait as long again
+            times.append(time.perf_counter())
 
         first = asyncio.ensure_future(heavy("step 0"))  # runs at once
         await asyncio.sleep(0)
@@ -123,6 +126,7 @@ def test_a_dropped_value_is_freed_in_a_heavy_turn_before_the_steps_waiting() -> 
 
     run(main(), 0)
     assert events == ["step 0", "freed", "then", "step 1", "step 2"]
+    assert times[1] - times[0] >= 0.02 * 0.95  # a heavy step: after step 0's share
 
 
 async def test_heavy_turn_on_a_loop_it_did_not_make_returns_at_once() -> None:

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from service import jsonfast
+from service.eventloop import drop_in_turn as real_drop_in_turn
 from service.heap import HEAP, MOST_PARKED_S, PARK_CONTAINERS, SETTLE_SHARE, Heap, settled
+from service.rpc import core
 from service.rpc.core import Call, Connection, Dispatcher
 
 # More containers than PARK_CONTAINERS, in more text than jsonfast.GC_PAUSE_CHARS.
@@ -89,8 +91,16 @@ def test_settles_take_a_bounded_share_of_the_time() -> None:
         gc.unfreeze()
 
 
-async def test_a_frame_holds_its_parked_value_until_it_is_answered(serving: None) -> None:
+async def test_a_frame_holds_its_parked_value_until_it_is_answered(
+        serving: None, monkeypatch: pytest.MonkeyPatch) -> None:
     held: list[int] = []
+    dropped: list[int] = []  # a heavy frame's value is freed in a heavy step of its own
+
+    def drop_in_turn(value: Any, then: Any) -> None:
+        dropped.append(len(value["params"]["items"]))
+        real_drop_in_turn(value, then)
+
+    monkeypatch.setattr(core, "drop_in_turn", drop_in_turn)
 
     async def count(p: dict[str, Any], call: Call) -> int:
         held.append(HEAP.held)
@@ -106,9 +116,13 @@ async def test_a_frame_holds_its_parked_value_until_it_is_answered(serving: None
     answer = await dispatcher.handle_frame(frame, Connection(send))
     assert answer == f'{{"jsonrpc":"2.0","result":{2 * PARK_CONTAINERS},"id":1}}'
     assert held == [1]
+    assert dropped == [2 * PARK_CONTAINERS]
     for _ in range(3):  # freed in a turn of its own (drop_in_turn), then released
         await asyncio.sleep(0)
     assert HEAP.held == 0 and HEAP.settles == settles + 1
+    await dispatcher.handle_frame('{"jsonrpc":"2.0","id":2,"method":"count","params":'
+                                  '{"items":[1]}}', Connection(send))
+    assert dropped == [2 * PARK_CONTAINERS]  # a light frame's, at once
 
 
 async def test_a_release_after_serving_ended_freezes_nothing() -> None:
