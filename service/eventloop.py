@@ -45,13 +45,15 @@ class BusyPollSelector(selectors.DefaultSelector):
         self._turn_began = time.perf_counter()  # when the loop's current turn began
 
     def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
-        now = time.perf_counter()
         ran, self.heavy_ran = self.heavy_ran, False
-        if ran:  # the turn that just ended ran one: the rest of the loop gets as long again
-            self.quiet_until = now + (now - self._turn_began) * (1 - HEAVY_SHARE) / HEAVY_SHARE
-        if self.waiting:  # no sleep past the time the next heavy step is due
-            due = max(0.0, self.quiet_until - now)
-            timeout = due if timeout is None else min(timeout, due)
+        if ran or self.waiting:  # (the clock is read only then: this is every turn's path)
+            now = time.perf_counter()
+            if ran:  # the turn that just ended ran one: the rest of the loop gets as long again
+                self.quiet_until = now + (now - self._turn_began) * (1 - HEAVY_SHARE) \
+                    / HEAVY_SHARE
+            if self.waiting:  # no sleep past the time the next heavy step is due
+                due = max(0.0, self.quiet_until - now)
+                timeout = due if timeout is None else min(timeout, due)
         ready = self._select(timeout)
         self._turn_began = time.perf_counter()
         # the next turn, once what the last heavy step made ready has been read, and the

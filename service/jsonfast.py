@@ -145,8 +145,12 @@ def weight(value: Any, most: int) -> int:
     if type(value) is int:  # written out in quadratic time: 4,000 digits take ~0.2 ms
         return 1 + value.bit_length() // BITS_PER_VALUE
     if isinstance(value, dict):
+        if 1 + 2 * len(value) >= most:  # a key and a value each, at least: no need to walk
+            return most
         items: Iterable[Any] = (part for item in value.items() for part in item)
     elif isinstance(value, list | tuple):
+        if 1 + len(value) >= most:
+            return most
         items = value
     else:
         return 1

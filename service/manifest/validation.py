@@ -400,8 +400,6 @@ def _long(value: Any) -> bool:
     Writing it out to know held the GIL in one call, whatever its size (~5 ms for 1 MB of
     empty objects, the event loop waiting)."""
     most = (QUOTING_VALUE_CHARS + 3) // 2  # 2 * most - 1 characters > QUOTING_VALUE_CHARS
-    if type(value) in (list, dict) and len(value) >= most:
-        return True
     try:
         counted = weight(value, most)
     except RecursionError:  # an output nested 1,000 deep: orjson refuses it (below) at once
