@@ -5,7 +5,7 @@ Two engines compile the same (bundled, self-contained) schema once, at load:
 - jsonschema-rs gives the verdict. It is fast (a number in well under a
   microsecond, a 50-item order in microseconds) and bounded: ``pattern`` runs on
   its linear-time engine (a schema with a lookaround or a backreference has no
-  verdict here: jsonschema decides, in a thread), and ``uniqueItems`` and
+  verdict here: jsonschema decides), and ``uniqueItems`` and
   ``multipleOf`` are the server's (verdicts.all_distinct, :func:`multiple_of`),
   called from Rust.
 - jsonschema, the reference implementation, writes the error messages and paths
@@ -17,14 +17,16 @@ Two engines compile the same (bundled, self-contained) schema once, at load:
   a deadline, so a hostile value costs at most ``timeout_s``.
 
 During a call, :meth:`SchemaValidator.check` runs the verdict on the event loop and
-the error pass in a thread, so no value stalls other connections. Every keyword of
-the verdict costs a few tens of nanoseconds per value node, except ``multipleOf``
-(up to a few µs: Python arithmetic, exact past a float's range): the verdict of a
-schema that has it, on a container of more than LOOP_VERDICT_BYTES, runs in a
-thread too (it lets the loop run at each ``multipleOf``). Patterns and nested
+the error pass in a verdict process (verdicts.py: jsonschema is Python, and in a thread
+of the server it took the interpreter from the loop 5 ms at a time), so no value stalls
+other connections. Every keyword of the verdict costs a few tens of nanoseconds per
+value node, except those jsonschema-rs calls back in Python (``multipleOf``: up to a few
+µs, exact past a float's range; ``uniqueItems``; formats it does not check as jsonschema
+does): the verdict of a schema that has them, on a container of more than
+LOOP_VERDICT_BYTES, is given in a verdict process too. Patterns and nested
 ``unevaluated*`` keywords cost more per node: where a value's verdict could cost more
-than LOOP_VERDICT_STEPS, jsonschema-rs gives it in a process of its own (verdicts.py),
-within the check's deadline, and the loop goes on meanwhile.
+than LOOP_VERDICT_STEPS, so is it, within the check's deadline, and the loop goes on
+meanwhile.
 """
 
 from __future__ import annotations
@@ -76,9 +78,10 @@ QUOTING_VALUE_CHARS = 16 << 10
 # all paths and messages of one value (the first error is always kept): 50 errors at the
 # path of one 1 MB object key would make a 50 MB answer too
 MAX_ERRORS_CHARS = 64 << 10
-# Error passes (and costly verdicts) run on threads of their own, never the loop's default
-# executor, which boots sandboxes: a flood of values that are slow to explain must not delay
-# another caller's sandbox. Queued passes whose deadline went by return at once.
+# The waits for verdict processes (and the error passes they cannot take) run on threads of
+# their own, never the loop's default executor, which boots sandboxes: a flood of values
+# that are slow to explain must not delay another caller's sandbox. Queued passes whose
+# deadline went by return at once.
 _THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="validation")
 # The largest container (as JSON text) whose multipleOf verdict runs on the event loop:
 # ~10 ms at the worst of a few µs per number.
@@ -121,7 +124,7 @@ _DRAFT4_FORMATS = frozenset({"date-time", "email", "hostname", "ipv4", "ipv6", "
 _DRAFT6_FORMATS = _DRAFT4_FORMATS | {"uri-reference", "uri-template", "json-pointer"}
 _DRAFT7_FORMATS = _DRAFT6_FORMATS | {"date", "time", "idn-email", "idn-hostname", "iri",
                                      "iri-reference", "relative-json-pointer", "regex"}
-_DIALECTS = {specification_of(cls).name: cls for cls in (
+DIALECTS = {specification_of(cls).name: cls for cls in (
     jsonschema.Draft4Validator, jsonschema.Draft6Validator, jsonschema.Draft7Validator,
     jsonschema.Draft201909Validator, jsonschema.Draft202012Validator)}
 DIALECT_FORMATS = {"draft-04": _DRAFT4_FORMATS, "draft-06": _DRAFT6_FORMATS,
@@ -206,9 +209,10 @@ class SchemaValidator:
         # branches that recurse: 31 s, GIL held): it stands in for jsonschema's only where
         # its cost is linear
         self._linear_errors = self._evaluations == 1 and reentries < 2
-        # what names this schema to the verdict processes (verdicts.py)
-        self._key = None if self._fast is None \
-            else verdicts.schema_key(schema, spec.name, format_assertion)
+        # what names this schema to the verdict processes (verdicts.py): for its errors, and
+        # for its verdicts where jsonschema-rs has any
+        self._explainer_key = verdicts.schema_key(schema, spec.name, format_assertion)
+        self._key = None if self._fast is None else self._explainer_key
 
     def is_valid(self, value: Any) -> bool | None:
         """The fast verdict: True, False, or None when jsonschema-rs has none to give."""
@@ -239,11 +243,34 @@ class SchemaValidator:
         if verdict:
             return []
         try:
-            return await asyncio.wait_for(_off_loop(self._errors, value, verdict, deadline),
+            return await asyncio.wait_for(_off_loop(self._errors_elsewhere, value, verdict,
+                                                    deadline),
                                           deadline - time.monotonic() + DEADLINE_SLACK_S)
         except TimeoutError:  # one RE2 search cannot be stopped: its thread finishes alone
-            return [{"path": "", "message": f"validation did not finish within "
-                                            f"{self.timeout_s:g} s; the value is refused"}]
+            return self._unfinished()
+
+    def _errors_elsewhere(self, value: Any, verdict: bool | None, deadline: float) -> Errors:
+        """:meth:`_errors`, run by a verdict process. jsonschema's pass is Python: in a thread
+        of the server, it takes the interpreter from the event loop 5 ms at a time (its
+        switch interval), so every callback of the loop that gives it up (a read, a write)
+        waited that long for it again (eight 1.1 MB objects held /healthz 280-440 ms). Here,
+        in the calling thread, only for a value the process cannot take (nested too deeply
+        to write) or a schema it cannot explain."""
+        text = verdicts.portable(value)
+        if self._explainer_key is None or text is None:
+            return self._errors(value, verdict, deadline)
+        answer = verdicts.VERDICTS.errors(self._explainer_key, text, verdict, self.timeout_s,
+                                          deadline, DEADLINE_SLACK_S / 2)
+        if answer is None:  # no process free by the deadline, or it did not stop in time
+            return self._unfinished()
+        if answer == verdicts.NO_ANSWER:
+            return self._errors(value, verdict, deadline)
+        found: Errors = orjson.loads(answer)
+        return found
+
+    def _unfinished(self) -> Errors:
+        return [{"path": "", "message": f"validation did not finish within {self.timeout_s:g} s; "
+                                        f"the value is refused"}]
 
     async def _verdict(self, value: Any, deadline: float,
                        budget: LoopBudget | None = None) -> bool | None:
@@ -251,10 +278,9 @@ class SchemaValidator:
         patterns still take up to ~1.4-7 ns per character per step of their program
         (``a[^c]{1000}c`` on 1 MB of text: 13 s), nested ``unevaluated*`` keywords evaluate a
         value again at each level, and it holds the GIL: for a value that could cost more
-        than what ``budget`` (the call's) has left of LOOP_VERDICT_STEPS, the verdict process
-        gives it by ``deadline``, or none comes and
-        jsonschema decides (off the loop, by the same deadline). A costly ``multipleOf``
-        runs in a thread."""
+        than what ``budget`` (the call's) has left of LOOP_VERDICT_STEPS, and for a large
+        value where it calls back Python, the verdict process gives it by ``deadline``, or
+        none comes and jsonschema decides (off the loop, by the same deadline)."""
         costly = self._json_if_costly(value)
         if costly is None:
             return self.is_valid(value)
@@ -264,8 +290,8 @@ class SchemaValidator:
         if steps > budget.left:
             return await _off_loop(self._verdict_elsewhere, value, deadline, text)
         budget.left -= steps
-        if self._calls_python and size > LOOP_VERDICT_BYTES:
-            return await _off_loop(self.is_valid, value)
+        if self._calls_python and size > LOOP_VERDICT_BYTES:  # Python, called from Rust
+            return await _off_loop(self._verdict_elsewhere, value, deadline, text)
         return self.is_valid(value)
 
     def _json_if_costly(self, value: Any) -> tuple[int, bytes | None] | None:
@@ -467,7 +493,7 @@ def format_checks(schema: Any, dialect: str) -> dict[str, Callable[[str], bool]]
     ``referencing``), with format assertion: the formats its own checks would judge
     otherwise than _Formats (see _lax_format), each checked by _Formats, string by string.
     verdicts.rust_validator asks for them, in the server and in the verdict processes."""
-    cls = _DIALECTS.get(dialect)
+    cls = DIALECTS.get(dialect)
     if cls is None:
         return {}
     formats = _Formats(cls)

@@ -475,16 +475,21 @@ def test_a_path_through_a_long_key_is_cut() -> None:
 
 
 async def test_check_runs_a_costly_verdict_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The multipleOf verdict of a container past LOOP_VERDICT_BYTES runs in a thread."""
+    """The multipleOf verdict of a container past LOOP_VERDICT_BYTES is the verdict
+    process's (it calls Python back: in a thread, it would take the GIL from the loop)."""
     threads: list[Any] = []
     monkeypatch.setattr(validation, "_off_loop", lambda fn, *args: _recorded(threads, fn, *args))
     v = validator({"type": "array", "items": {"multipleOf": 0.5}})
     assert await v.check([1.5] * 10) == [] and threads == []
     big = [1.5] * 10_000  # 40 KB
-    assert await v.check(big) == [] and threads == [v.is_valid]
-    assert await v.check([10**30]) == [] and len(threads) == 2  # orjson cannot size it
+    assert await v.check(big) == [] and threads == [v._verdict_elsewhere]
+    # orjson cannot size it, nor write it for the verdict: jsonschema decides, elsewhere too
+    assert await v.check([10**30]) == [] and threads[1:] == [v._verdict_elsewhere,
+                                                              v._errors_elsewhere]
+    assert await v.check([10**30, 0.3]) == [{"path": "/1",
+                                             "message": "0.3 is not a multiple of 0.5"}]
     plain = validator({"type": "array", "items": {"type": "number"}})
-    assert await plain.check(big) == [] and len(threads) == 2  # cheap keywords: on the loop
+    assert await plain.check(big) == [] and len(threads) == 5  # cheap keywords: on the loop
 
 
 async def _recorded(threads: list[Any], fn: Any, *args: Any) -> Any:
@@ -551,21 +556,26 @@ async def _longest_loop_gap_s(work: Any) -> tuple[Any, float]:
         gc.unfreeze()
 
 
-async def test_a_verdict_costly_for_its_patterns_is_given_in_the_verdict_process() -> None:
+async def test_a_verdict_costly_for_its_patterns_is_given_in_the_verdict_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """jsonschema-rs's linear-time patterns cost up to ~1.4 ns per character per program
     step, and it holds the GIL: a[^c]{1000}c on 1 MiB held the event loop for 13 s. Such a
     verdict runs in the verdict process; one still running at its deadline has the process
-    killed, and the value is refused; the next verdict starts another process."""
+    killed, and the value is refused (by the next process, past the deadline); later values
+    go to that one."""
+    pool = verdicts.VerdictPool(1)
+    monkeypatch.setattr(verdicts, "VERDICTS", pool)
     v = validator({"type": "string", "pattern": "a[^c]{1000}c"}, timeout_s=0.5)
     assert await v._verdict("ab" * 100, deadline(v)) is False  # small: on the loop
-    verdicts.VERDICTS.stop()
-    started = verdicts.VERDICTS.started
-    errors, gap_s = await _longest_loop_gap_s(v.check(SLOW_TEXT))
-    assert errors == [{"path": "", "message": "validation did not finish within 0.5 s; the "
-                                              "value is refused"}] and gap_s < 0.5, gap_s
-    assert verdicts.VERDICTS.pids == set()  # killed at the deadline
-    assert await v._verdict("a" + "b" * 1000 + "c" + "b" * 6000, deadline(v)) is True
-    assert verdicts.VERDICTS.started == started + 2  # one killed, one new
+    try:
+        errors, gap_s = await _longest_loop_gap_s(v.check(SLOW_TEXT))
+        assert errors == [{"path": "", "message": "validation did not finish within 0.5 s; "
+                                                  "the value is refused"}] and gap_s < 0.5, gap_s
+        assert pool.started == 2  # the verdict's process killed at the deadline, one new
+        assert await v._verdict("a" + "b" * 1000 + "c" + "b" * 6000, deadline(v)) is True
+        assert pool.started == 2
+    finally:
+        pool.stop()
 
 
 async def test_unique_arrays_that_hash_alike_are_told_apart_in_linear_time() -> None:
@@ -678,16 +688,44 @@ def test_the_verdict_process_is_reached_past_select_s_descriptors() -> None:
 
 
 def test_the_verdict_process_answers_each_value() -> None:
-    """``ready``, then one answer line for each two lines of a value; no verdict for what it
-    cannot compile or read, and it goes on."""
+    """``ready``, then one answer line for each three lines of a request: a verdict, or
+    jsonschema's errors (as the server's own pass gives them); none for what it cannot
+    compile or read, and it goes on."""
     key = verdicts.schema_key(SKUS, "draft2020-12", False)
     bad_key = verdicts.schema_key({"pattern": "(?<=a)b"}, "draft2020-12", False)
-    assert key is not None and bad_key is not None
-    requests = b"".join([key, b"\n[]\n", key, b'\n[{"sku":"x"}]\n', bad_key, b"\n\"b\"\n",
-                         key, b"\n[\n", b'["nonsense"]\n1\n', key, b"\n[]\n"])
+    big_key = verdicts.schema_key({"maximum": 10}, "draft2020-12", False)
+    unique_key = verdicts.schema_key({"uniqueItems": True}, "draft2020-12", False)
+    assert key is not None and bad_key is not None and big_key is not None \
+        and unique_key is not None
+    pairs = [[i, i + 1] for i in range(verdicts.PARK_CONTAINERS)]
+    later = repr(time.monotonic() + 30).encode()
+
+    def explain(key: bytes, text: bytes, verdict: bytes = b"0", decoder: bytes = b"o") -> bytes:
+        return b"e 1.0 " + later + b" " + verdict + b" " + decoder + b"\n" + key + b"\n" \
+            + text + b"\n"
+
+    requests = b"".join([b"v\n", key, b"\n[]\n", b"v\n", key, b'\n[{"sku":"x"}]\n',
+                         b"v\n", bad_key, b'\n"b"\n', b"v\n", key, b"\n[\n",
+                         b'v\n["nonsense"]\n1\n', explain(key, b'[{"sku":"x"}]'),
+                         explain(bad_key, b'"b"', b"-"), explain(big_key, b"18446744073709551617",
+                                                                b"-", b"j"),
+                         explain(key, b"["), b"v\n", key, b"\n[]\n",
+                         # more containers than PARK_CONTAINERS: the collector paused, then
+                         # the value frozen out of its reach; one collection after the answer
+                         b"v\n", unique_key, b"\n", orjson.dumps(pairs), b"\n",
+                         explain(unique_key, orjson.dumps([*pairs, [0, 1]]))])
     answers = io.BytesIO()
+    frozen = gc.get_freeze_count()
     verdicts.serve(io.BytesIO(requests), answers)
-    assert answers.getvalue() == b"ready\n1\n0\n-\n-\n-\n1\n"
+    assert gc.isenabled() and gc.get_freeze_count() == frozen  # as it found them
+    sku_errors = validator(SKUS).errors([{"sku": "x"}])
+    unique_errors = validator({"uniqueItems": True}).errors([*pairs, [0, 1]])
+    assert sku_errors and unique_errors
+    assert answers.getvalue().split(b"\n") == [
+        b"ready", b"1", b"0", b"-", b"-", b"-", orjson.dumps(sku_errors),
+        orjson.dumps([{"path": "", "message": "'b' does not match '(?<=a)b'"}]),
+        orjson.dumps([{"path": "", "message": f"{2**64 + 1} is greater than the maximum of 10"}]),
+        b"-", b"1", b"1", orjson.dumps(unique_errors), b""]
 
 
 @pytest.mark.parametrize(("schema", "depth"), [
@@ -799,12 +837,58 @@ async def test_an_error_pass_past_its_deadline_refuses_the_value(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """One RE2 search cannot be stopped: the call does not wait for it past timeout_s."""
     v = validator({"type": "string", "pattern": "^a$"}, timeout_s=0.1)
-    monkeypatch.setattr(v, "_errors", lambda *args: time.sleep(1.5))
+    monkeypatch.setattr(v, "_errors_elsewhere", lambda *args: time.sleep(1.5))
     monkeypatch.setattr(validation, "DEADLINE_SLACK_S", 0.1)
     started = time.monotonic()
     assert await v.check("b") == [
         {"path": "", "message": "validation did not finish within 0.1 s; the value is refused"}]
     assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize("value", [
+    {"n": 4, "extra": 1},
+    {"n": 2**64 + 1, "extra": math.nan},  # the standard library's JSON carries them
+    {"n": "\ud800"},
+])
+async def test_the_error_pass_runs_in_a_verdict_process(monkeypatch: pytest.MonkeyPatch,
+                                                        value: Any) -> None:
+    """jsonschema's pass is Python: in a thread of the server, it took the interpreter from
+    the event loop 5 ms at a time. A verdict process writes the errors; the server reads
+    them, the same as its own pass would give."""
+    v = validator({"type": "object", "properties": {"n": {"type": "integer", "maximum": 3}},
+                   "unevaluatedProperties": False})
+    expected = v.errors(value)
+    assert expected != []
+
+    def in_the_server(*args: Any) -> None:
+        raise AssertionError("the error pass ran in the server")
+
+    monkeypatch.setattr(SchemaValidator, "_errors", in_the_server)
+    assert await v.check(value) == expected
+
+
+async def test_a_value_too_deep_to_write_is_explained_in_the_server() -> None:
+    v = validator({"type": "array", "items": {"type": "array"}})
+    deep: list[Any] = [1]
+    for _ in range(5000):
+        deep = [deep]
+    assert verdicts.portable(deep) is None
+    [error] = await v.check([deep, 1])
+    assert error["path"] == "/1"
+
+
+async def test_concurrent_error_passes_leave_the_loop_its_interpreter() -> None:
+    """Eight values refused with 40,000 unevaluated keys each: their passes in threads of
+    the server held the event loop for 97-170 ms at a time (each callback that gave up the
+    interpreter waited 5 ms to get it back, behind every thread)."""
+    v = validator({"type": "object", "properties": {"a": {}}, "unevaluatedProperties": False},
+                  timeout_s=30)
+    values = [{f"k{i}_{j}": j for j in range(40_000)} for i in range(8)]
+    results, gap_s = await _longest_loop_gap_s(
+        asyncio.gather(*(v.check(value) for value in values)))
+    assert all(error["message"].startswith("Unevaluated properties are not allowed ('k")
+               for [error] in results)
+    assert gap_s < 0.1, gap_s
 
 
 def test_unevaluated_properties_read_pattern_properties_as_ecma_262() -> None:
