@@ -168,3 +168,23 @@ def test_gvisor_beside_process(results: dict[str, Any]) -> None:
         assert workers["count"] >= 1 and workers["rss_mb_each"] > 0
     labels = [row["label"] for row in results["rows"]]
     assert "gvisor warm round trip p50, doubler" in labels
+
+
+@pytest.mark.timeout(120)
+def test_the_stall_benchmark_runs_every_case() -> None:
+    """`python -m bench.stall`, small: a line per case, each call answered (no timing)."""
+    done = subprocess.run([sys.executable, "-m", "bench.stall", "--items", "3000",
+                           "--rounds", "1", "--connections", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=110, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("/healthz, idle: p50 ")
+    cases = ["unevaluated_keys", "unique_floats", "unique_nested", "recursive_anyof"]
+    assert [line.split()[0] for line in lines[1:-1]] == cases
+    for line in lines[1:-1]:
+        calls = line.split("calls: ")[1]
+        assert sum(int(part.split()[0]) for part in calls.split(", ")) == 2, line
+    # valid or refused as the schema says (no value this small runs out of time)
+    assert lines[1].endswith("calls: 2 -32002 refused")
+    assert lines[3].endswith("calls: 2 ok")
+    assert lines[-1] in ("target met", "target NOT met")
