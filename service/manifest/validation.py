@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -131,6 +132,9 @@ DIALECT_FORMATS = {"draft-04": _DRAFT4_FORMATS, "draft-06": _DRAFT6_FORMATS,
                    "draft-07": _DRAFT7_FORMATS,
                    "draft2019-09": _DRAFT7_FORMATS | {"duration", "uuid"},
                    "draft2020-12": _DRAFT7_FORMATS | {"duration", "uuid"}}
+# The largest value (JSON bytes, times its schema's cost per byte) whose error list is
+# written in the server: jsonschema's pass takes ~1 µs per byte, a few ms here.
+ERRORS_HERE_STEPS = 4 << 10
 DEADLINE_SLACK_S = 0.5  # past timeout_s, the wait for an error pass that cannot stop itself
 # The deadline of the error pass running in this context (None: none).
 _DEADLINE: ContextVar[float | None] = ContextVar("validation_deadline", default=None)
@@ -161,6 +165,7 @@ class SchemaValidator:
 
     def __init__(self, schema: Any, dialect: type[Validator], format_assertion: bool = False,
                  timeout_s: float = 1.0) -> None:
+        begun = time.monotonic()
         self.schema = schema
         self.dialect = dialect
         self.timeout_s = timeout_s
@@ -213,6 +218,9 @@ class SchemaValidator:
         # for its verdicts where jsonschema-rs has any
         self._explainer_key = verdicts.schema_key(schema, spec.name, format_assertion)
         self._key = None if self._fast is None else self._explainer_key
+        # A verdict process compiles the schema on its first value, as the server did here:
+        # not counted against that value's deadline, it may take twice as long at nice 10
+        self._cold_s = 2 * (time.monotonic() - begun)
 
     def is_valid(self, value: Any) -> bool | None:
         """The fast verdict: True, False, or None when jsonschema-rs has none to give."""
@@ -245,32 +253,44 @@ class SchemaValidator:
         try:
             return await asyncio.wait_for(_off_loop(self._errors_elsewhere, value, verdict,
                                                     deadline),
-                                          deadline - time.monotonic() + DEADLINE_SLACK_S)
+                                          deadline - time.monotonic() + DEADLINE_SLACK_S
+                                          + self._cold_s)
         except TimeoutError:  # one RE2 search cannot be stopped: its thread finishes alone
             return self._unfinished()
 
     def _errors_elsewhere(self, value: Any, verdict: bool | None, deadline: float) -> Errors:
-        """:meth:`_errors`, run by a verdict process. jsonschema's pass is Python: in a thread
-        of the server, it takes the interpreter from the event loop 5 ms at a time (its
-        switch interval), so every callback of the loop that gives it up (a read, a write)
-        waited that long for it again (eight 1.1 MB objects held /healthz 280-440 ms). Here,
-        in the calling thread, only for a value the process cannot take (nested too deeply
-        to write) or a schema it cannot explain."""
+        """:meth:`_errors`, run by a verdict process where it could cost the loop. The pass
+        is Python: in a thread of the server, it takes the interpreter from the event loop
+        5 ms at a time (its switch interval), so every callback of the loop that gives it
+        up (a read, a write) waited that long for it again (eight 1.1 MB objects held
+        /healthz 280-440 ms). Here, in the calling thread: a value small enough to explain
+        in a few ms (the verdict processes, one per CPU, may be busy with costly ones), one
+        the process cannot take (nested too deeply to write), a schema it cannot explain."""
+        if time.monotonic() >= deadline:  # it waited for a thread past its deadline
+            return self._fallback_errors(value, verdict, self._unfinished_why())
         text = verdicts.portable(value)
-        if self._explainer_key is None or text is None:
+        if self._explainer_key is None or text is None or self._errors_here(len(text[0])):
             return self._errors(value, verdict, deadline)
         answer = verdicts.VERDICTS.errors(self._explainer_key, text, verdict, self.timeout_s,
-                                          deadline, DEADLINE_SLACK_S / 2)
-        if answer is None:  # no process free by the deadline, or it did not stop in time
-            return self._unfinished()
+                                          deadline, DEADLINE_SLACK_S / 2 + self._cold_s)
         if answer == verdicts.NO_ANSWER:
             return self._errors(value, verdict, deadline)
-        found: Errors = orjson.loads(answer)
+        found = None if answer is None else _error_list(answer)
+        if found is None:  # no process free by the deadline, or it did not stop in time
+            return self._fallback_errors(value, verdict, self._unfinished_why())
         return found
 
+    def _errors_here(self, size: int) -> bool:
+        """Is jsonschema's pass over a value of ``size`` bytes of JSON cheap enough to run in
+        the server (ERRORS_HERE_STEPS)?"""
+        return self._fast is not None and self._linear_errors \
+            and size * max(self._steps_per_byte, 1) * self._breadth <= ERRORS_HERE_STEPS
+
+    def _unfinished_why(self) -> str:
+        return f"validation did not finish within {self.timeout_s:g} s"
+
     def _unfinished(self) -> Errors:
-        return [{"path": "", "message": f"validation did not finish within {self.timeout_s:g} s; "
-                                        f"the value is refused"}]
+        return [{"path": "", "message": f"{self._unfinished_why()}; the value is refused"}]
 
     async def _verdict(self, value: Any, deadline: float,
                        budget: LoopBudget | None = None) -> bool | None:
@@ -313,7 +333,7 @@ class SchemaValidator:
         text = verdicts.encoded(value, text)
         if self._key is None or text is None:
             return None
-        return verdicts.VERDICTS.verdict(self._key, text, deadline)
+        return verdicts.VERDICTS.verdict(self._key, text, deadline + self._cold_s)
 
     def _cheap(self, value: Any) -> bool:
         """Would jsonschema-rs's work on ``value`` cost the loop no more than its verdict may?"""
@@ -364,6 +384,23 @@ class SchemaValidator:
             return _bounded([{"path": _cut_path(json_pointer(e.instance_path)),
                               "message": _cut(e.message)} for e in found])
         return [{"path": "", "message": f"{why}; the value is refused"}]
+
+
+def _error_list(answer: bytes) -> Errors | None:
+    """A verdict process's error list (JSON: orjson's, or the standard library's where a
+    path holds a lone surrogate); None when the answer is not one."""
+    try:
+        found = orjson.loads(answer)
+    except orjson.JSONDecodeError:
+        try:
+            found = json.loads(answer)
+        except ValueError:
+            return None
+    if not isinstance(found, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("path"), str)
+            and isinstance(e.get("message"), str) for e in found):
+        return None
+    return found
 
 
 async def _off_loop(function: Callable[..., Any], *args: Any) -> Any:

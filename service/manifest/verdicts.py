@@ -6,8 +6,8 @@ engine takes a step per character per instruction of its program, nested ``uneva
 keywords evaluate a value again at each level (validation.py counts both). Such a verdict
 used to go to jsonschema, off the loop, at ~1 s per MB: a valid 900 KB order was refused
 for time. It is given here instead, in a child process (``python -m
-service.manifest.verdicts``, which imports this module and jsonschema-rs only) started on
-first use: it compiles each schema once and checks one value at a time, while the
+service.manifest.verdicts``, which also imports validation.py for the error lists) started
+on first use: it compiles each schema once and checks one value at a time, while the
 server's loop goes on. There are as many children as CPUs (at most MOST_PROCESSES), each
 started when values first wait for it. A verdict still running at its deadline has its
 child killed (the next verdict starts another): a hostile value costs one CPU for
@@ -90,7 +90,7 @@ def rust_validator(schema: Any, dialect: str, format_assertion: bool) -> Any:
                    retriever=_refuse_retrieval,
                    pattern_options=jsonschema_rs.RegexOptions(),
                    keywords={"multipleOf": _RustMultipleOf, "uniqueItems": _RustUniqueItems})
-    except Exception as exc:  # e.g. such a pattern: jsonschema decides, in a thread
+    except Exception as exc:  # e.g. such a pattern: jsonschema decides
         log.debug("jsonschema-rs cannot compile a schema (%s); jsonschema alone validates", exc)
         return None
 
@@ -224,25 +224,33 @@ class VerdictProcess:
     def verdict(self, key: bytes, value: bytes, deadline: float) -> bool | None:
         """The child's verdict on ``value`` (compact JSON); None when it has none, or none
         before ``deadline`` (``time.monotonic()``): the child is then killed."""
-        return ANSWERS.get(self._answer(VERDICT, key, value, deadline) or b"")
+        return ANSWERS.get(self._answer(lambda start_s: VERDICT, key, value, deadline) or b"")
 
     def errors(self, key: bytes, value: tuple[bytes, str], verdict: bool | None,
                timeout_s: float, deadline: float, wait_s: float) -> bytes | None:
         """The child's answer to an errors request: jsonschema's errors (validation.py's
         ``SchemaValidator._errors``) on ``value`` (its text and decoder, :func:`portable`),
-        as compact JSON, or NO_ANSWER; None when it has not answered ``wait_s`` past
-        ``deadline``, when its pass is to stop: the child is then killed."""
+        as JSON, or NO_ANSWER; None when it has not answered ``wait_s`` past ``deadline``,
+        when its pass is to stop: the child is then killed. The child's start, and its
+        compiling of the schema, are not counted against ``deadline``."""
         text, decoder = value
-        ask = f"e {timeout_s!r} {deadline!r} {VERDICT_CODES[verdict]} {decoder}".encode()
+
+        def ask(start_s: float) -> bytes:
+            return (f"e {timeout_s!r} {deadline + start_s!r} {VERDICT_CODES[verdict]} "
+                    f"{decoder}").encode()
+
         return self._answer(ask, key, text, deadline + wait_s)
 
-    def _answer(self, ask: bytes, key: bytes, value: bytes, deadline: float) -> bytes | None:
+    def _answer(self, ask: Callable[[float], bytes], key: bytes, value: bytes,
+                deadline: float) -> bytes | None:
+        """The child's answer line to the request ``ask(seconds its start took)``."""
         try:
             # The child's start is the server's cost, not the value's: not counted.
-            deadline += self._start_if_needed()
+            start_s = self._start_if_needed()
+            deadline += start_s
             child = self._child
             assert child is not None and child.stdin is not None and child.stdout is not None
-            _write_until(child.stdin, b"\n".join((ask, key, value, b"")), deadline)
+            _write_until(child.stdin, b"\n".join((ask(start_s), key, value, b"")), deadline)
             return _line_until(child.stdout, deadline)
         except (OSError, EOFError):  # the deadline passed (TimeoutError), or it died
             self.stop()
@@ -390,11 +398,11 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
         large = value.count(b"[") + value.count(b"{") > PARK_CONTAINERS
         answers.write(judge.answer(ask.split(), key, value, large) + b"\n")
         answers.flush()
-        if large:
+        if large and ask != VERDICT + b"\n":  # (a verdict's value was never frozen)
             gc.unfreeze()
             gc.collect()
             gc.freeze()
-    gc.unfreeze()  # (for a caller other than __main__)
+    gc.unfreeze()  # (serve owns the process's collector; this, for a caller in tests)
 
 
 class _Judge:
@@ -418,17 +426,20 @@ class _Judge:
                 if validator is None:
                     return NO_ANSWER
                 return b"1" if validator.is_valid(orjson.loads(value)) else b"0"
-            return self._explained(ask, _cached(self.explainers, key, self._explainer),
-                                   value, park)
+            begun = time.monotonic()  # compiling a schema is the server's cost: not counted
+            explainer = _cached(self.explainers, key, self._explainer)
+            return self._explained(ask, explainer, value, park, time.monotonic() - begun)
         except Exception:
             return NO_ANSWER
         finally:
             gc.enable()
 
-    def _explained(self, ask: list[bytes], explainer: Any, value: bytes, park: bool) -> bytes:
+    def _explained(self, ask: list[bytes], explainer: Any, value: bytes, park: bool,
+                   late_s: float) -> bytes:
         """``explainer``'s errors on ``value``, as ``ask`` (``e TIMEOUT DEADLINE VERDICT
-        DECODER``) says. Read with the collector paused and, if ``park``, frozen out of its
-        reach; the pass runs with the collector on."""
+        DECODER``) says, its deadline ``late_s`` later; as JSON (:func:`portable`: a path
+        may hold a lone surrogate). Read with the collector paused and, if ``park``, frozen
+        out of its reach; the pass runs with the collector on."""
         _, timeout_s, deadline, verdict, decoder = (part.decode() for part in ask)
         explainer.timeout_s = float(timeout_s)  # (its messages say it)
         decoded = DECODERS[decoder](value)
@@ -436,8 +447,9 @@ class _Judge:
             gc.freeze()
         gc.enable()
         found = explainer._errors(decoded, {"1": True, "0": False}.get(verdict),
-                                  float(deadline))
-        return orjson.dumps(found)
+                                  float(deadline) + late_s)
+        text = portable(found)
+        return NO_ANSWER if text is None else text[0]
 
     @staticmethod
     def _rust_validator(dialect: str, format_assertion: bool, schema: Any) -> Any:

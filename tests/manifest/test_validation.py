@@ -561,8 +561,8 @@ async def test_a_verdict_costly_for_its_patterns_is_given_in_the_verdict_process
     """jsonschema-rs's linear-time patterns cost up to ~1.4 ns per character per program
     step, and it holds the GIL: a[^c]{1000}c on 1 MiB held the event loop for 13 s. Such a
     verdict runs in the verdict process; one still running at its deadline has the process
-    killed, and the value is refused (by the next process, past the deadline); later values
-    go to that one."""
+    killed, and the value is refused (past its deadline, no process is asked for errors);
+    the next value starts a new one."""
     pool = verdicts.VerdictPool(1)
     monkeypatch.setattr(verdicts, "VERDICTS", pool)
     v = validator({"type": "string", "pattern": "a[^c]{1000}c"}, timeout_s=0.5)
@@ -571,9 +571,9 @@ async def test_a_verdict_costly_for_its_patterns_is_given_in_the_verdict_process
         errors, gap_s = await _longest_loop_gap_s(v.check(SLOW_TEXT))
         assert errors == [{"path": "", "message": "validation did not finish within 0.5 s; "
                                                   "the value is refused"}] and gap_s < 0.5, gap_s
-        assert pool.started == 2  # the verdict's process killed at the deadline, one new
+        assert pool.started == 1  # killed at the deadline; past it, no process is asked
         assert await v._verdict("a" + "b" * 1000 + "c" + "b" * 6000, deadline(v)) is True
-        assert pool.started == 2
+        assert pool.started == 2  # the next value starts a new one
     finally:
         pool.stop()
 
@@ -845,18 +845,21 @@ async def test_an_error_pass_past_its_deadline_refuses_the_value(
     assert time.monotonic() - started < 1.0
 
 
+PAD = "y" * 5000  # past ERRORS_HERE_STEPS: explained in a verdict process
+
+
 @pytest.mark.parametrize("value", [
-    {"n": 4, "extra": 1},
-    {"n": 2**64 + 1, "extra": math.nan},  # the standard library's JSON carries them
-    {"n": "\ud800"},
+    {"n": 4, "extra": "x", "pad": PAD},
+    {"n": 2**64 + 1, "extra": math.nan, "pad": PAD},  # the standard library's JSON carries them
+    {"\ud800": "x", "pad": PAD},  # and a path with a lone surrogate, back
 ])
 async def test_the_error_pass_runs_in_a_verdict_process(monkeypatch: pytest.MonkeyPatch,
                                                         value: Any) -> None:
     """jsonschema's pass is Python: in a thread of the server, it took the interpreter from
-    the event loop 5 ms at a time. A verdict process writes the errors; the server reads
-    them, the same as its own pass would give."""
+    the event loop 5 ms at a time. A verdict process writes the errors of a value that is
+    not small; the server reads them, the same as its own pass would give."""
     v = validator({"type": "object", "properties": {"n": {"type": "integer", "maximum": 3}},
-                   "unevaluatedProperties": False})
+                   "additionalProperties": {"type": "integer"}})
     expected = v.errors(value)
     assert expected != []
 
@@ -865,6 +868,50 @@ async def test_the_error_pass_runs_in_a_verdict_process(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(SchemaValidator, "_errors", in_the_server)
     assert await v.check(value) == expected
+
+
+async def test_a_small_value_is_explained_in_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few ms of jsonschema: no wait behind the verdict processes' costly values."""
+    def elsewhere(*args: Any) -> None:
+        raise AssertionError("a verdict process was asked")
+
+    monkeypatch.setattr(verdicts.VERDICTS, "errors", elsewhere)
+    v = validator({"type": "object", "properties": {"n": {"type": "integer"}}})
+    assert await v.check({"n": "x"}) == [{"path": "/n", "message": "'x' is not of type 'integer'"}]
+
+
+async def test_a_verdict_process_s_start_is_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting the child takes ~0.25 s: counted, it left a 0.2 s pass no time."""
+    pool = verdicts.VerdictPool(1)
+    monkeypatch.setattr(verdicts, "VERDICTS", pool)
+    v = validator({"type": "object", "properties": {"n": {"type": "integer"}}}, timeout_s=0.2)
+    try:
+        assert await v.check({"n": "x", "pad": PAD}) == [
+            {"path": "/n", "message": "'x' is not of type 'integer'"}]  # jsonschema's words
+        assert pool.started == 1
+    finally:
+        pool.stop()
+
+
+def test_an_error_pass_queued_past_its_deadline_asks_no_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def elsewhere(*args: Any) -> None:
+        raise AssertionError("a verdict process was asked")
+
+    monkeypatch.setattr(verdicts.VERDICTS, "errors", elsewhere)
+    v = validator({"type": "object", "properties": {"n": {"type": "integer"}}})
+    # jsonschema-rs's own messages stand in, where linear
+    assert v._errors_elsewhere({"n": "x", "pad": PAD}, False, time.monotonic() - 1) == [
+        {"path": "/n", "message": '"x" is not of type "integer"'}]
+
+
+@pytest.mark.parametrize(("answer", "found"), [
+    (b'[{"path":"","message":"m"}]', [{"path": "", "message": "m"}]),
+    (b'[{"path":"/\\ud800","message":"m"}]', [{"path": "/\ud800", "message": "m"}]),
+    (b"1", None), (b"[1]", None), (b'[{"path":""}]', None), (b"[", None),
+])
+def test_an_error_list_is_read_only_as_one(answer: bytes, found: Any) -> None:
+    assert validation._error_list(answer) == found
 
 
 async def test_a_value_too_deep_to_write_is_explained_in_the_server() -> None:
