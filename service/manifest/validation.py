@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -53,6 +52,7 @@ from jsonschema.exceptions import FormatError, ValidationError
 from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 
+from service import jsonfast
 from service.jsonfast import weight
 from service.log import RateLimit
 from service.manifest import ecma, verdicts
@@ -390,12 +390,9 @@ def _error_list(answer: bytes) -> Errors | None:
     """A verdict process's error list (JSON: orjson's, or the standard library's where a
     path holds a lone surrogate); None when the answer is not one."""
     try:
-        found = orjson.loads(answer)
-    except orjson.JSONDecodeError:
-        try:
-            found = json.loads(answer)
-        except ValueError:
-            return None
+        found = jsonfast.loads(answer)
+    except ValueError:
+        return None
     if not isinstance(found, list) or not all(
             isinstance(e, dict) and isinstance(e.get("path"), str)
             and isinstance(e.get("message"), str) for e in found):

@@ -51,6 +51,7 @@ import jsonschema_rs
 import orjson
 
 from service.heap import PARK_CONTAINERS
+from service.jsonfast import opening_brackets
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +396,7 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     answers.flush()
     while (ask := requests.readline()) and (key := requests.readline()) \
             and (value := requests.readline()):
-        large = value.count(b"[") + value.count(b"{") > PARK_CONTAINERS
+        large = opening_brackets(value) > PARK_CONTAINERS
         answers.write(judge.answer(ask.split(), key, value, large) + b"\n")
         answers.flush()
         if large and ask != VERDICT + b"\n":  # (a verdict's value was never frozen)
@@ -446,8 +447,7 @@ class _Judge:
         if park:
             gc.freeze()
         gc.enable()
-        found = explainer._errors(decoded, {"1": True, "0": False}.get(verdict),
-                                  float(deadline) + late_s)
+        found = explainer._errors(decoded, ANSWERS.get(verdict.encode()), float(deadline) + late_s)
         text = portable(found)
         return NO_ANSWER if text is None else text[0]
 
