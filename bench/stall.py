@@ -54,6 +54,11 @@ CASES: dict[str, tuple[dict[str, Any], Callable[[int, int], Any]]] = {
                       lambda i, n: [_nested(200, i * n + j) for j in range(n // 15)]),
     # refused: a string deep inside a recursive anyOf
     "recursive_anyof": (NUMBER_TREE, lambda i, n: [[j, [j, [j, "x"]]] for j in range(n)]),
+    # refused: 4,000-digit integers (n / 100 of them), each written in quadratic time, the
+    # interpreter held; the first is not a multiple of 7
+    "big_integers": ({"type": "array", "items": {"type": "integer", "multipleOf": 7}},
+                     lambda i, n: [int("9" * 3998) * 7 + 7 * j + (j == 0)
+                                   for j in range(n // 100)]),
 }
 
 PROBER = """
@@ -124,6 +129,13 @@ class Prober:
                 for line in out.splitlines()]
 
 
+def _dumps(message: Any) -> bytes:
+    try:
+        return orjson.dumps(message)
+    except TypeError:  # integers beyond 64 bits
+        return json.dumps(message, separators=(",", ":")).encode()
+
+
 async def call(url: str, frame: bytes) -> str:
     """One `process` call; ``ok`` or the error's code and first message."""
     async with aiohttp.ClientSession() as session, \
@@ -147,7 +159,7 @@ async def probe_idle(port: int, seconds: float) -> list[float]:
 async def probe_case(port: int, name: str, items: int, connections: int,
                      rounds: int) -> dict[str, Any]:
     make = CASES[name][1]
-    frames = [orjson.dumps({"jsonrpc": "2.0", "id": i, "method": "process", "params": {
+    frames = [_dumps({"jsonrpc": "2.0", "id": i, "method": "process", "params": {
         "actor_id": name, "payload": {"input": make(i, items)}}}) for i in range(connections)]
     url = f"ws://127.0.0.1:{port}/"
     worst: list[float] = []

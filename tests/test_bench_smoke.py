@@ -179,7 +179,8 @@ def test_the_stall_benchmark_runs_every_case() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines[0].startswith("/healthz, idle: p50 ")
-    cases = ["unevaluated_keys", "unique_floats", "unique_nested", "recursive_anyof"]
+    cases = ["unevaluated_keys", "unique_floats", "unique_nested", "recursive_anyof",
+             "big_integers"]
     assert [line.split()[0] for line in lines[1:-1]] == cases
     for line in lines[1:-1]:
         calls = line.split("calls: ")[1]
@@ -187,4 +188,5 @@ def test_the_stall_benchmark_runs_every_case() -> None:
     # valid or refused as the schema says (no value this small runs out of time)
     assert lines[1].endswith("calls: 2 -32002 refused")
     assert lines[3].endswith("calls: 2 ok")
+    assert lines[5].endswith("calls: 2 -32002 refused")
     assert lines[-1] in ("target met", "target NOT met")

@@ -328,12 +328,12 @@ class SchemaValidator:
     def _verdict_elsewhere(self, value: Any, deadline: float,
                            text: bytes | None = None) -> bool | None:
         """A verdict process's verdict on ``value`` (``text``: its orjson text, when made
-        already); None: none by ``deadline``, or a value or schema that has no JSON text
-        the process would read back the same."""
-        text = verdicts.encoded(value, text)
-        if self._key is None or text is None:
+        already): what jsonschema-rs would say here; None: none by ``deadline``, or a
+        schema it has not compiled, or a value nested too deeply to send."""
+        sent = verdicts.portable(value, text)
+        if self._key is None or sent is None:
             return None
-        return verdicts.VERDICTS.verdict(self._key, text, deadline + self._cold_s)
+        return verdicts.VERDICTS.verdict(self._key, sent, deadline + self._cold_s)
 
     def _cheap(self, value: Any) -> bool:
         """Would jsonschema-rs's work on ``value`` cost the loop no more than its verdict may?"""

@@ -20,24 +20,27 @@ loop 5 ms at a time, its switch interval, and eight 1.1 MB objects held /healthz
 ms). They run at a lower priority (NICENESS) than the server: the loop gets a CPU first.
 
 Over the child's stdin and stdout: the child says ``ready`` once it can take values; then
-three lines per value: what is asked (``v``: a verdict; ``e TIMEOUT DEADLINE VERDICT
-DECODER``: jsonschema's errors, see :meth:`VerdictProcess.errors`), the schema's key
+three lines per value: what is asked (``v DECODER``: a verdict; ``e TIMEOUT DEADLINE
+VERDICT DECODER``: jsonschema's errors, see :meth:`VerdictProcess.errors`), the schema's key
 (compact JSON: ``[dialect, format assertion, schema]``, the dialect as ``referencing`` names
-it) and the value (JSON: orjson's, or the standard library's where orjson's would not read
-back the same). The answer is one line: for a verdict ``1`` (valid), ``0`` (invalid) or
-``-`` (none: the schema did not compile, or the value could not be read); for errors their
-list as compact JSON, or ``-``.
+it) and the value (:func:`portable`: orjson's JSON, or the value pickled, in base64, where
+that JSON would not read back the same; DECODER names which). The answer is one line: for a
+verdict ``1`` (valid), ``0`` (invalid) or ``-`` (none: the schema did not compile, or the
+value could not be read); for errors their list as compact JSON, or ``-``. The child
+unpickles only what the server pickled: values it decoded from JSON, made of JSON's types.
 """
 
 from __future__ import annotations
 
 import atexit
+import binascii
 import contextlib
 import gc
 import json
 import logging
 import math
 import os
+import pickle
 import queue
 import select
 import subprocess
@@ -64,7 +67,7 @@ RUST_CLASSES: dict[str, Any] = {  # by the dialect's name in ``referencing``
 }
 ANSWERS = {b"1": True, b"0": False}
 VERDICT_CODES = {True: "1", False: "0", None: "-"}  # the verdict, in an errors request
-VERDICT = b"v"  # a request's first line: a verdict; an errors request starts with b"e "
+VERDICT = b"v"  # a request's first word: a verdict; an errors request's is b"e"
 NO_ANSWER = b"-"
 READY = b"ready"  # the child's first line, once it can take values
 NICENESS = 10  # the children's, above the server's: the event loop gets a CPU first
@@ -177,13 +180,12 @@ def multiple_of(instance: int | float, divisor: int | float) -> bool:
 # --- the verdict process -----------------------------------------------------------------
 
 
-def encoded(value: Any, text: bytes | None = None) -> bytes | None:
+def encoded(value: Any) -> bytes | None:
     """``value`` as compact JSON that reads back as the same value, or None: orjson refuses
     integers beyond 64 bits and lone surrogates, and writes NaN and the infinities as
-    ``null`` (so text holding ``null`` is checked for them). ``text``: ``orjson.dumps(value)``,
-    when the caller has it already."""
+    ``null`` (so text holding ``null`` is checked for them). For schemas: small."""
     try:
-        text = orjson.dumps(value) if text is None else text
+        text = orjson.dumps(value)
     except TypeError:
         return None
     if b"null" in text:
@@ -195,19 +197,57 @@ def encoded(value: Any, text: bytes | None = None) -> bytes | None:
 
 
 def portable(value: Any, text: bytes | None = None) -> tuple[bytes, str] | None:
-    """``value`` as JSON that reads back as the same value, and its decoder's name (see
-    DECODERS): orjson's text (:func:`encoded`), else the standard library's, which writes
-    big integers, NaN and lone surrogates as it reads them. None: too deep to write."""
-    found = encoded(value, text)
-    if found is not None:
-        return found, "o"
+    """``value`` as one line that a verdict process reads back as the same value, and the
+    name of its decoder (DECODERS): orjson's text where it holds no ``null`` (orjson writes
+    NaN and the infinities so; it refuses integers beyond 64 bits and lone surrogates), else
+    the value pickled, in base64. ``text``: ``orjson.dumps(value)``, when the caller has it.
+    None: nested too deeply to write.
+
+    Not the standard library's JSON: it holds the interpreter while it writes, in a thread
+    of the server, and the event loop waits (1 MB of 4,000-digit integers, each written in
+    quadratic time: 45 ms; 1 MB of objects with nulls, written to look for NaN: 13 ms).
+    pickle writes them in 0.2 and 4 ms."""
+    if text is None:
+        try:
+            text = orjson.dumps(value)
+        except TypeError:  # (also past orjson's 254 levels)
+            text = None
+    if text is not None and b"null" not in text:
+        return text, "o"
     try:
-        return json.dumps(value, separators=(",", ":")).encode(), "j"
+        return binascii.b2a_base64(pickle.dumps(value, protocol=5), newline=False), "p"
+    except RecursionError:
+        return None
+
+
+def json_line(value: Any) -> bytes | None:
+    """An error list as compact JSON: orjson's, else the standard library's (a path may hold
+    a lone surrogate). None: nested too deeply to write."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        pass
+    try:
+        return json.dumps(value, separators=(",", ":")).encode()
     except (ValueError, TypeError, RecursionError):
         return None
 
 
-DECODERS: dict[str, Callable[[bytes], Any]] = {"o": orjson.loads, "j": json.loads}
+def _unpickled(line: bytes) -> Any:
+    return pickle.loads(binascii.a2b_base64(line))
+
+
+DECODERS: dict[str, Callable[[bytes], Any]] = {"o": orjson.loads, "p": _unpickled}
+
+
+def _containers(line: bytes, decoder: str) -> int:
+    """At least as many as the containers of the value on ``line`` (see DECODERS): its
+    opening brackets, or its pickle's bytes that open a list or a dict (data may hold
+    some)."""
+    if decoder == "o":
+        return opening_brackets(line)
+    raw = binascii.a2b_base64(line)
+    return raw.count(b"]") + raw.count(b"}")  # EMPTY_LIST, EMPTY_DICT
 
 
 def schema_key(schema: Any, dialect: str, format_assertion: bool) -> bytes | None:
@@ -222,10 +262,13 @@ class VerdictProcess:
         self._child: subprocess.Popen[bytes] | None = None
         self.started = 0  # children started so far
 
-    def verdict(self, key: bytes, value: bytes, deadline: float) -> bool | None:
-        """The child's verdict on ``value`` (compact JSON); None when it has none, or none
-        before ``deadline`` (``time.monotonic()``): the child is then killed."""
-        return ANSWERS.get(self._answer(lambda start_s: VERDICT, key, value, deadline) or b"")
+    def verdict(self, key: bytes, value: tuple[bytes, str], deadline: float) -> bool | None:
+        """The child's verdict on ``value`` (its line and decoder, :func:`portable`); None
+        when it has none, or none before ``deadline`` (``time.monotonic()``): the child is
+        then killed."""
+        text, decoder = value
+        ask = VERDICT + b" " + decoder.encode()
+        return ANSWERS.get(self._answer(lambda start_s: ask, key, text, deadline) or b"")
 
     def errors(self, key: bytes, value: tuple[bytes, str], verdict: bool | None,
                timeout_s: float, deadline: float, wait_s: float) -> bytes | None:
@@ -332,7 +375,7 @@ class VerdictPool:
         for process in self.processes:
             self._free.put(process)
 
-    def verdict(self, key: bytes, value: bytes, deadline: float) -> bool | None:
+    def verdict(self, key: bytes, value: tuple[bytes, str], deadline: float) -> bool | None:
         """A free process's verdict on ``value``; None when none is free by ``deadline``,
         or it has no verdict by then (see VerdictProcess.verdict)."""
         process = self._take(deadline)
@@ -396,10 +439,9 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     answers.flush()
     while (ask := requests.readline()) and (key := requests.readline()) \
             and (value := requests.readline()):
-        large = opening_brackets(value) > PARK_CONTAINERS
-        answers.write(judge.answer(ask.split(), key, value, large) + b"\n")
+        answers.write(judge.answer(ask.split(), key, value) + b"\n")
         answers.flush()
-        if large and ask != VERDICT + b"\n":  # (a verdict's value was never frozen)
+        if judge.parked:
             gc.unfreeze()
             gc.collect()
             gc.freeze()
@@ -416,40 +458,44 @@ class _Judge:
         self.validation = validation
         self.compiled: OrderedDict[bytes, Any] = OrderedDict()
         self.explainers: OrderedDict[bytes, Any] = OrderedDict()
+        self.parked = False  # the last error pass's value was frozen out of the collector's reach
 
-    def answer(self, ask: list[bytes], key: bytes, value: bytes, park: bool) -> bytes:
+    def answer(self, ask: list[bytes], key: bytes, value: bytes) -> bytes:
         """The answer to one request, or NO_ANSWER where the schema does not compile or the
         value cannot be read (the server's jsonschema then decides, or explains, itself)."""
+        self.parked = False
         gc.disable()
         try:
-            if ask == [VERDICT]:
+            decoder = ask[-1].decode()
+            if ask[0] == VERDICT:
                 validator = _cached(self.compiled, key, self._rust_validator)
                 if validator is None:
                     return NO_ANSWER
-                return b"1" if validator.is_valid(orjson.loads(value)) else b"0"
+                return b"1" if validator.is_valid(DECODERS[decoder](value)) else b"0"
             begun = time.monotonic()  # compiling a schema is the server's cost: not counted
             explainer = _cached(self.explainers, key, self._explainer)
-            return self._explained(ask, explainer, value, park, time.monotonic() - begun)
+            late_s = time.monotonic() - begun
+            park = _containers(value, decoder) > PARK_CONTAINERS
+            return self._explained(ask, explainer, DECODERS[decoder](value), park, late_s)
         except Exception:
             return NO_ANSWER
         finally:
             gc.enable()
 
-    def _explained(self, ask: list[bytes], explainer: Any, value: bytes, park: bool,
+    def _explained(self, ask: list[bytes], explainer: Any, value: Any, park: bool,
                    late_s: float) -> bytes:
         """``explainer``'s errors on ``value``, as ``ask`` (``e TIMEOUT DEADLINE VERDICT
-        DECODER``) says, its deadline ``late_s`` later; as JSON (:func:`portable`: a path
-        may hold a lone surrogate). Read with the collector paused and, if ``park``, frozen
-        out of its reach; the pass runs with the collector on."""
-        _, timeout_s, deadline, verdict, decoder = (part.decode() for part in ask)
+        DECODER``) says, its deadline ``late_s`` later; as JSON (:func:`json_line`). Read
+        with the collector paused and, if ``park``, frozen out of its reach; the pass runs
+        with the collector on."""
+        _, timeout_s, deadline, verdict, _ = (part.decode() for part in ask)
         explainer.timeout_s = float(timeout_s)  # (its messages say it)
-        decoded = DECODERS[decoder](value)
         if park:
             gc.freeze()
+            self.parked = True
         gc.enable()
-        found = explainer._errors(decoded, ANSWERS.get(verdict.encode()), float(deadline) + late_s)
-        text = portable(found)
-        return NO_ANSWER if text is None else text[0]
+        found = explainer._errors(value, ANSWERS.get(verdict.encode()), float(deadline) + late_s)
+        return json_line(found) or NO_ANSWER
 
     @staticmethod
     def _rust_validator(dialect: str, format_assertion: bool, schema: Any) -> Any:

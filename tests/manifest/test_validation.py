@@ -483,13 +483,13 @@ async def test_check_runs_a_costly_verdict_off_the_loop(monkeypatch: pytest.Monk
     assert await v.check([1.5] * 10) == [] and threads == []
     big = [1.5] * 10_000  # 40 KB
     assert await v.check(big) == [] and threads == [v._verdict_elsewhere]
-    # orjson cannot size it, nor write it for the verdict: jsonschema decides, elsewhere too
-    assert await v.check([10**30]) == [] and threads[1:] == [v._verdict_elsewhere,
-                                                              v._errors_elsewhere]
+    # orjson cannot size it, nor write it: it goes pickled, and is judged there all the same
+    assert await v.check([10**30]) == [] and threads[1:] == [v._verdict_elsewhere]
     assert await v.check([10**30, 0.3]) == [{"path": "/1",
                                              "message": "0.3 is not a multiple of 0.5"}]
+    assert threads[2:] == [v._verdict_elsewhere, v._errors_elsewhere]
     plain = validator({"type": "array", "items": {"type": "number"}})
-    assert await plain.check(big) == [] and len(threads) == 5  # cheap keywords: on the loop
+    assert await plain.check(big) == [] and len(threads) == 4  # cheap keywords: on the loop
 
 
 async def _recorded(threads: list[Any], fn: Any, *args: Any) -> Any:
@@ -643,10 +643,31 @@ async def test_a_hostile_value_holds_one_verdict_process_only(
     assert accepted == []
 
 
-@pytest.mark.parametrize("value", [[math.nan, "x"], [2**64, "x"], ["\ud800"]])
-def test_the_verdict_process_gets_only_values_it_reads_back_the_same(value: Any) -> None:
-    assert verdicts.encoded(value) is None  # NaN would be read as null; the others fail
-    assert verdicts.encoded([None, 1.5, "é"]) == '[null,1.5,"é"]'.encode()
+@pytest.mark.parametrize(("value", "decoder"), [
+    ([1.5, "é", {"a": [True]}], "o"),
+    ([math.nan, "x"], "p"), ([-math.inf, None], "p"),  # orjson writes null for both
+    ([None, 1.5], "p"),  # null: it might stand for NaN
+    ([2**64, "x"], "p"), ([int("9" * 4000)], "p"), (["\ud800"], "p"),  # orjson refuses them
+])
+def test_the_verdict_process_reads_back_the_value_the_server_has(value: Any,
+                                                                  decoder: str) -> None:
+    line, found = verdicts.portable(value)
+    assert found == decoder and b"\n" not in line
+    assert repr(verdicts.DECODERS[decoder](line)) == repr(value)  # (nan != nan)
+
+
+def test_a_value_orjson_cannot_write_is_not_written_by_json(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """4,000-digit integers: the standard library wrote them in quadratic time, holding the
+    interpreter (~45 ms for 1 MB, in a thread, while the event loop waited); and a value
+    holding null was written again to look for NaN (13 ms for 1 MB)."""
+    def refused(*args: Any, **kwargs: Any) -> str:
+        raise AssertionError("json.dumps wrote a value")
+
+    monkeypatch.setattr(verdicts.json, "dumps", refused)
+    for value in ([int("7" * 4000) + i for i in range(240)], [{"a": None}] * 1000):
+        line, decoder = verdicts.portable(value)
+        assert decoder == "p" and verdicts.DECODERS[decoder](line) == value
 
 
 @pytest.mark.parametrize(("schema", "format_assertion", "values"), [
@@ -678,8 +699,8 @@ def test_the_verdict_process_is_reached_past_select_s_descriptors() -> None:
     try:
         key = verdicts.schema_key(SKUS, "draft2020-12", False)
         assert key is not None
-        assert pool.verdict(key, b'[{"sku":"sku-1"}]', time.monotonic() + 5) is True
-        assert pool.verdict(key, b'[{"sku":"SKU-1"}]', time.monotonic() + 5) is False
+        assert pool.verdict(key, (b'[{"sku":"sku-1"}]', "o"), time.monotonic() + 5) is True
+        assert pool.verdict(key, (b'[{"sku":"SKU-1"}]', "o"), time.monotonic() + 5) is False
     finally:
         pool.stop()
         for fd in taken:
@@ -704,16 +725,24 @@ def test_the_verdict_process_answers_each_value() -> None:
         return b"e 1.0 " + later + b" " + verdict + b" " + decoder + b"\n" + key + b"\n" \
             + text + b"\n"
 
-    requests = b"".join([b"v\n", key, b"\n[]\n", b"v\n", key, b'\n[{"sku":"x"}]\n',
-                         b"v\n", bad_key, b'\n"b"\n', b"v\n", key, b"\n[\n",
-                         b'v\n["nonsense"]\n1\n', explain(key, b'[{"sku":"x"}]'),
-                         explain(bad_key, b'"b"', b"-"), explain(big_key, b"18446744073709551617",
-                                                                b"-", b"j"),
-                         explain(key, b"["), b"v\n", key, b"\n[]\n",
+    def pickled(value: Any) -> bytes:
+        line, decoder = verdicts.portable(value)
+        assert decoder == "p"
+        return line
+
+    requests = b"".join([b"v o\n", key, b"\n[]\n", b"v o\n", key, b'\n[{"sku":"x"}]\n',
+                         b"v o\n", bad_key, b'\n"b"\n', b"v o\n", key, b"\n[\n",
+                         b'v o\n["nonsense"]\n1\n', explain(key, b'[{"sku":"x"}]'),
+                         explain(bad_key, b'"b"', b"-"),
+                         explain(big_key, pickled(2**64 + 1), b"-", b"p"),
+                         b"v p\n", big_key, b"\n", pickled(2**64 + 1), b"\n",
+                         b"v p\n", big_key, b"\n", pickled(-2**64), b"\n",
+                         explain(key, b"["), b"v o\n", key, b"\n[]\n",
                          # more containers than PARK_CONTAINERS: the collector paused, then
                          # the value frozen out of its reach; one collection after the answer
-                         b"v\n", unique_key, b"\n", orjson.dumps(pairs), b"\n",
-                         explain(unique_key, orjson.dumps([*pairs, [0, 1]]))])
+                         b"v o\n", unique_key, b"\n", orjson.dumps(pairs), b"\n",
+                         explain(unique_key, orjson.dumps([*pairs, [0, 1]])),
+                         explain(unique_key, pickled([*pairs, [0, 1], None]), b"0", b"p")])
     answers = io.BytesIO()
     frozen = gc.get_freeze_count()
     verdicts.serve(io.BytesIO(requests), answers)
@@ -725,7 +754,8 @@ def test_the_verdict_process_answers_each_value() -> None:
         b"ready", b"1", b"0", b"-", b"-", b"-", orjson.dumps(sku_errors),
         orjson.dumps([{"path": "", "message": "'b' does not match '(?<=a)b'"}]),
         orjson.dumps([{"path": "", "message": f"{2**64 + 1} is greater than the maximum of 10"}]),
-        b"-", b"1", b"1", orjson.dumps(unique_errors), b""]
+        b"0", b"1", b"-", b"1", b"1", orjson.dumps(unique_errors),
+        orjson.dumps(unique_errors), b""]
 
 
 @pytest.mark.parametrize(("schema", "depth"), [
