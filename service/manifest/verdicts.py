@@ -198,10 +198,10 @@ def encoded(value: Any) -> bytes | None:
 
 def portable(value: Any, text: bytes | None = None) -> tuple[bytes, str] | None:
     """``value`` as one line that a verdict process reads back as the same value, and the
-    name of its decoder (DECODERS): orjson's text where it holds no ``null`` (orjson writes
+    name of its decoder (:func:`read`): orjson's text where it holds no ``null`` (orjson writes
     NaN and the infinities so; it refuses integers beyond 64 bits and lone surrogates), else
     the value pickled, in base64. ``text``: ``orjson.dumps(value)``, when the caller has it.
-    None: nested too deeply to write.
+    None: nested too deeply to write (or not made of JSON's types).
 
     Not the standard library's JSON: it holds the interpreter while it writes, in a thread
     of the server, and the event loop waits (1 MB of 4,000-digit integers, each written in
@@ -216,7 +216,7 @@ def portable(value: Any, text: bytes | None = None) -> tuple[bytes, str] | None:
         return text, "o"
     try:
         return binascii.b2a_base64(pickle.dumps(value, protocol=5), newline=False), "p"
-    except RecursionError:
+    except (RecursionError, TypeError, pickle.PicklingError):
         return None
 
 
@@ -233,21 +233,14 @@ def json_line(value: Any) -> bytes | None:
         return None
 
 
-def _unpickled(line: bytes) -> Any:
-    return pickle.loads(binascii.a2b_base64(line))
-
-
-DECODERS: dict[str, Callable[[bytes], Any]] = {"o": orjson.loads, "p": _unpickled}
-
-
-def _containers(line: bytes, decoder: str) -> int:
-    """At least as many as the containers of the value on ``line`` (see DECODERS): its
-    opening brackets, or its pickle's bytes that open a list or a dict (data may hold
-    some)."""
+def read(line: bytes, decoder: str) -> tuple[Any, int]:
+    """The value on a line :func:`portable` wrote (``decoder``: the name it gave), and at
+    least as many as its containers: the text's opening brackets, or the pickle's bytes
+    that make a list or a dict (strings and numbers may hold some too)."""
     if decoder == "o":
-        return opening_brackets(line)
+        return orjson.loads(line), opening_brackets(line)
     raw = binascii.a2b_base64(line)
-    return raw.count(b"]") + raw.count(b"}")  # EMPTY_LIST, EMPTY_DICT
+    return pickle.loads(raw), raw.count(b"]") + raw.count(b"}")  # EMPTY_LIST, EMPTY_DICT
 
 
 def schema_key(schema: Any, dialect: str, format_assertion: bool) -> bytes | None:
@@ -458,7 +451,7 @@ class _Judge:
         self.validation = validation
         self.compiled: OrderedDict[bytes, Any] = OrderedDict()
         self.explainers: OrderedDict[bytes, Any] = OrderedDict()
-        self.parked = False  # the last error pass's value was frozen out of the collector's reach
+        self.parked = False  # the last error pass's value was frozen out of the collector
 
     def answer(self, ask: list[bytes], key: bytes, value: bytes) -> bytes:
         """The answer to one request, or NO_ANSWER where the schema does not compile or the
@@ -466,17 +459,17 @@ class _Judge:
         self.parked = False
         gc.disable()
         try:
-            decoder = ask[-1].decode()
             if ask[0] == VERDICT:
                 validator = _cached(self.compiled, key, self._rust_validator)
                 if validator is None:
                     return NO_ANSWER
-                return b"1" if validator.is_valid(DECODERS[decoder](value)) else b"0"
+                return b"1" if validator.is_valid(read(value, ask[-1].decode())[0]) else b"0"
             begun = time.monotonic()  # compiling a schema is the server's cost: not counted
             explainer = _cached(self.explainers, key, self._explainer)
             late_s = time.monotonic() - begun
-            park = _containers(value, decoder) > PARK_CONTAINERS
-            return self._explained(ask, explainer, DECODERS[decoder](value), park, late_s)
+            decoded, containers = read(value, ask[-1].decode())
+            return self._explained(ask, explainer, decoded, containers > PARK_CONTAINERS,
+                                   late_s)
         except Exception:
             return NO_ANSWER
         finally:

@@ -319,3 +319,6 @@ class Cluster:
 
     async def aclose(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.services))
+        # what each process logged: pytest shows it with a failed test's report
+        for service in self.services:
+            print(f"--- {service.name}.log (its end) ---\n{service.log_tail()}")
