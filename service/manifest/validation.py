@@ -236,7 +236,8 @@ class SchemaValidator:
         as :meth:`check`, in the calling thread (the loader's, for a manifest's examples)."""
         deadline = time.monotonic() + self.timeout_s
         costly = self._json_if_costly(value)
-        verdict = self._verdict_elsewhere(value, deadline, costly[1]) if costly is not None \
+        verdict = self._verdict_elsewhere(value, deadline, _Line(value, costly[1])) \
+            if costly is not None \
             and self._verdict_steps(costly[0]) > LOOP_VERDICT_STEPS else self.is_valid(value)
         if verdict:
             return []
@@ -247,18 +248,20 @@ class SchemaValidator:
         and refused once ``timeout_s`` has passed. ``budget``: what the call's verdicts may
         still cost the loop (shared by its values); a fresh one when None."""
         deadline = time.monotonic() + self.timeout_s
-        verdict = await self._verdict(value, deadline, budget)
+        line = _Line(value)  # written for a verdict process at most once
+        verdict = await self._verdict(value, deadline, budget, line)
         if verdict:
             return []
         try:
             return await asyncio.wait_for(_off_loop(self._errors_elsewhere, value, verdict,
-                                                    deadline),
+                                                    deadline, line),
                                           deadline - time.monotonic() + DEADLINE_SLACK_S
                                           + self._cold_s)
         except TimeoutError:  # one RE2 search cannot be stopped: its thread finishes alone
             return self._unfinished()
 
-    def _errors_elsewhere(self, value: Any, verdict: bool | None, deadline: float) -> Errors:
+    def _errors_elsewhere(self, value: Any, verdict: bool | None, deadline: float,
+                          line: _Line | None = None) -> Errors:
         """:meth:`_errors`, run by a verdict process where it could cost the loop. The pass
         is Python: in a thread of the server, it takes the interpreter from the event loop
         5 ms at a time (its switch interval), so every callback of the loop that gives it
@@ -268,7 +271,7 @@ class SchemaValidator:
         the process cannot take (nested too deeply to write), a schema it cannot explain."""
         if time.monotonic() >= deadline:  # it waited for a thread past its deadline
             return self._fallback_errors(value, verdict, self._unfinished_why())
-        text = verdicts.portable(value)
+        text = (line or _Line(value)).get()
         if self._explainer_key is None or text is None or self._errors_here(len(text[0])):
             return self._errors(value, verdict, deadline)
         answer = verdicts.VERDICTS.errors(self._explainer_key, text, verdict, self.timeout_s,
@@ -292,8 +295,8 @@ class SchemaValidator:
     def _unfinished(self) -> Errors:
         return [{"path": "", "message": f"{self._unfinished_why()}; the value is refused"}]
 
-    async def _verdict(self, value: Any, deadline: float,
-                       budget: LoopBudget | None = None) -> bool | None:
+    async def _verdict(self, value: Any, deadline: float, budget: LoopBudget | None = None,
+                       line: _Line | None = None) -> bool | None:
         """jsonschema-rs's verdict, where it costs the event loop little. Its linear-time
         patterns still take up to ~1.4-7 ns per character per step of their program
         (``a[^c]{1000}c`` on 1 MB of text: 13 s), nested ``unevaluated*`` keywords evaluate a
@@ -305,13 +308,15 @@ class SchemaValidator:
         if costly is None:
             return self.is_valid(value)
         size, text = costly
+        line = line or _Line(value)
+        line.text = text
         steps = self._verdict_steps(size)
         budget = budget or LoopBudget()
         if steps > budget.left:
-            return await _off_loop(self._verdict_elsewhere, value, deadline, text)
+            return await _off_loop(self._verdict_elsewhere, value, deadline, line)
         budget.left -= steps
         if self._calls_python and size > LOOP_VERDICT_BYTES:  # Python, called from Rust
-            return await _off_loop(self._verdict_elsewhere, value, deadline, text)
+            return await _off_loop(self._verdict_elsewhere, value, deadline, line)
         return self.is_valid(value)
 
     def _json_if_costly(self, value: Any) -> tuple[int, bytes | None] | None:
@@ -326,11 +331,11 @@ class SchemaValidator:
         return None
 
     def _verdict_elsewhere(self, value: Any, deadline: float,
-                           text: bytes | None = None) -> bool | None:
-        """A verdict process's verdict on ``value`` (``text``: its orjson text, when made
-        already): what jsonschema-rs would say here; None: none by ``deadline``, or a
-        schema it has not compiled, or a value nested too deeply to send."""
-        sent = verdicts.portable(value, text)
+                           line: _Line | None = None) -> bool | None:
+        """A verdict process's verdict on ``value`` (``line``: what it is sent as): what
+        jsonschema-rs would say here; None: none by ``deadline``, or a schema it has not
+        compiled, or a value nested too deeply to send."""
+        sent = (line or _Line(value)).get()
         if self._key is None or sent is None:
             return None
         return verdicts.VERDICTS.verdict(self._key, sent, deadline + self._cold_s)
@@ -384,6 +389,25 @@ class SchemaValidator:
             return _bounded([{"path": _cut_path(json_pointer(e.instance_path)),
                               "message": _cut(e.message)} for e in found])
         return [{"path": "", "message": f"{why}; the value is refused"}]
+
+
+class _Line:
+    """A value as a verdict process is sent it (verdicts.portable), written when first
+    needed, then kept: its verdict's request and its error pass send the same (1 MB takes
+    1-20 ms to write, in a thread, the interpreter held)."""
+
+    __slots__ = ("_line", "_written", "text", "value")
+
+    def __init__(self, value: Any, text: bytes | None = None) -> None:
+        self.value = value
+        self.text = text  # its orjson text, where made already
+        self._line: tuple[bytes, str] | None = None
+        self._written = False
+
+    def get(self) -> tuple[bytes, str] | None:
+        if not self._written:
+            self._line, self._written = verdicts.portable(self.value, self.text), True
+        return self._line
 
 
 def _error_list(answer: bytes) -> Errors | None:

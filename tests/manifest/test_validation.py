@@ -670,6 +670,24 @@ def test_a_value_orjson_cannot_write_is_not_written_by_json(
         assert decoder == "p" and verdicts.read(line, decoder)[0] == value
 
 
+async def test_a_refused_value_is_written_for_the_verdict_processes_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its verdict's request and its error pass send the same line (1 MB: 1-20 ms to write,
+    in a thread, the interpreter held)."""
+    written: list[Any] = []
+
+    def portable(value: Any, text: bytes | None = None) -> Any:
+        written.append(value)
+        return real(value, text)
+
+    real = verdicts.portable
+    monkeypatch.setattr(verdicts, "portable", portable)
+    v = validator({"type": "array", "uniqueItems": True})
+    value = [i + 0.5 for i in range(20_000)] + [0.5]  # past what the loop judges
+    [error] = await v.check(value)
+    assert error["message"].endswith("has non-unique elements") and written == [value]
+
+
 @pytest.mark.parametrize(("schema", "format_assertion", "values"), [
     ({"multipleOf": 0.0001}, False, [0.0075, 0.00751, 2**62]),  # Python's, called from Rust
     ({"$schema": "http://json-schema.org/draft-04/schema#", "maximum": 1,
