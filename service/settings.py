@@ -95,6 +95,10 @@ def _default_capacity_memory_mb() -> int:
     return max(256, machine_memory_mb() * 3 // 4)
 
 
+def _default_request_memory_mb() -> int:
+    return max(256, machine_memory_mb() // 8)
+
+
 @dataclass(frozen=True)
 class CapacitySettings:
     """The whole server's sandboxes, every actor together (booting, idle or running)."""
@@ -117,6 +121,9 @@ class ConnectionSettings:
     write_timeout_s: float = 30  # for one answer to be taken by a client that reads
     allowed_origins: tuple[str, ...] = ()  # browser Origins allowed to upgrade; none by default
     allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides the bind address
+    # The frames being answered, decoded, every connection together (jsonfast.decoded_bytes);
+    # default an eighth of the host's RAM. Past it a frame's requests answer -32008.
+    max_request_memory_mb: int = field(default_factory=_default_request_memory_mb)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ the core never answers a notification, not even with an error.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import re
@@ -36,6 +35,7 @@ from service.errors import (
 from service.eventloop import HEAVY_FRAME, drop_in_turn, heavy_turn
 from service.heap import HEAP
 from service.jsonfast import weight
+from service.log import RateLimit
 from service.manifest.model import schema_errors
 from service.manifest.validation import quoting_class
 from service.settings import ConnectionSettings
@@ -54,6 +54,7 @@ UNCOUNTED_METHODS = frozenset({"cancel"})
 PIECE_VALUES = 1024
 HEAVY_FRAME_CHARS = 64 << 10  # a frame this long is decoded in a turn of its own (_heavy)
 BUSY_RETRY_MS = 100  # a connection at its in-flight cap: its own calls free slots, soon
+MEMORY_RETRY_MS = 1000  # the server's request memory in use: other clients' calls free it
 # Threads that write (and read) large JSON off the event loop: their own, not the loop's
 # default executor, where dependency builds and loads can take every thread for minutes.
 WRITERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="writer")
@@ -129,6 +130,7 @@ class Dispatcher:
         self._methods: dict[str, _Method] = {}
         self._validate_results = validate_results
         self._limits = limits or ConnectionSettings()
+        self.memory = RequestMemory(self._limits.max_request_memory_mb << 20)
 
     def register(
         self,
@@ -173,16 +175,43 @@ class Dispatcher:
         except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
             return encode(_error_response(None, ParseError()))
         held = HEAP.held_since(parks)  # a value parked out of the collector's reach: heap.py
+        size = jsonfast.decoded_bytes(text)
+        taken = self.memory.take(size)
+
+        def done() -> None:
+            HEAP.release(held)
+            if taken:
+                self.memory.give(size)
+
         try:
+            if not taken:
+                return self._busy_answer(message, self.memory.busy())
             budget = _ResponseBudget(self._limits.max_response_bytes)
             if isinstance(message, list):
                 return await self._handle_batch(message, connection, budget)
             return await self._answer(message, connection, budget)
         finally:
             if heavy:  # freeing it is heavy too
-                drop_in_turn(message, functools.partial(HEAP.release, held))
+                drop_in_turn(message, done)
             else:
-                HEAP.release(held)
+                done()
+
+    def _busy_answer(self, message: Any, error: Busy) -> str | None:
+        """``error`` for each request of a frame that is not taken (none for a notification;
+        an id that could not be echoed as it is gets null, as in handle_message)."""
+        requests = message if isinstance(message, list) else [message]
+        answers = [_error_response(self._echoed(request["id"]), error) for request in requests
+                   if isinstance(request, dict) and "id" in request]
+        if not answers:
+            return None
+        return encode(answers if isinstance(message, list) else answers[0])
+
+    def _echoed(self, request_id: Any) -> Any:
+        if request_id is None or not _valid_id(request_id) or len(
+                request_id if isinstance(request_id, str) else encode(request_id)) \
+                > self._limits.max_id_chars:
+            return None
+        return request_id
 
     async def _handle_batch(self, batch: list[Any], connection: Connection,
                             budget: _ResponseBudget) -> str | None:
@@ -347,6 +376,40 @@ def _result_response(request_id: Any, result: Any) -> dict[str, Any]:
 
 def _error_response(request_id: Any, error: RpcError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "error": error.to_json(), "id": request_id}
+
+
+class RequestMemory:
+    """The memory the frames being answered hold, every connection together
+    (jsonfast.decoded_bytes), held to ``connections.max_request_memory_mb``. Each frame
+    counts from its decoding until its value is freed. The limit was only per connection
+    (``max_in_flight``): one client's 32 frames of 1 MB, each of small lists, queued for a
+    slow actor, held 800 MB of the server's memory, and a few such clients could take the
+    host's. A frame that does not fit while others are held is answered -32008 (it is
+    decoded, for its ids, and freed at once); one alone always fits."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit = limit_bytes
+        self.held = 0
+        self._refusals = RateLimit(60.0)
+
+    def take(self, size: int) -> bool:
+        if self.held and self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+    def busy(self) -> Busy:
+        """The error of a frame not taken (and a warning, at most one a minute)."""
+        mb = self.held >> 20
+        if (quiet := self._refusals.allow("memory")) is not None:
+            log.warning("refusing requests: the frames being answered hold about %d MB "
+                        "(connections.max_request_memory_mb = %d)%s", mb, self.limit >> 20,
+                        f"; {quiet} more refused since the last such line" if quiet else "")
+        return Busy(MEMORY_RETRY_MS, f"Busy: the requests being answered hold about {mb} MB "
+                                     "of the server's memory, its limit; retry later")
 
 
 class Encoded:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import tracemalloc
 from typing import Any
 from unittest import mock
 
@@ -19,6 +20,7 @@ from service.rpc import core
 from service.rpc.core import Call, Connection, Dispatcher, Encoded, encode, plain
 from service.sandbox import base
 from service.sandbox.base import CallRequest
+from service.settings import ConnectionSettings
 
 
 def _schema(*names: str, required: int | None = None, types: str = "number") -> dict[str, Any]:
@@ -495,3 +497,83 @@ def test_connection_slots_are_per_connection() -> None:
     a, b = Recorder().connection, Recorder().connection
     assert a.slot(list) is a.slot(list)
     assert a.slot(list) is not b.slot(list)
+
+
+# --- the memory the frames being answered hold --------------------------------------------
+
+
+def _held_dispatcher(limit_mb: int) -> tuple[Dispatcher, asyncio.Event]:
+    """A dispatcher whose ``hold`` method answers once the event is set."""
+    d = Dispatcher(limits=ConnectionSettings(max_request_memory_mb=limit_mb))
+    release = asyncio.Event()
+
+    async def hold(p: dict[str, Any], call: Call) -> Any:
+        await release.wait()
+        return len(p["data"])
+
+    d.register("hold", hold, {"type": "object", "properties": {"data": {}}})
+    return d, release
+
+
+def _frame(request_id: Any, items: int) -> str:
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "hold",
+                       "params": {"data": [[]] * items}})
+
+
+BUSY_MEMORY = {"code": -32008, "data": {"retry_after_ms": core.MEMORY_RETRY_MS}}
+
+
+async def test_frames_past_the_request_memory_are_refused_and_freed() -> None:
+    """Frames held while their calls run count against max_request_memory_mb, all
+    connections together: one that does not fit is answered -32008 (each request of a
+    batch, none for a notification), and what is freed can be taken again."""
+    d, release = _held_dispatcher(1)
+    a, b = Recorder(), Recorder()
+    big = _frame(1, 100_000)  # 300 KB of empty lists: ~13 MB counted, alone over the limit
+    first = asyncio.create_task(d.handle_frame(big, a.connection))  # alone: it fits
+    await asyncio.sleep(0.01)
+    assert d.memory.held == jsonfast.decoded_bytes(big)
+    small = _frame("s", 10)
+    refused = json.loads(await d.handle_frame(small, b.connection) or "")
+    assert refused["id"] == "s" and {k: refused["error"][k] for k in BUSY_MEMORY} == BUSY_MEMORY
+    assert refused["error"]["message"].startswith("Busy: the requests being answered hold ")
+    batch = f'[{_frame(2, 1)}, {_frame(None, 1)}, {{"jsonrpc": "2.0", "method": "hold"}}]'
+    assert [r["id"] for r in json.loads(await d.handle_frame(batch, b.connection) or "")] \
+        == [2, None]
+    assert await d.handle_frame('{"jsonrpc": "2.0", "method": "hold"}', b.connection) is None
+    assert await d.handle_frame(_frame("x" * 300, 1), b.connection) == encode(
+        {"jsonrpc": "2.0", "error": {"code": -32008, "message": refused["error"]["message"],
+                                     "data": {"retry_after_ms": core.MEMORY_RETRY_MS}},
+         "id": None})  # an id past max_id_chars is not echoed
+    release.set()
+    assert json.loads(await first or "")["result"] == 100_000
+    await asyncio.sleep(0.01)  # a heavy frame is freed in a turn of its own
+    assert d.memory.held == 0
+    assert json.loads(await d.handle_frame(small, b.connection) or "")["result"] == 10
+
+
+async def test_small_frames_fit_beside_each_other() -> None:
+    d, release = _held_dispatcher(1)
+    connection = Recorder().connection
+    held = [asyncio.create_task(d.handle_frame(_frame(i, 50), connection)) for i in range(50)]
+    await asyncio.sleep(0.01)
+    release.set()
+    assert [json.loads(await task or "")["result"] for task in held] == [50] * 50
+    assert d.memory.held == 0
+
+
+@pytest.mark.parametrize("value", [
+    [[]] * 20_000, [{}] * 20_000, [{"a": 1}] * 20_000, {f"k{i}": [i] for i in range(20_000)},
+    [i + 0.5 for i in range(20_000)], [1000 + i for i in range(20_000)], ["ab"] * 20_000,
+    [[[[i]]] for i in range(5_000)], ["x" * 1000] * 100, [True, None] * 10_000,
+])
+def test_decoded_bytes_is_at_least_what_decoding_takes(value: Any) -> None:
+    text = json.dumps(value, separators=(",", ":"))
+    tracemalloc.start()
+    try:
+        decoded = jsonfast.loads(text)
+        taken, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert decoded == value
+    assert taken + len(text) <= jsonfast.decoded_bytes(text) <= 6 * (taken + len(text))
