@@ -177,6 +177,8 @@ class Dispatcher:
         held = HEAP.held_since(parks)  # a value parked out of the collector's reach: heap.py
         size = jsonfast.decoded_bytes(text)
         taken = self.memory.take(size)
+        if not taken and self._uncounted_only(message):  # `cancel` always gets through
+            taken = self.memory.take(size, always=True)
 
         def done() -> None:
             HEAP.release(held)
@@ -184,7 +186,7 @@ class Dispatcher:
                 self.memory.give(size)
 
         try:
-            if not taken:
+            if not taken and not self._batch_refused(message):
                 return self._busy_answer(message, self.memory.busy())
             budget = _ResponseBudget(self._limits.max_response_bytes)
             if isinstance(message, list):
@@ -195,6 +197,17 @@ class Dispatcher:
                 drop_in_turn(message, done)
             else:
                 done()
+
+    def _batch_refused(self, message: Any) -> bool:
+        """Is it a batch refused whole (empty, too long), with one error and nothing run?"""
+        return isinstance(message, list) and not 0 < len(message) <= self._limits.max_batch
+
+    def _uncounted_only(self, message: Any) -> bool:
+        """Does the frame hold only requests that are never refused (UNCOUNTED_METHODS), in a
+        batch not too long to answer?"""
+        requests = message if isinstance(message, list) else [message]
+        return len(requests) <= self._limits.max_batch and all(
+            isinstance(r, dict) and r.get("method") in UNCOUNTED_METHODS for r in requests)
 
     def _busy_answer(self, message: Any, error: Busy) -> str | None:
         """``error`` for each request of a frame that is not taken (none for a notification;
@@ -392,8 +405,9 @@ class RequestMemory:
         self.held = 0
         self._refusals = RateLimit(60.0)
 
-    def take(self, size: int) -> bool:
-        if self.held and self.held + size > self.limit:
+    def take(self, size: int, always: bool = False) -> bool:
+        """Count ``size`` more bytes held, if they fit (``always``: whether or not)."""
+        if self.held and self.held + size > self.limit and not always:
             return False
         self.held += size
         return True

@@ -541,6 +541,12 @@ async def test_frames_past_the_request_memory_are_refused_and_freed() -> None:
     assert [r["id"] for r in json.loads(await d.handle_frame(batch, b.connection) or "")] \
         == [2, None]
     assert await d.handle_frame('{"jsonrpc": "2.0", "method": "hold"}', b.connection) is None
+    for whole in ("[]", json.dumps([json.loads(small)] * 101)):  # refused whole, as always
+        assert json.loads(await d.handle_frame(whole, b.connection) or "")["error"]["code"] \
+            == -32600
+    cancel = await d.handle_frame('{"jsonrpc": "2.0", "id": 3, "method": "cancel"}',
+                                  b.connection)
+    assert json.loads(cancel or "")["error"]["code"] == -32601  # `cancel` always gets through
     assert await d.handle_frame(_frame("x" * 300, 1), b.connection) == encode(
         {"jsonrpc": "2.0", "error": {"code": -32008, "message": refused["error"]["message"],
                                      "data": {"retry_after_ms": core.MEMORY_RETRY_MS}},
