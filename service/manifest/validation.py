@@ -236,9 +236,10 @@ class SchemaValidator:
         as :meth:`check`, in the calling thread (the loader's, for a manifest's examples)."""
         deadline = time.monotonic() + self.timeout_s
         costly = self._json_if_costly(value)
-        verdict = self._verdict_elsewhere(value, deadline, _Line(value, costly[1])) \
-            if costly is not None \
-            and self._verdict_steps(costly[0]) > LOOP_VERDICT_STEPS else self.is_valid(value)
+        if costly is not None and self._verdict_steps(costly[0]) > LOOP_VERDICT_STEPS:
+            verdict = self._verdict_elsewhere(value, deadline, _Line(value, costly[1]))
+        else:
+            verdict = self.is_valid(value)
         if verdict:
             return []
         return self._errors(value, verdict, deadline)
