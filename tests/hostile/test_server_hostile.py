@@ -141,6 +141,33 @@ async def test_in_flight_calls_per_connection_are_capped(serve: Any) -> None:
     assert json.loads(text)["result"] == {"cancelled": True}
 
 
+async def test_the_frames_being_answered_are_held_to_the_request_memory(serve: Any) -> None:
+    """Every client's frames together (connections.max_request_memory_mb): one client's
+    32 frames of 1 MB of small lists, queued for a slow actor, held 800 MB before."""
+    client = await serve(connections=ConnectionSettings(max_request_memory_mb=1))
+    first, second = await client.ws_connect("/", max_msg_size=0), await client.ws_connect("/")
+    padded = {"actor_id": "sleeper", "payload": {"seconds": 30},
+              "state": {"pad": [[]] * 100_000}}  # 300 KB, ~25 MB counted: alone, it fits
+    await first.send_str(json.dumps(request("process", padded, 1)))
+    while '"started"' not in (await first.receive(timeout=RECEIVE_S)).data:
+        pass
+    text, _ = await answer(second, json.dumps(request("list", request_id=2)))
+    refused = json.loads(text)
+    assert refused["id"] == 2 and refused["error"]["code"] == -32008
+    assert refused["error"]["data"] == {"retry_after_ms": 1000}
+    assert refused["error"]["message"].startswith("Busy: the requests being answered hold ")
+    # cancel is never refused; once the frame is answered, its memory is free again
+    text, _ = await answer(second, json.dumps(request("cancel", {"request_id": 1}, 3)))
+    assert json.loads(text)["result"] == {"cancelled": False}  # (not this connection's)
+    await first.send_str(json.dumps(request("cancel", {"request_id": 1}, 4)))
+    answered: set[Any] = set()
+    while answered != {1, 4}:
+        answered.add(json.loads((await first.receive(timeout=RECEIVE_S)).data).get("id"))
+        answered.discard(None)
+    text, _ = await answer(second, json.dumps(request("list", request_id=5)))
+    assert "result" in json.loads(text)
+
+
 # --- deep or odd input -------------------------------------------------------------------
 
 
