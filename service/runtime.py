@@ -43,16 +43,18 @@ from service.state.session import StateBudget, StateSession
 
 log = logging.getLogger(__name__)
 
-# emit("output" | "log", params): a live notification of the call, without request_id.
-Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+# emit("output" | "log", params): a live notification of the call, without request_id. For an
+# output it may return what the call keeps in place of its value (rpc.methods: its written
+# text alone), else None.
+Emit = Callable[[str, dict[str, Any]], Awaitable[Any]]
 SCRIPT_SUFFIXES = (".py", ".js", ".mjs", ".cjs")
 
 
 class Runtime:
     """Loaded actors by id, each with its warm pool."""
 
-    # The values in a process result's outputs and emitted are the objects its output
-    # events carried (a cluster front decodes them apart): rpc.methods writes them once.
+    # A process result's outputs and emitted hold what the emitter gave back for each output
+    # (a cluster front decodes them apart): rpc.methods writes them once, keeps the text.
     results_hold_emitted_values = True
 
     def __init__(self, settings: Settings, backend: Backend,
@@ -285,13 +287,15 @@ class _Call:
         if errors:
             raise OutputInvalid(event.port, errors)
         seq = len(self.emitted)
-        self.outputs[event.port] = event.data
-        self.emitted.append({"port": event.port, "data": event.data, "seq": seq})
+        kept = event.data
         if self.emit is not None:
-            await self.emit("output", {
+            stand_in = await self.emit("output", {
                 "actor_id": self.actor.id, "port": event.port, "data": event.data,
                 "seq": seq, "timestamp": int(time.time() * 1000),
             })
+            kept = event.data if stand_in is None else stand_in
+        self.outputs[event.port] = kept
+        self.emitted.append({"port": event.port, "data": kept, "seq": seq})
 
 
 def _objects(**params: Any) -> tuple[dict[str, Any], ...]:

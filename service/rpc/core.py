@@ -438,6 +438,11 @@ class Encoded:
         self.value = value
         self.text = encode(value) if text is None else text
 
+    def drop_value(self) -> None:
+        """Keep the text alone: the value is freed (a 1 MB output of small lists is ~21 MB
+        decoded, held until the call's response went out); :func:`plain` reads the text."""
+        self.value = _TEXT_ONLY
+
     @classmethod
     async def off_loop(cls, value: Any) -> Encoded:
         """``Encoded(value)``, written in a thread and in pieces (encode_in_pieces), while the
@@ -563,10 +568,13 @@ class _Runs:
             self.weight = 0
 
 
+_TEXT_ONLY = object()  # the value of an Encoded that kept its text alone (drop_value)
+
+
 def plain(value: Any) -> Any:
     """``value`` with every Encoded in it replaced by its value (containers copied)."""
     if isinstance(value, Encoded):
-        return plain(value.value)
+        return json.loads(value.text) if value.value is _TEXT_ONLY else plain(value.value)
     if isinstance(value, dict):
         return {key: plain(item) for key, item in value.items()}
     if isinstance(value, list):

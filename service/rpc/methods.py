@@ -148,15 +148,14 @@ class Methods:
             assert task is not None  # handlers run in the task serving their request
             in_flight = call.connection.slot(InFlight)
             running = in_flight.add(call.id, task)
-        # the outputs written once, by id of their value (where the result holds them)
-        encoded: dict[int, Encoded] | None = \
-            {} if getattr(self.runtime, "results_hold_emitted_values", False) else None
+        # a large output written once, kept as its text (where the result holds what the
+        # emitter gives back)
+        keep = getattr(self.runtime, "results_hold_emitted_values", False)
         try:
-            result = await self.runtime.process(
+            return await self.runtime.process(
                 params["actor_id"], params["payload"], params.get("config"),
                 params.get("state"), params.get("timestamp"),
-                emit=None if call.is_notification else _emitter(call, encoded))
-            return _with_encoded(result, encoded) if encoded else result
+                emit=None if call.is_notification else _emitter(call, keep))
         except asyncio.CancelledError:
             if running is not None and _withdraw_cancels(running):
                 outcome = "cancelled"  # only `cancel` asked: the connection is still there
@@ -261,34 +260,26 @@ def id_text(request_id: Any) -> str:
     return str(request_id) if type(request_id) is int else encode(request_id)
 
 
-def _emitter(call: Call, encoded: dict[int, Encoded] | None) -> Emit:
-    """Sends the call's notifications. A large output's value is written once, here, and
-    its text kept in ``encoded`` (when given) for the response, which holds it twice more."""
-    async def emit(kind: str, params: dict[str, Any]) -> None:
+def _emitter(call: Call, keep: bool) -> Emit:
+    """Sends the call's notifications. With ``keep``, a large output's value is written
+    once, here, and what the call keeps for its response (which holds it twice more) is
+    that text alone: the value is freed (Encoded.drop_value)."""
+    async def emit(kind: str, params: dict[str, Any]) -> Encoded | None:
         data = params.get("data")
-        if encoded is not None and kind == "output" and type(data) in (str, list, dict) \
+        written = None
+        if keep and kind == "output" and type(data) in (str, list, dict) \
                 and (heavy := weight(data, PIECE_VALUES)) >= MANY_VALUES:
             # one JSON cannot hold: the notification says why, as for a small one
             with contextlib.suppress(RecursionError, ValueError, TypeError):
-                if (written := encoded.get(id(data))) is None:
-                    written = encoded[id(data)] = await Encoded.off_loop(data) \
-                        if heavy >= PIECE_VALUES else Encoded(data)
+                written = await Encoded.off_loop(data) if heavy >= PIECE_VALUES \
+                    else Encoded(data)
                 params = {**params, "data": written}
         await call.notify(kind, {"request_id": call.id, **params})
+        if written is not None:
+            written.drop_value()
+        return written
 
     return emit
-
-
-def _with_encoded(result: dict[str, Any], encoded: dict[int, Encoded]) -> dict[str, Any]:
-    """The result, each output in ``outputs`` and ``emitted`` that was written for its
-    notification standing for itself (the same value: the same text)."""
-    def written(value: Any) -> Any:
-        return encoded.get(id(value), value) if type(value) in (str, list, dict) else value
-
-    return {**result,
-            "outputs": {port: written(value) for port, value in result["outputs"].items()},
-            "emitted": [{**entry, "data": written(entry["data"])}
-                        for entry in result["emitted"]]}
 
 
 def _snake(name: str) -> str:

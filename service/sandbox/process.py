@@ -1182,7 +1182,9 @@ class ProcessWorker:
                 if self._closed:
                     raise ActorFailed("SandboxCrashed", "the worker was closed during the call")
                 outcome = await self._handle(item, on_event, budget, baseline)
-                await turns.took(item.size)
+                size = item.size
+                del item  # its decoded value, while the next is awaited: the call keeps its own
+                await turns.took(size)
             await self._forward_raw_output(on_event, budget, baseline, turns)
         finally:
             self._budget = self._state_requests = None  # which hold the call's values

@@ -35,7 +35,8 @@ from schema_support import (
 )
 from server_support import Rpc, ServerFactory
 
-from service.rpc import methods
+from service import runtime
+from service.rpc import core, methods
 from service.rpc.core import encode_in_pieces
 
 PATTERN = r"^(\w+\s?)*$"
@@ -228,6 +229,35 @@ async def test_a_large_output_is_written_once(hostile: tuple[TestClient, Rpc],
     assert [note["params"]["data"] for note in notes] == [MANY_SKUS]
     assert response["result"]["outputs"] == {"skus": MANY_SKUS}
     assert response["result"]["emitted"] == [{"port": "skus", "data": MANY_SKUS, "seq": 0}]
+
+
+async def test_a_large_output_is_kept_as_its_text_alone(hostile: tuple[TestClient, Rpc],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once its notification is out, the call keeps the output's text for its response, not
+    its value: 1 MB of small lists is ~21 MB decoded, held until the response went out."""
+    _, rpc = hostile
+    written: list[Any] = []
+    calls: list[Any] = []
+
+    class Recorded(methods.Encoded):
+        def __init__(self, value: Any, text: str | None = None) -> None:
+            written.append(self)
+            super().__init__(value, text)
+
+    class RecordedCall(runtime._Call):
+        def __init__(self, *args: Any) -> None:
+            calls.append(self)
+            super().__init__(*args)
+
+    monkeypatch.setattr(methods, "Encoded", Recorded)
+    monkeypatch.setattr(runtime, "_Call", RecordedCall)
+    _, response = await rpc.request("process", {
+        "actor_id": "hostile_schema", "payload": {"echo": {"port": "skus", "value": MANY_SKUS}}})
+    [kept] = written
+    assert kept.value is core._TEXT_ONLY  # freed
+    [call] = calls
+    assert call.outputs == {"skus": kept} and call.emitted[0]["data"] is kept
+    assert response["result"]["outputs"] == {"skus": MANY_SKUS}
 
 
 async def test_a_large_descriptor_is_written_once(
