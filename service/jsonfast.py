@@ -46,13 +46,10 @@ from service.heap import HEAP, PARK_CONTAINERS
 CHARS_PER_VALUE = 256  # weight: a string weighs one more value for every so many characters
 BITS_PER_VALUE = 64  # weight: and an integer for every so many bits
 GC_PAUSE_CHARS = 64 << 10  # a text this long is decoded with the collector paused
-# decoded_bytes: a text shorter than COUNTED_CHARS is counted BYTES_PER_CHAR a character
-# (arrays of one-item arrays, the most a character takes, ~28); a longer one TOKEN_BYTES for
-# each container, item and key (an empty list takes 56 bytes, one of one item ~100: its items
-# are an allocation of their own; an item 8, its place, and 24-32 more for a float)
-COUNTED_CHARS = 64 << 10
-BYTES_PER_CHAR = 64
-TOKEN_BYTES = 128
+# decoded_size: a container (an empty list takes 56 bytes, one of one item ~100: its items are
+# an allocation of their own), an item or a key (8 bytes, its place, 24-32 more for a float)
+CONTAINER_BYTES = 128
+ITEM_BYTES = 64
 # More opening brackets than this cannot nest deeper than json's recursion allows.
 MAX_FAST_BRACKETS = 512
 _LONG_RUN = 19  # digits: the shortest integer literal orjson may read as a float
@@ -85,18 +82,17 @@ def loads(text: str | bytes, reference: Callable[[Any], Any] = json.loads, *,
         gc.enable()
 
 
-def decoded_bytes(text: str) -> int:
-    """About the most memory ``text`` and the value it decodes to take together: for a
-    short text BYTES_PER_CHAR a character (no pass over it: each costs ~1 ns a byte, 5 µs
-    for a 6 KB order); for a longer one twice its length (the text, the strings in the
-    value) and TOKEN_BYTES for each opening bracket, comma and colon (in strings too).
-    Measured with tracemalloc: 1-11x what the text and its value take (a 1 MB frame of
-    empty lists decodes to 21 MB, of one-key objects to 24 MB); a string of astral
-    characters can take up to twice this."""
-    if len(text) < COUNTED_CHARS:
-        return BYTES_PER_CHAR * len(text)
-    data = text.encode("utf-8", "surrogatepass")
-    return 2 * len(text) + TOKEN_BYTES * (len(data) - len(data.translate(None, b"[{,:")) + 1)
+def decoded_size(text: str | bytes) -> int:
+    """About the most memory the value of the JSON ``text`` takes once decoded: its length
+    in UTF-8 (its strings), CONTAINER_BYTES for each opening bracket and ITEM_BYTES for each
+    item and key (each comma and colon, and one); all counted in strings too. Measured with
+    tracemalloc: 1-9x what the value takes (a 1 MB text of empty lists decodes to 21 MB, of
+    one-key objects to 24 MB); a string of astral characters, up to 4 bytes a character,
+    can take more. Two passes over its bytes: ~1 ns a byte each."""
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    brackets = len(data) - len(data.translate(None, b"[{"))
+    items = len(data) - len(data.translate(None, b",:"))
+    return len(data) + CONTAINER_BYTES * brackets + ITEM_BYTES * (items + 1)
 
 
 def opening_brackets(text: str | bytes) -> int:

@@ -121,7 +121,7 @@ class ConnectionSettings:
     write_timeout_s: float = 30  # for one answer to be taken by a client that reads
     allowed_origins: tuple[str, ...] = ()  # browser Origins allowed to upgrade; none by default
     allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides the bind address
-    # The frames being answered, decoded, every connection together (jsonfast.decoded_bytes);
+    # The frames being answered, decoded, every connection together (rpc.core._frame_size);
     # default an eighth of the host's RAM. Past it a frame's requests answer -32008.
     max_request_memory_mb: int = field(default_factory=_default_request_memory_mb)
 

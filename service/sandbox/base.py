@@ -270,24 +270,13 @@ def log_size(actor_id: str, stream: str, message: str) -> int:
     return notification_size("log", actor_id, body)
 
 
-# What one JSON value takes in the server once decoded, besides its text, about: an empty
-# dict is 64 bytes of Python for 2 of JSON, a small one ~180, a float 24, a list slot 8.
-VALUE_BYTES = 64
-
-
-def decoded_size(line: bytes) -> int:
-    """About what the JSON text ``line`` takes once decoded: its bytes, and VALUE_BYTES for
-    every value in it (each but the first follows a comma or opens a container)."""
-    return len(line) + VALUE_BYTES * (len(line) - len(line.translate(None, b",[{")) + 1)
-
-
 class OutputBudget:
     """What a call may still send back (outputs, logs, return, state): limits.output_bytes,
     and at most ``max_notifications`` output/log notifications.
 
     The server holds a call's outputs and its result decoded until it answers (the
     response lists them all), and decoding multiplies JSON's size: ``[{}, {}, ...]`` takes
-    ~25 times its bytes. So what the decoded values would take (``decoded_size``) is held
+    ~25 times its bytes. So what the decoded values would take (jsonfast.decoded_size) is held
     to ``hold_limit``, the actor's own memory: a script building them itself would have
     needed as much. A line that would go past it is refused before it is decoded.
     """
@@ -305,7 +294,7 @@ class OutputBudget:
     def fits(self, line: bytes) -> int:
         """What decoding ``line`` would take; ResourceLimitExceeded (memory) when that, with
         what is held already, is over ``hold_limit``. Nothing is held yet (see hold)."""
-        size = decoded_size(line)
+        size = jsonfast.decoded_size(line)
         if self.hold_limit is not None and self.held + size > self.hold_limit:
             raise ResourceLimitExceeded("memory", self.hold_limit // MIB)
         return size

@@ -9,6 +9,7 @@ import functools
 import gc
 import json
 import math
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -222,3 +223,31 @@ def test_weight_counts_values_long_strings_and_big_integers() -> None:
     big = int("7" * 4000)  # ~0.2 ms to write out: as much as ~200 small values
     assert jsonfast.weight(big, 10**6) == 1 + big.bit_length() // jsonfast.BITS_PER_VALUE
     assert jsonfast.weight([[0] * 10_000] * 10_000, 50) == 50  # stops at its bound
+
+
+@pytest.mark.parametrize("value", [
+    [[]] * 20_000, [{}] * 20_000, [{"a": 1}] * 20_000, {f"k{i}": [i] for i in range(20_000)},
+    [i + 0.5 for i in range(20_000)], [1000 + i for i in range(20_000)], ["ab"] * 20_000,
+    [[[[i]]] for i in range(5_000)], ["x" * 1000] * 100, [True, None] * 10_000, {"a": "é"},
+    "x" * 100_000, 1.5, [],
+])
+def test_decoded_size_is_at_least_what_the_value_takes(value: Any) -> None:
+    """What a frame or an output line holds once decoded (the request memory, OutputBudget),
+    against tracemalloc: at least as much, and not past 10x."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    tracemalloc.start()
+    try:
+        decoded = jsonfast.loads(text)
+        taken, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert decoded == value
+    assert taken <= jsonfast.decoded_size(text) == jsonfast.decoded_size(text.encode())
+    assert jsonfast.decoded_size(text) <= 10 * max(taken, 100)
+
+
+def test_decoded_size_counts_every_container_and_item() -> None:
+    assert jsonfast.decoded_size(b"1") == 1 + jsonfast.ITEM_BYTES
+    assert jsonfast.decoded_size(b'[{},{"a":1}]') == 12 + 3 * jsonfast.CONTAINER_BYTES \
+        + 3 * jsonfast.ITEM_BYTES  # a comma, a colon, and one
+    assert jsonfast.decoded_size(b'"a,b"') == 5 + 2 * jsonfast.ITEM_BYTES  # in a string too
